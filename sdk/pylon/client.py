@@ -1,0 +1,167 @@
+"""``pylon.Client``: one object for the whole platform.
+
+Give it any service's address (or an ingress in front of all four); it discovers the others
+through PlatformService. Address and token default to ``PYLON_ADDRESS`` / ``PYLON_TOKEN``, then to
+the platform a local ``pylon up`` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from pylon.admin.v1 import admin_pb2_grpc
+from pylon.common.v1 import common_pb2, common_pb2_grpc
+from pylon.engine.v1 import engine_pb2
+from pylon.errors import PylonError, UnavailableError, from_rpc_error
+from pylon.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from pylon.ingest.v1 import ingest_pb2_grpc
+from pylon.registry.v1 import registry_pb2_grpc
+from pylon.scheduler.v1 import scheduler_pb2_grpc
+from pylon.types import Completion
+
+T = TypeVar("T")
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_FINISH = {engine_pb2.FINISH_REASON_LENGTH: "length", engine_pb2.FINISH_REASON_STOP: "stop",
+           engine_pb2.FINISH_REASON_ABORTED: "aborted"}
+
+
+def local_platform_state() -> dict[str, Any] | None:
+    """What ``pylon up`` recorded under $PYLON_HOME (default ~/.pylon), if it is running."""
+    home = os.environ.get("PYLON_HOME") or os.path.join(os.path.expanduser("~"), ".pylon")
+    path = os.path.join(home, "state.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Client:
+    """Entry point of the SDK: ``client.datasets``, ``.jobs``, ``.models``, ``.deployments``,
+    ``.admin`` and ``client.generate(...)``."""
+
+    def __init__(self, address: str | None = None, token: str | None = None, *, timeout: float = 60.0) -> None:
+        state = local_platform_state() if not (address and token) else None
+        self.address = address or os.environ.get("PYLON_ADDRESS") or (state or {}).get("address") or DEFAULT_ADDRESS
+        self.token = token or os.environ.get("PYLON_TOKEN") or (state or {}).get("admin_key") or ""
+        self.timeout = timeout
+        self._channels: dict[str, grpc.Channel] = {}
+        self._endpoints: dict[str, str] | None = None
+        from pylon.resources import Admin, Datasets, Deployments, Jobs, Models
+
+        self.datasets = Datasets(self)
+        self.jobs = Jobs(self)
+        self.models = Models(self)
+        self.deployments = Deployments(self)
+        self.admin = Admin(self)
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _channel(self, address: str) -> grpc.Channel:
+        if address not in self._channels:
+            self._channels[address] = grpc.insecure_channel(address, options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        return self._channels[address]
+
+    def endpoints(self) -> dict[str, str]:
+        """Service name -> address, discovered once from the given address."""
+        if self._endpoints is None:
+            stub = common_pb2_grpc.PlatformServiceStub(self._channel(self.address))
+            resp = self.call(stub.GetPlatform, common_pb2.GetPlatformRequest(), auth=False)
+            self._endpoints = {s.service: s.address for s in resp.services}
+        return self._endpoints
+
+    def _stub(self, service: str, stub_cls: Callable[[grpc.Channel], T]) -> T:
+        address = self.endpoints().get(service)
+        if not address:
+            raise UnavailableError(f"the platform at {self.address} has no running {service} service")
+        return stub_cls(self._channel(address))
+
+    def metadata(self, auth: bool = True) -> list[tuple[str, str]]:
+        md = [("x-request-id", uuid.uuid4().hex[:16])]
+        if auth and self.token:
+            md.append(("authorization", f"Bearer {self.token}"))
+        return md
+
+    def call(self, method: Callable[..., Any], request: Any, *, auth: bool = True, timeout: float | None = None) -> Any:
+        """Unary call with auth metadata and a deadline; grpc errors become PylonError subclasses."""
+        try:
+            return method(request, metadata=self.metadata(auth), timeout=timeout or self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def stream(self, method: Callable[..., Any], request: Any, *, timeout: float | None = None) -> Iterator[Any]:
+        """Server-streaming call; errors surface as PylonError while iterating."""
+        try:
+            yield from method(request, metadata=self.metadata(), timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    @property
+    def ingest(self) -> ingest_pb2_grpc.IngestServiceStub:
+        return self._stub("ingest", ingest_pb2_grpc.IngestServiceStub)
+
+    @property
+    def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
+        return self._stub("scheduler", scheduler_pb2_grpc.SchedulerServiceStub)
+
+    @property
+    def registry(self) -> registry_pb2_grpc.RegistryServiceStub:
+        return self._stub("registry", registry_pb2_grpc.RegistryServiceStub)
+
+    @property
+    def gateway(self) -> gateway_pb2_grpc.GatewayServiceStub:
+        return self._stub("gateway", gateway_pb2_grpc.GatewayServiceStub)
+
+    @property
+    def admin_stub(self) -> admin_pb2_grpc.AdminServiceStub:
+        return self._stub("registry", admin_pb2_grpc.AdminServiceStub)
+
+    # -- serving --------------------------------------------------------------------------------
+    def generate_stream(self, deployment: str, prompt: str, *, max_tokens: int = 64, temperature: float = 0.8,
+                        top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
+                        timeout: float | None = 300) -> Iterator[gateway_pb2.GenerateResponse]:
+        """Stream the completion piece by piece (raw responses: text, token ids, finish reason)."""
+        sampling = engine_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                             top_p=top_p, stop=stop or [])
+        if seed is not None:
+            sampling.seed = seed
+        req = gateway_pb2.GenerateRequest(deployment=_deployment_name(deployment), prompt=prompt, sampling=sampling,
+                                          request_id=new_request_id())
+        yield from self.stream(self.gateway.Generate, req, timeout=timeout)
+
+    def generate(self, deployment: str, prompt: str, **kwargs: Any) -> Completion:
+        """The whole completion at once (see ``generate_stream`` for the arguments)."""
+        text, last = [], None
+        for piece in self.generate_stream(deployment, prompt, **kwargs):
+            text.append(piece.text)
+            last = piece
+        if last is None:
+            raise PylonError("the gateway closed the stream without a response")
+        return Completion("".join(text), _FINISH.get(last.finish_reason, ""), last.usage.prompt_tokens,
+                          last.usage.completion_tokens, last.replica)
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _deployment_name(name: str) -> str:
+    return name if name.startswith("tenants/") else f"tenants/-/deployments/{name}"

@@ -1,0 +1,158 @@
+"""Typed results the SDK returns instead of raw protos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from google.protobuf import json_format
+
+from pylon.gateway.v1 import gateway_pb2
+from pylon.ingest.v1 import ingest_pb2
+from pylon.registry.v1 import registry_pb2
+from pylon.scheduler.v1 import scheduler_pb2
+
+
+def _time(t: Any) -> datetime | None:
+    return t.ToDatetime(tzinfo=timezone.utc) if t.seconds or t.nanos else None
+
+
+def _enum_suffix(enum: Any, value: int, prefix: str) -> str:
+    return enum.Name(value)[len(prefix):].lower()
+
+
+@dataclass
+class DatasetVersion:
+    name: str
+    version: int
+    digest: str
+    record_count: int
+    size_bytes: int
+    files: list[dict[str, Any]]
+    state: str
+    created: datetime | None
+    deduplicated: bool = False
+
+    @classmethod
+    def from_proto(cls, v: ingest_pb2.DatasetVersion, deduplicated: bool = False) -> "DatasetVersion":
+        return cls(v.name, v.version, v.digest, v.record_count, v.size_bytes,
+                   [json_format.MessageToDict(f, preserving_proto_field_name=True) for f in v.files],
+                   _enum_suffix(ingest_pb2.DatasetVersionState, v.state, "DATASET_VERSION_STATE_"),
+                   _time(v.create_time), deduplicated)
+
+
+@dataclass
+class Dataset:
+    name: str
+    description: str
+    latest_version: int
+    created: datetime | None
+
+    @classmethod
+    def from_proto(cls, d: ingest_pb2.Dataset) -> "Dataset":
+        return cls(d.name, d.description, d.latest_version, _time(d.create_time))
+
+
+@dataclass
+class Job:
+    name: str
+    state: str
+    message: str
+    attempt: int
+    exit_code: int
+    gpu_type: str
+    output_uri: str
+    metrics: dict[str, Any]
+    last_log_lines: list[str]
+    spec: dict[str, Any]
+    created: datetime | None
+    started: datetime | None
+    ended: datetime | None
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed", "cancelled")
+
+    @classmethod
+    def from_proto(cls, j: scheduler_pb2.Job) -> "Job":
+        s = j.status
+        return cls(j.name, _enum_suffix(scheduler_pb2.JobState, s.state, "JOB_STATE_"), s.message, s.attempt,
+                   s.exit_code, s.gpu_type, s.output_uri, json_format.MessageToDict(s.latest_metrics),
+                   list(s.last_log_lines), json_format.MessageToDict(j.spec, preserving_proto_field_name=True),
+                   _time(j.create_time), _time(s.start_time), _time(s.end_time))
+
+
+@dataclass
+class Model:
+    name: str
+    description: str
+    aliases: dict[str, int]
+    latest_version: int
+    tags: dict[str, str]
+
+    @classmethod
+    def from_proto(cls, m: registry_pb2.Model) -> "Model":
+        return cls(m.name, m.description, dict(m.aliases), m.latest_version, dict(m.tags))
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    state: str
+    format: str
+    digest: str
+    files: list[dict[str, Any]]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    lineage: dict[str, Any]
+    aliases: list[str]
+    deployments: list[str]
+    created: datetime | None
+
+    @classmethod
+    def from_proto(cls, v: registry_pb2.ModelVersion) -> "ModelVersion":
+        return cls(v.name, v.version, _enum_suffix(registry_pb2.ModelVersionState, v.state, "MODEL_VERSION_STATE_"),
+                   _enum_suffix(registry_pb2.ModelFormat, v.format, "MODEL_FORMAT_"), v.digest,
+                   [json_format.MessageToDict(f, preserving_proto_field_name=True) for f in v.files],
+                   dict(v.metrics), dict(v.tags), json_format.MessageToDict(v.lineage, preserving_proto_field_name=True),
+                   list(v.aliases), list(v.deployments), _time(v.create_time))
+
+
+@dataclass
+class Alias:
+    name: str
+    version: int
+    etag: str
+
+    @classmethod
+    def from_proto(cls, a: registry_pb2.Alias) -> "Alias":
+        return cls(a.name, a.version, a.etag)
+
+
+@dataclass
+class Deployment:
+    name: str
+    model_uri: str
+    model_version: str
+    engine: str
+    replicas: int
+    state: str
+    message: str
+    replica_status: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_proto(cls, d: gateway_pb2.Deployment) -> "Deployment":
+        return cls(d.name, d.model_uri, d.model_version, d.engine, d.replicas,
+                   _enum_suffix(gateway_pb2.DeploymentState, d.state, "DEPLOYMENT_STATE_"), d.message,
+                   [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in d.replica_status])
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    replica: str

@@ -1,0 +1,1 @@
+"""Pure-Python pieces shared by every service's domain layer (no grpc, no redis)."""

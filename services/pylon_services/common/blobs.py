@@ -1,0 +1,90 @@
+"""Content-addressed blobs and JSON documents on the object store (shared by ingest and registry)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from pylon_services.storage.base import ObjectExists, ObjectNotFound, ObjectStore
+
+
+def blob_key(tenant: str, digest: str) -> str:
+    """Object key of a blob: ``tenants/{t}/blobs/sha256/{hex}``; digest is ``sha256:<hex>``."""
+    return f"tenants/{tenant}/blobs/sha256/{digest.split(':', 1)[1]}"
+
+
+def sha256_of_object(store: ObjectStore, key: str) -> tuple[str, int]:
+    """Stream an object and return (``sha256:<hex>``, size) without holding it in memory."""
+    h = hashlib.sha256()
+    size = 0
+    for chunk in store.iter_chunks(key, chunk_size=4 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    return f"sha256:{h.hexdigest()}", size
+
+
+def store_blob_from(store: ObjectStore, tenant: str, src_key: str, digest: str) -> str:
+    """Copy ``src_key`` into the content-addressed area (server-side; skipped when present)."""
+    dst = blob_key(tenant, digest)
+    if not store.exists(dst):
+        try:
+            store.copy(src_key, dst, if_none_match=True)
+        except ObjectExists:
+            pass  # same digest written concurrently: same bytes
+    return dst
+
+
+def manifest_digest(files: list[dict[str, Any]]) -> str:
+    """Digest over (path, digest) pairs, order-independent: identifies a version's content."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f["path"]):
+        h.update(f"{f['path']}\0{f['digest']}\n".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def read_json(store: ObjectStore, key: str) -> dict[str, Any]:
+    return json.loads(store.get(key))
+
+
+def read_json_or_none(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    try:
+        return read_json(store, key)
+    except ObjectNotFound:
+        return None
+
+
+def dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def allocate_numbered(store: ObjectStore, prefix: str, doc_for: Any, start: int = 1) -> tuple[int, dict[str, Any]]:
+    """Write ``{prefix}{n:010d}.json`` with the first free n >= start, create-only.
+
+    Race-free without read-then-write: the create-only put is the allocation, so concurrent
+    writers each get a distinct number and a reader never sees a half-written document.
+    ``doc_for(n)`` builds the document for number n. A ``latest`` hint speeds up the probe.
+    """
+    hint = read_json_or_none(store, f"{prefix}latest.json")
+    n = max(start, int(hint["n"]) + 1 if hint else 1)
+    while True:
+        doc = doc_for(n)
+        try:
+            store.put(f"{prefix}{n:010d}.json", dump(doc), if_none_match=True)
+        except ObjectExists:
+            n += 1
+            continue
+        store.put(f"{prefix}latest.json", dump({"n": n, "ts": time.time()}))
+        return n, doc
+
+
+def latest_number(store: ObjectStore, prefix: str) -> int:
+    """Highest allocated number (0 if none): start from the hint and probe upward."""
+    hint = read_json_or_none(store, f"{prefix}latest.json")
+    n = int(hint["n"]) if hint else 0
+    while store.exists(f"{prefix}{n + 1:010d}.json"):
+        n += 1
+    while n > 0 and not store.exists(f"{prefix}{n:010d}.json"):
+        n -= 1  # hint ahead of reality cannot happen, but never trust a hint blindly
+    return n

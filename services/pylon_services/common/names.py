@@ -1,0 +1,81 @@
+"""Resource names and ids: one parser and one set of rules for every service.
+
+Names are paths ("tenants/acme/models/gpt/versions/3"). A request may write the tenant as "-"
+to mean the caller's own tenant. A name in another tenant is reported as NOT_FOUND (no leak of
+what exists), unless the caller is an admin.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pylon_services.common.errors import FieldViolation, InvalidArgument, NotFound
+
+TENANT_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+ID_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+ID_RULE = "must be 1-63 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter"
+TENANT_RULE = "must be 1-63 characters: lowercase letters, digits or '-', starting with a letter"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from the API key by the auth interceptor."""
+
+    tenant: str
+    role: str  # "viewer" | "editor" | "admin"
+    key_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def can_write(self) -> bool:
+        return self.role in ("editor", "admin")
+
+
+def check_id(field: str, value: str) -> str:
+    """Validate a resource id (dataset, model, deployment...)."""
+    if not ID_RE.match(value or ""):
+        raise InvalidArgument(f"{field} {value!r} {ID_RULE}", [FieldViolation(field, ID_RULE)])
+    return value
+
+
+def check_tenant(field: str, value: str) -> str:
+    if not TENANT_RE.match(value or ""):
+        raise InvalidArgument(f"{field} {value!r} {TENANT_RULE}", [FieldViolation(field, TENANT_RULE)])
+    return value
+
+
+def parse_name(field: str, name: str, pattern: tuple[str, ...], principal: Principal) -> list[str]:
+    """Split ``name`` by a pattern of collection words, e.g. ("tenants", "models", "versions").
+
+    Returns the ids, with the tenant resolved ("-" -> caller's). Raises InvalidArgument when the
+    shape is wrong and NotFound when the tenant is not the caller's (admins may cross tenants).
+    """
+    parts = (name or "").split("/")
+    expected = "/".join(f"{word}/{{{word[:-1]}}}" for word in pattern)
+    if len(parts) != 2 * len(pattern) or any(parts[2 * i] != w for i, w in enumerate(pattern)):
+        raise InvalidArgument(f"{field}: {name!r} is not of the form {expected}",
+                              [FieldViolation(field, f"must be of the form {expected}")])
+    ids = parts[1::2]
+    if ids[0] == "-":
+        ids[0] = principal.tenant
+    check_tenant(field, ids[0])
+    for word, value in zip(pattern[1:], ids[1:]):
+        if not (word == "versions" and (value.isdigit() or value == "latest")):
+            if word != "versions":
+                check_id(field, value)
+            else:
+                raise InvalidArgument(f"{field}: version {value!r} must be a positive number or 'latest'",
+                                      [FieldViolation(field, "version must be a positive number or 'latest'")])
+    if ids[0] != principal.tenant and not principal.is_admin:
+        raise NotFound(f"{name} not found")
+    return ids
+
+
+def parse_parent(field: str, parent: str, principal: Principal) -> str:
+    """A parent "tenants/{t}" (or empty, meaning the caller's tenant); returns the tenant."""
+    if not parent:
+        return principal.tenant
+    return parse_name(field, parent, ("tenants",), principal)[0]

@@ -1,0 +1,137 @@
+"""An engine replica: loads a registered model version and serves EngineService.Generate.
+
+Runs inside a Ray worker as a long-lived scheduler job. It registers its address in Redis
+(``pylon:replicas:{tenant}:{deployment}``) with a heartbeat; the gateway routes to fresh
+registrations only, so a dead replica drops out within a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from pylon.engine.v1 import engine_pb2 as pb
+from pylon.engine.v1 import engine_pb2_grpc
+from pylon_services.engines.torch_engine.runner import ModelRunner
+from pylon_services.runtime.settings import Settings
+from pylon_services.runtime.stores import object_store
+
+log = logging.getLogger("pylon.engine")
+HEARTBEAT_S = 2.0
+_FINISH = {"length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP}
+
+
+def replicas_key(tenant: str, deployment_id: str) -> str:
+    return f"pylon:replicas:{tenant}:{deployment_id}"
+
+
+class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
+    """Serves one model. Requests are decoded one token at a time in a worker thread; a lock
+    keeps one forward pass on the CPU at a time (continuous batching comes with the gateway work)."""
+
+    def __init__(self, runner: ModelRunner, model_version: str) -> None:
+        self.runner = runner
+        self.model_version = model_version
+        self.running = 0
+        self.waiting = 0
+        self._lock = threading.Lock()
+
+    async def Generate(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        s = request.sampling
+        if not request.prompt:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt: must not be empty")
+        try:
+            pieces = self.runner.generate(
+                request.prompt, max_tokens=s.max_tokens or 64, temperature=s.temperature,
+                top_k=s.top_k, top_p=s.top_p or 1.0, seed=s.seed if s.HasField("seed") else None, stop=list(s.stop))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self.waiting += 1
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def produce() -> None:
+            with self._lock:
+                self.waiting -= 1
+                self.running += 1
+                try:
+                    for piece in pieces:
+                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+                        if cancelled.is_set():
+                            break
+                except Exception as exc:  # noqa: BLE001 - surfaced to the caller below
+                    loop.call_soon_threadsafe(queue.put_nowait, exc)
+                finally:
+                    self.running -= 1
+                    loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=produce, daemon=True).start()
+        try:
+            while (piece := await queue.get()) is not None:
+                if isinstance(piece, Exception):
+                    await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {piece}")
+                yield pb.GenerateResponse(
+                    text=piece.text, token_ids=piece.token_ids, finish_reason=_FINISH.get(piece.finish_reason or "", 0),
+                    usage=pb.Usage(prompt_tokens=piece.prompt_tokens, completion_tokens=piece.completion_tokens))
+        finally:
+            cancelled.set()
+
+    async def GetEngineInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.GetEngineInfoResponse(model_version=self.model_version, engine="torch", device=str(self.runner.device),
+                                        running_requests=self.running, waiting_requests=self.waiting, max_batch_size=1)
+
+
+def load_runner(settings: Settings, tenant: str, model_version: str) -> ModelRunner:
+    from pylon_services.registry.domain.service import Registry
+
+    _, t, _, model, _, n = model_version.split("/")
+    if t != tenant:
+        raise ValueError(f"{model_version} is not in tenant {tenant}")
+    store = object_store(settings)
+    version = Registry(store).get_version(tenant, model, n)
+    files = {f["path"]: store.get(f["object_key"]) for f in version["files"]}
+    return ModelRunner.from_files(files)
+
+
+async def _serve(settings: Settings, job: dict[str, Any], sink: Any) -> None:
+    import ray
+
+    engine = job["spec"]["engine"]
+    tenant, deployment_id = job["tenant"], engine["deployment"].rsplit("/", 1)[1]
+    runner = await asyncio.to_thread(load_runner, settings, tenant, engine["model_version"])
+    servicer = EngineServicer(runner, engine["model_version"])
+    server = grpc.aio.server()
+    engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    host = ray.util.get_node_ip_address()
+    port = server.add_insecure_port(f"{host}:0")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    address = f"{host}:{port}"
+    sink.log(f"engine serving {engine['model_version']} at {address} on {runner.device}")
+    redis = aioredis.from_url(settings.redis_url)
+    key = replicas_key(tenant, deployment_id)
+    try:
+        while True:
+            await redis.hset(key, job["id"], json.dumps({"address": address, "ts": time.time(),
+                                                         "running": servicer.running + servicer.waiting}))
+            await asyncio.sleep(HEARTBEAT_S)
+    finally:
+        await redis.hdel(key, job["id"])
+        await server.stop(5)
+
+
+def serve_replica(settings: Settings, job: dict[str, Any], sink: Any) -> None:
+    """Block serving until the scheduler cancels the job (which kills this worker)."""
+    asyncio.run(_serve(settings, job, sink))

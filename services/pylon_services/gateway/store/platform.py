@@ -1,0 +1,54 @@
+"""gRPC clients the gateway uses to reach the registry, the scheduler and engine replicas.
+
+Calls forward the caller's API key and request id, and never outlive the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import redis.asyncio as aioredis
+
+from pylon.engine.v1 import engine_pb2_grpc
+from pylon.registry.v1 import registry_pb2_grpc
+from pylon.scheduler.v1 import scheduler_pb2_grpc
+from pylon_services.common.errors import Unavailable
+from pylon_services.runtime.server import ENDPOINTS_KEY
+from pylon_services.runtime.settings import Settings
+
+
+class PlatformClients:
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def _channel(self, address: str) -> grpc.aio.Channel:
+        ch = self._channels.get(address)
+        if ch is None:
+            opts = [("grpc.max_receive_message_length", self._settings.max_message_bytes)]
+            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=opts)
+        return ch
+
+    async def _service_address(self, service: str) -> str:
+        configured = getattr(self._settings, f"{service}_address")
+        if configured:
+            return configured
+        raw = await self._redis.hget(ENDPOINTS_KEY, service)
+        if raw is None:
+            raise Unavailable(f"the {service} service is not registered; is it running?")
+        return json.loads(raw)["address"]
+
+    async def registry(self) -> registry_pb2_grpc.RegistryServiceStub:
+        return registry_pb2_grpc.RegistryServiceStub(await self._channel(await self._service_address("registry")))
+
+    async def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
+        return scheduler_pb2_grpc.SchedulerServiceStub(await self._channel(await self._service_address("scheduler")))
+
+    async def engine(self, address: str) -> engine_pb2_grpc.EngineServiceStub:
+        return engine_pb2_grpc.EngineServiceStub(await self._channel(address))
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()

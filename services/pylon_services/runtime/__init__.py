@@ -1,0 +1,1 @@
+"""The shared server runtime: settings, auth, errors, logs, metrics, server bootstrap."""

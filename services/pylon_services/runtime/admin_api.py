@@ -1,0 +1,48 @@
+"""AdminService: API key management (transport layer over ApiKeyStore)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from pylon.admin.v1 import admin_pb2, admin_pb2_grpc
+from pylon_services.common.errors import InvalidArgument
+from pylon_services.runtime.auth import ApiKeyStore, StoredKey
+from pylon_services.runtime.context import principal
+from pylon_services.runtime.protoconv import page_size, ts
+
+_ROLE_TO_PROTO = {"viewer": admin_pb2.ROLE_VIEWER, "editor": admin_pb2.ROLE_EDITOR, "admin": admin_pb2.ROLE_ADMIN}
+_PROTO_TO_ROLE = {v: k for k, v in _ROLE_TO_PROTO.items()}
+
+
+def _key(k: StoredKey) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(name=f"apiKeys/{k.key_id}", tenant=k.tenant, role=_ROLE_TO_PROTO[k.role],
+                            description=k.description, create_time=ts(k.create_time))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, keys: ApiKeyStore) -> None:
+        self._keys = keys
+
+    async def CreateApiKey(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.role not in _PROTO_TO_ROLE:
+            raise InvalidArgument.field("role", "must be ROLE_VIEWER, ROLE_EDITOR or ROLE_ADMIN")
+        key, token = await self._keys.create(request.tenant, _PROTO_TO_ROLE[request.role], request.description)
+        return admin_pb2.CreateApiKeyResponse(api_key=_key(key), token=token)
+
+    async def ListApiKeys(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        size = page_size(request.page_size)
+        keys = await self._keys.list(request.tenant, size, request.page_token)
+        token = keys[-1].key_id if len(keys) == size else ""
+        return admin_pb2.ListApiKeysResponse(api_keys=[_key(k) for k in keys], next_page_token=token)
+
+    async def DeleteApiKey(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not request.name.startswith("apiKeys/"):
+            raise InvalidArgument.field("name", "must be of the form apiKeys/{key_id}")
+        await self._keys.delete(request.name.split("/", 1)[1])
+        return admin_pb2.DeleteApiKeyResponse()
+
+    async def WhoAmI(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = principal()
+        return admin_pb2.WhoAmIResponse(tenant=p.tenant, role=_ROLE_TO_PROTO[p.role], api_key=f"apiKeys/{p.key_id}")

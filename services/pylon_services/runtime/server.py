@@ -1,0 +1,158 @@
+"""Server bootstrap shared by all four services.
+
+``PylonServer`` wires settings -> Redis -> API keys -> interceptor -> grpc.aio server with health,
+reflection, the PlatformService (discovery) and Prometheus metrics, registers the service's
+address in Redis, and shuts down gracefully on SIGTERM: NOT_SERVING, drain in-flight calls, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from pylon.common.v1 import common_pb2, common_pb2_grpc
+from pylon_services.runtime.auth import ApiKeyStore
+from pylon_services.runtime.interceptor import PylonInterceptor
+from pylon_services.runtime.jsonlog import setup_logging
+from pylon_services.runtime.settings import Settings
+
+log = logging.getLogger("pylon.server")
+VERSION = "0.1.0"
+ENDPOINTS_KEY = "pylon:endpoints"
+_REGISTRATION_PERIOD_S = 10.0
+
+
+@dataclass
+class ServiceParts:
+    """What a service contributes: servicers to add, and start/stop hooks for its own resources."""
+
+    name: str
+    # Each entry: (add_XServicer_to_server function, servicer, full service name).
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]]
+    on_start: Callable[[], Awaitable[None]] | None = None
+    on_stop: Callable[[], Awaitable[None]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PlatformServicer(common_pb2_grpc.PlatformServiceServicer):
+    """Discovery: every service's registered address, from Redis."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def GetPlatform(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raw = await self._redis.hgetall(ENDPOINTS_KEY)
+        now = time.time()
+        services = []
+        for name, value in sorted(raw.items()):
+            entry = json.loads(value)
+            services.append(common_pb2.ServiceEndpoint(
+                service=name.decode(), address=entry["address"], last_seen_age_s=max(0.0, now - entry["ts"])))
+        return common_pb2.GetPlatformResponse(version=VERSION, services=services)
+
+
+class PylonServer:
+    """One running service process."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis, parts: ServiceParts) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.parts = parts
+        self.keys = ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_httpd: Any = None
+        self._register_task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return self.settings.advertise_address or f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> int:
+        s = self.settings
+        options = [("grpc.max_receive_message_length", s.max_message_bytes),
+                   ("grpc.max_send_message_length", s.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(interceptors=[PylonInterceptor(self.keys)], options=options)
+        names = [health.SERVICE_NAME, reflection.SERVICE_NAME, "pylon.common.v1.PlatformService"]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        common_pb2_grpc.add_PlatformServiceServicer_to_server(PlatformServicer(self.redis), self.server)
+        for add, servicer, name in self.parts.servicers:
+            add(servicer, self.server)
+            names.append(name)
+        reflection.enable_server_reflection(names, self.server)
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.parts.on_start:
+            await self.parts.on_start()
+        await self.server.start()
+        for name in names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_port >= 0:
+            self._metrics_httpd, _ = start_http_server(s.metrics_port, addr=s.host)
+            self.metrics_port = self._metrics_httpd.server_port
+        self._register_task = asyncio.create_task(self._register_loop())
+        log.info("serving", extra={"service": self.parts.name, "address": self.address,
+                                   "metrics_port": self.metrics_port})
+        return self.port
+
+    async def _register_loop(self) -> None:
+        """Keep this service's address fresh in Redis for discovery."""
+        while True:
+            try:
+                await self.redis.hset(ENDPOINTS_KEY, self.parts.name,
+                                      json.dumps({"address": self.address, "ts": time.time()}))
+            except Exception:  # noqa: BLE001 - Redis blips must not kill the server
+                log.warning("endpoint registration failed", exc_info=True)
+            await asyncio.sleep(_REGISTRATION_PERIOD_S)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (load balancers stop sending), then drain in-flight calls, then close."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", extra={"service": self.parts.name, "grace_s": grace})
+        await self.health.enter_graceful_shutdown()
+        if self._register_task:
+            self._register_task.cancel()
+        if self.server:
+            await self.server.stop(grace)
+        if self.parts.on_stop:
+            await self.parts.on_stop()
+        if self._metrics_httpd:
+            self._metrics_httpd.shutdown()
+        log.info("stopped", extra={"service": self.parts.name})
+
+
+async def serve(settings: Settings, build: Callable[[Settings, aioredis.Redis], Awaitable[ServiceParts]]) -> None:
+    """Run a service until SIGTERM/SIGINT, then shut down gracefully."""
+    redis = aioredis.from_url(settings.redis_url)
+    parts = await build(settings, redis)
+    setup_logging(parts.name, settings.log_level)
+    server = PylonServer(settings, redis, parts)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    await redis.aclose()
+
+
+def main(build: Callable[[Settings, aioredis.Redis], Awaitable[ServiceParts]]) -> None:
+    """Entry point used by each service's ``__main__``."""
+    settings = Settings()
+    asyncio.run(serve(settings, build))

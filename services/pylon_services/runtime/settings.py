@@ -1,0 +1,43 @@
+"""Settings for every Pylon process, from ``PYLON_*`` environment variables.
+
+Parsed once at start into a frozen object and passed down; the same names appear in the
+README, docker-compose.yml and the Helm values.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PYLON_", frozen=True, extra="ignore")
+
+    # Where this process listens (gRPC) and what it tells others to dial.
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_address: str = ""
+    # Prometheus metrics HTTP port; 0 picks a free port, -1 disables.
+    metrics_port: int = 0
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # "file:///var/lib/pylon" or "s3://bucket/prefix".
+    object_store_url: str = "file:///tmp/pylon-objects"
+    s3_endpoint_url: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+
+    # Bootstrap admin key: accepted without being stored. Empty disables it.
+    admin_key: str = ""
+    # Service addresses used for service-to-service calls.
+    ingest_address: str = ""
+    scheduler_address: str = ""
+    registry_address: str = ""
+    gateway_address: str = ""
+
+    ray_address: str = ""
+    # Limits and lifecycle.
+    max_message_bytes: int = 16 * 1024 * 1024
+    shutdown_grace_s: float = 20.0
+    auth_cache_ttl_s: float = 5.0
+    log_level: str = "INFO"

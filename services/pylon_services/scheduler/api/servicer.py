@@ -1,0 +1,160 @@
+"""SchedulerService transport: proto <-> job dicts, streams; decisions live in the controller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from pylon.scheduler.v1 import scheduler_pb2 as pb
+from pylon.scheduler.v1 import scheduler_pb2_grpc
+from pylon_services.common.errors import InvalidArgument, NotFound
+from pylon_services.common.names import parse_name, parse_parent
+from pylon_services.runtime.context import principal
+from pylon_services.runtime.protoconv import page_size, struct, ts
+from pylon_services.scheduler.controller import Controller
+from pylon_services.scheduler.domain.job import Job, JobState, validate_spec
+from pylon_services.scheduler.store.redis_jobs import JobStore
+
+_POLL_S = 0.25
+
+
+def _struct_ints(value: Any) -> Any:
+    """protobuf Struct has only doubles: give whole numbers back their int type."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _struct_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_struct_ints(v) for v in value]
+    return value
+
+
+def spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
+    d = json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    if "trainer" in d:
+        d["trainer"]["config"] = _struct_ints(d["trainer"].get("config", {}))
+    d["workers"] = int(d.get("workers", 0)) or 1
+    d["placement"] = "spread" if spec.placement == pb.PLACEMENT_STRATEGY_SPREAD else "pack"
+    return d
+
+
+def spec_to_pb(d: dict[str, Any]) -> pb.JobSpec:
+    d = dict(d)
+    d["placement"] = "PLACEMENT_STRATEGY_SPREAD" if d.get("placement") == "spread" else "PLACEMENT_STRATEGY_PACK"
+    return json_format.ParseDict(d, pb.JobSpec(), ignore_unknown_fields=True)
+
+
+def job_pb(job: Job) -> pb.Job:
+    status = pb.JobStatus(
+        state=getattr(pb, f"JOB_STATE_{job.state.name}"), message=job.message, gpu_type=job.gpu_type,
+        attempt=job.attempt, exit_code=job.exit_code, last_log_lines=job.last_log_lines,
+        output_uri=job.output_uri, start_time=ts(job.start_time), end_time=ts(job.end_time),
+        latest_metrics=struct(job.latest_metrics))
+    return pb.Job(name=job.name, spec=spec_to_pb(job.spec), status=status, create_time=ts(job.create_time),
+                  creator=job.creator, request_id=job.request_id)
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, jobs: JobStore, controller: Controller) -> None:
+        self._jobs = jobs
+        self._ctl = controller
+
+    async def _job(self, name: str) -> Job:
+        tenant, job_id = parse_name("name", name, ("tenants", "jobs"), principal())
+        return await self._jobs.get(tenant, job_id)
+
+    async def SubmitJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = principal()
+        tenant = parse_parent("parent", request.parent, p)
+        if not request.HasField("spec"):
+            raise InvalidArgument.field("spec", "is required")
+        spec = spec_to_dict(request.spec)
+        validate_spec(spec, await asyncio.to_thread(self._ctl.executor.capacities))
+        job = Job(id=JobStore.new_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request.request_id)
+        job, created = await self._jobs.create(job)
+        if created:
+            self._ctl.wake()
+        return pb.SubmitJobResponse(job=job_pb(job))
+
+    async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.GetJobResponse(job=job_pb(await self._job(request.name)))
+
+    async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant = parse_parent("parent", request.parent, principal())
+        if request.page_token and not request.page_token.isdigit():
+            raise InvalidArgument.field("page_token", "is not a token this server issued")
+        jobs, token = await self._jobs.list(tenant, page_size(request.page_size), request.page_token or None)
+        wanted = {pb.JobState.Name(s)[len("JOB_STATE_"):].lower() for s in request.states}
+        jobs = [j for j in jobs if not wanted or j.state.value in wanted]
+        return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs], next_page_token=token or "")
+
+    async def CancelJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.CancelJobResponse(job=job_pb(await self._ctl.cancel(await self._job(request.name))))
+
+    async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        job = await self._job(request.name)
+        last = None
+        while True:
+            snapshot = (job.state, job.message, job.attempt)
+            if snapshot != last:
+                yield pb.WatchJobResponse(job=job_pb(job))
+                last = snapshot
+            if job.state.terminal:
+                return
+            await asyncio.sleep(_POLL_S)
+            job = await self._jobs.get(job.tenant, job.id)
+
+    async def StreamLogs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        job = await self._job(request.name)
+        if request.offset < 0:
+            raise InvalidArgument.field("offset", "must not be negative")
+        offset = request.offset
+        while True:
+            lines = await self._jobs.logs(job.tenant, job.id, offset)
+            if lines:
+                yield pb.StreamLogsResponse(lines=[
+                    pb.LogLine(index=offset + i, text=x["text"], attempt=x["attempt"], time=ts(x["t"]))
+                    for i, x in enumerate(lines)])
+                offset += len(lines)
+                continue
+            if not request.follow or job.state.terminal:
+                return
+            await asyncio.sleep(_POLL_S)
+            job = await self._jobs.get(job.tenant, job.id)
+
+    async def ListJobMetrics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        job = await self._job(request.name)
+        keys = set(request.keys)
+        points = [pb.MetricPoint(key=m["key"], step=m["step"], value=m["value"], time=ts(m["t"]))
+                  for m in await self._jobs.metrics(job.tenant, job.id) if not keys or m["key"] in keys]
+        return pb.ListJobMetricsResponse(points=points)
+
+    async def ExplainJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        job = await self._job(request.name)
+        if job.state != JobState.PENDING:
+            from pylon_services.common.errors import FailedPrecondition
+            raise FailedPrecondition(f"job is {job.state.value}, not pending")
+        queue = await self._jobs.pending()
+        try:
+            position = queue.index((job.tenant, job.id)) + 1
+        except ValueError as e:
+            raise NotFound(f"{job.name} is not queued") from e
+        reasons = [f"{position - 1} job(s) ahead in the FIFO queue"] if position > 1 else \
+            ["at the head of the queue; waiting for free capacity on an acceptable pool"]
+        return pb.ExplainJobResponse(reasons=reasons, position=position)
+
+    async def GetCluster(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caps = await asyncio.to_thread(self._ctl.executor.capacities)
+        free = await asyncio.to_thread(self._ctl.executor.free)
+        pools = []
+        for c in caps:
+            f = free.get(c.gpu_type)
+            total_g, total_c = c.max_gpus_per_node * c.nodes, c.max_cpus_per_node * c.nodes
+            pools.append(pb.GpuPool(gpu_type=c.gpu_type, nodes=c.nodes, healthy_nodes=c.nodes,
+                                    total_gpus=total_g, total_cpus=total_c,
+                                    used_gpus=total_g - (f.gpus if f else 0), used_cpus=total_c - (f.cpus if f else 0)))
+        return pb.GetClusterResponse(pools=pools)

@@ -1,0 +1,29 @@
+"""Scheduler wiring: settings -> Redis ledger + Ray executor -> controller loop -> servicer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from pylon.scheduler.v1 import scheduler_pb2_grpc
+from pylon_services.runtime.server import ServiceParts
+from pylon_services.runtime.settings import Settings
+from pylon_services.scheduler.api.servicer import SchedulerServicer
+from pylon_services.scheduler.controller import Controller
+from pylon_services.scheduler.store.ray_exec import RayExecutor
+from pylon_services.scheduler.store.redis_jobs import JobStore
+
+
+async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
+    jobs = JobStore(redis)
+    executor = RayExecutor(settings.ray_address, settings.model_dump())
+    controller = Controller(jobs, executor, redis)
+
+    async def on_start() -> None:
+        await asyncio.to_thread(executor.connect)
+        controller.start()
+
+    return ServiceParts("scheduler", [(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+                                       SchedulerServicer(jobs, controller), "pylon.scheduler.v1.SchedulerService")],
+                        on_start=on_start, on_stop=controller.stop)
