@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from pylon_services.common.errors import FailedPrecondition
 from pylon_services.localstack.seaweed import SeaweedServer, find_weed_binary
 from pylon_services.storage.s3 import S3ObjectStore
+
+# One-machine Ray: keep its addresses on loopback (must be set before Ray is imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+
+pytest_plugins = ["tests.support.fixtures"]
 
 TEST_BUCKET = "pylon-test"
 

@@ -141,13 +141,19 @@ def demo(steps: int = typer.Option(300, help="Training steps."),
 
     platform = None
     if not read_state() and not _opts.get("address"):
-        platform = Platform(on_step=lambda m: console.print(f"  {m}"))
+        platform = Platform(on_step=lambda m: console.print(f"  {m}", soft_wrap=True))
         console.print("No platform running: starting one (`pylon up`)…")
         state = platform.start()
         console.print(f"  platform ready in {state['startup_s']}s")
     try:
-        with client() as c:
-            run_demo(c, steps=steps, prompt=prompt, out=lambda s: console.print(s, markup=False, highlight=False))
+        with client() as admin:
+            if admin.admin.whoami()["role"] == "admin":  # work as a tenant, like a user would
+                _, token = admin.admin.create_key("demo", "editor", "pylon demo")
+                console.print("  created an editor API key for tenant 'demo'")
+            else:
+                token = admin.token
+        with Client(_opts.get("address"), token) as c:
+            run_demo(c, steps=steps, prompt=prompt, out=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     finally:
         if platform:
             console.print("Stopping the platform the demo started…")

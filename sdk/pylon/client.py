@@ -156,7 +156,7 @@ class Client:
             ch.close()
         self._channels.clear()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

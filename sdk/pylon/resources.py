@@ -43,7 +43,7 @@ def file_digest(path: str) -> str:
 
 
 class _Resource:
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self._c = client
 
 
@@ -123,8 +123,8 @@ class Jobs(_Resource):
     def wait(self, name: str, timeout: float | None = None) -> Job:
         """Block until the job ends; returns it in its final state."""
         last = None
-        for last in self.watch(name, timeout=timeout):
-            pass
+        for job in self.watch(name, timeout=timeout):
+            last = job
         if last is None or not last.done:
             raise PylonError(f"watch of {name} ended before the job finished")
         return last

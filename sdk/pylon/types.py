@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
@@ -15,7 +15,7 @@ from pylon.scheduler.v1 import scheduler_pb2
 
 
 def _time(t: Any) -> datetime | None:
-    return t.ToDatetime(tzinfo=timezone.utc) if t.seconds or t.nanos else None
+    return t.ToDatetime(tzinfo=UTC) if t.seconds or t.nanos else None
 
 
 def _enum_suffix(enum: Any, value: int, prefix: str) -> str:
@@ -35,7 +35,7 @@ class DatasetVersion:
     deduplicated: bool = False
 
     @classmethod
-    def from_proto(cls, v: ingest_pb2.DatasetVersion, deduplicated: bool = False) -> "DatasetVersion":
+    def from_proto(cls, v: ingest_pb2.DatasetVersion, deduplicated: bool = False) -> DatasetVersion:
         return cls(v.name, v.version, v.digest, v.record_count, v.size_bytes,
                    [json_format.MessageToDict(f, preserving_proto_field_name=True) for f in v.files],
                    _enum_suffix(ingest_pb2.DatasetVersionState, v.state, "DATASET_VERSION_STATE_"),
@@ -50,7 +50,7 @@ class Dataset:
     created: datetime | None
 
     @classmethod
-    def from_proto(cls, d: ingest_pb2.Dataset) -> "Dataset":
+    def from_proto(cls, d: ingest_pb2.Dataset) -> Dataset:
         return cls(d.name, d.description, d.latest_version, _time(d.create_time))
 
 
@@ -75,7 +75,7 @@ class Job:
         return self.state in ("succeeded", "failed", "cancelled")
 
     @classmethod
-    def from_proto(cls, j: scheduler_pb2.Job) -> "Job":
+    def from_proto(cls, j: scheduler_pb2.Job) -> Job:
         s = j.status
         return cls(j.name, _enum_suffix(scheduler_pb2.JobState, s.state, "JOB_STATE_"), s.message, s.attempt,
                    s.exit_code, s.gpu_type, s.output_uri, json_format.MessageToDict(s.latest_metrics),
@@ -92,7 +92,7 @@ class Model:
     tags: dict[str, str]
 
     @classmethod
-    def from_proto(cls, m: registry_pb2.Model) -> "Model":
+    def from_proto(cls, m: registry_pb2.Model) -> Model:
         return cls(m.name, m.description, dict(m.aliases), m.latest_version, dict(m.tags))
 
 
@@ -112,7 +112,7 @@ class ModelVersion:
     created: datetime | None
 
     @classmethod
-    def from_proto(cls, v: registry_pb2.ModelVersion) -> "ModelVersion":
+    def from_proto(cls, v: registry_pb2.ModelVersion) -> ModelVersion:
         return cls(v.name, v.version, _enum_suffix(registry_pb2.ModelVersionState, v.state, "MODEL_VERSION_STATE_"),
                    _enum_suffix(registry_pb2.ModelFormat, v.format, "MODEL_FORMAT_"), v.digest,
                    [json_format.MessageToDict(f, preserving_proto_field_name=True) for f in v.files],
@@ -127,7 +127,7 @@ class Alias:
     etag: str
 
     @classmethod
-    def from_proto(cls, a: registry_pb2.Alias) -> "Alias":
+    def from_proto(cls, a: registry_pb2.Alias) -> Alias:
         return cls(a.name, a.version, a.etag)
 
 
@@ -143,7 +143,7 @@ class Deployment:
     replica_status: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_proto(cls, d: gateway_pb2.Deployment) -> "Deployment":
+    def from_proto(cls, d: gateway_pb2.Deployment) -> Deployment:
         return cls(d.name, d.model_uri, d.model_version, d.engine, d.replicas,
                    _enum_suffix(gateway_pb2.DeploymentState, d.state, "DEPLOYMENT_STATE_"), d.message,
                    [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in d.replica_status])

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pylon_services.localstack.procs import free_port, log_tail, stop_process, wait_until
-from pylon_services.localstack.ray_head import RayHead
+from pylon_services.localstack.ray_head import LOCAL_RAY_ENV, RayHead
 from pylon_services.localstack.redis_server import RedisServer
 
 SERVICES = ("registry", "ingest", "scheduler", "gateway")
@@ -123,6 +123,8 @@ class Platform:
             self.on_step(f"object store {objects}")
         self.ray = RayHead(f"/tmp/pylon-ray-{os.getpid()}", self.num_cpus, log_dir=logs).start()
         env["PYLON_RAY_ADDRESS"] = self.ray.address
+        env["PYLON_RAY_NODE_IP_ADDRESS"] = "127.0.0.1"
+        env.update(LOCAL_RAY_ENV)
         env["RAY_ADDRESS"] = self.ray.address
         self.on_step(f"ray head     {self.ray.address} ({self.num_cpus} CPUs)")
         return env

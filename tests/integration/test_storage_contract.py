@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pylon_services.common.errors import FailedPrecondition, InvalidArgument
 from pylon_services.storage.base import (
     CompletedPart,

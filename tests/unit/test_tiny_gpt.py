@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from pylon_services.engines.torch_engine import GeneratedPiece, ModelRunner
 from pylon_services.ml import (
     GPT,

@@ -37,7 +37,7 @@ class InvalidArgument(PylonError):
         self.violations = list(violations or [])
 
     @classmethod
-    def field(cls, field: str, description: str) -> "InvalidArgument":
+    def field(cls, field: str, description: str) -> InvalidArgument:
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
 

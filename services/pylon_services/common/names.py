@@ -62,7 +62,7 @@ def parse_name(field: str, name: str, pattern: tuple[str, ...], principal: Princ
     if ids[0] == "-":
         ids[0] = principal.tenant
     check_tenant(field, ids[0])
-    for word, value in zip(pattern[1:], ids[1:]):
+    for word, value in zip(pattern[1:], ids[1:], strict=True):
         if not (word == "versions" and (value.isdigit() or value == "latest")):
             if word != "versions":
                 check_id(field, value)

@@ -10,6 +10,10 @@ import sys
 
 from pylon_services.localstack.procs import free_port, stop_process, wait_until
 
+# Keep every Ray address on loopback for a one-machine cluster: without this Ray rewrites
+# 127.0.0.1 to the machine's outward-facing IP (ray._private.services.resolve_ip_for_localhost).
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DISABLE_USAGE_STATS": "1"}
+
 
 class RayHead:
     def __init__(self, temp_dir: str, num_cpus: int, num_gpus: int = 0, log_dir: str = "") -> None:
@@ -24,14 +28,15 @@ class RayHead:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120) -> "RayHead":
+    def start(self, timeout_s: float = 120) -> RayHead:
         os.makedirs(self.temp_dir, exist_ok=True)
         ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
         args = [ray_cli, "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",
                 f"--num-cpus={self.num_cpus}", f"--num-gpus={self.num_gpus}", "--include-dashboard=false",
                 "--disable-usage-stats", f"--temp-dir={self.temp_dir}"]
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **LOCAL_RAY_ENV})
 
         def gcs_up() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):

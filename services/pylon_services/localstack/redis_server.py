@@ -36,7 +36,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         os.makedirs(self.data_dir, exist_ok=True)
         args = [find_redis_binary(), "--port", str(self.port), "--bind", self.host, "--dir", self.data_dir,
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "no",
@@ -49,7 +49,7 @@ class RedisServer:
     def stop(self) -> None:
         stop_process(self.proc)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

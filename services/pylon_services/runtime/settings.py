@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     gateway_address: str = ""
 
     ray_address: str = ""
+    # IP this process uses as a Ray driver; empty lets Ray choose (set to 127.0.0.1 on one machine).
+    ray_node_ip_address: str = ""
     # Limits and lifecycle.
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 20.0

@@ -76,7 +76,7 @@ class Controller:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.period_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _schedule_once(self) -> None:

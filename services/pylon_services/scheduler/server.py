@@ -17,7 +17,7 @@ from pylon_services.scheduler.store.redis_jobs import JobStore
 
 async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     jobs = JobStore(redis)
-    executor = RayExecutor(settings.ray_address, settings.model_dump())
+    executor = RayExecutor(settings.ray_address, settings.model_dump(exclude={"admin_key"}), settings.ray_node_ip_address)
     controller = Controller(jobs, executor, redis)
 
     async def on_start() -> None:

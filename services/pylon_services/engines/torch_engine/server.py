@@ -21,17 +21,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pylon.engine.v1 import engine_pb2 as pb
 from pylon.engine.v1 import engine_pb2_grpc
+from pylon_services.engines.registration import HEARTBEAT_S, replicas_key
 from pylon_services.engines.torch_engine.runner import ModelRunner
 from pylon_services.runtime.settings import Settings
 from pylon_services.runtime.stores import object_store
 
 log = logging.getLogger("pylon.engine")
-HEARTBEAT_S = 2.0
 _FINISH = {"length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP}
-
-
-def replicas_key(tenant: str, deployment_id: str) -> str:
-    return f"pylon:replicas:{tenant}:{deployment_id}"
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):

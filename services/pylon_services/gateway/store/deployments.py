@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pylon_services.common.errors import NotFound
-from pylon_services.engines.torch_engine.server import replicas_key
+from pylon_services.engines.registration import replicas_key
 from pylon_services.gateway.domain.routing import ReplicaView
 
 

@@ -216,7 +216,7 @@ class Registry:
             nodes.append({"name": lin["job"], "kind": "job", "attributes": {}})
             edges.append((lin["job"], upstream))
             upstream = lin["job"]
-        for ds, dg in zip(lin.get("datasets", []), lin.get("dataset_digests", []) + [""] * 99):
+        for ds, dg in zip(lin.get("datasets", []), lin.get("dataset_digests", []) + [""] * 99, strict=False):
             nodes.append({"name": ds, "kind": "dataset_version", "attributes": {"digest": dg}})
             edges.append((ds, upstream))
         for dep in v["deployments"]:

@@ -84,7 +84,7 @@ class Job:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Job":
+    def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["state"] = JobState(d["state"])
         return cls(**d)

@@ -29,14 +29,16 @@ def _pool_of(resources: dict[str, float]) -> str:
 
 
 class RayExecutor:
-    def __init__(self, address: str, settings: dict[str, Any]) -> None:
+    def __init__(self, address: str, settings: dict[str, Any], node_ip_address: str = "") -> None:
         self.address = address
+        self.node_ip_address = node_ip_address
         self.settings = settings
         self._remote: Any = None
 
     def connect(self) -> None:
+        extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
         ray.init(address=self.address or None, namespace="pylon", log_to_driver=False,
-                 ignore_reinit_error=True, include_dashboard=False if not self.address else None)
+                 ignore_reinit_error=True, include_dashboard=False if not self.address else None, **extra)
         from pylon_services.scheduler.workload import run_workload
 
         self._remote = ray.remote(run_workload)

@@ -1,0 +1,32 @@
+# Everything a fresh machine needs, from the repo's own files. `make demo` / `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint protos clean
+
+$(STAMP): sdk/pyproject.toml services/pyproject.toml requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ./sdk -e ./services -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pylon demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sdk/pylon services tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(PY) -m pytest -q
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,194 @@
+"""The shared runtime, through real services: discovery, health, reflection, auth, errors,
+limits, metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import google_crc32c
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+import pylon
+from pylon.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from pylon.registry.v1 import registry_pb2, registry_pb2_grpc
+from pylon_services.localstack.procs import free_port, wait_until
+from pylon_services.up import check_health
+from tests.support.platform import ADMIN_KEY
+
+EXPECTED = {
+    "ingest": "pylon.ingest.v1.IngestService",
+    "scheduler": "pylon.scheduler.v1.SchedulerService",
+    "registry": "pylon.registry.v1.RegistryService",
+    "gateway": "pylon.gateway.v1.GatewayService",
+}
+
+
+def test_discovery_lists_every_service(admin_client, platform):
+    assert admin_client.endpoints() == platform.addresses
+
+
+@pytest.mark.parametrize("svc", sorted(EXPECTED))
+def test_health_and_reflection_on_every_service(platform, svc):
+    with grpc.insecure_channel(platform.addresses[svc]) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for name in ("", EXPECTED[svc]):
+            assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == health_pb2.HealthCheckResponse.SERVING
+        services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+    assert {EXPECTED[svc], "grpc.health.v1.Health", "pylon.common.v1.PlatformService"} <= services
+    if svc == "registry":
+        assert "pylon.admin.v1.AdminService" in services
+
+
+def _registry(platform):
+    return registry_pb2_grpc.RegistryServiceStub(grpc.insecure_channel(platform.addresses["registry"]))
+
+
+@pytest.mark.parametrize("metadata,why", [
+    ((), "missing API key"),
+    ((("authorization", "Bearer pyl_nosuchkey_abcdef"),), "invalid API key"),
+    ((("authorization", "Bearer not-even-a-pylon-key"),), "invalid API key"),
+    ((("authorization", "Basic dXNlcjpwYXNz"),), "missing API key"),
+])
+def test_unauthenticated_calls_are_refused(platform, metadata, why):
+    with pytest.raises(grpc.RpcError) as e:
+        _registry(platform).ListModels(registry_pb2.ListModelsRequest(), metadata=metadata)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert why in e.value.details()
+
+
+def test_revoked_key_stops_working(admin_client, platform):
+    name, token = admin_client.admin.create_key("revoked", "viewer")
+    with pylon.Client(platform.addresses["gateway"], token) as c:
+        assert c.admin.whoami()["tenant"] == "revoked"
+        admin_client.call(admin_client.admin_stub.DeleteApiKey,
+                          __import__("pylon.admin.v1.admin_pb2", fromlist=["x"]).DeleteApiKeyRequest(name=name))
+        time.sleep(5.2)  # the per-process auth cache holds an answer for PYLON_AUTH_CACHE_TTL_S (5 s)
+        with pytest.raises(pylon.UnauthenticatedError):
+            c.admin.whoami()
+
+
+def test_other_tenants_resources_are_not_found(tenant_clients, tmp_path):
+    acme, globex = tenant_clients["acme"], tenant_clients["globex"]
+    path = tmp_path / "secret.txt"
+    path.write_text("acme's private data\n" * 10)
+    version = acme.datasets.upload(str(path), "private")
+    assert version.name.startswith("tenants/acme/")
+    with pytest.raises(pylon.NotFoundError):
+        globex.datasets.get(version.name.rsplit("/versions/", 1)[0])
+    with pytest.raises(pylon.NotFoundError):
+        globex.datasets.get("tenants/acme/datasets/private", version="latest")
+    assert "private" not in [d.name.rsplit("/", 1)[1] for d in globex.datasets.list()]
+
+
+def test_viewer_cannot_write_and_non_admin_cannot_manage_keys(tenant_clients, tmp_path):
+    viewer, acme = tenant_clients["viewer"], tenant_clients["acme"]
+    path = tmp_path / "a.txt"
+    path.write_text("hello\n")
+    with pytest.raises(pylon.PermissionDeniedError, match="needs 'editor'"):
+        viewer.datasets.upload(str(path), "nope")
+    with pytest.raises(pylon.PermissionDeniedError):
+        acme.admin.create_key("acme", "admin")
+    assert viewer.admin.whoami() == {"tenant": "acme", "role": "viewer", "api_key": viewer.admin.whoami()["api_key"]}
+
+
+def test_invalid_arguments_carry_field_violations(tenant_clients):
+    acme = tenant_clients["acme"]
+    with pytest.raises(pylon.InvalidArgumentError) as e:
+        acme.call(acme.registry.CreateModel, registry_pb2.CreateModelRequest(model_id="Bad Name!"))
+    assert e.value.violations and e.value.violations[0].field == "model_id"
+    assert "lowercase" in e.value.violations[0].description
+    assert e.value.request_id
+    with pytest.raises(pylon.InvalidArgumentError) as e:
+        acme.jobs.submit({"workers": 2000, "resources": {"gpus": -1}})
+    fields = {v.field for v in e.value.violations}
+    assert {"spec.workers", "spec.resources", "spec.workload"} <= fields
+    with pytest.raises(pylon.InvalidArgumentError, match="not of the form"):
+        acme.jobs.get("tenants/acme/models/x")
+
+
+def test_unimplemented_rpc_says_so_without_a_traceback(tenant_clients):
+    acme = tenant_clients["acme"]
+    with pytest.raises(pylon.PylonError) as e:
+        acme.call(acme.registry.DeleteModel, registry_pb2.DeleteModelRequest(name="tenants/acme/models/x"))
+    assert e.value.code == grpc.StatusCode.UNIMPLEMENTED
+    assert "Traceback" not in e.value.message
+
+
+def test_oversized_message_is_resource_exhausted(platform):
+    big = "x" * (17 * 1024 * 1024)  # over the 16 MiB default limit
+    opts = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    with grpc.insecure_channel(platform.addresses["registry"], options=opts) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            registry_pb2_grpc.RegistryServiceStub(ch).GetModel(
+                registry_pb2.GetModelRequest(name=big), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_request_id_is_echoed_and_metrics_count_codes(platform):
+    stub = _registry(platform)
+    md = (("authorization", f"Bearer {ADMIN_KEY}"), ("x-request-id", "test-req-42"))
+    _, call = stub.ListModels.with_call(registry_pb2.ListModelsRequest(parent="tenants/acme"), metadata=md)
+    assert ("x-request-id", "test-req-42") in tuple(call.trailing_metadata())
+    with pytest.raises(grpc.RpcError):
+        stub.GetModel(registry_pb2.GetModelRequest(name="tenants/acme/models/missing"), metadata=md)
+    port = platform.servers["registry"].metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    ok = 'grpc_server_handled_total{grpc_code="OK",grpc_method="ListModels",grpc_service="pylon.registry.v1.RegistryService"}'
+    assert ok in text
+    assert 'grpc_code="NOT_FOUND",grpc_method="GetModel"' in text
+    assert "grpc_server_handling_seconds_bucket" in text
+
+
+def test_sigterm_drains_an_in_flight_upload(redis_server, tmp_path):
+    """SIGTERM mid-upload: the upload in flight completes, new calls are refused, the process exits 0."""
+    port = free_port()
+    env = {**os.environ, "PYLON_PORT": str(port), "PYLON_REDIS_URL": redis_server.url, "PYLON_METRICS_PORT": "-1",
+           "PYLON_OBJECT_STORE_URL": f"file://{tmp_path}/objects", "PYLON_ADMIN_KEY": ADMIN_KEY,
+           "PYLON_SHUTDOWN_GRACE_S": "20"}
+    proc = subprocess.Popen([sys.executable, "-m", "pylon_services.ingest"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_until(lambda: check_health(address) == "SERVING", 60, "ingest", proc)
+        chunks_sent = []
+        terminated = threading.Event()
+        health_during_drain: list[str] = []
+
+        def messages():
+            yield ingest_pb2.UploadDatasetVersionRequest(header=ingest_pb2.UploadHeader(
+                dataset="tenants/acme/datasets/drain", path="d.txt", format=ingest_pb2.DATA_FORMAT_TEXT))
+            for i in range(10):
+                data = f"line {i}\n".encode()
+                chunks_sent.append(i)
+                yield ingest_pb2.UploadDatasetVersionRequest(
+                    chunk=ingest_pb2.UploadChunk(data=data, crc32c=google_crc32c.value(data)))
+                if i == 2:
+                    proc.send_signal(signal.SIGTERM)
+                    terminated.set()
+                if i == 5:
+                    health_during_drain.append(check_health(address, timeout=2))
+                time.sleep(0.2)
+
+        with grpc.insecure_channel(address) as ch:
+            stub = ingest_pb2_grpc.IngestServiceStub(ch)
+            resp = stub.UploadDatasetVersion(messages(), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),),
+                                             timeout=30)
+        assert terminated.is_set() and len(chunks_sent) == 10
+        assert health_during_drain and health_during_drain[0] != "SERVING"  # new work is turned away
+        assert resp.version.record_count == 10
+        assert proc.wait(30) == 0
+        output = proc.stdout.read().decode()
+        assert '"msg": "shutting down"' in output and '"msg": "stopped"' in output
+        assert check_health(address, timeout=1) == "UNREACHABLE"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
