@@ -21,6 +21,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sdk/pylon services tests benchmarks scripts
 	$(VENV)/bin/lint-imports
+	# buf STANDARD lint of the API contract (buf ships on npm; skipped where there is no npm).
+	if command -v npx >/dev/null 2>&1; then npx --yes @bufbuild/buf@1 lint protos; \
+	else echo "npx not found: skipping buf lint"; fi
 
 test: lint
 	$(PY) -m pytest -q

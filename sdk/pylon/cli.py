@@ -118,7 +118,7 @@ def down() -> None:
 @app.command()
 def status(as_json: bool = JSON) -> None:
     """Health of each service of the local platform (or of $PYLON_ADDRESS)."""
-    from pylon_services.up import check_health
+    from pylon.health import check_health
 
     c = client()
     try:

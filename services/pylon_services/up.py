@@ -18,9 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from pylon.health import check_health
 from pylon_services.localstack.procs import free_port, log_tail, stop_process, wait_until
 from pylon_services.localstack.ray_head import LOCAL_RAY_ENV, RayHead
 from pylon_services.localstack.redis_server import RedisServer
@@ -43,16 +41,6 @@ def admin_key(home: str) -> str:
             f.write(f"pyl_admin_{secrets.token_urlsafe(24)}")
     with open(path) as f:
         return f.read().strip()
-
-
-def check_health(address: str, timeout: float = 2.0) -> str:
-    """'SERVING', 'NOT_SERVING', or 'UNREACHABLE'."""
-    try:
-        with grpc.insecure_channel(address) as ch:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-    except grpc.RpcError:
-        return "UNREACHABLE"
 
 
 @dataclass

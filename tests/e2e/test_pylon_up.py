@@ -27,10 +27,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_up_status_down(tmp_path):
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_up_status_down(tmp_path, store):
     env = _env(tmp_path)
-    up = subprocess.run([*PYLON, "up", "--detach", "--random-ports"], env=env, capture_output=True, text=True,
-                        timeout=300)
+    flags = ["--s3"] if store == "s3" else []
+    up = subprocess.run([*PYLON, "up", "--detach", "--random-ports", *flags], env=env, capture_output=True,
+                        text=True, timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
     state = json.loads((tmp_path / "state.json").read_text())
     try:
@@ -46,6 +48,7 @@ def test_up_status_down(tmp_path):
         down = subprocess.run([*PYLON, "down"], env=env, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert not any(_alive(pid) for pid in state["pids"].values())
+    assert ("seaweed" in state["pids"]) == (store == "s3")
     assert not (tmp_path / "state.json").exists()
 
 

@@ -18,10 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 import pylon
+from pylon.health import check_health
 from pylon.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from pylon.registry.v1 import registry_pb2, registry_pb2_grpc
 from pylon_services.localstack.procs import free_port, wait_until
-from pylon_services.up import check_health
 from tests.support.platform import ADMIN_KEY
 
 EXPECTED = {

@@ -88,3 +88,25 @@ def latest_number(store: ObjectStore, prefix: str) -> int:
     while n > 0 and not store.exists(f"{prefix}{n:010d}.json"):
         n -= 1  # hint ahead of reality cannot happen, but never trust a hint blindly
     return n
+
+
+def read_numbered(store: ObjectStore, prefix: str, version: str) -> dict[str, Any] | None:
+    """Document ``version`` (a number or "latest") under ``prefix``, or None."""
+    n = latest_number(store, prefix) if version == "latest" else int(version)
+    return read_json_or_none(store, f"{prefix}{n:010d}.json") if n > 0 else None
+
+
+def page_numbered(store: ObjectStore, prefix: str, page_size: int, page_token: str | None,
+                  read: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, ``page_size`` at a time; the token is the next number to return, so a page
+    costs ``page_size`` reads however many versions exist."""
+    if page_token is not None and not page_token.isdigit():
+        from pylon_services.common.errors import InvalidArgument
+
+        raise InvalidArgument.field("page_token", "is not a token this server issued")
+    n = int(page_token) if page_token else latest_number(store, prefix)
+    out = []
+    while n > 0 and len(out) < page_size:
+        out.append(read(n))
+        n -= 1
+    return out, (str(n) if n > 0 else None)

@@ -111,6 +111,11 @@ class SeaweedServer:
         self._log: IO[bytes] | None = None
 
     @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The running `weed mini` process (its own process group), if started."""
+        return self._proc
+
+    @property
     def s3_port(self) -> int:
         if self._s3_port is None:
             raise FailedPrecondition("SeaweedServer is not started")

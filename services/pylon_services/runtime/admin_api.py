@@ -33,7 +33,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def ListApiKeys(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         size = page_size(request.page_size)
-        keys = await self._keys.list(request.tenant, size, request.page_token)
+        keys = await self._keys.list_keys(request.tenant, size, request.page_token)
         token = keys[-1].key_id if len(keys) == size else ""
         return admin_pb2.ListApiKeysResponse(api_keys=[_key(k) for k in keys], next_page_token=token)
 

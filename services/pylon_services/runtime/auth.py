@@ -82,7 +82,7 @@ class ApiKeyStore:
         await self._redis.zadd(_INDEX, {key_id: 0})
         return key, token
 
-    async def list(self, tenant: str = "", page_size: int = 100, after: str = "") -> list[StoredKey]:
+    async def list_keys(self, tenant: str = "", page_size: int = 100, after: str = "") -> list[StoredKey]:
         ids = await self._redis.zrangebylex(_INDEX, f"({after}" if after else "-", "+", start=0, num=page_size * 4)
         out: list[StoredKey] = []
         for raw in ids:
@@ -107,22 +107,32 @@ class ApiKeyStore:
         d = {k.decode(): v.decode() for k, v in h.items()}
         return StoredKey(key_id, d["tenant"], d["role"], d.get("description", ""), float(d["create_time"]))
 
-    async def authenticate(self, token: str) -> Principal:
-        """Resolve a bearer token to a principal, or raise Unauthenticated."""
+    def authenticate_cached(self, token: str) -> Principal | None:
+        """The principal if the answer is known without Redis (bootstrap key or a fresh cache
+        entry); None when ``authenticate`` must look it up. Raises for known-bad tokens."""
         if not token:
             raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' metadata")
+        cached = self._cache.get(token)
+        if cached is not None and cached[0] > time.monotonic():
+            if cached[1] is None:
+                raise Unauthenticated("invalid API key")
+            return cached[1]
+        return None
+
+    async def authenticate(self, token: str) -> Principal:
+        """Resolve a bearer token to a principal, or raise Unauthenticated."""
+        principal = self.authenticate_cached(token)
+        if principal is not None:
+            return principal
         digest = hash_token(token)
         if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
-            return Principal(tenant="admin", role="admin", key_id="bootstrap")
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached and cached[0] > now:
-            principal = cached[1]
+            principal = Principal(tenant="admin", role="admin", key_id="bootstrap")
         else:
             principal = await self._lookup(token, digest)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._ttl, principal)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        # Keyed by the token itself: this dict lives only in this process's memory.
+        self._cache[token] = (time.monotonic() + self._ttl, principal)
         if principal is None:
             raise Unauthenticated("invalid API key")
         return principal

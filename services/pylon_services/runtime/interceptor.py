@@ -69,13 +69,18 @@ class _Call:
 
     __slots__ = ("info", "service", "method", "request_id", "token", "needed", "code", "tenant", "start")
 
-    def __init__(self, info: _Method, metadata: dict[str, str]) -> None:
+    def __init__(self, info: _Method, metadata: Any) -> None:
         self.info = info
         self.service = info.service
         self.method = info.method
-        # 16 hex characters, as before (uuid4().hex[:16]), without building a UUID object.
-        self.request_id = metadata.get("x-request-id") or os.urandom(8).hex()
-        auth = metadata.get("authorization", "")
+        request_id, auth = "", ""
+        for key, value in metadata or ():
+            if key == "x-request-id" and isinstance(value, str):
+                request_id = value
+            elif key == "authorization" and isinstance(value, str):
+                auth = value
+        # 16 hex characters, without building a UUID object.
+        self.request_id = request_id or os.urandom(8).hex()
         self.token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         self.needed = info.needed
         self.code = grpc.StatusCode.OK
@@ -86,28 +91,37 @@ class _Call:
 class PylonInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keys: ApiKeyStore | None) -> None:
         self._keys = keys
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
+        # The wrapped handler depends only on the method (per-call data comes from the context),
+        # so it is built once per method rather than on every call.
+        cached = self._wrapped.get(details.method)
+        if cached is not None:
+            return cached
         handler = await continuation(details)
         if handler is None:
             return None
-        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
-        method = _method_info(details.method)
+        self._wrapped[details.method] = wrapped = self._wrap(handler, details.method)
+        return wrapped
+
+    def _wrap(self, handler: Any, full_method: str) -> Any:
+        method = _method_info(full_method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, metadata),
+                self._unary(handler.unary_unary, method),
                 handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, metadata),
+                self._stream(handler.unary_stream, method),
                 handler.request_deserializer, handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, metadata),
+                self._unary(handler.stream_unary, method),
                 handler.request_deserializer, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method, metadata),
+            self._stream(handler.stream_stream, method),
             handler.request_deserializer, handler.response_serializer)
 
     async def _begin(self, call: _Call) -> None:
@@ -116,15 +130,14 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
         if call.needed is not None:
             if self._keys is None:
                 raise PylonError("auth is not configured")
-            principal = await self._keys.authenticate(call.token)
+            principal = self._keys.authenticate_cached(call.token) or await self._keys.authenticate(call.token)
             authorize(principal, call.needed)
             call.tenant = principal.tenant
         callctx.set_call(principal, call.request_id, call.token)
 
-    def _unary(self, behaviour: Callable[..., Awaitable[Any]], method: _Method,
-               metadata: dict[str, str]) -> Callable[..., Awaitable[Any]]:
+    def _unary(self, behaviour: Callable[..., Awaitable[Any]], method: _Method) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(method, metadata)
+            call = _Call(method, context.invocation_metadata())
             try:
                 await self._begin(call)
                 response = await behaviour(request, context)
@@ -136,10 +149,9 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
                 self._finish(call, context)
         return wrapped
 
-    def _stream(self, behaviour: Callable[..., AsyncIterator[Any]], method: _Method,
-                metadata: dict[str, str]) -> Callable[..., AsyncIterator[Any]]:
+    def _stream(self, behaviour: Callable[..., AsyncIterator[Any]], method: _Method) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(method, metadata)
+            call = _Call(method, context.invocation_metadata())
             try:
                 await self._begin(call)
                 async for item in behaviour(request, context):

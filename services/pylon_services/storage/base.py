@@ -48,6 +48,22 @@ class CompletedPart:
     etag: str
 
 
+class PagedListing:
+    """``iter_all`` for any store whose ``list`` pages by token (shared by both adapters)."""
+
+    def list(self, prefix: str, *, page_size: int = 1000, page_token: str | None = None) -> ListPage:
+        raise NotImplementedError
+
+    def iter_all(self, prefix: str) -> Iterator[ObjectInfo]:
+        token: str | None = None
+        while True:
+            page = self.list(prefix, page_token=token)
+            yield from page.objects
+            if page.next_page_token is None:
+                return
+            token = page.next_page_token
+
+
 class ObjectStore(Protocol):
     """Keys are '/'-separated paths without a leading '/'; values are bytes."""
 

@@ -42,6 +42,7 @@ from pylon_services.storage.base import (
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
+    PagedListing,
 )
 
 MAX_KEY_BYTES = 1024  # S3's limit; enforced on every backend so keys stay portable
@@ -109,7 +110,7 @@ def _strip_etag(etag: str) -> str:
     return etag.strip().strip('"')
 
 
-class LocalObjectStore:
+class LocalObjectStore(PagedListing):
     """``ObjectStore`` over a directory; safe for many threads and processes on one machine."""
 
     def __init__(self, root_dir: str | os.PathLike[str]) -> None:
@@ -235,15 +236,6 @@ class LocalObjectStore:
                 continue
             objects.append(ObjectInfo(info.key, info.size, info.etag))
         return ListPage(objects, None)
-
-    def iter_all(self, prefix: str) -> Iterator[ObjectInfo]:
-        token: str | None = None
-        while True:
-            page = self.list(prefix, page_token=token)
-            yield from page.objects
-            if page.next_page_token is None:
-                return
-            token = page.next_page_token
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
                 part_number: int | None = None) -> str | None:

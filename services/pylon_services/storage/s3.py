@@ -38,6 +38,7 @@ from pylon_services.storage.base import (
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
+    PagedListing,
 )
 from pylon_services.storage.local import (
     normalize_range,
@@ -86,7 +87,7 @@ def _latest_parts(entries: list[dict[str, Any]]) -> list[CompletedPart]:
     return parts
 
 
-class S3ObjectStore:
+class S3ObjectStore(PagedListing):
     """``ObjectStore`` over one bucket (and optional key prefix); share one instance freely."""
 
     def __init__(
@@ -297,15 +298,6 @@ class S3ObjectStore:
         ]
         more = bool(response.get("IsTruncated")) and bool(objects)
         return ListPage(objects, objects[-1].key if more else None)
-
-    def iter_all(self, prefix: str) -> Iterator[ObjectInfo]:
-        token: str | None = None
-        while True:
-            page = self.list(prefix, page_token=token)
-            yield from page.objects
-            if page.next_page_token is None:
-                return
-            token = page.next_page_token
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
                 part_number: int | None = None) -> str | None:

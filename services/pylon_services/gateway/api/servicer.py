@@ -96,7 +96,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListDeployments(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant = parse_parent("parent", request.parent, principal())
         size = page_size(request.page_size)
-        docs = await self._d.list(tenant, size, request.page_token)
+        docs = await self._d.list_deployments(tenant, size, request.page_token)
         views = [await self._view(tenant, d["name"].rsplit("/", 1)[1], d) for d in docs]
         token = docs[-1]["name"].rsplit("/", 1)[1] if len(docs) == size else ""
         return pb.ListDeploymentsResponse(deployments=views, next_page_token=token)

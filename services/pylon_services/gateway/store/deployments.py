@@ -40,7 +40,7 @@ class DeploymentStore:
         await self.r.delete(self._key(tenant, dep), replicas_key(tenant, dep))
         await self.r.zrem(f"pylon:deployments:{tenant}", dep)
 
-    async def list(self, tenant: str, page_size: int, after: str) -> list[dict[str, Any]]:
+    async def list_deployments(self, tenant: str, page_size: int, after: str) -> list[dict[str, Any]]:
         ids = await self.r.zrangebylex(f"pylon:deployments:{tenant}", f"({after}" if after else "-", "+",
                                        start=0, num=page_size)
         return [await self.get(tenant, i.decode()) for i in ids]

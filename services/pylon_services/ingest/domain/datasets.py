@@ -181,9 +181,7 @@ class Datasets:
             token = page.next_page_token
 
     def get_version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
-        prefix = self.prefix(tenant, dataset) + "versions/"
-        n = blobs.latest_number(self.store, prefix) if version == "latest" else int(version)
-        doc = blobs.read_json_or_none(self.store, f"{prefix}{n:010d}.json") if n > 0 else None
+        doc = blobs.read_numbered(self.store, self.prefix(tenant, dataset) + "versions/", version)
         if doc is None:
             raise NotFound(f"tenants/{tenant}/datasets/{dataset}/versions/{version} not found")
         return doc
@@ -191,9 +189,5 @@ class Datasets:
     def list_versions(self, tenant: str, dataset: str, page_size: int, page_token: str | None
                       ) -> tuple[list[dict[str, Any]], str | None]:
         self.get_dataset(tenant, dataset)
-        n = int(page_token) if page_token else blobs.latest_number(self.store, self.prefix(tenant, dataset) + "versions/")
-        out = []
-        while n > 0 and len(out) < page_size:
-            out.append(self.get_version(tenant, dataset, str(n)))
-            n -= 1
-        return out, (str(n) if n > 0 else None)
+        return blobs.page_numbered(self.store, self.prefix(tenant, dataset) + "versions/", page_size, page_token,
+                                   lambda n: self.get_version(tenant, dataset, str(n)))

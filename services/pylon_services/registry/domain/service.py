@@ -131,9 +131,7 @@ class Registry:
         return files
 
     def get_version(self, tenant: str, model: str, version: str) -> dict[str, Any]:
-        prefix = self._model_prefix(tenant, model) + "versions/"
-        n = blobs.latest_number(self.store, prefix) if version == "latest" else int(version)
-        doc = blobs.read_json_or_none(self.store, f"{prefix}{n:010d}.json") if n > 0 else None
+        doc = blobs.read_numbered(self.store, self._model_prefix(tenant, model) + "versions/", version)
         if doc is None:
             raise NotFound(f"tenants/{tenant}/models/{model}/versions/{version} not found")
         return self._decorate(tenant, model, doc)
@@ -149,15 +147,10 @@ class Registry:
 
     def list_versions(self, tenant: str, model: str, page_size: int, page_token: str | None
                       ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first. The token is the next version number to return."""
+        """Newest first."""
         self.get_model(tenant, model)
-        top = int(page_token) if page_token else blobs.latest_number(self.store, self._model_prefix(tenant, model) + "versions/")
-        out = []
-        n = top
-        while n > 0 and len(out) < page_size:
-            out.append(self.get_version(tenant, model, str(n)))
-            n -= 1
-        return out, (str(n) if n > 0 else None)
+        return blobs.page_numbered(self.store, self._model_prefix(tenant, model) + "versions/", page_size, page_token,
+                                   lambda n: self.get_version(tenant, model, str(n)))
 
     def set_alias(self, tenant: str, model: str, alias: str, version: int, etag: str, actor: str) -> dict[str, Any]:
         """Point ``alias`` at ``version``; with ``etag``, only if the alias is unchanged (CAS)."""

@@ -87,7 +87,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         tenant = parse_parent("parent", request.parent, principal())
         if request.page_token and not request.page_token.isdigit():
             raise InvalidArgument.field("page_token", "is not a token this server issued")
-        jobs, token = await self._jobs.list(tenant, page_size(request.page_size), request.page_token or None)
+        jobs, token = await self._jobs.list_jobs(tenant, page_size(request.page_size), request.page_token or None)
         wanted = {pb.JobState.Name(s)[len("JOB_STATE_"):].lower() for s in request.states}
         jobs = [j for j in jobs if not wanted or j.state.value in wanted]
         return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs], next_page_token=token or "")

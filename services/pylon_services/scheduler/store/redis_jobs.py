@@ -69,7 +69,7 @@ class JobStore:
     async def save(self, job: Job) -> None:
         await self.r.set(self._key(job.tenant, job.id), json.dumps(job.to_dict()))
 
-    async def list(self, tenant: str, page_size: int, page_token: str | None) -> tuple[list[Job], str | None]:
+    async def list_jobs(self, tenant: str, page_size: int, page_token: str | None) -> tuple[list[Job], str | None]:
         """Newest first; the token is the offset of the next page."""
         start = int(page_token or 0)
         ids = await self.r.zrevrange(f"pylon:jobs:{tenant}", start, start + page_size - 1)
