@@ -1,0 +1,13 @@
+"""The SDK's resource collections: one verb set everywhere (see docs/architecture.md).
+
+One module per resource; ``Client`` exposes them as ``client.datasets``, ``client.jobs``, ...
+"""
+
+from pylon.resources._base import file_digest
+from pylon.resources.admin import Admin
+from pylon.resources.datasets import Datasets
+from pylon.resources.deployments import Deployments
+from pylon.resources.jobs import Jobs
+from pylon.resources.models import Models
+
+__all__ = ["Admin", "Datasets", "Deployments", "Jobs", "Models", "file_digest"]

@@ -1,0 +1,49 @@
+"""Deployments: deploy, list, get, delete."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pylon.errors import PylonError, UnavailableError
+from pylon.gateway.v1 import gateway_pb2
+from pylon.resources._base import _name, _Resource
+from pylon.types import Deployment
+
+
+class Deployments(_Resource):
+    def deploy(self, name: str, model_uri: str, *, replicas: int = 1, engine: str = "torch", gpus: float = 0,
+               gpu_types: list[str] | None = None, wait: bool = True, timeout: float = 600,
+               request_id: str | None = None) -> Deployment:
+        """Deploy ``models:/name@alias`` (or a version); with ``wait``, return once a replica serves."""
+        dep = gateway_pb2.Deployment(model_uri=model_uri, replicas=replicas, engine=engine, gpus_per_replica=gpus,
+                                     gpu_types=gpu_types or [])
+        req = gateway_pb2.CreateDeploymentRequest(deployment_id=name, deployment=dep,
+                                                  request_id=request_id or os.urandom(8).hex())
+        out = Deployment.from_proto(self._c.call(self._c.gateway.CreateDeployment, req).deployment)
+        return self.wait_ready(name, timeout) if wait else out
+
+    def wait_ready(self, name: str, timeout: float = 600) -> Deployment:
+        deadline = time.monotonic() + timeout
+        while True:
+            dep = self.get(name)
+            if dep.state == "ready":
+                return dep
+            if dep.state == "failed":
+                raise PylonError(f"deployment {name} failed: {dep.message}")
+            if time.monotonic() > deadline:
+                raise UnavailableError(f"deployment {name} not ready after {timeout:.0f}s: {dep.message}")
+            time.sleep(0.5)
+
+    def get(self, name: str) -> Deployment:
+        req = gateway_pb2.GetDeploymentRequest(name=_name("deployments", name))
+        return Deployment.from_proto(self._c.call(self._c.gateway.GetDeployment, req).deployment)
+
+    def list(self, page_size: int = 100) -> list[Deployment]:
+        resp = self._c.call(self._c.gateway.ListDeployments, gateway_pb2.ListDeploymentsRequest(page_size=page_size))
+        return [Deployment.from_proto(d) for d in resp.deployments]
+
+    def delete(self, name: str) -> None:
+        self._c.call(self._c.gateway.DeleteDeployment, gateway_pb2.DeleteDeploymentRequest(name=_name("deployments", name)))
+
+
