@@ -375,3 +375,64 @@ def test_64_concurrent_registrations_from_processes_get_1_to_64(reg: RegistryEnv
         assert [v.version for v in listed] == list(range(64, 0, -1))
         # a retried request gets its original version, not a 65th
         assert c.models.register("crowd", source_uri="tenants/acme/src/crowd", request_id="crowd-7").version == versions[7]
+
+
+# -- crash safety ----------------------------------------------------------------------------------
+def test_sigkill_mid_registration_leaves_no_partial_version(seaweed: Any, redis_server: Any, tmp_path: Any) -> None:
+    """Kill -9 the registry while it copies a large registration; after a restart no partial
+    version is visible, the index agrees with storage, and the retried request lands once."""
+    import time
+
+    from tests.support.registry import RegistryProcess
+
+    conn = s3_connection(seaweed)
+    store_url = f"s3://{TEST_BUCKET}/kill-{uuid.uuid4().hex[:8]}"
+    redis_url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    flush_db(redis_url)
+    settings = registry_settings(redis_url, store_url, {"endpoint_url": conn["endpoint_url"],
+                                                        "access_key": conn["access_key"], "secret_key": conn["secret_key"]})
+    store = open_store(store_url, **conn)
+    env = RegistryEnv("", settings, store, redis_url)
+    for i in range(300):
+        store.put(f"tenants/acme/src/big/shard-{i:03d}.bin", os.urandom(64 << 10))
+    proc = RegistryProcess(env).start()
+    env.address = f"127.0.0.1:{proc.port}"
+    outcome: list[Any] = []
+
+    def register() -> None:
+        try:
+            with env.client() as c:
+                outcome.append(c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1"))
+        except PylonError as e:
+            outcome.append(e)
+
+    with env.client() as c:  # the model exists before the crash; its first version is mid-flight
+        c.models.register("victim", _tree(tmp_path, {"seed.bin": b"v1"}))
+    worker = threading.Thread(target=register)
+    worker.start()
+    time.sleep(1.0)
+    proc.kill()
+    worker.join(30)
+    assert outcome and isinstance(outcome[0], PylonError), "the registration finished before the kill; use more data"
+    proc = RegistryProcess(env, port=proc.port).start()
+    try:
+        prefix = "tenants/acme/models/victim/versions/"
+
+        def stored() -> list[int]:
+            return sorted(int(o.key[len(prefix):-5]) for o in store.iter_all(prefix) if o.key[len(prefix):-5].isdigit())
+
+        with env.client() as c:
+            deadline = time.time() + 30
+            while sorted(v.version for v in c.models.versions("victim", page_size=100)[0]) != stored():
+                assert time.time() < deadline, "index never caught up with storage"
+                time.sleep(0.5)
+            for v in c.models.versions("victim", page_size=100)[0]:
+                for f in v.files:  # every visible version is complete
+                    assert store.exists(f["object_key"]), f
+            retried = c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1")
+            assert len(retried.files) == 300
+            again = c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1")
+            assert again.version == retried.version
+            assert [v.version for v in c.models.versions("victim", page_size=100)[0]] == stored() [::-1]
+    finally:
+        proc.stop()

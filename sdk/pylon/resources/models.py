@@ -16,7 +16,7 @@ from pylon.registry.v1 import registry_pb2 as pb
 from pylon.resources._base import _name, _Resource
 from pylon.types import Alias, AliasMove, Model, ModelVersion
 
-DEFAULT_PART_SIZE = 64 << 20
+DEFAULT_PART_SIZE = 16 << 20  # like boto3, small enough that one file keeps every thread busy
 _HF_WEIGHTS = (".safetensors", ".bin")
 
 

@@ -197,8 +197,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         p = principal()
         tenant, model = parse_name("parent", request.parent, _MODEL, p)
         files = [DeclaredFile(f.path, f.digest, f.size_bytes) for f in request.files]
-        part = request.part_size or 64 << 20
-        session, plan = await self._do(artifacts.create_upload, self._r.store, tenant, files, part, request.expires_s or 3600)
+        part = request.part_size or 16 << 20
+        session, plan = await self._do(artifacts.create_upload, self._r.store, tenant, files, part,
+                                       self._r.known_blob(tenant), request.expires_s or 3600)
         targets = [pb.ArtifactUploadTarget(path=path, present=t.get("present", False), url=t.get("url", ""),
                                            part_urls=t.get("parts", {}), stream=t.get("stream", False))
                    for path, t in plan.items()]

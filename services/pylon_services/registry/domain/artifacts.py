@@ -2,18 +2,20 @@
 
 Bytes never pass through the registry when object storage can take them directly: the SDK asks
 for an upload session, PUTs files (or multipart parts) to presigned URLs under
-``tenants/{t}/uploads/{id}/files/``, and registers. Registration then verifies every staged
-file's sha256 server-side and copies it (server-side) to its content-addressed blob key; a blob
-key therefore only ever holds verified bytes, which is what makes "already present, skip the
-upload" safe. Stores without presigned URLs (the local filesystem) take the bytes through the
-``UploadArtifact`` stream into the same staging keys.
+``tenants/{t}/blobs/staged/{id}/{i}``, and registers. Registration then verifies every staged
+file's sha256 and size server-side (parallel ranged reads) and only then lets a manifest point at
+it: the staged object becomes the blob where it lies (no copy). The index maps each verified
+digest to its object, which is what makes "already present, skip the upload" safe. Files
+registered from a job's output (an object prefix) are hashed and copied server-side to
+``tenants/{t}/blobs/sha256/{hex}``. Stores without presigned URLs (the local filesystem) take the
+bytes through the ``UploadArtifact`` stream into the same staging keys.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +46,10 @@ class UploadSession:
 
     @property
     def prefix(self) -> str:
-        return f"tenants/{self.tenant}/uploads/{self.id}/files/"
+        return f"tenants/{self.tenant}/blobs/staged/{self.id}/"
+
+
+KnownBlob = Callable[[str], "str | None"]  # digest -> object key of verified bytes, or None
 
 
 def check_path(path: str) -> str:
@@ -63,10 +68,10 @@ def check_digest(path: str, digest: str) -> str:
 
 
 def _session_key(tenant: str, upload_id: str) -> str:
-    return f"tenants/{tenant}/uploads/{upload_id}/session.json"
+    return f"tenants/{tenant}/uploads/{upload_id}.json"
 
 
-def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], part_size: int,
+def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], part_size: int, known: KnownBlob,
                   expires_s: int = 3600) -> tuple[UploadSession, dict[str, dict[str, Any]]]:
     """Open an upload session. Returns the session and, per path, what the client must do:
     ``{"present": True}`` (a verified blob holds these bytes), ``{"url": ...}`` (one PUT),
@@ -84,10 +89,10 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
             raise InvalidArgument.field(f"files[{f.path}].size", "must be given (bytes)")
         if f.path in plan:
             raise InvalidArgument.field(f"files[{f.path}]", "is listed twice")
-        if store.exists(blobs.blob_key(tenant, f.digest)):
+        if known(f.digest):
             plan[f.path] = {"present": True}
             continue
-        key = session.prefix + f.path
+        key = session.prefix + str(len(session.files))
         entry: dict[str, Any] = {"key": key, "digest": f.digest, "size": f.size, "upload_id": ""}
         if f.size > part_size:
             upload_id = store.create_multipart(key)
@@ -143,51 +148,86 @@ def finish_upload(store: ObjectStore, session: UploadSession) -> None:
         store.complete_multipart(entry["key"], entry["upload_id"], [CompletedPart(p.part_number, p.etag) for p in parts])
 
 
-def collect(store: ObjectStore, tenant: str, source_prefix: str, declared: list[DeclaredFile]) -> list[dict[str, Any]]:
-    """Verify and store a version's files; returns the manifest's file list (sorted by path).
-
-    A declared file with a digest whose blob already exists needs no source bytes. Every other
-    file is read from ``source_prefix`` (a job's checkpoint or an upload's staging area), hashed
-    server-side and compared with its declared digest, then copied to its blob key. Any missing
-    file or mismatch raises InvalidArgument before anything becomes visible.
-    """
-    src = source_prefix.rstrip("/") + "/" if source_prefix else ""
-    present = {o.key[len(src):]: o for o in store.iter_all(src)} if src else {}
-    wanted = declared or [DeclaredFile(p) for p in sorted(present)]
-    if not wanted:
-        raise InvalidArgument.field("source_uri", f"no files under {source_prefix!r}")
-    if len(wanted) > MAX_FILES:
+def _check_declared(declared: list[DeclaredFile]) -> None:
+    if len(declared) > MAX_FILES:
         raise InvalidArgument.field("files", f"at most {MAX_FILES} files per version")
-    for f in wanted:
+    for f in declared:
         check_path(f.path)
         if f.digest:
             check_digest(f.path, f.digest)
 
+
+def _verify(store: ObjectStore, key: str, f: DeclaredFile) -> tuple[str, int]:
+    digest, size = blobs.sha256_of_object(store, key, size=f.size if f.size >= 0 else None)
+    if f.digest and f.digest != digest:
+        raise InvalidArgument.field(f"files[{f.path}].digest", f"expected {f.digest}, the stored bytes hash to {digest}")
+    if f.size >= 0 and f.size != size:
+        raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
+    return digest, size
+
+
+def _entry(path: str, digest: str, size: int, key: str) -> dict[str, Any]:
+    return {"path": path, "digest": digest, "size_bytes": size, "object_key": key}
+
+
+def _already(store: ObjectStore, f: DeclaredFile, known: KnownBlob, where: str) -> dict[str, Any]:
+    key = known(f.digest) if f.digest else None
+    if key is None:
+        raise InvalidArgument.field(f"files[{f.path}]", f"is missing: not {where} and not already stored")
+    return _entry(f.path, f.digest, store.head(key).size, key)
+
+
+def collect_from_prefix(store: ObjectStore, tenant: str, source_prefix: str, declared: list[DeclaredFile],
+                        known: KnownBlob) -> list[dict[str, Any]]:
+    """Files of a version taken from an object prefix (a job's checkpoint): hashed server-side,
+    checked against declared digests, copied server-side to content-addressed keys. A declared
+    file whose verified bytes are already stored needs no source object."""
+    src = source_prefix.rstrip("/") + "/"
+    present = {o.key[len(src):]: o for o in store.iter_all(src)}
+    wanted = declared or [DeclaredFile(p) for p in sorted(present)]
+    if not wanted:
+        raise InvalidArgument.field("source_uri", f"no files under {source_prefix!r}")
+    _check_declared(wanted)
+
     def one(f: DeclaredFile) -> dict[str, Any]:
-        if f.digest and f.path not in present:
-            key = blobs.blob_key(tenant, f.digest)
-            if not store.exists(key):
-                where = f"under {source_prefix}" if source_prefix else "in this upload"
-                raise InvalidArgument.field(f"files[{f.path}]", f"is missing: not {where} and not already stored")
-            return {"path": f.path, "digest": f.digest, "size_bytes": store.head(key).size, "object_key": key}
         if f.path not in present:
-            raise InvalidArgument.field(f"files[{f.path}]", f"is missing from {source_prefix}")
-        digest, size = blobs.sha256_of_object(store, src + f.path)
-        if f.digest and f.digest != digest:
-            raise InvalidArgument.field(f"files[{f.path}].digest", f"expected {f.digest}, the stored bytes hash to {digest}")
-        if f.size >= 0 and f.size != size:
-            raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
-        key = blobs.store_blob_from(store, tenant, src + f.path, digest)
-        return {"path": f.path, "digest": digest, "size_bytes": size, "object_key": key}
+            return _already(store, f, known, f"under {source_prefix}")
+        digest, size = _verify(store, src + f.path, f)
+        return _entry(f.path, digest, size, blobs.store_blob_from(store, tenant, src + f.path, digest))
 
     with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
-        files = list(pool.map(one, wanted))
-    return sorted(files, key=lambda x: x["path"])
+        return sorted(pool.map(one, wanted), key=lambda x: x["path"])
 
 
-def discard_upload(store: ObjectStore, session: UploadSession) -> None:
-    """Remove a session's staging objects once its files are safely in blobs."""
+def collect_from_upload(store: ObjectStore, session: UploadSession, declared: list[DeclaredFile],
+                        known: KnownBlob) -> list[dict[str, Any]]:
+    """Files of a version sent through an upload session: every staged object is verified
+    (sha256 and size) and becomes the blob where it lies; files the session skipped because
+    their bytes were already stored point at those."""
+    if not declared:
+        raise InvalidArgument.field("files", "list the uploaded files with their digests")
+    _check_declared(declared)
+
+    def one(f: DeclaredFile) -> dict[str, Any]:
+        staged = session.files.get(f.path)
+        if staged is None:
+            return _already(store, f, known, f"in upload {session.id}")
+        if staged["digest"] != f.digest or staged["size"] != f.size:
+            raise InvalidArgument.field(f"files[{f.path}]", "digest or size differs from what the upload declared")
+        if not store.exists(staged["key"]):
+            raise InvalidArgument.field(f"files[{f.path}]", f"was never uploaded to upload {session.id}")
+        digest, size = _verify(store, staged["key"], f)
+        return _entry(f.path, digest, size, known(digest) or staged["key"])
+
+    with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
+        return sorted(pool.map(one, declared), key=lambda x: x["path"])
+
+
+def discard_upload(store: ObjectStore, session: UploadSession, kept: set[str]) -> None:
+    """Remove a session's record and the staged objects no manifest points at (``kept``)."""
     for entry in session.files.values():
+        if entry["key"] in kept:
+            continue
         if entry["upload_id"] and not store.exists(entry["key"]):
             store.abort_multipart(entry["key"], entry["upload_id"])
         store.delete(entry["key"])

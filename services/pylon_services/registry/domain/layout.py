@@ -9,8 +9,9 @@ Under ``tenants/{t}/models/{m}/``:
   alias-history/{alias}/{seq:010d}.json  one move; rebuilt from the alias document if lost
   deployments/{n}/{deployment}.json  which deployment serves version n
   requests/{request_id}.json         request id -> version number (idempotent registration)
-Artifacts are content-addressed blobs ``tenants/{t}/blobs/sha256/{hex}``; uploads are staged
-under ``tenants/{t}/uploads/{id}/`` until a registration verifies and copies them.
+Artifacts are blobs: ``tenants/{t}/blobs/sha256/{hex}`` (copied from a job's output) or
+``tenants/{t}/blobs/staged/{upload}/{i}`` (uploaded by the SDK and verified in place); manifests
+name each file's digest and object key. ``tenants/{t}/uploads/{id}.json`` records an open upload.
 ``registry/tenants/{t}`` marks tenants that have models (so a rebuild can find them).
 """
 

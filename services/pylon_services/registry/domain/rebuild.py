@@ -67,6 +67,7 @@ def sync_model(store: ObjectStore, index: RegistryIndex, tenant: str, model: str
     for d in docs:
         if d.get("request_id"):
             index.put_request(tenant, model, d["request_id"], d["version"])
+    index.put_blobs(tenant, {f["digest"]: f["object_key"] for d in docs if not d.get("purged") for f in d["files"]})
     return len(docs)
 
 

@@ -180,11 +180,17 @@ class Registry:
             done = self._request(tenant, model, spec.request_id)
             if done:
                 return self.get_version(tenant, model, str(done))
+        known = self.known_blob(tenant)
         session = artifacts.load_upload(self.store, tenant, spec.upload) if spec.upload else None
         if session:
             artifacts.finish_upload(self.store, session)
-        source = session.prefix if session else spec.source_prefix
-        files = artifacts.collect(self.store, tenant, source, spec.files)
+            try:
+                files = artifacts.collect_from_upload(self.store, session, spec.files, known)
+            except InvalidArgument:
+                artifacts.discard_upload(self.store, session, set())  # bad bytes never linger
+                raise
+        else:
+            files = artifacts.collect_from_prefix(self.store, tenant, spec.source_prefix, spec.files, known)
         now = time.time()
 
         def manifest(n: int) -> dict[str, Any]:
@@ -205,9 +211,21 @@ class Registry:
                     pass
                 self.index.put_request(tenant, model, spec.request_id, n)
             self.index.put_versions(tenant, model, [layout.merge_meta(doc, None)])
+            self.index.put_blobs(tenant, {f["digest"]: f["object_key"] for f in files})
         if session:
-            artifacts.discard_upload(self.store, session)
+            artifacts.discard_upload(self.store, session, {f["object_key"] for f in files})
         return self.get_version(tenant, model, str(n))
+
+    def known_blob(self, tenant: str) -> artifacts.KnownBlob:
+        """Where verified bytes with a digest are stored in this tenant, if anywhere: the index's
+        map (filled from manifests), else the canonical content-addressed key."""
+        def lookup(digest: str) -> str | None:
+            key = self.index.blob(tenant, digest)
+            if key and self.store.exists(key):
+                return key
+            canonical = blobs.blob_key(tenant, digest)
+            return canonical if self.store.exists(canonical) else None
+        return lookup
 
     def _request(self, tenant: str, model: str, request_id: str) -> int | None:
         n = self.index.request(tenant, model, request_id)
@@ -406,8 +424,7 @@ class Registry:
             pass
 
     def get_alias(self, tenant: str, model: str, alias: str) -> dict[str, Any]:
-        self.get_model(tenant, model)
-        doc = self.index.aliases(tenant, model).get(alias)
+        doc = self.index.aliases(tenant, model).get(alias)  # one round trip: resolving is the hot path
         if doc is None:
             raise _not_found(f"tenants/{tenant}/models/{model}/aliases/{alias}")
         return {**doc, "name": f"tenants/{tenant}/models/{model}/aliases/{alias}"}

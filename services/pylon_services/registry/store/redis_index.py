@@ -8,6 +8,7 @@ Keys (``pylon:reg:`` prefix; ``{t}/{m}`` is tenant/model):
   alias:{t}/{m}         HASH alias -> alias document (JSON)
   deps:{t}/{m}          HASH number -> JSON list of deployment names
   req:{t}/{m}           HASH request_id -> number
+  blobs:{t}             HASH sha256 digest -> object key of verified bytes (dedupe of uploads)
   wal                   HASH token -> "{t}/{m}|{unix time}" (write-ahead markers)
   built                 STRING set once a full rebuild finished
 """
@@ -164,6 +165,14 @@ class RedisRegistryIndex:
             p.hget(P + f"deps:{tm}", str(number))
             doc, aliases, deps = p.execute()
         return (_l(doc), {k.decode(): json.loads(v) for k, v in aliases.items()}, _l(deps) or [])
+
+    def put_blobs(self, tenant: str, mapping: dict[str, str]) -> None:
+        if mapping:
+            self.r.hset(P + f"blobs:{tenant}", mapping=mapping)
+
+    def blob(self, tenant: str, digest: str) -> str | None:
+        raw = self.r.hget(P + f"blobs:{tenant}", digest)
+        return raw.decode() if raw is not None else None  # type: ignore[union-attr]
 
     def put_request(self, tenant: str, model: str, request_id: str, number: int) -> None:
         self.r.hset(P + f"req:{tenant}/{model}", request_id, number)
