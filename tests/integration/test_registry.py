@@ -436,3 +436,26 @@ def test_sigkill_mid_registration_leaves_no_partial_version(seaweed: Any, redis_
             assert [v.version for v in c.models.versions("victim", page_size=100)[0]] == stored() [::-1]
     finally:
         proc.stop()
+
+
+def test_deleted_versions_keep_artifacts_until_retention_then_purge(reg: RegistryEnv, tmp_path: Any) -> None:
+    import redis as redis_lib
+
+    from pylon_services.registry.domain import retention
+    from pylon_services.registry.store.redis_index import RedisRegistryIndex
+
+    with reg.client() as c, reg.client(role="maintainer") as maint:
+        shared = c.models.register("retained", _tree(tmp_path / "a", {"shared.bin": b"shared", "own.bin": b"only v1"}))
+        keep = c.models.register("retained", _tree(tmp_path / "b", {"shared.bin": b"shared"}))
+        maint.models.delete_version("retained", shared.version)
+        index = RedisRegistryIndex(redis_lib.Redis.from_url(reg.redis_url))
+        keys = {f["path"]: f["object_key"] for f in shared.files}
+        assert retention.purge_expired(reg.store, index, retention_s=3600)["objects"] == 0  # still retained
+        assert reg.store.exists(keys["own.bin"])
+        counts = retention.purge_expired(reg.store, index, retention_s=0)
+        assert counts == {"versions": 1, "objects": 1}
+        assert not reg.store.exists(keys["own.bin"])
+        assert reg.store.exists(keys["shared.bin"])  # still used by the live version
+        out = c.models.download(f"models:/retained/versions/{keep.version}", str(tmp_path / "out"))
+        assert open(os.path.join(out, "shared.bin"), "rb").read() == b"shared"
+        assert [v.version for v in c.models.versions("retained", show_deleted=True)[0]] == [keep.version, shared.version]

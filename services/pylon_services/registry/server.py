@@ -2,7 +2,8 @@
 
 At start the index is rebuilt from storage if Redis has none (a new or flushed Redis); a
 background loop resyncs models whose writers died mid-write (their write-ahead markers are
-older than ``REPAIR_AFTER_S``).
+older than ``REPAIR_AFTER_S``) and, about hourly, purges the artifacts of versions deleted more
+than ``registry_retention_s`` ago.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import redis.asyncio as aioredis
 from pylon.admin.v1 import admin_pb2_grpc
 from pylon.registry.v1 import registry_pb2_grpc
 from pylon_services.registry.api.servicer import RegistryServicer
-from pylon_services.registry.domain import rebuild
+from pylon_services.registry.domain import rebuild, retention
 from pylon_services.registry.domain.registry import Registry
 from pylon_services.registry.store.redis_index import RedisRegistryIndex
 from pylon_services.runtime.admin_api import AdminServicer
@@ -29,13 +30,20 @@ from pylon_services.runtime.stores import object_store
 log = logging.getLogger("pylon.registry")
 REPAIR_AFTER_S = 5.0
 REPAIR_EVERY_S = 2.0
+PURGE_EVERY_ROUNDS = 1800  # about hourly
 
 
-async def _repair_loop(registry: Registry) -> None:
+async def _repair_loop(registry: Registry, retention_s: float) -> None:
+    rounds = 0
     while True:
         await asyncio.sleep(REPAIR_EVERY_S)
+        rounds += 1
         try:
             await asyncio.to_thread(rebuild.repair, registry.store, registry.index, REPAIR_AFTER_S)
+            if rounds % PURGE_EVERY_ROUNDS == 0:
+                purged = await asyncio.to_thread(retention.purge_expired, registry.store, registry.index, retention_s)
+                if purged["versions"]:
+                    log.info("purged the artifacts of deleted versions: %s", purged)
         except Exception:  # keep repairing; the next round retries
             log.exception("registry index repair failed")
 
@@ -50,7 +58,7 @@ async def build(settings: Settings, redis_async: aioredis.Redis) -> ServiceParts
         nonlocal task
         if not await asyncio.to_thread(index.is_built):
             await asyncio.to_thread(rebuild.rebuild_all, registry.store, index)
-        task = asyncio.create_task(_repair_loop(registry))
+        task = asyncio.create_task(_repair_loop(registry, settings.registry_retention_s))
 
     async def stop() -> None:
         if task:

@@ -69,7 +69,7 @@ def merge_meta(manifest: dict[str, Any], meta: dict[str, Any] | None) -> dict[st
     doc.setdefault("state", "ready")
     doc["update_time"] = doc.get("create_time", 0)
     if meta:
-        for k in ("state", "tags", "description", "update_time", "delete_time", "updated_by"):
+        for k in ("state", "tags", "description", "update_time", "delete_time", "updated_by", "purged"):
             if k in meta:
                 doc[k] = meta[k]
         doc["meta_etag"] = meta.get("_etag", "")
