@@ -20,7 +20,7 @@ from pylon.registry.v1 import registry_pb2_grpc
 from pylon_services.registry.api.servicer import RegistryServicer
 from pylon_services.registry.domain import rebuild, retention
 from pylon_services.registry.domain.registry import Registry
-from pylon_services.registry.store.redis_index import RedisRegistryIndex
+from pylon_services.registry.store.redis_index import AsyncIndexReader, RedisRegistryIndex
 from pylon_services.runtime.admin_api import AdminServicer
 from pylon_services.runtime.auth import ApiKeyStore
 from pylon_services.runtime.server import ServiceParts
@@ -67,7 +67,7 @@ async def build(settings: Settings, redis_async: aioredis.Redis) -> ServiceParts
                 await task
 
     return ServiceParts("registry", [
-        (registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(registry),
+        (registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(registry, AsyncIndexReader(redis_async)),
          "pylon.registry.v1.RegistryService"),
         (admin_pb2_grpc.add_AdminServiceServicer_to_server, AdminServicer(keys), "pylon.admin.v1.AdminService"),
     ], on_start=start, on_stop=stop)

@@ -17,7 +17,8 @@ from pylon_services.common.names import Principal, parse_name, parse_parent
 from pylon_services.registry.api.convert import alias_pb, model_pb, version_pb
 from pylon_services.registry.domain import artifacts, rebuild
 from pylon_services.registry.domain.artifacts import DeclaredFile
-from pylon_services.registry.domain.registry import FORMATS, Registry, VersionSpec
+from pylon_services.registry.domain.ports import AsyncIndexReads
+from pylon_services.registry.domain.registry import FORMATS, Registry, VersionSpec, decorate
 from pylon_services.registry.domain.uris import parse_model_uri
 from pylon_services.runtime.auth import role_allows
 from pylon_services.runtime.context import principal
@@ -52,8 +53,18 @@ def _mask(paths: list[str], allowed: tuple[str, ...]) -> list[str]:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, reader: AsyncIndexReads) -> None:
         self._r = registry
+        self._reader = reader
+
+    async def _version(self, tenant: str, model: str, ref: str) -> dict[str, Any]:
+        """The hot read path: exact numbers straight from the index on the event loop."""
+        if not ref.isdigit():
+            return await self._do(self._r.get_version, tenant, model, ref)  # type: ignore[no-any-return]
+        doc, aliases, deps = await self._reader.version_view(tenant, model, int(ref))
+        if doc is None:
+            raise NotFound(f"tenants/{tenant}/models/{model}/versions/{ref} not found")
+        return decorate(doc, aliases, deps)
 
     async def _do(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kw)
@@ -124,7 +135,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def GetModelVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant, model, version = parse_name("name", request.name, _VERSION, principal())
-        return pb.GetModelVersionResponse(version=version_pb(await self._do(self._r.get_version, tenant, model, version)))
+        return pb.GetModelVersionResponse(version=version_pb(await self._version(tenant, model, version)))
 
     async def ListModelVersions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         p = principal()
@@ -189,8 +200,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         model, alias, version = parse_model_uri(request.uri)
         tenant = principal().tenant
         if alias:
-            version = str((await self._do(self._r.get_alias, tenant, model, alias))["version"])
-        return pb.ResolveModelUriResponse(version=version_pb(await self._do(self._r.get_version, tenant, model, version)))
+            doc = await self._reader.alias(tenant, model, alias)
+            if doc is None:
+                raise NotFound(f"tenants/{tenant}/models/{model}/aliases/{alias} not found")
+            version = str(doc["version"])
+        return pb.ResolveModelUriResponse(version=version_pb(await self._version(tenant, model, version)))
 
     # -- artifacts ----------------------------------------------------------------------------
     async def CreateArtifactUpload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -53,6 +53,13 @@ class VersionSpec:
     request_id: str = ""
 
 
+def decorate(doc: dict[str, Any], aliases: dict[str, dict[str, Any]], deps: list[str]) -> dict[str, Any]:
+    """A version as returned to callers: with the aliases pointing at it and its deployments."""
+    doc["aliases"] = sorted(a for a, d in aliases.items() if d["version"] == doc["version"])
+    doc["deployments"] = deps
+    return doc
+
+
 def _not_found(what: str) -> NotFound:
     return NotFound(f"{what} not found")
 
@@ -257,9 +264,7 @@ class Registry:
 
     @staticmethod
     def _decorate(doc: dict[str, Any], aliases: dict[str, dict[str, Any]], deps: list[str]) -> dict[str, Any]:
-        doc["aliases"] = sorted(a for a, d in aliases.items() if d["version"] == doc["version"])
-        doc["deployments"] = deps
-        return doc
+        return decorate(doc, aliases, deps)
 
     def _scan_all(self, tenant: str, model: str) -> Iterator[dict[str, Any]]:
         below = None

@@ -180,3 +180,24 @@ class RedisRegistryIndex:
     def request(self, tenant: str, model: str, request_id: str) -> int | None:
         raw = self.r.hget(P + f"req:{tenant}/{model}", request_id)
         return int(raw) if raw is not None else None  # type: ignore[arg-type]
+
+
+class AsyncIndexReader:
+    """The two hottest reads (get a version, resolve an alias) on the event loop itself, with no
+    worker-thread hop: one pipelined round trip each."""
+
+    def __init__(self, client: Any) -> None:  # redis.asyncio.Redis
+        self.r = client
+
+    async def version_view(self, tenant: str, model: str, number: int
+                           ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], list[str]]:
+        tm = f"{tenant}/{model}"
+        async with self.r.pipeline(transaction=False) as p:
+            p.hget(P + f"ver:{tm}", str(number))
+            p.hgetall(P + f"alias:{tm}")
+            p.hget(P + f"deps:{tm}", str(number))
+            doc, aliases, deps = await p.execute()
+        return (_l(doc), {k.decode(): json.loads(v) for k, v in aliases.items()}, _l(deps) or [])
+
+    async def alias(self, tenant: str, model: str, alias: str) -> dict[str, Any] | None:
+        return _l(await self.r.hget(P + f"alias:{tenant}/{model}", alias))
