@@ -459,3 +459,31 @@ def test_deleted_versions_keep_artifacts_until_retention_then_purge(reg: Registr
         out = c.models.download(f"models:/retained/versions/{keep.version}", str(tmp_path / "out"))
         assert open(os.path.join(out, "shared.bin"), "rb").read() == b"shared"
         assert [v.version for v in c.models.versions("retained", show_deleted=True)[0]] == [keep.version, shared.version]
+
+
+def test_cli_register_alias_history_versions_download(reg: RegistryEnv, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    with reg.client() as c:
+        token = c.token
+    env = dict(os.environ, PYLON_ADDRESS=reg.address, PYLON_TOKEN=token, PYLON_CACHE_DIR=str(tmp_path / "cache"))
+
+    def pylon(*args: str) -> Any:
+        out = subprocess.run([sys.executable, "-m", "pylon.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if "--json" in args else out.stdout
+
+    src = _tree(tmp_path / "m", {"config.json": b"{}", "model.safetensors": b"weights"})
+    v = pylon("models", "import", "cli-model", src, "--json")
+    assert v["format"] == "hf_transformers" and v["version"] == 1
+    pylon("models", "register", "cli-model", src, "--metric", "loss=1.5", "--tag", "stage=eval", "--json")
+    assert pylon("models", "alias", "set", "cli-model", "prod", "2", "--json")["version"] == 2
+    assert [m["to_version"] for m in pylon("models", "alias", "history", "cli-model", "prod", "--json")] == [2]
+    found = pylon("models", "versions", "cli-model", "--filter", "metrics.loss<2 AND tags.stage=eval", "--json")
+    assert [x["version"] for x in found] == [2]
+    out = pylon("models", "download", "models:/cli-model@prod", "--dest", str(tmp_path / "dl"), "-q").strip()
+    assert open(os.path.join(out, "model.safetensors"), "rb").read() == b"weights"
+    bad = subprocess.run([sys.executable, "-m", "pylon.cli", "models", "alias", "set", "cli-model", "prod", "9"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "not found" in bad.stderr
