@@ -225,8 +225,8 @@ def download(url: str, dest: str, *, size: int, sha256: str = "", concurrency: i
             done = set(state["done"])
     else:
         os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-        with open(partial, "wb") as f:
-            f.truncate(size)
+        with open(partial, "wb") as blank:
+            blank.truncate(size)
     if progress and done:
         progress(sum(ln for n, _, ln in part_ranges(size, part_size) if n in done))
     lock = threading.Lock()

@@ -3,6 +3,7 @@ download (verified, resumable, cached by digest), archive, delete, lineage."""
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -151,7 +152,7 @@ class Models(_Resource):
         return ModelVersion.from_proto(self._c.call(self._c.registry.GetModelVersion, req).version)
 
     def versions(self, name: str = "-", *, page_size: int = 50, filter: str = "", order_by: str = "",
-                 show_deleted: bool = False, page_token: str = "") -> tuple[list[ModelVersion], str]:
+                 show_deleted: bool = False, page_token: str = "") -> tuple[builtins.list[ModelVersion], str]:
         """One page of versions (newest first by default) and the next page token ("" at the end).
         ``name="-"`` searches every model of the tenant."""
         req = pb.ListModelVersionsRequest(parent=_name("models", name), page_size=page_size, filter=filter,
@@ -181,7 +182,7 @@ class Models(_Resource):
         full = f"{_name('models', name)}/aliases/{alias}"
         self._c.call(self._c.registry.DeleteAlias, pb.DeleteAliasRequest(name=full, etag=etag))
 
-    def alias_history(self, name: str, alias: str, page_size: int = 100) -> list[AliasMove]:
+    def alias_history(self, name: str, alias: str, page_size: int = 100) -> builtins.list[AliasMove]:
         req = pb.ListAliasHistoryRequest(name=f"{_name('models', name)}/aliases/{alias}", page_size=page_size)
         return [AliasMove.from_proto(m) for m in self._c.call(self._c.registry.ListAliasHistory, req).moves]
 

@@ -129,7 +129,7 @@ def page_numbered(store: ObjectStore, prefix: str, page_size: int, page_token: s
 
         raise InvalidArgument.field("page_token", "is not a token this server issued")
     n = int(page_token) if page_token else latest_number(store, prefix)
-    out = []
+    out: list[dict[str, Any]] = []
     while n > 0 and len(out) < page_size:
         out.append(read(n))
         n -= 1

@@ -23,7 +23,7 @@ def model_pb(d: dict[str, Any]) -> pb.Model:
 def version_pb(d: dict[str, Any]) -> pb.ModelVersion:
     lin = d.get("lineage", {})
     return pb.ModelVersion(
-        name=d["name"], version=d["version"], state=_STATES[d["state"]], format=FORMATS.index(d["format"]),
+        name=d["name"], version=d["version"], state=_STATES[d["state"]], format=FORMATS.index(d["format"]),  # type: ignore[arg-type]
         files=[pb.ArtifactFile(**f) for f in d["files"]], config=struct(d.get("config")),
         signature=struct(d.get("signature")), metrics=d.get("metrics", {}), tags=d.get("tags", {}),
         description=d.get("description", ""), lineage=pb.Lineage(**{k: lin[k] for k in _LINEAGE if k in lin}),

@@ -35,7 +35,10 @@ def sync_model(store: ObjectStore, index: RegistryIndex, tenant: str, model: str
         index.drop_model(tenant, model)
         return 0
     prefix = layout.model_prefix(tenant, model)
-    manifests, metas, aliases, deployments, requests = [], {}, [], {}, []
+    manifests: list[str] = []
+    metas: dict[int, str] = {}
+    aliases: list[str] = []
+    deployments: dict[int, list[str]] = {}
     for o in store.iter_all(prefix):
         rel = o.key[len(prefix):]
         if rel.startswith("versions/") and rel[9:-5].isdigit():
@@ -47,8 +50,6 @@ def sync_model(store: ObjectStore, index: RegistryIndex, tenant: str, model: str
         elif rel.startswith("deployments/"):
             n, _, dep = rel[12:].partition("/")
             deployments.setdefault(int(n), []).append(dep[:-5].replace("~", "/"))
-        elif rel.startswith("requests/"):
-            requests.append(o.key)
     meta_docs = dict(zip(metas, _parallel(lambda k: layout.read_with_etag(store, k), list(metas.values())), strict=True))
     docs = []
     for manifest in _parallel(lambda k: blobs.read_json(store, k), manifests):

@@ -452,7 +452,7 @@ class Registry:
         if page_token is not None and not page_token.isdigit():
             raise InvalidArgument.field("page_token", "is not a token this server issued")
         seq = int(page_token) if page_token else int(head["seq"])
-        out = []
+        out: list[dict[str, Any]] = []
         while seq > 0 and len(out) < page_size:
             entry = blobs.read_json_or_none(self.store, layout.history_key(tenant, model, alias, seq))
             if entry is None and seq == head["seq"]:  # writer died before recording it: rebuild it

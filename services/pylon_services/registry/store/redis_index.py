@@ -52,7 +52,7 @@ class RedisRegistryIndex:
         out: set[tuple[str, str]] = set()
         cutoff = time.time() - older_than_s
         for token, raw in self.r.hgetall(P + "wal").items():
-            tm, _, ts = raw.decode().rpartition("|")
+            tm, _, ts = (raw.decode() if isinstance(raw, bytes) else raw).rpartition("|")
             if float(ts) <= cutoff:
                 tenant, model = tm.split("/", 1)
                 out.add((tenant, model))
@@ -134,11 +134,11 @@ class RedisRegistryIndex:
     def replace_deployments(self, tenant: str, model: str, deployments: dict[int, list[str]]) -> None:
         self._replace(P + f"deps:{tenant}/{model}", {str(n): _j(sorted(d)) for n, d in deployments.items() if d})
 
-    def _replace(self, key: str, mapping: dict[str, str]) -> None:
+    def _replace(self, key: str, mapping: dict[str, Any]) -> None:
         with self.r.pipeline(transaction=True) as p:
             p.delete(key)
             if mapping:
-                p.hset(key, mapping=mapping)
+                p.hset(key, mapping=mapping)  # type: ignore[arg-type]
             p.execute()
 
     def aliases(self, tenant: str, model: str) -> dict[str, dict[str, Any]]:
@@ -168,7 +168,7 @@ class RedisRegistryIndex:
 
     def put_blobs(self, tenant: str, mapping: dict[str, str]) -> None:
         if mapping:
-            self.r.hset(P + f"blobs:{tenant}", mapping=mapping)
+            self.r.hset(P + f"blobs:{tenant}", mapping=dict(mapping))  # type: ignore[arg-type]
 
     def blob(self, tenant: str, digest: str) -> str | None:
         raw = self.r.hget(P + f"blobs:{tenant}", digest)
