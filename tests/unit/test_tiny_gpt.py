@@ -153,6 +153,16 @@ def test_resume_rejects_a_different_model_shape(trained: Trained) -> None:
         train(CORPUS.encode(), cfg, resume_from=trained.files)
 
 
+def test_fine_tune_starts_from_the_base_weights_with_a_fresh_schedule(trained: Trained) -> None:
+    cfg = TrainConfig(steps=5, warmup=0, lr=1e-4, device="cpu", **SMALL)
+    scratch = train(CORPUS.encode(), cfg)
+    tuned = train(CORPUS.encode(), cfg, init_from=trained.files)
+    assert tuned.steps_done == 5  # step 0 again: a fine-tune is a new run
+    assert tuned.final_loss < scratch.final_loss - 0.5  # it starts from what the base learned
+    with pytest.raises(ValueError, match="base model has shape"):
+        train(CORPUS.encode(), TrainConfig(steps=1, warmup=0, device="cpu", **{**SMALL, "n_embd": 128}), init_from=trained.files)
+
+
 def test_corpus_shorter_than_a_block_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least block_size"):
         train(b"x" * 32, TrainConfig(steps=1, warmup=0, device="cpu", **SMALL))

@@ -247,9 +247,20 @@ def _make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch
 
 
 def _restore(
-    cfg: TrainConfig, device: torch.device, resume_from: CheckpointFiles | None
+    cfg: TrainConfig, device: torch.device, resume_from: CheckpointFiles | None,
+    init_from: CheckpointFiles | None = None,
 ) -> tuple[GPT, torch.optim.AdamW, dict[str, Any]]:
-    """A fresh seeded model, or the checkpoint's model, optimizer and trainer state."""
+    """A fresh seeded model, the base model's weights (fine-tuning: fresh optimizer, step 0),
+    or the checkpoint's model, optimizer and trainer state (resuming)."""
+    if resume_from is None and init_from is not None:
+        base_cfg = load_config(init_from)
+        if base_cfg != cfg.model_config():
+            raise ValueError(
+                f"the base model has shape {base_cfg.to_dict()}, but the config asks for "
+                f"{cfg.model_config().to_dict()}; fine-tuning keeps the base model's shape"
+            )
+        model, _ = load_model(init_from, device)
+        return model, _make_optimizer(model, cfg, device), {"step": 0}
     if resume_from is None:
         # Seed the init without clobbering the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
@@ -296,6 +307,7 @@ def train(
     on_metrics: MetricsCallback | None = None,
     should_stop: StopPredicate | None = None,
     resume_from: CheckpointFiles | None = None,
+    init_from: CheckpointFiles | None = None,
 ) -> TrainResult:
     """Train (or continue training) the tiny GPT on ``corpus`` bytes up to ``cfg.steps``.
 
@@ -303,11 +315,13 @@ def train(
     steps and at the last one (``loss`` is the mean since the previous report).
     ``should_stop`` is polled before every step; when it returns True training stops and the
     result's checkpoint can be passed back as ``resume_from`` to carry on where it left off.
+    ``init_from`` starts from a base model's weights (fine-tuning); a checkpoint of this same
+    run (``resume_from``) takes precedence, so a preempted fine-tune resumes where it stopped.
     """
     configure_threads()
     device = resolve_device(cfg.device)
     train_data, val_data = _split(corpus, cfg.block_size)
-    model, optimizer, state = _restore(cfg, device, resume_from)
+    model, optimizer, state = _restore(cfg, device, resume_from, init_from)
     model.train()
     batches = _Batches(train_data, cfg, device)
     val_batches = _Batches(val_data if val_data is not None else train_data, cfg, device)
