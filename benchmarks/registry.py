@@ -64,21 +64,16 @@ def start_registry(redis_url: str, seaweed: SeaweedServer, store_url: str) -> tu
 
 
 # -- 1. artifacts --------------------------------------------------------------------------------
-def bench_artifacts(c: pylon.Client, seaweed: SeaweedServer, store_url: str, mib: int, work: str) -> dict[str, float]:
-    import boto3
-
-    path = os.path.join(work, "weights.bin")
+def _artifact_round(c: pylon.Client, s3: Any, mib: int, work: str, rnd: int) -> dict[str, float]:
+    path = os.path.join(work, f"weights-{rnd}.bin")  # new bytes every round: no dedupe, no warm cache
     with open(path, "wb") as f:
         for _ in range(mib):
             f.write(os.urandom(1 << 20))
-    size = mib << 20
-    s3 = boto3.client("s3", endpoint_url=seaweed.endpoint_url, aws_access_key_id=seaweed.access_key,
-                      aws_secret_access_key=seaweed.secret_key, region_name="us-east-1")
     out: dict[str, float] = {}
     t0 = time.perf_counter()
-    s3.upload_file(path, BUCKET, "baseline/weights.bin")
+    s3.upload_file(path, BUCKET, f"baseline/weights-{rnd}.bin")
     out["boto3_upload_s"] = time.perf_counter() - t0
-    os.environ["PYLON_CACHE_DIR"] = os.path.join(work, "cache-1")  # cold: the SDK must hash the file
+    os.environ["PYLON_CACHE_DIR"] = os.path.join(work, f"cache-up-{rnd}")  # cold: the SDK must hash the file
     t0 = time.perf_counter()
     v = c.models.register("bench-artifacts", [path], format="other")
     out["sdk_upload_s"] = time.perf_counter() - t0
@@ -86,21 +81,34 @@ def bench_artifacts(c: pylon.Client, seaweed: SeaweedServer, store_url: str, mib
     pylon.transfer.hash_file(path, use_cache=False)
     out["sha256_of_file_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    body = s3.get_object(Bucket=BUCKET, Key="baseline/weights.bin")["Body"]
+    body = s3.get_object(Bucket=BUCKET, Key=f"baseline/weights-{rnd}.bin")["Body"]
     with open(os.path.join(work, "raw.bin"), "wb") as f:
         for chunk in body.iter_chunks(1 << 20):
             f.write(chunk)
     out["raw_get_s"] = time.perf_counter() - t0
-    os.environ["PYLON_CACHE_DIR"] = os.path.join(work, "cache-2")  # an empty cache: every byte moves
+    os.environ["PYLON_CACHE_DIR"] = os.path.join(work, f"cache-down-{rnd}")  # empty: every byte moves
     t0 = time.perf_counter()
     c.models.download(f"models:/bench-artifacts/versions/{v.version}")
     out["sdk_download_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     c.models.download(f"models:/bench-artifacts/versions/{v.version}")
     out["sdk_download_cached_s"] = time.perf_counter() - t0
+    os.remove(path)
+    return out
+
+
+def bench_artifacts(c: pylon.Client, seaweed: SeaweedServer, mib: int, work: str, rounds: int) -> dict[str, float]:
+    """Medians over ``rounds`` rounds; in each, the baseline runs right before the SDK."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=seaweed.endpoint_url, aws_access_key_id=seaweed.access_key,
+                      aws_secret_access_key=seaweed.secret_key, region_name="us-east-1")
+    per_round = [_artifact_round(c, s3, mib, work, r) for r in range(rounds)]
+    out = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
+    size = mib << 20
     out["mib"] = mib
-    out["upload_ratio"] = out["boto3_upload_s"] / out["sdk_upload_s"]
-    out["download_ratio"] = out["raw_get_s"] / out["sdk_download_s"]
+    out["upload_ratio"] = statistics.median(r["boto3_upload_s"] / r["sdk_upload_s"] for r in per_round)
+    out["download_ratio"] = statistics.median(r["raw_get_s"] / r["sdk_download_s"] for r in per_round)
     out["upload_MBps_sdk"] = size / out["sdk_upload_s"] / 1e6
     out["upload_MBps_boto3"] = size / out["boto3_upload_s"] / 1e6
     return out
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     with pylon.Client(address, token, timeout=3600) as c:
                         results: dict[str, dict[str, float]] = {}
                         if args.only in (None, "artifacts"):
-                            results["artifacts"] = bench_artifacts(c, seaweed, store_url, args.mib, work)
+                            results["artifacts"] = bench_artifacts(c, seaweed, args.mib, work, args.rounds)
                         if args.only in (None, "metadata"):
                             results["metadata"] = bench_metadata(c, address, args.seconds, args.concurrency, args.rounds)
                         if args.only in (None, "listing"):

@@ -211,11 +211,44 @@ def upload_parts(path: str, part_size: int, urls: dict[int, str], *, concurrency
 
 
 # -- download -------------------------------------------------------------------------------------
+class _InOrderHasher:
+    """Hashes a file's parts in order while later parts are still downloading: each finished
+    part is fed once every part before it is done, so verification overlaps the transfer."""
+
+    def __init__(self, path: str, ranges: list[tuple[int, int, int]]) -> None:
+        self.path, self.ranges = path, ranges
+        self.h = hashlib.sha256()
+        self.next = 0  # index into ranges of the first part not yet hashed
+        self.ready: set[int] = set()
+        self.lock = threading.Lock()
+
+    def part_done(self, n: int) -> None:
+        with self.lock:
+            self.ready.add(n)
+            todo = []
+            while self.next < len(self.ranges) and self.ranges[self.next][0] in self.ready:
+                todo.append(self.ranges[self.next])
+                self.next += 1
+            if not todo:
+                return
+            with open(self.path, "rb", buffering=0) as f:  # page-cache hot: just written
+                for _, off, ln in todo:
+                    f.seek(off)
+                    left = ln
+                    while left:
+                        chunk = f.read(min(_IO_BLOCK * 8, left))
+                        self.h.update(chunk)
+                        left -= len(chunk)
+
+    def digest(self) -> str:
+        return f"sha256:{self.h.hexdigest()}"
+
+
 def download(url: str, dest: str, *, size: int, sha256: str = "", concurrency: int = DEFAULT_CONCURRENCY,
              part_size: int = DEFAULT_PART_SIZE, progress: Progress | None = None) -> str:
     """Fetch ``url`` into ``dest`` with parallel ranged GETs, resuming from ``dest + '.part'``
-    (and its record of finished ranges) if an earlier attempt was interrupted, then verify
-    ``sha256`` before the file appears under ``dest``. Returns ``dest``."""
+    (and its record of finished ranges) if an earlier attempt was interrupted, and verify
+    ``sha256`` (computed while the transfer runs) before the file appears under ``dest``."""
     partial, ledger = dest + ".part", dest + ".part.json"
     done: set[int] = set()
     if os.path.exists(partial) and os.path.exists(ledger) and os.path.getsize(partial) == size:
@@ -227,8 +260,12 @@ def download(url: str, dest: str, *, size: int, sha256: str = "", concurrency: i
         os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
         with open(partial, "wb") as blank:
             blank.truncate(size)
+    ranges = part_ranges(size, part_size)
     if progress and done:
-        progress(sum(ln for n, _, ln in part_ranges(size, part_size) if n in done))
+        progress(sum(ln for n, _, ln in ranges if n in done))
+    hasher = _InOrderHasher(partial, ranges)
+    for n in sorted(done):
+        hasher.part_done(n)
     lock = threading.Lock()
     conns = _Connections()
 
@@ -251,19 +288,18 @@ def download(url: str, dest: str, *, size: int, sha256: str = "", concurrency: i
         with lock:
             done.add(n)
             _atomic_write(ledger, json.dumps({"part_size": part_size, "sha256": sha256, "done": sorted(done)}).encode())
+        hasher.part_done(n)
 
-    todo = [p for p in part_ranges(size, part_size) if p[0] not in done]
+    todo = [p for p in ranges if p[0] not in done]
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo) or 1))) as pool:
             list(pool.map(fetch, todo))
     finally:
         conns.close()
-    if sha256:
-        got = hash_file(partial, use_cache=False).sha256
-        if got != sha256:
-            os.remove(partial)
-            os.remove(ledger)
-            raise TransferError(f"{os.path.basename(dest)}: downloaded bytes hash to {got}, expected {sha256}")
+    if sha256 and hasher.digest() != sha256:
+        os.remove(partial)
+        os.remove(ledger)
+        raise TransferError(f"{os.path.basename(dest)}: downloaded bytes hash to {hasher.digest()}, expected {sha256}")
     os.replace(partial, dest)
     if os.path.exists(ledger):
         os.remove(ledger)
