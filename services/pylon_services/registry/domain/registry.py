@@ -182,7 +182,8 @@ class Registry:
         manifest write: the version is invisible until complete. Idempotent on request_id."""
         if spec.format not in FORMATS:
             raise InvalidArgument.field("format", f"must be one of {', '.join(FORMATS)}")
-        self.create_model(tenant, model, creator=creator, exist_ok=True)
+        if self.index.get_model(tenant, model) is None:
+            self.create_model(tenant, model, creator=creator, exist_ok=True)
         if spec.request_id:
             done = self._request(tenant, model, spec.request_id)
             if done:
