@@ -1,4 +1,4 @@
-"""Jobs: submit, list, get, logs, wait, cancel."""
+"""Jobs: submit, list, get, logs, wait, cancel, explain; plus the scheduler's cluster and queue views."""
 
 from __future__ import annotations
 
@@ -62,3 +62,37 @@ class Jobs(_Resource):
         return [{"key": p.key, "step": p.step, "value": p.value} for p in resp.points]
 
 
+    def explain(self, name: str) -> dict[str, Any]:
+        """Why a pending job waits: reasons, 1-based position, estimated start (unix time or None)."""
+        resp = self._c.call(self._c.scheduler.ExplainJob, scheduler_pb2.ExplainJobRequest(name=_name("jobs", name)))
+        start = resp.estimated_start_time.ToNanoseconds() / 1e9 if resp.HasField("estimated_start_time") else 0
+        return {"reasons": list(resp.reasons), "position": resp.position, "estimated_start": start or None}
+
+    def cluster(self) -> list[dict[str, Any]]:
+        """GPU pools discovered from Ray: nodes, healthy nodes, total/used GPUs and CPUs, bounds."""
+        resp = self._c.call(self._c.scheduler.GetCluster, scheduler_pb2.GetClusterRequest())
+        return [json_format.MessageToDict(p, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                for p in resp.pools]
+
+    def queues(self, tenant: str = "-") -> list[dict[str, Any]]:
+        """The tenant's queues: nominal quota, used and borrowed GPUs per type, job counts."""
+        resp = self._c.call(self._c.scheduler.ListQueues, scheduler_pb2.ListQueuesRequest(parent=f"tenants/{tenant}"))
+        return [json_format.MessageToDict(q, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                for q in resp.queues]
+
+    def create_queue(self, tenant: str, queue_id: str, *, nominal_gpus: dict[str, float], cohort: str = "",
+                     borrowing_limit_gpus: dict[str, float] | None = None, weight: float = 1.0) -> dict[str, Any]:
+        """Declare a queue and its quota (admin key)."""
+        q = scheduler_pb2.Queue(nominal_gpus=nominal_gpus, cohort=cohort, borrowing_limit_gpus=borrowing_limit_gpus or {},
+                                weight=weight)
+        resp = self._c.call(self._c.scheduler.CreateQueue, scheduler_pb2.CreateQueueRequest(
+            parent=f"tenants/{tenant}", queue_id=queue_id, queue=q))
+        return json_format.MessageToDict(resp.queue, preserving_proto_field_name=True)
+
+    def update_queue(self, name: str, *, nominal_gpus: dict[str, float], cohort: str = "",
+                     borrowing_limit_gpus: dict[str, float] | None = None, weight: float = 1.0) -> dict[str, Any]:
+        """Replace a queue's quota fields (admin key); ``name`` is tenants/{t}/queues/{q}."""
+        q = scheduler_pb2.Queue(name=name, nominal_gpus=nominal_gpus, cohort=cohort,
+                                borrowing_limit_gpus=borrowing_limit_gpus or {}, weight=weight)
+        resp = self._c.call(self._c.scheduler.UpdateQueue, scheduler_pb2.UpdateQueueRequest(queue=q))
+        return json_format.MessageToDict(resp.queue, preserving_proto_field_name=True)

@@ -10,15 +10,17 @@ from pylon.scheduler.v1 import scheduler_pb2_grpc
 from pylon_services.runtime.server import ServiceParts
 from pylon_services.runtime.settings import Settings
 from pylon_services.scheduler.api.servicer import SchedulerServicer
+from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.controller import Controller
 from pylon_services.scheduler.store.ray_exec import RayExecutor
 from pylon_services.scheduler.store.redis_jobs import JobStore
+from pylon_services.scheduler.store.redis_sched import SchedState
 
 
-async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
+async def build(settings: Settings, redis: aioredis.Redis, cfg: SchedulerConfig | None = None) -> ServiceParts:
     jobs = JobStore(redis)
     executor = RayExecutor(settings.ray_address, settings.model_dump(exclude={"admin_key"}), settings.ray_node_ip_address)
-    controller = Controller(jobs, executor, redis)
+    controller = Controller(jobs, SchedState(redis), executor, redis, cfg or SchedulerConfig())
 
     async def on_start() -> None:
         await asyncio.to_thread(executor.connect)

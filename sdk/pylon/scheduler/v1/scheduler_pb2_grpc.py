@@ -87,6 +87,16 @@ class SchedulerServiceStub:
                 request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesRequest.SerializeToString,
                 response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
+        self.CreateQueue = channel.unary_unary(
+                '/pylon.scheduler.v1.SchedulerService/CreateQueue',
+                request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueRequest.SerializeToString,
+                response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueResponse.FromString,
+                _registered_method=True)
+        self.UpdateQueue = channel.unary_unary(
+                '/pylon.scheduler.v1.SchedulerService/UpdateQueue',
+                request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueRequest.SerializeToString,
+                response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -177,6 +187,23 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateQueue(self, request, context):
+        """CreateQueue declares a tenant's queue with its quota (admin only).
+        Errors: PERMISSION_DENIED (not an admin), INVALID_ARGUMENT (bad name, negative quota or
+        weight), ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQueue(self, request, context):
+        """UpdateQueue replaces a queue's quota, cohort, borrowing limits and weight (admin only).
+        Errors: PERMISSION_DENIED (not an admin), INVALID_ARGUMENT, NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +256,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListQueues,
                     request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesRequest.FromString,
                     response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'CreateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateQueue,
+                    request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueRequest.FromString,
+                    response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueResponse.SerializeToString,
+            ),
+            'UpdateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQueue,
+                    request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueRequest.FromString,
+                    response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -504,6 +541,60 @@ class SchedulerService:
             '/pylon.scheduler.v1.SchedulerService/ListQueues',
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesRequest.SerializeToString,
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.scheduler.v1.SchedulerService/CreateQueue',
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueRequest.SerializeToString,
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.scheduler.v1.SchedulerService/UpdateQueue',
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueRequest.SerializeToString,
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

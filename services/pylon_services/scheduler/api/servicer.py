@@ -11,12 +11,15 @@ from google.protobuf import json_format
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon.scheduler.v1 import scheduler_pb2_grpc
-from pylon_services.common.errors import InvalidArgument, NotFound
+from pylon_services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from pylon_services.common.names import parse_name, parse_parent
 from pylon_services.runtime.context import principal
 from pylon_services.runtime.protoconv import page_size, struct, ts
+from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.controller import Controller
 from pylon_services.scheduler.domain.job import Job, JobState, validate_spec
+from pylon_services.scheduler.domain.placement import check_satisfiable
+from pylon_services.scheduler.snapshot import demand_of, free_nodes
 from pylon_services.scheduler.store.redis_jobs import JobStore
 
 _POLL_S = 0.25
@@ -52,16 +55,18 @@ def job_pb(job: Job) -> pb.Job:
     status = pb.JobStatus(
         state=getattr(pb, f"JOB_STATE_{job.state.name}"), message=job.message, gpu_type=job.gpu_type,
         attempt=job.attempt, exit_code=job.exit_code, last_log_lines=job.last_log_lines,
+        retries=job.retries, preemptions=job.preemptions, step=job.step,
         output_uri=job.output_uri, start_time=ts(job.start_time), end_time=ts(job.end_time),
         latest_metrics=struct(job.latest_metrics))
     return pb.Job(name=job.name, spec=spec_to_pb(job.spec), status=status, create_time=ts(job.create_time),
                   creator=job.creator, request_id=job.request_id)
 
 
-class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+class SchedulerServicer(ClusterViews, scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, jobs: JobStore, controller: Controller) -> None:
         self._jobs = jobs
         self._ctl = controller
+        self._state = controller.state
 
     async def _job(self, name: str) -> Job:
         tenant, job_id = parse_name("name", name, ("tenants", "jobs"), principal())
@@ -74,6 +79,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgument.field("spec", "is required")
         spec = spec_to_dict(request.spec)
         validate_spec(spec, await asyncio.to_thread(self._ctl.executor.capacities))
+        nodes = free_nodes(await asyncio.to_thread(self._ctl.executor.nodes), [])
+        why = check_satisfiable(demand_of(spec), nodes)
+        if why:
+            raise FailedPrecondition(why)
+        queue = spec.get("queue") or "default"
+        if queue != "default" and f"tenants/{tenant}/queues/{queue}" not in await self._state.queues():
+            raise NotFound(f"queue tenants/{tenant}/queues/{queue} not found; an admin creates it with CreateQueue")
         job = Job(id=JobStore.new_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request.request_id)
         job, created = await self._jobs.create(job)
         if created:
@@ -136,25 +148,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ExplainJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         job = await self._job(request.name)
         if job.state != JobState.PENDING:
-            from pylon_services.common.errors import FailedPrecondition
-            raise FailedPrecondition(f"job is {job.state.value}, not pending")
-        queue = await self._jobs.pending()
-        try:
-            position = queue.index((job.tenant, job.id)) + 1
-        except ValueError as e:
-            raise NotFound(f"{job.name} is not queued") from e
-        reasons = [f"{position - 1} job(s) ahead in the FIFO queue"] if position > 1 else \
-            ["at the head of the queue; waiting for free capacity on an acceptable pool"]
-        return pb.ExplainJobResponse(reasons=reasons, position=position)
-
-    async def GetCluster(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        caps = await asyncio.to_thread(self._ctl.executor.capacities)
-        free = await asyncio.to_thread(self._ctl.executor.free)
-        pools = []
-        for c in caps:
-            f = free.get(c.gpu_type)
-            total_g, total_c = c.max_gpus_per_node * c.nodes, c.max_cpus_per_node * c.nodes
-            pools.append(pb.GpuPool(gpu_type=c.gpu_type, nodes=c.nodes, healthy_nodes=c.nodes,
-                                    total_gpus=total_g, total_cpus=total_c,
-                                    used_gpus=total_g - (f.gpus if f else 0), used_cpus=total_c - (f.cpus if f else 0)))
-        return pb.GetClusterResponse(pools=pools)
+            raise FailedPrecondition(f"{job.name} is {job.state.value}, not pending: {job.message}")
+        exp = await self._state.explanation(job.key)
+        if exp is None:
+            keys = [k for k, _ in await self._jobs.pending_scored()]
+            position = keys.index(job.key) + 1 if job.key in keys else 0
+            return pb.ExplainJobResponse(reasons=["queued; the next scheduling pass has not considered it yet"],
+                                         position=position)
+        reasons = [exp.reason, *exp.blocking]
+        return pb.ExplainJobResponse(reasons=reasons, position=exp.position,
+                                     estimated_start_time=ts(exp.estimated_start) if exp.estimated_start else None)
