@@ -51,6 +51,7 @@ class Pass:
     blocked_by_priority: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     fit_cache: dict[tuple[float, float, int, str, int], int] = field(default_factory=dict)
     version: int = 0  # bumped whenever free capacity changes (invalidates fit_cache)
+    waiting_for: dict[str, str] = field(default_factory=dict)  # job -> faster type it chose to wait for
 
     running_by_type: dict[str, list[RunningJob]] = field(default_factory=lambda: defaultdict(list))
     min_preemptible_priority: dict[str, float] = field(default_factory=dict)
@@ -80,6 +81,7 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
     types = acceptable_types(job.demand, p.free.types())
     blockers: list[str] = []
     capacity_blocked = False
+    waits_on: list[str] = []  # types where only capacity (not quota) stands in the way
     for t in policy.rank_types(job, types, p):  # type: ignore[attr-defined]
         verdict = p.quota.check(job.queue, t, job.demand.total_gpus)
         if not verdict.ok:
@@ -88,12 +90,14 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
         declined = policy.decline(job, t, p)  # type: ignore[attr-defined]
         if declined:
             blockers.append(declined)
+            waits_on.append(p.waiting_for.get(job.id, t))
             continue
         nodes = _place(job, t, p)
         if nodes is not None:
             _admit(job, t, nodes, verdict.borrowed, p)
             return
         capacity_blocked = True
+        waits_on.append(t)
     if capacity_blocked:
         fit = max((_workers_that_fit(job, t, p) for t in types), default=0)
         blockers.append(capacity_reason(job.demand, types, fit))
@@ -104,7 +108,7 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
         blockers.insert(0, waiting)
     elif capacity_blocked and not p.head and getattr(policy, "backfill", True):
         _reserve_head(job, types, p)
-    _explain(job, types, blockers, p)
+    _explain(job, waits_on, blockers, p)
 
 
 def _place(job: PendingJob, t: str, p: Pass) -> tuple[str, ...] | None:
@@ -189,6 +193,7 @@ def _victim_candidates(job: PendingJob, t: str, on_type: list[RunningJob], p: Pa
     if cohort and p.quota.within_nominal(job.queue, t, job.demand.total_gpus):
         out += [(r, "reclaim") for r in on_type if r.borrowed and r.preemptible and not r.preempting
                 and r.queue != job.queue and p.quota.cohort_of(r.queue) == cohort]
+        out.sort(key=lambda c: (c[0].priority, -c[0].start_time))
     seen = {r.id for r, _ in out}
     lower = [r for r in on_type if r.preemptible and not r.preempting and r.priority < job.priority
              and r.id not in seen]
@@ -249,7 +254,7 @@ def _reserve_head(job: PendingJob, types: list[str], p: Pass) -> None:
         p.head, p.shadow, p.reserved = job.id, best[0], frozenset(best[1])
 
 
-def _explain(job: PendingJob, types: list[str], blockers: list[str], p: Pass) -> None:
+def _explain(job: PendingJob, waits_on: list[str], blockers: list[str], p: Pass) -> None:
     p.waiting_in_queue[job.queue] += 1
     ahead = sum(n for prio, n in p.blocked_by_priority.items() if prio > job.priority)
     p.blocked_by_priority[job.priority] += 1
@@ -259,10 +264,13 @@ def _explain(job: PendingJob, types: list[str], blockers: list[str], p: Pass) ->
         blockers.append("nodes are reserved for it: smaller jobs may only backfill if they end first")
     elif p.head:
         blockers.append(f"job {p.head} at the head of the line holds a reservation")
-    est = 0.0
-    if types:
-        t = types[0]
-        est = p.timeline.estimate(t, job.demand.total_gpus, p.free.free_gpus.get(t, 0.0), claim=True)
+    est, best_t = 0.0, ""
+    for t in dict.fromkeys(waits_on):
+        e = p.timeline.estimate(t, job.demand.total_gpus, p.free.free_gpus.get(t, 0.0))
+        if e and (not est or e < est):
+            est, best_t = e, t
+    if best_t:  # later jobs queue behind this one on that type
+        p.timeline.estimate(best_t, job.demand.total_gpus, p.free.free_gpus.get(best_t, 0.0), claim=True)
     p.decision.explanations[job.id] = Explanation(
         job.id, blockers[0] if blockers else "waiting for capacity", p.waiting_in_queue[job.queue],
         tuple(blockers), est)

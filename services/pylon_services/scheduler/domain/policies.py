@@ -26,10 +26,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from pylon_services.scheduler.domain.admission import Pass, consider
+from pylon_services.scheduler.domain.explain import estimated_finish, job_rate
 from pylon_services.scheduler.domain.placement import acceptable_types
-from pylon_services.scheduler.domain.scheduling import Decision, PendingJob, Snapshot
+from pylon_services.scheduler.domain.scheduling import Decision, PendingJob, Preempt, Snapshot
 
 PROJECTION_S = 3600.0  # fair share counts a tenant's current allocation as this much future usage
+MIGRATE_GAIN = 2.0  # a running job moves only to a type at least this much faster
+MIGRATE_MIN_SAVING_S = 1800.0  # ... and only when that saves at least this much run time
 
 
 class FifoPolicy:
@@ -74,8 +77,12 @@ class FairSharePolicy(FifoPolicy):
             yield from self._interleave(by_prio[prio], p)
 
     def _interleave(self, per_tenant: dict[str, list[PendingJob]], p: Pass) -> Iterator[PendingJob]:
-        """Always serve the tenant with the lowest weighted usage; its key grows as it is admitted."""
-        heap = [(self._share(t, jobs[0], p), t) for t, jobs in per_tenant.items()]
+        """Always serve the tenant with the lowest weighted usage; each job served counts as
+        its GPUs of projected usage, so one pass interleaves tenants by weight (DRF-like)."""
+        allocated: dict[str, float] = defaultdict(float)
+        for r in p.snap.running:
+            allocated[r.tenant] += r.demand.total_gpus
+        heap = [(self._share(t, jobs[0], allocated, p), t) for t, jobs in per_tenant.items()]
         heapq.heapify(heap)
         cursor = dict.fromkeys(per_tenant, 0)
         while heap:
@@ -83,15 +90,16 @@ class FairSharePolicy(FifoPolicy):
             jobs = per_tenant[tenant]
             job = jobs[cursor[tenant]]
             yield job
+            allocated[tenant] += job.demand.total_gpus
             cursor[tenant] += 1
             if cursor[tenant] < len(jobs):
-                heapq.heappush(heap, (self._share(tenant, jobs[cursor[tenant]], p), tenant))
+                heapq.heappush(heap, (self._share(tenant, jobs[cursor[tenant]], allocated, p), tenant))
 
     @staticmethod
-    def _share(tenant: str, job: PendingJob, p: Pass) -> float:
+    def _share(tenant: str, job: PendingJob, allocated: dict[str, float], p: Pass) -> float:
         q = p.snap.queues.get(job.queue)
         weight = q.weight if q is not None and q.weight > 0 else 1.0
-        used = p.snap.usage_gpu_seconds.get(tenant, 0.0) + PROJECTION_S * p.tenant_gpus[tenant]
+        used = p.snap.usage_gpu_seconds.get(tenant, 0.0) + PROJECTION_S * allocated[tenant]
         return used / weight
 
 
@@ -99,6 +107,44 @@ class GavelPolicy(FairSharePolicy):
     """Heterogeneity-aware max-min fairness on normalised (effective) throughput."""
 
     name = "gavel"
+
+    def __init__(self, *, backfill: bool = True, preemption: bool = True, migration: bool = True) -> None:
+        super().__init__(backfill=backfill, preemption=preemption)
+        self.migration = migration
+
+    def schedule(self, snap: Snapshot) -> Decision:
+        p = Pass(snap)
+        for job in self.order(p):
+            consider(self, job, p)
+        if self.migration:
+            migrate(p)
+        return p.decision
+
+    def order(self, p: Pass) -> Iterator[PendingJob]:
+        """The fair-share order, except that the jobs that fit in the free GPUs right now (the
+        ones this pass admits anyway) are served in order of regret: the job that loses most
+        normalised throughput if denied its best free type chooses first (Vogel's
+        approximation of the max-min assignment)."""
+        fair = list(self._fair_order(p))
+        budget, window = sum(p.free.free_gpus.values()), 0
+        while window < len(fair) and fair[window].demand.total_gpus <= budget:
+            budget -= fair[window].demand.total_gpus
+            window += 1
+        if window > 1:
+            head = sorted(enumerate(fair[:window]), key=lambda ij: (-self._regret(ij[1], p), ij[0]))
+            fair[:window] = [j for _, j in head]
+        yield from fair
+
+    def _fair_order(self, p: Pass) -> Iterator[PendingJob]:
+        return FairSharePolicy.order(self, p)
+
+    def _regret(self, job: PendingJob, p: Pass) -> float:
+        rates = sorted(((p.rate(job, t) or 0.0) for t in acceptable_types(job.demand, p.free.types())
+                        if p.free.max_free(t) >= job.demand.gpus_per_worker), reverse=True)
+        best = max((p.rate(job, t) or 0.0 for t in acceptable_types(job.demand, p.free.types())), default=0.0)
+        if not rates or not best:
+            return 0.0
+        return (rates[0] - (rates[1] if len(rates) > 1 else 0.0)) / best
 
     def rank_types(self, job: PendingJob, types: list[str], p: Pass) -> list[str]:
         pref = {t: i for i, t in enumerate(types)}
@@ -122,6 +168,7 @@ class GavelPolicy(FairSharePolicy):
             return ""
         now = p.snap.now
         if start + job.remaining_work / best < now + job.remaining_work / here:
+            p.waiting_for[job.id] = best_t
             return (f"waiting for {best_t} (expected free at t={start:.0f}): it would run "
                     f"{best / here:.1f}x slower on {gpu_type}, so it would finish later there")
         return ""
@@ -132,13 +179,42 @@ class FinishTimeFairnessPolicy(GavelPolicy):
 
     name = "finish-time-fairness"
 
-    def order(self, p: Pass) -> Iterator[PendingJob]:
+    def _fair_order(self, p: Pass) -> Iterator[PendingJob]:
         def rho(j: PendingJob) -> float:
             best = max((p.rate(j, t) or 0.0 for t in acceptable_types(j.demand, p.free.types())), default=0.0)
             alone = j.remaining_work / best if best and j.remaining_work > 0 else 1.0
             return (p.snap.now - j.submit_time + alone) / alone
 
         yield from sorted(p.snap.pending, key=lambda j: (-j.priority, -rho(j), j.submit_time, j.id))
+
+
+def migrate(p: Pass) -> None:
+    """Move running jobs to faster GPUs nobody waiting wanted: Gavel re-allocates types every
+    round; we do it only when it pays. A job is asked to yield (``Preempt(reason="migrate")``,
+    ``for_job`` = itself) when a free type runs it at least MIGRATE_GAIN x faster and that saves
+    at least MIGRATE_MIN_SAVING_S; it is requeued with its progress and re-admitted there."""
+    free_types = [t for t, g in p.free.free_gpus.items() if g > 0]
+    if not free_types:
+        return
+    moves = []
+    for r in p.snap.running:
+        if r.preempting or not r.preemptible or r.id in p.claimed_victims:
+            continue
+        here = job_rate(p.snap.throughput, r.job_type, r.gpu_type, r.demand.workers)
+        end = estimated_finish(r, p.snap.throughput, p.snap.now)
+        if not here or end is None:
+            continue
+        for t in acceptable_types(r.demand, free_types):
+            there = job_rate(p.snap.throughput, r.job_type, t, r.demand.workers)
+            left = end - p.snap.now
+            if there and there >= MIGRATE_GAIN * here and left - left * here / there >= MIGRATE_MIN_SAVING_S:
+                moves.append((-(left - left * here / there), r.id, r, t))
+    for _, _, r, t in sorted(moves):
+        if r.id in p.claimed_victims or not p.quota.check(r.queue, t, r.demand.total_gpus).ok:
+            continue
+        if p.free.place(r.demand, t, frozenset(p.held) | p.reserved) is not None:
+            p.claimed_victims.add(r.id)
+            p.decision.preempts.append(Preempt(r.id, r.id, "migrate"))
 
 
 POLICIES: dict[str, type[FifoPolicy]] = {

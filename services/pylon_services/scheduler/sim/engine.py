@@ -15,6 +15,7 @@ import math
 from array import array
 from dataclasses import dataclass, field, replace
 
+from pylon_services.scheduler.domain.placement import check_satisfiable
 from pylon_services.scheduler.domain.scheduling import (
     Decision,
     Demand,
@@ -50,6 +51,7 @@ class Outcome:
     queue_len: array = field(default_factory=lambda: array("d"))
     used_gpus: array = field(default_factory=lambda: array("d"))
     unfinished: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # job -> why no node can ever hold it
 
 
 @dataclass
@@ -81,6 +83,14 @@ class Simulator:
         self.out = Outcome(total_gpus=sum(n.gpus_total for n in nodes))
         types = sorted({n.gpu_type for n in nodes})
         for j in jobs:
+            why = check_satisfiable(Demand(j.workers, j.gpus_per_worker, 0.0, 0, j.gpu_types), nodes)
+            if why:  # what the live service rejects at submit never enters the queue
+                self.out.rejected[j.id] = why
+                continue
+            if not any(table.rate(j.job_type, t) for t in types) and " x" in j.job_type:
+                # No profile at this scale (Gavel has 1/2/4/8): assume linear scaling per worker.
+                j = replace(j, job_type=j.job_type.rsplit(" x", 1)[0])
+                self.trace[j.id] = j
             self._push(j.arrival, ARRIVAL, j.id, 0)
             best = max((r for t in types if (not j.gpu_types or t in j.gpu_types)
                         and (r := table.rate(j.job_type, t))), default=0.0)

@@ -12,6 +12,7 @@ from pylon_services.scheduler.sim.engine import Outcome
 class Summary:
     jobs: int
     finished: int
+    rejected: int  # no node of the cluster could ever hold them (check_satisfiable)
     avg_jct_s: float
     p99_jct_s: float
     makespan_s: float
@@ -38,7 +39,8 @@ def summarise(out: Outcome) -> Summary:
             if 0 < out.ideal[j] < math.inf]
     jain = (sum(rhos) ** 2 / (len(rhos) * sum(r * r for r in rhos))) if rhos else math.nan
     avg_rho = sum(rhos) / len(rhos) if rhos else math.nan
-    return Summary(len(out.arrival), n, avg, p99, makespan, util, jain, avg_rho, out.preemptions, out.passes)
+    return Summary(len(out.arrival) + len(out.rejected), n, len(out.rejected), avg, p99, makespan, util, jain,
+                   avg_rho, out.preemptions, out.passes)
 
 
 def plot(out: Outcome, path: str, title: str = "", max_points: int = 4000) -> None:
