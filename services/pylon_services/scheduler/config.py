@@ -32,6 +32,9 @@ class SchedulerConfig(BaseSettings):
     lease_s: float = 10.0
     # Dispatch entries unacknowledged this long are reclaimed (XAUTOCLAIM) by the leader.
     reclaim_idle_ms: int = 10_000
+    # Ray namespace and prefix of placement group / actor names; distinct per platform sharing a
+    # Ray cluster (a leader removes placement groups with its prefix that no job owns).
+    instance: str = "pylon"
     # Declared pools, JSON: {"V100": {"min_nodes": 0, "max_nodes": 8}}.
     pools: str = ""
 

@@ -29,7 +29,7 @@ from pylon_services.scheduler.domain.job import Job, JobState
 from pylon_services.scheduler.domain.policies import make_policy
 from pylon_services.scheduler.domain.scheduling import Decision
 from pylon_services.scheduler.snapshot import build_snapshot
-from pylon_services.scheduler.store.ray_exec import RayExecutor, attempt_name
+from pylon_services.scheduler.store.ray_exec import RayExecutor
 from pylon_services.scheduler.store.redis_jobs import JobStore, stop_key
 from pylon_services.scheduler.store.redis_sched import SchedState
 
@@ -143,7 +143,7 @@ class Controller:
         """Remove Pylon placement groups no active attempt owns (a leader that died between
         creating one and recording it, or a job finished while nobody led)."""
         self._last_sweep = time.time()
-        wanted = {attempt_name(j) for j in await self.jobs.active() if not j.state.terminal}
+        wanted = {self.executor.attempt_name(j) for j in await self.jobs.active() if not j.state.terminal}
         for name in await asyncio.to_thread(self.executor.orphans, wanted):
             log.warning("removing orphaned placement group %s", name)
             await asyncio.to_thread(self.executor.remove_by_name, name)

@@ -19,8 +19,10 @@ from pylon_services.scheduler.store.redis_sched import SchedState
 
 async def build(settings: Settings, redis: aioredis.Redis, cfg: SchedulerConfig | None = None) -> ServiceParts:
     jobs = JobStore(redis)
-    executor = RayExecutor(settings.ray_address, settings.model_dump(exclude={"admin_key"}), settings.ray_node_ip_address)
-    controller = Controller(jobs, SchedState(redis), executor, redis, cfg or SchedulerConfig())
+    cfg = cfg or SchedulerConfig()
+    executor = RayExecutor(settings.ray_address, settings.model_dump(exclude={"admin_key"}), settings.ray_node_ip_address,
+                           cfg.instance)
+    controller = Controller(jobs, SchedState(redis), executor, redis, cfg)
 
     async def on_start() -> None:
         await asyncio.to_thread(executor.connect)

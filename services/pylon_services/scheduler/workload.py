@@ -25,6 +25,8 @@ import traceback
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from pylon_services.runtime.settings import Settings
 from pylon_services.runtime.stores import object_store
@@ -40,7 +42,9 @@ class JobSink:
     """Append-only log and metrics of one job attempt, plus its control flags."""
 
     def __init__(self, settings: Settings, job: dict[str, Any], attempt: int, rank: int = 0) -> None:
-        self.r = redis.Redis.from_url(settings.redis_url)
+        # Retries ride out a Redis restart (AOF keeps the data; only the connections break).
+        self.r = redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 8),
+                                      retry_on_error=[redis.ConnectionError])
         self.tenant, self.job_id, self.attempt, self.rank = job["tenant"], job["id"], attempt, rank
         self.gpu_type = job.get("gpu_type", "")
         self.job_type = job["spec"].get("job_type") or next(

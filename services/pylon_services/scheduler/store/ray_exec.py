@@ -1,7 +1,7 @@
 """Ray adapter: discover GPU pools, start a job attempt as a detached placement group plus one
 detached actor per worker, check on it, and free it.
 
-Everything is named by job and attempt (``pylon-{tenant}-{id}-a{attempt}``, ``...-r{rank}``)
+Everything is named by job and attempt (``{instance}-{tenant}-{id}-a{attempt}``, ``...-r{rank}``)
 and detached from the scheduler process, so a scheduler that dies does not take running jobs
 with it and its successor finds them by name (adoption), and launching twice creates nothing
 twice (idempotent dispatch).
@@ -20,7 +20,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pylon_services.scheduler.domain.job import Job, PoolCapacity
 
 ACCEL_PREFIX = "accelerator_type:"
-NAMESPACE = "pylon"
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,9 @@ def _pool_of(resources: dict[str, float]) -> str:
     return types[0] if types and resources.get("GPU", 0) > 0 else "cpu"
 
 
-def attempt_name(job: Job, attempt: int | None = None) -> str:
-    return f"pylon-{job.tenant}-{job.id}-a{job.attempt if attempt is None else attempt}"
-
-
 class RayExecutor:
-    def __init__(self, address: str, settings: dict[str, Any], node_ip_address: str = "") -> None:
+    def __init__(self, address: str, settings: dict[str, Any], node_ip_address: str = "", instance: str = "pylon") -> None:
+        self.instance = instance  # Ray namespace and name prefix: schedulers of two platforms never meet
         self.address = address
         self.node_ip_address = node_ip_address
         self.settings = settings
@@ -54,11 +50,14 @@ class RayExecutor:
 
     def connect(self) -> None:
         extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
-        ray.init(address=self.address or None, namespace=NAMESPACE, log_to_driver=False,
+        ray.init(address=self.address or None, namespace=self.instance, log_to_driver=False,
                  ignore_reinit_error=True, include_dashboard=False if not self.address else None, **extra)
         from pylon_services.scheduler.workload import WorkloadActor
 
         self._actor_cls = ray.remote(WorkloadActor)
+
+    def attempt_name(self, job: Job, attempt: int | None = None) -> str:
+        return f"{self.instance}-{job.tenant}-{job.id}-a{job.attempt if attempt is None else attempt}"
 
     def nodes(self, max_age_s: float = 1.0) -> list[RayNode]:
         """All nodes Ray knows, alive or not (cached briefly: GCS calls are not free)."""
@@ -91,7 +90,7 @@ class RayExecutor:
 
     def launch(self, job: Job) -> None:
         """Create the attempt's placement group and worker actors unless they already exist."""
-        name = attempt_name(job)
+        name = self.attempt_name(job)
         bundle = self._bundle(job, job.gpu_type)
         try:
             pg = get_placement_group(name)
@@ -102,12 +101,12 @@ class RayExecutor:
         for rank in range(job.workers):
             actor_name = f"{name}-r{rank}"
             try:
-                ray.get_actor(actor_name, namespace=NAMESPACE)
+                ray.get_actor(actor_name, namespace=self.instance)
                 continue
             except ValueError:
                 pass
             opts: dict[str, Any] = {
-                "name": actor_name, "namespace": NAMESPACE, "lifetime": "detached", "max_restarts": 0,
+                "name": actor_name, "namespace": self.instance, "lifetime": "detached", "max_restarts": 0,
                 "num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
                 "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)}
             extra = {k: v for k, v in bundle.items() if k.startswith(ACCEL_PREFIX)}
@@ -120,7 +119,7 @@ class RayExecutor:
     def placed_nodes(self, job: Job) -> list[str] | None:
         """Node id of each worker once the placement group exists, else None (still waiting)."""
         try:
-            pg = get_placement_group(attempt_name(job))
+            pg = get_placement_group(self.attempt_name(job))
         except ValueError:
             return None
         table = ray.util.placement_group_table(pg)
@@ -132,7 +131,7 @@ class RayExecutor:
     def exists(self, job: Job) -> bool:
         """Whether the attempt's placement group is still there (launched and not released)."""
         try:
-            get_placement_group(attempt_name(job))
+            get_placement_group(self.attempt_name(job))
             return True
         except ValueError:
             return False
@@ -141,17 +140,17 @@ class RayExecutor:
         """True while every worker actor of the current attempt exists."""
         for rank in range(job.workers):
             try:
-                ray.get_actor(f"{attempt_name(job)}-r{rank}", namespace=NAMESPACE)
+                ray.get_actor(f"{self.attempt_name(job)}-r{rank}", namespace=self.instance)
             except ValueError:
                 return False
         return True
 
     def release(self, job: Job, attempt: int | None = None) -> None:
         """Kill the attempt's workers and remove its placement group (idempotent)."""
-        name = attempt_name(job, attempt)
+        name = self.attempt_name(job, attempt)
         for rank in range(job.workers):
             try:
-                ray.kill(ray.get_actor(f"{name}-r{rank}", namespace=NAMESPACE), no_restart=True)
+                ray.kill(ray.get_actor(f"{name}-r{rank}", namespace=self.instance), no_restart=True)
             except ValueError:
                 pass
         try:
@@ -164,7 +163,7 @@ class RayExecutor:
         out = []
         for info in ray.util.placement_group_table().values():
             name = info.get("name", "")
-            if name.startswith("pylon-") and info.get("state") != "REMOVED" and name not in wanted:
+            if name.startswith(f"{self.instance}-") and info.get("state") != "REMOVED" and name not in wanted:
                 out.append(name)
         return out
 
