@@ -24,7 +24,6 @@ from pylon_services.scheduler.domain.scheduling import (
     Admit,
     Decision,
     Explanation,
-    Node,
     PendingJob,
     Preempt,
     RunningJob,
@@ -45,6 +44,7 @@ class Pass:
     reserved: frozenset[str] = frozenset()  # nodes reserved for the blocked head (backfill)
     shadow: float = 0.0  # when the head is expected to start
     head: str = ""
+    head_tried: bool = False
     claimed_victims: set[str] = field(default_factory=set)
     tenant_gpus: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     waiting_in_queue: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -52,6 +52,7 @@ class Pass:
     fit_cache: dict[tuple[float, float, int, str, int], int] = field(default_factory=dict)
     version: int = 0  # bumped whenever free capacity changes (invalidates fit_cache)
     waiting_for: dict[str, str] = field(default_factory=dict)  # job -> faster type it chose to wait for
+    no_victims: set[tuple] = field(default_factory=set)  # request shapes that found no victims
 
     running_by_type: dict[str, list[RunningJob]] = field(default_factory=lambda: defaultdict(list))
     min_preemptible_priority: dict[str, float] = field(default_factory=dict)
@@ -106,7 +107,8 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
     waiting = try_preempt(policy, job, types, p) if capacity_blocked else ""
     if waiting:
         blockers.insert(0, waiting)
-    elif capacity_blocked and not p.head and getattr(policy, "backfill", True):
+    elif capacity_blocked and not p.head_tried and getattr(policy, "backfill", True):
+        p.head_tried = True  # EASY backfill: one reservation per pass, for the first blocked job
         _reserve_head(job, types, p)
     _explain(job, waits_on, blockers, p)
 
@@ -140,11 +142,7 @@ def _workers_that_fit(job: PendingJob, t: str, p: Pass) -> int:
 
 def _subset(p: Pass, t: str) -> FreeIndex:
     """A scratch copy of the free capacity of one GPU type (for what-if placement)."""
-    nodes = []
-    for _, node_id in p.free.by_type.get(t, []):
-        f = p.free.nodes[node_id]
-        nodes.append(Node(node_id, t, 0.0, f.gpus, f.cpus, f.memory))
-    return FreeIndex(nodes)
+    return p.free.scratch(t)
 
 
 def _fits_after(job: PendingJob, t: str, release: list[RunningJob], p: Pass) -> tuple[str, ...] | None:
@@ -165,16 +163,21 @@ def try_preempt(policy: object, job: PendingJob, types: list[str], p: Pass) -> s
             continue
         if t not in p.may_yield_or_lend and job.priority <= p.min_preemptible_priority.get(t, float("inf")):
             continue  # fast path: nothing on this type could ever make room for this job
+        d = job.demand
+        shape = (t, job.priority, job.queue, d.workers, d.gpus_per_worker, d.cpus_per_worker, d.memory_bytes_per_worker)
+        if shape in p.no_victims:
+            continue  # an identical request already found no victims this pass; claims only shrink the pool
         on_type = [r for r in p.running_by_type[t] if r.id not in p.claimed_victims]
         yielding = [r for r in on_type if r.preempting]
         if yielding and (nodes := _fits_after(job, t, yielding, p)) is not None:
             _claim(job, yielding, nodes, p)
             return f"waiting for {len(yielding)} preempted job(s) on {t} to checkpoint and yield"
         candidates = _victim_candidates(job, t, on_type, p)
-        if not candidates:
-            continue
-        victims = _minimal_victims(job, t, yielding, candidates, p)
+        reachable = p.free.free_gpus.get(t, 0.0) + sum(r.demand.total_gpus for r, _ in candidates + [
+            (y, "") for y in yielding])
+        victims = _minimal_victims(job, t, yielding, candidates, p) if reachable >= d.total_gpus else None
         if victims is None:
+            p.no_victims.add(shape)
             continue
         nodes = _fits_after(job, t, yielding + [v for v, _ in victims], p)
         _claim(job, yielding + [v for v, _ in victims], nodes or (), p)
@@ -217,7 +220,7 @@ def _minimal_victims(job: PendingJob, t: str, yielding: list[RunningJob],
             break
     else:
         return None
-    for c in reversed(chosen[:-1]):
+    for c in reversed(chosen[:-1] if len(chosen) > 1 else []):
         rest = [v for v in chosen if v is not c]
         if _fits_after(job, t, yielding + [v for v, _ in rest], p) is not None:
             chosen = rest

@@ -18,7 +18,7 @@ from pylon_services.scheduler.domain.scheduling import Demand, Node
 EPS = 1e-9
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Free:
     gpu_type: str
     gpus: float
@@ -44,6 +44,14 @@ class FreeIndex:
         for entries in self.by_type.values():
             entries.sort()
         self.free_gpus: dict[str, float] = {t: sum(g for g, _ in e) for t, e in self.by_type.items()}
+
+    def scratch(self, gpu_type: str) -> FreeIndex:
+        """A cheap private copy of one GPU type's free capacity, for what-if placement."""
+        copy = FreeIndex(())
+        copy.by_type[gpu_type] = list(self.by_type.get(gpu_type, []))
+        copy.nodes = dict(self.nodes)  # _Free records are replaced, never mutated: sharing is safe
+        copy.free_gpus[gpu_type] = self.free_gpus.get(gpu_type, 0.0)
+        return copy
 
     def types(self) -> list[str]:
         return sorted(self.by_type)
@@ -82,9 +90,9 @@ class FreeIndex:
         f = self.nodes[node_id]
         entries = self.by_type[f.gpu_type]
         del entries[bisect.bisect_left(entries, (f.gpus, node_id))]
-        f.gpus -= sign * demand.gpus_per_worker
-        f.cpus -= sign * demand.cpus_per_worker
-        f.memory -= sign * demand.memory_bytes_per_worker
+        f = self.nodes[node_id] = _Free(f.gpu_type, f.gpus - sign * demand.gpus_per_worker,
+                                        f.cpus - sign * demand.cpus_per_worker,
+                                        f.memory - sign * demand.memory_bytes_per_worker)
         bisect.insort(entries, (f.gpus, node_id))
         self.free_gpus[f.gpu_type] -= sign * demand.gpus_per_worker
 
