@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import typer
 import yaml
 
@@ -62,3 +64,18 @@ def jobs_cancel(name: str, as_json: bool = JSON) -> None:
     emit(client().jobs.cancel(name), as_json, ["name", "state", "message"])
 
 
+@jobs_app.command("explain")
+def jobs_explain(name: str, as_json: bool = JSON) -> None:
+    """Why a pending job waits: the reasons, its position in its queue and an estimated start."""
+    why = client().jobs.explain(name)
+    if as_json:
+        emit(why, True)
+        return
+    console.print(f"position {why['position']} in its queue", markup=False)
+    if why["estimated_start"]:
+        from datetime import datetime
+
+        start = datetime.fromtimestamp(why["estimated_start"], tz=UTC).isoformat(timespec="seconds")
+        console.print(f"estimated start {start}", markup=False)
+    for reason in why["reasons"]:
+        console.print(f"- {reason}", markup=False)

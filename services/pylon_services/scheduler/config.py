@@ -22,6 +22,11 @@ class SchedulerConfig(BaseSettings):
     policy: str = "fifo"
     # Longest idle wait between passes; submits and worker results wake the leader sooner.
     pass_period_s: float = 0.5
+    # Passes run at most this often: a stream of submits wakes the leader for each one, and a
+    # pass reads every pending job.
+    min_pass_interval_s: float = 0.2
+    # ...and take at most this fraction of the leader's time (the gap grows with the pass cost).
+    pass_duty_cycle: float = 0.25
     # Seconds a preempted job gets between the should_preempt() flag and SIGTERM.
     preempt_grace_s: float = 30.0
     # Fair-share usage halves every this many seconds.

@@ -36,6 +36,7 @@ from pylon_services.scheduler.store.redis_sched import SchedState
 log = logging.getLogger("pylon.scheduler")
 LEASE_KEY = "pylon:scheduler:leader"
 ORPHAN_SWEEP_S = 30.0
+EVENT_BATCH_S = 0.05
 # Renew the lease only if we still hold it (a plain GET + EXPIRE could extend someone else's).
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 
@@ -52,6 +53,9 @@ class Controller:
         self.last_decision = Decision()
         self._task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
+        self._last_pass = 0.0
+        self._last_reclaim = 0.0
+        self._pass_cost_s = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -102,15 +106,24 @@ class Controller:
     async def _turn(self) -> None:
         events = await self.state.read_events(self.identity, int(self.cfg.pass_period_s * 1000))
         await self._handle(events)
-        now = time.time()
-        if now - self._last_sweep > ORPHAN_SWEEP_S:
+        now = time.monotonic()
+        if now - self._last_reclaim > self.cfg.reclaim_idle_ms / 2000:
+            # Entries stuck with another consumer (a replica that lost the lease mid-turn).
+            self._last_reclaim = now
+            await self._handle(await self.state.reclaim(self.identity, self.cfg.reclaim_idle_ms))
+        if time.time() - self._last_sweep > ORPHAN_SWEEP_S:
             await self._sweep_orphans()
-        # Also reclaim entries stuck with another consumer (a replica that lost the lease mid-turn).
-        await self._handle(await self.state.reclaim(self.identity, self.cfg.reclaim_idle_ms))
-        for job in await self.jobs.active():
-            await self.attempts.track(job)
-        await self._cleanup_terminal()
-        await self.schedule_pass()
+        # Passes over a big backlog cost CPU the API shares: keep them to a fraction of the time.
+        gap = max(self.cfg.min_pass_interval_s, self._pass_cost_s / self.cfg.pass_duty_cycle)
+        if now - self._last_pass >= gap:
+            self._last_pass = now
+            for job in await self.jobs.active():
+                await self.attempts.track(job)
+            await self._cleanup_terminal()
+            await self.schedule_pass()
+            self._pass_cost_s = time.monotonic() - now
+        if events:
+            await asyncio.sleep(EVENT_BATCH_S)  # let a burst of submits arrive as one batch
 
     async def _handle(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Idempotent handlers: a result for an attempt already finished is a no-op."""

@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon.scheduler.v1 import scheduler_pb2_grpc
-from pylon_services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from pylon_services.common.errors import FailedPrecondition, InvalidArgument
 from pylon_services.common.names import parse_name, parse_parent
 from pylon_services.runtime.context import principal
 from pylon_services.runtime.protoconv import page_size, struct, ts
@@ -21,6 +21,7 @@ from pylon_services.scheduler.domain.job import Job, JobState, validate_spec
 from pylon_services.scheduler.domain.placement import check_satisfiable
 from pylon_services.scheduler.snapshot import demand_of, free_nodes
 from pylon_services.scheduler.store.redis_jobs import JobStore
+from pylon_services.scheduler.store.redis_sched import queue_key
 
 _POLL_S = 0.25
 
@@ -78,16 +79,16 @@ class SchedulerServicer(ClusterViews, scheduler_pb2_grpc.SchedulerServiceService
         if not request.HasField("spec"):
             raise InvalidArgument.field("spec", "is required")
         spec = spec_to_dict(request.spec)
-        validate_spec(spec, await asyncio.to_thread(self._ctl.executor.capacities))
-        nodes = free_nodes(await asyncio.to_thread(self._ctl.executor.nodes), [])
-        why = check_satisfiable(demand_of(spec), nodes)
+        ex = self._ctl.executor
+        ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
+        validate_spec(spec, ex.capacities(ray_nodes))
+        why = check_satisfiable(demand_of(spec), free_nodes(ray_nodes, []))
         if why:
             raise FailedPrecondition(why)
         queue = spec.get("queue") or "default"
-        if queue != "default" and f"tenants/{tenant}/queues/{queue}" not in await self._state.queues():
-            raise NotFound(f"queue tenants/{tenant}/queues/{queue} not found; an admin creates it with CreateQueue")
         job = Job(id=JobStore.new_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request.request_id)
-        job, created = await self._jobs.create(job)
+        job, created = await self._jobs.create(
+            job, queue_key(f"tenants/{tenant}/queues/{queue}") if queue != "default" else "")
         if created:
             self._ctl.wake()
         return pb.SubmitJobResponse(job=job_pb(job))

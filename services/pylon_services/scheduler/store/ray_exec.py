@@ -59,6 +59,11 @@ class RayExecutor:
     def attempt_name(self, job: Job, attempt: int | None = None) -> str:
         return f"{self.instance}-{job.tenant}-{job.id}-a{job.attempt if attempt is None else attempt}"
 
+    def cached_nodes(self, max_age_s: float = 1.0) -> list[RayNode] | None:
+        """The node list if fetched within ``max_age_s`` (no GCS call, safe on the event loop)."""
+        at, cached = self._nodes_cache
+        return cached if time.monotonic() - at < max_age_s else None
+
     def nodes(self, max_age_s: float = 1.0) -> list[RayNode]:
         """All nodes Ray knows, alive or not (cached briefly: GCS calls are not free)."""
         at, cached = self._nodes_cache
@@ -70,9 +75,9 @@ class RayExecutor:
         self._nodes_cache = (time.monotonic(), out)
         return out
 
-    def capacities(self) -> list[PoolCapacity]:
+    def capacities(self, nodes: list[RayNode] | None = None) -> list[PoolCapacity]:
         pools: dict[str, list[RayNode]] = {}
-        for n in self.nodes():
+        for n in nodes if nodes is not None else self.nodes():
             if n.alive:
                 pools.setdefault(n.gpu_type, []).append(n)
         return [PoolCapacity(t, max(n.gpus for n in ns), max(n.cpus for n in ns), len(ns)) for t, ns in pools.items()]

@@ -48,32 +48,46 @@ def preempt_key(tenant: str, job_id: str) -> str:
     return f"pylon:jobpreempt:{tenant}:{job_id}"
 
 
+# Idempotent create: request-id claim, job document, indexes and the wake-up event together.
+_CREATE = """
+if ARGV[9] == '1' and redis.call('exists', KEYS[2]) == 0 then return {'noqueue'} end
+if ARGV[8] == '1' then
+  local existing = redis.call('get', KEYS[1])
+  if existing then return {'exists', redis.call('get', ARGV[10] .. existing)} end
+  redis.call('set', KEYS[1], ARGV[1])
+end
+redis.call('set', KEYS[3], ARGV[2])
+redis.call('zadd', KEYS[4], ARGV[3], ARGV[1])
+redis.call('zadd', KEYS[5], ARGV[4], ARGV[5])
+redis.call('xadd', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[6])
+return {'created'}
+"""
+
+
 class JobStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.r = redis
+        self._create_script = redis.register_script(_CREATE)
 
-    async def create(self, job: Job) -> tuple[Job, bool]:
-        """Store a new job and queue it; with a request_id, return the existing job instead
-        of creating a second one (SET NX makes concurrent duplicates collapse to one)."""
-        if job.request_id:
-            rk = f"pylon:jobreq:{job.tenant}:{job.request_id}"
-            if not await self.r.set(rk, job.id, nx=True):
-                existing = (await self.r.get(rk)).decode()
-                for _ in range(50):  # the winner may not have written its job yet
-                    try:
-                        return await self.get(job.tenant, existing), False
-                    except NotFound:
-                        await _sleep(0.02)
-                raise NotFound(f"job for request_id {job.request_id} vanished")
+    async def create(self, job: Job, require_queue_key: str = "") -> tuple[Job, bool]:
+        """Store a new job and queue it in ONE atomic script (one round trip): with a
+        request_id, return the job that id already created instead of a second one; with
+        ``require_queue_key``, refuse (NotFound) when that queue does not exist."""
         job.queued_at = job.queued_at or job.create_time
-        async with self.r.pipeline(transaction=True) as p:
-            p.set(self._key(job.tenant, job.id), json.dumps(job.to_dict()))
-            p.zadd(f"pylon:jobs:{job.tenant}", {job.id: job.create_time})
-            p.zadd(PENDING, {job.key: job.queued_at})
-            # Wakes the leader, wherever it runs (its idle wait is a blocking stream read).
-            p.xadd(EVENTS, {"e": json.dumps({"type": "submitted", "job": job.key})},
-                   maxlen=EVENTS_MAXLEN, approximate=True)
-            await p.execute()
+        rk = f"pylon:jobreq:{job.tenant}:{job.request_id}" if job.request_id else "pylon:jobreq:-"
+        event = json.dumps({"type": "submitted", "job": job.key})
+        out = await self._create_script(
+            keys=[rk, require_queue_key or "pylon:queue:-", self._key(job.tenant, job.id), f"pylon:jobs:{job.tenant}",
+                  PENDING, EVENTS],
+            args=[job.id, json.dumps(job.to_dict()), repr(job.create_time), repr(job.queued_at), job.key, event,
+                  EVENTS_MAXLEN, "1" if job.request_id else "0", "1" if require_queue_key else "0",
+                  f"pylon:job:{job.tenant}:"])
+        verdict = out[0].decode()
+        if verdict == "noqueue":
+            raise NotFound(f"queue tenants/{require_queue_key.split(':', 2)[2].replace(':', '/queues/')} not found; "
+                           "an admin creates it with CreateQueue")
+        if verdict == "exists":
+            return Job.from_dict(json.loads(out[1])), False
         return job, True
 
     @staticmethod
@@ -162,9 +176,3 @@ class JobStore:
 
     async def metrics(self, tenant: str, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in await self.r.lrange(metrics_key(tenant, job_id), 0, -1)]
-
-
-async def _sleep(s: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(s)

@@ -55,6 +55,9 @@ class SchedState:
             raise NotFound(f"{q.name} not found")
         return q
 
+    async def queue_exists(self, name: str) -> bool:
+        return bool(await self.r.exists(queue_key(name)))
+
     async def queues(self) -> dict[str, QueueQuota]:
         names = sorted(m.decode() for m in await self.r.smembers("pylon:queues"))
         if not names:
