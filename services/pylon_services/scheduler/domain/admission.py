@@ -53,6 +53,8 @@ class Pass:
     version: int = 0  # bumped whenever free capacity changes (invalidates fit_cache)
     waiting_for: dict[str, str] = field(default_factory=dict)  # job -> faster type it chose to wait for
     no_victims: set[tuple] = field(default_factory=set)  # request shapes that found no victims
+    _rates: dict[tuple[str, str, int], float | None] = field(default_factory=dict)
+    _finish: dict[str, float | None] = field(default_factory=dict)
 
     running_by_type: dict[str, list[RunningJob]] = field(default_factory=lambda: defaultdict(list))
     min_preemptible_priority: dict[str, float] = field(default_factory=dict)
@@ -73,7 +75,17 @@ class Pass:
             self.tenant_gpus[r.tenant] += r.demand.total_gpus
 
     def rate(self, job: PendingJob, gpu_type: str) -> float | None:
-        return job_rate(self.snap.throughput, job.job_type, gpu_type, job.demand.workers)
+        """Whole-job steps/s on ``gpu_type`` (memoised for the pass: the table is hit a lot)."""
+        key = (job.job_type, gpu_type, job.demand.workers)
+        if key not in self._rates:
+            self._rates[key] = job_rate(self.snap.throughput, job.job_type, gpu_type, job.demand.workers)
+        return self._rates[key]
+
+    def finish(self, r: RunningJob) -> float | None:
+        """Estimated finish of a running job (memoised for the pass)."""
+        if r.id not in self._finish:
+            self._finish[r.id] = estimated_finish(r, self.snap.throughput, self.snap.now)
+        return self._finish[r.id]
 
 
 def consider(policy: object, job: PendingJob, p: Pass) -> None:
@@ -241,7 +253,7 @@ def _reserve_head(job: PendingJob, types: list[str], p: Pass) -> None:
         if not p.quota.check(job.queue, t, job.demand.total_gpus).ok:
             continue
         ending = sorted((e, r.id, r) for r in p.running_by_type[t]
-                        if (e := estimated_finish(r, p.snap.throughput, p.snap.now)) is not None)
+                        if (e := p.finish(r)) is not None)
         scratch = _subset(p, t)
         for end, _, r in ending:
             if best is not None and end >= best[0]:

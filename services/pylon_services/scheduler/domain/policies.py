@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from pylon_services.scheduler.domain.admission import Pass, consider
-from pylon_services.scheduler.domain.explain import estimated_finish, job_rate
+from pylon_services.scheduler.domain.explain import job_rate
 from pylon_services.scheduler.domain.placement import acceptable_types
 from pylon_services.scheduler.domain.scheduling import Decision, PendingJob, Preempt, Snapshot
 
@@ -201,7 +201,7 @@ def migrate(p: Pass) -> None:
         if r.preempting or not r.preemptible or r.id in p.claimed_victims:
             continue
         here = job_rate(p.snap.throughput, r.job_type, r.gpu_type, r.demand.workers)
-        end = estimated_finish(r, p.snap.throughput, p.snap.now)
+        end = p.finish(r)
         if not here or end is None:
             continue
         for t in acceptable_types(r.demand, free_types):

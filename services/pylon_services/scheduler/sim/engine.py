@@ -83,14 +83,18 @@ class Simulator:
         self.out = Outcome(total_gpus=sum(n.gpus_total for n in nodes))
         types = sorted({n.gpu_type for n in nodes})
         for j in jobs:
+            if not any(table.rate(j.job_type, t) for t in types) and " x" in j.job_type:
+                # No profile at this scale (Gavel has 1/2/4/8): assume linear scaling per worker.
+                j = replace(j, job_type=j.job_type.rsplit(" x", 1)[0])
+            # A type with no profile, or absent from the cluster, cannot run the job.
+            runs_on = tuple(t for t in (j.gpu_types or types) if t in types and table.rate(j.job_type, t))
+            if runs_on != tuple(j.gpu_types or types):
+                j = replace(j, gpu_types=runs_on or ("none",))
+            self.trace[j.id] = j
             why = check_satisfiable(Demand(j.workers, j.gpus_per_worker, 0.0, 0, j.gpu_types), nodes)
             if why:  # what the live service rejects at submit never enters the queue
                 self.out.rejected[j.id] = why
                 continue
-            if not any(table.rate(j.job_type, t) for t in types) and " x" in j.job_type:
-                # No profile at this scale (Gavel has 1/2/4/8): assume linear scaling per worker.
-                j = replace(j, job_type=j.job_type.rsplit(" x", 1)[0])
-                self.trace[j.id] = j
             self._push(j.arrival, ARRIVAL, j.id, 0)
             best = max((r for t in types if (not j.gpu_types or t in j.gpu_types)
                         and (r := table.rate(j.job_type, t))), default=0.0)
