@@ -1,8 +1,8 @@
 """What runs inside Ray for one worker of one job attempt: trainer, engine replica or user command.
 
-``WorkloadActor`` is a detached, named actor: it starts the workload in a thread from its
-constructor, so the work survives the scheduler that launched it, and reports the result by
-writing it to Redis (``pylon:jobresults:...``) and to the dispatch stream. Log lines and metrics
+``run_workload`` runs as a Ray task owned by the detached launcher actor (``launcher.py``), so the
+work survives the scheduler that launched it; it reports the result by writing it to Redis
+(``pylon:jobresults:...``) and to the dispatch stream. Log lines and metrics
 go to Redis as they happen (``StreamLogs`` follows them) and the log is archived to object
 storage at the end. A watcher polls the job's stop and preempt flags: preempt first raises the
 flag user code polls (``pylon.train.should_preempt()``), then SIGTERMs the process after the
@@ -116,17 +116,6 @@ class JobSink:
                 self.log(f"pylon: preemption requested; {float(grace):g}s to checkpoint and exit")
                 return float(grace)
         return 0.0
-
-
-class WorkloadActor:
-    """One worker of one attempt. Created detached by the scheduler; runs until its workload ends."""
-
-    def __init__(self, job: dict[str, Any], settings_dict: dict[str, Any], attempt: int, rank: int) -> None:
-        self._thread = threading.Thread(target=run_workload, args=(job, settings_dict, attempt, rank), daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
 
 def run_workload(job: dict[str, Any], settings_dict: dict[str, Any], attempt: int, rank: int = 0) -> dict[str, Any]:

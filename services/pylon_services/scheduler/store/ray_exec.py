@@ -1,10 +1,11 @@
-"""Ray adapter: discover GPU pools, start a job attempt as a detached placement group plus one
-detached actor per worker, check on it, and free it.
+"""Ray adapter: discover GPU pools, start a job attempt as a detached named placement group with
+one task per worker (submitted and owned by the detached launcher actor, ``launcher.py``),
+check on it, and free it.
 
-Everything is named by job and attempt (``{instance}-{tenant}-{id}-a{attempt}``, ``...-r{rank}``)
-and detached from the scheduler process, so a scheduler that dies does not take running jobs
-with it and its successor finds them by name (adoption), and launching twice creates nothing
-twice (idempotent dispatch).
+Everything is named by job and attempt (``{instance}-{tenant}-{id}-a{attempt}``) and lives
+apart from the scheduler process, so a scheduler that dies does not take running jobs with it,
+its successor finds them by name (adoption), and launching twice starts nothing twice
+(idempotent dispatch).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pylon_services.scheduler.domain.job import Job, PoolCapacity
 
@@ -45,16 +45,18 @@ class RayExecutor:
         self.address = address
         self.node_ip_address = node_ip_address
         self.settings = settings
-        self._actor_cls: Any = None
+        self._launcher: Any = None
         self._nodes_cache: tuple[float, list[RayNode]] = (0.0, [])
 
     def connect(self) -> None:
         extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
         ray.init(address=self.address or None, namespace=self.instance, log_to_driver=False,
                  ignore_reinit_error=True, include_dashboard=False if not self.address else None, **extra)
-        from pylon_services.scheduler.workload import WorkloadActor
+        from pylon_services.scheduler.launcher import Launcher
 
-        self._actor_cls = ray.remote(WorkloadActor)
+        self._launcher = ray.remote(Launcher).options(
+            name=f"{self.instance}-launcher", namespace=self.instance, lifetime="detached", get_if_exists=True,
+            num_cpus=0, max_concurrency=32, max_restarts=0).remote()
 
     def attempt_name(self, job: Job, attempt: int | None = None) -> str:
         return f"{self.instance}-{job.tenant}-{job.id}-a{job.attempt if attempt is None else attempt}"
@@ -94,32 +96,21 @@ class RayExecutor:
         return bundle
 
     def launch(self, job: Job) -> None:
-        """Create the attempt's placement group and worker actors unless they already exist."""
+        """Create the attempt's placement group and have the launcher start its worker tasks,
+        unless either already exists (a repeated launch after a crash starts nothing twice)."""
         name = self.attempt_name(job)
         bundle = self._bundle(job, job.gpu_type)
-        try:
-            pg = get_placement_group(name)
-        except ValueError:
+        if not self.exists(job):
             strategy = "SPREAD" if job.spec.get("placement") == "spread" else "PACK"
-            pg = placement_group([dict(bundle) for _ in range(job.workers)], strategy=strategy, name=name,
+            placement_group([dict(bundle) for _ in range(job.workers)], strategy=strategy, name=name,
                                  lifetime="detached")
-        for rank in range(job.workers):
-            actor_name = f"{name}-r{rank}"
-            try:
-                ray.get_actor(actor_name, namespace=self.instance)
-                continue
-            except ValueError:
-                pass
-            opts: dict[str, Any] = {
-                "name": actor_name, "namespace": self.instance, "lifetime": "detached", "max_restarts": 0,
-                "num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0),
-                "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)}
-            extra = {k: v for k, v in bundle.items() if k.startswith(ACCEL_PREFIX)}
-            if extra:
-                opts["resources"] = extra
-            if "memory" in bundle:
-                opts["memory"] = bundle["memory"]
-            self._actor_cls.options(**opts).remote(job.to_dict(), self.settings, job.attempt, rank)
+        opts: dict[str, Any] = {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0)}
+        extra = {k: v for k, v in bundle.items() if k.startswith(ACCEL_PREFIX)}
+        if extra:
+            opts["resources"] = extra
+        if "memory" in bundle:
+            opts["memory"] = bundle["memory"]
+        ray.get(self._launcher.launch.remote(name, job.to_dict(), self.settings, opts))
 
     def placed_nodes(self, job: Job) -> list[str] | None:
         """Node id of each worker once the placement group exists, else None (still waiting)."""
@@ -142,22 +133,13 @@ class RayExecutor:
             return False
 
     def workers_alive(self, job: Job) -> bool:
-        """True while every worker actor of the current attempt exists."""
-        for rank in range(job.workers):
-            try:
-                ray.get_actor(f"{self.attempt_name(job)}-r{rank}", namespace=self.instance)
-            except ValueError:
-                return False
-        return True
+        """True while every worker task of the current attempt runs (or ended normally)."""
+        return bool(ray.get(self._launcher.alive.remote(self.attempt_name(job))))
 
     def release(self, job: Job, attempt: int | None = None) -> None:
         """Kill the attempt's workers and remove its placement group (idempotent)."""
         name = self.attempt_name(job, attempt)
-        for rank in range(job.workers):
-            try:
-                ray.kill(ray.get_actor(f"{name}-r{rank}", namespace=self.instance), no_restart=True)
-            except ValueError:
-                pass
+        ray.get(self._launcher.stop.remote(name))
         try:
             remove_placement_group(get_placement_group(name))
         except ValueError:
