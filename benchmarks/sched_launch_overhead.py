@@ -67,6 +67,9 @@ def ours_once(client: Any, redis: Any) -> float:
     doc = json.loads(redis.get(f"pylon:job:{tenant}:{job_id}"))
     lines = [json.loads(x) for x in redis.lrange(f"pylon:joblog:{tenant}:{job_id}", 0, -1)]
     first = next(x["t"] for x in lines if x["text"] == "USER-FIRST-LINE")
+    started = next(x["t"] for x in lines if x["text"].startswith("attempt "))
+    print(f"  scheduler breakdown: admission -> worker task running {(started - doc['admit_time']) * 1000:.0f} ms, "
+          f"-> user's first line {(first - started) * 1000:.0f} ms", flush=True)
     return first - doc["admit_time"]
 
 

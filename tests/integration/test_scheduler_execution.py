@@ -1,0 +1,89 @@
+"""Execution on Ray through the real platform: cancel frees everything, a worker process that
+dies is noticed and retried with its exit code, max_runtime is enforced, and `pylon jobs submit`
+streams the log and exits with the job's result."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _wait(pred, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := pred():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _used(client, gpu_type: str) -> float:
+    return {p["gpu_type"]: p for p in client.jobs.cluster()}[gpu_type]["used_gpus"]
+
+
+def _pgs(prefix: str) -> list[dict]:
+    import ray
+
+    return [pg for pg in ray.util.placement_group_table().values()
+            if pg.get("name", "").startswith(prefix) and pg.get("state") != "REMOVED"]
+
+
+def test_cancel_of_a_running_job_frees_its_gpus_and_placement_group(tenant_clients, tmp_path):
+    acme = tenant_clients["acme"]
+    marker = tmp_path / "still-running"
+    script = f"import time\nwhile True:\n    open({str(marker)!r}, 'w').write(str(time.time()))\n    time.sleep(0.2)\n"
+    job = acme.jobs.submit({"resources": {"gpus": 2, "gpu_types": ["P100"]},
+                            "command": {"argv": [sys.executable, "-c", script]}})
+    _wait(lambda: acme.jobs.get(job.name).state == "running" and marker.exists(), 90, "the job to run")
+    assert _used(acme, "P100") == 2
+    job_id = job.name.rsplit("/", 1)[1]
+    assert _pgs(f"pylon-acme-{job_id}-")
+    assert acme.jobs.cancel(job.name).state == "cancelled"
+    _wait(lambda: not _pgs(f"pylon-acme-{job_id}-"), 30, "the placement group to be removed")
+    _wait(lambda: _used(acme, "P100") == 0, 30, "the GPUs to be free")
+    before = marker.read_text()
+    time.sleep(1.0)
+    assert marker.read_text() == before, "the user process still runs after cancel"
+    assert acme.jobs.get(job.name).state == "cancelled"
+
+
+def test_worker_process_that_dies_is_retried_then_failed_with_its_exit_code(tenant_clients):
+    acme = tenant_clients["acme"]
+    # The command kills the Ray worker process running it: the task dies without a result.
+    job = acme.jobs.submit({"max_retries": 1, "command": {"argv": ["sh", "-c", "echo dying; sleep 0.5; kill -9 $PPID"]}})
+    job = acme.jobs.wait(job.name, timeout=180)
+    assert (job.state, job.exit_code, job.attempt, job.retries) == ("failed", -1, 2, 1)
+    assert "worker process lost" in job.message
+    assert "dying" in job.last_log_lines
+
+
+def test_max_runtime_is_enforced(tenant_clients):
+    acme = tenant_clients["acme"]
+    job = acme.jobs.submit({"max_runtime": "2s", "command": {"argv": ["sleep", "60"]}})
+    job = acme.jobs.wait(job.name, timeout=90)
+    assert job.state == "failed" and "max runtime" in job.message
+
+
+def test_cli_submit_streams_logs_and_exits_with_the_job_result(platform, tenant_clients, tmp_path):
+    from typer.testing import CliRunner
+
+    from pylon.cli import app
+    from tests.support.platform import ADMIN_KEY
+
+    ok, bad = tmp_path / "ok.yaml", tmp_path / "bad.yaml"
+    ok.write_text("command:\n  argv: [sh, -c, 'echo hello-from-cli']\n")
+    bad.write_text("max_retries: 0\ncommand:\n  argv: [sh, -c, 'echo failing; exit 4']\n")
+    base = ["--address", platform.addresses["scheduler"], "--token", ADMIN_KEY]
+    runner = CliRunner()
+    res = runner.invoke(app, [*base, "jobs", "submit", str(ok)])
+    assert res.exit_code == 0 and "hello-from-cli" in res.output, res.output
+    res = runner.invoke(app, [*base, "jobs", "submit", str(bad)])
+    assert res.exit_code == 1 and "failing" in res.output, res.output
+    res = runner.invoke(app, [*base, "cluster", "--json"])
+    assert res.exit_code == 0 and '"gpu_type": "K80"' in res.output
+    res = runner.invoke(app, [*base, "queues", "--json"])
+    assert res.exit_code == 0
