@@ -118,7 +118,7 @@ def test_cluster_shows_pools_discovered_from_ray(tenant_clients):
     assert pools["V100"]["healthy_nodes"] == pools["V100"]["nodes"] == 1
 
 
-def test_running_job_reports_metrics_and_uses_capacity(tenant_clients):
+def test_running_job_reports_metrics_and_uses_capacity(tenant_clients, redis_client):
     acme = tenant_clients["acme"]
     script = ("import time, pylon.train as t\n"
               "for s in range(1, 31):\n    time.sleep(0.1)\n    t.report(s, loss=1.0 / s)\n")
@@ -135,3 +135,8 @@ def test_running_job_reports_metrics_and_uses_capacity(tenant_clients):
     assert job.state == "succeeded"
     points = [p for p in acme.jobs.metrics(job.name) if p["key"] == "loss"]
     assert [p["step"] for p in points] == list(range(1, 31))
+    # Its step rate reached the throughput table the policies read (about 10 steps/s).
+    import json
+
+    rate = json.loads(redis_client.get("pylon:throughput"))["rates"]["command"]["K80"]
+    assert 2 < rate < 20

@@ -45,18 +45,26 @@ class SchedulerProc:
                     "PYLON_OBJECT_STORE_URL": f"file://{tmp}/objects", "PYLON_SCHED_INSTANCE": INSTANCE,
                     "PYLON_SCHED_LEASE_S": "3", "PYLON_SHUTDOWN_GRACE_S": "1"}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.others: list[subprocess.Popen[bytes]] = []
         self.runs = 0
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> subprocess.Popen[bytes]:
+        """Start a replica (on the shared port unless ``port`` is given); returns its process."""
         self.runs += 1
         log = open(os.path.join(self.tmp, f"scheduler-{self.runs}.log"), "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**self.env, "PYLON_PORT": str(port or self.port)}
+        proc = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if port is None:
+            self.proc = proc
+        else:
+            self.others.append(proc)
+        return proc
 
-    def client(self) -> Any:
+    def client(self, port: int | None = None) -> Any:
         import pylon
 
-        c = pylon.Client(f"127.0.0.1:{self.port}", ADMIN_KEY)
+        c = pylon.Client(f"127.0.0.1:{port or self.port}", ADMIN_KEY)
         deadline = time.time() + 60
         while True:
             try:
@@ -73,12 +81,14 @@ class SchedulerProc:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        for proc in [self.proc, *self.others]:
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         self.redis.stop()
 
 
@@ -152,3 +162,24 @@ def test_redis_sigkilled_after_acknowledged_submits_loses_none(sched):
     assert [j.state for j in jobs] == ["succeeded"] * 20, [(j.name, j.state, j.message) for j in jobs]
     # The same request ids still map to the same jobs after the restart.
     assert c.jobs.submit({"command": {"argv": ["true"]}}, request_id="aof-3").name == names[3]
+
+
+def test_two_replicas_one_leader_and_the_other_takes_over(sched):
+    import redis
+
+    second_port = free_port()
+    second = sched.start(second_port)
+    a, b = sched.client(), sched.client(second_port)
+    r = redis.Redis.from_url(sched.redis.url)
+    holder = r.get("pylon:scheduler:leader").decode()
+    pids = {sched.proc.pid: sched.proc, second.pid: second}
+    leader = pids[int(holder.split("-")[0])]
+    # Either replica accepts submits; only the leader runs them.
+    jobs = [a.jobs.submit({"command": {"argv": ["true"]}}).name, b.jobs.submit({"command": {"argv": ["true"]}}).name]
+    assert [a.jobs.wait(n, timeout=120).state for n in jobs] == ["succeeded", "succeeded"]
+    os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
+    survivor = b if leader is sched.proc else a
+    job = survivor.jobs.submit({"command": {"argv": ["true"]}})
+    assert survivor.jobs.wait(job.name, timeout=120).state == "succeeded"
+    assert r.get("pylon:scheduler:leader").decode() != holder
