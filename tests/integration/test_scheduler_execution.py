@@ -87,3 +87,30 @@ def test_cli_submit_streams_logs_and_exits_with_the_job_result(platform, tenant_
     assert res.exit_code == 0 and '"gpu_type": "K80"' in res.output
     res = runner.invoke(app, [*base, "queues", "--json"])
     assert res.exit_code == 0
+
+
+def test_command_runs_in_its_uploaded_working_directory(tenant_clients, tmp_path):
+    acme = tenant_clients["acme"]
+    src = tmp_path / "proj"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "__init__.py").write_text("GREETING = 'hello from the working dir'\n")
+    (src / "main.py").write_text("import pkg\nprint(pkg.GREETING)\n")
+    job = acme.jobs.submit({"command": {"argv": [sys.executable, "main.py"], "working_dir": str(src)}})
+    assert job.spec["command"]["working_dir_key"].startswith("tenants/acme/workdirs/sha256-")
+    job = acme.jobs.wait(job.name, timeout=120)
+    assert job.state == "succeeded", job.message
+    assert "hello from the working dir" in list(acme.jobs.logs(job.name))
+
+
+def test_working_dir_key_of_another_tenant_and_bad_archives_are_rejected(tenant_clients):
+    from pylon.errors import PylonError
+    from pylon.scheduler.v1 import scheduler_pb2
+
+    acme = tenant_clients["acme"]
+    with pytest.raises(PylonError) as e:
+        acme.jobs.submit({"command": {"argv": ["true"], "working_dir_key": "tenants/globex/workdirs/sha256-x.tar.gz"}})
+    assert "INVALID_ARGUMENT" in str(e.value.code)
+    with pytest.raises(PylonError) as e:
+        acme.call(acme.scheduler.UploadWorkingDir,
+                  iter([scheduler_pb2.UploadWorkingDirRequest(parent="tenants/-", chunk=b"not a tarball")]))
+    assert "INVALID_ARGUMENT" in str(e.value.code) and "tar.gz" in str(e.value)

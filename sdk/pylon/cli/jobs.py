@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC
 
 import typer
@@ -18,6 +19,9 @@ def jobs_submit(spec_file: str, detach: bool = typer.Option(False, "--detach", h
     """Submit a job from a YAML spec; streams its logs and exits with its result unless --detach."""
     with open(spec_file) as f:
         spec = yaml.safe_load(f)
+    command = spec.get("command") if isinstance(spec, dict) else None
+    if isinstance(command, dict) and command.get("working_dir"):  # relative to the spec file
+        command["working_dir"] = os.path.join(os.path.dirname(os.path.abspath(spec_file)), command["working_dir"])
     c = client()
     job = c.jobs.submit(spec)
     if detach:

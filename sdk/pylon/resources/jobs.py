@@ -9,20 +9,48 @@ from typing import Any
 from google.protobuf import json_format
 
 from pylon.errors import PylonError
-from pylon.resources._base import _name, _Resource
+from pylon.resources._base import CHUNK_BYTES, _name, _Resource
 from pylon.scheduler.v1 import scheduler_pb2
 from pylon.types import Job
 
 
 class Jobs(_Resource):
     def submit(self, spec: dict[str, Any], *, request_id: str | None = None) -> Job:
-        """Queue a job. ``spec`` has the JobSpec fields (the YAML of ``pylon jobs submit``)."""
+        """Queue a job. ``spec`` has the JobSpec fields (the YAML of ``pylon jobs submit``).
+
+        A ``command.working_dir`` (a local directory) is archived, uploaded and replaced by the
+        ``working_dir_key`` the scheduler returns; the command then runs in a copy of it.
+        """
+        spec = dict(spec)
+        if isinstance(spec.get("command"), dict) and spec["command"].get("working_dir"):
+            command = dict(spec["command"])
+            command["working_dir_key"] = self.upload_working_dir(command.pop("working_dir"))
+            spec["command"] = command
         try:
             pb_spec = json_format.ParseDict(spec, scheduler_pb2.JobSpec())
         except json_format.ParseError as e:
             raise PylonError(f"invalid job spec: {e}") from None
         req = scheduler_pb2.SubmitJobRequest(spec=pb_spec, request_id=request_id or os.urandom(8).hex())
         return Job.from_proto(self._c.call(self._c.scheduler.SubmitJob, req).job)
+
+    def upload_working_dir(self, path: str) -> str:
+        """Archive a local directory (tar.gz) and upload it; returns its object key."""
+        import io
+        import tarfile
+
+        if not os.path.isdir(path):
+            raise PylonError(f"working_dir {path!r} is not a directory")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(path, arcname=".", filter=lambda t: None if t.issym() or t.islnk() else t)
+        data = buf.getvalue()
+
+        def chunks() -> Iterator[scheduler_pb2.UploadWorkingDirRequest]:
+            for i in range(0, len(data), CHUNK_BYTES):
+                yield scheduler_pb2.UploadWorkingDirRequest(parent="tenants/-" if i == 0 else "",
+                                                            chunk=data[i:i + CHUNK_BYTES])
+
+        return str(self._c.call(self._c.scheduler.UploadWorkingDir, chunks()).working_dir_key)
 
     def get(self, name: str) -> Job:
         return Job.from_proto(self._c.call(self._c.scheduler.GetJob,

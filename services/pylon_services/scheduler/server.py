@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from pylon.scheduler.v1 import scheduler_pb2_grpc
 from pylon_services.runtime.server import ServiceParts
 from pylon_services.runtime.settings import Settings
+from pylon_services.runtime.stores import object_store
 from pylon_services.scheduler.api.servicer import SchedulerServicer
 from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.controller import Controller
@@ -28,6 +29,7 @@ async def build(settings: Settings, redis: aioredis.Redis, cfg: SchedulerConfig 
         await asyncio.to_thread(executor.connect)
         controller.start()
 
+    servicer = SchedulerServicer(jobs, controller, object_store(settings))
     return ServiceParts("scheduler", [(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
-                                       SchedulerServicer(jobs, controller), "pylon.scheduler.v1.SchedulerService")],
+                                       servicer, "pylon.scheduler.v1.SchedulerService")],
                         on_start=on_start, on_stop=controller.stop)

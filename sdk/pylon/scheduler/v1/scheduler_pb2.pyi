@@ -204,6 +204,22 @@ class SubmitJobResponse(_message.Message):
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
+class UploadWorkingDirRequest(_message.Message):
+    __slots__ = ("parent", "chunk")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    chunk: bytes
+    def __init__(self, parent: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadWorkingDirResponse(_message.Message):
+    __slots__ = ("working_dir_key", "size_bytes")
+    WORKING_DIR_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    working_dir_key: str
+    size_bytes: int
+    def __init__(self, working_dir_key: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

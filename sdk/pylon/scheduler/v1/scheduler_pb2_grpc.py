@@ -42,6 +42,11 @@ class SchedulerServiceStub:
                 request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.UploadWorkingDir = channel.stream_unary(
+                '/pylon.scheduler.v1.SchedulerService/UploadWorkingDir',
+                request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirRequest.SerializeToString,
+                response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/pylon.scheduler.v1.SchedulerService/GetJob',
                 request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.GetJobRequest.SerializeToString,
@@ -110,6 +115,17 @@ class SchedulerServiceServicer:
         Errors: INVALID_ARGUMENT (bad spec, with field violations), FAILED_PRECONDITION (no pool can
         ever satisfy the request), NOT_FOUND (queue or input dataset), RESOURCE_EXHAUSTED (too many
         pending jobs for the tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadWorkingDir(self, request_iterator, context):
+        """UploadWorkingDir stores a job's working directory, a tar.gz archive streamed in chunks (the
+        first message names the parent), content-addressed in object storage; put the returned key in
+        Command.working_dir_key. The SDK does this for a spec's command.working_dir.
+        Errors: INVALID_ARGUMENT (no parent, empty, not a tar.gz, unsafe member paths),
+        RESOURCE_EXHAUSTED (archive over 256 MiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +228,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobRequest.FromString,
                     response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobResponse.SerializeToString,
             ),
+            'UploadWorkingDir': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadWorkingDir,
+                    request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirRequest.FromString,
+                    response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.GetJobRequest.FromString,
@@ -298,6 +319,33 @@ class SchedulerService:
             '/pylon.scheduler.v1.SchedulerService/SubmitJob',
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobRequest.SerializeToString,
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadWorkingDir(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pylon.scheduler.v1.SchedulerService/UploadWorkingDir',
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirRequest.SerializeToString,
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirResponse.FromString,
             options,
             channel_credentials,
             insecure,

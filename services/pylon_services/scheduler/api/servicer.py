@@ -16,6 +16,7 @@ from pylon_services.common.names import parse_name, parse_parent
 from pylon_services.runtime.context import principal
 from pylon_services.runtime.protoconv import page_size, struct, ts
 from pylon_services.scheduler.api.cluster import ClusterViews
+from pylon_services.scheduler.api.workdir import WorkdirUploads, workdir_prefix
 from pylon_services.scheduler.controller import Controller
 from pylon_services.scheduler.domain.job import Job, JobState, validate_spec
 from pylon_services.scheduler.domain.placement import check_satisfiable
@@ -63,11 +64,12 @@ def job_pb(job: Job) -> pb.Job:
                   creator=job.creator, request_id=job.request_id)
 
 
-class SchedulerServicer(ClusterViews, scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, jobs: JobStore, controller: Controller) -> None:
+class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, jobs: JobStore, controller: Controller, store: Any = None) -> None:
         self._jobs = jobs
         self._ctl = controller
         self._state = controller.state
+        self._store = store
 
     async def _job(self, name: str) -> Job:
         tenant, job_id = parse_name("name", name, ("tenants", "jobs"), principal())
@@ -79,6 +81,10 @@ class SchedulerServicer(ClusterViews, scheduler_pb2_grpc.SchedulerServiceService
         if not request.HasField("spec"):
             raise InvalidArgument.field("spec", "is required")
         spec = spec_to_dict(request.spec)
+        wd = spec.get("command", {}).get("working_dir_key", "")
+        if wd and not wd.startswith(workdir_prefix(tenant)):
+            raise InvalidArgument.field("spec.command.working_dir_key", f"must be a key UploadWorkingDir returned "
+                                                                        f"for this tenant ({workdir_prefix(tenant)}...)")
         ex = self._ctl.executor
         ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
         validate_spec(spec, ex.capacities(ray_nodes))
