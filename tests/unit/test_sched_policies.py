@@ -110,3 +110,17 @@ def test_estimated_start_queues_behind_jobs_ahead():
     d = make_policy("fifo").schedule(snapshot(nodes({"V100": (3, 1)}), pend, run))
     assert [d.explanations[f"p{i}"].estimated_start for i in range(4)] == [10.0, 20.0, 30.0, 0.0]
     assert [d.explanations[f"p{i}"].position for i in range(4)] == [1, 2, 3, 4]
+
+
+def test_gavel_migrates_a_long_job_to_a_much_faster_free_type_only_when_it_pays():
+    from pylon_services.scheduler.domain.scheduling import Preempt
+
+    ns = nodes({"V100": (1, 1), "K80": (1, 1)})
+    long_run = [running("slow", "K80", ("K80-0",), job_type="resnet", work=36_000)]  # 10 h left on K80
+    d = make_policy("gavel").schedule(snapshot(ns, [], long_run, table=_table()))
+    assert d.preempts == [Preempt("slow", "slow", "migrate")]
+    short_run = [running("slow", "K80", ("K80-0",), job_type="resnet", work=600)]  # saves 9 min: not worth it
+    assert make_policy("gavel").schedule(snapshot(ns, [], short_run, table=_table())).preempts == []
+    a3c = [running("a3c", "K80", ("K80-0",), job_type="a3c", work=1e6)]  # only 1.25x faster on V100
+    assert make_policy("gavel").schedule(snapshot(ns, [], a3c, table=_table())).preempts == []
+    assert make_policy("gavel", migration=False).schedule(snapshot(ns, [], long_run, table=_table())).preempts == []

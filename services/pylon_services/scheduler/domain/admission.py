@@ -54,6 +54,7 @@ class Pass:
     waiting_for: dict[str, str] = field(default_factory=dict)  # job -> faster type it chose to wait for
     no_victims: set[tuple] = field(default_factory=set)  # request shapes that found no victims
     _rates: dict[tuple[str, str, int], float | None] = field(default_factory=dict)
+    memo: dict[tuple, object] = field(default_factory=dict)  # per-pass caches of policies
     _finish: dict[str, float | None] = field(default_factory=dict)
 
     running_by_type: dict[str, list[RunningJob]] = field(default_factory=lambda: defaultdict(list))
@@ -91,7 +92,10 @@ class Pass:
 def consider(policy: object, job: PendingJob, p: Pass) -> None:
     """Admit ``job`` on the first acceptable GPU type where quota, placement and the policy agree;
     otherwise try preemption, reserve for the head, and explain why it waits."""
-    types = acceptable_types(job.demand, p.free.types())
+    tkey = ("types", job.demand.gpu_types, job.demand.gpus_per_worker <= 0)
+    if tkey not in p.memo:
+        p.memo[tkey] = acceptable_types(job.demand, p.free.types())
+    types: list[str] = p.memo[tkey]  # type: ignore[assignment]
     blockers: list[str] = []
     capacity_blocked = False
     waits_on: list[str] = []  # types where only capacity (not quota) stands in the way
@@ -179,7 +183,10 @@ def try_preempt(policy: object, job: PendingJob, types: list[str], p: Pass) -> s
         shape = (t, job.priority, job.queue, d.workers, d.gpus_per_worker, d.cpus_per_worker, d.memory_bytes_per_worker)
         if shape in p.no_victims:
             continue  # an identical request already found no victims this pass; claims only shrink the pool
-        on_type = [r for r in p.running_by_type[t] if r.id not in p.claimed_victims]
+        key = ("unclaimed", t, len(p.claimed_victims))
+        if key not in p.memo:  # claims only grow, so their count identifies the filtered list
+            p.memo[key] = [r for r in p.running_by_type[t] if r.id not in p.claimed_victims]
+        on_type: list[RunningJob] = p.memo[key]  # type: ignore[assignment]
         yielding = [r for r in on_type if r.preempting]
         if yielding and (nodes := _fits_after(job, t, yielding, p)) is not None:
             _claim(job, yielding, nodes, p)

@@ -108,9 +108,12 @@ class GavelPolicy(FairSharePolicy):
 
     name = "gavel"
 
-    def __init__(self, *, backfill: bool = True, preemption: bool = True, migration: bool = True) -> None:
+    def __init__(self, *, backfill: bool = True, preemption: bool = True, migration: bool = True,
+                 lookahead: int = 64, regret_all_types: bool = True) -> None:
         super().__init__(backfill=backfill, preemption=preemption)
         self.migration = migration
+        self.lookahead = lookahead
+        self.regret_all_types = regret_all_types
 
     def schedule(self, snap: Snapshot) -> Decision:
         p = Pass(snap)
@@ -121,15 +124,21 @@ class GavelPolicy(FairSharePolicy):
         return p.decision
 
     def order(self, p: Pass) -> Iterator[PendingJob]:
-        """The fair-share order, except that the jobs that fit in the free GPUs right now (the
-        ones this pass admits anyway) are served in order of regret: the job that loses most
-        normalised throughput if denied its best free type chooses first (Vogel's
-        approximation of the max-min assignment)."""
+        """The fair-share order, except for a window at its head: the jobs that fit in the free
+        GPUs right now plus up to ``lookahead`` more of the same priority are served in order
+        of regret, so the job that loses the most normalised throughput if denied its best type
+        chooses first (Vogel's approximation of the max-min assignment). Jobs with little to
+        lose are not starved: they take the slower types that high-regret jobs decline."""
         fair = list(self._fair_order(p))
         budget, window = sum(p.free.free_gpus.values()), 0
         while window < len(fair) and fair[window].demand.total_gpus <= budget:
             budget -= fair[window].demand.total_gpus
             window += 1
+        if window:
+            prio = fair[0].priority
+            extra = 0
+            while window < len(fair) and extra < self.lookahead and fair[window].priority == prio:
+                window, extra = window + 1, extra + 1
         if window > 1:
             head = sorted(enumerate(fair[:window]), key=lambda ij: (-self._regret(ij[1], p), ij[0]))
             fair[:window] = [j for _, j in head]
@@ -140,11 +149,24 @@ class GavelPolicy(FairSharePolicy):
 
     def _regret(self, job: PendingJob, p: Pass) -> float:
         rates = sorted(((p.rate(job, t) or 0.0) for t in acceptable_types(job.demand, p.free.types())
-                        if p.free.max_free(t) >= job.demand.gpus_per_worker), reverse=True)
+                        if self.regret_all_types or p.free.max_free(t) >= job.demand.gpus_per_worker), reverse=True)
         best = max((p.rate(job, t) or 0.0 for t in acceptable_types(job.demand, p.free.types())), default=0.0)
         if not rates or not best:
             return 0.0
         return (rates[0] - (rates[1] if len(rates) > 1 else 0.0)) / best
+
+    @staticmethod
+    def _best_type(job: PendingJob, p: Pass) -> tuple[str, float]:
+        """The job's fastest acceptable type and its rate (memoised per request shape)."""
+        key = ("best", job.job_type, job.demand.workers, job.demand.gpu_types, job.demand.gpus_per_worker)
+        if key not in p.memo:
+            best_t, best = "", 0.0
+            for t in acceptable_types(job.demand, p.free.types()):
+                r = p.rate(job, t)
+                if r and r > best:
+                    best_t, best = t, r
+            p.memo[key] = (best_t, best)
+        return p.memo[key]
 
     def rank_types(self, job: PendingJob, types: list[str], p: Pass) -> list[str]:
         pref = {t: i for i, t in enumerate(types)}
@@ -156,12 +178,8 @@ class GavelPolicy(FairSharePolicy):
         here = p.rate(job, gpu_type)
         if not here or job.remaining_work <= 0:
             return ""
-        best_t, best = gpu_type, here
-        for t in acceptable_types(job.demand, p.free.types()):
-            r = p.rate(job, t)
-            if r and r > best:
-                best_t, best = t, r
-        if best_t == gpu_type:
+        best_t, best = self._best_type(job, p)
+        if best <= here:
             return ""
         start = p.timeline.estimate(best_t, job.demand.total_gpus, p.free.free_gpus.get(best_t, 0.0))
         if not start:
