@@ -114,3 +114,29 @@ def test_working_dir_key_of_another_tenant_and_bad_archives_are_rejected(tenant_
         acme.call(acme.scheduler.UploadWorkingDir,
                   iter([scheduler_pb2.UploadWorkingDirRequest(parent="tenants/-", chunk=b"not a tarball")]))
     assert "INVALID_ARGUMENT" in str(e.value.code) and "tar.gz" in str(e.value)
+
+
+def test_gang_of_two_workers_runs_in_one_placement_group_with_ranks(tenant_clients):
+    acme = tenant_clients["acme"]
+    job = acme.jobs.submit({"workers": 2, "resources": {"gpus": 1, "gpu_types": ["K80"]},
+                            "command": {"argv": ["sh", "-c", "echo rank=$PYLON_RANK of $PYLON_WORLD_SIZE"]}})
+    job = acme.jobs.wait(job.name, timeout=120)
+    assert (job.state, job.gpu_type) == ("succeeded", "K80")
+    logs = list(acme.jobs.logs(job.name))
+    assert "rank=0 of 2" in logs and "rank=1 of 2" in logs
+
+
+def test_explain_estimates_the_start_from_the_running_jobs_progress(tenant_clients):
+    acme = tenant_clients["acme"]
+    script = ("import time, pylon.train as t\n"
+              "for s in range(1, 101):\n    time.sleep(0.1)\n    t.report(s, loss=1.0)\n")
+    first = acme.jobs.submit({"total_steps": 100, "resources": {"gpus": 2, "gpu_types": ["V100"]},
+                              "command": {"argv": [sys.executable, "-c", script]}})
+    _wait(lambda: acme.jobs.get(first.name).step >= 30, 90, "the first job to report progress")
+    second = acme.jobs.submit({"resources": {"gpus": 2, "gpu_types": ["V100"]}, "command": {"argv": ["true"]}})
+    why = _wait(lambda: (w := acme.jobs.explain(second.name))["estimated_start"] and w, 30, "an estimate")
+    now = time.time()
+    assert now < why["estimated_start"] < now + 30, why  # about 7 s of the first job's work are left
+    assert why["position"] == 1 and why["reasons"]
+    assert acme.jobs.wait(second.name, timeout=120).state == "succeeded"
+    assert acme.jobs.wait(first.name, timeout=60).state == "succeeded"
