@@ -137,7 +137,7 @@ class Preempt:
 
     job_id: str
     for_job: str
-    reason: str  # "priority" | "reclaim" | "fair-share"
+    reason: str  # "priority" | "reclaim" | "fair-share" | "migrate" (gavel: for_job == job_id, move it to a faster type)
 
 
 @dataclass(frozen=True)
