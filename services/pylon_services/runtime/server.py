@@ -140,9 +140,9 @@ async def serve(settings: Settings, build: Callable[[Settings, aioredis.Redis], 
     """Run a service until SIGTERM/SIGINT, then shut down gracefully."""
     # Reconnect through a Redis restart instead of failing the calls that hit a stale pooled
     # connection (about a second of retries with backoff).
+    from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.retry import Retry
 
     redis = aioredis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 8),
                               retry_on_error=[RedisConnectionError])

@@ -21,6 +21,8 @@ from pylon_services.scheduler.store.redis_sched import SchedState
 
 log = logging.getLogger("pylon.scheduler")
 LIVENESS_EVERY_S = 2.0
+# States in which a job holds (or is about to hold) Ray resources.
+HOLDING = (JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING)
 PREEMPT_KILL_AFTER_S = 15.0
 
 
@@ -75,14 +77,14 @@ class Attempts:
             table.observe(event.get("job_type", ""), event["gpu_type"], float(event["rate"]))
             await self.state.save_throughput(table)
         self.progress_times[job.key] = time.time()
-        if int(event.get("step", 0)) > job.step and not job.state.terminal:
+        if int(event.get("step", 0)) > job.step and job.state in HOLDING:
             job.step = int(event["step"])
             await self.jobs.save_moved(job, pending=False, active=True)
 
     async def track(self, job: Job) -> None:
         """Move one active job forward by what Ray and its workers say."""
-        if job.state.terminal:
-            return
+        if job.state not in HOLDING:
+            return  # finished, cancelled, or already requeued: a late event of an old attempt
         if job.state == JobState.ADMITTED:
             await asyncio.to_thread(self.executor.launch, job)
             job.transition(JobState.STARTING, f"placement group for {job.workers} worker(s) on {job.gpu_type} requested")
@@ -112,7 +114,7 @@ class Attempts:
     async def _check_running(self, job: Job) -> None:
         now = time.time()
         limit = _seconds(job.spec.get("max_runtime"))
-        if limit and job.start_time and now - job.start_time > limit:
+        if limit and job.admit_time and now - job.admit_time > limit:  # per attempt
             await self.finish(job, {0: {"exit_code": -1, "error": f"exceeded its max runtime of {limit:g}s"}})
             return
         if job.state == JobState.PREEMPTING and now > job.preempt_deadline + PREEMPT_KILL_AFTER_S:

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from pylon_services.common.errors import FailedPrecondition
+from pylon_services.common.errors import FailedPrecondition, NotFound
 from pylon_services.scheduler.attempts import Attempts
 from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.domain.job import Job, JobState
@@ -118,7 +118,10 @@ class Controller:
         if now - self._last_pass >= gap:
             self._last_pass = now
             for job in await self.jobs.active():
-                await self.attempts.track(job)
+                try:
+                    await self.attempts.track(job)
+                except Exception:  # noqa: BLE001 - one job's trouble must not stall the others
+                    log.exception("tracking %s failed; retried next turn", job.name)
             await self._cleanup_terminal()
             await self.schedule_pass()
             self._pass_cost_s = time.monotonic() - now
@@ -129,20 +132,29 @@ class Controller:
         """Idempotent handlers: a result for an attempt already finished is a no-op."""
         done = []
         for eid, event in events:
-            kind = event.get("type")
-            if kind in ("result", "progress"):
-                tenant, job_id = event["job"].split("/", 1)
-                try:
-                    job = await self.jobs.get(tenant, job_id)
-                except Exception:  # noqa: BLE001 - job deleted: nothing to do
-                    job = None
-                if job is not None and job.attempt == int(event.get("attempt", -1)):
-                    if kind == "result":
-                        await self.attempts.track(job)
-                    else:
-                        await self.attempts.progress(job, event)
+            try:
+                await self._handle_one(event)
+            except Exception:  # noqa: BLE001 - left unacknowledged: reclaimed and retried later
+                log.exception("handling dispatch entry %s failed", eid)
+                continue
             done.append(eid)
         await self.state.ack(done)
+
+    async def _handle_one(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind not in ("result", "progress"):
+            return  # "submitted": only wakes the loop
+        tenant, job_id = event["job"].split("/", 1)
+        try:
+            job = await self.jobs.get(tenant, job_id)
+        except NotFound:
+            return
+        if job.attempt != int(event.get("attempt", -1)):
+            return  # an event of an attempt that is already over
+        if kind == "result":
+            await self.attempts.track(job)
+        else:
+            await self.attempts.progress(job, event)
 
     async def _cleanup_terminal(self) -> None:
         """Jobs cancelled through the API stay in the active set until their Ray objects are gone."""
