@@ -53,14 +53,16 @@ def spec_to_pb(d: dict[str, Any]) -> pb.JobSpec:
     return json_format.ParseDict(d, pb.JobSpec(), ignore_unknown_fields=True)
 
 
-def job_pb(job: Job) -> pb.Job:
+def job_pb(job: Job, spec: pb.JobSpec | None = None) -> pb.Job:
+    """The job as a proto; ``spec`` skips re-encoding the stored dict when the caller has it."""
     status = pb.JobStatus(
         state=getattr(pb, f"JOB_STATE_{job.state.name}"), message=job.message, gpu_type=job.gpu_type,
         attempt=job.attempt, exit_code=job.exit_code, last_log_lines=job.last_log_lines,
         retries=job.retries, preemptions=job.preemptions, step=job.step,
         output_uri=job.output_uri, start_time=ts(job.start_time), end_time=ts(job.end_time),
         latest_metrics=struct(job.latest_metrics))
-    return pb.Job(name=job.name, spec=spec_to_pb(job.spec), status=status, create_time=ts(job.create_time),
+    spec = spec if spec is not None else spec_to_pb(job.spec)
+    return pb.Job(name=job.name, spec=spec, status=status, create_time=ts(job.create_time),
                   creator=job.creator, request_id=job.request_id)
 
 
@@ -97,7 +99,13 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
             job, queue_key(f"tenants/{tenant}/queues/{queue}") if queue != "default" else "")
         if created:
             self._ctl.wake()
-        return pb.SubmitJobResponse(job=job_pb(job))
+        if not created:
+            return pb.SubmitJobResponse(job=job_pb(job))
+        spec_pb = pb.JobSpec()
+        spec_pb.CopyFrom(request.spec)  # what spec_to_dict normalised, set on the request's copy
+        spec_pb.workers = spec["workers"]
+        spec_pb.placement = pb.PLACEMENT_STRATEGY_SPREAD if spec["placement"] == "spread" else pb.PLACEMENT_STRATEGY_PACK
+        return pb.SubmitJobResponse(job=job_pb(job, spec_pb))
 
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.GetJobResponse(job=job_pb(await self._job(request.name)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -116,7 +116,9 @@ class Job:
             self.end_time = now
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """A JSON-able view (shallow: callers serialise it at once, so no deep copy on the
+        submit path)."""
+        d = dict(self.__dict__)
         d["state"] = self.state.value
         return d
 
