@@ -149,3 +149,9 @@ def test_cli_runs_a_trace_and_reports_bad_input(tmp_path, capsys):
     assert main(["--trace", str(bad), "--throughputs", str(GAVEL / "throughputs_isolated.json")]) == 2
     assert "bad.trace:1" in capsys.readouterr().err
     assert main(["--trace", str(bad), "--cluster", "v100=zero"]) == 2
+
+
+def test_cli_replays_alibaba_pods_on_alibaba_nodes(capsys):
+    rc = main(["--trace", str(ALI / "pods_gpuspec33_sample.csv"), "--nodes", str(ALI / "nodes_sample.csv"),
+               "--limit", "50", "--policy", "fair-share", "--json"])
+    assert rc == 0 and '"jobs": 50, "finished": 50, "rejected": 0' in capsys.readouterr().out
