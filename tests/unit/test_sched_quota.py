@@ -129,3 +129,15 @@ def test_backfill_runs_short_jobs_that_end_before_the_head_can_start_but_not_lon
     assert d.explanations["head"].estimated_start == 50.0
     no_backfill = make_policy("fifo", backfill=False).schedule(snapshot(nodes({"V100": (2, 2)}), pend, run))
     assert [a.job_id for a in no_backfill.admits] == ["long"]  # would delay the head past t=50
+
+
+def test_high_priority_job_over_its_queue_quota_preempts_lower_priority_jobs_of_its_own_queue():
+    qs = {ACME: QueueQuota(ACME, "acme", {"V100": 2}), BETA: QueueQuota(BETA, "beta", {"V100": 4})}
+    run = [running("acme-low", "V100", ("V100-0",), gpus=2, priority=0),
+           running("beta-low", "V100", ("V100-1",), gpus=2, tenant="beta", priority=0)]
+    free_nodes = nodes({"V100": (3, 2)})  # one node still free: capacity is not the problem, quota is
+    d = make_policy("fifo").schedule(snapshot(free_nodes, [pending("hi", gpus=2, priority=100)], run, queues=qs))
+    assert d.admits == [] and d.preempts == [Preempt("acme-low", "hi", "priority")]
+    assert "to fit its quota" in d.explanations["hi"].reason
+    same = make_policy("fifo").schedule(snapshot(free_nodes, [pending("eq", gpus=2, priority=0)], run, queues=qs))
+    assert same.preempts == [] and "nominal quota on V100 (2/2 GPUs" in same.explanations["eq"].reason

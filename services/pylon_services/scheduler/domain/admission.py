@@ -99,10 +99,12 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
     blockers: list[str] = []
     capacity_blocked = False
     waits_on: list[str] = []  # types where only capacity (not quota) stands in the way
+    over_quota: list[str] = []
     for t in policy.rank_types(job, types, p):  # type: ignore[attr-defined]
         verdict = p.quota.check(job.queue, t, job.demand.total_gpus)
         if not verdict.ok:
             blockers.append(verdict.reason)
+            over_quota.append(t)
             continue
         declined = policy.decline(job, t, p)  # type: ignore[attr-defined]
         if declined:
@@ -121,6 +123,8 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
     if not types:
         blockers.append(f"no pool of an acceptable GPU type {list(job.demand.gpu_types)} is up")
     waiting = try_preempt(policy, job, types, p) if capacity_blocked else ""
+    if not waiting and over_quota and getattr(policy, "preemption", True):
+        waiting = preempt_within_queue(job, over_quota, p)
     if waiting:
         blockers.insert(0, waiting)
     elif capacity_blocked and not p.head_tried and getattr(policy, "backfill", True):
@@ -205,6 +209,53 @@ def try_preempt(policy: object, job: PendingJob, types: list[str], p: Pass) -> s
         kinds = sorted({reason for _, reason in victims})
         return f"preempting {len(victims)} job(s) on {t} ({', '.join(kinds)}) to make room"
     return ""
+
+
+def preempt_within_queue(job: PendingJob, over_quota: list[str], p: Pass) -> str:
+    """A job stopped by its own queue's quota may preempt lower-priority preemptible jobs of the
+    same queue (Kueue's within-ClusterQueue preemption): the fewest whole jobs after which both
+    the quota and the placement fit."""
+    if "by_queue" not in p.memo:
+        by_queue: dict[tuple[str, str], list[RunningJob]] = defaultdict(list)
+        for r in sorted(p.snap.running, key=lambda r: (r.priority, -r.start_time)):
+            if r.preemptible and not r.preempting:
+                by_queue[(r.queue, r.gpu_type)].append(r)
+        p.memo["by_queue"] = by_queue
+    d = job.demand
+    for t in over_quota:
+        shape = ("in-queue", t, job.queue, job.priority, d.workers, d.gpus_per_worker, d.cpus_per_worker)
+        if shape in p.no_victims:
+            continue
+        same = [r for r in p.memo["by_queue"].get((job.queue, t), ())  # type: ignore[attr-defined]
+                if r.priority < job.priority and r.id not in p.claimed_victims]
+        chosen: list[RunningJob] = []
+        for r in same:
+            chosen.append(r)
+            if _fits_without(job, t, chosen, p):
+                break
+        else:
+            p.no_victims.add(shape)
+            continue
+        for r in reversed(chosen[:-1] if len(chosen) > 1 else []):
+            rest = [v for v in chosen if v is not r]
+            if _fits_without(job, t, rest, p):
+                chosen = rest
+        _claim(job, chosen, _fits_after(job, t, chosen, p) or (), p)
+        p.decision.preempts.extend(Preempt(v.id, job.id, "priority") for v in chosen)
+        return f"preempting {len(chosen)} lower-priority job(s) of queue {job.queue} on {t} to fit its quota"
+    return ""
+
+
+def _fits_without(job: PendingJob, t: str, victims: list[RunningJob], p: Pass) -> bool:
+    """Would the job pass its quota and be placed on ``t`` once ``victims`` are gone?"""
+    freed = sum(v.demand.total_gpus for v in victims)
+    p.quota.charge(job.queue, t, freed, sign=-1)
+    try:
+        if not p.quota.check(job.queue, t, job.demand.total_gpus).ok:
+            return False
+    finally:
+        p.quota.charge(job.queue, t, freed)
+    return _fits_after(job, t, victims, p) is not None
 
 
 def _victim_candidates(job: PendingJob, t: str, on_type: list[RunningJob], p: Pass) -> list[tuple[RunningJob, str]]:
