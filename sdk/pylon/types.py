@@ -69,6 +69,9 @@ class Job:
     created: datetime | None
     started: datetime | None
     ended: datetime | None
+    retries: int = 0
+    preemptions: int = 0
+    step: int = 0
 
     @property
     def done(self) -> bool:
@@ -80,7 +83,7 @@ class Job:
         return cls(j.name, _enum_suffix(scheduler_pb2.JobState, s.state, "JOB_STATE_"), s.message, s.attempt,
                    s.exit_code, s.gpu_type, s.output_uri, json_format.MessageToDict(s.latest_metrics),
                    list(s.last_log_lines), json_format.MessageToDict(j.spec, preserving_proto_field_name=True),
-                   _time(j.create_time), _time(s.start_time), _time(s.end_time))
+                   _time(j.create_time), _time(s.start_time), _time(s.end_time), s.retries, s.preemptions, s.step)
 
 
 @dataclass

@@ -12,12 +12,13 @@ from typing import Optional
 
 import typer
 
-from pylon.cli import datasets, deployments, jobs, models, platform
+from pylon.cli import cluster, datasets, deployments, jobs, models, platform
 from pylon.cli._common import _opts, err
 from pylon.errors import PylonError
 
 app = typer.Typer(help="Pylon: datasets, jobs, models and deployments on one ML platform.", no_args_is_help=True)
 platform.register(app)
+cluster.register(app)
 for sub, name in ((datasets.datasets_app, "datasets"), (jobs.jobs_app, "jobs"), (models.models_app, "models"),
                   (deployments.deploy_app, "deployments"), (platform.admin_app, "admin")):
     app.add_typer(sub, name=name)

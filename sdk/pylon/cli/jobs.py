@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC
+
 import typer
 import yaml
 
@@ -16,6 +19,9 @@ def jobs_submit(spec_file: str, detach: bool = typer.Option(False, "--detach", h
     """Submit a job from a YAML spec; streams its logs and exits with its result unless --detach."""
     with open(spec_file) as f:
         spec = yaml.safe_load(f)
+    command = spec.get("command") if isinstance(spec, dict) else None
+    if isinstance(command, dict) and command.get("working_dir"):  # relative to the spec file
+        command["working_dir"] = os.path.join(os.path.dirname(os.path.abspath(spec_file)), command["working_dir"])
     c = client()
     job = c.jobs.submit(spec)
     if detach:
@@ -62,3 +68,18 @@ def jobs_cancel(name: str, as_json: bool = JSON) -> None:
     emit(client().jobs.cancel(name), as_json, ["name", "state", "message"])
 
 
+@jobs_app.command("explain")
+def jobs_explain(name: str, as_json: bool = JSON) -> None:
+    """Why a pending job waits: the reasons, its position in its queue and an estimated start."""
+    why = client().jobs.explain(name)
+    if as_json:
+        emit(why, True)
+        return
+    console.print(f"position {why['position']} in its queue", markup=False)
+    if why["estimated_start"]:
+        from datetime import datetime
+
+        start = datetime.fromtimestamp(why["estimated_start"], tz=UTC).isoformat(timespec="seconds")
+        console.print(f"estimated start {start}", markup=False)
+    for reason in why["reasons"]:
+        console.print(f"- {reason}", markup=False)

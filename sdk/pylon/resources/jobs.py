@@ -1,4 +1,4 @@
-"""Jobs: submit, list, get, logs, wait, cancel."""
+"""Jobs: submit, list, get, logs, wait, cancel, explain; plus the scheduler's cluster and queue views."""
 
 from __future__ import annotations
 
@@ -9,20 +9,48 @@ from typing import Any
 from google.protobuf import json_format
 
 from pylon.errors import PylonError
-from pylon.resources._base import _name, _Resource
+from pylon.resources._base import CHUNK_BYTES, _name, _Resource
 from pylon.scheduler.v1 import scheduler_pb2
 from pylon.types import Job
 
 
 class Jobs(_Resource):
     def submit(self, spec: dict[str, Any], *, request_id: str | None = None) -> Job:
-        """Queue a job. ``spec`` has the JobSpec fields (the YAML of ``pylon jobs submit``)."""
+        """Queue a job. ``spec`` has the JobSpec fields (the YAML of ``pylon jobs submit``).
+
+        A ``command.working_dir`` (a local directory) is archived, uploaded and replaced by the
+        ``working_dir_key`` the scheduler returns; the command then runs in a copy of it.
+        """
+        spec = dict(spec)
+        if isinstance(spec.get("command"), dict) and spec["command"].get("working_dir"):
+            command = dict(spec["command"])
+            command["working_dir_key"] = self.upload_working_dir(command.pop("working_dir"))
+            spec["command"] = command
         try:
             pb_spec = json_format.ParseDict(spec, scheduler_pb2.JobSpec())
         except json_format.ParseError as e:
             raise PylonError(f"invalid job spec: {e}") from None
         req = scheduler_pb2.SubmitJobRequest(spec=pb_spec, request_id=request_id or os.urandom(8).hex())
         return Job.from_proto(self._c.call(self._c.scheduler.SubmitJob, req).job)
+
+    def upload_working_dir(self, path: str) -> str:
+        """Archive a local directory (tar.gz) and upload it; returns its object key."""
+        import io
+        import tarfile
+
+        if not os.path.isdir(path):
+            raise PylonError(f"working_dir {path!r} is not a directory")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(path, arcname=".", filter=lambda t: None if t.issym() or t.islnk() else t)
+        data = buf.getvalue()
+
+        def chunks() -> Iterator[scheduler_pb2.UploadWorkingDirRequest]:
+            for i in range(0, len(data), CHUNK_BYTES):
+                yield scheduler_pb2.UploadWorkingDirRequest(parent="tenants/-" if i == 0 else "",
+                                                            chunk=data[i:i + CHUNK_BYTES])
+
+        return str(self._c.call(self._c.scheduler.UploadWorkingDir, chunks()).working_dir_key)
 
     def get(self, name: str) -> Job:
         return Job.from_proto(self._c.call(self._c.scheduler.GetJob,
@@ -62,3 +90,37 @@ class Jobs(_Resource):
         return [{"key": p.key, "step": p.step, "value": p.value} for p in resp.points]
 
 
+    def explain(self, name: str) -> dict[str, Any]:
+        """Why a pending job waits: reasons, 1-based position, estimated start (unix time or None)."""
+        resp = self._c.call(self._c.scheduler.ExplainJob, scheduler_pb2.ExplainJobRequest(name=_name("jobs", name)))
+        start = resp.estimated_start_time.ToNanoseconds() / 1e9 if resp.HasField("estimated_start_time") else 0
+        return {"reasons": list(resp.reasons), "position": resp.position, "estimated_start": start or None}
+
+    def cluster(self) -> list[dict[str, Any]]:
+        """GPU pools discovered from Ray: nodes, healthy nodes, total/used GPUs and CPUs, bounds."""
+        resp = self._c.call(self._c.scheduler.GetCluster, scheduler_pb2.GetClusterRequest())
+        return [json_format.MessageToDict(p, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                for p in resp.pools]
+
+    def queues(self, tenant: str = "-") -> list[dict[str, Any]]:
+        """The tenant's queues: nominal quota, used and borrowed GPUs per type, job counts."""
+        resp = self._c.call(self._c.scheduler.ListQueues, scheduler_pb2.ListQueuesRequest(parent=f"tenants/{tenant}"))
+        return [json_format.MessageToDict(q, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                for q in resp.queues]
+
+    def create_queue(self, tenant: str, queue_id: str, *, nominal_gpus: dict[str, float], cohort: str = "",
+                     borrowing_limit_gpus: dict[str, float] | None = None, weight: float = 1.0) -> dict[str, Any]:
+        """Declare a queue and its quota (admin key)."""
+        q = scheduler_pb2.Queue(nominal_gpus=nominal_gpus, cohort=cohort, borrowing_limit_gpus=borrowing_limit_gpus or {},
+                                weight=weight)
+        resp = self._c.call(self._c.scheduler.CreateQueue, scheduler_pb2.CreateQueueRequest(
+            parent=f"tenants/{tenant}", queue_id=queue_id, queue=q))
+        return json_format.MessageToDict(resp.queue, preserving_proto_field_name=True)
+
+    def update_queue(self, name: str, *, nominal_gpus: dict[str, float], cohort: str = "",
+                     borrowing_limit_gpus: dict[str, float] | None = None, weight: float = 1.0) -> dict[str, Any]:
+        """Replace a queue's quota fields (admin key); ``name`` is tenants/{t}/queues/{q}."""
+        q = scheduler_pb2.Queue(name=name, nominal_gpus=nominal_gpus, cohort=cohort,
+                                borrowing_limit_gpus=borrowing_limit_gpus or {}, weight=weight)
+        resp = self._c.call(self._c.scheduler.UpdateQueue, scheduler_pb2.UpdateQueueRequest(queue=q))
+        return json_format.MessageToDict(resp.queue, preserving_proto_field_name=True)

@@ -138,7 +138,14 @@ class PylonServer:
 
 async def serve(settings: Settings, build: Callable[[Settings, aioredis.Redis], Awaitable[ServiceParts]]) -> None:
     """Run a service until SIGTERM/SIGINT, then shut down gracefully."""
-    redis = aioredis.from_url(settings.redis_url)
+    # Reconnect through a Redis restart instead of failing the calls that hit a stale pooled
+    # connection (about a second of retries with backoff).
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    redis = aioredis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 8),
+                              retry_on_error=[RedisConnectionError])
     parts = await build(settings, redis)
     setup_logging(parts.name, settings.log_level)
     server = PylonServer(settings, redis, parts)

@@ -1,37 +1,61 @@
-"""The scheduling loop: admit pending jobs with the policy, launch them on Ray, track them to
-the end, retry or fail them per their spec. Only the holder of a Redis lease makes decisions,
-so several scheduler replicas can run."""
+"""The scheduling loop. Only the holder of the Redis lease ``pylon:scheduler:leader`` acts, so
+several replicas can run. Each turn the leader:
+
+1. reads the dispatch stream (``pylon:sched:events``: submits, worker results, progress) as the
+   consumer group ``scheduler`` and acknowledges an entry only after handling it (at-least-once;
+   a new leader reclaims what a dead one left unacknowledged with XAUTOCLAIM);
+2. tracks every active job in the ledger (``attempts.py``): launches ADMITTED ones (idempotent:
+   Ray objects are named by job and attempt), promotes STARTING ones whose placement group
+   exists, finishes, retries, requeues preempted ones, and adopts what an earlier leader started;
+3. runs one policy pass (``Snapshot -> Decision``) and applies it: admits, preemptions, and the
+   explanations ExplainJob serves.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 import uuid
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from pylon_services.common.errors import FailedPrecondition, NotFound
+from pylon_services.scheduler.attempts import Attempts
+from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.domain.job import Job, JobState
-from pylon_services.scheduler.domain.policy import fifo_admit
-from pylon_services.scheduler.store.ray_exec import Attempt, RayExecutor
-from pylon_services.scheduler.store.redis_jobs import JobStore
+from pylon_services.scheduler.domain.policies import make_policy
+from pylon_services.scheduler.domain.scheduling import Decision
+from pylon_services.scheduler.snapshot import build_snapshot
+from pylon_services.scheduler.store.ray_exec import RayExecutor
+from pylon_services.scheduler.store.redis_jobs import JobStore, stop_key
+from pylon_services.scheduler.store.redis_sched import SchedState
 
 log = logging.getLogger("pylon.scheduler")
 LEASE_KEY = "pylon:scheduler:leader"
-LEASE_S = 10
+ORPHAN_SWEEP_S = 30.0
+EVENT_BATCH_S = 0.05
+# Renew the lease only if we still hold it (a plain GET + EXPIRE could extend someone else's).
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 
 
 class Controller:
-    def __init__(self, jobs: JobStore, executor: RayExecutor, redis: aioredis.Redis, period_s: float = 0.5) -> None:
-        self.jobs = jobs
-        self.executor = executor
-        self.redis = redis
-        self.period_s = period_s
+    def __init__(self, jobs: JobStore, state: SchedState, executor: RayExecutor, redis: aioredis.Redis,
+                 cfg: SchedulerConfig | None = None) -> None:
+        self.jobs, self.state, self.executor, self.redis = jobs, state, executor, redis
+        self.cfg = cfg or SchedulerConfig()
+        self.policy = make_policy(self.cfg.policy)
         self.identity = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.running: dict[str, tuple[Attempt, asyncio.Task[None]]] = {}
+        self.attempts = Attempts(jobs, state, executor, self.cfg)
+        self.leader = False
+        self.last_decision = Decision()
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._last_sweep = 0.0
+        self._last_pass = 0.0
+        self._last_reclaim = 0.0
+        self._pass_cost_s = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -39,118 +63,152 @@ class Controller:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        await self.redis.delete(LEASE_KEY) if await self._is_leader() else None
+        if self.leader:
+            await self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end "
+                                  "return 0", 1, LEASE_KEY, self.identity)
 
     def wake(self) -> None:
-        self._wake.set()
+        """Kept for callers: submits already wake the leader through the dispatch stream."""
 
-    async def _is_leader(self) -> bool:
-        cur = await self.redis.get(LEASE_KEY)
-        return cur is not None and cur.decode() == self.identity
-
-    async def _acquire_lease(self) -> bool:
-        if await self.redis.set(LEASE_KEY, self.identity, nx=True, ex=LEASE_S):
-            await self._reconcile()
+    async def _hold_lease(self) -> bool:
+        ms = int(self.cfg.lease_s * 1000)
+        if await self.redis.set(LEASE_KEY, self.identity, nx=True, px=ms):
             return True
-        if await self._is_leader():
-            await self.redis.expire(LEASE_KEY, LEASE_S)
-            return True
-        return False
-
-    async def _reconcile(self) -> None:
-        """A new leader cannot adopt attempts it did not launch: fail them (or requeue if they
-        may retry) so nothing stays RUNNING forever."""
-        for job in await self.jobs.active():
-            if job.id not in self.running:
-                await self._finish(job, {"exit_code": -1, "error": "scheduler restarted while the job ran"})
+        return bool(await self.redis.eval(_RENEW, 1, LEASE_KEY, self.identity, ms))
 
     async def _loop(self) -> None:
         while True:
             try:
-                if await self._acquire_lease():
-                    await self._schedule_once()
+                if await self._hold_lease():
+                    if not self.leader:
+                        await self._become_leader()
+                    await self._turn()
+                else:
+                    self.leader = False
+                    await asyncio.sleep(self.cfg.pass_period_s)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep scheduling through transient errors
-                log.exception("scheduling pass failed")
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.period_s)
-            except TimeoutError:
-                pass
+                log.exception("scheduling turn failed")
+                await asyncio.sleep(self.cfg.pass_period_s)
 
-    async def _schedule_once(self) -> None:
-        pending: list[Job] = []
-        for tenant, job_id in await self.jobs.pending():
+    async def _become_leader(self) -> None:
+        """Take over: claim the dispatch entries a dead leader never acknowledged, then adopt
+        (the next turn tracks every active job by its Ray names) and sweep orphans."""
+        await self.state.ensure_group()
+        claimed = await self.state.reclaim(self.identity, 0)
+        claimed += await self.state.pending_of(self.identity)
+        self.leader = True
+        log.info("became scheduler leader %s; reclaimed %d dispatch entries", self.identity, len(claimed))
+        await self._handle(claimed)
+        await self._sweep_orphans()
+
+    async def _turn(self) -> None:
+        events = await self.state.read_events(self.identity, int(self.cfg.pass_period_s * 1000))
+        await self._handle(events)
+        now = time.monotonic()
+        if now - self._last_reclaim > self.cfg.reclaim_idle_ms / 2000:
+            # Entries stuck with another consumer (a replica that lost the lease mid-turn).
+            self._last_reclaim = now
+            await self._handle(await self.state.reclaim(self.identity, self.cfg.reclaim_idle_ms))
+        if time.time() - self._last_sweep > ORPHAN_SWEEP_S:
+            await self._sweep_orphans()
+        # Passes over a big backlog cost CPU the API shares: keep them to a fraction of the time.
+        gap = max(self.cfg.min_pass_interval_s, self._pass_cost_s / self.cfg.pass_duty_cycle)
+        if now - self._last_pass >= gap:
+            self._last_pass = now
+            for job in await self.jobs.active():
+                try:
+                    await self.attempts.track(job)
+                except Exception:  # noqa: BLE001 - one job's trouble must not stall the others
+                    log.exception("tracking %s failed; retried next turn", job.name)
+            await self._cleanup_terminal()
+            await self.schedule_pass()
+            self._pass_cost_s = time.monotonic() - now
+        if events:
+            await asyncio.sleep(EVENT_BATCH_S)  # let a burst of submits arrive as one batch
+
+    async def _handle(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Idempotent handlers: a result for an attempt already finished is a no-op."""
+        done = []
+        for eid, event in events:
             try:
-                pending.append(await self.jobs.get(tenant, job_id))
-            except NotFound:
+                await self._handle_one(event)
+            except Exception:  # noqa: BLE001 - left unacknowledged: reclaimed and retried later
+                log.exception("handling dispatch entry %s failed", eid)
                 continue
-        if not pending:
-            return
-        free = await asyncio.to_thread(self.executor.free)
-        for job, pool in fifo_admit(pending, free):
-            await self._launch(job, pool)
+            done.append(eid)
+        await self.state.ack(done)
 
-    async def _launch(self, job: Job, pool: str) -> None:
-        await self.jobs.dequeue(job)
-        job.attempt += 1
-        job.gpu_type = pool
-        job.transition(JobState.ADMITTED, f"admitted on pool {pool}")
-        await self.jobs.save(job)
-        attempt = self.executor.launch(job, pool, job.attempt)
-        job.transition(JobState.STARTING, f"placement group for {job.spec.get('workers', 1)} worker(s) requested")
-        await self.jobs.save(job)
-        self.running[job.id] = (attempt, asyncio.create_task(self._track(job, attempt)))
-
-    async def _track(self, job: Job, attempt: Attempt) -> None:
-        if not await self.executor.wait_ready(attempt):
-            self.executor.release(attempt)
-            self.running.pop(job.id, None)
-            job = await self.jobs.get(job.tenant, job.id)
-            if job.state == JobState.STARTING:
-                job.transition(JobState.PENDING, "placement group not ready in time; requeued")
-                await self.jobs.save(job)
-                await self.jobs.requeue(job)
+    async def _handle_one(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind not in ("result", "progress"):
+            return  # "submitted": only wakes the loop
+        tenant, job_id = event["job"].split("/", 1)
+        try:
+            job = await self.jobs.get(tenant, job_id)
+        except NotFound:
             return
-        job = await self.jobs.get(job.tenant, job.id)
-        if job.state != JobState.STARTING:
-            return
-        job.transition(JobState.RUNNING, "running")
-        await self.jobs.save(job)
-        result = await self.executor.wait(attempt)
-        self.running.pop(job.id, None)
-        await self._finish(await self.jobs.get(job.tenant, job.id), result)
-
-    async def _finish(self, job: Job, result: dict) -> None:
-        if job.state.terminal:
-            return
-        job.exit_code = int(result.get("exit_code", 0))
-        job.output_uri = result.get("output_uri", job.output_uri)
-        job.latest_metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
-        if "dataset_digests" in result:
-            job.spec.setdefault("trainer", {})["dataset_digests"] = result["dataset_digests"]
-        if job.exit_code == 0:
-            job.transition(JobState.SUCCEEDED, "succeeded")
-        elif job.attempt <= int(job.spec.get("max_retries", 0)):
-            job.transition(JobState.PENDING, f"attempt {job.attempt} failed ({result.get('error', '')}); retrying")
-            await self.jobs.save(job)
-            await self.jobs.requeue(job)
-            return
+        if job.attempt != int(event.get("attempt", -1)):
+            return  # an event of an attempt that is already over
+        if kind == "result":
+            await self.attempts.track(job)
         else:
-            job.last_log_lines = await self.jobs.tail(job.tenant, job.id, 20)
-            job.transition(JobState.FAILED, result.get("error") or f"exit code {job.exit_code}")
-        await self.jobs.save(job)
+            await self.attempts.progress(job, event)
+
+    async def _cleanup_terminal(self) -> None:
+        """Jobs cancelled through the API stay in the active set until their Ray objects are gone."""
+        keys = await self.jobs.active_keys()
+        for job in await self.jobs.get_many(keys):
+            if job.state.terminal:
+                await asyncio.to_thread(self.executor.release, job)
+                await self.jobs.save_moved(job, pending=False, active=False)
+
+    async def _sweep_orphans(self) -> None:
+        """Remove Pylon placement groups no active attempt owns (a leader that died between
+        creating one and recording it, or a job finished while nobody led)."""
+        self._last_sweep = time.time()
+        wanted = {self.executor.attempt_name(j) for j in await self.jobs.active() if not j.state.terminal}
+        for name in await asyncio.to_thread(self.executor.orphans, wanted):
+            log.warning("removing orphaned placement group %s", name)
+            await asyncio.to_thread(self.executor.remove_by_name, name)
+
+    async def schedule_pass(self) -> Decision:
+        """One policy pass over the ledger and Ray; applies and returns the decision."""
+        pending = await self.jobs.get_many([k for k, _ in await self.jobs.pending_scored()])
+        pending = [j for j in pending if j.state == JobState.PENDING]
+        active = [j for j in await self.jobs.active() if not j.state.terminal]
+        held: dict[str, float] = {}
+        for j in active:
+            held[j.tenant] = held.get(j.tenant, 0.0) + j.workers * float(j.spec.get("resources", {}).get("gpus", 0) or 0)
+        usage = await self.state.add_usage(held, self.cfg.usage_half_life_s)
+        if not pending:
+            await self.state.save_explanations({})
+            return Decision()
+        nodes = await asyncio.to_thread(self.executor.nodes)
+        snap = build_snapshot(time.time(), nodes, pending, active, await self.state.queues(), usage,
+                              await self.attempts.table(), self.attempts.progress_times)
+        decision = self.policy.schedule(snap)
+        self.last_decision = decision
+        by_key = {j.key: j for j in pending} | {j.key: j for j in active}
+        for admit in decision.admits:
+            await self.attempts.admit(by_key[admit.job_id], admit)
+        for pre in decision.preempts:
+            if pre.job_id in by_key:
+                await self.attempts.preempt(by_key[pre.job_id], pre)
+        await self.state.save_explanations(decision.explanations)
+        return decision
 
     async def cancel(self, job: Job) -> Job:
-        if job.state.terminal:
-            raise FailedPrecondition(f"job {job.name} already {job.state.value}; nothing to cancel")
-        await self.redis.set(f"pylon:jobstop:{job.tenant}:{job.id}", "cancel", ex=3600)
-        job.transition(JobState.CANCELLED, "cancelled by user")
-        await self.jobs.save(job)
-        await self.jobs.dequeue(job)
-        entry = self.running.pop(job.id, None)
-        if entry:
-            entry[1].cancel()
-            await asyncio.to_thread(self.executor.cancel, entry[0])
-        return job
+        """Mark the job CANCELLED (compare-and-swap, so a concurrent finish wins or loses
+        cleanly); the leader kills its workers and frees its placement group."""
+        for _ in range(20):
+            if job.state.terminal:
+                raise FailedPrecondition(f"job {job.name} already {job.state.value}; nothing to cancel")
+            holding = job.state != JobState.PENDING
+            await self.redis.set(stop_key(job.tenant, job.id), "cancel", ex=3600)
+            job.transition(JobState.CANCELLED, "cancelled by user")
+            if await self.jobs.save_moved(job, pending=False, active=holding):
+                return job
+            job = await self.jobs.get(job.tenant, job.id)
+        raise FailedPrecondition(f"job {job.name} kept changing; try again")

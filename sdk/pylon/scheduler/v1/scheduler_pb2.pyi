@@ -98,7 +98,7 @@ class EngineReplica(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., engine_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("queue", "priority_class", "workers", "resources", "gang", "placement", "trainer", "command", "engine", "max_runtime", "max_retries", "preemptible", "checkpoint_every_steps", "labels", "display_name")
+    __slots__ = ("queue", "priority_class", "workers", "resources", "gang", "placement", "trainer", "command", "engine", "max_runtime", "max_retries", "preemptible", "checkpoint_every_steps", "labels", "display_name", "job_type", "total_steps")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class JobSpec(_message.Message):
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     priority_class: str
     workers: int
@@ -136,10 +138,12 @@ class JobSpec(_message.Message):
     checkpoint_every_steps: int
     labels: _containers.ScalarMap[str, str]
     display_name: str
-    def __init__(self, queue: _Optional[str] = ..., priority_class: _Optional[str] = ..., workers: _Optional[int] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., gang: _Optional[bool] = ..., placement: _Optional[_Union[PlacementStrategy, str]] = ..., trainer: _Optional[_Union[BuiltinTrainer, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., engine: _Optional[_Union[EngineReplica, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_retries: _Optional[int] = ..., preemptible: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ...) -> None: ...
+    job_type: str
+    total_steps: int
+    def __init__(self, queue: _Optional[str] = ..., priority_class: _Optional[str] = ..., workers: _Optional[int] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., gang: _Optional[bool] = ..., placement: _Optional[_Union[PlacementStrategy, str]] = ..., trainer: _Optional[_Union[BuiltinTrainer, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., engine: _Optional[_Union[EngineReplica, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_retries: _Optional[int] = ..., preemptible: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ..., job_type: _Optional[str] = ..., total_steps: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("state", "message", "gpu_type", "attempt", "exit_code", "last_log_lines", "output_uri", "start_time", "end_time", "latest_metrics")
+    __slots__ = ("state", "message", "gpu_type", "attempt", "exit_code", "last_log_lines", "output_uri", "start_time", "end_time", "latest_metrics", "retries", "preemptions", "step")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     GPU_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +154,9 @@ class JobStatus(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     LATEST_METRICS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     state: JobState
     message: str
     gpu_type: str
@@ -160,7 +167,10 @@ class JobStatus(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     latest_metrics: _struct_pb2.Struct
-    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., gpu_type: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., last_log_lines: _Optional[_Iterable[str]] = ..., output_uri: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    retries: int
+    preemptions: int
+    step: int
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., gpu_type: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., last_log_lines: _Optional[_Iterable[str]] = ..., output_uri: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retries: _Optional[int] = ..., preemptions: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("name", "spec", "status", "create_time", "creator", "request_id")
@@ -193,6 +203,22 @@ class SubmitJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class UploadWorkingDirRequest(_message.Message):
+    __slots__ = ("parent", "chunk")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    chunk: bytes
+    def __init__(self, parent: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadWorkingDirResponse(_message.Message):
+    __slots__ = ("working_dir_key", "size_bytes")
+    WORKING_DIR_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    working_dir_key: str
+    size_bytes: int
+    def __init__(self, working_dir_key: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("name",)
@@ -359,7 +385,7 @@ class ListQueuesRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ...) -> None: ...
 
 class Queue(_message.Message):
-    __slots__ = ("name", "cohort", "nominal_gpus", "used_gpus", "borrowed_gpus", "pending_jobs", "running_jobs")
+    __slots__ = ("name", "cohort", "nominal_gpus", "used_gpus", "borrowed_gpus", "pending_jobs", "running_jobs", "borrowing_limit_gpus", "weight", "usage_gpu_seconds")
     class NominalGpusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -381,6 +407,13 @@ class Queue(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class BorrowingLimitGpusEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     COHORT_FIELD_NUMBER: _ClassVar[int]
     NOMINAL_GPUS_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +421,9 @@ class Queue(_message.Message):
     BORROWED_GPUS_FIELD_NUMBER: _ClassVar[int]
     PENDING_JOBS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    BORROWING_LIMIT_GPUS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     cohort: str
     nominal_gpus: _containers.ScalarMap[str, float]
@@ -395,7 +431,38 @@ class Queue(_message.Message):
     borrowed_gpus: _containers.ScalarMap[str, float]
     pending_jobs: int
     running_jobs: int
-    def __init__(self, name: _Optional[str] = ..., cohort: _Optional[str] = ..., nominal_gpus: _Optional[_Mapping[str, float]] = ..., used_gpus: _Optional[_Mapping[str, float]] = ..., borrowed_gpus: _Optional[_Mapping[str, float]] = ..., pending_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ...) -> None: ...
+    borrowing_limit_gpus: _containers.ScalarMap[str, float]
+    weight: float
+    usage_gpu_seconds: float
+    def __init__(self, name: _Optional[str] = ..., cohort: _Optional[str] = ..., nominal_gpus: _Optional[_Mapping[str, float]] = ..., used_gpus: _Optional[_Mapping[str, float]] = ..., borrowed_gpus: _Optional[_Mapping[str, float]] = ..., pending_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., borrowing_limit_gpus: _Optional[_Mapping[str, float]] = ..., weight: _Optional[float] = ..., usage_gpu_seconds: _Optional[float] = ...) -> None: ...
+
+class CreateQueueRequest(_message.Message):
+    __slots__ = ("parent", "queue_id", "queue")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    queue_id: str
+    queue: Queue
+    def __init__(self, parent: _Optional[str] = ..., queue_id: _Optional[str] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ...) -> None: ...
+
+class CreateQueueResponse(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: Queue
+    def __init__(self, queue: _Optional[_Union[Queue, _Mapping]] = ...) -> None: ...
+
+class UpdateQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: Queue
+    def __init__(self, queue: _Optional[_Union[Queue, _Mapping]] = ...) -> None: ...
+
+class UpdateQueueResponse(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: Queue
+    def __init__(self, queue: _Optional[_Union[Queue, _Mapping]] = ...) -> None: ...
 
 class ListQueuesResponse(_message.Message):
     __slots__ = ("queues",)

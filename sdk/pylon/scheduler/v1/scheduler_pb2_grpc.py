@@ -42,6 +42,11 @@ class SchedulerServiceStub:
                 request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.UploadWorkingDir = channel.stream_unary(
+                '/pylon.scheduler.v1.SchedulerService/UploadWorkingDir',
+                request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirRequest.SerializeToString,
+                response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/pylon.scheduler.v1.SchedulerService/GetJob',
                 request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.GetJobRequest.SerializeToString,
@@ -87,6 +92,16 @@ class SchedulerServiceStub:
                 request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesRequest.SerializeToString,
                 response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
+        self.CreateQueue = channel.unary_unary(
+                '/pylon.scheduler.v1.SchedulerService/CreateQueue',
+                request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueRequest.SerializeToString,
+                response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueResponse.FromString,
+                _registered_method=True)
+        self.UpdateQueue = channel.unary_unary(
+                '/pylon.scheduler.v1.SchedulerService/UpdateQueue',
+                request_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueRequest.SerializeToString,
+                response_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -100,6 +115,17 @@ class SchedulerServiceServicer:
         Errors: INVALID_ARGUMENT (bad spec, with field violations), FAILED_PRECONDITION (no pool can
         ever satisfy the request), NOT_FOUND (queue or input dataset), RESOURCE_EXHAUSTED (too many
         pending jobs for the tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadWorkingDir(self, request_iterator, context):
+        """UploadWorkingDir stores a job's working directory, a tar.gz archive streamed in chunks (the
+        first message names the parent), content-addressed in object storage; put the returned key in
+        Command.working_dir_key. The SDK does this for a spec's command.working_dir.
+        Errors: INVALID_ARGUMENT (no parent, empty, not a tar.gz, unsafe member paths),
+        RESOURCE_EXHAUSTED (archive over 256 MiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +203,23 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateQueue(self, request, context):
+        """CreateQueue declares a tenant's queue with its quota (admin only).
+        Errors: PERMISSION_DENIED (not an admin), INVALID_ARGUMENT (bad name, negative quota or
+        weight), ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQueue(self, request, context):
+        """UpdateQueue replaces a queue's quota, cohort, borrowing limits and weight (admin only).
+        Errors: PERMISSION_DENIED (not an admin), INVALID_ARGUMENT, NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +227,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobRequest.FromString,
                     response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'UploadWorkingDir': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadWorkingDir,
+                    request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirRequest.FromString,
+                    response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -230,6 +278,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesRequest.FromString,
                     response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesResponse.SerializeToString,
             ),
+            'CreateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateQueue,
+                    request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueRequest.FromString,
+                    response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueResponse.SerializeToString,
+            ),
+            'UpdateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQueue,
+                    request_deserializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueRequest.FromString,
+                    response_serializer=pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pylon.scheduler.v1.SchedulerService', rpc_method_handlers)
@@ -261,6 +319,33 @@ class SchedulerService:
             '/pylon.scheduler.v1.SchedulerService/SubmitJob',
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobRequest.SerializeToString,
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadWorkingDir(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pylon.scheduler.v1.SchedulerService/UploadWorkingDir',
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirRequest.SerializeToString,
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UploadWorkingDirResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -504,6 +589,60 @@ class SchedulerService:
             '/pylon.scheduler.v1.SchedulerService/ListQueues',
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesRequest.SerializeToString,
             pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.scheduler.v1.SchedulerService/CreateQueue',
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueRequest.SerializeToString,
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.CreateQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.scheduler.v1.SchedulerService/UpdateQueue',
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueRequest.SerializeToString,
+            pylon_dot_scheduler_dot_v1_dot_scheduler__pb2.UpdateQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,13 +11,18 @@ from google.protobuf import json_format
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon.scheduler.v1 import scheduler_pb2_grpc
-from pylon_services.common.errors import InvalidArgument, NotFound
+from pylon_services.common.errors import FailedPrecondition, InvalidArgument
 from pylon_services.common.names import parse_name, parse_parent
 from pylon_services.runtime.context import principal
 from pylon_services.runtime.protoconv import page_size, struct, ts
+from pylon_services.scheduler.api.cluster import ClusterViews
+from pylon_services.scheduler.api.workdir import WorkdirUploads, workdir_prefix
 from pylon_services.scheduler.controller import Controller
 from pylon_services.scheduler.domain.job import Job, JobState, validate_spec
+from pylon_services.scheduler.domain.placement import check_satisfiable
+from pylon_services.scheduler.snapshot import demand_of, free_nodes
 from pylon_services.scheduler.store.redis_jobs import JobStore
+from pylon_services.scheduler.store.redis_sched import queue_key
 
 _POLL_S = 0.25
 
@@ -48,20 +53,25 @@ def spec_to_pb(d: dict[str, Any]) -> pb.JobSpec:
     return json_format.ParseDict(d, pb.JobSpec(), ignore_unknown_fields=True)
 
 
-def job_pb(job: Job) -> pb.Job:
+def job_pb(job: Job, spec: pb.JobSpec | None = None) -> pb.Job:
+    """The job as a proto; ``spec`` skips re-encoding the stored dict when the caller has it."""
     status = pb.JobStatus(
         state=getattr(pb, f"JOB_STATE_{job.state.name}"), message=job.message, gpu_type=job.gpu_type,
         attempt=job.attempt, exit_code=job.exit_code, last_log_lines=job.last_log_lines,
+        retries=job.retries, preemptions=job.preemptions, step=job.step,
         output_uri=job.output_uri, start_time=ts(job.start_time), end_time=ts(job.end_time),
         latest_metrics=struct(job.latest_metrics))
-    return pb.Job(name=job.name, spec=spec_to_pb(job.spec), status=status, create_time=ts(job.create_time),
+    spec = spec if spec is not None else spec_to_pb(job.spec)
+    return pb.Job(name=job.name, spec=spec, status=status, create_time=ts(job.create_time),
                   creator=job.creator, request_id=job.request_id)
 
 
-class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, jobs: JobStore, controller: Controller) -> None:
+class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, jobs: JobStore, controller: Controller, store: Any = None) -> None:
         self._jobs = jobs
         self._ctl = controller
+        self._state = controller.state
+        self._store = store
 
     async def _job(self, name: str) -> Job:
         tenant, job_id = parse_name("name", name, ("tenants", "jobs"), principal())
@@ -73,12 +83,29 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument.field("spec", "is required")
         spec = spec_to_dict(request.spec)
-        validate_spec(spec, await asyncio.to_thread(self._ctl.executor.capacities))
+        wd = spec.get("command", {}).get("working_dir_key", "")
+        if wd and not wd.startswith(workdir_prefix(tenant)):
+            raise InvalidArgument.field("spec.command.working_dir_key", f"must be a key UploadWorkingDir returned "
+                                                                        f"for this tenant ({workdir_prefix(tenant)}...)")
+        ex = self._ctl.executor
+        ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
+        validate_spec(spec, ex.capacities(ray_nodes))
+        why = check_satisfiable(demand_of(spec), free_nodes(ray_nodes, []))
+        if why:
+            raise FailedPrecondition(why)
+        queue = spec.get("queue") or "default"
         job = Job(id=JobStore.new_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request.request_id)
-        job, created = await self._jobs.create(job)
+        job, created = await self._jobs.create(
+            job, queue_key(f"tenants/{tenant}/queues/{queue}") if queue != "default" else "")
         if created:
             self._ctl.wake()
-        return pb.SubmitJobResponse(job=job_pb(job))
+        if not created:
+            return pb.SubmitJobResponse(job=job_pb(job))
+        spec_pb = pb.JobSpec()
+        spec_pb.CopyFrom(request.spec)  # what spec_to_dict normalised, set on the request's copy
+        spec_pb.workers = spec["workers"]
+        spec_pb.placement = pb.PLACEMENT_STRATEGY_SPREAD if spec["placement"] == "spread" else pb.PLACEMENT_STRATEGY_PACK
+        return pb.SubmitJobResponse(job=job_pb(job, spec_pb))
 
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.GetJobResponse(job=job_pb(await self._job(request.name)))
@@ -136,25 +163,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ExplainJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         job = await self._job(request.name)
         if job.state != JobState.PENDING:
-            from pylon_services.common.errors import FailedPrecondition
-            raise FailedPrecondition(f"job is {job.state.value}, not pending")
-        queue = await self._jobs.pending()
-        try:
-            position = queue.index((job.tenant, job.id)) + 1
-        except ValueError as e:
-            raise NotFound(f"{job.name} is not queued") from e
-        reasons = [f"{position - 1} job(s) ahead in the FIFO queue"] if position > 1 else \
-            ["at the head of the queue; waiting for free capacity on an acceptable pool"]
-        return pb.ExplainJobResponse(reasons=reasons, position=position)
-
-    async def GetCluster(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        caps = await asyncio.to_thread(self._ctl.executor.capacities)
-        free = await asyncio.to_thread(self._ctl.executor.free)
-        pools = []
-        for c in caps:
-            f = free.get(c.gpu_type)
-            total_g, total_c = c.max_gpus_per_node * c.nodes, c.max_cpus_per_node * c.nodes
-            pools.append(pb.GpuPool(gpu_type=c.gpu_type, nodes=c.nodes, healthy_nodes=c.nodes,
-                                    total_gpus=total_g, total_cpus=total_c,
-                                    used_gpus=total_g - (f.gpus if f else 0), used_cpus=total_c - (f.cpus if f else 0)))
-        return pb.GetClusterResponse(pools=pools)
+            raise FailedPrecondition(f"{job.name} is {job.state.value}, not pending: {job.message}")
+        exp = await self._state.explanation(job.key)
+        if exp is None:
+            keys = [k for k, _ in await self._jobs.pending_scored()]
+            position = keys.index(job.key) + 1 if job.key in keys else 0
+            return pb.ExplainJobResponse(reasons=["queued; the next scheduling pass has not considered it yet"],
+                                         position=position)
+        reasons = [exp.reason, *exp.blocking]
+        return pb.ExplainJobResponse(reasons=reasons, position=exp.position,
+                                     estimated_start_time=ts(exp.estimated_start) if exp.estimated_start else None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -38,6 +38,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 BUILTIN_TRAINERS = ("tiny-gpt",)
+# Priority classes (Kueue's WorkloadPriorityClass): higher admits first and may preempt lower.
+PRIORITY_CLASSES = {"low": 0, "normal": 100, "high": 1000}
+# Exit code a preempted workload uses after checkpointing (EX_TEMPFAIL): "requeue me".
+PREEMPTED_EXIT_CODE = 75
 ENGINES = ("torch", "vllm")
 
 
@@ -61,10 +65,43 @@ class Job:
     end_time: float = 0.0
     creator: str = ""
     request_id: str = ""
+    # Failed attempts so far (counted against max_retries; preemptions are not failures).
+    retries: int = 0
+    preemptions: int = 0
+    # Node ids of the current attempt's workers (one per worker) and when they were admitted.
+    nodes: list[str] = field(default_factory=list)
+    admit_time: float = 0.0
+    borrowed: bool = False
+    # Last step the job reported (progress survives preemption through its checkpoint).
+    step: int = 0
+    # Bumped on every stored change: writers compare-and-swap on it so a cancel and the
+    # controller never overwrite each other.
+    version: int = 0
+    # When the job entered the queue; a requeued job keeps its place.
+    queued_at: float = 0.0
+    # Unix time by which a preempted job must have exited.
+    preempt_deadline: float = 0.0
 
     @property
     def name(self) -> str:
         return f"tenants/{self.tenant}/jobs/{self.id}"
+
+    @property
+    def key(self) -> str:
+        """``tenant/id``: how queues and indexes refer to the job."""
+        return f"{self.tenant}/{self.id}"
+
+    @property
+    def queue(self) -> str:
+        return f"tenants/{self.tenant}/queues/{self.spec.get('queue') or 'default'}"
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_CLASSES.get(self.spec.get("priority_class") or "normal", PRIORITY_CLASSES["normal"])
+
+    @property
+    def workers(self) -> int:
+        return int(self.spec.get("workers", 1) or 1)
 
     def transition(self, new: JobState, message: str) -> None:
         """Move to ``new`` or raise FailedPrecondition if the state machine forbids it."""
@@ -79,7 +116,9 @@ class Job:
             self.end_time = now
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """A JSON-able view (shallow: callers serialise it at once, so no deep copy on the
+        submit path)."""
+        d = dict(self.__dict__)
         d["state"] = self.state.value
         return d
 
@@ -87,7 +126,8 @@ class Job:
     def from_dict(cls, d: dict[str, Any]) -> Job:
         d = dict(d)
         d["state"] = JobState(d["state"])
-        return cls(**d)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -126,6 +166,10 @@ def validate_spec(spec: dict[str, Any], pools: list[PoolCapacity]) -> None:
         bad.append(FieldViolation("spec.engine.engine", f"must be one of {', '.join(ENGINES)}"))
     if spec.get("max_retries", 0) < 0:
         bad.append(FieldViolation("spec.max_retries", "must not be negative"))
+    if (spec.get("priority_class") or "normal") not in PRIORITY_CLASSES:
+        bad.append(FieldViolation("spec.priority_class", f"must be one of {', '.join(PRIORITY_CLASSES)}"))
+    if int(spec.get("total_steps", 0) or 0) < 0:
+        bad.append(FieldViolation("spec.total_steps", "must not be negative"))
     if bad:
         raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
     _check_satisfiable(gpus, cpus, list(res.get("gpu_types", [])), pools)

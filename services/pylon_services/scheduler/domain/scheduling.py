@@ -46,6 +46,7 @@ class Node:
     cpus_free: float
     memory_free_bytes: int = 1 << 62
     healthy: bool = True
+    cpus_total: float = 0.0  # added for check_satisfiable; 0 = unknown (never limits)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class RunningJob:
     borrowed: bool = False  # admitted on quota borrowed from its cohort
     preempting: bool = False
     remaining_work: float = 0.0
+    # Added (optional): when ``remaining_work`` was measured; 0 means at ``start_time``. The
+    # estimated finish is ``(progress_time or start_time) + remaining_work / job rate``.
+    progress_time: float = 0.0
 
 
 class ThroughputTable(Protocol):
@@ -133,7 +137,7 @@ class Preempt:
 
     job_id: str
     for_job: str
-    reason: str  # "priority" | "reclaim" | "fair-share"
+    reason: str  # "priority" | "reclaim" | "fair-share" | "migrate" (gavel: for_job == job_id, move it to a faster type)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,163 @@
+"""One job attempt's life on Ray, driven by the leader: launch, start, finish, retry, preempt,
+requeue. Every step reads the ledger, acts idempotently on Ray (names by job and attempt), and
+compare-and-swaps the ledger; a step that loses the swap is simply retried next turn. That is
+what lets a new leader pick up any job in any state (adoption) without running it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from pylon_services.scheduler.config import SchedulerConfig
+from pylon_services.scheduler.domain.job import PREEMPTED_EXIT_CODE, Job, JobState
+from pylon_services.scheduler.domain.scheduling import Admit, Preempt
+from pylon_services.scheduler.domain.throughput import ThroughputTable
+from pylon_services.scheduler.store.ray_exec import RayExecutor
+from pylon_services.scheduler.store.redis_jobs import JobStore, preempt_key
+from pylon_services.scheduler.store.redis_sched import SchedState
+
+log = logging.getLogger("pylon.scheduler")
+LIVENESS_EVERY_S = 2.0
+# States in which a job holds (or is about to hold) Ray resources.
+HOLDING = (JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING)
+PREEMPT_KILL_AFTER_S = 15.0
+
+
+def _seconds(value: Any) -> float:
+    """A JSON-mapped protobuf Duration ("90s") as seconds; 0 when unset."""
+    if not value:
+        return 0.0
+    return float(str(value).rstrip("s"))
+
+
+class Attempts:
+    def __init__(self, jobs: JobStore, state: SchedState, executor: RayExecutor, cfg: SchedulerConfig) -> None:
+        self.jobs, self.state, self.executor, self.cfg = jobs, state, executor, cfg
+        self.progress_times: dict[str, float] = {}
+        self._checked: dict[str, float] = {}
+        self._table: ThroughputTable | None = None
+
+    async def table(self) -> ThroughputTable:
+        if self._table is None:
+            self._table = await self.state.throughput()
+        return self._table
+
+    async def admit(self, job: Job, admit: Admit) -> None:
+        job.attempt += 1
+        job.gpu_type, job.nodes, job.borrowed = admit.gpu_type, list(admit.nodes), admit.borrowed
+        job.admit_time = time.time()
+        job.transition(JobState.ADMITTED, f"admitted on {admit.gpu_type} ({job.workers} worker(s))"
+                       + (" on quota borrowed from the cohort" if admit.borrowed else ""))
+        if await self.jobs.save_moved(job, pending=False, active=True):
+            await self.track(job)
+
+    async def preempt(self, job: Job, pre: Preempt) -> None:
+        """Raise the flag the job polls; the worker SIGTERMs it after the grace period."""
+        if job.state in (JobState.ADMITTED, JobState.STARTING):
+            await asyncio.to_thread(self.executor.release, job)
+            job.transition(JobState.PENDING, f"preempted ({pre.reason}) for {pre.for_job} before it started; requeued")
+            job.preemptions += 1
+            await self.jobs.save_moved(job, pending=True, active=False)
+            return
+        if job.state != JobState.RUNNING:
+            return
+        job.transition(JobState.PREEMPTING, f"preempted ({pre.reason}) for {pre.for_job}; "
+                                            f"checkpointing (grace {self.cfg.preempt_grace_s:g}s)")
+        job.preempt_deadline = time.time() + self.cfg.preempt_grace_s
+        if await self.jobs.save_moved(job, pending=False, active=True):
+            await self.jobs.r.set(preempt_key(job.tenant, job.id), repr(self.cfg.preempt_grace_s), ex=86400)
+
+    async def progress(self, job: Job, event: dict[str, Any]) -> None:
+        """A worker's step rate: fold it into the throughput table and note the job's step."""
+        table = await self.table()
+        if event.get("gpu_type") and float(event.get("rate", 0)) > 0:
+            table.observe(event.get("job_type", ""), event["gpu_type"], float(event["rate"]))
+            await self.state.save_throughput(table)
+        self.progress_times[job.key] = time.time()
+        if int(event.get("step", 0)) > job.step and job.state in HOLDING:
+            job.step = int(event["step"])
+            await self.jobs.save_moved(job, pending=False, active=True)
+
+    async def track(self, job: Job) -> None:
+        """Move one active job forward by what Ray and its workers say."""
+        if job.state not in HOLDING:
+            return  # finished, cancelled, or already requeued: a late event of an old attempt
+        if job.state == JobState.ADMITTED:
+            await asyncio.to_thread(self.executor.launch, job)
+            job.transition(JobState.STARTING, f"placement group for {job.workers} worker(s) on {job.gpu_type} requested")
+            await self.jobs.save_moved(job, pending=False, active=True)
+            return
+        results = await self.jobs.attempt_results(job)
+        if len(results) >= job.workers or any(r.get("exit_code") for r in results.values()):
+            await self.finish(job, results)
+        elif job.state == JobState.STARTING:
+            await self._check_starting(job)
+        else:
+            await self._check_running(job)
+
+    async def _check_starting(self, job: Job) -> None:
+        nodes = await asyncio.to_thread(self.executor.placed_nodes, job)
+        if nodes is not None:
+            job.nodes = nodes
+            job.transition(JobState.RUNNING, f"running on {job.gpu_type}")
+            await self.jobs.save_moved(job, pending=False, active=True)
+        elif not await asyncio.to_thread(self.executor.exists, job):
+            await asyncio.to_thread(self.executor.launch, job)  # the launch was lost: dispatch again
+        elif time.time() - job.admit_time > self.cfg.start_timeout_s:
+            await asyncio.to_thread(self.executor.release, job)
+            job.transition(JobState.PENDING, f"placement group not created in {self.cfg.start_timeout_s:g}s; requeued")
+            await self.jobs.save_moved(job, pending=True, active=False)
+
+    async def _check_running(self, job: Job) -> None:
+        now = time.time()
+        limit = _seconds(job.spec.get("max_runtime"))
+        if limit and job.admit_time and now - job.admit_time > limit:  # per attempt
+            await self.finish(job, {0: {"exit_code": -1, "error": f"exceeded its max runtime of {limit:g}s"}})
+            return
+        if job.state == JobState.PREEMPTING and now > job.preempt_deadline + PREEMPT_KILL_AFTER_S:
+            await self.finish(job, {0: {"exit_code": -9, "error": "did not exit after preemption", "preempted": True}})
+            return
+        if now - self._checked.get(job.key, 0.0) < LIVENESS_EVERY_S:
+            return
+        self._checked[job.key] = now
+        if await asyncio.to_thread(self.executor.workers_alive, job):
+            return
+        results = await self.jobs.attempt_results(job)  # a worker may have reported just before exiting
+        lost = {r: {"exit_code": -1, "error": "worker process lost (its node died or it was killed)"}
+                for r in range(job.workers) if r not in results}
+        await self.finish(job, {**results, **lost})
+
+    async def finish(self, job: Job, results: dict[int, dict[str, Any]]) -> None:
+        """End the attempt: free Ray, then SUCCEEDED, requeued (preempted or retrying) or FAILED."""
+        await asyncio.to_thread(self.executor.release, job)
+        self._checked.pop(job.key, None)
+        ranked = [results[r] for r in sorted(results)]
+        bad = next((r for r in ranked if r.get("exit_code")), None)
+        result = bad or ranked[0]
+        job.exit_code = int(result.get("exit_code", 0))
+        job.output_uri = result.get("output_uri", job.output_uri)
+        job.step = max(job.step, int(result.get("step", 0) or 0))
+        job.latest_metrics = {k: float(v) for k, v in result.get("metrics", {}).items()} or job.latest_metrics
+        if "dataset_digests" in result:
+            job.spec.setdefault("trainer", {})["dataset_digests"] = result["dataset_digests"]
+        preempted = job.state == JobState.PREEMPTING or (result.get("preempted") and job.exit_code == PREEMPTED_EXIT_CODE)
+        if job.exit_code == 0:
+            job.transition(JobState.SUCCEEDED, "succeeded")
+        elif preempted:
+            job.preemptions += 1
+            job.transition(JobState.PENDING, f"preempted at step {job.step}; requeued to resume from its checkpoint")
+        elif job.retries < int(job.spec.get("max_retries", 0) or 0):
+            job.retries += 1
+            job.last_log_lines = await self.jobs.tail(job.tenant, job.id, 20)
+            job.transition(JobState.PENDING, f"attempt {job.attempt} failed ({result.get('error', '')}); "
+                                             f"retry {job.retries} of {job.spec.get('max_retries')}")
+        else:
+            job.last_log_lines = await self.jobs.tail(job.tenant, job.id, 20)
+            job.transition(JobState.FAILED, result.get("error") or f"exit code {job.exit_code}")
+        requeued = job.state == JobState.PENDING
+        if await self.jobs.save_moved(job, pending=requeued, active=False):
+            await self.jobs.r.delete(preempt_key(job.tenant, job.id))
+            log.info("job %s attempt %d ended: %s (%s)", job.name, job.attempt, job.state.value, job.message)

@@ -1,0 +1,47 @@
+"""Scheduler-only settings (env prefix ``PYLON_SCHED_``), parsed once at start."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PoolBounds(BaseModel):
+    """A declared GPU pool: how many nodes Kubernetes may scale it between."""
+
+    min_nodes: int = 0
+    max_nodes: int = 0
+
+
+class SchedulerConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PYLON_SCHED_", frozen=True, extra="ignore")
+
+    # fifo | fair-share | gavel | finish-time-fairness (domain/policies.py).
+    policy: str = "fifo"
+    # Longest idle wait between passes; submits and worker results wake the leader sooner.
+    pass_period_s: float = 0.5
+    # Passes run at most this often: a stream of submits wakes the leader for each one, and a
+    # pass reads every pending job.
+    min_pass_interval_s: float = 0.2
+    # ...and take at most this fraction of the leader's time (the gap grows with the pass cost).
+    pass_duty_cycle: float = 0.25
+    # Seconds a preempted job gets between the should_preempt() flag and SIGTERM.
+    preempt_grace_s: float = 30.0
+    # Fair-share usage halves every this many seconds.
+    usage_half_life_s: float = 86400.0
+    # A placement group not created within this long is given back and the job requeued.
+    start_timeout_s: float = 120.0
+    # Leader lease: a dead leader is replaced after at most this long.
+    lease_s: float = 10.0
+    # Dispatch entries unacknowledged this long are reclaimed (XAUTOCLAIM) by the leader.
+    reclaim_idle_ms: int = 10_000
+    # Ray namespace and prefix of placement group / actor names; distinct per platform sharing a
+    # Ray cluster (a leader removes placement groups with its prefix that no job owns).
+    instance: str = "pylon"
+    # Declared pools, JSON: {"V100": {"min_nodes": 0, "max_nodes": 8}}.
+    pools: str = ""
+
+    def pool_bounds(self) -> dict[str, PoolBounds]:
+        return {k: PoolBounds(**v) for k, v in json.loads(self.pools).items()} if self.pools else {}

@@ -1,0 +1,1 @@
+"""Discrete-event simulator that drives the scheduler's real policies over traces."""

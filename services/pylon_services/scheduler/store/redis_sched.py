@@ -1,0 +1,152 @@
+"""Scheduler state beside the job ledger: queues and quotas, fair-share usage, the throughput
+table, the last pass's explanations, and the dispatch stream.
+
+Keys: ``pylon:queue:{tenant}:{queue}`` (JSON of a QueueQuota), ``pylon:queues`` (set of queue
+names), ``pylon:usage`` (hash tenant -> decayed GPU-seconds) and ``pylon:usage:at`` (when it was
+last decayed), ``pylon:throughput`` (JSON of the ThroughputTable), ``pylon:explain`` (hash
+``tenant/id`` -> Explanation JSON, replaced whole each pass), ``pylon:sched:events`` (a Redis
+Stream read by the consumer group ``scheduler``: submits, launches and worker results).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from pylon_services.common.errors import AlreadyExists, NotFound
+from pylon_services.scheduler.domain.scheduling import Explanation, QueueQuota
+from pylon_services.scheduler.domain.throughput import ThroughputTable
+
+EVENTS = "pylon:sched:events"
+GROUP = "scheduler"
+EXPLAIN = "pylon:explain"
+USAGE = "pylon:usage"
+THROUGHPUT = "pylon:throughput"
+# Streams are trimmed to about this many entries (acknowledged history is not needed).
+EVENTS_MAXLEN = 100_000
+
+
+def queue_key(name: str) -> str:
+    _, tenant, _, queue = name.split("/")
+    return f"pylon:queue:{tenant}:{queue}"
+
+
+class SchedState:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.r = redis
+
+    # --- queues ------------------------------------------------------------------------------
+
+    async def create_queue(self, q: QueueQuota) -> QueueQuota:
+        async with self.r.pipeline(transaction=True) as p:
+            p.set(queue_key(q.name), json.dumps(asdict(q)), nx=True)
+            p.sadd("pylon:queues", q.name)
+            created, _ = await p.execute()
+        if not created:
+            raise AlreadyExists(f"{q.name} already exists")
+        return q
+
+    async def update_queue(self, q: QueueQuota) -> QueueQuota:
+        if not await self.r.set(queue_key(q.name), json.dumps(asdict(q)), xx=True):
+            raise NotFound(f"{q.name} not found")
+        return q
+
+    async def queue_exists(self, name: str) -> bool:
+        return bool(await self.r.exists(queue_key(name)))
+
+    async def queues(self) -> dict[str, QueueQuota]:
+        names = sorted(m.decode() for m in await self.r.smembers("pylon:queues"))
+        if not names:
+            return {}
+        raws = await self.r.mget([queue_key(n) for n in names])
+        return {n: QueueQuota(**json.loads(r)) for n, r in zip(names, raws, strict=True) if r is not None}
+
+    # --- fair-share usage --------------------------------------------------------------------
+
+    async def add_usage(self, gpus_by_tenant: dict[str, float], half_life_s: float) -> dict[str, float]:
+        """Decay every tenant's GPU-seconds by the time since the last update, add what each
+        tenant held since then, and return the new usage. Only the leader calls this."""
+        now = time.time()
+        raw_at = await self.r.get("pylon:usage:at")
+        dt = max(0.0, now - float(raw_at)) if raw_at else 0.0
+        usage = {k.decode(): float(v) for k, v in (await self.r.hgetall(USAGE)).items()}
+        decay = 0.5 ** (dt / half_life_s) if half_life_s > 0 else 1.0
+        for tenant in set(usage) | set(gpus_by_tenant):
+            usage[tenant] = usage.get(tenant, 0.0) * decay + gpus_by_tenant.get(tenant, 0.0) * dt
+        async with self.r.pipeline(transaction=True) as p:
+            if usage:
+                p.hset(USAGE, mapping={k: repr(v) for k, v in usage.items()})
+            p.set("pylon:usage:at", repr(now))
+            await p.execute()
+        return usage
+
+    async def usage(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in (await self.r.hgetall(USAGE)).items()}
+
+    # --- throughput table --------------------------------------------------------------------
+
+    async def throughput(self) -> ThroughputTable:
+        raw = await self.r.get(THROUGHPUT)
+        return ThroughputTable.from_dict(json.loads(raw)) if raw else ThroughputTable()
+
+    async def save_throughput(self, table: ThroughputTable) -> None:
+        await self.r.set(THROUGHPUT, json.dumps(table.to_dict()))
+
+    # --- explanations ------------------------------------------------------------------------
+
+    async def save_explanations(self, by_key: dict[str, Explanation]) -> None:
+        """Replace the stored explanations with this pass's (a job no longer pending has none)."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.delete(EXPLAIN)
+            if by_key:
+                p.hset(EXPLAIN, mapping={k: json.dumps(asdict(e)) for k, e in by_key.items()})
+            await p.execute()
+
+    async def explanation(self, key: str) -> Explanation | None:
+        raw = await self.r.hget(EXPLAIN, key)
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        d["blocking"] = tuple(d.get("blocking", ()))
+        return Explanation(**d)
+
+    # --- dispatch stream ---------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.r.xgroup_create(EVENTS, GROUP, id="0", mkstream=True)
+        except aioredis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        await self.r.xadd(EVENTS, {"e": json.dumps(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    async def read_events(self, consumer: str, block_ms: int, count: int = 200) -> list[tuple[str, dict[str, Any]]]:
+        """New entries for ``consumer``; blocks up to ``block_ms`` (the loop's idle wait)."""
+        resp = await self.r.xreadgroup(GROUP, consumer, {EVENTS: ">"}, count=count, block=block_ms or None)
+        return [(eid.decode(), json.loads(f[b"e"])) for _, entries in resp or [] for eid, f in entries]
+
+    async def reclaim(self, consumer: str, min_idle_ms: int) -> list[tuple[str, dict[str, Any]]]:
+        """Entries another consumer read but never acknowledged (it died mid-handling), now ours."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        start = "0-0"
+        while True:
+            resp = await self.r.xautoclaim(EVENTS, GROUP, consumer, min_idle_ms, start_id=start, count=200)
+            start, entries = resp[0], resp[1]
+            out.extend((eid.decode(), json.loads(f[b"e"])) for eid, f in entries if f)
+            if start in (b"0-0", "0-0"):
+                return out
+
+    async def pending_of(self, consumer: str) -> list[tuple[str, dict[str, Any]]]:
+        """Entries delivered to ``consumer`` and not yet acknowledged (retried after an error)."""
+        resp = await self.r.xreadgroup(GROUP, consumer, {EVENTS: "0"}, count=200)
+        return [(eid.decode(), json.loads(f[b"e"])) for _, entries in resp or [] for eid, f in entries if f]
+
+    async def ack(self, ids: list[str]) -> None:
+        if ids:
+            await self.r.xack(EVENTS, GROUP, *ids)
