@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon_services.gateway.api.servicer import GatewayServicer
 from pylon_services.gateway.store.deployments import DeploymentStore
-from pylon_services.gateway.store.platform import PlatformClients
+from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.server import ServiceParts
 from pylon_services.runtime.settings import Settings
 

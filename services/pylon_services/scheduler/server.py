@@ -7,6 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 
 from pylon.scheduler.v1 import scheduler_pb2_grpc
+from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.server import ServiceParts
 from pylon_services.runtime.settings import Settings
 from pylon_services.runtime.stores import object_store
@@ -29,7 +30,7 @@ async def build(settings: Settings, redis: aioredis.Redis, cfg: SchedulerConfig 
         await asyncio.to_thread(executor.connect)
         controller.start()
 
-    servicer = SchedulerServicer(jobs, controller, object_store(settings))
+    servicer = SchedulerServicer(jobs, controller, object_store(settings), PlatformClients(settings, redis))
     return ServiceParts("scheduler", [(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                                        servicer, "pylon.scheduler.v1.SchedulerService")],
                         on_start=on_start, on_stop=controller.stop)

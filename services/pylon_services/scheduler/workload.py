@@ -177,8 +177,10 @@ def run_trainer(settings: Settings, job: dict[str, Any], sink: JobSink) -> dict[
     corpus, digests = _read_datasets(settings, job["tenant"], trainer.get("datasets", []))
     store = object_store(settings)
     ckpt = {o.key[len(_checkpoint_prefix(job)):]: store.get(o.key) for o in store.iter_all(_checkpoint_prefix(job))}
+    base = {path: store.get(key) for path, key in trainer.get("base_model_files", {}).items()}
     sink.log(f"training tiny-gpt on {len(corpus)} bytes from {len(digests)} dataset version(s): "
              f"{cfg.steps} steps, batch {cfg.batch_size}, block {cfg.block_size}"
+             + (f"; fine-tuning {trainer['base_model_version']}" if base else "")
              + (" (resuming from checkpoint)" if ckpt else ""))
 
     def on_metrics(m: dict[str, Any]) -> None:
@@ -188,7 +190,8 @@ def run_trainer(settings: Settings, job: dict[str, Any], sink: JobSink) -> dict[
     done = threading.Event()
     threading.Thread(target=sink.watch_flags, args=(done,), daemon=True).start()
     try:
-        result = train(corpus, cfg, on_metrics=on_metrics, should_stop=sink.stop_requested, resume_from=ckpt or None)
+        result = train(corpus, cfg, on_metrics=on_metrics, should_stop=sink.stop_requested, resume_from=ckpt or None,
+                       init_from=base or None)
     finally:
         done.set()
     if result.stopped_early:

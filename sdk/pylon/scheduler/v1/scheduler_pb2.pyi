@@ -55,16 +55,18 @@ class WorkerResources(_message.Message):
     def __init__(self, gpus: _Optional[float] = ..., gpu_types: _Optional[_Iterable[str]] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class BuiltinTrainer(_message.Message):
-    __slots__ = ("trainer", "config", "datasets", "base_model")
+    __slots__ = ("trainer", "config", "datasets", "base_model", "base_model_version")
     TRAINER_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     trainer: str
     config: _struct_pb2.Struct
     datasets: _containers.RepeatedScalarFieldContainer[str]
     base_model: str
-    def __init__(self, trainer: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ...) -> None: ...
+    base_model_version: str
+    def __init__(self, trainer: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., base_model_version: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("argv", "working_dir_key", "pip_requirements", "env")

@@ -18,8 +18,8 @@ from pylon_services.common.errors import AlreadyExists, InvalidArgument, Unavail
 from pylon_services.common.names import check_id, parse_name, parse_parent
 from pylon_services.gateway.domain.routing import deployment_state, pick_replica
 from pylon_services.gateway.store.deployments import DeploymentStore
-from pylon_services.gateway.store.platform import PlatformClients
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
+from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, struct, ts
 
 MAX_REPLICAS = 16

@@ -9,11 +9,13 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from pylon.registry.v1 import registry_pb2
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon.scheduler.v1 import scheduler_pb2_grpc
 from pylon_services.common.errors import FailedPrecondition, InvalidArgument
 from pylon_services.common.names import parse_name, parse_parent
-from pylon_services.runtime.context import principal
+from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
+from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, struct, ts
 from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.api.workdir import WorkdirUploads, workdir_prefix
@@ -67,7 +69,9 @@ def job_pb(job: Job, spec: pb.JobSpec | None = None) -> pb.Job:
 
 
 class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, jobs: JobStore, controller: Controller, store: Any = None) -> None:
+    def __init__(self, jobs: JobStore, controller: Controller, store: Any = None, peers: PlatformClients | None = None
+                 ) -> None:
+        self._peers = peers
         self._jobs = jobs
         self._ctl = controller
         self._state = controller.state
@@ -83,6 +87,8 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         if not request.HasField("spec"):
             raise InvalidArgument.field("spec", "is required")
         spec = spec_to_dict(request.spec)
+        if spec.get("trainer", {}).get("base_model"):
+            spec["trainer"].update(await self._pin_base_model(spec["trainer"]["base_model"], context))
         wd = spec.get("command", {}).get("working_dir_key", "")
         if wd and not wd.startswith(workdir_prefix(tenant)):
             raise InvalidArgument.field("spec.command.working_dir_key", f"must be a key UploadWorkingDir returned "
@@ -104,8 +110,31 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         spec_pb = pb.JobSpec()
         spec_pb.CopyFrom(request.spec)  # what spec_to_dict normalised, set on the request's copy
         spec_pb.workers = spec["workers"]
+        if spec.get("trainer", {}).get("base_model_version"):
+            spec_pb.trainer.base_model_version = spec["trainer"]["base_model_version"]
         spec_pb.placement = pb.PLACEMENT_STRATEGY_SPREAD if spec["placement"] == "spread" else pb.PLACEMENT_STRATEGY_PACK
         return pb.SubmitJobResponse(job=job_pb(job, spec_pb))
+
+    async def _pin_base_model(self, uri: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        """Resolve a fine-tune's base model through the registry (as the caller) and pin the exact
+        version and its artifact keys into the spec."""
+        if self._peers is None:
+            raise FailedPrecondition("this scheduler has no registry to resolve base models with")
+        registry = await self._peers.registry()
+        try:
+            resp = await registry.ResolveModelUri(registry_pb2.ResolveModelUriRequest(uri=uri),
+                                                  metadata=forward_metadata(), timeout=remaining_timeout(context))
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise InvalidArgument.field("spec.trainer.base_model", f"{uri}: {e.details()}") from None
+            raise
+        v = resp.version
+        if v.format != registry_pb2.MODEL_FORMAT_PYLON_GPT:
+            fmt = registry_pb2.ModelFormat.Name(v.format)
+            raise InvalidArgument.field("spec.trainer.base_model", f"{uri} is {fmt}; tiny-gpt fine-tunes PYLON_GPT models")
+        if v.state != registry_pb2.MODEL_VERSION_STATE_READY:
+            raise FailedPrecondition(f"{v.name} is {registry_pb2.ModelVersionState.Name(v.state)}, not READY")
+        return {"base_model_version": v.name, "base_model_files": {f.path: f.object_key for f in v.files}}
 
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.GetJobResponse(job=job_pb(await self._job(request.name)))

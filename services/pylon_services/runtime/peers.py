@@ -1,4 +1,4 @@
-"""gRPC clients the gateway uses to reach the registry, the scheduler and engine replicas.
+"""gRPC clients one service uses to reach another (registry, scheduler, engine replicas).
 
 Calls forward the caller's API key and request id, and never outlive the caller's deadline.
 """
