@@ -9,9 +9,28 @@ The pieces live in sibling modules (``formats``, ``validate``, ``clean``, ``prof
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import io
+import itertools
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, BinaryIO
+
+import orjson
+
+from pylon_services.common.errors import InvalidArgument
+from pylon_services.ingest.domain import formats
+from pylon_services.ingest.domain.clean import Cleaner, DedupeSet
+from pylon_services.ingest.domain.formats import detect_format
+from pylon_services.ingest.domain.profile import Profiler, merge_profiles
+from pylon_services.ingest.domain.tokenize import (
+    find_eos,
+    load_tokenizer,
+    shard_name,
+    train_tokenizer,
+    write_token_shards,
+)
+from pylon_services.ingest.domain.validate import Validator, infer_from_records, merge_schemas, normalize_schema
 
 __all__ = [
     "DedupeSet",
@@ -19,10 +38,13 @@ __all__ = [
     "Summary",
     "check_reject_rate",
     "detect_format",
+    "find_eos",
+    "load_tokenizer",
     "infer_schema",
     "merge_summaries",
     "preview",
     "process_stream",
+    "shard_name",
     "train_tokenizer",
     "write_token_shards",
 ]
@@ -73,28 +95,95 @@ class Summary:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class DedupeSet:
-    """Exact-duplicate filter shared by the files of one version: 16-byte blake2b digests."""
 
-    def __init__(self) -> None:
-        self._seen: set[bytes] = set()
-
-    def add(self, text: str) -> bool:
-        """Record ``text``; False when it was already seen."""
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self._seen)
+RAW_PREVIEW = 1000  # characters of a rejected record kept in the rejects file
+FLUSH_BYTES = 1 << 20
+PROGRESS_BYTES = 4 << 20
 
 
-def detect_format(filename: str) -> tuple[str, str]:
-    """("jsonl"|"csv"|"parquet"|"text", ""|"gzip"|"zstd") from the file name's suffixes."""
-    raise NotImplementedError
+def _line_limit(recipe: Recipe) -> int:
+    """Longest physical line read: a record longer than this cannot pass ``max_chars``."""
+    return max(recipe.max_chars * 4 + 4096, 1 << 16)
 
 
-def infer_schema(src: BinaryIO, fmt: str, compression: str, sample: int = 1000) -> dict:
-    """Infer {"fields": {name: {"type": ..., "required": bool}}} from the first ``sample`` records."""
-    raise NotImplementedError
+def _text_key(fmt: str, recipe: Recipe) -> str:
+    return "text" if fmt == "text" else recipe.text_field
+
+
+def infer_schema(src: BinaryIO, fmt: str, compression: str, sample: int = 1000,
+                 recipe: Recipe | None = None) -> dict:
+    """Infer the canonical schema ({"fields": {name: {"type": [...], "required": bool}}}) from
+    the first ``sample`` parseable records; reads only as far as it needs."""
+    recipe = recipe or Recipe()
+    items, _ = formats.iter_records(src, fmt, compression, limit=_line_limit(recipe), paragraphs=recipe.paragraphs)
+    values = (v for _, v, _ in itertools.islice(items, sample) if v is not None)
+    return infer_from_records(values, coerce=fmt == "csv", text_field=_text_key(fmt, recipe))
+
+
+class _Run:
+    """State of one ``process_stream`` call: counters, output buffers and the cleaning steps."""
+
+    def __init__(self, out: BinaryIO, rejects: BinaryIO, recipe: Recipe, text_key: str,
+                 validator: Validator, seen: DedupeSet | None, tokenizer: Any) -> None:
+        self.out, self.rejects, self.text_key, self.validator = out, rejects, text_key, validator
+        self.cleaner = Cleaner(recipe, seen)
+        self.profiler = Profiler(tokenizer)
+        self.buf = bytearray()
+        self.reject_buf = bytearray()
+        self.records_in = self.records_out = self.rejected = self.bytes_out = 0
+        self.dropped: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+
+    def reject(self, line: int, code: str, detail: str, raw: bytes | dict[str, Any]) -> None:
+        self.rejected += 1
+        self.reasons[code] = self.reasons.get(code, 0) + 1
+        if isinstance(raw, dict):
+            raw = orjson.dumps(raw, default=str)
+        text = raw[: RAW_PREVIEW * 4].decode("utf-8", errors="replace")[:RAW_PREVIEW]
+        self.reject_buf += orjson.dumps({"line": line, "reason": f"{code}: {detail}", "raw": text},
+                                        option=orjson.OPT_APPEND_NEWLINE)
+        if len(self.reject_buf) >= FLUSH_BYTES:
+            self.flush()
+
+    def accept(self, line: int, value: dict[str, Any]) -> bool:
+        """Validate and clean one parsed record; True when it was written to ``out``."""
+        problem = self.validator.check(value)
+        if problem is not None:
+            self.reject(line, problem[0], problem[1], value)
+            return False
+        key = self.text_key
+        text = value.get(key)
+        if type(text) is not str:
+            what = "missing or null" if text is None else f"a {type(text).__name__}, not a string"
+            self.reject(line, "missing_text" if text is None else "wrong_type", f"text field {key!r} is {what}", value)
+            return False
+        cleaned, reason = self.cleaner.clean(text)
+        if cleaned is None:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            return False
+        record = {"text": cleaned}
+        if len(value) > 1:
+            for k, v in value.items():
+                if k != key and k != "text":
+                    record[k] = v
+        self.profiler.add(cleaned, record)
+        try:
+            self.buf += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE, default=str)
+        except TypeError:  # integers beyond 64 bits: orjson refuses them, the stdlib does not
+            self.buf += (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        self.records_out += 1
+        if len(self.buf) >= FLUSH_BYTES:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        if self.buf:
+            self.out.write(bytes(self.buf))
+            self.bytes_out += len(self.buf)
+            self.buf.clear()
+        if self.reject_buf:
+            self.rejects.write(bytes(self.reject_buf))
+            self.reject_buf.clear()
 
 
 def process_stream(
@@ -108,40 +197,92 @@ def process_stream(
     recipe: Recipe,
     seen: DedupeSet | None = None,
     progress: Callable[[int], None] | None = None,
+    tokenizer: Any = None,
+    limit: int | None = None,
+    sample: int = 1000,
 ) -> Summary:
-    """Validate, clean and profile one stream; accepted records go to ``out`` as JSONL, bad ones
-    to ``rejects`` as {"line", "reason", "raw"}; ``progress(bytes_read)`` is called as it goes."""
-    raise NotImplementedError
+    """Validate, clean and profile one stream in a single pass with bounded memory.
+
+    Accepted records go to ``out`` as JSONL ``{"text": ..., other columns}``; each bad record
+    goes to ``rejects`` as ``{"line", "reason", "raw"}``; records removed by cleaning are counted
+    per reason in ``Summary.dropped``. Without ``schema`` one is inferred from the first
+    ``sample`` records (held while inferring, then processed like the rest). ``seen`` shares
+    dedupe across the files of a version; ``progress(bytes_read)`` is called every few MiB;
+    ``tokenizer`` makes the profile count exact tokens; ``limit`` stops after that many
+    accepted records (previews).
+    """
+    items, counter = formats.iter_records(src, fmt, compression, limit=_line_limit(recipe), paragraphs=recipe.paragraphs)
+    text_key = _text_key(fmt, recipe)
+    if schema is None:
+        head = list(itertools.islice(items, sample))
+        schema = infer_from_records((v for _, v, _ in head if v is not None), coerce=fmt == "csv", text_field=text_key)
+        items = itertools.chain(head, items)
+    else:
+        schema = normalize_schema(schema)
+    run = _Run(out, rejects, recipe, text_key, Validator(schema, coerce=fmt == "csv"), seen, tokenizer)
+    _consume(run, items, counter, progress, limit)
+    run.flush()
+    if progress is not None:
+        progress(counter.count)
+    profile = run.profiler.to_dict({"changes": dict(run.cleaner.changes), "rejected_by_reason": dict(run.reasons)})
+    return Summary(records_in=run.records_in, records_out=run.records_out, rejected=run.rejected,
+                   dropped=dict(run.dropped), schema=schema, profile=profile,
+                   bytes_in=counter.count, bytes_out=run.bytes_out)
+
+
+def _consume(run: _Run, items: Iterator[formats.Item], counter: formats.CountingReader,
+             progress: Callable[[int], None] | None, limit: int | None) -> None:
+    next_report = PROGRESS_BYTES
+    try:
+        for line, value, error in items:
+            run.records_in += 1
+            if error is not None:
+                run.reject(line, error[0], error[1], error[2])
+            elif run.accept(line, value) and limit is not None and run.records_out >= limit:  # type: ignore[arg-type]
+                return
+            if progress is not None and counter.count >= next_report:
+                progress(counter.count)
+                next_report = counter.count + PROGRESS_BYTES
+    except (OSError, EOFError, ValueError) as exc:  # truncated gzip/zstd, corrupt parquet
+        raise InvalidArgument(f"cannot read the input after {counter.count} bytes: {exc}") from exc
 
 
 def merge_summaries(parts: list[Summary]) -> Summary:
-    """Combine the summaries of files processed in parallel into one."""
-    raise NotImplementedError
+    """Combine the summaries of the files of one version (processed in parallel) into one."""
+    dropped: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.dropped.items():
+            dropped[k] = dropped.get(k, 0) + v
+    return Summary(
+        records_in=sum(p.records_in for p in parts), records_out=sum(p.records_out for p in parts),
+        rejected=sum(p.rejected for p in parts), dropped=dropped,
+        schema=merge_schemas([p.schema for p in parts]), profile=merge_profiles([p.profile for p in parts]),
+        bytes_in=sum(p.bytes_in for p in parts), bytes_out=sum(p.bytes_out for p in parts),
+    )
 
 
 def check_reject_rate(summary: Summary, max_reject_rate: float) -> str | None:
-    """A message when rejected / records_in exceeds ``max_reject_rate``; None when within it."""
-    raise NotImplementedError
+    """A message for the user when more than ``max_reject_rate`` (0..1) of the records read were
+    rejected as invalid (cleaning drops do not count); None when within the limit."""
+    if summary.records_in == 0 or summary.rejected == 0:
+        return None
+    rate = summary.rejected / summary.records_in
+    if rate <= max_reject_rate:
+        return None
+    reasons = summary.profile.get("rejected_by_reason", {})
+    top = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    return (f"{summary.rejected} of {summary.records_in} records rejected ({rate:.2%}), above the limit of "
+            f"{max_reject_rate:.2%}" + (f" ({top})" if top else ""))
 
 
-def preview(src: BinaryIO, *, fmt: str, compression: str, recipe: Recipe, n: int = 20) -> dict:
-    """First ``n`` cleaned records and the profile of what was read to get them."""
-    raise NotImplementedError
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192) -> Any:
-    """Train a byte-level BPE ``tokenizers.Tokenizer`` on ``texts``."""
-    raise NotImplementedError
-
-
-def write_token_shards(
-    texts: Iterable[str],
-    tokenizer: Any,
-    sink: Callable[[int, bytes], None],
-    *,
-    shard_tokens: int = 1 << 20,
-    dtype: str = "uint16",
-    batch: int = 1024,
-) -> dict:
-    """Encode ``texts`` into fixed-size shards of token ids (EOS between documents)."""
-    raise NotImplementedError
+def preview(src: BinaryIO, *, fmt: str, compression: str, recipe: Recipe | None = None, n: int = 20,
+            schema: dict | None = None) -> dict:
+    """The first ``n`` cleaned records and the profile of what was read to get them (the
+    dataset page and ``pylon data preview``); stops reading once it has them."""
+    out, rejects = io.BytesIO(), io.BytesIO()
+    summary = process_stream(src, out, rejects, fmt=fmt, compression=compression, schema=schema,
+                             recipe=recipe or Recipe(), limit=n, sample=min(n * 10, 1000))
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    bad = [orjson.loads(line) for line in rejects.getvalue().splitlines()]
+    return {"records": records, "rejects": bad[:n], "profile": summary.profile, "schema": summary.schema,
+            "summary": {k: v for k, v in summary.to_dict().items() if k not in ("profile", "schema")}}
