@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from pylon_services.common.errors import InvalidArgument
+
 FORMATS = ("jsonl", "csv", "parquet", "text")
 COMPRESSIONS = ("", "gzip", "zstd")
 READ_BUFFER = 1 << 20
@@ -70,7 +72,7 @@ class CountingReader(io.RawIOBase):
 def open_decompressed(raw: io.RawIOBase, compression: str) -> io.BufferedIOBase:
     """A buffered, decompressing reader over ``raw``; nothing is read ahead beyond one buffer."""
     if compression not in COMPRESSIONS:
-        raise ValueError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+        raise InvalidArgument.field("compression", f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
     buffered = io.BufferedReader(raw, buffer_size=READ_BUFFER)
     if compression == "gzip":
         return io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), buffer_size=READ_BUFFER)  # type: ignore[arg-type]
@@ -251,7 +253,7 @@ def iter_records(src: BinaryIO, fmt: str, compression: str, *, limit: int,
                  paragraphs: bool = False) -> tuple[Iterator[Item], CountingReader]:
     """Records of ``src`` and the counter of compressed bytes read from it."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+        raise InvalidArgument.field("format", f"unknown format {fmt!r}; expected one of {FORMATS}")
     counter = CountingReader(src)
     f = open_decompressed(counter, compression)
     if fmt == "jsonl":

@@ -64,6 +64,15 @@ class Recipe:
     scrub_phone: bool = False
     paragraphs: bool = False  # plain text: one record per blank-line-separated paragraph
 
+    def __post_init__(self) -> None:
+        """Reject a recipe that cannot run (the RPC layer maps this to INVALID_ARGUMENT)."""
+        if self.normalize_unicode not in ("", "NFC", "NFD", "NFKC", "NFKD"):
+            raise InvalidArgument.field("recipe.normalize_unicode", "must be NFC, NFD, NFKC, NFKD or empty")
+        if self.min_chars < 0 or self.max_chars < max(self.min_chars, 1):
+            raise InvalidArgument.field("recipe.max_chars", "need 0 <= min_chars <= max_chars and max_chars >= 1")
+        if not self.text_field:
+            raise InvalidArgument.field("recipe.text_field", "must name the column holding the text")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -213,14 +222,17 @@ def process_stream(
     """
     items, counter = formats.iter_records(src, fmt, compression, limit=_line_limit(recipe), paragraphs=recipe.paragraphs)
     text_key = _text_key(fmt, recipe)
-    if schema is None:
-        head = list(itertools.islice(items, sample))
-        schema = infer_from_records((v for _, v, _ in head if v is not None), coerce=fmt == "csv", text_field=text_key)
-        items = itertools.chain(head, items)
-    else:
-        schema = normalize_schema(schema)
-    run = _Run(out, rejects, recipe, text_key, Validator(schema, coerce=fmt == "csv"), seen, tokenizer)
-    _consume(run, items, counter, progress, limit)
+    try:
+        if schema is None:
+            head = list(itertools.islice(items, sample))
+            schema = infer_from_records((v for _, v, _ in head if v is not None), coerce=fmt == "csv", text_field=text_key)
+            items = itertools.chain(head, items)
+        else:
+            schema = normalize_schema(schema)
+        run = _Run(out, rejects, recipe, text_key, Validator(schema, coerce=fmt == "csv"), seen, tokenizer)
+        _consume(run, items, counter, progress, limit)
+    except (OSError, EOFError, ValueError) as exc:  # truncated gzip/zstd, corrupt parquet
+        raise InvalidArgument(f"cannot read the input after {counter.count} bytes: {exc}") from exc
     run.flush()
     if progress is not None:
         progress(counter.count)
@@ -233,18 +245,15 @@ def process_stream(
 def _consume(run: _Run, items: Iterator[formats.Item], counter: formats.CountingReader,
              progress: Callable[[int], None] | None, limit: int | None) -> None:
     next_report = PROGRESS_BYTES
-    try:
-        for line, value, error in items:
-            run.records_in += 1
-            if error is not None:
-                run.reject(line, error[0], error[1], error[2])
-            elif run.accept(line, value) and limit is not None and run.records_out >= limit:  # type: ignore[arg-type]
-                return
-            if progress is not None and counter.count >= next_report:
-                progress(counter.count)
-                next_report = counter.count + PROGRESS_BYTES
-    except (OSError, EOFError, ValueError) as exc:  # truncated gzip/zstd, corrupt parquet
-        raise InvalidArgument(f"cannot read the input after {counter.count} bytes: {exc}") from exc
+    for line, value, error in items:
+        run.records_in += 1
+        if error is not None:
+            run.reject(line, error[0], error[1], error[2])
+        elif run.accept(line, value) and limit is not None and run.records_out >= limit:  # type: ignore[arg-type]
+            return
+        if progress is not None and counter.count >= next_report:
+            progress(counter.count)
+            next_report = counter.count + PROGRESS_BYTES
 
 
 def merge_summaries(parts: list[Summary]) -> Summary:
