@@ -115,7 +115,7 @@ def test_local_source_ranges_and_listing(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.bin").write_bytes(b"0123456789")
     src = LocalSource(tmp_path)
-    assert src.get("a/x.bin", 2, 5) == b"234" and src.get("a/x.bin") == b"0123456789"
+    assert src.get("a/x.bin", start=2, end=5) == b"234" and src.get("a/x.bin") == b"0123456789"
     assert src.list("a/") == ["a/x.bin"]
     with pytest.raises(ValueError):
         src.get("../escape")

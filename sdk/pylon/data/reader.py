@@ -52,8 +52,8 @@ def _join(prefix: str, name: str) -> str:
 class ShardReader:
     """Iterate fixed-length token windows, batched, for one data-parallel rank.
 
-    ``source`` is any object with ``get(key, start, end)`` and ``list(prefix)`` (see
-    ``pylon.data.sources``); ``prefix`` is the folder holding ``index.json``. Iterating yields
+    ``source`` is any object with ``get(key, start=, end=)`` (see ``pylon.data.sources``; a
+    services ``ObjectStore`` works too); ``prefix`` is the folder holding ``index.json``. Iterating yields
     arrays of shape ``(batch_size, seq_len)`` (``int64``; torch tensors with
     ``output="torch"``) until the end of the current epoch, then moves to the next epoch.
     """
@@ -146,7 +146,7 @@ class ShardReader:
         key = _join(self.prefix, meta.get("name", f"shard-{seg.shard:06d}.bin"))
         whole = self.verify and first == 0 and (last + 1) * size == meta["tokens"]
         start, end = (0, meta["tokens"] * item) if whole else (first * size * item, (last + 1) * size * item)
-        data = self.source.get(key, start, end)
+        data = self.source.get(key, start=start, end=end)
         if whole and hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise OSError(f"shard {key} does not match its sha256 in the index (corrupted)")
         if len(data) != end - start:

@@ -1,8 +1,9 @@
 """Object sources the shard reader reads from: a local directory or an S3 bucket (boto3).
 
-Both offer the two calls the reader needs, ``get(key, start, end)`` (a byte range, end
+Both offer the two calls the reader needs, ``get(key, start=, end=)`` (a byte range, end
 exclusive) and ``list(prefix)``, so a trainer reads shards the same way from a laptop folder,
-SeaweedFS, MinIO or AWS S3.
+SeaweedFS, MinIO or AWS S3. ``get`` has the signature of the services' storage port, so a
+server-side ``ObjectStore`` can be handed to the reader as it is.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 class ObjectSource(Protocol):
     """What the reader needs from object storage."""
 
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def get(self, key: str, *, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of object ``key`` (the whole object when both are None)."""
         ...
 
@@ -35,7 +36,7 @@ class LocalSource:
             raise ValueError(f"key {key!r} escapes the source root")
         return path
 
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def get(self, key: str, *, start: int | None = None, end: int | None = None) -> bytes:
         with open(self._path(key), "rb") as f:
             if start:
                 f.seek(start)
@@ -61,14 +62,18 @@ class S3Source:
     def __init__(self, bucket: str, prefix: str = "", client: Any = None, **client_kwargs: Any) -> None:
         if client is None:
             import boto3  # lazy: the SDK does not need boto3 for local sources
+            from botocore.config import Config
 
-            client = boto3.client("s3", **client_kwargs)
+            # Path-style addressing: MinIO and SeaweedFS have no virtual-host buckets.
+            config = Config(s3={"addressing_style": "path"}, max_pool_connections=16,
+                            retries={"max_attempts": 5, "mode": "standard"})
+            client = boto3.client("s3", config=config, **client_kwargs)
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def get(self, key: str, *, start: int | None = None, end: int | None = None) -> bytes:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
         if start is not None or end is not None:
             if end is not None and end <= (start or 0):
