@@ -17,17 +17,32 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za
 # because a separator between groups is required.
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?|\d{1,4}[\s.-])(?:\d{2,4}[\s.-]){1,3}\d{2,4}(?!\w)")
 _NOT_PHONE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{1,3}(?:\.\d{1,3}){3}")  # dates, IPv4
-_HSPACE = re.compile(r"[^\S\n]+")
-_AROUND_NEWLINE = re.compile(r" ?\n ?")
-_MANY_NEWLINES = re.compile(r"\n{3,}")
+# Every character str.isspace() accepts, except the newline (kept as structure) and space.
+_ASCII_SPACES = tuple(c for c in map(chr, range(0x80)) if c.isspace() and c not in " \n")
+_UNICODE_SPACES = tuple(c for c in map(chr, range(0x80, 0x10000)) if c.isspace())
 
 
 def normalize_whitespace(text: str) -> str:
-    """Runs of spaces/tabs (any unicode space) become one space; at most one blank line;
-    no leading or trailing whitespace. Line structure is kept: it matters for code and verse."""
-    text = _HSPACE.sub(" ", text)
+    """Runs of whitespace inside a line (any unicode space) become one space; at most one blank
+    line in a row; no leading or trailing whitespace. Line structure is kept: it matters for
+    code and verse.
+
+    Built from ``in`` / ``str.replace`` passes (C, memchr-fast) instead of a regex or
+    split/join: this runs on every record and a regex over the text was 75% of the pipeline.
+    """
+    for ch in _ASCII_SPACES:
+        if ch in text:
+            text = text.replace(ch, " ")
+    if not text.isascii():
+        for ch in _UNICODE_SPACES:
+            if ch in text:
+                text = text.replace(ch, " ")
+    while "  " in text:
+        text = text.replace("  ", " ")
     if "\n" in text:
-        text = _MANY_NEWLINES.sub("\n\n", _AROUND_NEWLINE.sub("\n", text))
+        text = text.replace(" \n", "\n").replace("\n ", "\n")
+        while "\n\n\n" in text:
+            text = text.replace("\n\n\n", "\n\n")
     return text.strip()
 
 
