@@ -123,7 +123,7 @@ def iter_texts(store: ObjectStore, keys: list[str], text_field: str = "text") ->
 def tokenize_version(conn: dict[str, Any], redis_url: str, op_id: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Ray task: train or reuse a tokenizer, write shards + index, record the tokenization
     manifest create-only. Re-running after a crash rewrites the same keys, then publishes once."""
-    from pylon_services.ingest.domain.pipeline import train_tokenizer, write_token_shards
+    from pylon_services.ingest.domain.pipeline import shard_name, train_tokenizer, write_token_shards
 
     store = open_task_store(conn)
     report = ProgressReporter(redis_url, op_id, "tokenize")
@@ -133,7 +133,7 @@ def tokenize_version(conn: dict[str, Any], redis_url: str, op_id: str, spec: dic
         dtype = "uint16" if tok.get_vocab_size() <= 65536 else "uint32"
 
         def sink(i: int, data: bytes) -> None:
-            store.put(f"{spec['shard_prefix']}shard-{i:06d}.bin", data)
+            store.put(spec["shard_prefix"] + shard_name(i), data)
             report({"stage": "encode", "shards": i + 1})
 
         index = write_token_shards(iter_texts(store, spec["keys"]), tok, sink, shard_tokens=spec["shard_tokens"],
