@@ -158,3 +158,26 @@ def test_bad_requests_get_the_right_codes(acme, ingest):
         acme.datasets.operation("operations/op0")
     with ingest.client("viewer") as viewer, pytest.raises(pylon.PermissionDeniedError):
         viewer.datasets.import_objects(["tenants/acme/x.jsonl"], "x")
+
+
+def test_cli_data_upload_rejects_preview_tokenize(ingest, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pylon.cli import app
+
+    monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
+    path = jsonl(tmp_path / "cli.jsonl", 500, bad_every=50)
+    base = ["--address", ingest.address, "--token", ingest.tokens["acme"]]
+    run = CliRunner().invoke
+    up = run(app, [*base, "data", "upload", str(path), "--name", "cli", "--max-reject-rate", "0.05", "--json"])
+    assert up.exit_code == 0, up.output
+    assert json.loads(up.output)["record_count"] == 490
+    rej = run(app, [*base, "data", "rejects", "cli", "--version", "1", "--json"])
+    assert [r["line"] for r in json.loads(rej.output)] == list(range(50, 501, 50))
+    pre = run(app, [*base, "datasets", "preview", "cli", "--limit", "2", "--json"])
+    assert [r["id"] for r in json.loads(pre.output)] == [0, 1]
+    tok = run(app, [*base, "data", "tokenize", "cli", "--vocab-size", "300", "--shard-tokens", "1024", "--json"])
+    assert tok.exit_code == 0, tok.output
+    assert json.loads(tok.output)["name"].endswith("/versions/1/tokenizations/cli-v1")
+    listed = run(app, [*base, "data", "list", "--json"])
+    assert "tenants/acme/datasets/cli" in [d["name"] for d in json.loads(listed.output)]
