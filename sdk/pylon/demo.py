@@ -60,7 +60,7 @@ def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", o
         result["job"] = job
     with step(out, "Register the checkpoint as a model version with lineage, alias it prod", timings):
         digests = job.spec.get("trainer", {}).get("dataset_digests") or [ds.digest]
-        mv = client.models.register("tiny-gpt", job.output_uri, metrics={"loss": float(job.metrics.get("loss", 0))},
+        mv = client.models.register("tiny-gpt", source_uri=job.output_uri, metrics={"loss": float(job.metrics.get("loss", 0))},
                                     job=job.name, datasets=[ds.name], dataset_digests=digests,
                                     description="pylon demo")
         alias = client.models.alias("tiny-gpt", "prod", mv.version)

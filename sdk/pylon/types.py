@@ -126,10 +126,13 @@ class Model:
     aliases: dict[str, int]
     latest_version: int
     tags: dict[str, str]
+    protected_aliases: list[str] = field(default_factory=list)
+    etag: str = ""
 
     @classmethod
     def from_proto(cls, m: registry_pb2.Model) -> Model:
-        return cls(m.name, m.description, dict(m.aliases), m.latest_version, dict(m.tags))
+        return cls(m.name, m.description, dict(m.aliases), m.latest_version, dict(m.tags),
+                   list(m.protected_aliases), m.etag)
 
 
 @dataclass
@@ -146,6 +149,10 @@ class ModelVersion:
     aliases: list[str]
     deployments: list[str]
     created: datetime | None
+    description: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    etag: str = ""
+    creator: str = ""
 
     @classmethod
     def from_proto(cls, v: registry_pb2.ModelVersion) -> ModelVersion:
@@ -153,7 +160,8 @@ class ModelVersion:
                    _enum_suffix(registry_pb2.ModelFormat, v.format, "MODEL_FORMAT_"), v.digest,
                    [json_format.MessageToDict(f, preserving_proto_field_name=True) for f in v.files],
                    dict(v.metrics), dict(v.tags), json_format.MessageToDict(v.lineage, preserving_proto_field_name=True),
-                   list(v.aliases), list(v.deployments), _time(v.create_time))
+                   list(v.aliases), list(v.deployments), _time(v.create_time), v.description,
+                   json_format.MessageToDict(v.config), v.etag, v.creator)
 
 
 @dataclass
@@ -161,10 +169,27 @@ class Alias:
     name: str
     version: int
     etag: str
+    previous_version: int = 0
+    updated_by: str = ""
+    updated: datetime | None = None
 
     @classmethod
     def from_proto(cls, a: registry_pb2.Alias) -> Alias:
-        return cls(a.name, a.version, a.etag)
+        return cls(a.name, a.version, a.etag, a.previous_version, a.updated_by, _time(a.update_time))
+
+
+@dataclass
+class AliasMove:
+    """One entry of an alias's audit history (0 = the alias did not exist / was removed)."""
+
+    from_version: int
+    to_version: int
+    actor: str
+    time: datetime | None
+
+    @classmethod
+    def from_proto(cls, m: registry_pb2.AliasMove) -> AliasMove:
+        return cls(m.from_version, m.to_version, m.actor, _time(m.time))
 
 
 @dataclass

@@ -117,13 +117,13 @@ def test_concurrent_registrations_get_distinct_numbers(tenant_clients, platform,
 
     def register(i):
         with pylon.Client(platform.addresses["gateway"], acme.token) as c:
-            return c.models.register("racey", source, request_id=f"race-{i}").version
+            return c.models.register("racey", source_uri=source, request_id=f"race-{i}").version
 
     with cf.ThreadPoolExecutor(8) as pool:
         versions = sorted(pool.map(register, range(16)))
     assert versions == list(range(1, 17))
     # a repeated request_id returns the same version, it does not allocate a new one
-    assert acme.models.register("racey", source, request_id="race-3").version in versions
+    assert acme.models.register("racey", source_uri=source, request_id="race-3").version in versions
     assert acme.models.get("racey").latest_version == 16
 
 

@@ -1,47 +1,170 @@
-"""`pylon models ...`."""
+"""`pylon models ...`: register, list, get, versions, download, alias set|get|history|delete,
+lineage, archive, delete, import/export of local (e.g. Hugging Face) model directories."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from pylon.cli._common import JSON, client, console, emit
 
-models_app = typer.Typer(help="Register models, versions and aliases.", no_args_is_help=True)
+models_app = typer.Typer(help="Register models, versions and aliases; download artifacts.", no_args_is_help=True)
+alias_app = typer.Typer(help="Aliases (prod, canary, ...) that point at a version.", no_args_is_help=True)
+models_app.add_typer(alias_app, name="alias")
+_VERSION_COLUMNS = ["name", "state", "format", "digest", "aliases", "deployments", "metrics"]
+
+
+def _pairs(items: list[str], what: str, cast: Callable[[str], object] = str) -> dict:  # type: ignore[type-arg]
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{what} must be KEY=VALUE, got {item!r}")
+        try:
+            out[key] = cast(value)
+        except ValueError:
+            raise typer.BadParameter(f"{what} {key} must be a number, got {value!r}") from None
+    return out
+
+
+@contextlib.contextmanager
+def _bar(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if quiet:
+        yield None
+        return
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total or None)
 
 
 @models_app.command("register")
-def models_register(name: str, source_uri: str = typer.Option(..., help="Object prefix, e.g. a job's output_uri."),
-                    job: str = "", as_json: bool = JSON) -> None:
-    """Register the files under an object prefix as a new model version."""
-    emit(client().models.register(name, source_uri, job=job), as_json, ["name", "version", "digest"])
+def models_register(
+    name: str = typer.Argument(..., help="Model id (created if new)."),
+    path: Optional[str] = typer.Argument(None, help="Local directory or file to upload."),
+    source_uri: str = typer.Option("", help="Instead of PATH: an object prefix the platform holds (a job's output)."),
+    format: Optional[str] = typer.Option(None, help="hf_transformers, safetensors, torch, onnx, pylon_gpt, other "
+                                                    "(default: detected from the files)."),
+    metric: list[str] = typer.Option([], help="KEY=NUMBER, repeatable."),
+    tag: list[str] = typer.Option([], help="KEY=VALUE, repeatable."),
+    description: str = "", job: str = typer.Option("", help="Job that produced it (lineage)."),
+    base_model: str = typer.Option("", help="Version it was fine-tuned from (lineage)."),
+    as_json: bool = JSON,
+) -> None:
+    """Register a new version from local files (uploaded in parallel, straight to object storage)
+    or from an object prefix already on the platform (copied server-side)."""
+    if bool(path) == bool(source_uri):
+        raise typer.BadParameter("give exactly one of PATH and --source-uri")
+    with _bar("uploading", as_json or not path) as progress:
+        v = client().models.register(name, path, source_uri=source_uri, format=format, metrics=_pairs(metric, "--metric", float),
+                                     tags=_pairs(tag, "--tag"), description=description, job=job, base_model=base_model,
+                                     progress=progress)
+    emit(v, as_json, ["name", "version", "format", "digest"])
+
+
+@models_app.command("import")
+def models_import(name: str, directory: str, description: str = "", as_json: bool = JSON) -> None:
+    """Import a local Hugging Face-format model directory (config.json + weights) as a new version."""
+    with _bar("importing", as_json) as progress:
+        v = client().models.register(name, directory, format="hf_transformers", description=description, progress=progress)
+    emit(v, as_json, ["name", "version", "format", "digest"])
+
+
+@models_app.command("export")
+def models_export(uri: str = typer.Argument(..., help="models:/name@alias, models:/name/versions/N or models:/name/latest"),
+                  dest: str = typer.Argument(..., help="Directory to write (plain, editable files)."),
+                  quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Write a version's files to a local directory (e.g. to load with transformers)."""
+    with _bar("downloading", quiet) as progress:
+        out = client().models.export(uri, dest, progress=progress)
+    console.print(out)
+
+
+@models_app.command("download")
+def models_download(uri: str = typer.Argument(..., help="models:/name@alias, models:/name/versions/N or models:/name/latest"),
+                    dest: Optional[str] = typer.Option(None, help="Directory (default: inside the local cache)."),
+                    quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Download a version (verified, resumable, cached by digest); prints the directory."""
+    with _bar("downloading", quiet) as progress:
+        out = client().models.download(uri, dest, progress=progress)
+    console.print(out)
 
 
 @models_app.command("list")
-def models_list(as_json: bool = JSON) -> None:
+def models_list(filter: str = typer.Option("", help="e.g. 'tags.team=nlp'"), as_json: bool = JSON) -> None:
     """List models."""
-    emit(client().models.list(), as_json, ["name", "latest_version", "aliases"])
+    emit(client().models.list(filter=filter), as_json, ["name", "latest_version", "aliases", "tags"])
 
 
 @models_app.command("get")
-def models_get(name: str, version: Optional[str] = None, as_json: bool = JSON) -> None:
+def models_get(name: str, version: Optional[str] = typer.Argument(None, help="A number or 'latest'."),
+               as_json: bool = JSON) -> None:
     """Show a model, or one version."""
     emit(client().models.get(name, version), as_json)
 
 
 @models_app.command("versions")
-def models_versions(name: str, as_json: bool = JSON) -> None:
-    """List a model's versions, newest first."""
-    emit(client().models.versions(name), as_json, ["name", "state", "digest", "aliases", "deployments"])
+def models_versions(name: str = typer.Argument("-", help="Model id, or '-' to search every model."),
+                    filter: str = typer.Option("", help="e.g. 'metrics.loss<2 AND tags.stage=eval AND alias:prod "
+                                                        "AND create_time>2026-01-01'"),
+                    order_by: str = typer.Option("", help="'version desc' (default), 'create_time', 'metrics.loss asc'"),
+                    show_deleted: bool = typer.Option(False, "--all", help="Include deleted versions."),
+                    page_size: int = 50, page_token: str = "", as_json: bool = JSON) -> None:
+    """List versions (newest first) with filters, ordering and pages."""
+    versions, token = client().models.versions(name, page_size=page_size, filter=filter, order_by=order_by,
+                                               show_deleted=show_deleted, page_token=page_token)
+    emit(versions, as_json, _VERSION_COLUMNS)
+    if token and not as_json:
+        console.print(f"more: --page-token {token}")
 
 
-@models_app.command("alias")
-def models_alias(name: str, alias: str, version: Optional[int] = typer.Argument(None),
-                 etag: str = typer.Option("", help="Move only if the alias still has this etag."),
-                 as_json: bool = JSON) -> None:
-    """Show an alias, or move it to VERSION."""
+@alias_app.command("set")
+def alias_set(name: str, alias: str, version: int,
+              etag: str = typer.Option("", help="Move only if the alias still has this etag (compare-and-swap)."),
+              as_json: bool = JSON) -> None:
+    """Point ALIAS at VERSION."""
     emit(client().models.alias(name, alias, version, etag=etag), as_json)
+
+
+@alias_app.command("get")
+def alias_get(name: str, alias: str, as_json: bool = JSON) -> None:
+    """Show where an alias points (and its etag)."""
+    emit(client().models.alias(name, alias), as_json)
+
+
+@alias_app.command("history")
+def alias_history(name: str, alias: str, as_json: bool = JSON) -> None:
+    """Every move of an alias, newest first: who, when, from, to."""
+    emit(client().models.alias_history(name, alias), as_json, ["time", "actor", "from_version", "to_version"])
+
+
+@alias_app.command("delete")
+def alias_delete(name: str, alias: str, etag: str = "") -> None:
+    """Remove an alias (kept in its history)."""
+    client().models.delete_alias(name, alias, etag=etag)
+
+
+@models_app.command("archive")
+def models_archive(name: str, version: int, restore: bool = typer.Option(False, help="Back to READY."),
+                   as_json: bool = JSON) -> None:
+    """Archive a version (it stays readable; aliases cannot point at it)."""
+    emit(client().models.archive(name, version, restore=restore), as_json, ["name", "state"])
+
+
+@models_app.command("delete-version")
+def models_delete_version(name: str, version: int) -> None:
+    """Delete a version (maintainer role; refused while an alias or deployment uses it)."""
+    client().models.delete_version(name, version)
+
+
+@models_app.command("delete")
+def models_delete(name: str) -> None:
+    """Delete a model whose versions are all deleted (maintainer role)."""
+    client().models.delete(name)
 
 
 @models_app.command("lineage")
@@ -53,5 +176,3 @@ def models_lineage(name: str, version: str, as_json: bool = JSON) -> None:
         return
     for e in graph.get("edges", []):
         console.print(f"{e['source']}  ->  {e['target']}", markup=False)
-
-

@@ -103,11 +103,17 @@ def demo(steps: int = typer.Option(300, help="Training steps."),
 
 # -- admin ------------------------------------------------------------------------------------
 @admin_app.command("create-key")
-def create_key(tenant: str, role: str = typer.Option("editor", help="viewer, editor or admin."),
+def create_key(tenant: str, role: str = typer.Option("editor", help="viewer, editor, maintainer or admin."),
                description: str = "", as_json: bool = JSON) -> None:
     """Issue an API key for a tenant (needs an admin key). The token is shown once."""
     name, token = client().admin.create_key(tenant, role, description)
     emit({"name": name, "tenant": tenant, "role": role, "token": token}, as_json)
+
+
+@admin_app.command()
+def reindex(as_json: bool = JSON) -> None:
+    """Rebuild the registry's index from object storage, the source of truth (admin key)."""
+    emit(client().admin.reindex(), as_json)
 
 
 @admin_app.command()

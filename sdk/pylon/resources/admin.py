@@ -17,3 +17,10 @@ class Admin(_Resource):
     def whoami(self) -> dict[str, str]:
         resp = self._c.call(self._c.admin_stub.WhoAmI, admin_pb2.WhoAmIRequest())
         return {"tenant": resp.tenant, "role": admin_pb2.Role.Name(resp.role)[5:].lower(), "api_key": resp.api_key}
+
+    def reindex(self) -> dict[str, int]:
+        """Rebuild the registry's index from object storage (admin role)."""
+        from pylon.registry.v1 import registry_pb2
+
+        resp = self._c.call(self._c.registry.RebuildIndex, registry_pb2.RebuildIndexRequest(), timeout=3600)
+        return {"tenants": resp.tenants, "models": resp.models, "versions": resp.versions, "dropped": resp.dropped}

@@ -1,59 +1,260 @@
-"""Models: register, list, get, versions, aliases, lineage."""
+"""Models: register (from local files or an object-store prefix), list, get, versions, aliases,
+download (verified, resumable, cached by digest), archive, delete, lineage."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import google_crc32c
 from google.protobuf import json_format
 
-from pylon.registry.v1 import registry_pb2
+from pylon import transfer
+from pylon.registry.v1 import registry_pb2 as pb
 from pylon.resources._base import _name, _Resource
-from pylon.types import Alias, Model, ModelVersion
+from pylon.types import Alias, AliasMove, Model, ModelVersion
+
+DEFAULT_PART_SIZE = 16 << 20  # like boto3, small enough that one file keeps every thread busy
+_HF_WEIGHTS = (".safetensors", ".bin")
+
+
+def local_files(path: str | list[str]) -> dict[str, str]:
+    """Relative path -> local path for a directory (recursively), one file, or a list of files."""
+    if isinstance(path, list):
+        return {os.path.basename(p): p for p in path}
+    if os.path.isfile(path):
+        return {os.path.basename(path): path}
+    if not os.path.isdir(path):
+        raise FileNotFoundError(path)
+    out = {}
+    for root, _, names in os.walk(path):
+        for n in names:
+            full = os.path.join(root, n)
+            out[os.path.relpath(full, path).replace(os.sep, "/")] = full
+    if not out:
+        raise FileNotFoundError(f"{path} holds no files")
+    return out
+
+
+def detect_format(files: dict[str, str]) -> str:
+    """Guess the artifact format from file names (HF transformers: config.json + weights)."""
+    names = set(files)
+    if "config.json" in names and any(n.endswith(_HF_WEIGHTS) for n in names):
+        return "hf_transformers"
+    if any(n.endswith(".onnx") for n in names):
+        return "onnx"
+    if any(n.endswith(".safetensors") for n in names):
+        return "safetensors"
+    if any(n.endswith((".pt", ".pth")) for n in names):
+        return "torch"
+    return "other"
 
 
 class Models(_Resource):
-    def register(self, name: str, source_uri: str, *, format: str = "pylon_gpt", metrics: dict[str, float] | None = None,
-                 tags: dict[str, str] | None = None, description: str = "", job: str = "",
-                 datasets: list[str] | None = None, dataset_digests: list[str] | None = None,
-                 request_id: str | None = None) -> ModelVersion:
-        """Register the files under an object-store prefix (e.g. a job's output) as a new version."""
-        req = registry_pb2.CreateModelVersionRequest(
-            parent=_name("models", name), source_uri=source_uri,
-            format=registry_pb2.ModelFormat.Value(f"MODEL_FORMAT_{format.upper()}"),
-            metrics=metrics or {}, tags=tags or {}, description=description, request_id=request_id or os.urandom(8).hex(),
-            lineage=registry_pb2.Lineage(job=job, datasets=datasets or [], dataset_digests=dataset_digests or []))
+    # -- register ---------------------------------------------------------------------------
+    def register(self, name: str, path: str | list[str] | None = None, *, source_uri: str = "",
+                 format: str | None = None, metrics: dict[str, float] | None = None,
+                 tags: dict[str, str] | None = None, description: str = "", config: dict[str, Any] | None = None,
+                 job: str = "", datasets: list[str] | None = None, dataset_digests: list[str] | None = None,
+                 base_model: str = "", request_id: str | None = None, part_size: int = DEFAULT_PART_SIZE,
+                 concurrency: int = transfer.DEFAULT_CONCURRENCY,
+                 progress: Callable[[int, int], None] | None = None) -> ModelVersion:
+        """Register a new version from local files (``path``: a directory, a file or a list of
+        files, uploaded straight to object storage in parallel) or from an object-store prefix the
+        platform already holds (``source_uri``, e.g. a job's output: copied server-side).
+        ``progress(done_bytes, total_bytes)`` reports the upload."""
+        parent = _name("models", name)
+        req = pb.CreateModelVersionRequest(
+            parent=parent, metrics=metrics or {}, tags=tags or {}, description=description,
+            request_id=request_id or os.urandom(8).hex(),
+            lineage=pb.Lineage(job=job, datasets=datasets or [], dataset_digests=dataset_digests or [],
+                               base_model=base_model))
+        if config:
+            req.config.update(config)
+        if path is not None:
+            files = local_files(path)
+            fmt = format or detect_format(files)
+            req.upload, declared = self._upload(parent, files, part_size, concurrency, progress)
+            req.files.extend(declared)
+        else:
+            fmt = format or "pylon_gpt"
+            req.source_uri = source_uri
+        req.format = pb.ModelFormat.Value(f"MODEL_FORMAT_{fmt.upper()}")
         return ModelVersion.from_proto(self._c.call(self._c.registry.CreateModelVersion, req).version)
 
-    def list(self, page_size: int = 100) -> list[Model]:
-        resp = self._c.call(self._c.registry.ListModels, registry_pb2.ListModelsRequest(page_size=page_size))
-        return [Model.from_proto(m) for m in resp.models]
+    def _upload(self, parent: str, files: dict[str, str], part_size: int, concurrency: int,
+                progress: Callable[[int, int], None] | None) -> tuple[str, list[pb.ArtifactFile]]:
+        with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+            hashes = dict(zip(files, pool.map(transfer.hash_file, files.values()), strict=True))
+        declared = [pb.ArtifactFile(path=p, digest=h.sha256, size_bytes=h.size) for p, h in hashes.items()]
+        session = self._c.call(self._c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+            parent=parent, files=declared, part_size=part_size))
+        todo = [t for t in session.targets if not t.present]
+        total = sum(hashes[t.path].size for t in todo)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
+
+        def send(t: pb.ArtifactUploadTarget) -> None:
+            local = files[t.path]
+            if t.stream:
+                self._stream_file(session.upload, t.path, local, session.part_size, tick)
+            elif t.part_urls:
+                transfer.upload_parts(local, session.part_size, dict(t.part_urls), concurrency=concurrency, progress=tick)
+            else:
+                transfer.put_file(local, t.url, progress=tick)
+
+        small = [t for t in todo if not t.part_urls]
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(small) or 1))) as pool:
+            list(pool.map(send, small))
+        for t in todo:
+            if t.part_urls:
+                send(t)
+        if progress and not todo:
+            progress(0, 0)
+        return session.upload, declared
+
+    def _stream_file(self, upload: str, path: str, local: str, part_size: int, tick: Callable[[int], None]) -> None:
+        size = os.path.getsize(local)
+        step = size if size <= part_size else part_size
+
+        def chunks() -> Iterator[pb.UploadArtifactRequest]:
+            with open(local, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(step) if step else b""
+                    if not data and offset:
+                        return
+                    yield pb.UploadArtifactRequest(upload=upload, path=path, offset=offset, data=data,
+                                                   crc32c=google_crc32c.value(data))
+                    tick(len(data))
+                    offset += len(data)
+                    if not data:
+                        return
+
+        self._c.call(self._c.registry.UploadArtifact, chunks(), timeout=24 * 3600)
+
+    # -- read -------------------------------------------------------------------------------
+    def list(self, page_size: int = 100, *, filter: str = "") -> list[Model]:
+        req = pb.ListModelsRequest(page_size=page_size, filter=filter)
+        return [Model.from_proto(m) for m in self._c.call(self._c.registry.ListModels, req).models]
 
     def get(self, name: str, version: str | int | None = None) -> Model | ModelVersion:
         if version is None:
-            return Model.from_proto(self._c.call(self._c.registry.GetModel,
-                                                 registry_pb2.GetModelRequest(name=_name("models", name))).model)
-        req = registry_pb2.GetModelVersionRequest(name=f"{_name('models', name)}/versions/{version}")
+            return Model.from_proto(self._c.call(self._c.registry.GetModel, pb.GetModelRequest(name=_name("models", name))).model)
+        req = pb.GetModelVersionRequest(name=f"{_name('models', name)}/versions/{version}")
         return ModelVersion.from_proto(self._c.call(self._c.registry.GetModelVersion, req).version)
 
-    def versions(self, name: str, page_size: int = 50) -> list[ModelVersion]:
-        req = registry_pb2.ListModelVersionsRequest(parent=_name("models", name), page_size=page_size)
-        return [ModelVersion.from_proto(v) for v in self._c.call(self._c.registry.ListModelVersions, req).versions]
+    def versions(self, name: str = "-", *, page_size: int = 50, filter: str = "", order_by: str = "",
+                 show_deleted: bool = False, page_token: str = "") -> tuple[list[ModelVersion], str]:
+        """One page of versions (newest first by default) and the next page token ("" at the end).
+        ``name="-"`` searches every model of the tenant."""
+        req = pb.ListModelVersionsRequest(parent=_name("models", name), page_size=page_size, filter=filter,
+                                          order_by=order_by, show_deleted=show_deleted, page_token=page_token)
+        resp = self._c.call(self._c.registry.ListModelVersions, req)
+        return [ModelVersion.from_proto(v) for v in resp.versions], resp.next_page_token
 
+    def resolve(self, uri: str) -> ModelVersion:
+        """``models:/<model>@<alias>``, ``models:/<model>/versions/<n>`` or ``models:/<model>/latest``."""
+        return ModelVersion.from_proto(self._c.call(self._c.registry.ResolveModelUri,
+                                                    pb.ResolveModelUriRequest(uri=uri)).version)
+
+    def lineage(self, name: str, version: str | int) -> dict[str, Any]:
+        req = pb.GetLineageRequest(name=f"{_name('models', name)}/versions/{version}")
+        return json_format.MessageToDict(self._c.call(self._c.registry.GetLineage, req), preserving_proto_field_name=True)
+
+    # -- aliases ----------------------------------------------------------------------------
     def alias(self, name: str, alias: str, version: int | None = None, *, etag: str = "") -> Alias:
         """Get an alias, or (with ``version``) move it; ``etag`` makes the move compare-and-swap."""
         full = f"{_name('models', name)}/aliases/{alias}"
         if version is None:
-            return Alias.from_proto(self._c.call(self._c.registry.GetAlias, registry_pb2.GetAliasRequest(name=full)).alias)
-        req = registry_pb2.SetAliasRequest(name=full, version=version, etag=etag)
+            return Alias.from_proto(self._c.call(self._c.registry.GetAlias, pb.GetAliasRequest(name=full)).alias)
+        req = pb.SetAliasRequest(name=full, version=version, etag=etag)
         return Alias.from_proto(self._c.call(self._c.registry.SetAlias, req).alias)
 
-    def resolve(self, uri: str) -> ModelVersion:
-        return ModelVersion.from_proto(self._c.call(self._c.registry.ResolveModelUri,
-                                                    registry_pb2.ResolveModelUriRequest(uri=uri)).version)
+    def delete_alias(self, name: str, alias: str, *, etag: str = "") -> None:
+        full = f"{_name('models', name)}/aliases/{alias}"
+        self._c.call(self._c.registry.DeleteAlias, pb.DeleteAliasRequest(name=full, etag=etag))
 
-    def lineage(self, name: str, version: str | int) -> dict[str, Any]:
-        req = registry_pb2.GetLineageRequest(name=f"{_name('models', name)}/versions/{version}")
-        return json_format.MessageToDict(self._c.call(self._c.registry.GetLineage, req), preserving_proto_field_name=True)
+    def alias_history(self, name: str, alias: str, page_size: int = 100) -> list[AliasMove]:
+        req = pb.ListAliasHistoryRequest(name=f"{_name('models', name)}/aliases/{alias}", page_size=page_size)
+        return [AliasMove.from_proto(m) for m in self._c.call(self._c.registry.ListAliasHistory, req).moves]
 
+    # -- lifecycle --------------------------------------------------------------------------
+    def archive(self, name: str, version: int, *, restore: bool = False, etag: str = "") -> ModelVersion:
+        """Archive a version (or bring it back to READY with ``restore=True``)."""
+        state = pb.MODEL_VERSION_STATE_READY if restore else pb.MODEL_VERSION_STATE_ARCHIVED
+        v = pb.ModelVersion(name=f"{_name('models', name)}/versions/{version}", state=state, etag=etag)
+        resp = self._c.call(self._c.registry.UpdateModelVersion, pb.UpdateModelVersionRequest(version=v, update_mask=["state"]))
+        return ModelVersion.from_proto(resp.version)
 
+    def delete_version(self, name: str, version: int, *, etag: str = "") -> None:
+        req = pb.DeleteModelVersionRequest(name=f"{_name('models', name)}/versions/{version}", etag=etag)
+        self._c.call(self._c.registry.DeleteModelVersion, req)
+
+    def delete(self, name: str) -> None:
+        self._c.call(self._c.registry.DeleteModel, pb.DeleteModelRequest(name=_name("models", name)))
+
+    # -- download ---------------------------------------------------------------------------
+    def download(self, uri_or_name: str, dest: str | None = None, *, version: str | int | None = None,
+                 concurrency: int = transfer.DEFAULT_CONCURRENCY, cache_dir: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> str:
+        """Fetch a version's files into ``dest`` (default: a directory in the local cache) and
+        return that directory. Accepts a ``models:/`` URI, or a model name plus ``version``.
+        Files are verified against their sha256 and cached by digest: a second download of the
+        same content reads nothing from the network. Interrupted downloads resume."""
+        v = self.resolve(uri_or_name) if uri_or_name.startswith("models:/") else self.get(uri_or_name, version or "latest")
+        assert isinstance(v, ModelVersion)
+        cache = transfer.BlobCache(cache_dir)
+        resp = self._c.call(self._c.registry.GetArtifactDownload, pb.GetArtifactDownloadRequest(name=v.name))
+        unique = {loc.file.digest: loc for loc in resp.files}  # identical files are fetched once
+        missing = [loc for loc in unique.values() if not cache.has(loc.file.digest)]
+        total = sum(loc.file.size_bytes for loc in missing)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
+
+        def fetch(loc: pb.ArtifactLocation) -> None:
+            f = loc.file
+            if loc.url:
+                cache.fetch(f.digest, f.size_bytes, loc.url, concurrency=concurrency, progress=tick)
+            else:
+                self._stream_download(v.name, f, cache, tick)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(4, len(missing) or 1))) as pool:
+            list(pool.map(fetch, missing))
+        target = dest or os.path.join(cache.root, "..", "models", *v.name.split("/")[1::2])
+        transfer.materialize([(loc.file.path, cache.path(loc.file.digest)) for loc in resp.files], target,
+                             link=dest is None)
+        return os.path.abspath(target)
+
+    def _stream_download(self, version: str, f: pb.ArtifactFile, cache: transfer.BlobCache,
+                         tick: Callable[[int], None]) -> None:
+        """Stores without URLs: stream through the registry, resuming from a partial file."""
+        os.makedirs(os.path.dirname(cache.path(f.digest)), exist_ok=True)
+        partial = cache.path(f.digest) + ".part"
+        offset = os.path.getsize(partial) if os.path.exists(partial) else 0
+        with open(partial, "ab") as out:
+            req = pb.DownloadArtifactRequest(name=version, path=f.path, offset=offset)
+            for chunk in self._c.stream(self._c.registry.DownloadArtifact, req):
+                if google_crc32c.value(chunk.data) != chunk.crc32c or chunk.offset != out.tell():
+                    raise transfer.TransferError(f"{f.path}: damaged chunk at offset {chunk.offset}")
+                out.write(chunk.data)
+                tick(len(chunk.data))
+        got = transfer.hash_file(partial, use_cache=False).sha256
+        if got != f.digest:
+            os.remove(partial)
+            raise transfer.TransferError(f"{f.path}: downloaded bytes hash to {got}, expected {f.digest}")
+        cache.adopt(f.digest, partial)
+
+    def export(self, uri_or_name: str, dest: str, **kw: Any) -> str:
+        """Write a version as a plain, editable local directory (e.g. an HF-format model)."""
+        return self.download(uri_or_name, dest, **kw)

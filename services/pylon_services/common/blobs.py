@@ -15,14 +15,38 @@ def blob_key(tenant: str, digest: str) -> str:
     return f"tenants/{tenant}/blobs/sha256/{digest.split(':', 1)[1]}"
 
 
-def sha256_of_object(store: ObjectStore, key: str) -> tuple[str, int]:
-    """Stream an object and return (``sha256:<hex>``, size) without holding it in memory."""
+def sha256_of_object(store: ObjectStore, key: str, *, size: int | None = None, part: int = 16 << 20,
+                     threads: int = 4) -> tuple[str, int]:
+    """(``sha256:<hex>``, size) of an object without holding it in memory. Large objects are
+    read as ranged GETs, ``threads`` in flight, hashed in order: bounded memory (threads x part)
+    at several streams' throughput."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    total = store.head(key).size if size is None else size
     h = hashlib.sha256()
-    size = 0
-    for chunk in store.iter_chunks(key, chunk_size=4 << 20):
-        h.update(chunk)
-        size += len(chunk)
-    return f"sha256:{h.hexdigest()}", size
+    if total <= part:
+        data = store.get(key)
+        h.update(data)
+        return f"sha256:{h.hexdigest()}", len(data)
+    offsets = iter(range(0, total, part))
+    done = 0
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        inflight: deque[Future[bytes]] = deque()
+
+        def more() -> None:
+            off = next(offsets, None)
+            if off is not None:
+                inflight.append(pool.submit(store.get, key, start=off, end=min(off + part, total)))
+
+        for _ in range(threads):
+            more()
+        while inflight:
+            chunk = inflight.popleft().result()
+            h.update(chunk)
+            done += len(chunk)
+            more()
+    return f"sha256:{h.hexdigest()}", done
 
 
 def store_blob_from(store: ObjectStore, tenant: str, src_key: str, digest: str) -> str:

@@ -12,7 +12,8 @@ from pylon_services.runtime.auth import ApiKeyStore, StoredKey
 from pylon_services.runtime.context import principal
 from pylon_services.runtime.protoconv import page_size, ts
 
-_ROLE_TO_PROTO = {"viewer": admin_pb2.ROLE_VIEWER, "editor": admin_pb2.ROLE_EDITOR, "admin": admin_pb2.ROLE_ADMIN}
+_ROLE_TO_PROTO = {"viewer": admin_pb2.ROLE_VIEWER, "editor": admin_pb2.ROLE_EDITOR,
+                  "maintainer": admin_pb2.ROLE_MAINTAINER, "admin": admin_pb2.ROLE_ADMIN}
 _PROTO_TO_ROLE = {v: k for k, v in _ROLE_TO_PROTO.items()}
 
 
@@ -27,7 +28,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def CreateApiKey(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if request.role not in _PROTO_TO_ROLE:
-            raise InvalidArgument.field("role", "must be ROLE_VIEWER, ROLE_EDITOR or ROLE_ADMIN")
+            raise InvalidArgument.field("role", "must be ROLE_VIEWER, ROLE_EDITOR, ROLE_MAINTAINER or ROLE_ADMIN")
         key, token = await self._keys.create(request.tenant, _PROTO_TO_ROLE[request.role], request.description)
         return admin_pb2.CreateApiKeyResponse(api_key=_key(key), token=token)
 

@@ -18,7 +18,9 @@ import redis.asyncio as aioredis
 from pylon_services.common.errors import NotFound, PermissionDenied, Unauthenticated
 from pylon_services.common.names import Principal, check_tenant
 
-ROLES = ("viewer", "editor", "admin")
+# viewer reads; editor writes; maintainer also deletes and moves protected aliases; admin also
+# manages API keys and may act in any tenant.
+ROLES = ("viewer", "editor", "maintainer", "admin")
 _KEY_PREFIX = "pylon:apikey:"
 _INDEX = "pylon:apikeys"
 # Methods anyone may call without a key (discovery, health, reflection).

@@ -43,3 +43,5 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 20.0
     auth_cache_ttl_s: float = 5.0
     log_level: str = "INFO"
+    # Registry: how long a deleted model version's artifacts are kept before they are purged.
+    registry_retention_s: float = 7 * 24 * 3600.0

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apylon/admin/v1/admin.proto\x12\x0epylon.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\"\n\x04role\x18\x03 \x01(\x0e\x32\x14.pylon.admin.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.pylon.admin.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"N\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.pylon.admin.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"K\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.pylon.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteApiKeyResponse\"\x0f\n\rWhoAmIRequest\"U\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.pylon.admin.v1.Role\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_EDITOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xe5\x02\n\x0c\x41\x64minService\x12Y\n\x0c\x43reateApiKey\x12#.pylon.admin.v1.CreateApiKeyRequest\x1a$.pylon.admin.v1.CreateApiKeyResponse\x12V\n\x0bListApiKeys\x12\".pylon.admin.v1.ListApiKeysRequest\x1a#.pylon.admin.v1.ListApiKeysResponse\x12Y\n\x0c\x44\x65leteApiKey\x12#.pylon.admin.v1.DeleteApiKeyRequest\x1a$.pylon.admin.v1.DeleteApiKeyResponse\x12G\n\x06WhoAmI\x12\x1d.pylon.admin.v1.WhoAmIRequest\x1a\x1e.pylon.admin.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apylon/admin/v1/admin.proto\x12\x0epylon.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\"\n\x04role\x18\x03 \x01(\x0e\x32\x14.pylon.admin.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.pylon.admin.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"N\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.pylon.admin.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"K\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.pylon.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteApiKeyResponse\"\x0f\n\rWhoAmIRequest\"U\n\x0eWhoAmIResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.pylon.admin.v1.Role\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t*c\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_EDITOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x12\x13\n\x0fROLE_MAINTAINER\x10\x04\x32\xe5\x02\n\x0c\x41\x64minService\x12Y\n\x0c\x43reateApiKey\x12#.pylon.admin.v1.CreateApiKeyRequest\x1a$.pylon.admin.v1.CreateApiKeyResponse\x12V\n\x0bListApiKeys\x12\".pylon.admin.v1.ListApiKeysRequest\x1a#.pylon.admin.v1.ListApiKeysResponse\x12Y\n\x0c\x44\x65leteApiKey\x12#.pylon.admin.v1.DeleteApiKeyRequest\x1a$.pylon.admin.v1.DeleteApiKeyResponse\x12G\n\x06WhoAmI\x12\x1d.pylon.admin.v1.WhoAmIRequest\x1a\x1e.pylon.admin.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pylon.admin.v1.admin_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROLE']._serialized_start=734
-  _globals['_ROLE']._serialized_end=812
+  _globals['_ROLE']._serialized_end=833
   _globals['_APIKEY']._serialized_start=80
   _globals['_APIKEY']._serialized_end=224
   _globals['_CREATEAPIKEYREQUEST']._serialized_start=226
@@ -52,6 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHOAMIREQUEST']._serialized_end=645
   _globals['_WHOAMIRESPONSE']._serialized_start=647
   _globals['_WHOAMIRESPONSE']._serialized_end=732
-  _globals['_ADMINSERVICE']._serialized_start=815
-  _globals['_ADMINSERVICE']._serialized_end=1172
+  _globals['_ADMINSERVICE']._serialized_start=836
+  _globals['_ADMINSERVICE']._serialized_end=1193
 # @@protoc_insertion_point(module_scope)

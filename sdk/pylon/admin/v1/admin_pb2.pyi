@@ -16,10 +16,12 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_VIEWER: _ClassVar[Role]
     ROLE_EDITOR: _ClassVar[Role]
     ROLE_ADMIN: _ClassVar[Role]
+    ROLE_MAINTAINER: _ClassVar[Role]
 ROLE_UNSPECIFIED: Role
 ROLE_VIEWER: Role
 ROLE_EDITOR: Role
 ROLE_ADMIN: Role
+ROLE_MAINTAINER: Role
 
 class ApiKey(_message.Message):
     __slots__ = ("name", "tenant", "role", "description", "create_time")

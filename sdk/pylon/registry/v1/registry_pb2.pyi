@@ -40,7 +40,7 @@ MODEL_VERSION_STATE_ARCHIVED: ModelVersionState
 MODEL_VERSION_STATE_DELETED: ModelVersionState
 
 class Model(_message.Message):
-    __slots__ = ("name", "description", "tags", "aliases", "latest_version", "create_time", "etag")
+    __slots__ = ("name", "description", "tags", "aliases", "latest_version", "create_time", "etag", "protected_aliases")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Model(_message.Message):
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_ALIASES_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     tags: _containers.ScalarMap[str, str]
@@ -69,7 +70,8 @@ class Model(_message.Message):
     latest_version: int
     create_time: _timestamp_pb2.Timestamp
     etag: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ..., latest_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    protected_aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ..., latest_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., protected_aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ArtifactFile(_message.Message):
     __slots__ = ("path", "digest", "size_bytes", "object_key")
@@ -98,7 +100,7 @@ class Lineage(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[str]] = ..., dataset_digests: _Optional[_Iterable[str]] = ..., job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., base_model: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "state", "format", "files", "config", "signature", "metrics", "tags", "description", "lineage", "aliases", "deployments", "creator", "create_time", "etag", "digest")
+    __slots__ = ("name", "version", "state", "format", "files", "config", "signature", "metrics", "tags", "description", "lineage", "aliases", "deployments", "creator", "create_time", "etag", "digest", "update_time", "delete_time")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +132,8 @@ class ModelVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     state: ModelVersionState
@@ -147,21 +151,25 @@ class ModelVersion(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     etag: str
     digest: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., signature: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tags: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., deployments: _Optional[_Iterable[str]] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    update_time: _timestamp_pb2.Timestamp
+    delete_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., signature: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tags: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., deployments: _Optional[_Iterable[str]] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., digest: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Alias(_message.Message):
-    __slots__ = ("name", "version", "etag", "update_time", "updated_by")
+    __slots__ = ("name", "version", "etag", "update_time", "updated_by", "previous_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     etag: str
     update_time: _timestamp_pb2.Timestamp
     updated_by: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., etag: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+    previous_version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., etag: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., previous_version: _Optional[int] = ...) -> None: ...
 
 class AliasMove(_message.Message):
     __slots__ = ("from_version", "to_version", "actor", "time")
@@ -261,7 +269,7 @@ class DeleteModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateModelVersionRequest(_message.Message):
-    __slots__ = ("parent", "source_uri", "files", "format", "config", "signature", "metrics", "tags", "description", "lineage", "request_id")
+    __slots__ = ("parent", "source_uri", "files", "format", "config", "signature", "metrics", "tags", "description", "lineage", "request_id", "upload")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +295,7 @@ class CreateModelVersionRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
     parent: str
     source_uri: str
     files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
@@ -298,7 +307,8 @@ class CreateModelVersionRequest(_message.Message):
     description: str
     lineage: Lineage
     request_id: str
-    def __init__(self, parent: _Optional[str] = ..., source_uri: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., signature: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tags: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    upload: str
+    def __init__(self, parent: _Optional[str] = ..., source_uri: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., signature: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tags: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., request_id: _Optional[str] = ..., upload: _Optional[str] = ...) -> None: ...
 
 class CreateModelVersionResponse(_message.Message):
     __slots__ = ("version",)
@@ -319,18 +329,20 @@ class GetModelVersionResponse(_message.Message):
     def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class ListModelVersionsRequest(_message.Message):
-    __slots__ = ("parent", "page_size", "page_token", "filter", "order_by")
+    __slots__ = ("parent", "page_size", "page_token", "filter", "order_by", "show_deleted")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    SHOW_DELETED_FIELD_NUMBER: _ClassVar[int]
     parent: str
     page_size: int
     page_token: str
     filter: str
     order_by: str
-    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[str] = ..., order_by: _Optional[str] = ...) -> None: ...
+    show_deleted: bool
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[str] = ..., order_by: _Optional[str] = ..., show_deleted: _Optional[bool] = ...) -> None: ...
 
 class ListModelVersionsResponse(_message.Message):
     __slots__ = ("versions", "next_page_token")
@@ -505,3 +517,102 @@ class RecordDeploymentResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: ModelVersion
     def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+
+class CreateArtifactUploadRequest(_message.Message):
+    __slots__ = ("parent", "files", "part_size", "expires_s")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    PART_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
+    part_size: int
+    expires_s: int
+    def __init__(self, parent: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., part_size: _Optional[int] = ..., expires_s: _Optional[int] = ...) -> None: ...
+
+class ArtifactUploadTarget(_message.Message):
+    __slots__ = ("path", "present", "url", "part_urls", "stream")
+    class PartUrlsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    PART_URLS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    present: bool
+    url: str
+    part_urls: _containers.ScalarMap[int, str]
+    stream: bool
+    def __init__(self, path: _Optional[str] = ..., present: _Optional[bool] = ..., url: _Optional[str] = ..., part_urls: _Optional[_Mapping[int, str]] = ..., stream: _Optional[bool] = ...) -> None: ...
+
+class CreateArtifactUploadResponse(_message.Message):
+    __slots__ = ("upload", "targets", "part_size")
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    PART_SIZE_FIELD_NUMBER: _ClassVar[int]
+    upload: str
+    targets: _containers.RepeatedCompositeFieldContainer[ArtifactUploadTarget]
+    part_size: int
+    def __init__(self, upload: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[ArtifactUploadTarget, _Mapping]]] = ..., part_size: _Optional[int] = ...) -> None: ...
+
+class UploadArtifactRequest(_message.Message):
+    __slots__ = ("upload", "path", "offset", "data", "crc32c")
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    upload: str
+    path: str
+    offset: int
+    data: bytes
+    crc32c: int
+    def __init__(self, upload: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32c: _Optional[int] = ...) -> None: ...
+
+class UploadArtifactResponse(_message.Message):
+    __slots__ = ("bytes_received",)
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    bytes_received: int
+    def __init__(self, bytes_received: _Optional[int] = ...) -> None: ...
+
+class DownloadArtifactRequest(_message.Message):
+    __slots__ = ("name", "path", "offset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    offset: int
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class DownloadArtifactResponse(_message.Message):
+    __slots__ = ("offset", "data", "crc32c")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    crc32c: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32c: _Optional[int] = ...) -> None: ...
+
+class RebuildIndexRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RebuildIndexResponse(_message.Message):
+    __slots__ = ("tenants", "models", "versions", "dropped")
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    tenants: int
+    models: int
+    versions: int
+    dropped: int
+    def __init__(self, tenants: _Optional[int] = ..., models: _Optional[int] = ..., versions: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...

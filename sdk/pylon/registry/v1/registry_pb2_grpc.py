@@ -112,10 +112,25 @@ class RegistryServiceStub:
                 request_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.ResolveModelUriRequest.SerializeToString,
                 response_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.ResolveModelUriResponse.FromString,
                 _registered_method=True)
+        self.CreateArtifactUpload = channel.unary_unary(
+                '/pylon.registry.v1.RegistryService/CreateArtifactUpload',
+                request_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.CreateArtifactUploadRequest.SerializeToString,
+                response_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.CreateArtifactUploadResponse.FromString,
+                _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/pylon.registry.v1.RegistryService/UploadArtifact',
+                request_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+                response_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactResponse.FromString,
+                _registered_method=True)
         self.GetArtifactDownload = channel.unary_unary(
                 '/pylon.registry.v1.RegistryService/GetArtifactDownload',
                 request_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.GetArtifactDownloadRequest.SerializeToString,
                 response_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.GetArtifactDownloadResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/pylon.registry.v1.RegistryService/DownloadArtifact',
+                request_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactResponse.FromString,
                 _registered_method=True)
         self.GetLineage = channel.unary_unary(
                 '/pylon.registry.v1.RegistryService/GetLineage',
@@ -126,6 +141,11 @@ class RegistryServiceStub:
                 '/pylon.registry.v1.RegistryService/RecordDeployment',
                 request_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RecordDeploymentRequest.SerializeToString,
                 response_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RecordDeploymentResponse.FromString,
+                _registered_method=True)
+        self.RebuildIndex = channel.unary_unary(
+                '/pylon.registry.v1.RegistryService/RebuildIndex',
+                request_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RebuildIndexRequest.SerializeToString,
+                response_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RebuildIndexResponse.FromString,
                 _registered_method=True)
 
 
@@ -168,8 +188,8 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """DeleteModel deletes a model with no live versions.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (versions still READY or deployed).
+        """DeleteModel deletes a model whose versions are all deleted (needs the maintainer role).
+        Errors: NOT_FOUND, FAILED_PRECONDITION (versions not deleted), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,17 +231,20 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModelVersion(self, request, context):
-        """DeleteModelVersion marks a version deleted (kept for the retention period).
-        Errors: NOT_FOUND, FAILED_PRECONDITION (an alias or a deployment points at it).
+        """DeleteModelVersion marks a version deleted (a tombstone; needs the maintainer role). Its
+        number is never reused.
+        Errors: NOT_FOUND, FAILED_PRECONDITION (an alias or a deployment points at it),
+        ABORTED (stale etag), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetAlias(self, request, context):
-        """SetAlias points an alias at a version; compare-and-swap when etag is set.
+        """SetAlias points an alias at a READY version; compare-and-swap when etag is set. Every move
+        is kept in the alias history. Protected aliases need the maintainer role.
         Errors: NOT_FOUND (version), ABORTED (stale etag), PERMISSION_DENIED (protected alias),
-        INVALID_ARGUMENT (bad alias name).
+        INVALID_ARGUMENT (bad alias name), FAILED_PRECONDITION (version archived or deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,7 +260,7 @@ class RegistryServiceServicer:
 
     def DeleteAlias(self, request, context):
         """DeleteAlias removes an alias; compare-and-swap when etag is set.
-        Errors: NOT_FOUND, ABORTED.
+        Errors: NOT_FOUND, ABORTED, PERMISSION_DENIED (protected alias).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,9 +282,37 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateArtifactUpload(self, request, context):
+        """CreateArtifactUpload opens an upload session for files the SDK will register. Per file it
+        answers "present" (verified bytes with that digest are already stored: send nothing), a
+        presigned PUT URL, presigned multipart part URLs, or "stream" (the store has no URLs: send
+        the bytes with UploadArtifact). Pass the session name to CreateModelVersion.upload.
+        Errors: INVALID_ARGUMENT (bad path, digest, size or part size), NOT_FOUND (model's tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadArtifact(self, request_iterator, context):
+        """UploadArtifact streams file bytes into an upload session (for stores without presigned
+        URLs, or clients that cannot reach the store). Each chunk carries its CRC32C.
+        Errors: INVALID_ARGUMENT (unknown path, bad chunk layout, checksum mismatch), NOT_FOUND (session).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetArtifactDownload(self, request, context):
         """GetArtifactDownload returns where to read a version's files (presigned URLs or keys).
-        Errors: NOT_FOUND.
+        Errors: NOT_FOUND, INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """DownloadArtifact streams one file of a version from an offset (stores without URLs).
+        Errors: NOT_FOUND (version or path), INVALID_ARGUMENT (offset beyond the end).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,7 +328,15 @@ class RegistryServiceServicer:
 
     def RecordDeployment(self, request, context):
         """RecordDeployment records which deployment serves which version (called by the gateway).
-        Errors: NOT_FOUND (version), INVALID_ARGUMENT.
+        Errors: NOT_FOUND (version), INVALID_ARGUMENT, FAILED_PRECONDITION (version deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebuildIndex(self, request, context):
+        """RebuildIndex rebuilds the registry's Redis index from object storage (the source of truth).
+        Errors: PERMISSION_DENIED (needs the admin role).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -361,10 +420,25 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.ResolveModelUriRequest.FromString,
                     response_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.ResolveModelUriResponse.SerializeToString,
             ),
+            'CreateArtifactUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateArtifactUpload,
+                    request_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.CreateArtifactUploadRequest.FromString,
+                    response_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.CreateArtifactUploadResponse.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.FromString,
+                    response_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactResponse.SerializeToString,
+            ),
             'GetArtifactDownload': grpc.unary_unary_rpc_method_handler(
                     servicer.GetArtifactDownload,
                     request_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.GetArtifactDownloadRequest.FromString,
                     response_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.GetArtifactDownloadResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactResponse.SerializeToString,
             ),
             'GetLineage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLineage,
@@ -375,6 +449,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RecordDeployment,
                     request_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RecordDeploymentRequest.FromString,
                     response_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RecordDeploymentResponse.SerializeToString,
+            ),
+            'RebuildIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildIndex,
+                    request_deserializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RebuildIndexRequest.FromString,
+                    response_serializer=pylon_dot_registry_dot_v1_dot_registry__pb2.RebuildIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -796,6 +875,60 @@ class RegistryService:
             _registered_method=True)
 
     @staticmethod
+    def CreateArtifactUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.registry.v1.RegistryService/CreateArtifactUpload',
+            pylon_dot_registry_dot_v1_dot_registry__pb2.CreateArtifactUploadRequest.SerializeToString,
+            pylon_dot_registry_dot_v1_dot_registry__pb2.CreateArtifactUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pylon.registry.v1.RegistryService/UploadArtifact',
+            pylon_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+            pylon_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetArtifactDownload(request,
             target,
             options=(),
@@ -812,6 +945,33 @@ class RegistryService:
             '/pylon.registry.v1.RegistryService/GetArtifactDownload',
             pylon_dot_registry_dot_v1_dot_registry__pb2.GetArtifactDownloadRequest.SerializeToString,
             pylon_dot_registry_dot_v1_dot_registry__pb2.GetArtifactDownloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pylon.registry.v1.RegistryService/DownloadArtifact',
+            pylon_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+            pylon_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -866,6 +1026,33 @@ class RegistryService:
             '/pylon.registry.v1.RegistryService/RecordDeployment',
             pylon_dot_registry_dot_v1_dot_registry__pb2.RecordDeploymentRequest.SerializeToString,
             pylon_dot_registry_dot_v1_dot_registry__pb2.RecordDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.registry.v1.RegistryService/RebuildIndex',
+            pylon_dot_registry_dot_v1_dot_registry__pb2.RebuildIndexRequest.SerializeToString,
+            pylon_dot_registry_dot_v1_dot_registry__pb2.RebuildIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

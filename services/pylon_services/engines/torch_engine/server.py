@@ -88,13 +88,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
 
 def load_runner(settings: Settings, tenant: str, model_version: str) -> ModelRunner:
-    from pylon_services.registry.domain.service import Registry
+    from pylon_services.registry.domain.layout import read_version
 
     _, t, _, model, _, n = model_version.split("/")
     if t != tenant:
         raise ValueError(f"{model_version} is not in tenant {tenant}")
     store = object_store(settings)
-    version = Registry(store).get_version(tenant, model, n)
+    version = read_version(store, tenant, model, int(n))  # the pinned, immutable manifest
+    if version is None:
+        raise ValueError(f"{model_version} not found")
     files = {f["path"]: store.get(f["object_key"]) for f in version["files"]}
     return ModelRunner.from_files(files)
 

@@ -1,0 +1,333 @@
+"""Moving bytes between this machine and the object store, for datasets and model artifacts.
+
+Uploads go straight to object storage through presigned URLs (the services never carry the
+bytes): a file is hashed once (sha256, cached by path, size and mtime so re-sending an unchanged
+file costs no hashing), split into parts, and the parts are PUT in parallel. A resumed upload
+sends only the parts the store does not already hold. Downloads use ranged GETs in parallel,
+resume from a partial file, verify the sha256, and land in a local cache keyed by digest, so the
+second load of the same content reads nothing from the network.
+
+Only the standard library is used for HTTP (``http.client`` with 1 MiB socket writes), one
+keep-alive connection per worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+Progress = Callable[[int], None]  # called with the number of bytes just moved
+DEFAULT_PART_SIZE = 16 << 20
+DEFAULT_CONCURRENCY = 8
+_IO_BLOCK = 1 << 20
+
+
+class TransferError(Exception):
+    """A transfer failed (HTTP error, or bytes that do not match their digest)."""
+
+
+# -- hashing --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileHashes:
+    """The sha256 of a whole file and its size."""
+
+    path: str
+    size: int
+    sha256: str  # "sha256:<hex>"
+
+
+def _cache_root() -> str:
+    return os.environ.get("PYLON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pylon")
+
+
+def _hash_cache_key(path: str, st: os.stat_result) -> str:
+    ident = f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def hash_file(path: str, *, progress: Progress | None = None, use_cache: bool = True) -> FileHashes:
+    """sha256 of ``path``; remembered under the cache dir keyed by (path, size, mtime, inode), so an
+    unchanged file is never hashed twice."""
+    st = os.stat(path)
+    marker = os.path.join(_cache_root(), "hashes", _hash_cache_key(path, st))
+    if use_cache and os.path.exists(marker):
+        with open(marker) as f:
+            return FileHashes(path, st.st_size, f.read().strip())
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(8 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if progress:
+                progress(n)
+    digest = f"sha256:{h.hexdigest()}"
+    if use_cache:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        _atomic_write(marker, digest.encode())
+    return FileHashes(path, st.st_size, digest)
+
+
+def part_ranges(size: int, part_size: int) -> list[tuple[int, int, int]]:
+    """(part number from 1, offset, length) covering ``size`` bytes; one empty part for an empty file."""
+    if size == 0:
+        return [(1, 0, 0)]
+    return [(i + 1, off, min(part_size, size - off)) for i, off in enumerate(range(0, size, part_size))]
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+class _Connections:
+    """One keep-alive connection per (thread, host)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, url: str) -> tuple[http.client.HTTPConnection, str]:
+        u = urllib.parse.urlsplit(url)
+        pool: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("pool", {})
+        key = f"{u.scheme}://{u.netloc}"
+        conn = pool.get(key)
+        if conn is None:
+            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+            conn = cls(u.netloc, timeout=300, blocksize=_IO_BLOCK)
+            pool[key] = conn
+        return conn, u.path + (f"?{u.query}" if u.query else "")
+
+    def drop(self, url: str) -> None:
+        u = urllib.parse.urlsplit(url)
+        conn = self._local.__dict__.get("pool", {}).pop(f"{u.scheme}://{u.netloc}", None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self._local.__dict__.get("pool", {}).values():
+            conn.close()
+
+
+class _FileSlice:
+    """A read-only window of a file, given to http.client as a request body."""
+
+    def __init__(self, path: str, offset: int, length: int, progress: Progress | None) -> None:
+        self._f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._f.seek(offset)
+        self._left = length
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n) if n > 0 else b""
+        self._left -= len(data)
+        if self._progress and data:
+            self._progress(len(data))
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _request(conns: _Connections, method: str, url: str, *, body: _FileSlice | bytes | None = None,
+             length: int = 0, headers: dict[str, str] | None = None, retries: int = 3) -> http.client.HTTPResponse:
+    """One HTTP request on this thread's connection; reconnects and retries on a dropped socket."""
+    hdrs = dict(headers or {})
+    if method in ("PUT", "POST"):
+        hdrs["Content-Length"] = str(length)
+    for attempt in range(retries):
+        conn, path = conns.get(url)
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            return conn.getresponse()
+        except (ConnectionError, http.client.HTTPException, TimeoutError):
+            conns.drop(url)
+            if attempt == retries - 1 or isinstance(body, _FileSlice):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _check(resp: http.client.HTTPResponse, what: str) -> bytes:
+    data = resp.read()
+    if resp.status >= 300:
+        raise TransferError(f"{what}: HTTP {resp.status}: {data[:300].decode(errors='replace')}")
+    return data
+
+
+# -- upload ---------------------------------------------------------------------------------------
+def put_file(path: str, url: str, *, progress: Progress | None = None) -> str:
+    """PUT a whole file to one presigned URL; returns the ETag."""
+    size = os.path.getsize(path)
+    conns = _Connections()
+    try:
+        body = _FileSlice(path, 0, size, progress)
+        try:
+            resp = _request(conns, "PUT", url, body=body, length=size)
+        finally:
+            body.close()
+        _check(resp, f"upload of {os.path.basename(path)}")
+        return (resp.getheader("ETag") or "").strip('"')
+    finally:
+        conns.close()
+
+
+def upload_parts(path: str, part_size: int, urls: dict[int, str], *, concurrency: int = DEFAULT_CONCURRENCY,
+                 progress: Progress | None = None) -> dict[int, str]:
+    """PUT the given parts of ``path`` (part number -> presigned URL) in parallel; returns part
+    number -> ETag. Parts not in ``urls`` are skipped: that is how a resumed upload sends only
+    what is missing. A failed part is retried once on a fresh connection."""
+    ranges = {n: (off, ln) for n, off, ln in part_ranges(os.path.getsize(path), part_size)}
+    unknown = set(urls) - set(ranges)
+    if unknown:
+        raise TransferError(f"part numbers {sorted(unknown)} are beyond the end of {path}")
+    conns = _Connections()
+
+    def send(n: int) -> tuple[int, str]:
+        off, ln = ranges[n]
+        for attempt in range(2):
+            body = _FileSlice(path, off, ln, progress)
+            try:
+                resp = _request(conns, "PUT", urls[n], body=body, length=ln)
+                _check(resp, f"part {n} of {os.path.basename(path)}")
+                return n, (resp.getheader("ETag") or "").strip('"')
+            except (OSError, http.client.HTTPException, TransferError):
+                conns.drop(urls[n])
+                if attempt == 1:
+                    raise
+            finally:
+                body.close()
+        raise AssertionError("unreachable")
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(urls) or 1))) as pool:
+            return dict(pool.map(send, sorted(urls)))
+    finally:
+        conns.close()
+
+
+# -- download -------------------------------------------------------------------------------------
+def download(url: str, dest: str, *, size: int, sha256: str = "", concurrency: int = DEFAULT_CONCURRENCY,
+             part_size: int = DEFAULT_PART_SIZE, progress: Progress | None = None) -> str:
+    """Fetch ``url`` into ``dest`` with parallel ranged GETs, resuming from ``dest + '.part'``
+    (and its record of finished ranges) if an earlier attempt was interrupted, then verify
+    ``sha256`` before the file appears under ``dest``. Returns ``dest``."""
+    partial, ledger = dest + ".part", dest + ".part.json"
+    done: set[int] = set()
+    if os.path.exists(partial) and os.path.exists(ledger) and os.path.getsize(partial) == size:
+        with open(ledger) as f:
+            state = json.load(f)
+        if state.get("part_size") == part_size and state.get("sha256") == sha256:
+            done = set(state["done"])
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        with open(partial, "wb") as f:
+            f.truncate(size)
+    if progress and done:
+        progress(sum(ln for n, _, ln in part_ranges(size, part_size) if n in done))
+    lock = threading.Lock()
+    conns = _Connections()
+
+    def fetch(part: tuple[int, int, int]) -> None:
+        n, off, ln = part
+        if ln:
+            resp = _request(conns, "GET", url, headers={"Range": f"bytes={off}-{off + ln - 1}"})
+            if resp.status not in (200, 206):
+                _check(resp, f"download of {os.path.basename(dest)}")
+            with open(partial, "r+b") as f:
+                f.seek(off)
+                got = 0
+                while chunk := resp.read(_IO_BLOCK):
+                    f.write(chunk)
+                    got += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            if got != ln:
+                raise TransferError(f"download of {os.path.basename(dest)}: got {got} of {ln} bytes at {off}")
+        with lock:
+            done.add(n)
+            _atomic_write(ledger, json.dumps({"part_size": part_size, "sha256": sha256, "done": sorted(done)}).encode())
+
+    todo = [p for p in part_ranges(size, part_size) if p[0] not in done]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo) or 1))) as pool:
+            list(pool.map(fetch, todo))
+    finally:
+        conns.close()
+    if sha256:
+        got = hash_file(partial, use_cache=False).sha256
+        if got != sha256:
+            os.remove(partial)
+            os.remove(ledger)
+            raise TransferError(f"{os.path.basename(dest)}: downloaded bytes hash to {got}, expected {sha256}")
+    os.replace(partial, dest)
+    if os.path.exists(ledger):
+        os.remove(ledger)
+    return dest
+
+
+# -- local cache ----------------------------------------------------------------------------------
+class BlobCache:
+    """Verified files on local disk, keyed by sha256 (``$PYLON_CACHE_DIR/blobs/sha256/<hex>``)."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = os.path.join(root or _cache_root(), "blobs")
+
+    def path(self, digest: str) -> str:
+        algo, _, hexd = digest.partition(":")
+        if algo != "sha256" or len(hexd) != 64:
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return os.path.join(self.root, "sha256", hexd[:2], hexd)
+
+    def has(self, digest: str) -> bool:
+        return os.path.exists(self.path(digest))
+
+    def fetch(self, digest: str, size: int, url: str, **kw: object) -> str:
+        """The cached file for ``digest``, downloading (resumably, verified) if missing."""
+        target = self.path(digest)
+        if not os.path.exists(target):
+            download(url, target, size=size, sha256=digest, **kw)  # type: ignore[arg-type]
+            os.chmod(target, 0o444)  # read-only: materialized hard links must not edit the cache
+        return target
+
+    def adopt(self, digest: str, data_path: str) -> str:
+        """Move an already-verified file into the cache (used by streamed downloads)."""
+        target = self.path(digest)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.chmod(data_path, 0o444)
+        os.replace(data_path, target)
+        return target
+
+
+def materialize(files: Iterable[tuple[str, str]], dest_dir: str, *, link: bool = False) -> list[str]:
+    """Lay out cached blobs as ``dest_dir/<relative path>``. ``files`` are (relative path, cached
+    blob path). With ``link``, hard links where the filesystem allows (the cache's own model
+    directories: no copy, and cached blobs are read-only so an in-place edit fails instead of
+    corrupting the cache); otherwise editable copies."""
+    out = []
+    for rel, blob in files:
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise TransferError(f"refusing to write outside {dest_dir}: {rel!r}")
+        target = os.path.join(dest_dir, rel)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        if os.path.exists(target):
+            os.remove(target)
+        try:
+            if not link:
+                raise OSError("copy requested")
+            os.link(blob, target)
+        except OSError:
+            shutil.copyfile(blob, target)
+        out.append(target)
+    return out
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

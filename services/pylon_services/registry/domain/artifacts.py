@@ -1,0 +1,239 @@
+"""Artifact files of model versions: staging uploads, verification, content-addressed blobs.
+
+Bytes never pass through the registry when object storage can take them directly: the SDK asks
+for an upload session, PUTs files (or multipart parts) to presigned URLs under
+``tenants/{t}/blobs/staged/{id}/{i}``, and registers. Registration then verifies every staged
+file's sha256 and size server-side (parallel ranged reads) and only then lets a manifest point at
+it: the staged object becomes the blob where it lies (no copy). The index maps each verified
+digest to its object, which is what makes "already present, skip the upload" safe. Files
+registered from a job's output (an object prefix) are hashed and copied server-side to
+``tenants/{t}/blobs/sha256/{hex}``. Stores without presigned URLs (the local filesystem) take the
+bytes through the ``UploadArtifact`` stream into the same staging keys.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pylon_services.common import blobs
+from pylon_services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from pylon_services.storage.base import CompletedPart, ObjectStore
+
+MAX_FILES = 10_000
+MIN_PART = 5 << 20
+MAX_PART = 5 << 30
+_VERIFY_THREADS = 4
+
+
+@dataclass
+class DeclaredFile:
+    path: str
+    digest: str = ""  # "sha256:<hex>"; empty: compute from the stored bytes
+    size: int = -1
+
+
+@dataclass
+class UploadSession:
+    id: str
+    tenant: str
+    part_size: int
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> {key, digest, size, upload_id|""}
+
+    @property
+    def prefix(self) -> str:
+        return f"tenants/{self.tenant}/blobs/staged/{self.id}/"
+
+
+KnownBlob = Callable[[str], "str | None"]  # digest -> object key of verified bytes, or None
+
+
+def check_path(path: str) -> str:
+    """Relative POSIX paths only: no absolute paths, no '..', no empty segments."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in path or len(path) > 1024:
+        raise InvalidArgument.field(f"files[{path}]", "must be a relative path without '.', '..' or empty segments")
+    return path
+
+
+def check_digest(path: str, digest: str) -> str:
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+        raise InvalidArgument.field(f"files[{path}].digest", "must be 'sha256:' followed by 64 lowercase hex digits")
+    return digest
+
+
+def _session_key(tenant: str, upload_id: str) -> str:
+    return f"tenants/{tenant}/uploads/{upload_id}.json"
+
+
+def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], part_size: int, known: KnownBlob,
+                  expires_s: int = 3600) -> tuple[UploadSession, dict[str, dict[str, Any]]]:
+    """Open an upload session. Returns the session and, per path, what the client must do:
+    ``{"present": True}`` (a verified blob holds these bytes), ``{"url": ...}`` (one PUT),
+    ``{"parts": {n: url}}`` (multipart), or ``{"stream": True}`` (no URLs: use UploadArtifact)."""
+    if not files or len(files) > MAX_FILES:
+        raise InvalidArgument.field("files", f"must list 1 to {MAX_FILES} files")
+    if not MIN_PART <= part_size <= MAX_PART:
+        raise InvalidArgument.field("part_size", f"must be between {MIN_PART} and {MAX_PART} bytes")
+    session = UploadSession("u" + uuid.uuid4().hex, tenant, part_size)  # a valid resource id
+    plan: dict[str, dict[str, Any]] = {}
+    for f in files:
+        check_path(f.path)
+        check_digest(f.path, f.digest)
+        if f.size < 0:
+            raise InvalidArgument.field(f"files[{f.path}].size", "must be given (bytes)")
+        if f.path in plan:
+            raise InvalidArgument.field(f"files[{f.path}]", "is listed twice")
+        if known(f.digest):
+            plan[f.path] = {"present": True}
+            continue
+        key = session.prefix + str(len(session.files))
+        entry: dict[str, Any] = {"key": key, "digest": f.digest, "size": f.size, "upload_id": ""}
+        if f.size > part_size:
+            upload_id = store.create_multipart(key)
+            entry["upload_id"] = upload_id
+            count = -(-f.size // part_size)
+            urls = {n: store.presign("PUT", key, expires_s=expires_s, upload_id=upload_id, part_number=n)
+                    for n in range(1, count + 1)}
+            plan[f.path] = {"stream": True} if None in urls.values() else {"parts": urls}
+        else:
+            url = store.presign("PUT", key, expires_s=expires_s)
+            plan[f.path] = {"url": url} if url else {"stream": True}
+        session.files[f.path] = entry
+    store.put(_session_key(tenant, session.id), blobs.dump({"part_size": part_size, "files": session.files,
+                                                            "create_time": time.time()}), if_none_match=True)
+    return session, plan
+
+
+def load_upload(store: ObjectStore, tenant: str, upload_id: str) -> UploadSession:
+    if not upload_id.isalnum():
+        raise InvalidArgument.field("upload", "is not an upload id this server issued")
+    doc = blobs.read_json_or_none(store, _session_key(tenant, upload_id))
+    if doc is None:
+        raise NotFound(f"upload {upload_id} not found (expired or another tenant's)")
+    return UploadSession(upload_id, tenant, doc["part_size"], doc["files"])
+
+
+def write_streamed(store: ObjectStore, session: UploadSession, path: str, data: bytes, offset: int) -> None:
+    """Write one chunk of a streamed file (the UploadArtifact path). Chunks arrive in order; the
+    file is published when its last byte arrives."""
+    entry = session.files.get(path)
+    if entry is None:
+        raise InvalidArgument.field("path", f"{path!r} is not part of upload {session.id} (or is already present)")
+    if offset == 0 and len(data) == entry["size"]:
+        store.put(entry["key"], data)
+        return
+    if not entry["upload_id"]:  # small file sent in several chunks: stage the pieces as parts
+        raise InvalidArgument.field("chunk", "files up to part_size must be sent in one chunk")
+    if offset % session.part_size or (len(data) != session.part_size and offset + len(data) != entry["size"]):
+        raise InvalidArgument.field("chunk", f"chunks of {path} must be whole parts of {session.part_size} bytes")
+    store.upload_part(entry["key"], entry["upload_id"], offset // session.part_size + 1, data)
+
+
+def finish_upload(store: ObjectStore, session: UploadSession) -> None:
+    """Complete the multipart uploads of a session (idempotent: a finished one is skipped)."""
+    for path, entry in session.files.items():
+        if not entry["upload_id"] or store.exists(entry["key"]):
+            continue
+        parts = store.list_parts(entry["key"], entry["upload_id"])
+        want = -(-entry["size"] // session.part_size)
+        if [p.part_number for p in parts] != list(range(1, want + 1)):
+            have = len(parts)
+            raise FailedPrecondition(f"upload of {path} is incomplete: {have} of {want} parts received")
+        store.complete_multipart(entry["key"], entry["upload_id"], [CompletedPart(p.part_number, p.etag) for p in parts])
+
+
+def _check_declared(declared: list[DeclaredFile]) -> None:
+    if len(declared) > MAX_FILES:
+        raise InvalidArgument.field("files", f"at most {MAX_FILES} files per version")
+    for f in declared:
+        check_path(f.path)
+        if f.digest:
+            check_digest(f.path, f.digest)
+
+
+def _verify(store: ObjectStore, key: str, f: DeclaredFile) -> tuple[str, int]:
+    digest, size = blobs.sha256_of_object(store, key, size=f.size if f.size >= 0 else None)
+    if f.digest and f.digest != digest:
+        raise InvalidArgument.field(f"files[{f.path}].digest", f"expected {f.digest}, the stored bytes hash to {digest}")
+    if f.size >= 0 and f.size != size:
+        raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
+    return digest, size
+
+
+def _entry(path: str, digest: str, size: int, key: str) -> dict[str, Any]:
+    return {"path": path, "digest": digest, "size_bytes": size, "object_key": key}
+
+
+def _already(store: ObjectStore, f: DeclaredFile, known: KnownBlob, where: str) -> dict[str, Any]:
+    key = known(f.digest) if f.digest else None
+    if key is None:
+        raise InvalidArgument.field(f"files[{f.path}]", f"is missing: not {where} and not already stored")
+    return _entry(f.path, f.digest, store.head(key).size, key)
+
+
+def collect_from_prefix(store: ObjectStore, tenant: str, source_prefix: str, declared: list[DeclaredFile],
+                        known: KnownBlob) -> list[dict[str, Any]]:
+    """Files of a version taken from an object prefix (a job's checkpoint): hashed server-side,
+    checked against declared digests, copied server-side to content-addressed keys. A declared
+    file whose verified bytes are already stored needs no source object."""
+    src = source_prefix.rstrip("/") + "/"
+    present = {o.key[len(src):]: o for o in store.iter_all(src)}
+    wanted = declared or [DeclaredFile(p) for p in sorted(present)]
+    if not wanted:
+        raise InvalidArgument.field("source_uri", f"no files under {source_prefix!r}")
+    _check_declared(wanted)
+
+    def one(f: DeclaredFile) -> dict[str, Any]:
+        if f.path not in present:
+            return _already(store, f, known, f"under {source_prefix}")
+        digest, size = _verify(store, src + f.path, f)
+        return _entry(f.path, digest, size, blobs.store_blob_from(store, tenant, src + f.path, digest))
+
+    with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
+        return sorted(pool.map(one, wanted), key=lambda x: x["path"])
+
+
+def collect_from_upload(store: ObjectStore, session: UploadSession, declared: list[DeclaredFile],
+                        known: KnownBlob) -> list[dict[str, Any]]:
+    """Files of a version sent through an upload session: every staged object is verified
+    (sha256 and size) and becomes the blob where it lies; files the session skipped because
+    their bytes were already stored point at those."""
+    if not declared:
+        raise InvalidArgument.field("files", "list the uploaded files with their digests")
+    _check_declared(declared)
+
+    def one(f: DeclaredFile) -> dict[str, Any]:
+        staged = session.files.get(f.path)
+        if staged is None:
+            return _already(store, f, known, f"in upload {session.id}")
+        if staged["digest"] != f.digest or staged["size"] != f.size:
+            raise InvalidArgument.field(f"files[{f.path}]", "digest or size differs from what the upload declared")
+        if not store.exists(staged["key"]):
+            raise InvalidArgument.field(f"files[{f.path}]", f"was never uploaded to upload {session.id}")
+        digest, size = _verify(store, staged["key"], f)
+        return _entry(f.path, digest, size, known(digest) or staged["key"])
+
+    with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
+        return sorted(pool.map(one, declared), key=lambda x: x["path"])
+
+
+def discard_upload(store: ObjectStore, session: UploadSession, kept: set[str]) -> None:
+    """Remove a session's record and the staged objects no manifest points at (``kept``)."""
+    for entry in session.files.values():
+        if entry["key"] in kept:
+            continue
+        if entry["upload_id"] and not store.exists(entry["key"]):
+            store.abort_multipart(entry["key"], entry["upload_id"])
+        store.delete(entry["key"])
+    store.delete(_session_key(session.tenant, session.id))
+
+
+def download_plan(store: ObjectStore, files: Iterable[dict[str, Any]], expires_s: int) -> list[tuple[dict[str, Any], str]]:
+    """(file, presigned GET URL or "" when the store has no URLs) for each file."""
+    return [(f, store.presign("GET", f["object_key"], expires_s=expires_s) or "") for f in files]

@@ -1,0 +1,461 @@
+"""The model registry through its real gRPC API and the SDK, on SeaweedFS (S3) and on the
+local-filesystem store, with its index in a real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+import redis
+
+from pylon.errors import PylonError
+from pylon.registry.v1 import registry_pb2 as pb
+from pylon_services.storage.factory import open_store
+from tests.conftest import TEST_BUCKET, s3_connection
+from tests.support.registry import InProcessRegistry, RegistryEnv, flush_db, registry_settings
+
+
+def _code(err: pytest.ExceptionInfo[PylonError]) -> grpc.StatusCode:
+    return err.value.code
+
+
+@pytest.fixture(scope="module", params=["s3", "local"])
+def reg(request: pytest.FixtureRequest, redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    kind = request.param
+    redis_url = redis_server.url.rsplit("/", 1)[0] + ("/3" if kind == "s3" else "/4")
+    flush_db(redis_url)
+    if kind == "s3":
+        seaweed = request.getfixturevalue("seaweed")
+        conn = s3_connection(seaweed)
+        store_url = f"s3://{TEST_BUCKET}/reg-{uuid.uuid4().hex[:8]}"
+        s3 = {"endpoint_url": conn["endpoint_url"], "access_key": conn["access_key"], "secret_key": conn["secret_key"]}
+        store = open_store(store_url, **conn)
+    else:
+        store_url, s3 = f"file://{tmp_path_factory.mktemp('reg-objects')}", None
+        store = open_store(store_url)
+    settings = registry_settings(redis_url, store_url, s3)
+    server = InProcessRegistry(settings).start()
+    yield RegistryEnv(f"127.0.0.1:{server.port}", settings, store, redis_url)
+    server.stop()
+
+
+def _tree(root: Any, files: dict[str, bytes]) -> str:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return str(root)
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _read_tree(root: str) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            out[os.path.relpath(full, root)] = open(full, "rb").read()
+    return out
+
+
+# -- artifacts: upload, verify, dedupe, download, cache -------------------------------------------
+def test_register_local_dir_then_download_is_verified_and_cached(reg: RegistryEnv, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
+    files = {"config.json": b'{"n_layer": 2}', "model.safetensors": os.urandom(12 << 20), "sub/tok.txt": b"hello"}
+    src = _tree(tmp_path / "m", files)
+    seen: list[tuple[int, int]] = []
+    with reg.client() as c:
+        v = c.models.register("artifacts", src, part_size=5 << 20, progress=lambda d, t: seen.append((d, t)))
+        assert v.format == "hf_transformers" and v.state == "ready"
+        assert {f["path"]: f["digest"] for f in v.files} == {p: _digest(b) for p, b in files.items()}
+        assert seen and seen[-1][0] == seen[-1][1] == sum(len(b) for b in files.values())
+        # the same bytes again: nothing is sent, a new version points at the same blobs
+        seen.clear()
+        v2 = c.models.register("artifacts", src, part_size=5 << 20, progress=lambda d, t: seen.append((d, t)))
+        assert v2.version == v.version + 1 and v2.digest == v.digest
+        assert all(t == 0 for _, t in seen)
+        # download: identical bytes; a second download moves no bytes
+        out = c.models.download(f"models:/artifacts/versions/{v.version}", str(tmp_path / "out"))
+        assert _read_tree(out) == files
+        moved: list[int] = []
+        out2 = c.models.download("models:/artifacts/latest", str(tmp_path / "out2"), progress=lambda d, t: moved.append(t))
+        assert _read_tree(out2) == files and all(t == 0 for t in moved)
+
+
+def test_export_then_import_hf_directory_round_trips(reg: RegistryEnv, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
+    files = {"config.json": b'{"model_type": "gpt2"}', "model.safetensors": os.urandom(1000),
+             "tokenizer.json": b"{}", "generation_config.json": b"{}"}
+    with reg.client() as c:
+        v = c.models.register("hf", _tree(tmp_path / "hf", files), format="hf_transformers")
+        out = c.models.export(f"models:/hf/versions/{v.version}", str(tmp_path / "exported"))
+        assert _read_tree(out) == files
+        with open(os.path.join(out, "config.json"), "ab") as f:  # exported files are plain, editable copies
+            f.write(b" ")
+        again = c.models.download(f"models:/hf/versions/{v.version}", str(tmp_path / "again"))
+        assert _read_tree(again) == files  # the cache was not touched by the edit
+
+
+def test_digest_mismatch_is_rejected_and_nothing_becomes_visible(reg: RegistryEnv, tmp_path: Any) -> None:
+    from pylon import transfer
+
+    good, bad = b"the real weights", b"something else!!"
+    with reg.client() as c:
+        c.models.register("strict", _tree(tmp_path / "a", {"w.bin": b"first"}))
+        before = c.models.get("strict").latest_version
+        session = c.call(c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+            parent="tenants/-/models/strict", files=[pb.ArtifactFile(path="w.bin", digest=_digest(good), size_bytes=len(good))],
+            part_size=5 << 20))
+        target = session.targets[0]
+        path = tmp_path / "bad.bin"
+        path.write_bytes(bad)
+        if target.url:
+            transfer.put_file(str(path), target.url)
+        else:
+            import google_crc32c
+
+            c.call(c.registry.UploadArtifact, iter([pb.UploadArtifactRequest(
+                upload=session.upload, path="w.bin", offset=0, data=bad, crc32c=google_crc32c.value(bad))]))
+        with pytest.raises(PylonError) as err:
+            c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
+                parent="tenants/-/models/strict", upload=session.upload,
+                files=[pb.ArtifactFile(path="w.bin", digest=_digest(good), size_bytes=len(good))]))
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "hash to" in str(err.value)
+        assert c.models.get("strict").latest_version == before
+        assert len(c.models.versions("strict")[0]) == before
+        # the bad bytes did not become a blob under the good digest
+        assert not reg.store.exists(f"tenants/acme/blobs/sha256/{_digest(good)[7:]}")
+
+
+def test_missing_file_is_rejected(reg: RegistryEnv) -> None:
+    reg.store.put("tenants/acme/jobs/j1/output/model.bin", b"weights")
+    with reg.client() as c:
+        with pytest.raises(PylonError) as err:
+            c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
+                parent="tenants/-/models/missing", source_uri="tenants/acme/jobs/j1/output",
+                files=[pb.ArtifactFile(path="model.bin"), pb.ArtifactFile(path="config.json")]))
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "config.json" in str(err.value)
+        assert c.models.get("missing").latest_version == 0
+        v = c.models.register("missing", source_uri="tenants/acme/jobs/j1/output", job="tenants/acme/jobs/j1")
+        assert v.version == 1 and [f["path"] for f in v.files] == ["model.bin"]
+
+
+def test_invalid_names_say_the_rule(reg: RegistryEnv, tmp_path: Any) -> None:
+    with reg.client() as c:
+        with pytest.raises(PylonError) as err:
+            c.call(c.registry.CreateModel, pb.CreateModelRequest(model_id="Bad Name"))
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "lowercase" in str(err.value)
+        c.models.register("named", _tree(tmp_path, {"f": b"x"}))
+        with pytest.raises(PylonError) as err:
+            c.models.alias("named", "PROD!", 1)
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "lowercase" in str(err.value)
+        with pytest.raises(PylonError) as err:
+            c.models.resolve("named@prod")
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "models:/" in str(err.value)
+        with pytest.raises(PylonError) as err:
+            c.models.versions("named", filter="metrics.loss < low")
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- aliases ---------------------------------------------------------------------------------------
+def test_concurrent_cas_alias_moves_form_one_chain(reg: RegistryEnv) -> None:
+    reg.store.put("tenants/acme/src/cas/w", b"w")
+    with reg.client() as c:
+        for _ in range(3):
+            c.models.register("cas", source_uri="tenants/acme/src/cas")
+        first = c.models.alias("cas", "prod", 1)
+    successes: list[tuple[str, str]] = []
+    rejected = []
+    lock = threading.Lock()
+    start = threading.Barrier(32)
+
+    def mover(i: int) -> None:
+        with reg.client() as c:
+            start.wait()
+            for _ in range(3):
+                current = c.models.alias("cas", "prod")
+                try:
+                    moved = c.models.alias("cas", "prod", 1 + (i % 3), etag=current.etag)
+                except PylonError as e:
+                    assert e.code == grpc.StatusCode.ABORTED
+                    with lock:
+                        rejected.append(i)
+                    continue
+                with lock:
+                    successes.append((current.etag, moved.etag))
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(mover, range(32)))
+    assert successes and rejected
+    chain = dict(successes)
+    assert len(chain) == len(successes), "two moves succeeded from the same etag"
+    etag, steps = first.etag, 0
+    while etag in chain:
+        etag, steps = chain[etag], steps + 1
+    assert steps == len(successes)
+    with reg.client() as c:
+        assert c.models.alias("cas", "prod").etag == etag
+        assert len(c.models.alias_history("cas", "prod", page_size=1000)) == 1 + len(successes)
+
+
+def test_alias_history_roles_and_protected_aliases(reg: RegistryEnv) -> None:
+    reg.store.put("tenants/acme/src/prot/w", b"w")
+    with reg.client() as editor, reg.client(role="maintainer") as maint, reg.client(role="viewer") as viewer:
+        editor.models.register("prot", source_uri="tenants/acme/src/prot")
+        editor.models.register("prot", source_uri="tenants/acme/src/prot")
+        editor.models.alias("prot", "prod", 1)
+        with pytest.raises(PylonError) as err:
+            viewer.models.alias("prot", "prod", 2)
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
+        m = editor.models.get("prot")
+        with pytest.raises(PylonError) as err:  # only maintainers may protect aliases
+            editor.call(editor.registry.UpdateModel, pb.UpdateModelRequest(
+                model=pb.Model(name=m.name, protected_aliases=["prod"]), update_mask=["protected_aliases"]))
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
+        maint.call(maint.registry.UpdateModel, pb.UpdateModelRequest(
+            model=pb.Model(name=m.name, protected_aliases=["prod"]), update_mask=["protected_aliases"]))
+        with pytest.raises(PylonError) as err:
+            editor.models.alias("prot", "prod", 2)
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and "protected" in str(err.value)
+        assert editor.models.alias("prot", "prod").version == 1
+        maint.models.alias("prot", "prod", 2)
+        editor.models.alias("prot", "canary", 2)  # unprotected aliases stay open to editors
+        history = viewer.models.alias_history("prot", "prod")
+        assert [(h.from_version, h.to_version) for h in history] == [(1, 2), (0, 1)]
+        assert history[0].actor != history[1].actor and history[0].time >= history[1].time
+        with pytest.raises(PylonError) as err:
+            editor.models.delete_version("prot", 1)
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_tenants_are_isolated(reg: RegistryEnv, tmp_path: Any) -> None:
+    with reg.client() as acme, reg.client("globex") as globex:
+        acme.models.register("secret-model", _tree(tmp_path, {"w": b"w"}))
+        for call in (lambda: globex.models.get("tenants/acme/models/secret-model"),
+                     lambda: globex.models.get("tenants/acme/models/secret-model", 1),
+                     lambda: globex.models.download("tenants/acme/models/secret-model", version=1),
+                     lambda: globex.models.alias("tenants/acme/models/secret-model", "prod", 1)):
+            with pytest.raises(PylonError) as err:
+                call()
+            assert _code(err) == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(PylonError) as err:
+            globex.models.resolve("models:/secret-model/latest")  # resolves in the caller's tenant
+        assert _code(err) == grpc.StatusCode.NOT_FOUND
+
+
+# -- lifecycle ---------------------------------------------------------------------------------------
+def test_delete_refused_while_aliased_or_deployed_and_numbers_never_reused(reg: RegistryEnv) -> None:
+    reg.store.put("tenants/acme/src/life/w", b"w")
+    with reg.client() as c, reg.client(role="maintainer") as maint:
+        for _ in range(3):
+            c.models.register("life", source_uri="tenants/acme/src/life")
+        c.models.alias("life", "prod", 3)
+        with pytest.raises(PylonError) as err:
+            maint.models.delete_version("life", 3)
+        assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION and "prod" in str(err.value)
+        c.call(c.registry.RecordDeployment, pb.RecordDeploymentRequest(
+            name="tenants/acme/models/life/versions/2", deployment="tenants/acme/deployments/chat"))
+        with pytest.raises(PylonError) as err:
+            maint.models.delete_version("life", 2)
+        assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION and "chat" in str(err.value)
+        assert c.models.lineage("life", 2)["edges"][-1]["target"] == "tenants/acme/deployments/chat"
+        c.call(c.registry.RecordDeployment, pb.RecordDeploymentRequest(
+            name="tenants/acme/models/life/versions/2", deployment="tenants/acme/deployments/chat", removed=True))
+        maint.models.delete_version("life", 2)
+        assert [v.version for v in c.models.versions("life")[0]] == [3, 1]
+        assert [v.state for v in c.models.versions("life", show_deleted=True)[0]] == ["ready", "deleted", "ready"]
+        archived = c.models.archive("life", 1)
+        assert archived.state == "archived"
+        with pytest.raises(PylonError) as err:
+            c.models.alias("life", "canary", 1)
+        assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION
+        assert c.models.archive("life", 1, restore=True).state == "ready"
+        assert c.models.register("life", source_uri="tenants/acme/src/life").version == 4
+        with pytest.raises(PylonError) as err:
+            maint.models.delete("life")
+        assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_version_updates_are_compare_and_swap(reg: RegistryEnv) -> None:
+    reg.store.put("tenants/acme/src/upd/w", b"w")
+    with reg.client() as c:
+        v = c.models.register("upd", source_uri="tenants/acme/src/upd", tags={"stage": "train"})
+        req = pb.UpdateModelVersionRequest(version=pb.ModelVersion(name=v.name, tags={"stage": "eval"}, etag=v.etag),
+                                           update_mask=["tags"])
+        updated = c.call(c.registry.UpdateModelVersion, req).version
+        assert dict(updated.tags) == {"stage": "eval"} and updated.etag != v.etag
+        with pytest.raises(PylonError) as err:  # stale etag
+            c.call(c.registry.UpdateModelVersion, req)
+        assert _code(err) == grpc.StatusCode.ABORTED
+        with pytest.raises(PylonError) as err:  # artifacts are immutable
+            c.call(c.registry.UpdateModelVersion, pb.UpdateModelVersionRequest(
+                version=pb.ModelVersion(name=v.name), update_mask=["files"]))
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT
+        assert c.models.get("upd", v.version).digest == v.digest
+
+
+# -- query ---------------------------------------------------------------------------------------
+def test_filters_ordering_pagination_and_search(reg: RegistryEnv) -> None:
+    reg.store.put("tenants/acme/src/q/w", b"w")
+    with reg.client() as c:
+        for i in range(12):
+            c.models.register("query", source_uri="tenants/acme/src/q", metrics={"loss": 3.0 - i * 0.2},
+                              tags={"stage": "eval" if i % 2 else "train"})
+        c.models.alias("query", "best", 12)
+        c.models.register("other-model", source_uri="tenants/acme/src/q", metrics={"loss": 0.1})
+        pages, token, seen = 0, "", []
+        while True:
+            page, token = c.models.versions("query", page_size=5, page_token=token)
+            seen += [v.version for v in page]
+            pages += 1
+            if not token:
+                break
+        assert seen == list(range(12, 0, -1)) and pages == 3
+        low = c.models.versions("query", filter="metrics.loss<1.5 AND tags.stage=eval")[0]
+        assert [v.version for v in low] == [12, 10]
+        assert [v.version for v in c.models.versions("query", filter="alias:best")[0]] == [12]
+        assert c.models.versions("query", filter="create_time>2000-01-01", page_size=100)[0][-1].version == 1
+        assert c.models.versions("query", filter="create_time>2999-01-01")[0] == []
+        ordered = c.models.versions("query", order_by="metrics.loss asc", page_size=3)[0]
+        assert [v.version for v in ordered] == [12, 11, 10]
+        everywhere = c.models.versions("-", filter="metrics.loss<1.0", order_by="metrics.loss asc")[0]
+        assert [v.name.split("/")[3] for v in everywhere] == ["other-model", "query"]
+        assert "tenants/acme/models/other-model" in [m.name for m in c.models.list(filter="name:other")]
+
+
+# -- index: rebuild and concurrency --------------------------------------------------------------
+def test_reindex_rebuilds_the_index_from_storage(reg: RegistryEnv) -> None:
+    reg.store.put("tenants/acme/src/idx/w", b"w")
+    with reg.client() as c, reg.client(role="admin") as admin:
+        for _ in range(3):
+            c.models.register("idx", source_uri="tenants/acme/src/idx")
+        c.models.alias("idx", "prod", 2)
+        before = [json.dumps(v.__dict__, default=str, sort_keys=True) for v in c.models.versions("idx")[0]]
+        lost = redis.Redis.from_url(reg.redis_url)
+        lost.delete(*lost.keys("pylon:reg:*"))  # the index is gone; storage still has everything
+        with pytest.raises(PylonError):
+            c.models.get("idx")
+        counts = admin.admin.reindex()
+        assert counts["versions"] >= 3 and counts["models"] >= 1
+    with reg.client() as c:
+        after = [json.dumps(v.__dict__, default=str, sort_keys=True) for v in c.models.versions("idx")[0]]
+        assert after == before
+        assert c.models.resolve("models:/idx@prod").version == 2
+
+
+def _register_in_process(args: tuple[str, str, str, int]) -> int:
+    import pylon
+
+    address, token, source, i = args
+    with pylon.Client(address, token) as c:
+        return c.models.register("crowd", source_uri=source, request_id=f"crowd-{i}").version
+
+
+def test_64_concurrent_registrations_from_processes_get_1_to_64(reg: RegistryEnv) -> None:
+    import multiprocessing
+
+    reg.store.put("tenants/acme/src/crowd/w", b"w")
+    with reg.client() as c:
+        token = c.token
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(64) as pool:
+        versions = pool.map(_register_in_process, [(reg.address, token, "tenants/acme/src/crowd", i) for i in range(64)])
+    assert sorted(versions) == list(range(1, 65))
+    with reg.client() as c:
+        listed = c.models.versions("crowd", page_size=100)[0]
+        assert [v.version for v in listed] == list(range(64, 0, -1))
+        # a retried request gets its original version, not a 65th
+        assert c.models.register("crowd", source_uri="tenants/acme/src/crowd", request_id="crowd-7").version == versions[7]
+
+
+# -- crash safety ----------------------------------------------------------------------------------
+def test_sigkill_mid_registration_leaves_no_partial_version(seaweed: Any, redis_server: Any, tmp_path: Any) -> None:
+    """Kill -9 the registry while it copies a large registration; after a restart no partial
+    version is visible, the index agrees with storage, and the retried request lands once."""
+    import time
+
+    from tests.support.registry import RegistryProcess
+
+    conn = s3_connection(seaweed)
+    store_url = f"s3://{TEST_BUCKET}/kill-{uuid.uuid4().hex[:8]}"
+    redis_url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    flush_db(redis_url)
+    settings = registry_settings(redis_url, store_url, {"endpoint_url": conn["endpoint_url"],
+                                                        "access_key": conn["access_key"], "secret_key": conn["secret_key"]})
+    store = open_store(store_url, **conn)
+    env = RegistryEnv("", settings, store, redis_url)
+    for i in range(300):
+        store.put(f"tenants/acme/src/big/shard-{i:03d}.bin", os.urandom(64 << 10))
+    proc = RegistryProcess(env).start()
+    env.address = f"127.0.0.1:{proc.port}"
+    outcome: list[Any] = []
+
+    def register() -> None:
+        try:
+            with env.client() as c:
+                outcome.append(c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1"))
+        except PylonError as e:
+            outcome.append(e)
+
+    with env.client() as c:  # the model exists before the crash; its first version is mid-flight
+        c.models.register("victim", _tree(tmp_path, {"seed.bin": b"v1"}))
+    worker = threading.Thread(target=register)
+    worker.start()
+    time.sleep(1.0)
+    proc.kill()
+    worker.join(30)
+    assert outcome and isinstance(outcome[0], PylonError), "the registration finished before the kill; use more data"
+    proc = RegistryProcess(env, port=proc.port).start()
+    try:
+        prefix = "tenants/acme/models/victim/versions/"
+
+        def stored() -> list[int]:
+            return sorted(int(o.key[len(prefix):-5]) for o in store.iter_all(prefix) if o.key[len(prefix):-5].isdigit())
+
+        with env.client() as c:
+            deadline = time.time() + 30
+            while sorted(v.version for v in c.models.versions("victim", page_size=100)[0]) != stored():
+                assert time.time() < deadline, "index never caught up with storage"
+                time.sleep(0.5)
+            for v in c.models.versions("victim", page_size=100)[0]:
+                for f in v.files:  # every visible version is complete
+                    assert store.exists(f["object_key"]), f
+            retried = c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1")
+            assert len(retried.files) == 300
+            again = c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1")
+            assert again.version == retried.version
+            assert [v.version for v in c.models.versions("victim", page_size=100)[0]] == stored() [::-1]
+    finally:
+        proc.stop()
+
+
+def test_deleted_versions_keep_artifacts_until_retention_then_purge(reg: RegistryEnv, tmp_path: Any) -> None:
+    import redis as redis_lib
+
+    from pylon_services.registry.domain import retention
+    from pylon_services.registry.store.redis_index import RedisRegistryIndex
+
+    with reg.client() as c, reg.client(role="maintainer") as maint:
+        shared = c.models.register("retained", _tree(tmp_path / "a", {"shared.bin": b"shared", "own.bin": b"only v1"}))
+        keep = c.models.register("retained", _tree(tmp_path / "b", {"shared.bin": b"shared"}))
+        maint.models.delete_version("retained", shared.version)
+        index = RedisRegistryIndex(redis_lib.Redis.from_url(reg.redis_url))
+        keys = {f["path"]: f["object_key"] for f in shared.files}
+        assert retention.purge_expired(reg.store, index, retention_s=3600)["objects"] == 0  # still retained
+        assert reg.store.exists(keys["own.bin"])
+        counts = retention.purge_expired(reg.store, index, retention_s=0)
+        assert counts == {"versions": 1, "objects": 1}
+        assert not reg.store.exists(keys["own.bin"])
+        assert reg.store.exists(keys["shared.bin"])  # still used by the live version
+        out = c.models.download(f"models:/retained/versions/{keep.version}", str(tmp_path / "out"))
+        assert open(os.path.join(out, "shared.bin"), "rb").read() == b"shared"
+        assert [v.version for v in c.models.versions("retained", show_deleted=True)[0]] == [keep.version, shared.version]
