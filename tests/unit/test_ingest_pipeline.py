@@ -254,3 +254,37 @@ def test_progress_and_preview():
     shown = preview(io.BytesIO(data + b"bad\n"), fmt="jsonl", compression="", n=5)
     assert [r["i"] for r in shown["records"]] == [0, 1, 2, 3, 4] and shown["profile"]["records"] == 5
     assert shown["summary"]["records_in"] == 5
+
+
+def test_whitespace_normalisation_matches_a_simple_reference():
+    """The fast replace-based version equals split/join per line + at most one blank line."""
+    import random
+    import re
+
+    def reference(text: str) -> str:
+        out = "\n".join(" ".join(line.split()) for line in text.split("\n")).strip()
+        return re.sub(r"\n{3,}", "\n\n", out)
+
+    alphabet = ["a", "b", " ", "  ", "\t", "\n", "\r", "\xa0", "\u3000", "é", "\n\n\n", "\x0b", "\u2028", "😀", "\x1f"]
+    rng = random.Random(0)
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 15)))
+        assert normalize_whitespace(text) == reference(text), repr(text)
+
+
+def test_csv_schema_inference_types_cells():
+    data = b"id,text,score,flag\n1,a,0.5,true\n2,b,,false\n3,c,2,true\n"
+    schema = infer_schema(io.BytesIO(data), "csv", "")
+    assert schema["fields"]["id"] == {"type": ["integer"], "required": True}
+    assert schema["fields"]["score"] == {"type": ["null", "number"], "required": False}
+    assert schema["fields"]["flag"]["type"] == ["boolean"]
+    records, bad, _ = run(data, fmt="csv")
+    assert not bad and records[1] == {"text": "b", "id": 2, "score": None, "flag": False}
+
+
+def test_gzip_text_and_zstd_multi_frame():
+    records, _, summary = run(gzip.compress(b"one\ntwo\n"), fmt="text", compression="gzip")
+    assert [r["text"] for r in records] == ["one", "two"] and summary.bytes_in > 0
+    frames = zstandard.ZstdCompressor().compress(jsonl({"text": "a"})) + zstandard.ZstdCompressor().compress(jsonl({"text": "b"}))
+    records, _, _ = run(frames, compression="zstd")
+    assert [r["text"] for r in records] == ["a", "b"]
