@@ -71,43 +71,11 @@ def part_hashes(path: str, part_size: int, progress: Callable[[int], None] | Non
 
 def _send_parts(path: str, part_size: int, urls: dict[int, str], concurrency: int,
                 progress: Callable[[int], None] | None) -> dict[int, str]:
-    """PUT the parts in parallel: ``pylon.transfer`` when present (keep-alive connections, 1 MiB
-    socket writes), else a plain http.client sender with the same contract."""
-    try:
-        from pylon import transfer  # type: ignore[attr-defined]
-    except ImportError:
-        return _send_parts_plain(path, part_size, urls, concurrency, progress)
+    """PUT the parts in parallel through ``pylon.transfer`` (keep-alive connections, 1 MiB
+    socket writes, one retry per part)."""
+    from pylon import transfer
+
     return dict(transfer.upload_parts(path, part_size, urls, concurrency=concurrency, progress=progress))
-
-
-def _send_parts_plain(path: str, part_size: int, urls: dict[int, str], concurrency: int,
-                      progress: Callable[[int], None] | None) -> dict[int, str]:
-    import http.client
-    import urllib.parse
-
-    size = os.path.getsize(path)
-
-    def send(n: int) -> tuple[int, str]:
-        u = urllib.parse.urlsplit(urls[n])
-        off = (n - 1) * part_size
-        with open(path, "rb") as f:
-            f.seek(off)
-            body = f.read(min(part_size, size - off))
-        conn = http.client.HTTPConnection(u.netloc, timeout=300, blocksize=1 << 20)
-        try:
-            conn.request("PUT", f"{u.path}?{u.query}", body=body, headers={"Content-Length": str(len(body))})
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status >= 300:
-                raise PylonError(f"part {n}: HTTP {resp.status}: {data[:200]!r}")
-            if progress:
-                progress(len(body))
-            return n, (resp.getheader("ETag") or "").strip('"')
-        finally:
-            conn.close()
-
-    with ThreadPoolExecutor(max(1, min(concurrency, len(urls) or 1))) as pool:
-        return dict(pool.map(send, sorted(urls)))
 
 
 def _processing(schema: dict[str, Any] | None, recipe: dict[str, Any] | None,
