@@ -139,12 +139,15 @@ def test_csv_wrong_column_count_and_type_coercion():
             b'3,"quoted, with comma",1\n'
             b"4,short\n"
             b"x,bad id,2\n"
-            b"6,\xff\xfe,3\n")
+            b"6,\xff\xfe,3\n"
+            b'7,"two\nlines",1\n'
+            b"8,,1\n")
     schema = {"fields": {"id": "integer", "text": {"type": "string", "required": True}, "score": "number"}}
     records, bad, _ = run(data, fmt="csv", schema=schema)
-    assert records == [{"text": "hello", "id": 1, "score": 0.5}, {"text": "quoted, with comma", "id": 3, "score": 1.0}]
+    assert records == [{"text": "hello", "id": 1, "score": 0.5}, {"text": "quoted, with comma", "id": 3, "score": 1.0},
+                       {"text": "two\nlines", "id": 7, "score": 1.0}]
     assert [(b["line"], b["reason"].split(":")[0]) for b in bad] == [
-        (3, "csv_columns"), (5, "csv_columns"), (6, "wrong_type"), (7, "bad_utf8")]
+        (3, "csv_columns"), (5, "csv_columns"), (6, "wrong_type"), (7, "bad_utf8"), (10, "missing_field")]
     assert "expected 3 columns, got 4" in bad[0]["reason"]
 
 

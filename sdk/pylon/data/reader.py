@@ -16,7 +16,8 @@ and every restart computes the same plan without talking to anyone):
 The reader's position is the number of windows this rank has yielded in the current epoch;
 ``state_dict()`` saves it and ``load_state_dict()`` (or ``ShardReader(..., state=...)``)
 continues exactly where the saved reader would have. Shards are fetched ahead on background
-threads (``prefetch``) with ranged reads that cover only this rank's windows.
+threads (``prefetch``) with ranged reads that cover only this rank's windows; a shard read
+whole is checked against its sha256 in the index (``verify``).
 """
 
 from __future__ import annotations
@@ -141,19 +142,20 @@ class ShardReader:
     def _fetch(self, seg: Segment) -> np.ndarray:
         """The windows of one segment as a (len, seq_len) array, from one ranged read."""
         size, item = self.seq_len, self.dtype.itemsize
-        first, last = int(seg.windows.min()), int(seg.windows.max())
         meta = self.shards[seg.shard]
         key = _join(self.prefix, meta.get("name", f"shard-{seg.shard:06d}.bin"))
-        whole = self.verify and first == 0 and (last + 1) * size == meta["tokens"]
+        # A segment with all of a shard's windows reads the whole object (tail included) so its
+        # sha256 can be checked; a partial one reads just the span of its windows.
+        whole = self.verify and len(seg.windows) == self.windows_per_shard[seg.shard]
+        first = 0 if whole else int(seg.windows.min())
+        last = int(seg.windows.max())
         start, end = (0, meta["tokens"] * item) if whole else (first * size * item, (last + 1) * size * item)
         data = self.source.get(key, start=start, end=end)
-        if whole and hashlib.sha256(data).hexdigest() != meta["sha256"]:
-            raise OSError(f"shard {key} does not match its sha256 in the index (corrupted)")
         if len(data) != end - start:
             raise OSError(f"short read of {key}: wanted {end - start} bytes, got {len(data)}")
-        arr = np.frombuffer(data, dtype=self.dtype)
-        if not whole:
-            arr = arr[: (last + 1 - first) * size]
+        if whole and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise OSError(f"shard {key} does not match its sha256 in the index (corrupted)")
+        arr = np.frombuffer(data, dtype=self.dtype)[: (last + 1 - first) * size]
         return arr.reshape(-1, size)[seg.windows - first]
 
     def _segments_from(self, position: int) -> list[Segment]:

@@ -210,11 +210,11 @@ def iter_csv(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
     csv.field_size_limit(max(limit, csv.field_size_limit()))
     reader = csv.reader(decoded())
     header: list[str] | None = None
-    last_end = 0
     for row in reader:
         yield from pending
         pending.clear()
-        line, last_end = last_end + 1, position[0]
+        # the row ended on the last line read; quoted newlines inside it tell where it began
+        line = position[0] - sum(cell.count("\n") for cell in row)
         if not row:
             continue
         if header is None:

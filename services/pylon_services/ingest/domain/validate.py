@@ -94,6 +94,8 @@ class Validator:
                 value = _coerce(value, types)
                 record[name] = value
                 if value is None:
+                    if required:
+                        return "missing_field", f"required field {name!r} is empty"
                     continue
             if allowed is not None and (not isinstance(value, allowed) or (type(value) is bool and bool not in allowed)):
                 return "wrong_type", f"field {name!r}: expected {'|'.join(types)}, got {type_name(value)}"
@@ -101,8 +103,9 @@ class Validator:
 
 
 def _coerce(value: str, types: list[str]) -> Any:
-    """A CSV cell as the first schema type it parses as; empty cells are null."""
-    if value == "" and "string" not in types:
+    """A CSV cell as the first schema type it parses as; an empty cell is null (CSV has no
+    other way to say so), so it fails a required field."""
+    if value == "":
         return None
     for t in types:
         if t == "string":
