@@ -91,3 +91,16 @@ def test_shards_feed_the_reader(tokenizer, tmp_path: Path):
     batches = list(reader)
     assert len(batches) == len(reader) > 0
     assert all(b.shape == (8, 64) and int(b.max()) < index["vocab_size"] for b in batches)
+
+
+def test_profile_counts_exact_tokens_with_a_tokenizer(tokenizer):
+    import io
+
+    from pylon_services.ingest.domain.pipeline import Recipe, process_stream
+
+    texts = corpus(700, seed=4)  # more than one counting batch
+    data = b"".join(json.dumps({"text": t}).encode() + b"\n" for t in texts)
+    summary = process_stream(io.BytesIO(data), io.BytesIO(), io.BytesIO(), fmt="jsonl", compression="",
+                             schema=None, recipe=Recipe(dedupe=False), tokenizer=tokenizer)
+    expected = sum(len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts)
+    assert summary.profile["tokens"] == expected and summary.profile["tokens_estimated"] is False
