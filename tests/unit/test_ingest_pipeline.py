@@ -18,7 +18,9 @@ from pylon_services.ingest.domain.pipeline import (
     Recipe,
     Summary,
     check_reject_rate,
+    cross_file_duplicates,
     detect_format,
+    drop_duplicates,
     infer_schema,
     merge_summaries,
     preview,
@@ -203,6 +205,33 @@ def test_dedupe_across_two_files_with_a_shared_set():
     assert sb.dropped == {"duplicate": 1} and len(seen) == 3
     copy = DedupeSet.from_bytes(seen.to_bytes())
     assert len(copy) == 3 and "shared" in copy and "other" not in copy
+
+
+def test_parallel_dedupe_then_cross_file_pass():
+    """Files deduped in parallel (own sets) give the same result as one shared set after the
+    second pass over only the files that need it."""
+    files = [jsonl({"text": "a"}, {"text": "b"}, {"text": "a"}), jsonl({"text": "c"}, {"text": "b"}),
+             jsonl({"text": "a"}, {"text": "d"})]
+    sets = [DedupeSet() for _ in files]
+    outs = [io.BytesIO() for _ in files]
+    summaries = [process_stream(io.BytesIO(data), out, io.BytesIO(), fmt="jsonl", compression="", schema=None,
+                                recipe=Recipe(), seen=seen) for data, seen, out in zip(files, sets, outs, strict=True)]
+    drops = cross_file_duplicates(sets)
+    assert [len(d) for d in drops] == [0, 1, 1]
+    final, removed = [], 0
+    for out, drop, summary in zip(outs, drops, summaries, strict=True):
+        fixed = io.BytesIO()
+        removed += drop_duplicates(io.BytesIO(out.getvalue()), fixed, drop, summary)
+        final += [json.loads(x)["text"] for x in fixed.getvalue().splitlines()]
+        assert summary.bytes_out == len(fixed.getvalue())
+    shared = DedupeSet()
+    one_pass = [run(data, seen=shared) for data in files]
+    assert final == [r["text"] for records, _, _ in one_pass for r in records] == ["a", "b", "c", "d"]
+    assert removed == 2
+    merged, expected = merge_summaries(summaries), merge_summaries([s for _, _, s in one_pass])
+    assert merged.dropped == expected.dropped == {"duplicate": 3} and merged.records_out == expected.records_out
+    for key in ("records", "chars", "length_histogram", "columns", "tokens"):
+        assert merged.profile[key] == expected.profile[key], key
 
 
 def test_profile_histogram_nulls_and_merge():

@@ -61,6 +61,11 @@ def scrub_phones(text: str) -> tuple[str, int]:
     return _PHONE.sub(repl, text), count
 
 
+def text_digest(text: str) -> bytes:
+    """The 16-byte dedupe key of a cleaned text."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 class DedupeSet:
     """Exact-duplicate filter for the files of one version: keeps 16-byte blake2b digests of the
     cleaned texts only (about 80-100 bytes per record in a Python set), never the texts."""
@@ -70,7 +75,7 @@ class DedupeSet:
 
     def add(self, text: str) -> bool:
         """Record ``text``; False when it was seen before (a duplicate)."""
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        digest = text_digest(text)
         if digest in self._seen:
             return False
         self._seen.add(digest)
@@ -90,8 +95,18 @@ class DedupeSet:
         out._seen = {data[i:i + 16] for i in range(0, len(data), 16)}
         return out
 
+    def overlap(self, earlier: DedupeSet) -> DedupeSet:
+        """Digests of this set already in ``earlier``: the records to drop from this file when
+        files were deduped separately (in parallel) and are then combined in order."""
+        out = DedupeSet()
+        out._seen = self._seen & earlier._seen
+        return out
+
+    def has_digest(self, digest: bytes) -> bool:
+        return digest in self._seen
+
     def __contains__(self, text: str) -> bool:
-        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest() in self._seen
+        return text_digest(text) in self._seen
 
     def __len__(self) -> int:
         return len(self._seen)

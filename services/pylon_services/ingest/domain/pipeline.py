@@ -20,7 +20,7 @@ import orjson
 
 from pylon_services.common.errors import InvalidArgument
 from pylon_services.ingest.domain import formats
-from pylon_services.ingest.domain.clean import Cleaner, DedupeSet
+from pylon_services.ingest.domain.clean import Cleaner, DedupeSet, text_digest
 from pylon_services.ingest.domain.formats import detect_format
 from pylon_services.ingest.domain.profile import Profiler, merge_profiles
 from pylon_services.ingest.domain.tokenize import (
@@ -37,7 +37,9 @@ __all__ = [
     "Recipe",
     "Summary",
     "check_reject_rate",
+    "cross_file_duplicates",
     "detect_format",
+    "drop_duplicates",
     "find_eos",
     "load_tokenizer",
     "infer_schema",
@@ -254,6 +256,60 @@ def _consume(run: _Run, items: Iterator[formats.Item], counter: formats.Counting
         if progress is not None and counter.count >= next_report:
             progress(counter.count)
             next_report = counter.count + PROGRESS_BYTES
+
+
+def cross_file_duplicates(sets: list[DedupeSet]) -> list[DedupeSet]:
+    """For files deduped separately (one ``DedupeSet`` each, e.g. in parallel Ray tasks), the
+    digests each file must still drop because an earlier file (in list order) kept them; files
+    whose result is empty need no second pass."""
+    earlier = DedupeSet()
+    out = []
+    for s in sets:
+        out.append(s.overlap(earlier))
+        earlier.update(s)
+    return out
+
+
+def drop_duplicates(src: BinaryIO, out: BinaryIO, drop: DedupeSet, summary: Summary | None = None) -> int:
+    """Copy a ``process_stream`` output (JSONL) without the records whose text is in ``drop``;
+    returns how many were removed. With ``summary`` (that file's), its counts and profile are
+    corrected in place as if the records had been dropped as duplicates the first time
+    (min/max chars and token counts excepted: they stay those of the first pass). Streamed."""
+    removed = 0
+    buf = bytearray()
+    for line in src:
+        record = orjson.loads(line)
+        if drop.has_digest(text_digest(record["text"])):
+            removed += 1
+            if summary is not None:
+                _unprofile(summary, record)
+            continue
+        buf += line
+        if len(buf) >= FLUSH_BYTES:
+            out.write(bytes(buf))
+            buf.clear()
+    out.write(bytes(buf))
+    return removed
+
+
+def _unprofile(summary: Summary, record: dict[str, Any]) -> None:
+    summary.records_out -= 1
+    summary.bytes_out -= len(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE, default=str))
+    summary.dropped["duplicate"] = summary.dropped.get("duplicate", 0) + 1
+    p, n = summary.profile, len(record["text"])
+    if not p:
+        return
+    p["records"] -= 1
+    p["chars"] -= n
+    p["mean_chars"] = round(p["chars"] / p["records"], 2) if p["records"] else 0.0
+    p["length_histogram"]["counts"][min(n.bit_length(), len(p["length_histogram"]["counts"]) - 1)] -= 1
+    for key, col in p.get("columns", {}).items():
+        if record.get(key) is not None:
+            col["non_null"] -= 1
+        else:
+            col["nulls"] -= 1
+    if p.get("tokens_estimated"):
+        p["tokens"] = p["chars"] // 4
 
 
 def merge_summaries(parts: list[Summary]) -> Summary:
