@@ -114,8 +114,11 @@ def test_truncated_compressed_input_is_an_error_not_silent_data_loss():
 
 
 def test_parquet_rows_streamed_by_batch(tmp_path):
+    import datetime
+
     table = pa.table({"body": [f"doc {i}" if i != 7 else None for i in range(3000)],
-                      "lang": ["en" if i % 3 else None for i in range(3000)]})
+                      "lang": ["en" if i % 3 else None for i in range(3000)],
+                      "at": [datetime.datetime(2026, 1, 1, 0, 0, i % 60) for i in range(3000)]})
     path = tmp_path / "d.parquet"
     pq.write_table(table, path, row_group_size=1000)
     recipe = Recipe(text_field="body")
@@ -124,7 +127,8 @@ def test_parquet_rows_streamed_by_batch(tmp_path):
         summary = process_stream(f, out, rej, fmt="parquet", compression="", schema=None, recipe=recipe)
     records = [json.loads(x) for x in out.getvalue().splitlines()]
     bad = [json.loads(x) for x in rej.getvalue().splitlines()]
-    assert len(records) == 2999 and records[0] == {"text": "doc 0", "lang": None}
+    assert len(records) == 2999 and records[0] == {"text": "doc 0", "lang": None, "at": "2026-01-01T00:00:00"}
+    assert summary.schema["fields"]["at"]["type"] == ["string"]
     assert [b["line"] for b in bad] == [8] and bad[0]["reason"].startswith("missing")
     assert summary.profile["columns"]["lang"]["nulls"] == 1000
     assert summary.bytes_in == path.stat().st_size

@@ -10,14 +10,19 @@ Fields not in the schema are allowed and kept.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from collections.abc import Iterable
 from typing import Any
 
 from pylon_services.common.errors import InvalidArgument
 
 TYPES = ("string", "integer", "number", "boolean", "object", "array", "null")
+# Parquet cells can be dates, times, decimals or bytes: they are written out as strings, so
+# they count as strings here (else an inferred schema would reject its own column).
+_STRINGISH: tuple[type, ...] = (str, datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, bytes)
 _PY_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "string": _STRINGISH, "integer": (int,), "number": (int, float), "boolean": (bool,),
     "object": (dict,), "array": (list,), "null": (type(None),),
 }
 
