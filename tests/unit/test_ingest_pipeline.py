@@ -324,3 +324,12 @@ def test_gzip_text_and_zstd_multi_frame():
     frames = zstandard.ZstdCompressor().compress(jsonl({"text": "a"})) + zstandard.ZstdCompressor().compress(jsonl({"text": "b"}))
     records, _, _ = run(frames, compression="zstd")
     assert [r["text"] for r in records] == ["a", "b"]
+
+
+def test_edge_inputs_empty_and_bom():
+    records, bad, summary = run(b"")
+    assert records == [] and bad == [] and summary.records_in == 0 and summary.profile["records"] == 0
+    records, bad, _ = run(b"\xef\xbb\xbf" + jsonl({"text": "bom"}))
+    assert [r["text"] for r in records] == ["bom"] and not bad
+    records, _, _ = run(b"\xef\xbb\xbfid,text\n1,x\n", fmt="csv")
+    assert records == [{"text": "x", "id": 1}]

@@ -26,6 +26,7 @@ from pylon_services.common.errors import InvalidArgument
 FORMATS = ("jsonl", "csv", "parquet", "text")
 COMPRESSIONS = ("", "gzip", "zstd")
 READ_BUFFER = 1 << 20
+_BOM = b"\xef\xbb\xbf"
 
 Error = tuple[str, str, bytes]
 Item = tuple[int, dict[str, Any] | None, Error | None]
@@ -94,6 +95,8 @@ def iter_lines(f: io.BufferedIOBase, limit: int) -> Iterator[tuple[int, bytes | 
         if not line:
             return
         lineno += 1
+        if lineno == 1 and line.startswith(_BOM):  # files saved by Windows tools often start with one
+            line = line[len(_BOM):]
         if line[-1:] != b"\n" and len(line) >= limit:
             while True:  # discard the rest of the overlong line
                 rest = readline(limit)
