@@ -24,6 +24,7 @@ from pylon_services.storage.base import ObjectExists, ObjectStore
 PROGRESS_KEY = "pylon:ingest:opprog:{op}"
 _PROGRESS_EVERY_S = 0.5
 _BUFFER = 1 << 20
+TRAIN_SAMPLE_BYTES = 128 << 20  # text a tokenizer is trained on, at most
 
 
 def open_task_store(conn: dict[str, Any]) -> ObjectStore:
@@ -111,6 +112,17 @@ def _settle_bytes(store: ObjectStore, f: dict[str, Any], digest: str) -> str:
     return key
 
 
+def _first_bytes(texts: Iterator[str], limit: int) -> Iterator[str]:
+    """The leading texts up to about ``limit`` characters: BPE merges are learned from a sample,
+    so training time and memory (the trainer's word counts) do not grow with the version."""
+    seen = 0
+    for t in texts:
+        if seen >= limit:
+            return
+        seen += len(t)
+        yield t
+
+
 def iter_texts(store: ObjectStore, keys: list[str], text_field: str = "text") -> Iterator[str]:
     """Texts of cleaned JSONL objects, one record at a time."""
     for key in keys:
@@ -128,7 +140,9 @@ def tokenize_version(conn: dict[str, Any], redis_url: str, op_id: str, spec: dic
     store = open_task_store(conn)
     report = ProgressReporter(redis_url, op_id, "tokenize")
     try:
-        tok, tok_json, trained = _tokenizer(store, spec, lambda: iter_texts(store, spec["keys"]), train_tokenizer)
+        sample = spec.get("train_sample_bytes", TRAIN_SAMPLE_BYTES)
+        tok, tok_json, trained = _tokenizer(store, spec, lambda: _first_bytes(iter_texts(store, spec["keys"]), sample),
+                                            train_tokenizer)
         report({"stage": "encode"}, force=True)
         dtype = "uint16" if tok.get_vocab_size() <= 65536 else "uint32"
 
