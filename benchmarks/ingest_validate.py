@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from pylon_services.ingest.domain.pipeline import Recipe, process_stream
+from pylon_services.ingest.domain.pipeline import Recipe, Summary, process_stream
 
 MIB = 1 << 20
 SCHEMA = {"fields": {"text": {"type": "string", "required": True}, "id": {"type": "integer", "required": True},
@@ -81,7 +81,7 @@ def baseline(path: str) -> float:
     return time.perf_counter() - start
 
 
-def ours(path: str) -> tuple[float, object]:
+def ours(path: str) -> tuple[float, Summary]:
     start = time.perf_counter()
     with open(path, "rb") as src, open(os.devnull, "wb") as out, open(os.devnull, "wb") as rejects:
         summary = process_stream(src, out, rejects, fmt="jsonl", compression="", schema=SCHEMA, recipe=Recipe())

@@ -117,7 +117,7 @@ class Cleaner:
 
     def __init__(self, recipe: Any, seen: DedupeSet | None) -> None:
         self.recipe = recipe
-        self.form = recipe.normalize_unicode or ""
+        self.form: Any = recipe.normalize_unicode or ""  # one of NFC/NFD/NFKC/NFKD, checked below
         if self.form and self.form not in ("NFC", "NFD", "NFKC", "NFKD"):
             raise ValueError(f"normalize_unicode must be NFC, NFD, NFKC, NFKD or empty, not {self.form!r}")
         self.seen = seen if seen is not None else (DedupeSet() if recipe.dedupe else None)

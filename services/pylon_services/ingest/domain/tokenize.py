@@ -18,7 +18,7 @@ import numpy as np
 
 EOS_TOKEN = "<|endoftext|>"
 INDEX_FORMAT = "pylon-tokens-v1"
-DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+DTYPES: dict[str, Any] = {"uint16": np.uint16, "uint32": np.uint32}
 
 
 def shard_name(index: int) -> str:
