@@ -121,3 +121,9 @@ def test_local_source_ranges_and_listing(tmp_path):
     assert src.list("a/") == ["a/x.bin"]
     with pytest.raises(ValueError):
         src.get("../escape")
+
+
+def test_too_little_data_for_one_batch_is_an_error(tmp_path):
+    write_shards(tmp_path, [SEQ * 3])
+    with pytest.raises(ValueError, match="no full batch"):
+        next(iter(ShardReader(LocalSource(tmp_path), seq_len=SEQ, batch_size=2, rank=1, world_size=2)))

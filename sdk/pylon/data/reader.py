@@ -192,6 +192,9 @@ class ShardReader:
         """Batches from the current position to the end of the epoch; then the next epoch."""
         bs = self.batch_size
         limit = (self.windows_per_epoch() // bs) * bs
+        if limit == 0:  # an epoch with no batch would make an endless training loop spin silently
+            raise ValueError(f"rank {self.rank}/{self.world_size} gets no full batch of {bs} x {self.seq_len} tokens "
+                             f"from {self.index.get('total_tokens')} tokens; lower seq_len, batch_size or world_size")
         pending: list[np.ndarray] = []
         have = 0
         for arr in self._windows(self._segments_from(self.position)):
