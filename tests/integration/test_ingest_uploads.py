@@ -63,35 +63,40 @@ def test_direct_upload_processes_on_ray_and_reupload_sends_nothing(acme, tmp_pat
 
 
 def test_interrupted_upload_resumes_sending_only_missing_parts(acme, ingest, tmp_path, monkeypatch):
-    path = jsonl(tmp_path / "big.jsonl", 60_000, width=300)  # ~ 12 MiB -> 3 parts of 5 MiB
-    size = len(open(path, "rb").read())
-    digest, md5s = part_hashes(path, 5 * MiB)
-    header = ingest_pb2.UploadHeader(dataset="tenants/-/datasets/resumed", path="big.jsonl", digest=digest,
-                                     size_bytes=size)
-    s = acme.call(acme.ingest.CreateUploadSession, ingest_pb2.CreateUploadSessionRequest(
-        header=header, part_size_bytes=5 * MiB, part_md5s=md5s)).session
-    assert len(s.parts) == 3 and not s.already_stored
-    data = open(path, "rb").read()
-    put(s.parts[0].url, data[:5 * MiB])  # the client dies after part 1
-    got = acme.call(acme.ingest.GetUploadSession, ingest_pb2.GetUploadSessionRequest(name=s.name)).session
-    assert [p.uploaded for p in got.parts] == [True, False, False] and got.parts[0].etag == md5s[0]
-    # The SDK picks up the open session (its state file) and sends parts 2 and 3 only.
     import pylon.resources.datasets as ds
 
-    state_file = ds.os.path.join(ds._cache_dir("uploads"), ds._file_key(path, header.dataset, 5 * MiB))
-    with open(state_file, "w") as f:
-        f.write(s.name)
-    sent_parts = []
-    real = ds._send_parts
+    path = jsonl(tmp_path / "big.jsonl", 60_000, width=300)  # ~ 12 MiB -> 3 parts of 5 MiB
+    digest, md5s = part_hashes(path, 5 * MiB)
+    real, sent_parts = ds._send_parts, []
+
+    def dies_after_part_1(p, ps, urls, c, prog):
+        real(p, ps, {1: urls[1]}, c, prog)
+        raise ConnectionError("network gone")
+
+    monkeypatch.setattr(ds, "_send_parts", dies_after_part_1)
+    with pytest.raises(ConnectionError):
+        acme.datasets.upload(path, "resumed", part_size=5 * MiB)
+    with pytest.raises(pylon.NotFoundError):
+        acme.datasets.get("resumed")
+    # The store holds part 1 (GetUploadSession says so, with its MD5 as ETag) ...
+    sessions = list((tmp_path / "cache" / "uploads").iterdir())
+    name = sessions[0].read_text()
+    got = acme.call(acme.ingest.GetUploadSession, ingest_pb2.GetUploadSessionRequest(name=name)).session
+    assert [p.uploaded for p in got.parts] == [True, False, False] and got.parts[0].etag == md5s[0]
 
     def spy(p, ps, urls, c, prog):
         sent_parts.append(sorted(urls))
         return real(p, ps, urls, c, prog)
 
+    # ... and the next upload of the same file resumes that session, sending parts 2 and 3 only.
     monkeypatch.setattr(ds, "_send_parts", spy)
     v = acme.datasets.upload(path, "resumed", part_size=5 * MiB)
     assert sent_parts == [[2, 3]]
     assert v.files[0]["digest"] == digest and v.record_count == 60_000
+    # --no-resume starts afresh (the bytes are held now, so nothing is sent at all).
+    sent_parts.clear()
+    assert acme.datasets.upload(path, "resumed", part_size=5 * MiB, resume=False).deduplicated
+    assert sent_parts == []
 
 
 def put(url, body):
