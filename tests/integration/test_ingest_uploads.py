@@ -60,6 +60,14 @@ def test_direct_upload_processes_on_ray_and_reupload_sends_nothing(acme, tmp_pat
     # The same bytes again: the session says they are held, no part is sent, same content digest.
     v2 = acme.datasets.upload(path, "direct", max_reject_rate=0.05)
     assert (v2.version, v2.digest, v2.files[0]["object_key"]) == (2, v1.digest, v1.files[0]["object_key"])
+    # Verified bytes processed the same way before: the cleaned outputs are reused, not recomputed.
+    ops = [acme.datasets.operation(f"tenants/acme/operations/{v.operation}") for v in (v1, v2)]
+    assert [o.metadata["files_reused"] for o in ops] == [0, 1]
+    assert v2.processed_files == v1.processed_files and v2.reject_count == 20
+    # A different recipe on the same bytes is processed afresh.
+    v3 = acme.datasets.upload(path, "direct", max_reject_rate=0.05, recipe={"scrub_email": True})
+    assert acme.datasets.operation(f"tenants/acme/operations/{v3.operation}").metadata["files_reused"] == 0
+    assert v3.digest != v1.digest
 
 
 def test_interrupted_upload_resumes_sending_only_missing_parts(acme, ingest, tmp_path, monkeypatch):

@@ -103,6 +103,18 @@ def version_exists(store: ObjectStore, tenant: str, dataset: str, n: int) -> boo
     return store.exists(f"{versions_prefix(tenant, dataset)}{n:010d}.json")
 
 
+def reuse_key(tenant: str, digest: str, f: dict[str, Any], processing: dict[str, Any]) -> str:
+    """Where the outputs of processing the bytes ``digest`` this exact way are remembered."""
+    how = {"digest": digest, "format": f["format"], "compression": f["compression"],
+           "schema": processing.get("schema"), "recipe": processing["recipe"]}
+    return f"tenants/{tenant}/processed-index/{hashlib.sha256(blobs.dump(how)).hexdigest()}.json"
+
+
+def reusable(f: dict[str, Any]) -> bool:
+    """Only bytes already verified and owned (not staging, not referenced) may reuse outputs."""
+    return bool(f.get("digest")) and not f.get("staging") and not f.get("by_reference")
+
+
 def find_published(store: ObjectStore, tenant: str, dataset: str, op_id: str) -> dict[str, Any] | None:
     """The manifest operation ``op_id`` already published, if it got that far before a crash."""
     prefix = versions_prefix(tenant, dataset)

@@ -156,9 +156,15 @@ class RayRunner:
             op.succeed(published["name"], {"stage": "published", "version": published["version"]})
             return
         out_prefix = versions.work_prefix(tenant, dataset, op.id)
-        refs = [self._process.remote(self.conn, self.redis_url, op.id, i, {**f, "tenant": tenant},
-                                     spec["processing"], out_prefix) for i, f in enumerate(spec["files"])]
-        results = await self._wait(op, refs, sum(int(f.get("size", 0)) for f in spec["files"]))
+        keys = [versions.reuse_key(tenant, f["digest"], f, spec["processing"]) if versions.reusable(f) else None
+                for f in spec["files"]]
+        known = await asyncio.to_thread(self._known_results, keys)
+        todo = [i for i in range(len(keys)) if i not in known]
+        refs = [self._process.remote(self.conn, self.redis_url, op.id, i, {**spec["files"][i], "tenant": tenant},
+                                     spec["processing"], out_prefix) for i in todo]
+        fresh = await self._wait(op, refs, sum(int(spec["files"][i].get("size", 0)) for i in todo))
+        results = sorted([*fresh, *known.values()], key=lambda r: r["index"])
+        op.metadata["files_reused"] = len(known)
         from pylon_services.ingest.domain.pipeline import Summary, check_reject_rate, merge_summaries
 
         merged = merge_summaries([Summary.from_dict(r["summary"]) for r in results])
@@ -174,6 +180,24 @@ class RayRunner:
         n, doc = await asyncio.to_thread(versions.publish, self.store, tenant, dataset, doc_for,
                                          int(spec.get("version") or 0))
         op.succeed(doc["name"], {"stage": "published", "version": n, "digest": doc["digest"], **counts})
+        await asyncio.to_thread(self._remember_results, tenant, spec, fresh)
+
+    def _known_results(self, keys: list[str | None]) -> dict[int, dict[str, Any]]:
+        """Results of earlier operations that processed the same verified bytes the same way:
+        their cleaned outputs are immutable, so a re-upload need not process again."""
+        out = {}
+        for i, key in enumerate(keys):
+            found = blobs.read_json_or_none(self.store, key) if key else None
+            if found and all(self.store.exists(found[k]["key"]) for k in ("out", "rejects")):
+                out[i] = {**found, "index": i}
+        return out
+
+    def _remember_results(self, tenant: str, spec: dict[str, Any], fresh: list[dict[str, Any]]) -> None:
+        """Index the outputs by the now verified digest (referenced imports are not owned: skipped)."""
+        for r in fresh:
+            f = spec["files"][r["index"]]
+            if not f.get("by_reference"):
+                self.store.put(versions.reuse_key(tenant, r["digest"], f, spec["processing"]), blobs.dump(r))
 
     def _cleanup_failed(self, op: Operation) -> None:
         """A failed processing op leaves nothing behind: its outputs and the uploaded staging bytes."""
