@@ -91,16 +91,23 @@ def test_gzip_csv_and_import_of_objects_already_in_the_bucket(acme, ingest, tmp_
         acme.datasets.import_objects(["tenants/acme/imports/missing.jsonl"], "imported")
 
 
-def test_files_of_one_import_are_processed_in_parallel_into_one_version(acme, ingest):
+def test_files_of_one_import_are_processed_in_parallel_and_deduped_across_files(acme, ingest):
     store = ingest.store()
     keys = []
     for i in range(3):
         key = f"tenants/acme/multi/part{i}.jsonl"
-        store.put(key, b"".join(json.dumps({"text": f"file {i} rec {j}"}).encode() + b"\n" for j in range(400)))
+        own = [f"file {i} rec {j}" for j in range(400)]
+        shared = [f"in every file {j}" for j in range(50)]  # only the first file keeps these
+        store.put(key, b"".join(json.dumps({"text": t}).encode() + b"\n" for t in own + shared + own[:5]))
         keys.append(key)
     v = acme.datasets.import_objects(keys, "multi")
     assert [f["path"] for f in v.files] == ["part0.jsonl", "part1.jsonl", "part2.jsonl"]
-    assert v.record_count == 1200 and len(v.processed_files) == 3
+    assert [int(f["record_count"]) for f in v.processed_files] == [450, 400, 400]
+    assert v.record_count == 1250 and v.dropped == {"duplicate": 15 + 100}
+    texts = [json.loads(line)["text"] for f in v.processed_files
+             for line in store.get(f["object_key"]).splitlines()]
+    assert len(texts) == len(set(texts)) == 1250
+    assert not [o.key for o in store.iter_all("tenants/acme/datasets/multi/processed/") if o.key.endswith(".dedupe")]
 
 
 def test_tokenize_writes_shards_linked_to_version_and_tokenizer_and_reuses_it(acme, ingest, tmp_path):

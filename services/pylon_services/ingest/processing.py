@@ -64,11 +64,12 @@ def _stream_through(store: ObjectStore, f: dict[str, Any], out_prefix: str, inde
     reader = ObjectReader(store, f["src_key"], size, progress=lambda done: report({"done": done, "total": size}))
     out_raw = ObjectWriter(store, f"{out_prefix}{index:05d}.clean.jsonl")
     rej_raw = ObjectWriter(store, f"{out_prefix}{index:05d}.rejects.jsonl")
+    seen = DedupeSet()
     try:
         out, rejects = io.BufferedWriter(out_raw, _BUFFER), io.BufferedWriter(rej_raw, _BUFFER)
         summary = process_stream(io.BufferedReader(reader, _BUFFER), out, rejects, fmt=f["format"],
                                  compression=f["compression"], schema=processing.get("schema") or None,
-                                 recipe=Recipe.from_dict(processing["recipe"]), seen=DedupeSet())
+                                 recipe=Recipe.from_dict(processing["recipe"]), seen=seen)
         out.flush()
         rejects.flush()
         out_raw.close()
@@ -78,8 +79,12 @@ def _stream_through(store: ObjectStore, f: dict[str, Any], out_prefix: str, inde
         rej_raw.abort()
         raise
     digest, hashed = reader.finish_hash()
-    return {"summary": summary.to_dict(), "out": out_raw.result(), "rejects": rej_raw.result(),
-            "digest": digest, "size": hashed}
+    result = {"summary": summary.to_dict(), "out": out_raw.result(), "rejects": rej_raw.result(),
+              "digest": digest, "size": hashed}
+    if f.get("dedupe_across") and len(seen):
+        result["dedupe_key"] = f"{out_prefix}{index:05d}.dedupe"
+        store.put(result["dedupe_key"], seen.to_bytes())
+    return result
 
 
 def process_file(conn: dict[str, Any], redis_url: str, op_id: str, index: int, f: dict[str, Any],
@@ -121,6 +126,36 @@ def _first_bytes(texts: Iterator[str], limit: int) -> Iterator[str]:
             return
         seen += len(t)
         yield t
+
+
+def dedupe_across_files(conn: dict[str, Any], results: list[dict[str, Any]], out_prefix: str) -> list[dict[str, Any]]:
+    """Ray task: files were deduped separately in parallel; drop from each file the records an
+    earlier file (in version order) kept, rewriting its cleaned output and correcting its summary.
+    Memory: the digests of all files' records (~80 B per distinct record), in this task only."""
+    from pylon_services.ingest.domain.pipeline import DedupeSet, Summary, cross_file_duplicates, drop_duplicates
+
+    store = open_task_store(conn)
+    ordered = sorted(results, key=lambda r: r["index"])
+    sets = [DedupeSet.from_bytes(store.get(r["dedupe_key"])) if r.get("dedupe_key") else DedupeSet()
+            for r in ordered]
+    for r, drop in zip(ordered, cross_file_duplicates(sets), strict=True):
+        if len(drop):
+            summary = Summary.from_dict(r["summary"])
+            src = io.BufferedReader(ObjectReader(store, r["out"]["key"], r["out"]["size"]), _BUFFER)
+            raw = ObjectWriter(store, f"{out_prefix}{r['index']:05d}.clean.dedup.jsonl")
+            try:
+                out = io.BufferedWriter(raw, _BUFFER)
+                drop_duplicates(src, out, drop, summary)
+                out.flush()
+                raw.close()
+            except BaseException:
+                raw.abort()
+                raise
+            store.delete(r["out"]["key"])
+            r["out"], r["summary"] = raw.result(), summary.to_dict()
+        if r.get("dedupe_key"):
+            store.delete(r.pop("dedupe_key"))
+    return ordered
 
 
 def iter_texts(store: ObjectStore, keys: list[str], text_field: str = "text") -> Iterator[str]:

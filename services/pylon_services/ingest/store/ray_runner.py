@@ -60,6 +60,7 @@ class RayRunner:
                  ignore_reinit_error=True, include_dashboard=False if not self.ray_address else None, **extra)
         self._process = ray.remote(processing.process_file).options(num_cpus=self.task_cpus, max_retries=1)
         self._tokenize = ray.remote(processing.tokenize_version).options(num_cpus=self.task_cpus, max_retries=1)
+        self._dedupe = ray.remote(processing.dedupe_across_files).options(num_cpus=self.task_cpus, max_retries=1)
 
     async def stop(self) -> None:
         """Stop running (the leases lapse and another replica, or our restart, adopts the ops)."""
@@ -156,13 +157,21 @@ class RayRunner:
             op.succeed(published["name"], {"stage": "published", "version": published["version"]})
             return
         out_prefix = versions.work_prefix(tenant, dataset, op.id)
-        keys = [versions.reuse_key(tenant, f["digest"], f, spec["processing"]) if versions.reusable(f) else None
-                for f in spec["files"]]
+        files = spec["files"]
+        across = len(files) > 1 and bool(spec["processing"]["recipe"].get("dedupe"))
+        # Reuse needs a file's result to stand alone: single-file versions (uploads) only.
+        keys = [versions.reuse_key(tenant, f["digest"], f, spec["processing"])
+                if versions.reusable(f) and len(files) == 1 else None for f in files]
         known = await asyncio.to_thread(self._known_results, keys)
         todo = [i for i in range(len(keys)) if i not in known]
-        refs = [self._process.remote(self.conn, self.redis_url, op.id, i, {**spec["files"][i], "tenant": tenant},
+        refs = [self._process.remote(self.conn, self.redis_url, op.id, i,
+                                     {**files[i], "tenant": tenant, "dedupe_across": across},
                                      spec["processing"], out_prefix) for i in todo]
-        fresh = await self._wait(op, refs, sum(int(spec["files"][i].get("size", 0)) for i in todo))
+        fresh = await self._wait(op, refs, sum(int(files[i].get("size", 0)) for i in todo))
+        if across:
+            op.metadata["stage"] = "dedupe across files"
+            await self.state.save(op)
+            (fresh,) = await self._wait(op, [self._dedupe.remote(self.conn, fresh, out_prefix)], 0)
         results = sorted([*fresh, *known.values()], key=lambda r: r["index"])
         op.metadata["files_reused"] = len(known)
         from pylon_services.ingest.domain.pipeline import Summary, check_reject_rate, merge_summaries
@@ -196,7 +205,7 @@ class RayRunner:
         """Index the outputs by the now verified digest (referenced imports are not owned: skipped)."""
         for r in fresh:
             f = spec["files"][r["index"]]
-            if not f.get("by_reference"):
+            if not f.get("by_reference") and len(spec["files"]) == 1:
                 self.store.put(versions.reuse_key(tenant, r["digest"], f, spec["processing"]), blobs.dump(r))
 
     def _cleanup_failed(self, op: Operation) -> None:
