@@ -49,7 +49,7 @@ def part_hashes(path: str, part_size: int, progress: Callable[[int], None] | Non
         with open(marker) as f:
             doc = json.load(f)
         return doc["sha256"], doc["md5s"]
-    sha, md5s = hashlib.sha256(), []
+    sha, md5s = hashlib.sha256(), list[str]()
     with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
         while True:
             part = f.read(part_size)
@@ -90,7 +90,7 @@ def _processing(schema: dict[str, Any] | None, recipe: dict[str, Any] | None,
     return p
 
 
-def _fmt(path: str, format: str | None) -> int:
+def _fmt(path: str, format: str | None) -> Any:
     if format is None:
         return ingest_pb2.DATA_FORMAT_UNSPECIFIED  # the service detects it from the file name
     if format not in _FORMATS:
@@ -208,7 +208,7 @@ class Datasets(_Resource):
         referenced in place with ``by_reference``)."""
         req = ingest_pb2.ImportDatasetVersionRequest(
             dataset=_name("datasets", name), source_uris=uris,
-            format=_fmt(uris[0], format) if uris else 0, compression=_COMPRESSIONS[compression],
+            format=_fmt(uris[0] if uris else "", format), compression=_COMPRESSIONS[compression],
             by_reference=by_reference, request_id=request_id or os.urandom(8).hex(),
             processing=_processing(processing.get("schema"), processing.get("recipe"),
                                    processing.get("max_reject_rate")))

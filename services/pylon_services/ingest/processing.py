@@ -82,8 +82,9 @@ def _stream_through(store: ObjectStore, f: dict[str, Any], out_prefix: str, inde
     result = {"summary": summary.to_dict(), "out": out_raw.result(), "rejects": rej_raw.result(),
               "digest": digest, "size": hashed}
     if f.get("dedupe_across") and len(seen):
-        result["dedupe_key"] = f"{out_prefix}{index:05d}.dedupe"
-        store.put(result["dedupe_key"], seen.to_bytes())
+        dedupe_key = f"{out_prefix}{index:05d}.dedupe"
+        store.put(dedupe_key, seen.to_bytes())
+        result["dedupe_key"] = dedupe_key
     return result
 
 

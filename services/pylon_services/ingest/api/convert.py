@@ -35,7 +35,7 @@ def file_format(field: str, path: str, fmt: int, compression: int) -> tuple[str,
         raise InvalidArgument.field(f"{field}.format", f"unknown value {fmt}")
     if compression and compression not in COMPRESSIONS:
         raise InvalidArgument.field(f"{field}.compression", f"unknown value {compression}")
-    return (FORMATS[fmt] if fmt else detected[0]), (COMPRESSIONS[compression] if compression else detected[1])
+    return (FORMATS[fmt] if fmt else detected[0]), (COMPRESSIONS[compression] if compression else detected[1])  # type: ignore[index]
 
 
 def processing(p: pb.ProcessingOptions) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def dataset_pb(d: dict[str, Any]) -> pb.Dataset:
 
 def _file_pb(f: dict[str, Any]) -> pb.DatasetFile:
     return pb.DatasetFile(path=f["path"], digest=f["digest"], size_bytes=f["size_bytes"],
-                          format=FORMAT_PB.get(f.get("format", ""), 0),
+                          format=FORMAT_PB.get(f.get("format", ""), pb.DATA_FORMAT_UNSPECIFIED),
                           compression=COMPRESSION_PB.get(f.get("compression", ""), pb.COMPRESSION_NONE),
                           record_count=f.get("record_count", 0), object_key=f["object_key"])
 

@@ -55,7 +55,7 @@ class RayRunner:
         self._reconciler = asyncio.create_task(self._reconcile_loop())
 
     def _connect(self) -> None:
-        extra = {"_node_ip_address": self.node_ip} if self.node_ip else {}
+        extra: dict[str, Any] = {"_node_ip_address": self.node_ip} if self.node_ip else {}
         ray.init(address=self.ray_address or None, namespace="pylon", log_to_driver=False,
                  ignore_reinit_error=True, include_dashboard=False if not self.ray_address else None, **extra)
         self._process = ray.remote(processing.process_file).options(num_cpus=self.task_cpus, max_retries=1)

@@ -23,6 +23,10 @@ ACTIVE = _P + "ops:active"
 _OP_TTL_S = 30 * 86400
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisState:
     """Operations and upload sessions in Redis (implements domain ``OperationStore``)."""
 
@@ -35,7 +39,7 @@ class RedisState:
             claimed = await self.r.set(_P + f"opreq:{request_key}", op.id, nx=True, ex=_OP_TTL_S)
             if not claimed:
                 earlier = await self.r.get(_P + f"opreq:{request_key}")
-                found = await self.get(earlier.decode()) if earlier else None
+                found = await self.get(_text(earlier)) if earlier else None
                 if found is not None:
                     return found
         await self.save(op)
@@ -56,11 +60,11 @@ class RedisState:
         await pipe.execute()
 
     async def active_ids(self) -> list[str]:
-        return sorted(m.decode() for m in await self.r.smembers(ACTIVE))
+        return sorted(_text(m) for m in await self.r.smembers(ACTIVE))
 
     async def progress(self, op_id: str) -> dict[str, object]:
         raw = await self.r.hgetall(_P + f"opprog:{op_id}")
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        return {_text(k): json.loads(v) for k, v in raw.items()}
 
     async def clear_progress(self, op_id: str) -> None:
         await self.r.delete(_P + f"opprog:{op_id}")
@@ -110,7 +114,7 @@ class RedisState:
         if await self.r.set(key, request_id, nx=True, ex=SESSION_TTL_S):
             return None
         winner = await self.r.get(key)
-        return winner.decode() if winner else ""
+        return _text(winner) if winner else ""
 
     async def release_commit(self, session_id: str) -> None:
         await self.r.delete(_P + f"upload:{session_id}:commit")
