@@ -33,13 +33,49 @@ class DatasetVersion:
     state: str
     created: datetime | None
     deduplicated: bool = False
+    reject_count: int = 0
+    processed_files: list[dict[str, Any]] = field(default_factory=list)
+    schema: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    cleaning: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+    operation: str = ""
 
     @classmethod
     def from_proto(cls, v: ingest_pb2.DatasetVersion, deduplicated: bool = False) -> DatasetVersion:
-        return cls(v.name, v.version, v.digest, v.record_count, v.size_bytes,
-                   [json_format.MessageToDict(f, preserving_proto_field_name=True) for f in v.files],
+        def files(fs: Any) -> list[dict[str, Any]]:
+            return [json_format.MessageToDict(f, preserving_proto_field_name=True) for f in fs]
+
+        return cls(v.name, v.version, v.digest, v.record_count, v.size_bytes, files(v.files),
                    _enum_suffix(ingest_pb2.DatasetVersionState, v.state, "DATASET_VERSION_STATE_"),
-                   _time(v.create_time), deduplicated)
+                   _time(v.create_time), deduplicated, v.reject_count, files(v.processed_files),
+                   json_format.MessageToDict(v.schema), json_format.MessageToDict(v.profile),
+                   json_format.MessageToDict(v.recipe), list(v.cleaning), dict(v.dropped), v.source, v.operation)
+
+
+@dataclass
+class Operation:
+    """A long-running operation (processing, tokenization): poll it or watch it."""
+
+    name: str
+    target: str
+    done: bool
+    progress: float
+    metadata: dict[str, Any]
+    result: str
+    error_code: int
+    error_message: str
+
+    @property
+    def failed(self) -> bool:
+        return self.done and bool(self.error_code)
+
+    @classmethod
+    def from_proto(cls, o: Any) -> Operation:
+        return cls(o.name, o.target, o.done, o.progress, json_format.MessageToDict(o.metadata), o.result,
+                   o.error.code, o.error.message)
 
 
 @dataclass

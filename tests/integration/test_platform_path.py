@@ -45,9 +45,9 @@ def test_corrupted_uploads_are_rejected_and_leave_nothing(tenant_clients):
         _upload_raw(acme, "corrupt", [data], digest="sha256:" + "0" * 64)
     with pytest.raises(pylon.InvalidArgumentError, match="crc32c"):
         _upload_raw(acme, "corrupt", [data, data], bad_crc_at=1)
-    with pytest.raises(pylon.InvalidArgumentError, match="line 2 is not valid JSON"):
+    with pytest.raises(pylon.InvalidArgumentError, match="line 2: malformed_json"):
         _upload_raw(acme, "corrupt", [b'{"a": 1}\n{oops\n'], fmt=ingest_pb2.DATA_FORMAT_JSONL)
-    with pytest.raises(pylon.InvalidArgumentError, match="not valid UTF-8"):
+    with pytest.raises(pylon.InvalidArgumentError, match="line 1: bad_utf8"):
         _upload_raw(acme, "corrupt", [b"\xff\xfe bad bytes\n"])
     with pytest.raises(pylon.NotFoundError):
         acme.datasets.get("corrupt")

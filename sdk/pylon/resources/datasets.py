@@ -1,29 +1,191 @@
-"""Datasets: upload, list, get."""
+"""Datasets: upload (direct to object storage, resumable; or streamed through gRPC), import,
+list, get, preview, rejects, tokenize, and the operations that process them."""
 
 from __future__ import annotations
 
+import builtins
+import hashlib
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import google_crc32c
+import grpc
+from google.protobuf import json_format, struct_pb2
 
-from pylon.errors import PylonError
+from pylon.errors import _BY_CODE, PylonError
 from pylon.ingest.v1 import ingest_pb2
 from pylon.resources._base import _FORMATS, CHUNK_BYTES, Progress, _name, _Resource, file_digest
-from pylon.types import Dataset, DatasetVersion
+from pylon.types import Dataset, DatasetVersion, Operation
+
+DEFAULT_PART_SIZE = 16 << 20
+DEFAULT_CONCURRENCY = 8
+_COMPRESSIONS = {"": ingest_pb2.COMPRESSION_UNSPECIFIED, "none": ingest_pb2.COMPRESSION_NONE,
+                 "gzip": ingest_pb2.COMPRESSION_GZIP, "zstd": ingest_pb2.COMPRESSION_ZSTD}
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _cache_dir(kind: str) -> str:
+    root = os.environ.get("PYLON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pylon")
+    path = os.path.join(root, kind)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _file_key(path: str, *extra: object) -> str:
+    st = os.stat(path)
+    ident = "\0".join(map(str, (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, *extra)))
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def part_hashes(path: str, part_size: int, progress: Callable[[int], None] | None = None) -> tuple[str, list[str]]:
+    """("sha256:<hex>", [hex MD5 of each part]) in one read of the file; MD5s run on a second
+    thread (hashlib releases the GIL). Cached by path, size, mtime and part size, so sending an
+    unchanged file again costs no hashing."""
+    marker = os.path.join(_cache_dir("parthashes"), _file_key(path, part_size))
+    if os.path.exists(marker):
+        with open(marker) as f:
+            doc = json.load(f)
+        return doc["sha256"], doc["md5s"]
+    sha, md5s = hashlib.sha256(), list[str]()
+    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
+        while True:
+            part = f.read(part_size)
+            if not part and md5s:
+                break
+            future = pool.submit(lambda b: hashlib.md5(b, usedforsecurity=False).hexdigest(), part)
+            sha.update(part)
+            md5s.append(future.result())
+            if progress:
+                progress(len(part))
+            if len(part) < part_size:
+                break
+    digest = f"sha256:{sha.hexdigest()}"
+    with open(marker + ".tmp", "w") as f:
+        json.dump({"sha256": digest, "md5s": md5s}, f)
+    os.replace(marker + ".tmp", marker)
+    return digest, md5s
+
+
+def _send_parts(path: str, part_size: int, urls: dict[int, str], concurrency: int,
+                progress: Callable[[int], None] | None) -> dict[int, str]:
+    """PUT the parts in parallel through ``pylon.transfer`` (keep-alive connections, 1 MiB
+    socket writes, one retry per part)."""
+    from pylon import transfer
+
+    return dict(transfer.upload_parts(path, part_size, urls, concurrency=concurrency, progress=progress))
+
+
+def _processing(schema: dict[str, Any] | None, recipe: dict[str, Any] | None,
+                max_reject_rate: float | None) -> ingest_pb2.ProcessingOptions:
+    p = ingest_pb2.ProcessingOptions()
+    if schema:
+        p.schema.update(schema)
+    if recipe:
+        json_format.ParseDict(recipe, p.recipe)
+    if max_reject_rate is not None:
+        p.max_reject_rate = max_reject_rate
+    return p
+
+
+def _fmt(path: str, format: str | None) -> Any:
+    if format is None:
+        return ingest_pb2.DATA_FORMAT_UNSPECIFIED  # the service detects it from the file name
+    if format not in _FORMATS:
+        raise PylonError(f"unknown format {format!r}; pass one of {sorted(_FORMATS)}")
+    return _FORMATS[format]
+
+
+def raise_if_failed(op: Operation) -> Operation:
+    """Raise the error a failed operation carries as the matching PylonError."""
+    if op.failed:
+        code = _CODES.get(op.error_code, grpc.StatusCode.UNKNOWN)
+        raise _BY_CODE.get(code, PylonError)(f"{op.name}: {op.error_message}")
+    return op
 
 
 class Datasets(_Resource):
-    def upload(self, path: str, name: str, *, format: str | None = None, description: str = "",
-               request_id: str | None = None, progress: Progress | None = None) -> DatasetVersion:
-        """Stream a file to ingest (CRC32C per chunk, SHA-256 checked at commit) as a new version."""
-        fmt = format or os.path.splitext(path)[1].lstrip(".").lower() or "text"
-        if fmt not in _FORMATS:
-            raise PylonError(f"unknown format {fmt!r}; pass format= one of {sorted(_FORMATS)}")
-        size = os.path.getsize(path)
+    # -- uploads ----------------------------------------------------------------------------------
+    def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
+               description: str = "", request_id: str | None = None, progress: Progress | None = None,
+               direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
+               concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
+               wait: bool = True, on_operation: Callable[[Operation], None] | None = None) -> Any:
+        """Upload a file as a new version and wait until it is processed (``wait=False``: return
+        the operation). Goes straight to object storage when the platform allows it (presigned
+        multipart: parallel parts, resumable, nothing sent when the bytes are already held),
+        else streams through gRPC. ``progress(bytes_done, bytes_total)``."""
         header = ingest_pb2.UploadHeader(dataset=_name("datasets", name), path=os.path.basename(path),
-                                         format=_FORMATS[fmt], digest=file_digest(path), size_bytes=size,
-                                         description=description, request_id=request_id or os.urandom(8).hex())
+                                         format=_fmt(path, format), compression=_COMPRESSIONS[compression],
+                                         size_bytes=os.path.getsize(path), description=description,
+                                         request_id=request_id or os.urandom(8).hex(),
+                                         processing=_processing(schema, recipe, max_reject_rate))
+        if direct is False:
+            return self._upload_streamed(path, header, progress)
+        try:
+            op, held = self._upload_direct(path, header, resume, part_size, concurrency, progress)
+        except PylonError as e:
+            if direct or e.code != grpc.StatusCode.FAILED_PRECONDITION or "presigned" not in e.message:
+                raise
+            return self._upload_streamed(path, header, progress)
+        if not wait:
+            return op
+        op = raise_if_failed(self.wait(op.name, on_update=on_operation))
+        version = self._version(op.result)
+        version.deduplicated = held
+        return version
+
+    def _upload_direct(self, path: str, header: ingest_pb2.UploadHeader, resume: bool, part_size: int,
+                       concurrency: int, progress: Progress | None) -> tuple[Operation, bool]:
+        """Hash, open (or resume) a session, send the missing parts, commit; (operation, whether
+        the platform already held the bytes)."""
+        size = header.size_bytes
+        done = [0]
+
+        def moved(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0], size)
+
+        state_file = os.path.join(_cache_dir("uploads"), _file_key(path, header.dataset, part_size))
+        session = self._resumable(state_file) if resume else None
+        if session is None:
+            digest, md5s = part_hashes(path, part_size)
+            header.digest = digest
+            req = ingest_pb2.CreateUploadSessionRequest(header=header, part_size_bytes=part_size, part_md5s=md5s)
+            session = self._c.call(self._c.ingest.CreateUploadSession, req).session
+            with open(state_file, "w") as f:
+                f.write(session.name)
+        if not session.already_stored:
+            urls = {p.part_number: p.url for p in session.parts if not p.uploaded}
+            moved(sum(min(part_size, size - (p.part_number - 1) * part_size) for p in session.parts if p.uploaded))
+            _send_parts(path, part_size, urls, concurrency, moved)
+        else:
+            moved(size)
+        commit = ingest_pb2.CommitUploadSessionRequest(name=session.name, request_id=header.request_id)
+        op = Operation.from_proto(self._c.call(self._c.ingest.CommitUploadSession, commit).operation)
+        os.unlink(state_file)
+        return op, session.already_stored
+
+    def _resumable(self, state_file: str) -> Any:
+        """The open session an interrupted upload of this file left behind, with its parts."""
+        if not os.path.exists(state_file):
+            return None
+        with open(state_file) as f:
+            name = f.read().strip()
+        try:
+            s = self._c.call(self._c.ingest.GetUploadSession, ingest_pb2.GetUploadSessionRequest(name=name)).session
+        except PylonError:
+            return None
+        return s if s.state == ingest_pb2.UPLOAD_SESSION_STATE_OPEN else None
+
+    def _upload_streamed(self, path: str, header: ingest_pb2.UploadHeader, progress: Progress | None) -> DatasetVersion:
+        """Stream through gRPC (CRC32C per chunk, SHA-256 checked before anything is stored)."""
+        header.digest = header.digest or file_digest(path)
+        size = header.size_bytes
 
         def messages() -> Iterator[ingest_pb2.UploadDatasetVersionRequest]:
             yield ingest_pb2.UploadDatasetVersionRequest(header=header)
@@ -39,16 +201,92 @@ class Datasets(_Resource):
         resp = self._c.call(self._c.ingest.UploadDatasetVersion, messages(), timeout=3600)
         return DatasetVersion.from_proto(resp.version, resp.deduplicated)
 
-    def list(self, page_size: int = 100) -> list[Dataset]:
+    def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
+                       compression: str = "", by_reference: bool = False, request_id: str | None = None,
+                       wait: bool = True, **processing: Any) -> Any:
+        """Make a version from objects already in the platform's bucket (server-side copy, or
+        referenced in place with ``by_reference``)."""
+        req = ingest_pb2.ImportDatasetVersionRequest(
+            dataset=_name("datasets", name), source_uris=uris,
+            format=_fmt(uris[0] if uris else "", format), compression=_COMPRESSIONS[compression],
+            by_reference=by_reference, request_id=request_id or os.urandom(8).hex(),
+            processing=_processing(processing.get("schema"), processing.get("recipe"),
+                                   processing.get("max_reject_rate")))
+        op = Operation.from_proto(self._c.call(self._c.ingest.ImportDatasetVersion, req).operation)
+        return self._version(raise_if_failed(self.wait(op.name)).result) if wait else op
+
+    # -- reading ------------------------------------------------------------------------------------
+    def list(self, page_size: int = 100) -> builtins.list[Dataset]:
         resp = self._c.call(self._c.ingest.ListDatasets, ingest_pb2.ListDatasetsRequest(page_size=page_size))
         return [Dataset.from_proto(d) for d in resp.datasets]
+
+    def versions(self, name: str, page_size: int = 50) -> builtins.list[DatasetVersion]:
+        req = ingest_pb2.ListDatasetVersionsRequest(parent=_name("datasets", name), page_size=page_size)
+        return [DatasetVersion.from_proto(v) for v in self._c.call(self._c.ingest.ListDatasetVersions, req).versions]
 
     def get(self, name: str, version: str | int | None = None) -> Dataset | DatasetVersion:
         """The dataset, or one of its versions (a number or "latest")."""
         if version is None:
             return Dataset.from_proto(self._c.call(self._c.ingest.GetDataset,
                                                    ingest_pb2.GetDatasetRequest(name=_name("datasets", name))).dataset)
-        req = ingest_pb2.GetDatasetVersionRequest(name=f"{_name('datasets', name)}/versions/{version}")
+        return self._version(f"{_name('datasets', name)}/versions/{version}")
+
+    def _version(self, full_name: str) -> DatasetVersion:
+        req = ingest_pb2.GetDatasetVersionRequest(name=full_name)
         return DatasetVersion.from_proto(self._c.call(self._c.ingest.GetDatasetVersion, req).version)
 
+    def preview(self, name: str, version: str | int = "latest", limit: int = 10) -> builtins.list[Any]:
+        """The first cleaned records of a version."""
+        req = ingest_pb2.PreviewDatasetVersionRequest(name=f"{_name('datasets', name)}/versions/{version}",
+                                                      limit=limit)
+        values = self._c.call(self._c.ingest.PreviewDatasetVersion, req).records
+        return [json_format.MessageToDict(v) if isinstance(v, struct_pb2.Value) else v for v in values]
 
+    def rejects(self, name: str, version: str | int = "latest", page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """Every rejected record: file, line, reason and (truncated) raw text."""
+        token = ""
+        while True:
+            req = ingest_pb2.ListRejectsRequest(name=f"{_name('datasets', name)}/versions/{version}",
+                                                page_size=page_size, page_token=token)
+            resp = self._c.call(self._c.ingest.ListRejects, req)
+            for r in resp.rejects:
+                yield {"path": r.path, "line": r.line, "reason": r.reason, "raw": r.raw}
+            token = resp.next_page_token
+            if not token:
+                return
+
+    # -- tokenization -------------------------------------------------------------------------------
+    def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
+                 shard_tokens: int = 0, request_id: str | None = None, wait: bool = True,
+                 on_operation: Callable[[Operation], None] | None = None) -> Any:
+        """Train (or reuse the stored ``tokenizer``) and write token shards; returns the
+        tokenization manifest (``wait=False``: the operation)."""
+        req = ingest_pb2.TokenizeDatasetVersionRequest(
+            name=f"{_name('datasets', name)}/versions/{version}", tokenizer=tokenizer, vocab_size=vocab_size,
+            shard_tokens=shard_tokens, request_id=request_id or os.urandom(8).hex())
+        op = Operation.from_proto(self._c.call(self._c.ingest.TokenizeDatasetVersion, req).operation)
+        if not wait:
+            return op
+        op = raise_if_failed(self.wait(op.name, on_update=on_operation))
+        resp = self._c.call(self._c.ingest.GetTokenization, ingest_pb2.GetTokenizationRequest(name=op.result))
+        return json_format.MessageToDict(resp.tokenization, preserving_proto_field_name=True)
+
+    # -- operations ---------------------------------------------------------------------------------
+    def operation(self, name: str) -> Operation:
+        resp = self._c.call(self._c.ingest.GetOperation, ingest_pb2.GetOperationRequest(name=name))
+        return Operation.from_proto(resp.operation)
+
+    def watch(self, name: str, timeout: float | None = None) -> Iterator[Operation]:
+        """The operation each time it changes, until done."""
+        for resp in self._c.stream(self._c.ingest.WatchOperation, ingest_pb2.WatchOperationRequest(name=name),
+                                   timeout=timeout):
+            yield Operation.from_proto(resp.operation)
+
+    def wait(self, name: str, timeout: float | None = None,
+             on_update: Callable[[Operation], None] | None = None) -> Operation:
+        """Block until the operation is done (following its Watch stream); returns it."""
+        last = None
+        for last in self.watch(name, timeout):
+            if on_update:
+                on_update(last)
+        return last if last is not None and last.done else self.operation(name)

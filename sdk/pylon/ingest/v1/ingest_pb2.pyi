@@ -33,6 +33,13 @@ class DatasetVersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_VERSION_STATE_PROCESSING: _ClassVar[DatasetVersionState]
     DATASET_VERSION_STATE_READY: _ClassVar[DatasetVersionState]
     DATASET_VERSION_STATE_FAILED: _ClassVar[DatasetVersionState]
+
+class UploadSessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPLOAD_SESSION_STATE_UNSPECIFIED: _ClassVar[UploadSessionState]
+    UPLOAD_SESSION_STATE_OPEN: _ClassVar[UploadSessionState]
+    UPLOAD_SESSION_STATE_COMMITTED: _ClassVar[UploadSessionState]
+    UPLOAD_SESSION_STATE_ABORTED: _ClassVar[UploadSessionState]
 DATA_FORMAT_UNSPECIFIED: DataFormat
 DATA_FORMAT_TEXT: DataFormat
 DATA_FORMAT_JSONL: DataFormat
@@ -46,6 +53,10 @@ DATASET_VERSION_STATE_UNSPECIFIED: DatasetVersionState
 DATASET_VERSION_STATE_PROCESSING: DatasetVersionState
 DATASET_VERSION_STATE_READY: DatasetVersionState
 DATASET_VERSION_STATE_FAILED: DatasetVersionState
+UPLOAD_SESSION_STATE_UNSPECIFIED: UploadSessionState
+UPLOAD_SESSION_STATE_OPEN: UploadSessionState
+UPLOAD_SESSION_STATE_COMMITTED: UploadSessionState
+UPLOAD_SESSION_STATE_ABORTED: UploadSessionState
 
 class Dataset(_message.Message):
     __slots__ = ("name", "description", "labels", "latest_version", "create_time", "etag")
@@ -82,7 +93,14 @@ class DatasetFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., format: _Optional[_Union[DataFormat, str]] = ..., compression: _Optional[_Union[Compression, str]] = ..., record_count: _Optional[int] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class DatasetVersion(_message.Message):
-    __slots__ = ("name", "version", "state", "files", "digest", "record_count", "size_bytes", "schema", "profile", "cleaning", "parent", "source", "creator", "reject_count", "failure_reason", "create_time")
+    __slots__ = ("name", "version", "state", "files", "digest", "record_count", "size_bytes", "schema", "profile", "cleaning", "parent", "source", "creator", "reject_count", "failure_reason", "create_time", "processed_files", "reject_files", "recipe", "dropped", "operation")
+    class DroppedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +117,11 @@ class DatasetVersion(_message.Message):
     REJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_FILES_FIELD_NUMBER: _ClassVar[int]
+    REJECT_FILES_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     state: DatasetVersionState
@@ -115,7 +138,12 @@ class DatasetVersion(_message.Message):
     reject_count: int
     failure_reason: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[DatasetVersionState, str]] = ..., files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., digest: _Optional[str] = ..., record_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cleaning: _Optional[_Iterable[str]] = ..., parent: _Optional[str] = ..., source: _Optional[str] = ..., creator: _Optional[str] = ..., reject_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    processed_files: _containers.RepeatedCompositeFieldContainer[DatasetFile]
+    reject_files: _containers.RepeatedCompositeFieldContainer[DatasetFile]
+    recipe: _struct_pb2.Struct
+    dropped: _containers.ScalarMap[str, int]
+    operation: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[DatasetVersionState, str]] = ..., files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., digest: _Optional[str] = ..., record_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cleaning: _Optional[_Iterable[str]] = ..., parent: _Optional[str] = ..., source: _Optional[str] = ..., creator: _Optional[str] = ..., reject_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., processed_files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., reject_files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., recipe: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dropped: _Optional[_Mapping[str, int]] = ..., operation: _Optional[str] = ...) -> None: ...
 
 class CreateDatasetRequest(_message.Message):
     __slots__ = ("parent", "dataset_id", "description", "labels", "request_id")
@@ -180,7 +208,7 @@ class DeleteDatasetResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("dataset", "path", "format", "compression", "digest", "size_bytes", "description", "request_id")
+    __slots__ = ("dataset", "path", "format", "compression", "digest", "size_bytes", "description", "request_id", "processing")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +217,7 @@ class UploadHeader(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     path: str
     format: DataFormat
@@ -197,7 +226,38 @@ class UploadHeader(_message.Message):
     size_bytes: int
     description: str
     request_id: str
-    def __init__(self, dataset: _Optional[str] = ..., path: _Optional[str] = ..., format: _Optional[_Union[DataFormat, str]] = ..., compression: _Optional[_Union[Compression, str]] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    processing: ProcessingOptions
+    def __init__(self, dataset: _Optional[str] = ..., path: _Optional[str] = ..., format: _Optional[_Union[DataFormat, str]] = ..., compression: _Optional[_Union[Compression, str]] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ..., processing: _Optional[_Union[ProcessingOptions, _Mapping]] = ...) -> None: ...
+
+class CleaningRecipe(_message.Message):
+    __slots__ = ("text_field", "normalize_unicode", "normalize_whitespace", "min_chars", "max_chars", "dedupe", "scrub_email", "scrub_phone")
+    TEXT_FIELD_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_UNICODE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_WHITESPACE_FIELD_NUMBER: _ClassVar[int]
+    MIN_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_FIELD_NUMBER: _ClassVar[int]
+    SCRUB_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    SCRUB_PHONE_FIELD_NUMBER: _ClassVar[int]
+    text_field: str
+    normalize_unicode: str
+    normalize_whitespace: bool
+    min_chars: int
+    max_chars: int
+    dedupe: bool
+    scrub_email: bool
+    scrub_phone: bool
+    def __init__(self, text_field: _Optional[str] = ..., normalize_unicode: _Optional[str] = ..., normalize_whitespace: _Optional[bool] = ..., min_chars: _Optional[int] = ..., max_chars: _Optional[int] = ..., dedupe: _Optional[bool] = ..., scrub_email: _Optional[bool] = ..., scrub_phone: _Optional[bool] = ...) -> None: ...
+
+class ProcessingOptions(_message.Message):
+    __slots__ = ("schema", "recipe", "max_reject_rate")
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_REJECT_RATE_FIELD_NUMBER: _ClassVar[int]
+    schema: _struct_pb2.Struct
+    recipe: CleaningRecipe
+    max_reject_rate: float
+    def __init__(self, schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recipe: _Optional[_Union[CleaningRecipe, _Mapping]] = ..., max_reject_rate: _Optional[float] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("data", "crc32c")
@@ -216,34 +276,44 @@ class UploadDatasetVersionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[_Union[UploadChunk, _Mapping]] = ...) -> None: ...
 
 class UploadDatasetVersionResponse(_message.Message):
-    __slots__ = ("version", "deduplicated")
+    __slots__ = ("version", "deduplicated", "operation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     version: DatasetVersion
     deduplicated: bool
-    def __init__(self, version: _Optional[_Union[DatasetVersion, _Mapping]] = ..., deduplicated: _Optional[bool] = ...) -> None: ...
+    operation: _common_pb2.Operation
+    def __init__(self, version: _Optional[_Union[DatasetVersion, _Mapping]] = ..., deduplicated: _Optional[bool] = ..., operation: _Optional[_Union[_common_pb2.Operation, _Mapping]] = ...) -> None: ...
 
 class CreateUploadSessionRequest(_message.Message):
-    __slots__ = ("header", "part_size_bytes")
+    __slots__ = ("header", "part_size_bytes", "part_md5s")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PART_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PART_MD5S_FIELD_NUMBER: _ClassVar[int]
     header: UploadHeader
     part_size_bytes: int
-    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., part_size_bytes: _Optional[int] = ...) -> None: ...
+    part_md5s: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., part_size_bytes: _Optional[int] = ..., part_md5s: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UploadSession(_message.Message):
-    __slots__ = ("name", "header", "part_size_bytes", "parts", "expire_time")
+    __slots__ = ("name", "header", "part_size_bytes", "parts", "expire_time", "already_stored", "state", "operation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PART_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_STORED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     header: UploadHeader
     part_size_bytes: int
     parts: _containers.RepeatedCompositeFieldContainer[UploadPart]
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., header: _Optional[_Union[UploadHeader, _Mapping]] = ..., part_size_bytes: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[UploadPart, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    already_stored: bool
+    state: UploadSessionState
+    operation: str
+    def __init__(self, name: _Optional[str] = ..., header: _Optional[_Union[UploadHeader, _Mapping]] = ..., part_size_bytes: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[UploadPart, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., already_stored: _Optional[bool] = ..., state: _Optional[_Union[UploadSessionState, str]] = ..., operation: _Optional[str] = ...) -> None: ...
 
 class UploadPart(_message.Message):
     __slots__ = ("part_number", "url", "etag", "uploaded")
@@ -276,12 +346,14 @@ class GetUploadSessionResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[UploadSession, _Mapping]] = ...) -> None: ...
 
 class CommitUploadSessionRequest(_message.Message):
-    __slots__ = ("name", "request_id")
+    __slots__ = ("name", "request_id", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class CommitUploadSessionResponse(_message.Message):
     __slots__ = ("operation",)
@@ -300,20 +372,24 @@ class AbortUploadSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ImportDatasetVersionRequest(_message.Message):
-    __slots__ = ("dataset", "source_uris", "format", "compression", "by_reference", "request_id")
+    __slots__ = ("dataset", "source_uris", "format", "compression", "by_reference", "request_id", "processing", "description")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_URIS_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     BY_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     source_uris: _containers.RepeatedScalarFieldContainer[str]
     format: DataFormat
     compression: Compression
     by_reference: bool
     request_id: str
-    def __init__(self, dataset: _Optional[str] = ..., source_uris: _Optional[_Iterable[str]] = ..., format: _Optional[_Union[DataFormat, str]] = ..., compression: _Optional[_Union[Compression, str]] = ..., by_reference: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    processing: ProcessingOptions
+    description: str
+    def __init__(self, dataset: _Optional[str] = ..., source_uris: _Optional[_Iterable[str]] = ..., format: _Optional[_Union[DataFormat, str]] = ..., compression: _Optional[_Union[Compression, str]] = ..., by_reference: _Optional[bool] = ..., request_id: _Optional[str] = ..., processing: _Optional[_Union[ProcessingOptions, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ImportDatasetVersionResponse(_message.Message):
     __slots__ = ("operation",)
@@ -414,6 +490,48 @@ class TokenizeDatasetVersionResponse(_message.Message):
     OPERATION_FIELD_NUMBER: _ClassVar[int]
     operation: _common_pb2.Operation
     def __init__(self, operation: _Optional[_Union[_common_pb2.Operation, _Mapping]] = ...) -> None: ...
+
+class GetTokenizationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Tokenization(_message.Message):
+    __slots__ = ("name", "dataset_version", "dataset_digest", "tokenizer", "tokenizer_digest", "tokenizer_object_key", "index_object_key", "shard_prefix", "total_tokens", "shard_count", "vocab_size", "dtype", "create_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dataset_version: str
+    dataset_digest: str
+    tokenizer: str
+    tokenizer_digest: str
+    tokenizer_object_key: str
+    index_object_key: str
+    shard_prefix: str
+    total_tokens: int
+    shard_count: int
+    vocab_size: int
+    dtype: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., dataset_version: _Optional[str] = ..., dataset_digest: _Optional[str] = ..., tokenizer: _Optional[str] = ..., tokenizer_digest: _Optional[str] = ..., tokenizer_object_key: _Optional[str] = ..., index_object_key: _Optional[str] = ..., shard_prefix: _Optional[str] = ..., total_tokens: _Optional[int] = ..., shard_count: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetTokenizationResponse(_message.Message):
+    __slots__ = ("tokenization",)
+    TOKENIZATION_FIELD_NUMBER: _ClassVar[int]
+    tokenization: Tokenization
+    def __init__(self, tokenization: _Optional[_Union[Tokenization, _Mapping]] = ...) -> None: ...
 
 class GetOperationRequest(_message.Message):
     __slots__ = ("name",)

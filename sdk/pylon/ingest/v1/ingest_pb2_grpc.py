@@ -112,6 +112,11 @@ class IngestServiceStub:
                 request_serializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.TokenizeDatasetVersionRequest.SerializeToString,
                 response_deserializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.TokenizeDatasetVersionResponse.FromString,
                 _registered_method=True)
+        self.GetTokenization = channel.unary_unary(
+                '/pylon.ingest.v1.IngestService/GetTokenization',
+                request_serializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.GetTokenizationRequest.SerializeToString,
+                response_deserializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.GetTokenizationResponse.FromString,
+                _registered_method=True)
         self.GetOperation = channel.unary_unary(
                 '/pylon.ingest.v1.IngestService/GetOperation',
                 request_serializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.GetOperationRequest.SerializeToString,
@@ -249,8 +254,19 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TokenizeDatasetVersion(self, request, context):
-        """TokenizeDatasetVersion trains or reuses a tokenizer and writes token shards.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (version not READY), INVALID_ARGUMENT.
+        """TokenizeDatasetVersion trains (or reuses a stored) byte-level BPE tokenizer and writes token
+        shards plus an index, linked to the version and the tokenizer; returns an operation whose
+        result is the tokenization's name.
+        Errors: NOT_FOUND (version or named tokenizer of another vocabulary), INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTokenization(self, request, context):
+        """GetTokenization returns a tokenization manifest
+        ("tenants/{t}/datasets/{d}/versions/{n}/tokenizations/{tokenizer}").
+        Errors: NOT_FOUND, INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -349,6 +365,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.TokenizeDatasetVersion,
                     request_deserializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.TokenizeDatasetVersionRequest.FromString,
                     response_serializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.TokenizeDatasetVersionResponse.SerializeToString,
+            ),
+            'GetTokenization': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTokenization,
+                    request_deserializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.GetTokenizationRequest.FromString,
+                    response_serializer=pylon_dot_ingest_dot_v1_dot_ingest__pb2.GetTokenizationResponse.SerializeToString,
             ),
             'GetOperation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetOperation,
@@ -769,6 +790,33 @@ class IngestService:
             '/pylon.ingest.v1.IngestService/TokenizeDatasetVersion',
             pylon_dot_ingest_dot_v1_dot_ingest__pb2.TokenizeDatasetVersionRequest.SerializeToString,
             pylon_dot_ingest_dot_v1_dot_ingest__pb2.TokenizeDatasetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.ingest.v1.IngestService/GetTokenization',
+            pylon_dot_ingest_dot_v1_dot_ingest__pb2.GetTokenizationRequest.SerializeToString,
+            pylon_dot_ingest_dot_v1_dot_ingest__pb2.GetTokenizationResponse.FromString,
             options,
             channel_credentials,
             insecure,

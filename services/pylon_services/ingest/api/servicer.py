@@ -1,4 +1,5 @@
-"""IngestService transport: stream handling and proto conversion; logic lives in domain/."""
+"""IngestService transport: name parsing, stream handling and proto conversion; the use cases
+live in ``domain/service.py``."""
 
 from __future__ import annotations
 
@@ -10,46 +11,46 @@ import grpc
 
 from pylon.ingest.v1 import ingest_pb2 as pb
 from pylon.ingest.v1 import ingest_pb2_grpc
-from pylon_services.common.errors import InvalidArgument
-from pylon_services.common.names import parse_name, parse_parent
-from pylon_services.ingest.domain.datasets import FORMATS, Datasets, Spool, UploadRequest
+from pylon_services.common.errors import InvalidArgument, PylonError
+from pylon_services.common.names import check_id, parse_name, parse_parent
+from pylon_services.ingest.api import convert as cv
+from pylon_services.ingest.domain.datasets import Spool
+from pylon_services.ingest.domain.service import Ingest, check_file, processing_options
 from pylon_services.runtime.context import principal
-from pylon_services.runtime.protoconv import page_size, ts
+from pylon_services.runtime.protoconv import page_size
+
+_DS = ("tenants", "datasets")
+_VER = ("tenants", "datasets", "versions")
 
 
-def dataset_pb(d: dict[str, Any]) -> pb.Dataset:
-    return pb.Dataset(name=d["name"], description=d.get("description", ""),
-                      latest_version=d.get("latest_version", 0), create_time=ts(d.get("create_time")))
+def _error_from(op: Any) -> PylonError:
+    """The typed error a failed operation carries, for calls that wait for it."""
+    from pylon_services.common import errors
 
-
-def version_pb(d: dict[str, Any]) -> pb.DatasetVersion:
-    files = [pb.DatasetFile(path=f["path"], digest=f["digest"], size_bytes=f["size_bytes"],
-                            format=FORMATS.index(f["format"]), compression=pb.COMPRESSION_NONE,
-                            record_count=f["record_count"], object_key=f["object_key"]) for f in d["files"]]
-    return pb.DatasetVersion(
-        name=d["name"], version=d["version"], state=pb.DATASET_VERSION_STATE_READY, files=files,
-        digest=d["digest"], record_count=d["record_count"], size_bytes=d["size_bytes"],
-        cleaning=d.get("cleaning", []), parent=d.get("parent", ""), source=d.get("source", ""),
-        creator=d.get("creator", ""), create_time=ts(d.get("create_time")))
+    cls = next((c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, PylonError)
+                and c.code_name == op.error_code), errors.Internal)
+    return cls(op.error_message)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, datasets: Datasets, max_upload_bytes: int) -> None:
-        self._d = datasets
+    def __init__(self, ingest: Ingest, max_upload_bytes: int) -> None:
+        self._i = ingest
+        self._d = ingest.datasets
         self._max = max_upload_bytes
 
+    # -- streamed upload ------------------------------------------------------------------------------
     async def UploadDatasetVersion(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         p = principal()
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument.field("header", "the first message of the stream must be an UploadHeader")
-        h = first.header
-        tenant, dataset = parse_name("header.dataset", h.dataset, ("tenants", "datasets"), p)
-        req = UploadRequest(tenant=tenant, dataset=dataset, path=h.path,
-                            format=FORMATS[h.format] if h.format < len(FORMATS) else "?",
-                            digest=h.digest, size_bytes=h.size_bytes, description=h.description,
-                            request_id=h.request_id, creator=p.key_id)
-        self._d.validate_upload(req)
+        tenant, dataset = parse_name("header.dataset", first.header.dataset, _DS, p)
+        h = cv.header(first.header)
+        check_id("header.dataset", dataset)
+        check_file("header", h["path"], h["format"], h["compression"])
+        h["processing"] = processing_options(h["processing"])
+        if h["digest"] and not (h["digest"].startswith("sha256:") and len(h["digest"]) == 71):
+            raise InvalidArgument.field("header.digest", "must be 'sha256:' followed by 64 hex digits")
         spool = Spool(self._max)
         try:
             index = 0
@@ -59,31 +60,108 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 spool.write(msg.chunk.data, msg.chunk.crc32c, index)
                 index += 1
             digest = spool.finish()
-            previous = await asyncio.to_thread(self._d.previous, req)
-            if previous:
-                return pb.UploadDatasetVersionResponse(version=version_pb(previous), deduplicated=True)
-            doc, dedup = await asyncio.to_thread(self._d.commit, req, spool.path, digest, spool.size)
+            if h["digest"] and h["digest"] != digest:
+                raise InvalidArgument.field("header.digest", f"expected {h['digest']}, received bytes hash to {digest}")
+            if h["size"] and h["size"] != spool.size:
+                raise InvalidArgument.field("header.size_bytes", f"expected {h['size']} bytes, received {spool.size}")
+            op, held = await self._i.upload_streamed(tenant, p.key_id, dataset, h, spool.path, digest, spool.size)
         finally:
             spool.discard()
-        return pb.UploadDatasetVersionResponse(version=version_pb(doc), deduplicated=dedup)
+        if op.error_code:
+            raise _error_from(op)
+        _, d, v = op.result.split("/")[1::2]
+        doc = await self._i.version(tenant, d, v)
+        return pb.UploadDatasetVersionResponse(version=cv.version_pb(doc), deduplicated=held,
+                                               operation=cv.operation_pb(op))
 
+    # -- upload sessions --------------------------------------------------------------------------------
+    async def CreateUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = principal()
+        tenant, dataset = parse_name("header.dataset", request.header.dataset, _DS, p)
+        s, urls = await self._i.create_session(tenant, p.key_id, dataset, cv.header(request.header),
+                                               request.part_size_bytes, list(request.part_md5s))
+        return pb.CreateUploadSessionResponse(session=cv.session_pb(s, urls, {}))
+
+    async def GetUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
+        s, stored, urls = await self._i.get_session(tenant, sid)
+        return pb.GetUploadSessionResponse(session=cv.session_pb(s, urls, stored))
+
+    async def CommitUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
+        op = await self._i.commit_session(tenant, sid, request.request_id, request.version)
+        return pb.CommitUploadSessionResponse(operation=cv.operation_pb(op))
+
+    async def AbortUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
+        await self._i.abort_session(tenant, sid)
+        return pb.AbortUploadSessionResponse()
+
+    async def ImportDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = principal()
+        tenant, dataset = parse_name("dataset", request.dataset, _DS, p)
+        first = request.source_uris[0].rsplit("/", 1)[-1] if request.source_uris else ""
+        fmt, comp = cv.file_format("", first, request.format, request.compression)
+        op = await self._i.import_objects(tenant, p.key_id, dataset, list(request.source_uris), fmt, comp,
+                                          request.by_reference, cv.processing(request.processing), request.request_id,
+                                          request.description)
+        return pb.ImportDatasetVersionResponse(operation=cv.operation_pb(op))
+
+    # -- datasets and versions --------------------------------------------------------------------------
     async def GetDataset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        tenant, dataset = parse_name("name", request.name, ("tenants", "datasets"), principal())
-        return pb.GetDatasetResponse(dataset=dataset_pb(await asyncio.to_thread(self._d.get_dataset, tenant, dataset)))
+        tenant, dataset = parse_name("name", request.name, _DS, principal())
+        return pb.GetDatasetResponse(dataset=cv.dataset_pb(await asyncio.to_thread(self._d.get_dataset, tenant, dataset)))
 
     async def ListDatasets(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant = parse_parent("parent", request.parent, principal())
         docs, token = await asyncio.to_thread(self._d.list_datasets, tenant, page_size(request.page_size),
                                               request.page_token or None)
-        return pb.ListDatasetsResponse(datasets=[dataset_pb(d) for d in docs], next_page_token=token or "")
+        return pb.ListDatasetsResponse(datasets=[cv.dataset_pb(d) for d in docs], next_page_token=token or "")
 
     async def GetDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        tenant, dataset, version = parse_name("name", request.name, ("tenants", "datasets", "versions"), principal())
-        doc = await asyncio.to_thread(self._d.get_version, tenant, dataset, version)
-        return pb.GetDatasetVersionResponse(version=version_pb(doc))
+        tenant, dataset, version = parse_name("name", request.name, _VER, principal())
+        return pb.GetDatasetVersionResponse(version=cv.version_pb(await self._i.version(tenant, dataset, version)))
 
     async def ListDatasetVersions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        tenant, dataset = parse_name("parent", request.parent, ("tenants", "datasets"), principal())
+        tenant, dataset = parse_name("parent", request.parent, _DS, principal())
         docs, token = await asyncio.to_thread(self._d.list_versions, tenant, dataset, page_size(request.page_size),
                                               request.page_token or None)
-        return pb.ListDatasetVersionsResponse(versions=[version_pb(d) for d in docs], next_page_token=token or "")
+        return pb.ListDatasetVersionsResponse(versions=[cv.version_pb(d) for d in docs], next_page_token=token or "")
+
+    async def PreviewDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant, dataset, version = parse_name("name", request.name, _VER, principal())
+        if request.limit < 0:
+            raise InvalidArgument.field("limit", "must not be negative")
+        records = await self._i.preview(tenant, dataset, version, request.limit)
+        return pb.PreviewDatasetVersionResponse(records=cv.records_pb(records))
+
+    async def ListRejects(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant, dataset, version = parse_name("name", request.name, _VER, principal())
+        rows, token = await self._i.rejects(tenant, dataset, version, page_size(request.page_size), request.page_token)
+        return pb.ListRejectsResponse(rejects=[pb.Reject(**r) for r in rows], next_page_token=token)
+
+    # -- tokenization ----------------------------------------------------------------------------------
+    async def TokenizeDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = principal()
+        tenant, dataset, version = parse_name("name", request.name, _VER, p)
+        op = await self._i.tokenize(tenant, p.key_id, dataset, version, request.tokenizer, request.vocab_size,
+                                    request.shard_tokens, request.request_id)
+        return pb.TokenizeDatasetVersionResponse(operation=cv.operation_pb(op))
+
+    async def GetTokenization(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant, dataset, version, tok = parse_name(
+            "name", request.name, ("tenants", "datasets", "versions", "tokenizations"), principal())
+        doc = await self._i.tokenization(tenant, dataset, version, tok)
+        return pb.GetTokenizationResponse(tokenization=cv.tokenization_pb(doc))
+
+    # -- operations --------------------------------------------------------------------------------------
+    async def GetOperation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = principal()
+        tenant, op_id = parse_name("name", request.name, ("tenants", "operations"), p)
+        return pb.GetOperationResponse(operation=cv.operation_pb(await self._i.get_operation(tenant, op_id, p.is_admin)))
+
+    async def WatchOperation(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        p = principal()
+        tenant, op_id = parse_name("name", request.name, ("tenants", "operations"), p)
+        async for op in self._i.watch(tenant, op_id, p.is_admin):
+            yield pb.WatchOperationResponse(operation=cv.operation_pb(op))

@@ -1,0 +1,288 @@
+"""Streaming readers for the ingest formats: JSONL, CSV, Parquet and plain text, each optionally
+gzip or zstd compressed.
+
+Every reader yields ``(line, value, error)`` one record at a time, so memory stays bounded by
+one record (parquet: one record batch): ``value`` is a dict when the record parsed, else ``None``
+and ``error`` is ``(reason_code, detail, raw_bytes)``. Line numbers are 1-based physical lines
+(parquet: 1-based rows) so a user can find a rejected record in the file they uploaded.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import orjson
+
+from pylon_services.common.errors import InvalidArgument
+
+FORMATS = ("jsonl", "csv", "parquet", "text")
+COMPRESSIONS = ("", "gzip", "zstd")
+READ_BUFFER = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+Error = tuple[str, str, bytes]
+Item = tuple[int, dict[str, Any] | None, Error | None]
+
+_FORMAT_SUFFIXES = {
+    "jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl",
+    "csv": "csv", "parquet": "parquet", "pq": "parquet",
+    "txt": "text", "text": "text", "md": "text",
+}
+_COMPRESSION_SUFFIXES = {"gz": "gzip", "gzip": "gzip", "zst": "zstd", "zstd": "zstd"}
+
+
+def detect_format(filename: str) -> tuple[str, str]:
+    """Format and compression from a file name (``a.jsonl.zst`` -> ("jsonl", "zstd")).
+
+    Unknown suffixes fall back to plain text: any UTF-8 file can be read line by line.
+    """
+    parts = filename.lower().rsplit("/", 1)[-1].split(".")
+    compression = ""
+    if len(parts) > 1 and parts[-1] in _COMPRESSION_SUFFIXES:
+        compression = _COMPRESSION_SUFFIXES[parts.pop()]
+    fmt = _FORMAT_SUFFIXES.get(parts[-1], "text") if len(parts) > 1 else "text"
+    return fmt, compression
+
+
+class CountingReader(io.RawIOBase):
+    """Raw reader over ``src`` that counts the bytes read (``bytes_in`` of a summary)."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._src.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        return n
+
+
+def open_decompressed(raw: io.RawIOBase, compression: str) -> io.BufferedIOBase:
+    """A buffered, decompressing reader over ``raw``; nothing is read ahead beyond one buffer."""
+    if compression not in COMPRESSIONS:
+        raise InvalidArgument.field("compression", f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+    buffered = io.BufferedReader(raw, buffer_size=READ_BUFFER)
+    if compression == "gzip":
+        return io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), buffer_size=READ_BUFFER)  # type: ignore[arg-type]
+    if compression == "zstd":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=READ_BUFFER)  # type: ignore[arg-type]
+    return buffered
+
+
+def iter_lines(f: io.BufferedIOBase, limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """Physical lines without their line break; ``None`` for a line longer than ``limit`` bytes
+    (skipped without holding it in memory)."""
+    readline = f.readline
+    lineno = 0
+    while True:
+        line = readline(limit)
+        if not line:
+            return
+        lineno += 1
+        if lineno == 1 and line.startswith(_BOM):  # files saved by Windows tools often start with one
+            line = line[len(_BOM):]
+        if line[-1:] != b"\n" and len(line) >= limit:
+            while True:  # discard the rest of the overlong line
+                rest = readline(limit)
+                if not rest or rest[-1:] == b"\n":
+                    break
+            yield lineno, None
+            continue
+        yield lineno, line.rstrip(b"\r\n")
+
+
+def _too_long(limit: int) -> Error:
+    return ("too_long", f"record longer than {limit} bytes", b"")
+
+
+def iter_jsonl(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
+    """JSON objects, one per line; blank lines are skipped."""
+    loads = orjson.loads
+    for lineno, line in iter_lines(f, limit):
+        if line is None:
+            yield lineno, None, _too_long(limit)
+            continue
+        try:
+            value = loads(line)
+        except orjson.JSONDecodeError as exc:
+            if not line.strip():
+                continue
+            value, error = _parse_json_slow(line, exc)
+            if error is not None:
+                yield lineno, None, error
+                continue
+        if type(value) is not dict:
+            yield lineno, None, ("not_object", f"expected a JSON object, got {type(value).__name__}", line)
+            continue
+        yield lineno, value, None
+
+
+def _parse_json_slow(line: bytes, exc: Exception) -> tuple[Any, Error | None]:
+    """Classify a line orjson refused: bad UTF-8, or JSON only the stdlib reads (big ints)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, ("bad_utf8", str(err), line)
+    try:
+        return json.loads(text), None
+    except ValueError:
+        return None, ("malformed_json", str(exc), line)
+
+
+def iter_text(f: io.BufferedIOBase, limit: int, paragraphs: bool = False) -> Iterator[Item]:
+    """Plain text: one record per non-blank line, or per blank-line-separated paragraph."""
+    if paragraphs:
+        yield from _iter_paragraphs(f, limit)
+        return
+    for lineno, line in iter_lines(f, limit):
+        if line is None:
+            yield lineno, None, _too_long(limit)
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield lineno, None, ("bad_utf8", str(err), line)
+            continue
+        if text.strip():
+            yield lineno, {"text": text}, None
+
+
+def _iter_paragraphs(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
+    start, size, overlong = 0, 0, False
+    parts: list[bytes] = []
+    for lineno, line in iter_lines(f, limit):
+        if line is not None and not line.strip():
+            if parts or overlong:
+                yield _paragraph(start, parts, overlong, limit)
+            start, size, overlong, parts = 0, 0, False, []
+            continue
+        start = start or lineno
+        if line is None or size + len(line) > limit:
+            overlong, parts = True, []  # keep reading to the paragraph's end, holding nothing
+            continue
+        if not overlong:
+            parts.append(line)
+            size += len(line) + 1
+    if parts or overlong:
+        yield _paragraph(start, parts, overlong, limit)
+
+
+def _paragraph(start: int, parts: list[bytes], overlong: bool, limit: int) -> Item:
+    if overlong:
+        return start, None, _too_long(limit)
+    raw = b"\n".join(parts)
+    try:
+        return start, {"text": raw.decode("utf-8")}, None
+    except UnicodeDecodeError as err:
+        return start, None, ("bad_utf8", str(err), raw)
+
+
+def iter_csv(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
+    """CSV with a header row; rows become dicts of strings (the validator coerces types)."""
+    pending: list[Item] = []
+    position = [0]
+
+    def decoded() -> Iterator[str]:
+        decode = codecs.getdecoder("utf-8")
+        for lineno, line in iter_lines(f, limit):
+            position[0] = lineno
+            if line is None:
+                pending.append((lineno, None, _too_long(limit)))
+                continue
+            try:
+                yield decode(line)[0] + "\n"
+            except UnicodeDecodeError as err:
+                pending.append((lineno, None, ("bad_utf8", str(err), line)))
+
+    csv.field_size_limit(max(limit, csv.field_size_limit()))
+    reader = csv.reader(decoded())
+    header: list[str] | None = None
+    for row in reader:
+        yield from pending
+        pending.clear()
+        # the row ended on the last line read; quoted newlines inside it tell where it began
+        line = position[0] - sum(cell.count("\n") for cell in row)
+        if not row:
+            continue
+        if header is None:
+            header = row
+            continue
+        if len(row) != len(header):
+            raw = ",".join(row).encode()
+            yield line, None, ("csv_columns", f"expected {len(header)} columns, got {len(row)}", raw)
+            continue
+        yield line, dict(zip(header, row, strict=True)), None
+    yield from pending
+
+
+def iter_parquet(src: BinaryIO, batch_rows: int = 1024) -> Iterator[Item]:
+    """Parquet rows, read one record batch at a time (never the whole file)."""
+    import pyarrow.parquet as pq
+
+    row = 0
+    with pq.ParquetFile(src) as pf:
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for value in batch.to_pylist():
+                row += 1
+                yield row, value, None
+
+
+def seekable_copy(f: io.BufferedIOBase) -> BinaryIO:
+    """Parquet needs random access (its footer is at the end): spool a non-seekable stream to a
+    temporary file on disk, never to memory."""
+    tmp = tempfile.TemporaryFile(prefix="pylon-parquet-")
+    shutil.copyfileobj(f, tmp, READ_BUFFER)
+    tmp.seek(0)
+    return tmp  # type: ignore[return-value]
+
+
+def iter_records(src: BinaryIO, fmt: str, compression: str, *, limit: int,
+                 paragraphs: bool = False) -> tuple[Iterator[Item], CountingReader]:
+    """Records of ``src`` and the counter of compressed bytes read from it."""
+    if fmt not in FORMATS:
+        raise InvalidArgument.field("format", f"unknown format {fmt!r}; expected one of {FORMATS}")
+    counter = CountingReader(src)
+    f = open_decompressed(counter, compression)
+    if fmt == "jsonl":
+        return iter_jsonl(f, limit), counter
+    if fmt == "csv":
+        return iter_csv(f, limit), counter
+    if fmt == "text":
+        return iter_text(f, limit, paragraphs), counter
+    seekable = compression == "" and _is_seekable(src)
+    return _parquet_items(src if seekable else None, f, counter), counter
+
+
+def _parquet_items(src: BinaryIO | None, f: io.BufferedIOBase, counter: CountingReader) -> Iterator[Item]:
+    if src is not None:
+        start = src.tell()
+        end = src.seek(0, io.SEEK_END)
+        src.seek(start)
+        counter.count += end - start  # pyarrow reads src directly; count the whole file
+        yield from iter_parquet(src)
+        return
+    with seekable_copy(f) as tmp:
+        yield from iter_parquet(tmp)
+
+
+def _is_seekable(src: BinaryIO) -> bool:
+    try:
+        return bool(src.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
