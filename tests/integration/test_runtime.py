@@ -152,10 +152,11 @@ def test_request_id_is_echoed_and_metrics_count_codes(platform):
     assert "grpc_server_handling_seconds_bucket" in text
 
 
-def test_sigterm_drains_an_in_flight_upload(redis_server, tmp_path):
+def test_sigterm_drains_an_in_flight_upload(redis_server, ray_cluster, tmp_path):
     """SIGTERM mid-upload: the upload in flight completes, new calls are refused, the process exits 0."""
     port = free_port()
     env = {**os.environ, "PYLON_PORT": str(port), "PYLON_REDIS_URL": redis_server.url, "PYLON_METRICS_PORT": "-1",
+           "PYLON_RAY_ADDRESS": ray_cluster.address, "PYLON_RAY_NODE_IP_ADDRESS": "127.0.0.1",
            "PYLON_OBJECT_STORE_URL": f"file://{tmp_path}/objects", "PYLON_ADMIN_KEY": ADMIN_KEY,
            "PYLON_SHUTDOWN_GRACE_S": "20"}
     proc = subprocess.Popen([sys.executable, "-m", "pylon_services.ingest"], env=env,
