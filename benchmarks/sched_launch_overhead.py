@@ -9,6 +9,7 @@ restore and the subprocess, as production does.
 Baseline: in this process, create a placement group with the same bundle, wait for it, and run
 the same command from a ``ray.remote`` task in it; the figure is the task's first-line time
 minus the moment before ``placement_group()``. Jobs run one at a time, alternating; medians.
+Before each measured launch the script waits until Ray shows the GPU free (see ``settle``).
 
     .venv/bin/python benchmarks/sched_launch_overhead.py --runs 5
 """
@@ -59,6 +60,18 @@ def baseline_once(remote_fn: Any) -> float:
     return t1 - t0
 
 
+def settle(timeout_s: float = 10.0) -> None:
+    """Wait until Ray shows the GPU free again before a measured launch (both sides). Removing a
+    placement group returns its resources asynchronously; a group created before that is retried
+    by the GCS with back-off (up to 1 s), which would price the previous run's teardown, not this
+    launch, and hit whichever side happened to start right after the other's removal."""
+    import ray
+
+    deadline = time.time() + timeout_s
+    while ray.available_resources().get("GPU", 0.0) < 1.0 and time.time() < deadline:
+        time.sleep(0.02)
+
+
 def ours_once(client: Any, redis: Any) -> float:
     job = client.jobs.submit({"resources": {"gpus": 1, "gpu_types": ["V100"]}, "command": {"argv": ARGV}})
     job = client.jobs.wait(job.name, timeout=120)
@@ -67,9 +80,10 @@ def ours_once(client: Any, redis: Any) -> float:
     doc = json.loads(redis.get(f"pylon:job:{tenant}:{job_id}"))
     lines = [json.loads(x) for x in redis.lrange(f"pylon:joblog:{tenant}:{job_id}", 0, -1)]
     first = next(x["t"] for x in lines if x["text"] == "USER-FIRST-LINE")
-    started = next(x["t"] for x in lines if x["text"].startswith("attempt "))
-    print(f"  scheduler breakdown: admission -> worker task running {(started - doc['admit_time']) * 1000:.0f} ms, "
-          f"-> user's first line {(first - started) * 1000:.0f} ms", flush=True)
+    started, text = next((x["t"], x["text"]) for x in lines if x["text"].startswith("attempt "))
+    pid = text.split("(pid ")[1].split(",")[0]  # the same pid as the previous job = a reused warm worker
+    print(f"  scheduler breakdown: admission -> worker task running {(started - doc['admit_time']) * 1000:.0f} ms "
+          f"(worker pid {pid}), -> user's first line {(first - started) * 1000:.0f} ms", flush=True)
     return first - doc["admit_time"]
 
 
@@ -108,7 +122,9 @@ def main() -> None:
         ours_once(client, r), baseline_once(remote_fn)  # warm both paths (worker processes, imports)
         ours, base = [], []
         for i in range(args.runs):
+            settle()
             base.append(baseline_once(remote_fn))
+            settle()
             ours.append(ours_once(client, r))
             print(f"run {i}: direct ray.remote {base[-1] * 1000:7.1f} ms   scheduler {ours[-1] * 1000:7.1f} ms", flush=True)
         b, o = statistics.median(base), statistics.median(ours)

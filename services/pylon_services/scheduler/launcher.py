@@ -17,6 +17,8 @@ import ray
 from ray.util.placement_group import get_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+PG_WAIT_S = 1.0
+
 
 class Launcher:
     """Attempt name -> the ObjectRefs of its workers' tasks."""
@@ -28,10 +30,17 @@ class Launcher:
         self.refs: dict[str, list[Any]] = {}
 
     def launch(self, name: str, job: dict[str, Any], settings: dict[str, Any], opts: dict[str, Any]) -> bool:
-        """Start one task per worker in the attempt's placement group; a no-op if it already runs."""
+        """Start one task per worker in the attempt's placement group; a no-op if it already runs.
+
+        Waits (at most ``PG_WAIT_S``) for the group to be created first: a task submitted before
+        its group is placed is only scheduled when Ray retries the lease, which cost 0.5-1 s per
+        launch in ``benchmarks/sched_launch_overhead.py`` when the group had to wait for resources
+        that were still being returned. The scheduler only admits onto free capacity, so the
+        group is normally placed within milliseconds and the wait is short."""
         if name in self.refs:
             return False
         pg = get_placement_group(name)
+        pg.wait(timeout_seconds=PG_WAIT_S)
         workers = int(job["spec"].get("workers", 1) or 1)
         self.refs[name] = [
             self._fn.options(**opts, max_retries=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
