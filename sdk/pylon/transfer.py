@@ -212,35 +212,46 @@ def upload_parts(path: str, part_size: int, urls: dict[int, str], *, concurrency
 
 # -- download -------------------------------------------------------------------------------------
 class _InOrderHasher:
-    """Hashes a file's parts in order while later parts are still downloading: each finished
-    part is fed once every part before it is done, so verification overlaps the transfer."""
+    """Hashes a file's parts in order on its own thread while later parts still download: each
+    finished part is fed once every part before it is done, so verification overlaps the
+    transfer instead of following it, and the download threads never wait for the hash."""
 
     def __init__(self, path: str, ranges: list[tuple[int, int, int]]) -> None:
         self.path, self.ranges = path, ranges
         self.h = hashlib.sha256()
-        self.next = 0  # index into ranges of the first part not yet hashed
-        self.ready: set[int] = set()
-        self.lock = threading.Lock()
+        self._ready: set[int] = set()
+        self._aborted = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def part_done(self, n: int) -> None:
-        with self.lock:
-            self.ready.add(n)
-            todo = []
-            while self.next < len(self.ranges) and self.ranges[self.next][0] in self.ready:
-                todo.append(self.ranges[self.next])
-                self.next += 1
-            if not todo:
-                return
-            with open(self.path, "rb", buffering=0) as f:  # page-cache hot: just written
-                for _, off, ln in todo:
-                    f.seek(off)
-                    left = ln
-                    while left:
-                        chunk = f.read(min(_IO_BLOCK * 8, left))
-                        self.h.update(chunk)
-                        left -= len(chunk)
+        with self._cond:
+            self._ready.add(n)
+            self._cond.notify()
+
+    def abort(self) -> None:
+        """The download failed: stop waiting for parts that will not come."""
+        with self._cond:
+            self._aborted = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with open(self.path, "rb", buffering=0) as f:  # page-cache hot: just written
+            for n, off, ln in self.ranges:
+                with self._cond:
+                    self._cond.wait_for(lambda n=n: n in self._ready or self._aborted)  # type: ignore[misc]
+                    if self._aborted:
+                        return
+                f.seek(off)
+                left = ln
+                while left:
+                    chunk = f.read(min(_IO_BLOCK * 8, left))
+                    self.h.update(chunk)
+                    left -= len(chunk)
 
     def digest(self) -> str:
+        self._thread.join()
         return f"sha256:{self.h.hexdigest()}"
 
 
@@ -294,6 +305,9 @@ def download(url: str, dest: str, *, size: int, sha256: str = "", concurrency: i
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(todo) or 1))) as pool:
             list(pool.map(fetch, todo))
+    except BaseException:
+        hasher.abort()
+        raise
     finally:
         conns.close()
     if sha256 and hasher.digest() != sha256:

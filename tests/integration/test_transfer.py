@@ -61,3 +61,10 @@ def test_hash_cache_skips_rehashing_unchanged_files(tmp_path: Any, monkeypatch: 
     assert transfer.hash_file(str(f), progress=calls.append).sha256 == _sha(b"abc") and calls == [3]
     f.write_bytes(b"abcd")  # changed size/mtime: hashed again
     assert transfer.hash_file(str(f), progress=calls.append).sha256 == _sha(b"abcd")
+
+
+def test_download_of_a_missing_object_fails_cleanly(s3_store: Any, tmp_path: Any) -> None:
+    with pytest.raises(transfer.TransferError, match="HTTP 404"):
+        transfer.download(s3_store.presign("GET", "nope"), str(tmp_path / "nope"), size=40 << 20, sha256="",
+                          part_size=16 << 20)
+    assert not (tmp_path / "nope").exists()
