@@ -49,19 +49,29 @@ def _cache_root() -> str:
     return os.environ.get("PYLON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pylon")
 
 
-def _hash_cache_key(path: str, st: os.stat_result) -> str:
-    ident = f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+def cache_dir(kind: str) -> str:
+    """A folder of the local cache (``$PYLON_CACHE_DIR/<kind>``), created on first use."""
+    path = os.path.join(_cache_root(), kind)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def file_key(path: str, *extra: object) -> str:
+    """Identity of a file's current contents for caches: path, size, mtime and inode (plus
+    ``extra``, e.g. a part size); any change to the file gives a new key."""
+    st = os.stat(path)
+    ident = "\0".join(map(str, (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, *extra)))
     return hashlib.sha256(ident.encode()).hexdigest()
 
 
 def hash_file(path: str, *, progress: Progress | None = None, use_cache: bool = True) -> FileHashes:
     """sha256 of ``path``; remembered under the cache dir keyed by (path, size, mtime, inode), so an
     unchanged file is never hashed twice."""
-    st = os.stat(path)
-    marker = os.path.join(_cache_root(), "hashes", _hash_cache_key(path, st))
-    if use_cache and os.path.exists(marker):
+    size = os.path.getsize(path)
+    marker = os.path.join(cache_dir("hashes"), file_key(path)) if use_cache else ""
+    if marker and os.path.exists(marker):
         with open(marker) as f:
-            return FileHashes(path, st.st_size, f.read().strip())
+            return FileHashes(path, size, f.read().strip())
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(8 << 20)
@@ -71,10 +81,36 @@ def hash_file(path: str, *, progress: Progress | None = None, use_cache: bool = 
             if progress:
                 progress(n)
     digest = f"sha256:{h.hexdigest()}"
-    if use_cache:
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
+    if marker:
         _atomic_write(marker, digest.encode())
-    return FileHashes(path, st.st_size, digest)
+    return FileHashes(path, size, digest)
+
+
+def part_hashes(path: str, part_size: int, progress: Progress | None = None) -> tuple[str, list[str]]:
+    """("sha256:<hex>", [hex MD5 of each part]) in one read of the file (the MD5s run on a second
+    thread: hashlib releases the GIL); what an ingest upload session declares so that commit can
+    check each part's ETag. Cached like ``hash_file``, keyed also by the part size."""
+    marker = os.path.join(cache_dir("parthashes"), file_key(path, part_size))
+    if os.path.exists(marker):
+        with open(marker) as f:
+            doc = json.load(f)
+        return doc["sha256"], doc["md5s"]
+    sha, md5s = hashlib.sha256(), list[str]()
+    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
+        while True:
+            part = f.read(part_size)
+            if not part and md5s:
+                break
+            future = pool.submit(lambda b: hashlib.md5(b, usedforsecurity=False).hexdigest(), part)
+            sha.update(part)
+            md5s.append(future.result())
+            if progress:
+                progress(len(part))
+            if len(part) < part_size:
+                break
+    digest = f"sha256:{sha.hexdigest()}"
+    _atomic_write(marker, json.dumps({"sha256": digest, "md5s": md5s}).encode())
+    return digest, md5s
 
 
 def part_ranges(size: int, part_size: int) -> list[tuple[int, int, int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,11 +24,10 @@ def _name(kind: str, name: str) -> str:
 
 
 def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()}"
+    """``sha256:<hex>`` of a local file (cached: see ``pylon.transfer.hash_file``)."""
+    from pylon.transfer import hash_file
+
+    return hash_file(path).sha256
 
 
 class _Resource:

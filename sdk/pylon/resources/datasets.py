@@ -4,21 +4,22 @@ list, get, preview, rejects, tokenize, and the operations that process them."""
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import google_crc32c
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from pylon import transfer
 from pylon.errors import _BY_CODE, PylonError
 from pylon.ingest.v1 import ingest_pb2
 from pylon.resources._base import _FORMATS, CHUNK_BYTES, Progress, _name, _Resource, file_digest
+from pylon.transfer import part_hashes
 from pylon.types import Dataset, DatasetVersion, Operation
+
+__all__ = ["Datasets", "part_hashes"]
 
 DEFAULT_PART_SIZE = 16 << 20
 DEFAULT_CONCURRENCY = 8
@@ -27,54 +28,10 @@ _COMPRESSIONS = {"": ingest_pb2.COMPRESSION_UNSPECIFIED, "none": ingest_pb2.COMP
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
-def _cache_dir(kind: str) -> str:
-    root = os.environ.get("PYLON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pylon")
-    path = os.path.join(root, kind)
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def _file_key(path: str, *extra: object) -> str:
-    st = os.stat(path)
-    ident = "\0".join(map(str, (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, *extra)))
-    return hashlib.sha256(ident.encode()).hexdigest()
-
-
-def part_hashes(path: str, part_size: int, progress: Callable[[int], None] | None = None) -> tuple[str, list[str]]:
-    """("sha256:<hex>", [hex MD5 of each part]) in one read of the file; MD5s run on a second
-    thread (hashlib releases the GIL). Cached by path, size, mtime and part size, so sending an
-    unchanged file again costs no hashing."""
-    marker = os.path.join(_cache_dir("parthashes"), _file_key(path, part_size))
-    if os.path.exists(marker):
-        with open(marker) as f:
-            doc = json.load(f)
-        return doc["sha256"], doc["md5s"]
-    sha, md5s = hashlib.sha256(), list[str]()
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
-        while True:
-            part = f.read(part_size)
-            if not part and md5s:
-                break
-            future = pool.submit(lambda b: hashlib.md5(b, usedforsecurity=False).hexdigest(), part)
-            sha.update(part)
-            md5s.append(future.result())
-            if progress:
-                progress(len(part))
-            if len(part) < part_size:
-                break
-    digest = f"sha256:{sha.hexdigest()}"
-    with open(marker + ".tmp", "w") as f:
-        json.dump({"sha256": digest, "md5s": md5s}, f)
-    os.replace(marker + ".tmp", marker)
-    return digest, md5s
-
-
 def _send_parts(path: str, part_size: int, urls: dict[int, str], concurrency: int,
                 progress: Callable[[int], None] | None) -> dict[int, str]:
     """PUT the parts in parallel through ``pylon.transfer`` (keep-alive connections, 1 MiB
     socket writes, one retry per part)."""
-    from pylon import transfer
-
     return dict(transfer.upload_parts(path, part_size, urls, concurrency=concurrency, progress=progress))
 
 
@@ -150,7 +107,7 @@ class Datasets(_Resource):
             if progress:
                 progress(done[0], size)
 
-        state_file = os.path.join(_cache_dir("uploads"), _file_key(path, header.dataset, part_size))
+        state_file = os.path.join(transfer.cache_dir("uploads"), transfer.file_key(path, header.dataset, part_size))
         session = self._resumable(state_file) if resume else None
         if session is None:
             digest, md5s = part_hashes(path, part_size)
