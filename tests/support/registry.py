@@ -16,8 +16,6 @@ from pylon_services.localstack.procs import free_port
 from pylon_services.runtime.server import PylonServer
 from tests.support.platform import ADMIN_KEY, LoopThread
 
-ROLES = ("viewer", "editor", "maintainer")
-
 
 @dataclass
 class RegistryEnv:
