@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pylon_services.ml.checkpoint import CheckpointFiles, load_model
 from pylon_services.ml.gpt import (
@@ -28,6 +29,10 @@ from pylon_services.ml.gpt import (
 MAX_STOP_STRINGS = 16
 FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
+# Attention kernels for decoding. Not cuDNN's: it builds an execution plan for every new key
+# length, and decoding grows the keys by one token per step, so on an H100 each token paid a new
+# plan (21 tokens/s instead of ~430; measured with benchmarks/gpu_paths.py, docs/benchmarks.md).
+DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 # The byte vocabulary has no BOS token; an empty prompt starts from a line break instead.
 EMPTY_PROMPT_START = "\n"
 
@@ -159,7 +164,7 @@ class ModelRunner:
         # A full window's cache could never be extended, so do not keep one.
         keep_cache = self.use_kv_cache and (past is not None or len(ids) < block)
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-        with autocast(self.device):
+        with autocast(self.device), sdpa_kernel(DECODE_SDPA_BACKENDS):
             logits, new_cache = self.model(idx, past, use_cache=keep_cache)
         return logits[0, -1].float().cpu(), new_cache
 
