@@ -20,6 +20,7 @@ from pylon.registry.v1 import registry_pb2_grpc
 from pylon_services.registry.api.servicer import RegistryServicer
 from pylon_services.registry.domain import rebuild, retention
 from pylon_services.registry.domain.registry import Registry
+from pylon_services.registry.store.read_cache import CachedIndexReader
 from pylon_services.registry.store.redis_index import AsyncIndexReader, RedisRegistryIndex
 from pylon_services.runtime.admin_api import AdminServicer
 from pylon_services.runtime.auth import ApiKeyStore
@@ -52,22 +53,26 @@ async def build(settings: Settings, redis_async: aioredis.Redis) -> ServiceParts
     index = RedisRegistryIndex(redis.Redis.from_url(settings.redis_url, max_connections=64))
     registry = Registry(object_store(settings), index)
     keys = ApiKeyStore(redis_async, settings.admin_key, settings.auth_cache_ttl_s)
+    reader = CachedIndexReader(AsyncIndexReader(redis_async), redis_async, settings.registry_read_cache_ttl_s)
+    index.listeners.append(reader.invalidate)  # read-your-writes here, before the message arrives
     task: asyncio.Task[None] | None = None
 
     async def start() -> None:
         nonlocal task
+        await reader.start()
         if not await asyncio.to_thread(index.is_built):
             await asyncio.to_thread(rebuild.rebuild_all, registry.store, index)
         task = asyncio.create_task(_repair_loop(registry, settings.registry_retention_s))
 
     async def stop() -> None:
+        await reader.stop()
         if task:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     return ServiceParts("registry", [
-        (registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(registry, AsyncIndexReader(redis_async)),
+        (registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(registry, reader),
          "pylon.registry.v1.RegistryService"),
         (admin_pb2_grpc.add_AdminServiceServicer_to_server, AdminServicer(keys), "pylon.admin.v1.AdminService"),
     ], on_start=start, on_stop=stop)

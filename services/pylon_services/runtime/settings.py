@@ -45,3 +45,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Registry: how long a deleted model version's artifacts are kept before they are purged.
     registry_retention_s: float = 7 * 24 * 3600.0
+    # Registry: how long a get-version / resolve-alias answer may be served from memory at most
+    # (writes invalidate it at once, in every replica, through Redis pub/sub); 0 turns it off.
+    registry_read_cache_ttl_s: float = 60.0

@@ -54,10 +54,10 @@ class VersionSpec:
 
 
 def decorate(doc: dict[str, Any], aliases: dict[str, dict[str, Any]], deps: list[str]) -> dict[str, Any]:
-    """A version as returned to callers: with the aliases pointing at it and its deployments."""
-    doc["aliases"] = sorted(a for a, d in aliases.items() if d["version"] == doc["version"])
-    doc["deployments"] = deps
-    return doc
+    """A version as returned to callers: with the aliases pointing at it and its deployments.
+    A new dict: ``doc`` may be shared (the read cache hands the same one to every caller)."""
+    return {**doc, "aliases": sorted(a for a, d in aliases.items() if d["version"] == doc["version"]),
+            "deployments": deps}
 
 
 def _not_found(what: str) -> NotFound:
@@ -286,7 +286,7 @@ class Registry:
         alias_maps = {m: self.index.aliases(tenant, m) for m in models}
 
         def wanted(doc: dict[str, Any], m: str) -> bool:
-            self._decorate(doc, alias_maps[m], [])
+            doc.update(decorate(doc, alias_maps[m], []))  # fresh from the index: filled in place
             return (show_deleted or doc["state"] != "deleted") and keep(doc)
 
         if order.is_native and order.field == "version" and model != "-":

@@ -11,6 +11,10 @@ Keys (``pylon:reg:`` prefix; ``{t}/{m}`` is tenant/model):
   blobs:{t}             HASH sha256 digest -> object key of verified bytes (dedupe of uploads)
   wal                   HASH token -> "{t}/{m}|{unix time}" (write-ahead markers)
   built                 STRING set once a full rebuild finished
+
+Every write that changes what ``version_view``/``alias`` return is followed by a PUBLISH of
+"{t}/{m}" on ``pylon:reg:changed`` and by the in-process listeners, so read caches
+(``read_cache.CachedIndexReader``) drop that model at once, in this process and in every other.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 P = "pylon:reg:"
+CHANGED_CHANNEL = P + "changed"
 
 
 def _j(doc: Any) -> str:
@@ -36,6 +42,15 @@ def _l(raw: bytes | str | None) -> Any:
 class RedisRegistryIndex:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, tenant: str, model: str) -> None:
+        """Tell read caches (here synchronously, elsewhere through Redis) that a model changed.
+        Called after the write is in Redis, so a cache refilled afterwards reads the new data."""
+        tm = f"{tenant}/{model}"
+        for listener in self.listeners:
+            listener(tm)
+        self.r.publish(CHANGED_CHANNEL, tm)
 
     # -- markers ------------------------------------------------------------------------------
     def begin(self, tenant: str, model: str) -> str:
@@ -71,6 +86,7 @@ class RedisRegistryIndex:
             p.zadd(P + f"models:{tenant}", {model: 0})
             p.set(P + f"model:{tenant}/{model}", _j(doc))
             p.execute()
+        self._changed(tenant, model)
 
     def get_model(self, tenant: str, model: str) -> dict[str, Any] | None:
         return _l(self.r.get(P + f"model:{tenant}/{model}"))  # type: ignore[arg-type]
@@ -88,6 +104,7 @@ class RedisRegistryIndex:
             p.zrem(P + f"models:{tenant}", model)
             p.delete(*(P + f"{k}:{tm}" for k in ("model", "vers", "ver", "alias", "deps", "req")))
             p.execute()
+        self._changed(tenant, model)
 
     # -- versions ----------------------------------------------------------------------------
     def put_versions(self, tenant: str, model: str, docs: list[dict[str, Any]]) -> None:
@@ -98,6 +115,7 @@ class RedisRegistryIndex:
             p.zadd(P + f"vers:{tm}", {str(d["version"]): d["version"] for d in docs})
             p.hset(P + f"ver:{tm}", mapping={str(d["version"]): _j(d) for d in docs})
             p.execute()
+        self._changed(tenant, model)
 
     def get_version(self, tenant: str, model: str, number: int) -> dict[str, Any] | None:
         return _l(self.r.hget(P + f"ver:{tenant}/{model}", str(number)))  # type: ignore[arg-type]
@@ -126,13 +144,16 @@ class RedisRegistryIndex:
             self.r.hdel(key, alias)
         else:
             self.r.hset(key, alias, _j(doc))
+        self._changed(tenant, model)
 
     def replace_aliases(self, tenant: str, model: str, docs: dict[str, dict[str, Any]]) -> None:
         """Swap the whole alias map at once (rebuild), so readers never see it half-written."""
         self._replace(P + f"alias:{tenant}/{model}", {a: _j(d) for a, d in docs.items()})
+        self._changed(tenant, model)
 
     def replace_deployments(self, tenant: str, model: str, deployments: dict[int, list[str]]) -> None:
         self._replace(P + f"deps:{tenant}/{model}", {str(n): _j(sorted(d)) for n, d in deployments.items() if d})
+        self._changed(tenant, model)
 
     def _replace(self, key: str, mapping: dict[str, Any]) -> None:
         with self.r.pipeline(transaction=True) as p:
@@ -151,6 +172,7 @@ class RedisRegistryIndex:
             self.r.hset(key, str(number), _j(sorted(deployments)))
         else:
             self.r.hdel(key, str(number))
+        self._changed(tenant, model)
 
     def deployments(self, tenant: str, model: str, number: int) -> list[str]:
         return _l(self.r.hget(P + f"deps:{tenant}/{model}", str(number))) or []  # type: ignore[arg-type]
@@ -201,3 +223,7 @@ class AsyncIndexReader:
 
     async def alias(self, tenant: str, model: str, alias: str) -> dict[str, Any] | None:
         return _l(await self.r.hget(P + f"alias:{tenant}/{model}", alias))
+
+    async def aliases(self, tenant: str, model: str) -> dict[str, dict[str, Any]]:
+        raw = await self.r.hgetall(P + f"alias:{tenant}/{model}")
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
