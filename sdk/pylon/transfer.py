@@ -64,14 +64,23 @@ def file_key(path: str, *extra: object) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()
 
 
+def cached_hash(path: str) -> FileHashes | None:
+    """The remembered sha256 of ``path`` if this exact file (path, size, mtime, inode) was hashed
+    before, without reading it; else None."""
+    marker = os.path.join(cache_dir("hashes"), file_key(path))
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as f:
+        return FileHashes(path, os.path.getsize(path), f.read().strip())
+
+
 def hash_file(path: str, *, progress: Progress | None = None, use_cache: bool = True) -> FileHashes:
     """sha256 of ``path``; remembered under the cache dir keyed by (path, size, mtime, inode), so an
     unchanged file is never hashed twice."""
     size = os.path.getsize(path)
+    if use_cache and (known := cached_hash(path)) is not None:
+        return known
     marker = os.path.join(cache_dir("hashes"), file_key(path)) if use_cache else ""
-    if marker and os.path.exists(marker):
-        with open(marker) as f:
-            return FileHashes(path, size, f.read().strip())
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(8 << 20)

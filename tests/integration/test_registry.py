@@ -136,6 +136,39 @@ def test_digest_mismatch_is_rejected_and_nothing_becomes_visible(reg: RegistryEn
         assert not reg.store.exists(f"tenants/acme/blobs/sha256/{_digest(good)[7:]}")
 
 
+def test_large_file_hashed_during_upload_is_verified_at_registration(reg: RegistryEnv, tmp_path: Any,
+                                                                      monkeypatch: Any) -> None:
+    """A large file seen for the first time is declared without a digest, hashed while its parts
+    upload, and its digest checked at registration: a wrong one or none is refused."""
+    monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
+    data = os.urandom((5 << 20) + 12345)  # two parts of 5 MiB
+    root = _tree(tmp_path / "big", {"weights.bin": data, "config.json": b"{}"})
+    with reg.client() as c:
+        v = c.models.register("deferred", root, part_size=5 << 20)
+        assert {f["path"]: f["digest"] for f in v.files}["weights.bin"] == _digest(data)
+        out = c.models.download(f"models:/deferred/versions/{v.version}", str(tmp_path / "out"))
+        assert (tmp_path / "out" / "weights.bin").read_bytes() == data and out
+
+        def staged(digest: str) -> Any:
+            session = c.call(c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+                parent="tenants/-/models/deferred", part_size=5 << 20,
+                files=[pb.ArtifactFile(path="weights.bin", digest=digest, size_bytes=len(data))]))
+            (target,) = session.targets
+            assert not target.present  # no digest: nothing to compare, so it is sent
+            c.models._send(session, {"weights.bin": str(tmp_path / "big" / "weights.bin")},
+                           {"weights.bin": len(data)}, 4, None)
+            return session
+
+        for declared, why in (("", "must be given"), (_digest(b"other"), "hash to")):
+            session = staged("")
+            with pytest.raises(PylonError) as err:
+                c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
+                    parent="tenants/-/models/deferred", upload=session.upload, format=pb.MODEL_FORMAT_OTHER,
+                    files=[pb.ArtifactFile(path="weights.bin", digest=declared, size_bytes=len(data))]))
+            assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and why in str(err.value)
+        assert c.models.get("deferred").latest_version == v.version
+
+
 def test_missing_file_is_rejected(reg: RegistryEnv) -> None:
     reg.store.put("tenants/acme/jobs/j1/output/model.bin", b"weights")
     with reg.client() as c:

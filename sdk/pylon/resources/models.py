@@ -87,13 +87,30 @@ class Models(_Resource):
 
     def _upload(self, parent: str, files: dict[str, str], part_size: int, concurrency: int,
                 progress: Callable[[int, int], None] | None) -> tuple[str, list[pb.ArtifactFile]]:
+        """Hash, open a session, send what the store lacks; returns (session, declared files).
+
+        Small files and files hashed before (same path, size, mtime) are hashed first, so bytes
+        the tenant already holds are never sent. A large file seen for the first time is hashed
+        while its parts upload (its digest is declared at registration, where the registry
+        verifies it), so the hash no longer delays the transfer."""
+        sizes = {p: os.path.getsize(local) for p, local in files.items()}
+        later = {p for p, local in files.items() if sizes[p] > part_size and transfer.cached_hash(local) is None}
         with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
-            hashes = dict(zip(files, pool.map(transfer.hash_file, files.values()), strict=True))
-        declared = [pb.ArtifactFile(path=p, digest=h.sha256, size_bytes=h.size) for p, h in hashes.items()]
-        session = self._c.call(self._c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
-            parent=parent, files=declared, part_size=part_size))
+            first = [p for p in files if p not in later]
+            digests = dict(zip(first, (h.sha256 for h in pool.map(transfer.hash_file, [files[p] for p in first])),
+                               strict=True))
+            session = self._c.call(self._c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+                parent=parent, part_size=part_size,
+                files=[pb.ArtifactFile(path=p, digest=digests.get(p, ""), size_bytes=sizes[p]) for p in files]))
+            hashing = {p: pool.submit(transfer.hash_file, files[p]) for p in sorted(later)}
+            self._send(session, files, sizes, concurrency, progress)
+            digests.update({p: f.result().sha256 for p, f in hashing.items()})
+        return session.upload, [pb.ArtifactFile(path=p, digest=digests[p], size_bytes=sizes[p]) for p in files]
+
+    def _send(self, session: pb.CreateArtifactUploadResponse, files: dict[str, str], sizes: dict[str, int],
+              concurrency: int, progress: Callable[[int, int], None] | None) -> None:
         todo = [t for t in session.targets if not t.present]
-        total = sum(hashes[t.path].size for t in todo)
+        total = sum(sizes[t.path] for t in todo)
         done = [0]
 
         def tick(n: int) -> None:
@@ -118,7 +135,6 @@ class Models(_Resource):
                 send(t)
         if progress and not todo:
             progress(0, 0)
-        return session.upload, declared
 
     def _stream_file(self, upload: str, path: str, local: str, part_size: int, tick: Callable[[int], None]) -> None:
         size = os.path.getsize(local)

@@ -33,7 +33,8 @@ _VERIFY_THREADS = 4
 @dataclass
 class DeclaredFile:
     path: str
-    digest: str = ""  # "sha256:<hex>"; empty: compute from the stored bytes
+    digest: str = ""  # "sha256:<hex>"; empty: compute from the stored bytes (or, in an upload
+    # session, declared at registration: the client hashed while it uploaded)
     size: int = -1
 
 
@@ -84,12 +85,13 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
     plan: dict[str, dict[str, Any]] = {}
     for f in files:
         check_path(f.path)
-        check_digest(f.path, f.digest)
+        if f.digest:  # empty: the client hashes while it uploads and declares it at registration
+            check_digest(f.path, f.digest)
         if f.size < 0:
             raise InvalidArgument.field(f"files[{f.path}].size", "must be given (bytes)")
         if f.path in plan:
             raise InvalidArgument.field(f"files[{f.path}]", "is listed twice")
-        if known(f.digest):
+        if f.digest and known(f.digest):
             plan[f.path] = {"present": True}
             continue
         key = session.prefix + str(len(session.files))
@@ -212,7 +214,9 @@ def collect_from_upload(store: ObjectStore, session: UploadSession, declared: li
         staged = session.files.get(f.path)
         if staged is None:
             return _already(store, f, known, f"in upload {session.id}")
-        if staged["digest"] != f.digest or staged["size"] != f.size:
+        if not f.digest:
+            raise InvalidArgument.field(f"files[{f.path}].digest", "must be given: 'sha256:' and 64 hex digits")
+        if (staged["digest"] and staged["digest"] != f.digest) or staged["size"] != f.size:
             raise InvalidArgument.field(f"files[{f.path}]", "digest or size differs from what the upload declared")
         if not store.exists(staged["key"]):
             raise InvalidArgument.field(f"files[{f.path}]", f"was never uploaded to upload {session.id}")
