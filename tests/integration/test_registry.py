@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis
 
+from pylon import transfer
 from pylon.errors import PylonError
 from pylon.registry.v1 import registry_pb2 as pb
 from pylon_services.storage.factory import open_store
@@ -167,6 +168,26 @@ def test_large_file_hashed_during_upload_is_verified_at_registration(reg: Regist
                     files=[pb.ArtifactFile(path="weights.bin", digest=declared, size_bytes=len(data))]))
             assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and why in str(err.value)
         assert c.models.get("deferred").latest_version == v.version
+
+
+def test_downloads_are_checked_against_the_registrys_crc32c_and_sha256(reg: RegistryEnv, tmp_path: Any,
+                                                                        monkeypatch: Any) -> None:
+    """Bytes damaged in storage after registration never reach the cache, whichever check runs."""
+    import google_crc32c
+
+    data = os.urandom(3 << 20)
+    with reg.client() as c:
+        v = c.models.register("crc", _tree(tmp_path / "m", {"w.bin": data}))
+        (f,) = c.call(c.registry.GetArtifactDownload, pb.GetArtifactDownloadRequest(name=v.name)).files
+        assert f.file.crc32c == google_crc32c.value(data)  # taken while the registry verified the sha256
+        reg.store.put(f.file.object_key, bytes([data[0] ^ 1]) + data[1:])  # same size, one bit off
+        for verify in ("crc32c", "sha256"):
+            monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / f"cache-{verify}"))
+            with pytest.raises((transfer.TransferError, PylonError), match="hash to"):
+                c.models.download(f"models:/crc/versions/{v.version}", str(tmp_path / verify), verify=verify)
+            assert not (tmp_path / verify / "w.bin").exists()
+        with pytest.raises(ValueError, match="verify must be"):
+            c.models.download(f"models:/crc/versions/{v.version}", verify="md5")
 
 
 def test_missing_file_is_rejected(reg: RegistryEnv) -> None:

@@ -52,6 +52,21 @@ def test_download_with_wrong_digest_is_refused(s3_store: Any, tmp_path: Any) -> 
     assert not (tmp_path / "x").exists()
 
 
+def test_download_checked_by_crc32c(s3_store: Any, tmp_path: Any) -> None:
+    import google_crc32c
+
+    data = os.urandom((6 << 20) + 7)
+    s3_store.put("c", data)
+    url = s3_store.presign("GET", "c")
+    crc = google_crc32c.value(data)
+    out = transfer.download(url, str(tmp_path / "ok"), size=len(data), sha256=_sha(data), crc32c=crc, part_size=5 << 20)
+    assert open(out, "rb").read() == data
+    with pytest.raises(transfer.TransferError, match=f"expected crc32c:{crc ^ 1}"):
+        transfer.download(url, str(tmp_path / "bad"), size=len(data), sha256=_sha(data), crc32c=crc ^ 1,
+                          part_size=5 << 20)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.part").exists()
+
+
 def test_hash_cache_skips_rehashing_unchanged_files(tmp_path: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
     f = tmp_path / "f"

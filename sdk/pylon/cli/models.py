@@ -87,10 +87,12 @@ def models_export(uri: str = typer.Argument(..., help="models:/name@alias, model
 @models_app.command("download")
 def models_download(uri: str = typer.Argument(..., help="models:/name@alias, models:/name/versions/N or models:/name/latest"),
                     dest: Optional[str] = typer.Option(None, help="Directory (default: inside the local cache)."),
+                    verify: str = typer.Option("crc32c", help="crc32c: against the checksum the registry took when "
+                                               "it verified the sha256; sha256: recompute the sha256 (5x the CPU)."),
                     quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Download a version (verified, resumable, cached by digest); prints the directory."""
     with _bar("downloading", quiet) as progress:
-        out = client().models.download(uri, dest, progress=progress)
+        out = client().models.download(uri, dest, verify=verify, progress=progress)
     console.print(out)
 
 

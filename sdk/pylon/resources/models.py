@@ -220,11 +220,16 @@ class Models(_Resource):
     # -- download ---------------------------------------------------------------------------
     def download(self, uri_or_name: str, dest: str | None = None, *, version: str | int | None = None,
                  concurrency: int = transfer.DEFAULT_CONCURRENCY, cache_dir: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> str:
+                 verify: str = "crc32c", progress: Callable[[int, int], None] | None = None) -> str:
         """Fetch a version's files into ``dest`` (default: a directory in the local cache) and
         return that directory. Accepts a ``models:/`` URI, or a model name plus ``version``.
-        Files are verified against their sha256 and cached by digest: a second download of the
-        same content reads nothing from the network. Interrupted downloads resume."""
+        Files are verified before they enter the cache, keyed by digest: a second download of
+        the same content reads nothing from the network. Interrupted downloads resume.
+        ``verify``: "crc32c" (default) checks each file against the CRC32C the registry computed
+        while it verified the file's sha256 at registration, falling back to the sha256 where a
+        file has none; "sha256" always recomputes the sha256 (about 5x the CPU)."""
+        if verify not in ("crc32c", "sha256"):
+            raise ValueError(f"verify must be 'crc32c' or 'sha256', got {verify!r}")
         v = self.resolve(uri_or_name) if uri_or_name.startswith("models:/") else self.get(uri_or_name, version or "latest")
         assert isinstance(v, ModelVersion)
         cache = transfer.BlobCache(cache_dir)
@@ -242,7 +247,8 @@ class Models(_Resource):
         def fetch(loc: pb.ArtifactLocation) -> None:
             f = loc.file
             if loc.url:
-                cache.fetch(f.digest, f.size_bytes, loc.url, concurrency=concurrency, progress=tick)
+                crc = f.crc32c if verify == "crc32c" else 0
+                cache.fetch(f.digest, f.size_bytes, loc.url, crc32c=crc, concurrency=concurrency, progress=tick)
             else:
                 self._stream_download(v.name, f, cache, tick)
 

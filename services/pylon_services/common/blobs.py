@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+import google_crc32c
+
 from pylon_services.storage.base import ObjectExists, ObjectNotFound, ObjectStore
 
 
@@ -17,18 +19,27 @@ def blob_key(tenant: str, digest: str) -> str:
 
 def sha256_of_object(store: ObjectStore, key: str, *, size: int | None = None, part: int = 16 << 20,
                      threads: int = 4) -> tuple[str, int]:
-    """(``sha256:<hex>``, size) of an object without holding it in memory. Large objects are
-    read as ranged GETs, ``threads`` in flight, hashed in order: bounded memory (threads x part)
-    at several streams' throughput."""
+    """(``sha256:<hex>``, size) of an object without holding it in memory."""
+    digest, total, _ = digests_of_object(store, key, size=size, part=part, threads=threads)
+    return digest, total
+
+
+def digests_of_object(store: ObjectStore, key: str, *, size: int | None = None, part: int = 16 << 20,
+                      threads: int = 4) -> tuple[str, int, int]:
+    """(``sha256:<hex>``, size, CRC32C) of an object without holding it in memory. Large objects
+    are read as ranged GETs, ``threads`` in flight, hashed in order: bounded memory (threads x
+    part) at several streams' throughput. The CRC32C costs ~1/5 of the sha256 and lets clients
+    check downloads cheaply."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     total = store.head(key).size if size is None else size
-    h = hashlib.sha256()
+    h, crc = hashlib.sha256(), google_crc32c.Checksum()
     if total <= part:
         data = store.get(key)
         h.update(data)
-        return f"sha256:{h.hexdigest()}", len(data)
+        crc.update(data)
+        return f"sha256:{h.hexdigest()}", len(data), int.from_bytes(crc.digest(), "big")
     offsets = iter(range(0, total, part))
     done = 0
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -44,9 +55,10 @@ def sha256_of_object(store: ObjectStore, key: str, *, size: int | None = None, p
         while inflight:
             chunk = inflight.popleft().result()
             h.update(chunk)
+            crc.update(chunk)
             done += len(chunk)
             more()
-    return f"sha256:{h.hexdigest()}", done
+    return f"sha256:{h.hexdigest()}", done, int.from_bytes(crc.digest(), "big")
 
 
 def store_blob_from(store: ObjectStore, tenant: str, src_key: str, digest: str) -> str:

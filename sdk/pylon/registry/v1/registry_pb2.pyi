@@ -74,16 +74,18 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ..., latest_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., protected_aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ArtifactFile(_message.Message):
-    __slots__ = ("path", "digest", "size_bytes", "object_key")
+    __slots__ = ("path", "digest", "size_bytes", "object_key", "crc32c")
     PATH_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
     path: str
     digest: str
     size_bytes: int
     object_key: str
-    def __init__(self, path: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., object_key: _Optional[str] = ...) -> None: ...
+    crc32c: int
+    def __init__(self, path: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., object_key: _Optional[str] = ..., crc32c: _Optional[int] = ...) -> None: ...
 
 class Lineage(_message.Message):
     __slots__ = ("datasets", "dataset_digests", "job", "checkpoint", "base_model")

@@ -159,17 +159,21 @@ def _check_declared(declared: list[DeclaredFile]) -> None:
             check_digest(f.path, f.digest)
 
 
-def _verify(store: ObjectStore, key: str, f: DeclaredFile) -> tuple[str, int]:
-    digest, size = blobs.sha256_of_object(store, key, size=f.size if f.size >= 0 else None)
+def _verify(store: ObjectStore, key: str, f: DeclaredFile) -> tuple[str, int, int]:
+    """(sha256, size, CRC32C) of the stored bytes, checked against what the client declared."""
+    digest, size, crc = blobs.digests_of_object(store, key, size=f.size if f.size >= 0 else None)
     if f.digest and f.digest != digest:
         raise InvalidArgument.field(f"files[{f.path}].digest", f"expected {f.digest}, the stored bytes hash to {digest}")
     if f.size >= 0 and f.size != size:
         raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
-    return digest, size
+    return digest, size, crc
 
 
-def _entry(path: str, digest: str, size: int, key: str) -> dict[str, Any]:
-    return {"path": path, "digest": digest, "size_bytes": size, "object_key": key}
+def _entry(path: str, digest: str, size: int, key: str, crc32c: int = 0) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": path, "digest": digest, "size_bytes": size, "object_key": key}
+    if crc32c:
+        entry["crc32c"] = crc32c
+    return entry
 
 
 def _already(store: ObjectStore, f: DeclaredFile, known: KnownBlob, where: str) -> dict[str, Any]:
@@ -194,8 +198,8 @@ def collect_from_prefix(store: ObjectStore, tenant: str, source_prefix: str, dec
     def one(f: DeclaredFile) -> dict[str, Any]:
         if f.path not in present:
             return _already(store, f, known, f"under {source_prefix}")
-        digest, size = _verify(store, src + f.path, f)
-        return _entry(f.path, digest, size, blobs.store_blob_from(store, tenant, src + f.path, digest))
+        digest, size, crc = _verify(store, src + f.path, f)
+        return _entry(f.path, digest, size, blobs.store_blob_from(store, tenant, src + f.path, digest), crc)
 
     with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
         return sorted(pool.map(one, wanted), key=lambda x: x["path"])
@@ -220,8 +224,8 @@ def collect_from_upload(store: ObjectStore, session: UploadSession, declared: li
             raise InvalidArgument.field(f"files[{f.path}]", "digest or size differs from what the upload declared")
         if not store.exists(staged["key"]):
             raise InvalidArgument.field(f"files[{f.path}]", f"was never uploaded to upload {session.id}")
-        digest, size = _verify(store, staged["key"], f)
-        return _entry(f.path, digest, size, known(digest) or staged["key"])
+        digest, size, crc = _verify(store, staged["key"], f)
+        return _entry(f.path, digest, size, known(digest) or staged["key"], crc)
 
     with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
         return sorted(pool.map(one, declared), key=lambda x: x["path"])
