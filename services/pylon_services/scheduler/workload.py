@@ -46,7 +46,11 @@ class JobSink:
         self.r = redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 8),
                                       retry_on_error=[redis.ConnectionError])
         self.tenant, self.job_id, self.attempt, self.rank = job["tenant"], job["id"], attempt, rank
-        self.gpu_type = job.get("gpu_type", "")
+        types = job.get("worker_gpu_types") or []
+        self.gpu_type = types[rank] if rank < len(types) else job.get("gpu_type", "")
+        # A gang=false job split over GPU types runs at its slowest worker's pace: its step rate
+        # says nothing about one type, so it is not fed to the throughput table.
+        self.rate_gpu_type = "" if len(set(types)) > 1 else self.gpu_type
         self.job_type = job["spec"].get("job_type") or next(
             (k for k in ("trainer", "command", "engine") if job["spec"].get(k)), "")
         self.lines: list[str] = []
@@ -90,7 +94,7 @@ class JobSink:
         t0, s0 = self._rate_at
         if now - t0 >= RATE_EVERY_S:
             event = {"type": "progress", "job": f"{self.tenant}/{self.job_id}", "attempt": self.attempt,
-                     "step": step, "rate": (step - s0) / (now - t0), "gpu_type": self.gpu_type, "job_type": self.job_type}
+                     "step": step, "rate": (step - s0) / (now - t0), "gpu_type": self.rate_gpu_type, "job_type": self.job_type}
             self.r.xadd(EVENTS, {"e": json.dumps(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
             self._rate_at = (now, step)
 
@@ -124,7 +128,7 @@ def run_workload(job: dict[str, Any], settings_dict: dict[str, Any], attempt: in
     sink = JobSink(settings, job, attempt, rank)
     spec = job["spec"]
     sink.log(f"attempt {attempt} worker {rank} started on {socket.gethostname()} (pid {os.getpid()}, "
-             f"gpu type {job.get('gpu_type') or 'cpu'})")
+             f"gpu type {sink.gpu_type or 'cpu'})")
     result: dict[str, Any] = {"exit_code": 1, "error": "did not run"}
     try:
         if spec.get("trainer"):
