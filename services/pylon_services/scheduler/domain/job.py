@@ -182,6 +182,8 @@ def validate_spec(spec: dict[str, Any], pools: list[PoolCapacity]) -> None:
         bad.append(FieldViolation("spec.priority_class", f"must be one of {', '.join(PRIORITY_CLASSES)}"))
     if int(spec.get("total_steps", 0) or 0) < 0:
         bad.append(FieldViolation("spec.total_steps", "must not be negative"))
+    if int(spec.get("checkpoint_every_steps", 0) or 0) < 0:
+        bad.append(FieldViolation("spec.checkpoint_every_steps", "must not be negative (0 = the trainer's default)"))
     if bad:
         raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
     _check_satisfiable(gpus, cpus, list(res.get("gpu_types", [])), pools)
