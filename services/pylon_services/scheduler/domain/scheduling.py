@@ -29,6 +29,9 @@ class Demand:
     cpus_per_worker: float = 1.0
     memory_bytes_per_worker: int = 0
     gpu_types: tuple[str, ...] = ()
+    # Added (optional): False for a gang=false job, whose workers may span GPU types; only
+    # ``check_satisfiable`` reads it (a pass reads ``PendingJob.gang``).
+    gang: bool = True
 
     @property
     def total_gpus(self) -> float:
