@@ -4,14 +4,14 @@ direct ``ray.remote`` call with the same placement group takes.
 Ours: the scheduler (``python -m pylon_services.scheduler``, real Redis, a Ray cluster with one
 fake V100 node) admits a 1-worker V100 job whose command prints a line; the figure is that
 line's log timestamp minus the job's ``admit_time`` in the ledger. It covers the ledger writes,
-the named detached placement group, the detached worker actor, the flag watcher, checkpoint
-restore and the subprocess, as production does.
+the named detached placement group, the worker task submitted by the launcher actor of the
+bundle's node, the flag watcher, checkpoint restore and the subprocess, as production does.
 Baseline: in this process, create a placement group with the same bundle, wait for it, and run
 the same command from a ``ray.remote`` task in it; the figure is the task's first-line time
 minus the moment before ``placement_group()``. Jobs run one at a time, alternating; medians.
 Before each measured launch the script waits until Ray shows the GPU free (see ``settle``).
 
-    .venv/bin/python benchmarks/sched_launch_overhead.py --runs 5
+    .venv/bin/python benchmarks/sched_launch_overhead.py --runs 9
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ A preemptible job polls ``should_preempt()`` (cheap: one file check) between ste
 turns True the job saves its state under ``checkpoint_dir()`` and calls ``exit_preempted()``.
 The scheduler requeues it and the next attempt finds the same files in ``checkpoint_dir()``, so
 it resumes where it stopped. A job that ignores the flag gets SIGTERM after the grace period.
+A job that should survive crashes checkpoints every ``checkpoint_every()`` steps (the spec's
+``checkpoint_every_steps``; ``should_checkpoint(step)`` says when) and then calls
+``checkpoint_saved(step)``, which returns once the checkpoint is in object storage: a retried
+attempt finds it in ``checkpoint_dir()``.
 ``report(step, loss=...)`` records metrics (``pylon jobs get``, ListJobMetrics) and feeds the
 scheduler's throughput table. Outside a Pylon job all of these are harmless no-ops.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped to be requeued", not a failure
 _METRICS_PREFIX = "##pylon-metrics "
@@ -29,6 +34,42 @@ def checkpoint_dir() -> str:
     path = os.environ.get("PYLON_CHECKPOINT_DIR") or os.path.join(os.getcwd(), "checkpoint")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def checkpoint_every(default: int = 0) -> int:
+    """The job's ``checkpoint_every_steps`` (0 when the job left it unset: then ``default``)."""
+    return int(os.environ.get("PYLON_CHECKPOINT_EVERY", "0") or 0) or default
+
+
+def should_checkpoint(step: int, default: int = 0) -> bool:
+    """True when ``step`` is one the job should checkpoint at (every ``checkpoint_every()`` steps)."""
+    every = checkpoint_every(default)
+    return every > 0 and step > 0 and step % every == 0
+
+
+def checkpoint_saved(step: int, timeout_s: float = 300.0) -> bool:
+    """Say that ``checkpoint_dir()`` now holds a complete checkpoint of ``step``. On rank 0 of a
+    Pylon job this returns once Pylon has uploaded the directory to object storage (True), so a
+    retried or requeued attempt resumes from it even if this process dies right after; write the
+    checkpoint's files completely (e.g. to a temporary name, then ``os.replace``) before calling.
+    Elsewhere (other ranks, outside Pylon) it returns False at once."""
+    mark = os.environ.get("PYLON_CHECKPOINT_SAVED_FILE")
+    if not mark:
+        return False
+    tmp = mark + f".{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(int(step)))
+    os.replace(tmp, mark)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(mark + ".done") as f:
+                if f.read().strip() == str(int(step)):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
 
 
 def exit_preempted() -> None:

@@ -48,8 +48,10 @@ class Attempts:
     async def admit(self, job: Job, admit: Admit) -> None:
         job.attempt += 1
         job.gpu_type, job.nodes, job.borrowed = admit.gpu_type, list(admit.nodes), admit.borrowed
+        job.worker_gpu_types = list(admit.worker_gpu_types)
         job.admit_time = time.time()
-        job.transition(JobState.ADMITTED, f"admitted on {admit.gpu_type} ({job.workers} worker(s))"
+        where = "+".join(dict.fromkeys(admit.worker_gpu_types)) or admit.gpu_type
+        job.transition(JobState.ADMITTED, f"admitted on {where} ({job.workers} worker(s))"
                        + (" on quota borrowed from the cohort" if admit.borrowed else ""))
         if await self.jobs.save_moved(job, pending=False, active=True):
             await self.track(job)
@@ -101,12 +103,19 @@ class Attempts:
     async def _check_starting(self, job: Job) -> None:
         nodes = await asyncio.to_thread(self.executor.placed_nodes, job)
         if nodes is not None:
+            # Idempotent: starts the workers whose bundles were placed after the first launch call.
+            await asyncio.to_thread(self.executor.launch, job, 0.0)
             job.nodes = nodes
-            job.transition(JobState.RUNNING, f"running on {job.gpu_type}")
+            where = "+".join(dict.fromkeys(job.worker_gpu_types)) or job.gpu_type
+            job.transition(JobState.RUNNING, f"running on {where}")
             await self.jobs.save_moved(job, pending=False, active=True)
-        elif not await asyncio.to_thread(self.executor.exists, job):
+            return
+        if not await asyncio.to_thread(self.executor.exists, job):
             await asyncio.to_thread(self.executor.launch, job)  # the launch was lost: dispatch again
-        elif time.time() - job.admit_time > self.cfg.start_timeout_s:
+            return
+        if not job.gang:  # each worker starts as soon as its own bundle is placed
+            await asyncio.to_thread(self.executor.launch, job, 0.0)
+        if time.time() - job.admit_time > self.cfg.start_timeout_s:
             await asyncio.to_thread(self.executor.release, job)
             job.transition(JobState.PENDING, f"placement group not created in {self.cfg.start_timeout_s:g}s; requeued")
             await self.jobs.save_moved(job, pending=True, active=False)

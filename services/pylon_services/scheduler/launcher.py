@@ -1,12 +1,19 @@
-"""The launcher: one detached, named Ray actor per scheduler instance that submits and owns the
-workload tasks of every job attempt.
+"""The launchers: one detached, named Ray actor per node (per scheduler instance) that submits
+and owns the workload tasks of the job attempts whose placement-group bundles sit on that node.
 
 Why an owner actor instead of the scheduler process itself: a Ray task dies with its owner, so
 tasks the scheduler submitted would die with it and could not be adopted. Why tasks instead of one
 detached actor per worker: a task starts on an idle, already-running worker process (Ray keeps a
-pool), an actor always needs a fresh process (about a second more per launch). The launcher
-outlives any scheduler, so a new leader asks it what is still running (adoption). If the launcher
-itself dies, its tasks die with it and the leader treats their jobs as lost (retry per policy).
+pool), an actor always needs a fresh process (about a second more per launch). The launchers
+outlive any scheduler, so a new leader asks them what is still running (adoption). If a launcher
+dies (its node died), its tasks die with it and the leader treats their jobs as lost (retry per
+policy).
+
+Why one per node, pinned there: a task's lease request goes to its owner's local raylet. An owner
+on another node costs a spill-back to the bundle's node (measured: ~90 ms to the task running,
+against ~10 ms from a launcher on the bundle's node; ``benchmarks/sched_launch_overhead.py``).
+The executor (``store/ray_exec.py``) hands each worker to the launcher of the node its bundle was
+placed on, so every launch is local whatever the cluster's size.
 """
 
 from __future__ import annotations
@@ -17,53 +24,49 @@ import ray
 from ray.util.placement_group import get_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-PG_WAIT_S = 1.0
-
 
 class Launcher:
-    """Attempt name -> the ObjectRefs of its workers' tasks."""
+    """Attempt name -> {rank: the ObjectRef of that worker's task} for the workers on this node."""
 
     def __init__(self) -> None:
         from pylon_services.scheduler.workload import run_workload
 
         self._fn = ray.remote(run_workload)
-        self.refs: dict[str, list[Any]] = {}
+        self.refs: dict[str, dict[int, Any]] = {}
 
-    def launch(self, name: str, job: dict[str, Any], settings: dict[str, Any], opts: dict[str, Any]) -> bool:
-        """Start one task per worker in the attempt's placement group; a no-op if it already runs.
+    def launch(self, name: str, job: dict[str, Any], settings: dict[str, Any],
+               workers: list[tuple[int, str, int, dict[str, Any]]]) -> int:
+        """Start the listed workers, each ``(rank, placement group name, bundle index, task
+        options)``; a rank this launcher already started is skipped (idempotent). The caller
+        has seen each group created, so the task is scheduled at once. Returns how many started."""
+        mine = self.refs.setdefault(name, {})
+        started = 0
+        for rank, pg_name, bundle, opts in workers:
+            if rank in mine:
+                continue
+            strategy = PlacementGroupSchedulingStrategy(get_placement_group(pg_name), placement_group_bundle_index=bundle)
+            mine[rank] = self._fn.options(**opts, max_retries=0, scheduling_strategy=strategy).remote(
+                job, settings, job["attempt"], rank)
+            started += 1
+        return started
 
-        Waits (at most ``PG_WAIT_S``) for the group to be created first: a task submitted before
-        its group is placed is only scheduled when Ray retries the lease, which cost 0.5-1 s per
-        launch in ``benchmarks/sched_launch_overhead.py`` when the group had to wait for resources
-        that were still being returned. The scheduler only admits onto free capacity, so the
-        group is normally placed within milliseconds and the wait is short."""
-        if name in self.refs:
-            return False
-        pg = get_placement_group(name)
-        pg.wait(timeout_seconds=PG_WAIT_S)
-        workers = int(job["spec"].get("workers", 1) or 1)
-        self.refs[name] = [
-            self._fn.options(**opts, max_retries=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=rank)).remote(job, settings, job["attempt"], rank)
-            for rank in range(workers)]
-        return True
-
-    def alive(self, name: str) -> bool:
-        """True while every worker task of the attempt runs or ended normally (not crashed)."""
-        refs = self.refs.get(name)
-        if not refs:
-            return False
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        for ref in done:
-            try:
-                ray.get(ref, timeout=0)
-            except Exception:  # noqa: BLE001 - the worker process died (crash, node loss, kill)
-                return False
-        return True
+    def alive(self, name: str) -> list[int] | None:
+        """The ranks of the attempt this launcher started, while each of their tasks runs or
+        ended normally; None once one crashed (its worker process died)."""
+        mine = self.refs.get(name, {})
+        refs = list(mine.values())
+        if refs:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in done:
+                try:
+                    ray.get(ref, timeout=0)
+                except Exception:  # noqa: BLE001 - the worker process died (crash, node loss, kill)
+                    return None
+        return sorted(mine)
 
     def stop(self, name: str) -> None:
-        """Kill the attempt's tasks (their user processes die with them) and forget them."""
-        for ref in self.refs.pop(name, []):
+        """Kill the attempt's tasks on this node (their user processes die with them) and forget them."""
+        for ref in self.refs.pop(name, {}).values():
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - already finished

@@ -28,7 +28,8 @@ def demand_of(spec: dict[str, Any]) -> Demand:
     types = tuple(t for t in res.get("gpu_types", []) if t)
     return Demand(workers=int(spec.get("workers", 1) or 1), gpus_per_worker=float(res.get("gpus", 0) or 0),
                   cpus_per_worker=float(res.get("cpus", 1) or 1),
-                  memory_bytes_per_worker=int(res.get("memory_bytes", 0) or 0), gpu_types=types)
+                  memory_bytes_per_worker=int(res.get("memory_bytes", 0) or 0), gpu_types=types,
+                  gang=bool(spec.get("gang", True)))
 
 
 def job_type_of(job: Job) -> str:
@@ -44,7 +45,7 @@ def pending_of(job: Job) -> PendingJob:
     return PendingJob(id=job.key, tenant=job.tenant, queue=job.queue, priority=job.priority,
                       submit_time=job.queued_at or job.create_time, demand=demand_of(job.spec),
                       job_type=job_type_of(job), preemptible=bool(job.spec.get("preemptible", False)),
-                      gang=True, remaining_work=remaining_work(job))
+                      gang=job.gang, remaining_work=remaining_work(job))
 
 
 def running_of(job: Job, progress_time: float) -> RunningJob:
@@ -52,7 +53,8 @@ def running_of(job: Job, progress_time: float) -> RunningJob:
                       demand=demand_of(job.spec), nodes=tuple(job.nodes), start_time=job.admit_time,
                       job_type=job_type_of(job), preemptible=bool(job.spec.get("preemptible", False)),
                       borrowed=job.borrowed, preempting=job.state == JobState.PREEMPTING,
-                      remaining_work=remaining_work(job), progress_time=progress_time)
+                      remaining_work=remaining_work(job), progress_time=progress_time,
+                      worker_gpu_types=tuple(job.worker_gpu_types))
 
 
 def free_nodes(nodes: list[RayNode], holding: list[Job]) -> tuple[Node, ...]:

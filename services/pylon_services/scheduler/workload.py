@@ -36,6 +36,10 @@ from pylon_services.scheduler.store.redis_sched import EVENTS, EVENTS_MAXLEN
 
 METRICS_PREFIX = "##pylon-metrics "
 RATE_EVERY_S = 2.0
+# The built-in trainer's periodic checkpoint when the job's checkpoint_every_steps is 0.
+TRAINER_CHECKPOINT_EVERY = 100
+LATEST_CHECKPOINT = "latest"
+CHECKPOINT_POLL_S = 0.2
 
 
 class JobSink:
@@ -46,7 +50,11 @@ class JobSink:
         self.r = redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 8),
                                       retry_on_error=[redis.ConnectionError])
         self.tenant, self.job_id, self.attempt, self.rank = job["tenant"], job["id"], attempt, rank
-        self.gpu_type = job.get("gpu_type", "")
+        types = job.get("worker_gpu_types") or []
+        self.gpu_type = types[rank] if rank < len(types) else job.get("gpu_type", "")
+        # A gang=false job split over GPU types runs at its slowest worker's pace: its step rate
+        # says nothing about one type, so it is not fed to the throughput table.
+        self.rate_gpu_type = "" if len(set(types)) > 1 else self.gpu_type
         self.job_type = job["spec"].get("job_type") or next(
             (k for k in ("trainer", "command", "engine") if job["spec"].get(k)), "")
         self.lines: list[str] = []
@@ -90,7 +98,7 @@ class JobSink:
         t0, s0 = self._rate_at
         if now - t0 >= RATE_EVERY_S:
             event = {"type": "progress", "job": f"{self.tenant}/{self.job_id}", "attempt": self.attempt,
-                     "step": step, "rate": (step - s0) / (now - t0), "gpu_type": self.gpu_type, "job_type": self.job_type}
+                     "step": step, "rate": (step - s0) / (now - t0), "gpu_type": self.rate_gpu_type, "job_type": self.job_type}
             self.r.xadd(EVENTS, {"e": json.dumps(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
             self._rate_at = (now, step)
 
@@ -124,7 +132,7 @@ def run_workload(job: dict[str, Any], settings_dict: dict[str, Any], attempt: in
     sink = JobSink(settings, job, attempt, rank)
     spec = job["spec"]
     sink.log(f"attempt {attempt} worker {rank} started on {socket.gethostname()} (pid {os.getpid()}, "
-             f"gpu type {job.get('gpu_type') or 'cpu'})")
+             f"gpu type {sink.gpu_type or 'cpu'})")
     result: dict[str, Any] = {"exit_code": 1, "error": "did not run"}
     try:
         if spec.get("trainer"):
@@ -167,21 +175,57 @@ def _checkpoint_prefix(job: dict[str, Any]) -> str:
     return f"tenants/{job['tenant']}/jobs/{job['id']}/checkpoint/"
 
 
+def _save_checkpoint(store: Any, job: dict[str, Any], step: int, files: dict[str, bytes]) -> None:
+    """Write a whole checkpoint under ``checkpoint/step-N/``, then point ``checkpoint/latest`` at
+    it, then drop older steps: a crash mid-write never leaves a mix of two steps as the latest."""
+    prefix, folder = _checkpoint_prefix(job), f"step-{step:012d}/"
+    for name, data in files.items():
+        store.put(prefix + folder + name, data)
+    store.put(prefix + LATEST_CHECKPOINT, folder.encode())
+    for o in list(store.iter_all(prefix + "step-")):
+        if not o.key.startswith(prefix + folder):
+            store.delete(o.key)
+
+
+def _load_checkpoint(store: Any, job: dict[str, Any]) -> dict[str, bytes]:
+    """The latest checkpoint an earlier attempt left (periodic or on preemption), else {}; reads
+    the flat layout of checkpoints written before ``latest`` existed too."""
+    prefix = _checkpoint_prefix(job)
+    if store.exists(prefix + LATEST_CHECKPOINT):
+        folder = prefix + store.get(prefix + LATEST_CHECKPOINT).decode()
+        return {o.key[len(folder):]: store.get(o.key) for o in store.iter_all(folder)}
+    return {o.key[len(prefix):]: store.get(o.key) for o in store.iter_all(prefix) if "/" not in o.key[len(prefix):]}
+
+
+def checkpoint_every(spec: dict[str, Any], default: int = 0) -> int:
+    """The job's ``checkpoint_every_steps`` (an int64, so a string in the JSON-mapped spec), or
+    ``default`` when it is 0/unset."""
+    return int(spec.get("checkpoint_every_steps", 0) or 0) or default
+
+
 def run_trainer(settings: Settings, job: dict[str, Any], sink: JobSink) -> dict[str, Any]:
     """The built-in trainer: resumes from the job's checkpoint if an earlier attempt left one,
     and on preemption saves its state there and exits with PREEMPTED_EXIT_CODE."""
+    from pylon_services.ml.checkpoint import load_trainer_state
     from pylon_services.trainers.tiny_gpt import TrainConfig, train
 
     trainer = job["spec"]["trainer"]
     cfg = TrainConfig.from_dict(trainer.get("config", {}))
     corpus, digests = _read_datasets(settings, job["tenant"], trainer.get("datasets", []))
     store = object_store(settings)
-    ckpt = {o.key[len(_checkpoint_prefix(job)):]: store.get(o.key) for o in store.iter_all(_checkpoint_prefix(job))}
+    ckpt = _load_checkpoint(store, job)
     base = {path: store.get(key) for path, key in trainer.get("base_model_files", {}).items()}
+    every = checkpoint_every(job["spec"], TRAINER_CHECKPOINT_EVERY)
     sink.log(f"training tiny-gpt on {len(corpus)} bytes from {len(digests)} dataset version(s): "
-             f"{cfg.steps} steps, batch {cfg.batch_size}, block {cfg.block_size}"
+             f"{cfg.steps} steps, batch {cfg.batch_size}, block {cfg.block_size}, checkpoint every {every} steps"
              + (f"; fine-tuning {trainer['base_model_version']}" if base else "")
              + (" (resuming from checkpoint)" if ckpt else ""))
+    if ckpt:
+        sink.log(f"pylon: resuming at step {load_trainer_state(ckpt)['step']}")
+
+    def on_checkpoint(step: int, files: dict[str, bytes]) -> None:
+        _save_checkpoint(store, job, step, files)
+        sink.log(f"pylon: checkpoint of step {step} saved")
 
     def on_metrics(m: dict[str, Any]) -> None:
         sink.metrics(int(m["step"]), {k: float(v) for k, v in m.items() if k != "step"})
@@ -191,12 +235,11 @@ def run_trainer(settings: Settings, job: dict[str, Any], sink: JobSink) -> dict[
     threading.Thread(target=sink.watch_flags, args=(done,), daemon=True).start()
     try:
         result = train(corpus, cfg, on_metrics=on_metrics, should_stop=sink.stop_requested, resume_from=ckpt or None,
-                       init_from=base or None)
+                       init_from=base or None, checkpoint_every=every, on_checkpoint=on_checkpoint)
     finally:
         done.set()
     if result.stopped_early:
-        for name, data in result.files.items():
-            store.put(_checkpoint_prefix(job) + name, data)
+        _save_checkpoint(store, job, result.steps_done, result.files)
         sink.log(f"stopped at step {result.steps_done}; checkpoint saved for resume")
         return {"exit_code": PREEMPTED_EXIT_CODE, "error": "preempted", "step": result.steps_done}
     out = f"tenants/{job['tenant']}/jobs/{job['id']}/output"
@@ -266,7 +309,10 @@ def run_command(settings: Settings, job: dict[str, Any], sink: JobSink) -> dict[
         os.makedirs(ckpt_dir)
         if sink.rank == 0 and _sync_down(settings, _checkpoint_prefix(job), ckpt_dir):
             sink.log("pylon: restored the checkpoint of an earlier attempt")
+        mark = os.path.join(work, "checkpoint-saved")
         env = {**os.environ, **command.get("env", {}), "PYLON_CHECKPOINT_DIR": ckpt_dir, "PYLON_PREEMPT_FILE": flag,
+               "PYLON_CHECKPOINT_EVERY": str(checkpoint_every(job["spec"])),
+               **({"PYLON_CHECKPOINT_SAVED_FILE": mark} if sink.rank == 0 else {}),
                "PYLON_JOB": f"tenants/{job['tenant']}/jobs/{job['id']}", "PYLON_ATTEMPT": str(sink.attempt),
                "PYLON_RANK": str(sink.rank), "PYLON_WORLD_SIZE": str(job["spec"].get("workers", 1)),
                "PYTHONPATH": os.pathsep.join(p for p in (os.path.join(work, "site"), cwd,
@@ -275,6 +321,9 @@ def run_command(settings: Settings, job: dict[str, Any], sink: JobSink) -> dict[
                                 text=True, env=env, preexec_fn=_die_with_parent)
         done = threading.Event()
         threading.Thread(target=_control, args=(sink, proc, flag, done), daemon=True).start()
+        if sink.rank == 0:
+            threading.Thread(target=_upload_checkpoints, args=(settings, job, ckpt_dir, mark, done, sink),
+                             daemon=True).start()
         assert proc.stdout is not None
         for line in proc.stdout:
             sink.log(line)
@@ -283,6 +332,28 @@ def run_command(settings: Settings, job: dict[str, Any], sink: JobSink) -> dict[
         if sink.rank == 0:
             _sync_up(settings, _checkpoint_prefix(job), ckpt_dir)
     return {"exit_code": code, "error": f"exit code {code}" if code else ""}
+
+
+def _upload_checkpoints(settings: Settings, job: dict[str, Any], ckpt_dir: str, mark: str, done: threading.Event,
+                        sink: JobSink) -> None:
+    """Rank 0: each time user code calls ``pylon.train.checkpoint_saved(step)`` (it writes the
+    step to ``mark``), upload the checkpoint directory and acknowledge in ``mark + ".done"``, so
+    a checkpoint survives even a worker that dies before the final upload at exit."""
+    seen = ""
+    while not done.wait(CHECKPOINT_POLL_S):
+        try:
+            with open(mark) as f:
+                step = f.read().strip()
+        except OSError:
+            continue
+        if not step or step == seen:
+            continue
+        _sync_up(settings, _checkpoint_prefix(job), ckpt_dir)
+        seen = step
+        with open(mark + ".tmp", "w") as f:
+            f.write(step)
+        os.replace(mark + ".tmp", mark + ".done")
+        sink.log(f"pylon: checkpoint of step {step} uploaded")
 
 
 def _control(sink: JobSink, proc: subprocess.Popen[str], flag: str, done: threading.Event) -> None:

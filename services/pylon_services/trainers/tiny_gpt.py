@@ -34,6 +34,7 @@ _STEP_SEED_STRIDE = 1_000_003  # a prime, so (seed, step) pairs map to distinct 
 
 MetricsCallback = Callable[[dict[str, float]], None]  # step is an int
 StopPredicate = Callable[[], bool]
+CheckpointCallback = Callable[[int, CheckpointFiles], None]  # (step, files)
 
 
 class InvalidTrainConfig(ValueError):
@@ -308,6 +309,8 @@ def train(
     should_stop: StopPredicate | None = None,
     resume_from: CheckpointFiles | None = None,
     init_from: CheckpointFiles | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
     """Train (or continue training) the tiny GPT on ``corpus`` bytes up to ``cfg.steps``.
 
@@ -317,6 +320,9 @@ def train(
     result's checkpoint can be passed back as ``resume_from`` to carry on where it left off.
     ``init_from`` starts from a base model's weights (fine-tuning); a checkpoint of this same
     run (``resume_from``) takes precedence, so a preempted fine-tune resumes where it stopped.
+    ``on_checkpoint(step, files)`` gets a full checkpoint (the same files as the result's) after
+    every ``checkpoint_every``-th step before the last one, so a run that crashes can resume from
+    the latest one instead of step 0 (0 = no periodic checkpoints).
     """
     configure_threads()
     device = resolve_device(cfg.device)
@@ -335,6 +341,8 @@ def train(
         loss = _train_step(model, optimizer, batches, step, cfg)
         step += 1
         loop.after_step(step, loss, lambda: _evaluate(model, val_batches, device))
+        if on_checkpoint is not None and checkpoint_every > 0 and step % checkpoint_every == 0 and step < cfg.steps:
+            on_checkpoint(step, checkpoint_files(model, model.config, _trainer_state(cfg, step, loop), optimizer))
     loop.finish(step)
     files = checkpoint_files(model, model.config, _trainer_state(cfg, step, loop), optimizer)
     return TrainResult(

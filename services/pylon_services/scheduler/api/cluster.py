@@ -70,11 +70,12 @@ class ClusterViews:
         for j in await self._jobs.active():
             if j.tenant != tenant or j.state.terminal:
                 continue
-            gpus = demand_of(j.spec).total_gpus
-            used[j.queue][j.gpu_type] += gpus
+            d = demand_of(j.spec)
+            for t in j.worker_gpu_types or [j.gpu_type] * d.workers:  # a split gang=false job: per worker type
+                used[j.queue][t] += d.gpus_per_worker
+                if j.borrowed:
+                    borrowed[j.queue][t] += d.gpus_per_worker
             running[j.queue] += 1
-            if j.borrowed:
-                borrowed[j.queue][j.gpu_type] += gpus
         pending: dict[str, int] = defaultdict(int)
         for j in await self._jobs.get_many([k for k, _ in await self._jobs.pending_scored() if k.startswith(f"{tenant}/")]):
             if j.state == JobState.PENDING:

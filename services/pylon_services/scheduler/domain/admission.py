@@ -23,6 +23,7 @@ from pylon_services.scheduler.domain.quota import QuotaLedger
 from pylon_services.scheduler.domain.scheduling import (
     Admit,
     Decision,
+    Demand,
     Explanation,
     PendingJob,
     Preempt,
@@ -64,12 +65,13 @@ class Pass:
     def __post_init__(self) -> None:
         self.free = FreeIndex(self.snap.nodes)
         for r in self.snap.running:
-            self.running_by_type[r.gpu_type].append(r)
-            if r.preemptible and not r.preempting:
-                old = self.min_preemptible_priority.get(r.gpu_type, float("inf"))
-                self.min_preemptible_priority[r.gpu_type] = min(old, r.priority)
-            if r.preempting or r.borrowed:
-                self.may_yield_or_lend.add(r.gpu_type)
+            for t in dict.fromkeys(r.worker_gpu_types or (r.gpu_type,)):  # a split job is on each of its types
+                self.running_by_type[t].append(r)
+                if r.preemptible and not r.preempting:
+                    old = self.min_preemptible_priority.get(t, float("inf"))
+                    self.min_preemptible_priority[t] = min(old, r.priority)
+                if r.preempting or r.borrowed:
+                    self.may_yield_or_lend.add(t)
         self.quota = QuotaLedger(self.snap.queues, self.snap.running)
         self.timeline = ReleaseTimeline(self.snap.running, self.snap.throughput, self.snap.now)
         for r in self.snap.running:
@@ -117,9 +119,12 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
             return
         capacity_blocked = True
         waits_on.append(t)
+    if not job.gang and job.demand.workers > 1 and len(types) > 1 and place_split(policy, job, types, p):
+        return
     if capacity_blocked:
         fit = max((_workers_that_fit(job, t, p) for t in types), default=0)
-        blockers.append(capacity_reason(job.demand, types, fit))
+        fit_any = sum(_workers_that_fit(job, t, p) for t in types) if not job.gang else 0
+        blockers.append(capacity_reason(job.demand, types, fit, job.gang, fit_any))
     if not types:
         blockers.append(f"no pool of an acceptable GPU type {list(job.demand.gpu_types)} is up")
     waiting = try_preempt(policy, job, types, p) if capacity_blocked else ""
@@ -143,6 +148,45 @@ def _place(job: PendingJob, t: str, p: Pass) -> tuple[str, ...] | None:
         if rate and p.snap.now + job.remaining_work / rate <= p.shadow:
             nodes = p.free.place(job.demand, t, frozenset(p.held))
     return nodes
+
+
+def place_split(policy: object, job: PendingJob, types: list[str], p: Pass) -> bool:
+    """gang=false, when no single GPU type holds every worker: place the workers one by one,
+    each on the first type (in the policy's order) where its GPUs pass the queue's quota for
+    that type, the policy does not decline the type, and a node has room. All workers or none:
+    the job's quota is reserved as a unit (Kueue's model); only the start on Ray is per worker.
+    Admits and returns True when every worker found a place."""
+    d = job.demand
+    one = Demand(1, d.gpus_per_worker, d.cpus_per_worker, d.memory_bytes_per_worker, d.gpu_types)
+    exclude = frozenset(p.held) | p.reserved if p.head != job.id else frozenset(p.held)
+    ranked = [t for t in policy.rank_types(job, types, p)  # type: ignore[attr-defined]
+              if not policy.decline(job, t, p)]  # type: ignore[attr-defined]
+    taken: list[tuple[str, str]] = []
+    per_type: dict[str, float] = defaultdict(float)
+    borrowed = False
+    for _ in range(d.workers):
+        for t in ranked:
+            verdict = p.quota.check(job.queue, t, per_type[t] + d.gpus_per_worker)
+            if not verdict.ok:
+                continue
+            nodes = p.free.place(one, t, exclude)
+            if nodes is not None:
+                taken.append((t, nodes[0]))
+                per_type[t] += d.gpus_per_worker
+                borrowed = borrowed or verdict.borrowed
+                break
+        else:
+            p.free.release([node for _, node in taken], one)
+            return False
+    worker_types = tuple(t for t, _ in taken)
+    split = len(set(worker_types)) > 1
+    p.decision.admits.append(Admit(job.id, worker_types[0], tuple(n for _, n in taken), borrowed,
+                                   worker_gpu_types=worker_types if split else ()))
+    for t, gpus in per_type.items():
+        p.quota.charge(job.queue, t, gpus)
+    p.tenant_gpus[job.tenant] += d.total_gpus
+    p.version += 1
+    return True
 
 
 def _admit(job: PendingJob, t: str, nodes: tuple[str, ...], borrowed: bool, p: Pass) -> None:

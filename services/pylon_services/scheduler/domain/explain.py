@@ -22,9 +22,29 @@ def job_rate(table: ThroughputTable, job_type: str, gpu_type: str, workers: int)
     return r * workers if r else None
 
 
+def running_rate(table: ThroughputTable, r: RunningJob) -> float | None:
+    """Steps/s of a running job. A gang=false job split over GPU types moves at its slowest
+    worker's pace (its workers step together), so: the slowest of its types' per-worker rates x
+    workers; None if any of them is unknown."""
+    if not r.worker_gpu_types:
+        return job_rate(table, r.job_type, r.gpu_type, r.demand.workers)
+    rates = [table.rate(r.job_type, t) for t in set(r.worker_gpu_types)]
+    return min(rates) * r.demand.workers if all(rates) else None  # type: ignore[type-var,operator]
+
+
+def gpus_by_type(r: RunningJob) -> dict[str, float]:
+    """GPUs a running job holds per GPU type (several types for a split gang=false job)."""
+    if not r.worker_gpu_types:
+        return {r.gpu_type: r.demand.total_gpus}
+    out: dict[str, float] = defaultdict(float)
+    for t in r.worker_gpu_types:
+        out[t] += r.demand.gpus_per_worker
+    return dict(out)
+
+
 def estimated_finish(r: RunningJob, table: ThroughputTable, now: float) -> float | None:
     """When a running job should end, from its remaining work and throughput; None if unknown."""
-    rate = job_rate(table, r.job_type, r.gpu_type, r.demand.workers)
+    rate = running_rate(table, r)
     if rate is None or r.remaining_work <= 0:
         return None
     return max(now, (r.progress_time or r.start_time) + r.remaining_work / rate)
@@ -39,7 +59,8 @@ class ReleaseTimeline:
         for r in running:
             end = now if r.preempting else estimated_finish(r, table, now)
             if end is not None:
-                events[r.gpu_type].append((end, r.demand.total_gpus))
+                for t, gpus in gpus_by_type(r).items():
+                    events[t].append((end, gpus))
         self.times: dict[str, list[float]] = {}
         self.freed: dict[str, list[float]] = {}
         for t, ev in events.items():
@@ -60,16 +81,21 @@ class ReleaseTimeline:
         return self.times[gpu_type][i] if i < len(freed) else 0.0
 
 
-def describe_demand(d: Demand, types: list[str]) -> str:
+def describe_demand(d: Demand, types: list[str], gang: bool = True) -> str:
     """``"a gang of 4 workers x 2 GPUs on one of [V100, P100]"`` in the users' words."""
     where = f"on one of [{', '.join(types)}]" if len(types) != 1 else f"on {types[0]}"
     if d.workers == 1:
         return f"{d.gpus_per_worker:g} GPUs {where}"
+    if not gang:
+        return f"{d.workers} workers x {d.gpus_per_worker:g} GPUs (gang=false: any mix) of [{', '.join(types)}]"
     return f"a gang of {d.workers} workers x {d.gpus_per_worker:g} GPUs {where}"
 
 
-def capacity_reason(d: Demand, types: list[str], fit: int) -> str:
-    """Why a job does not fit anywhere right now, with the largest set that would fit."""
+def capacity_reason(d: Demand, types: list[str], fit: int, gang: bool = True, fit_any: int = 0) -> str:
+    """Why a job does not fit anywhere right now, with the largest set that would fit (on one
+    GPU type for a gang; summed over the acceptable types for gang=false)."""
     if d.workers == 1:
         return f"waiting for {describe_demand(d, types)}: no node has that much free"
+    if not gang:
+        return f"waiting for {describe_demand(d, types, gang)}: only {fit_any} workers fit across those types"
     return f"waiting for {describe_demand(d, types)}: the largest free set is {fit} workers"

@@ -77,6 +77,9 @@ class Job:
     # Bumped on every stored change: writers compare-and-swap on it so a cancel and the
     # controller never overwrite each other.
     version: int = 0
+    # gang=false only: the GPU type of each worker (by rank) of the current attempt, which may
+    # differ between workers; empty when all run on ``gpu_type``.
+    worker_gpu_types: list[str] = field(default_factory=list)
     # When the job entered the queue; a requeued job keeps its place.
     queued_at: float = 0.0
     # Unix time by which a preempted job must have exited.
@@ -102,6 +105,15 @@ class Job:
     @property
     def workers(self) -> int:
         return int(self.spec.get("workers", 1) or 1)
+
+    @property
+    def gang(self) -> bool:
+        """All-or-nothing start on one GPU type; an unset ``gang`` means true."""
+        return bool(self.spec.get("gang", True))
+
+    def worker_gpu_type(self, rank: int) -> str:
+        """The GPU type worker ``rank`` of the current attempt runs on."""
+        return self.worker_gpu_types[rank] if rank < len(self.worker_gpu_types) else self.gpu_type
 
     def transition(self, new: JobState, message: str) -> None:
         """Move to ``new`` or raise FailedPrecondition if the state machine forbids it."""
@@ -170,6 +182,8 @@ def validate_spec(spec: dict[str, Any], pools: list[PoolCapacity]) -> None:
         bad.append(FieldViolation("spec.priority_class", f"must be one of {', '.join(PRIORITY_CLASSES)}"))
     if int(spec.get("total_steps", 0) or 0) < 0:
         bad.append(FieldViolation("spec.total_steps", "must not be negative"))
+    if int(spec.get("checkpoint_every_steps", 0) or 0) < 0:
+        bad.append(FieldViolation("spec.checkpoint_every_steps", "must not be negative (0 = the trainer's default)"))
     if bad:
         raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
     _check_satisfiable(gpus, cpus, list(res.get("gpu_types", [])), pools)

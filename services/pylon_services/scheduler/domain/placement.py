@@ -96,16 +96,22 @@ class FreeIndex:
         bisect.insort(entries, (f.gpus, node_id))
         self.free_gpus[f.gpu_type] -= sign * demand.gpus_per_worker
 
+    def _indexed(self, node_id: str) -> bool:
+        """Whether this index tracks the node (a ``scratch`` copy tracks one GPU type only, and a
+        split gang=false job may hold nodes of several)."""
+        f = self.nodes.get(node_id)
+        return f is not None and f.gpu_type in self.by_type
+
     def allocate(self, nodes: Iterable[str], demand: Demand) -> None:
         """Take one worker's share of ``demand`` on each listed node (no checks)."""
         for n in nodes:
-            if n in self.nodes:
+            if self._indexed(n):
                 self._take(n, demand, +1)
 
     def release(self, nodes: Iterable[str], demand: Demand) -> None:
         """Give back one worker's share of ``demand`` on each listed node."""
         for n in nodes:
-            if n in self.nodes:
+            if self._indexed(n):
                 self._take(n, demand, -1)
 
     def workers_that_fit(self, demand: Demand, gpu_type: str) -> int:
@@ -155,6 +161,7 @@ def check_satisfiable(demand: Demand, nodes: Iterable[Node]) -> str | None:
     if not candidates:
         return f"no GPU pool in the cluster (it has {types})"
     best_why = ""
+    total_slots = 0
     for t in candidates:
         pool = [n for n in nodes if n.gpu_type == t]
         fits = [n for n in pool if n.gpus_total + EPS >= demand.gpus_per_worker
@@ -165,9 +172,14 @@ def check_satisfiable(demand: Demand, nodes: Iterable[Node]) -> str | None:
             continue
         slots = sum(int((n.gpus_total + EPS) // demand.gpus_per_worker) if demand.gpus_per_worker > 0
                     else demand.workers for n in fits)
+        total_slots += slots
+        if not demand.gang and total_slots >= demand.workers:
+            return None  # gang=false: the workers may span the acceptable types
         if slots < demand.workers:
             best_why = f"a gang of {demand.workers} workers but the whole {t} pool holds {slots}"
             continue
         return None
+    if not demand.gang and total_slots:
+        best_why = f"{demand.workers} workers but the acceptable pools together hold {total_slots}"
     return f"no node can ever hold this request: {best_why}"
 

@@ -218,6 +218,8 @@ def migrate(p: Pass) -> None:
     for r in p.snap.running:
         if r.preempting or not r.preemptible or r.id in p.claimed_victims:
             continue
+        if r.worker_gpu_types:
+            continue  # a split gang=false job: no single type to compare against
         here = job_rate(p.snap.throughput, r.job_type, r.gpu_type, r.demand.workers)
         end = p.finish(r)
         if not here or end is None:

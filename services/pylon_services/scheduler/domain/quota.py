@@ -36,7 +36,11 @@ class QuotaLedger:
                 for t, g in q.nominal_gpus.items():
                     self.cohort_nominal[(q.cohort, t)] += g
         for r in running:
-            self.charge(r.queue, r.gpu_type, r.demand.total_gpus)
+            if r.worker_gpu_types:  # a split gang=false job: each worker charges its own type
+                for t in r.worker_gpu_types:
+                    self.charge(r.queue, t, r.demand.gpus_per_worker)
+            else:
+                self.charge(r.queue, r.gpu_type, r.demand.total_gpus)
 
     def nominal(self, queue: str, gpu_type: str) -> float:
         return self.queues[queue].nominal_gpus.get(gpu_type, 0.0)

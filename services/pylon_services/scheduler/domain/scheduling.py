@@ -29,6 +29,9 @@ class Demand:
     cpus_per_worker: float = 1.0
     memory_bytes_per_worker: int = 0
     gpu_types: tuple[str, ...] = ()
+    # Added (optional): False for a gang=false job, whose workers may span GPU types; only
+    # ``check_satisfiable`` reads it (a pass reads ``PendingJob.gang``).
+    gang: bool = True
 
     @property
     def total_gpus(self) -> float:
@@ -96,6 +99,9 @@ class RunningJob:
     borrowed: bool = False  # admitted on quota borrowed from its cohort
     preempting: bool = False
     remaining_work: float = 0.0
+    # Added (optional): gang=false jobs split over GPU types: the GPU type of each worker (same
+    # order as ``nodes``); empty when every worker runs on ``gpu_type``.
+    worker_gpu_types: tuple[str, ...] = ()
     # Added (optional): when ``remaining_work`` was measured; 0 means at ``start_time``. The
     # estimated finish is ``(progress_time or start_time) + remaining_work / job rate``.
     progress_time: float = 0.0
@@ -123,12 +129,19 @@ class Snapshot:
 @dataclass(frozen=True)
 class Admit:
     """Start ``job_id`` on ``gpu_type``; ``nodes`` has one node id per worker (a gang is
-    admitted whole or not at all)."""
+    admitted whole or not at all). A gang=false job may be split over GPU types: then
+    ``worker_gpu_types`` names each worker's type (same order as ``nodes``) and ``gpu_type`` is
+    the first worker's."""
 
     job_id: str
     gpu_type: str
     nodes: tuple[str, ...]
     borrowed: bool = False
+    worker_gpu_types: tuple[str, ...] = ()
+
+    def types(self) -> tuple[str, ...]:
+        """The GPU type of each worker."""
+        return self.worker_gpu_types or (self.gpu_type,) * len(self.nodes)
 
 
 @dataclass(frozen=True)

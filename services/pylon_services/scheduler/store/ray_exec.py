@@ -1,6 +1,10 @@
-"""Ray adapter: discover GPU pools, start a job attempt as a detached named placement group with
-one task per worker (submitted and owned by the detached launcher actor, ``launcher.py``),
-check on it, and free it.
+"""Ray adapter: discover GPU pools, start a job attempt as detached named placement group(s) with
+one task per worker (submitted and owned by the detached launcher actor of the node the worker's
+bundle was placed on, ``launcher.py``), check on it, and free it.
+
+A gang attempt has one group with a bundle per worker (all-or-nothing); a gang=false attempt has
+one single-bundle group per worker, each possibly of another GPU type, and each worker starts as
+soon as its own group is placed.
 
 Everything is named by job and attempt (``{instance}-{tenant}-{id}-a{attempt}``) and lives
 apart from the scheduler process, so a scheduler that dies does not take running jobs with it,
@@ -10,16 +14,21 @@ its successor finds them by name (adoption), and launching twice starts nothing 
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pylon_services.scheduler.domain.job import Job, PoolCapacity
 
 ACCEL_PREFIX = "accelerator_type:"
+PG_WAIT_S = 1.0
+_WORKER_SUFFIX = re.compile(r"-w\d+$")
 
 
 @dataclass(frozen=True)
@@ -45,21 +54,57 @@ class RayExecutor:
         self.address = address
         self.node_ip_address = node_ip_address
         self.settings = settings
-        self._launcher: Any = None
+        self._launchers: dict[str, Any] = {}
+        self._lock = threading.Lock()
         self._nodes_cache: tuple[float, list[RayNode]] = (0.0, [])
 
     def connect(self) -> None:
         extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
         ray.init(address=self.address or None, namespace=self.instance, log_to_driver=False,
                  ignore_reinit_error=True, include_dashboard=False if not self.address else None, **extra)
-        from pylon_services.scheduler.launcher import Launcher
+        for node in self.nodes(max_age_s=0.0):  # start every node's launcher now, not on its first job
+            if node.alive:
+                self._launcher_on(node.id)
 
-        self._launcher = ray.remote(Launcher).options(
-            name=f"{self.instance}-launcher", namespace=self.instance, lifetime="detached", get_if_exists=True,
-            num_cpus=0, max_concurrency=32, max_restarts=0).remote()
+    def _launcher_on(self, node_id: str) -> Any:
+        """The launcher actor pinned to ``node_id`` (created on first use, found by name after a
+        restart: it is detached and outlives schedulers)."""
+        with self._lock:
+            handle = self._launchers.get(node_id)
+            if handle is None:
+                from pylon_services.scheduler.launcher import Launcher
+
+                handle = ray.remote(Launcher).options(
+                    name=f"{self.instance}-launcher-{node_id}", namespace=self.instance, lifetime="detached",
+                    get_if_exists=True, num_cpus=0, max_concurrency=32, max_restarts=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+                self._launchers[node_id] = handle
+            return handle
+
+    def _on_nodes(self, method: str, calls: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+        """Call ``method`` on the launchers of the given nodes in parallel; a launcher that is
+        gone (its node died) answers None and is forgotten."""
+        refs = {n: getattr(self._launcher_on(n), method).remote(*args) for n, args in calls.items()}
+        out: dict[str, Any] = {}
+        for node_id, ref in refs.items():
+            try:
+                out[node_id] = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                with self._lock:
+                    self._launchers.pop(node_id, None)
+                out[node_id] = None
+        return out
 
     def attempt_name(self, job: Job, attempt: int | None = None) -> str:
         return f"{self.instance}-{job.tenant}-{job.id}-a{job.attempt if attempt is None else attempt}"
+
+    def groups(self, job: Job, attempt: int | None = None) -> list[tuple[str, list[int]]]:
+        """The attempt's placement groups as ``(name, ranks)``: one group holding every worker for
+        a gang, one single-bundle group per worker (``<attempt>-w<rank>``) for gang=false."""
+        name = self.attempt_name(job, attempt)
+        if job.gang:
+            return [(name, list(range(job.workers)))]
+        return [(f"{name}-w{r}", [r]) for r in range(job.workers)]
 
     def cached_nodes(self, max_age_s: float = 1.0) -> list[RayNode] | None:
         """The node list if fetched within ``max_age_s`` (no GCS call, safe on the event loop)."""
@@ -95,62 +140,123 @@ class RayExecutor:
             bundle["memory"] = float(res["memory_bytes"])
         return bundle
 
-    def launch(self, job: Job) -> None:
-        """Create the attempt's placement group and have the launcher start its worker tasks,
-        unless either already exists (a repeated launch after a crash starts nothing twice)."""
-        name = self.attempt_name(job)
-        bundle = self._bundle(job, job.gpu_type)
-        if not self.exists(job):
-            strategy = "SPREAD" if job.spec.get("placement") == "spread" else "PACK"
-            placement_group([dict(bundle) for _ in range(job.workers)], strategy=strategy, name=name,
-                                 lifetime="detached")
+    @staticmethod
+    def _task_options(bundle: dict[str, float]) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0)}
         extra = {k: v for k, v in bundle.items() if k.startswith(ACCEL_PREFIX)}
         if extra:
             opts["resources"] = extra
         if "memory" in bundle:
             opts["memory"] = bundle["memory"]
-        ray.get(self._launcher.launch.remote(name, job.to_dict(), self.settings, opts))
+        return opts
 
-    def placed_nodes(self, job: Job) -> list[str] | None:
-        """Node id of each worker once the placement group exists, else None (still waiting)."""
+    def launch(self, job: Job, wait_s: float = PG_WAIT_S) -> int:
+        """Create the attempt's placement group(s) unless they exist, and have the launcher of
+        each placed bundle's node start that worker's task unless it already runs (a repeated
+        launch starts nothing twice). Waits at most ``wait_s`` for the groups to be placed: a task
+        submitted to a group not yet placed waits for Ray's lease retry (0.5-1 s). A worker whose
+        bundle is not placed yet is started by a later call (``Attempts`` calls again while the
+        job is STARTING), so each gang=false worker starts as soon as its own bundle is ready.
+        Returns how many workers run or were started."""
+        strategy = "SPREAD" if job.spec.get("placement") == "spread" else "PACK"
+        groups = []
+        for pg_name, ranks in self.groups(job):
+            try:
+                pg = get_placement_group(pg_name)
+            except ValueError:
+                pg = placement_group([self._bundle(job, job.worker_gpu_type(r)) for r in ranks], strategy=strategy,
+                                     name=pg_name, lifetime="detached")
+            groups.append((pg, pg_name, ranks))
+        deadline = time.monotonic() + wait_s
+        calls: dict[str, list[tuple[int, str, int, dict[str, Any]]]] = {}
+        placed = 0
+        for pg, pg_name, ranks in groups:
+            nodes = self._wait_placed(pg, pg_name, deadline)
+            if nodes is None:
+                continue
+            for i, rank in enumerate(ranks):
+                opts = self._task_options(self._bundle(job, job.worker_gpu_type(rank)))
+                calls.setdefault(nodes[i], []).append((rank, pg_name, i, opts))
+                placed += 1
+        self._on_nodes("launch", {n: (self.attempt_name(job), job.to_dict(), self.settings, w)
+                                  for n, w in calls.items()})
+        return placed
+
+    @staticmethod
+    def _pg_nodes(pg_name: str) -> list[str] | None:
+        """Node id of each bundle of a created group; None while it is missing or not placed."""
         try:
-            pg = get_placement_group(self.attempt_name(job))
+            pg = get_placement_group(pg_name)
         except ValueError:
             return None
         table = ray.util.placement_group_table(pg)
         if table.get("state") != "CREATED":
             return None
         by_index = table.get("bundles_to_node_id", {})
-        return [by_index.get(i, "") for i in range(job.workers)]
+        return [by_index.get(i, "") for i in range(len(table.get("bundles", by_index)))]
+
+    def _wait_placed(self, pg: Any, pg_name: str, deadline: float) -> list[str] | None:
+        """The group's bundle nodes once placed, waiting until ``deadline`` (monotonic) at most.
+        ``pg.wait`` can return before the GCS table shows the group CREATED with its nodes, so
+        the table is polled briefly after it: missing that window cost a whole scheduler turn
+        (~0.6 s) in half the launches of ``benchmarks/sched_launch_overhead.py``."""
+        nodes = self._pg_nodes(pg_name)
+        while nodes is None and (left := deadline - time.monotonic()) > 0:
+            pg.wait(timeout_seconds=left)
+            nodes = self._pg_nodes(pg_name)
+            if nodes is None:
+                time.sleep(0.002)
+        return nodes
+
+    def placed_nodes(self, job: Job) -> list[str] | None:
+        """Node id of each worker (by rank) once every group of the attempt is placed, else None."""
+        out = [""] * job.workers
+        for pg_name, ranks in self.groups(job):
+            nodes = self._pg_nodes(pg_name)
+            if nodes is None:
+                return None
+            for i, rank in enumerate(ranks):
+                out[rank] = nodes[i]
+        return out
 
     def exists(self, job: Job) -> bool:
-        """Whether the attempt's placement group is still there (launched and not released)."""
-        try:
-            get_placement_group(self.attempt_name(job))
-            return True
-        except ValueError:
-            return False
+        """Whether every placement group of the attempt is still there (launched, not released)."""
+        for pg_name, _ in self.groups(job):
+            try:
+                get_placement_group(pg_name)
+            except ValueError:
+                return False
+        return True
 
     def workers_alive(self, job: Job) -> bool:
-        """True while every worker task of the current attempt runs (or ended normally)."""
-        return bool(ray.get(self._launcher.alive.remote(self.attempt_name(job))))
+        """True while every worker task of the current attempt runs (or ended normally): each
+        rank was started by the launcher of its bundle's node and none of them crashed."""
+        nodes = self.placed_nodes(job)
+        if nodes is None:
+            return False
+        answers = self._on_nodes("alive", {n: (self.attempt_name(job),) for n in set(nodes)})
+        if any(a is None for a in answers.values()):
+            return False
+        started = {rank for ranks in answers.values() for rank in ranks}
+        return started >= set(range(job.workers))
 
     def release(self, job: Job, attempt: int | None = None) -> None:
-        """Kill the attempt's workers and remove its placement group (idempotent)."""
+        """Kill the attempt's workers and remove its placement group(s) (idempotent)."""
         name = self.attempt_name(job, attempt)
-        ray.get(self._launcher.stop.remote(name))
-        try:
-            remove_placement_group(get_placement_group(name))
-        except ValueError:
-            pass
+        groups = self.groups(job, attempt)
+        nodes = {n for pg_name, _ in groups for n in (self._pg_nodes(pg_name) or ())}
+        self._on_nodes("stop", {n: (name,) for n in nodes if n})
+        for pg_name, _ in groups:
+            self.remove_by_name(pg_name)
 
     def orphans(self, wanted: set[str]) -> list[str]:
-        """Names of Pylon placement groups Ray holds that no active attempt in ``wanted`` owns."""
+        """Names of Pylon placement groups Ray holds that no active attempt in ``wanted`` owns
+        (a gang=false worker's group ``<attempt>-w<rank>`` belongs to ``<attempt>``)."""
         out = []
         for info in ray.util.placement_group_table().values():
             name = info.get("name", "")
-            if name.startswith(f"{self.instance}-") and info.get("state") != "REMOVED" and name not in wanted:
+            owner = _WORKER_SUFFIX.sub("", name)
+            if name.startswith(f"{self.instance}-") and info.get("state") != "REMOVED" and owner not in wanted:
                 out.append(name)
         return out
 

@@ -1,0 +1,108 @@
+"""checkpoint_every_steps end to end on the Ray cluster: a job whose worker process dies after a
+periodic checkpoint is retried (max_retries) and its second attempt resumes at that checkpoint's
+step, not at step 0 - for a user command (pylon.train.should_checkpoint / checkpoint_saved) and
+for the built-in trainer. A negative value is rejected at submit."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+
+import pytest
+
+from pylon.errors import PylonError
+
+pytestmark = pytest.mark.integration
+
+# 40 steps; a checkpoint every checkpoint_every() steps; attempt 1 kills its own Ray worker (the
+# parent process) at step 13, so only the periodic upload can have kept its progress.
+CRASHING = """
+import os, time
+import pylon.train as t
+ck = os.path.join(t.checkpoint_dir(), "step")
+step = int(open(ck).read()) if os.path.exists(ck) else 0
+print(f"every {t.checkpoint_every()}; attempt {os.environ['PYLON_ATTEMPT']} starting at step {step}", flush=True)
+while step < 40:
+    time.sleep(0.02)
+    step += 1
+    t.report(step, loss=1.0 / step)
+    if t.should_checkpoint(step):
+        open(ck + ".tmp", "w").write(str(step))
+        os.replace(ck + ".tmp", ck)
+        assert t.checkpoint_saved(step)
+        print(f"saved step {step}", flush=True)
+    if os.environ["PYLON_ATTEMPT"] == "1" and step == 13:
+        print("crashing", flush=True)
+        os.kill(os.getppid(), 9)
+        time.sleep(60)
+print("finished at step", step, flush=True)
+"""
+
+
+def _wait(pred, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := pred():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_negative_checkpoint_every_steps_is_invalid_argument(tenant_clients):
+    acme = tenant_clients["acme"]
+    before = len(acme.jobs.list(page_size=500))
+    with pytest.raises(PylonError) as e:
+        acme.jobs.submit({"checkpoint_every_steps": -1, "command": {"argv": ["true"]}})
+    assert "INVALID_ARGUMENT" in str(e.value.code) and "checkpoint_every_steps" in str(e.value)
+    assert len(acme.jobs.list(page_size=500)) == before
+
+
+def test_crashed_command_is_retried_from_its_latest_periodic_checkpoint(tenant_clients):
+    acme = tenant_clients["acme"]
+    job = acme.jobs.submit({"max_retries": 1, "checkpoint_every_steps": 5, "total_steps": 40,
+                            "resources": {"gpus": 1, "gpu_types": ["K80"]},
+                            "command": {"argv": [sys.executable, "-c", CRASHING]}})
+    job = acme.jobs.wait(job.name, timeout=180)
+    assert (job.state, job.attempt, job.retries) == ("succeeded", 2, 1), job.message
+    logs = list(acme.jobs.logs(job.name))
+    assert "every 5; attempt 1 starting at step 0" in logs  # ("crashing" dies with the worker unread)
+    assert "every 5; attempt 2 starting at step 10" in logs  # the last checkpoint before step 13
+    assert "finished at step 40" in logs
+    steps = [p["step"] for p in acme.jobs.metrics(job.name) if p["key"] == "loss"]
+    # Attempt 1 reported 1..k (its last lines may die unread with the worker), attempt 2 11..40.
+    split = len(steps) - 30
+    assert split >= 10 and steps[:split] == list(range(1, split + 1)) and steps[split:] == list(range(11, 41)), steps
+
+
+def test_crashed_trainer_is_retried_from_its_latest_periodic_checkpoint(tenant_clients, tmp_path):
+    from pylon.demo import build_corpus
+
+    acme = tenant_clients["acme"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(build_corpus()[:100_000])
+    ds = acme.datasets.upload(str(corpus), "ckpt-corpus", format="text")
+    cfg = {"steps": 3000, "batch_size": 4, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32,
+           "eval_every": 0, "log_every": 50}
+    job = acme.jobs.submit({"max_retries": 1, "checkpoint_every_steps": 100, "total_steps": 3000,
+                            "trainer": {"trainer": "tiny-gpt", "datasets": [ds.name], "config": cfg}})
+    text = _wait(lambda: (t := "\n".join(acme.jobs.logs(job.name))) and "checkpoint of step 100 saved" in t and t,
+                 180, "the first periodic checkpoint")
+    pid = int(re.search(r"attempt 1 worker 0 started on .* \(pid (\d+),", text).group(1))
+    os.kill(pid, signal.SIGKILL)  # the worker process dies: no result, no checkpoint at exit
+    job = acme.jobs.wait(job.name, timeout=300)
+    assert (job.state, job.attempt, job.retries, job.step) == ("succeeded", 2, 1, 3000), job.message
+    logs = list(acme.jobs.logs(job.name))
+    second = next(i for i, line in enumerate(logs) if line.startswith("attempt 2 worker 0 started"))
+    saved = [int(m.group(1)) for line in logs[:second] if (m := re.match(r"pylon: checkpoint of step (\d+) saved", line))]
+    assert saved and saved == sorted(saved) and saved[0] == 100
+    assert f"pylon: resuming at step {saved[-1]}" in logs[second:]
+    assert any("checkpoint every 100 steps" in line for line in logs)
+    # Metrics (every 50 steps): attempt 1 up to where it died, attempt 2 from the checkpoint on.
+    steps = [p["step"] for p in acme.jobs.metrics(job.name) if p["key"] == "loss"]
+    drops = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert len(drops) <= 1 and steps[-1] == 3000
+    if drops:
+        assert steps[drops[0]] == saved[-1] + 50
