@@ -515,6 +515,48 @@ def test_deleted_versions_keep_artifacts_until_retention_then_purge(reg: Registr
         assert [v.version for v in c.models.versions("retained", show_deleted=True)[0]] == [keep.version, shared.version]
 
 
+def test_abandoned_upload_sessions_are_discarded_but_live_blobs_kept(reg: RegistryEnv, tmp_path: Any) -> None:
+    import time
+
+    import redis as redis_lib
+
+    from pylon_services.registry.domain import artifacts, retention
+    from pylon_services.registry.store.redis_index import RedisRegistryIndex
+
+    index = RedisRegistryIndex(redis_lib.Redis.from_url(reg.redis_url))
+    big = os.urandom((5 << 20) + 1)  # multipart: an unfinished multipart upload is left behind too
+    with reg.client() as c:
+        kept = c.models.register("gc", _tree(tmp_path / "kept", {"w.bin": b"registered"}))
+
+        def open_session(files: dict[str, bytes]) -> Any:
+            session = c.call(c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+                parent="tenants/-/models/gc", part_size=5 << 20,
+                files=[pb.ArtifactFile(path=p, digest=_digest(d), size_bytes=len(d)) for p, d in files.items()]))
+            c.models._send(session, {p: _tree(tmp_path / p, {p: d}) + "/" + p for p, d in files.items()},
+                           {p: len(d) for p, d in files.items()}, 2, None)
+            return artifacts.load_upload(reg.store, "acme", session.upload.rsplit("/", 1)[1])
+
+        abandoned = open_session({"small.bin": b"never registered", "big.bin": big})
+        # A session whose registration wrote its manifest, then died before closing the session:
+        # its staged object is the live blob of a version and must survive.
+        crashed = open_session({"live.bin": b"live bytes"})
+        live = c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
+            parent="tenants/-/models/gc", format=pb.MODEL_FORMAT_OTHER, upload=f"tenants/acme/models/gc/uploads/{crashed.id}",
+            files=[pb.ArtifactFile(path="live.bin", digest=_digest(b"live bytes"), size_bytes=10)])).version
+        reg.store.put(f"tenants/acme/uploads/{crashed.id}.json", json.dumps(
+            {"part_size": crashed.part_size, "files": crashed.files, "create_time": time.time()}).encode())
+        assert reg.store.exists(abandoned.files["small.bin"]["key"])  # staged; big.bin is an open multipart upload
+        assert retention.purge_abandoned_uploads(reg.store, index) == 0  # young sessions are left alone
+        assert retention.purge_abandoned_uploads(reg.store, index, older_than_s=0, now=time.time() + 1) >= 2
+        assert not any(reg.store.exists(e["key"]) for e in abandoned.files.values())
+        assert not reg.store.exists(f"tenants/acme/uploads/{abandoned.id}.json")
+        assert reg.store.exists(live.files[0].object_key)  # the live blob stayed
+        out = c.models.download(live.name.split("/versions/")[0].replace("tenants/acme/models/", "models:/")
+                                + f"/versions/{live.version}", str(tmp_path / "out"))
+        assert open(os.path.join(out, "live.bin"), "rb").read() == b"live bytes"
+        assert c.models.get("gc", kept.version).version == kept.version
+
+
 def test_cli_register_alias_history_versions_download(reg: RegistryEnv, tmp_path: Any) -> None:
     import subprocess
     import sys

@@ -45,6 +45,9 @@ async def _repair_loop(registry: Registry, retention_s: float) -> None:
                 purged = await asyncio.to_thread(retention.purge_expired, registry.store, registry.index, retention_s)
                 if purged["versions"]:
                     log.info("purged the artifacts of deleted versions: %s", purged)
+                abandoned = await asyncio.to_thread(retention.purge_abandoned_uploads, registry.store, registry.index)
+                if abandoned:
+                    log.info("discarded %d upload sessions never registered", abandoned)
         except Exception:  # keep repairing; the next round retries
             log.exception("registry index repair failed")
 

@@ -1,6 +1,8 @@
 """Retention: a deleted version stays a tombstone (its number is never reused, its record stays
 readable with ``show_deleted``), and after the retention period its artifact bytes are removed
-unless another live version of the tenant uses the same object."""
+unless another live version of the tenant uses the same object. Upload sessions a client opened
+and never registered are discarded after ``ABANDONED_UPLOAD_S`` (their staged objects and
+unfinished multipart uploads with them), like an S3 lifecycle rule for incomplete uploads."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import time
 from typing import Any
 
 from pylon_services.common import blobs
-from pylon_services.registry.domain import layout
+from pylon_services.registry.domain import artifacts, layout
 from pylon_services.registry.domain.ports import RegistryIndex
 from pylon_services.registry.domain.rebuild import tenants
 from pylon_services.storage.base import EtagMismatch, ObjectStore
+
+ABANDONED_UPLOAD_S = 24 * 3600.0
 
 
 def _versions(index: RegistryIndex, tenant: str) -> list[tuple[str, dict[str, Any]]]:
@@ -59,3 +63,25 @@ def purge_expired(store: ObjectStore, index: RegistryIndex, retention_s: float, 
                 index.put_versions(tenant, model, [layout.merge_meta(manifest, {**meta, "purged": True, "_etag": info.etag})])
                 counts["versions"] += 1
     return counts
+
+
+def purge_abandoned_uploads(store: ObjectStore, index: RegistryIndex, older_than_s: float = ABANDONED_UPLOAD_S,
+                            now: float | None = None) -> int:
+    """Discard upload sessions opened more than ``older_than_s`` ago and never registered.
+    Objects any version of the tenant points at are kept: a registry that died between writing a
+    manifest and closing its session leaves a session whose staged objects are live blobs."""
+    cutoff = (now or time.time()) - older_than_s
+    discarded = 0
+    for tenant in tenants(store):
+        prefix = f"tenants/{tenant}/uploads/"
+        sessions = [o.key[len(prefix):-len(".json")] for o in store.iter_all(prefix)
+                    if o.key.endswith(".json") and "/" not in o.key[len(prefix):]]  # not ingest's staging folders
+        old = [s for s in sessions if (blobs.read_json_or_none(store, prefix + s + ".json") or {}).get(
+            "create_time", cutoff + 1) <= cutoff]
+        if not old:
+            continue
+        used = {f["object_key"] for _, v in _versions(index, tenant) for f in v["files"]}
+        for upload_id in old:
+            artifacts.discard_upload(store, artifacts.load_upload(store, tenant, upload_id), used)
+            discarded += 1
+    return discarded
