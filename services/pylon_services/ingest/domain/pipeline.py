@@ -20,6 +20,7 @@ import orjson
 
 from pylon_services.common.errors import InvalidArgument
 from pylon_services.ingest.domain import formats
+from pylon_services.ingest.domain.chunks import Part
 from pylon_services.ingest.domain.clean import Cleaner, DedupeSet, text_digest
 from pylon_services.ingest.domain.formats import detect_format
 from pylon_services.ingest.domain.profile import Profiler, merge_profiles
@@ -34,6 +35,7 @@ from pylon_services.ingest.domain.validate import Validator, infer_from_records,
 
 __all__ = [
     "DedupeSet",
+    "Part",
     "Recipe",
     "Summary",
     "check_reject_rate",
@@ -211,6 +213,7 @@ def process_stream(
     tokenizer: Any = None,
     limit: int | None = None,
     sample: int = 1000,
+    part: Part | None = None,
 ) -> Summary:
     """Validate, clean and profile one stream in a single pass with bounded memory.
 
@@ -220,9 +223,11 @@ def process_stream(
     ``sample`` records (held while inferring, then processed like the rest). ``seen`` shares
     dedupe across the files of a version; ``progress(bytes_read)`` is called every few MiB;
     ``tokenizer`` makes the profile count exact tokens; ``limit`` stops after that many
-    accepted records (previews).
+    accepted records (previews); ``part`` reads one chunk of ``src`` (see ``chunks``; its line
+    numbers are then relative to the chunk, and it should come with the file's ``schema``).
     """
-    items, counter = formats.iter_records(src, fmt, compression, limit=_line_limit(recipe), paragraphs=recipe.paragraphs)
+    items, counter = formats.iter_records(src, fmt, compression, limit=_line_limit(recipe),
+                                          paragraphs=recipe.paragraphs, part=part)
     text_key = _text_key(fmt, recipe)
     try:
         if schema is None:

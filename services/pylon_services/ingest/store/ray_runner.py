@@ -22,7 +22,7 @@ import ray
 
 from pylon_services.common import blobs
 from pylon_services.common.errors import InvalidArgument, PylonError
-from pylon_services.ingest import processing
+from pylon_services.ingest import chunked, processing
 from pylon_services.ingest.domain import operations as ops_mod
 from pylon_services.ingest.domain import versions
 from pylon_services.ingest.domain.datasets import Datasets
@@ -43,9 +43,11 @@ class RayRunner:
     """Owns the Ray connection and the asyncio tasks running operations in this process."""
 
     def __init__(self, state: RedisState, store: ObjectStore, conn: dict[str, Any], redis_url: str, *,
-                 ray_address: str, node_ip: str = "", lease_s: float = 15.0, task_cpus: float = 1.0) -> None:
+                 ray_address: str, node_ip: str = "", lease_s: float = 15.0, task_cpus: float = 1.0,
+                 chunk_bytes: int = 64 << 20) -> None:
         self.state, self.store, self.conn, self.redis_url = state, store, conn, redis_url
         self.ray_address, self.node_ip, self.lease_s, self.task_cpus = ray_address, node_ip, lease_s, task_cpus
+        self.chunk_bytes = chunk_bytes
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._reconciler: asyncio.Task[None] | None = None
@@ -61,6 +63,10 @@ class RayRunner:
         self._process = ray.remote(processing.process_file).options(num_cpus=self.task_cpus, max_retries=1)
         self._tokenize = ray.remote(processing.tokenize_version).options(num_cpus=self.task_cpus, max_retries=1)
         self._dedupe = ray.remote(processing.dedupe_across_files).options(num_cpus=self.task_cpus, max_retries=1)
+        self._plan = ray.remote(chunked.plan_file).options(num_cpus=self.task_cpus, max_retries=1)
+        self._chunk = ray.remote(chunked.process_chunk).options(num_cpus=self.task_cpus, max_retries=1)
+        self._hash = ray.remote(chunked.hash_file).options(num_cpus=self.task_cpus, max_retries=1)
+        self._merge = ray.remote(chunked.merge_chunks).options(num_cpus=self.task_cpus, max_retries=1)
 
     async def stop(self) -> None:
         """Stop running (the leases lapse and another replica, or our restart, adopts the ops)."""
@@ -163,11 +169,8 @@ class RayRunner:
         keys = [versions.reuse_key(tenant, f["digest"], f, spec["processing"])
                 if versions.reusable(f) and len(files) == 1 else None for f in files]
         known = await asyncio.to_thread(self._known_results, keys)
-        todo = [i for i in range(len(keys)) if i not in known]
-        refs = [self._process.remote(self.conn, self.redis_url, op.id, i,
-                                     {**files[i], "tenant": tenant, "dedupe_across": across},
-                                     spec["processing"], out_prefix) for i in todo]
-        fresh = await self._wait(op, refs, sum(int(files[i].get("size", 0)) for i in todo))
+        todo = {i: {**files[i], "tenant": tenant, "dedupe_across": across} for i in range(len(keys)) if i not in known}
+        fresh = await self._process_files(op, todo, out_prefix)
         if across:
             op.metadata["stage"] = "dedupe across files"
             await self.state.save(op)
@@ -190,6 +193,56 @@ class RayRunner:
                                          int(spec.get("version") or 0))
         op.succeed(doc["name"], {"stage": "published", "version": n, "digest": doc["digest"], **counts})
         await asyncio.to_thread(self._remember_results, tenant, spec, fresh)
+
+    async def _process_files(self, op: Operation, todo: dict[int, dict[str, Any]], out_prefix: str) -> list[Any]:
+        """Process files in parallel, large splittable ones as several chunks each (planned by a
+        task, hashed by another, merged by a third); returns one result per file."""
+        pspec = op.spec["processing"]
+        candidates = [i for i, f in todo.items() if int(f.get("size", 0)) > self.chunk_bytes]
+        plans = dict(zip(candidates, await self._wait(op, [self._plan.remote(self.conn, todo[i], pspec, self.chunk_bytes)
+                                                           for i in candidates], 0), strict=True))
+        plans = {i: p for i, p in plans.items() if len(p["parts"]) > 1}
+        refs, what = [], []
+        for i, f in todo.items():
+            if i not in plans:
+                refs.append(self._process.remote(self.conn, self.redis_url, op.id, i, f, pspec, out_prefix))
+                what.append(("file", i))
+                continue
+            refs.append(self._hash.remote(self.conn, i, f))
+            what.append(("hash", i))
+            for part in plans[i]["parts"]:
+                refs.append(self._chunk.remote(self.conn, self.redis_url, op.id, i, f, pspec, plans[i]["schema"],
+                                               out_prefix, part))
+                what.append(("chunk", i))
+        if plans:
+            op.metadata["chunks"] = sum(len(p["parts"]) for p in plans.values())
+        got = await self._wait(op, refs, sum(int(f.get("size", 0)) for f in todo.values()))
+        return await self._merge_chunked(op, todo, out_prefix, what, got)
+
+    async def _merge_chunked(self, op: Operation, todo: dict[int, dict[str, Any]], out_prefix: str,
+                             what: list[tuple[str, int]], got: list[Any]) -> list[Any]:
+        """Whole-file results as they are; chunked files merged, or processed again as one chunk
+        when a CSV record spanned lines (a cut could have split it; see ``domain/chunks``)."""
+        results = [r for (kind, _), r in zip(what, got, strict=True) if kind == "file"]
+        hashes = {i: r for (kind, i), r in zip(what, got, strict=True) if kind == "hash"}
+        parts: dict[int, list[Any]] = {}
+        for (kind, i), r in zip(what, got, strict=True):
+            if kind == "chunk":
+                parts.setdefault(i, []).append(r)
+        refs = []
+        for i, ps in parts.items():
+            if any(p["multiline"] for p in ps):
+                await asyncio.to_thread(chunked.delete_chunk_outputs, self.store, ps)
+                op.metadata["files_unsplit"] = op.metadata.get("files_unsplit", 0) + 1
+                refs.append(self._process.remote(self.conn, self.redis_url, op.id, i, todo[i],
+                                                 op.spec["processing"], out_prefix))
+            else:
+                refs.append(self._merge.remote(self.conn, i, todo[i], ps, hashes[i], out_prefix))
+        if refs:
+            op.metadata["stage"] = "merging chunks"
+            await self.state.save(op)
+            results += await self._wait(op, refs, 0)
+        return sorted(results, key=lambda r: r["index"])
 
     def _known_results(self, keys: list[str | None]) -> dict[int, dict[str, Any]]:
         """Results of earlier operations that processed the same verified bytes the same way:
