@@ -60,7 +60,7 @@ def _chunked(conn, f, processing_spec, chunk_bytes):
     parts = [chunked.process_chunk(conn, "", "op2", 0, f, processing_spec, plan.get("schema"), "many/", p)
              for p in plan["parts"]]
     hashed = chunked.hash_file(conn, 0, f)
-    return plan, parts, chunked.merge_chunks(conn, 0, f, parts, hashed, "many/")
+    return plan, parts, chunked.merge_chunks(conn, 0, f, iter(parts), lambda: hashed, "many/")
 
 
 def _same(store, one, many):
@@ -134,8 +134,9 @@ def test_csv_with_a_quoted_newline_is_flagged_for_a_one_chunk_rerun(env):
     store, conn = env
     f = _file(store, "in/q.csv", _csv_bytes(quoted_newline=True), "csv")
     spec = {"recipe": Recipe().to_dict(), "schema": None}
-    _, parts, _ = _chunked(conn, f, spec, 700)
+    _, parts, merged = _chunked(conn, f, spec, 700)
     assert any(p["multiline"] for p in parts)
+    assert merged == {"index": 0, "unsplit": True}
 
 
 def test_text_lines_and_parquet_row_groups_in_chunks_equal_one_pass(env):

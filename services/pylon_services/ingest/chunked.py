@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -92,7 +93,7 @@ def process_chunk(conn: dict[str, Any], redis_url: str, op_id: str, index: int, 
                           progress=lambda pos: report({"done": min(max(pos - part.start, 0), end - part.start)}))
     out_raw, rej_raw = ObjectWriter(store, f"{name}.clean.jsonl"), ObjectWriter(store, f"{name}.rejects.jsonl")
     recipe = Recipe.from_dict(processing["recipe"])
-    seen = DedupeSet()
+    seen = DedupeSet(ordered=True)
     try:
         out, rejects = io.BufferedWriter(out_raw, _BUFFER), io.BufferedWriter(rej_raw, _BUFFER)
         summary = process_stream(reader, out, rejects, fmt=f["format"], compression="", schema=schema,  # type: ignore[arg-type]
@@ -104,7 +105,7 @@ def process_chunk(conn: dict[str, Any], redis_url: str, op_id: str, index: int, 
         result = {"part": part.index, "summary": summary.to_dict(), "out": out_raw.result(),
                   "rejects": rej_raw.result(), "lines": part.lines, "multiline": part.multiline}
         if recipe.dedupe and len(seen):
-            store.put(f"{name}.dedupe", seen.to_bytes())
+            store.put(f"{name}.dedupe", seen.ordered_bytes())  # output order: the merge drops by position
             result["dedupe_key"] = f"{name}.dedupe"
         report({"done": max(end - part.start, 0)}, force=True)
         return result
@@ -128,60 +129,87 @@ def hash_file(conn: dict[str, Any], index: int, f: dict[str, Any]) -> dict[str, 
     return {"digest": digest, "size": hashed}
 
 
-def merge_chunks(conn: dict[str, Any], index: int, f: dict[str, Any], parts: list[dict[str, Any]],
-                 hashed: dict[str, Any], out_prefix: str) -> dict[str, Any]:
+def merge_chunks(conn: dict[str, Any], index: int, f: dict[str, Any], parts: Iterable[dict[str, Any]],
+                 hashed: Callable[[], dict[str, Any]], out_prefix: str) -> dict[str, Any]:
     """Ray task: one file's result from its chunks, as ``process_file`` returns it: the cleaned
     outputs concatenated in order without the records an earlier chunk kept, the rejects with
     absolute line numbers, the summaries merged, the raw bytes settled at their content address.
+
+    ``parts`` yields the chunk results in chunk order as they complete (the runner passes a
+    generator over Ray refs, so merging overlaps with the chunks still running); ``hashed()``
+    gives the file's digest at the end. A CSV chunk that met a record spanning lines stops the
+    merge: the result is ``{"index", "unsplit": True}`` and the file must be processed whole.
     Memory: one buffer plus the file's dedupe digests (as a one-chunk run holds them)."""
-    from pylon_services.ingest.domain.clean import DedupeSet
     from pylon_services.ingest.domain.pipeline import Summary, merge_summaries
 
     store = open_task_store(conn)
-    parts = sorted(parts, key=lambda p: p["part"])
-    kept = DedupeSet()
     out_raw = ObjectWriter(store, f"{out_prefix}{index:05d}.clean.jsonl")
     rej_raw = ObjectWriter(store, f"{out_prefix}{index:05d}.rejects.jsonl")
-    summaries: list[Summary] = []
     try:
-        out, rejects = io.BufferedWriter(out_raw, _BUFFER), io.BufferedWriter(rej_raw, _BUFFER)
-        line_offset = 0
-        for p in parts:
-            summary = Summary.from_dict(copy.deepcopy(p["summary"]))  # corrected below, the input stays
-            chunk_set = DedupeSet.from_bytes(store.get(p["dedupe_key"])) if p.get("dedupe_key") else DedupeSet()
-            _append_clean(store, p["out"], chunk_set.overlap(kept), out, summary)
-            kept.update(chunk_set)
-            _append_rejects(store, p["rejects"], line_offset, rejects)
-            line_offset += int(p.get("lines", 0))
-            summaries.append(summary)
-        out.flush()
-        rejects.flush()
-        out_raw.close()
-        rej_raw.close()
+        summaries, kept, seen = _concatenate(store, parts, out_raw, rej_raw)
     except BaseException:
         out_raw.abort()
         rej_raw.abort()
         raise
-    merged = merge_summaries(summaries)
+    if summaries is None:
+        return {"index": index, "unsplit": True}
+    digest = hashed()
+    merged = merge_summaries([Summary.from_dict(s) for s in summaries])
     result = {"summary": merged.to_dict(), "out": out_raw.result(), "rejects": rej_raw.result(),
-              "digest": hashed["digest"], "size": hashed["size"], "index": index, "chunks": len(parts)}
+              "digest": digest["digest"], "size": digest["size"], "index": index, "chunks": len(seen)}
     if f.get("dedupe_across") and len(kept):
         result["dedupe_key"] = f"{out_prefix}{index:05d}.dedupe"
         store.put(result["dedupe_key"], kept.to_bytes())
-    result["object_key"] = _settle_bytes(store, f, hashed["digest"])
-    delete_chunk_outputs(store, parts)
+    result["object_key"] = _settle_bytes(store, f, digest["digest"])
+    delete_chunk_outputs(store, seen)
     return result
 
 
-def _append_clean(store: ObjectStore, src: dict[str, Any], drop: Any, out: io.BufferedWriter, summary: Any) -> None:
-    """Copy one chunk's cleaned output; parse it only when some of its records must go."""
-    from pylon_services.ingest.domain.pipeline import drop_duplicates
+def _concatenate(store: ObjectStore, parts: Iterable[dict[str, Any]], out_raw: ObjectWriter,
+                 rej_raw: ObjectWriter) -> tuple[list[dict[str, Any]] | None, Any, list[dict[str, Any]]]:
+    """Append the chunks in order to the two writers and close them; (corrected summaries, the
+    digests kept, the parts seen), or (None, ...) after aborting when a chunk says ``multiline``."""
+    from pylon_services.ingest.domain.clean import DedupeSet
+    from pylon_services.ingest.domain.pipeline import Summary
+
+    kept = DedupeSet()
+    summaries: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
+    out, rejects = io.BufferedWriter(out_raw, _BUFFER), io.BufferedWriter(rej_raw, _BUFFER)
+    line_offset = 0
+    for p in parts:
+        seen.append(p)
+        if p.get("multiline"):
+            out_raw.abort()
+            rej_raw.abort()
+            return None, kept, seen
+        summary = Summary.from_dict(copy.deepcopy(p["summary"]))  # corrected below, the input stays
+        ordered = store.get(p["dedupe_key"]) if p.get("dedupe_key") else b""
+        chunk_set = DedupeSet.from_bytes(ordered)
+        _append_clean(store, p["out"], chunk_set.overlap(kept).positions(ordered), out, summary)
+        kept.update(chunk_set)
+        del chunk_set, ordered
+        _append_rejects(store, p["rejects"], line_offset, rejects)
+        line_offset += int(p.get("lines", 0))
+        summaries.append(summary.to_dict())
+    out.flush()
+    rejects.flush()
+    out_raw.close()
+    rej_raw.close()
+    return summaries, kept, seen
+
+
+def _append_clean(store: ObjectStore, src: dict[str, Any], drop: set[int], out: io.BufferedWriter,
+                  summary: Any) -> None:
+    """Copy one chunk's cleaned output; split it into lines only when some records must go
+    (``drop``: their positions), and parse only those."""
+    from pylon_services.ingest.domain.pipeline import drop_lines
 
     if not src["size"]:
         return
-    if len(drop):
+    if drop:
         reader = io.BufferedReader(ObjectReader(store, src["key"], src["size"]), _BUFFER)
-        drop_duplicates(reader, out, drop, summary)  # type: ignore[arg-type]
+        drop_lines(reader, out, drop, summary)  # type: ignore[arg-type]
         return
     for block in store.iter_chunks(src["key"], chunk_size=READ_CHUNK):
         out.write(block)

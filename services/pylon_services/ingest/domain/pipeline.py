@@ -42,6 +42,7 @@ __all__ = [
     "cross_file_duplicates",
     "detect_format",
     "drop_duplicates",
+    "drop_lines",
     "find_eos",
     "load_tokenizer",
     "infer_schema",
@@ -295,6 +296,22 @@ def drop_duplicates(src: BinaryIO, out: BinaryIO, drop: DedupeSet, summary: Summ
             buf.clear()
     out.write(bytes(buf))
     return removed
+
+
+def drop_lines(src: BinaryIO, out: BinaryIO, positions: set[int], summary: Summary) -> None:
+    """Copy a ``process_stream`` output without the records at ``positions`` (0-based), found
+    from the output's ordered dedupe digests: only the dropped records are parsed (to correct
+    ``summary`` as ``drop_duplicates`` does). Streamed."""
+    buf = bytearray()
+    for i, line in enumerate(src):
+        if i in positions:
+            _unprofile(summary, orjson.loads(line))
+            continue
+        buf += line
+        if len(buf) >= FLUSH_BYTES:
+            out.write(bytes(buf))
+            buf.clear()
+    out.write(bytes(buf))
 
 
 def _unprofile(summary: Summary, record: dict[str, Any]) -> None:

@@ -66,7 +66,9 @@ class RayRunner:
         self._plan = ray.remote(chunked.plan_file).options(num_cpus=self.task_cpus, max_retries=1)
         self._chunk = ray.remote(chunked.process_chunk).options(num_cpus=self.task_cpus, max_retries=1)
         self._hash = ray.remote(chunked.hash_file).options(num_cpus=self.task_cpus, max_retries=1)
-        self._merge = ray.remote(chunked.merge_chunks).options(num_cpus=self.task_cpus, max_retries=1)
+        # The merge mostly waits for chunks; reserving no CPU lets it run beside them (its own
+        # work, copying and hashing the cleaned output, is a fraction of a chunk's).
+        self._merge = ray.remote(merge_when_ready).options(num_cpus=0, max_retries=1)
 
     async def stop(self) -> None:
         """Stop running (the leases lapse and another replica, or our restart, adopts the ops)."""
@@ -196,7 +198,8 @@ class RayRunner:
 
     async def _process_files(self, op: Operation, todo: dict[int, dict[str, Any]], out_prefix: str) -> list[Any]:
         """Process files in parallel, large splittable ones as several chunks each (planned by a
-        task, hashed by another, merged by a third); returns one result per file."""
+        task; chunks, a hash and a merge that consumes the chunks in order as they finish, all
+        at once); returns one result per file."""
         pspec = op.spec["processing"]
         candidates = [i for i, f in todo.items() if int(f.get("size", 0)) > self.chunk_bytes]
         plans = dict(zip(candidates, await self._wait(op, [self._plan.remote(self.conn, todo[i], pspec, self.chunk_bytes)
@@ -208,41 +211,33 @@ class RayRunner:
                 refs.append(self._process.remote(self.conn, self.redis_url, op.id, i, f, pspec, out_prefix))
                 what.append(("file", i))
                 continue
-            refs.append(self._hash.remote(self.conn, i, f))
-            what.append(("hash", i))
-            for part in plans[i]["parts"]:
-                refs.append(self._chunk.remote(self.conn, self.redis_url, op.id, i, f, pspec, plans[i]["schema"],
-                                               out_prefix, part))
-                what.append(("chunk", i))
+            chunk_refs = [self._chunk.remote(self.conn, self.redis_url, op.id, i, f, pspec, plans[i]["schema"],
+                                             out_prefix, part) for part in plans[i]["parts"]]
+            hash_ref = self._hash.remote(self.conn, i, f)
+            # refs nested in lists reach the merge unresolved: it takes each chunk as it finishes
+            refs += [*chunk_refs, hash_ref, self._merge.remote(self.conn, i, f, chunk_refs, [hash_ref], out_prefix)]
+            what += [("chunk", i)] * len(chunk_refs) + [("hash", i), ("merged", i)]
         if plans:
             op.metadata["chunks"] = sum(len(p["parts"]) for p in plans.values())
         got = await self._wait(op, refs, sum(int(f.get("size", 0)) for f in todo.values()))
-        return await self._merge_chunked(op, todo, out_prefix, what, got)
+        return await self._redo_unsplit(op, todo, out_prefix, what, got)
 
-    async def _merge_chunked(self, op: Operation, todo: dict[int, dict[str, Any]], out_prefix: str,
-                             what: list[tuple[str, int]], got: list[Any]) -> list[Any]:
-        """Whole-file results as they are; chunked files merged, or processed again as one chunk
-        when a CSV record spanned lines (a cut could have split it; see ``domain/chunks``)."""
-        results = [r for (kind, _), r in zip(what, got, strict=True) if kind == "file"]
-        hashes = {i: r for (kind, i), r in zip(what, got, strict=True) if kind == "hash"}
-        parts: dict[int, list[Any]] = {}
-        for (kind, i), r in zip(what, got, strict=True):
-            if kind == "chunk":
-                parts.setdefault(i, []).append(r)
-        refs = []
-        for i, ps in parts.items():
-            if any(p["multiline"] for p in ps):
-                await asyncio.to_thread(chunked.delete_chunk_outputs, self.store, ps)
-                op.metadata["files_unsplit"] = op.metadata.get("files_unsplit", 0) + 1
-                refs.append(self._process.remote(self.conn, self.redis_url, op.id, i, todo[i],
-                                                 op.spec["processing"], out_prefix))
-            else:
-                refs.append(self._merge.remote(self.conn, i, todo[i], ps, hashes[i], out_prefix))
-        if refs:
-            op.metadata["stage"] = "merging chunks"
-            await self.state.save(op)
-            results += await self._wait(op, refs, 0)
-        return sorted(results, key=lambda r: r["index"])
+    async def _redo_unsplit(self, op: Operation, todo: dict[int, dict[str, Any]], out_prefix: str,
+                            what: list[tuple[str, int]], got: list[Any]) -> list[Any]:
+        """The per-file results; a chunked CSV file whose merge stopped because a record spanned
+        lines (a cut could have split it; see ``domain/chunks``) is processed again whole."""
+        results = [r for (kind, _), r in zip(what, got, strict=True) if kind in ("file", "merged")]
+        unsplit = {r["index"] for r in results if r.get("unsplit")}
+        if not unsplit:
+            return sorted(results, key=lambda r: r["index"])
+        chunk_results = [r for (kind, i), r in zip(what, got, strict=True) if kind == "chunk" and i in unsplit]
+        await asyncio.to_thread(chunked.delete_chunk_outputs, self.store, chunk_results)
+        op.metadata["files_unsplit"] = len(unsplit)
+        op.metadata["stage"] = "processing files again as one chunk"
+        await self.state.save(op)
+        again = await self._wait(op, [self._process.remote(self.conn, self.redis_url, op.id, i, todo[i],
+                                                           op.spec["processing"], out_prefix) for i in unsplit], 0)
+        return sorted([r for r in results if not r.get("unsplit")] + again, key=lambda r: r["index"])
 
     def _known_results(self, keys: list[str | None]) -> dict[int, dict[str, Any]]:
         """Results of earlier operations that processed the same verified bytes the same way:
@@ -292,6 +287,13 @@ class RayRunner:
             pass  # a previous run of this op (or an identical request) published it
         op.succeed(spec["tokenization_name"], {"stage": "published", "total_tokens": index["total_tokens"],
                                                "shards": len(index["shards"]), "trained": res["trained"]})
+
+
+def merge_when_ready(conn: dict[str, Any], index: int, f: dict[str, Any], chunk_refs: list[Any],
+                     hash_ref: list[Any], out_prefix: str) -> dict[str, Any]:
+    """Ray task: ``chunked.merge_chunks`` over chunk refs, each taken as soon as it is done."""
+    return chunked.merge_chunks(conn, index, f, (ray.get(r) for r in chunk_refs), lambda: ray.get(hash_ref[0]),
+                                out_prefix)
 
 
 def _first_rejects(store: ObjectStore, results: list[dict[str, Any]], n: int = 3) -> str:
