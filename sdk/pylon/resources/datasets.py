@@ -1,5 +1,5 @@
-"""Datasets: upload (direct to object storage, resumable; or streamed through gRPC), import,
-list, get, preview, rejects, tokenize, and the operations that process them."""
+"""Datasets: create, delete, upload (direct to object storage, resumable; or streamed through
+gRPC), import, list, get, preview, rejects, tokenize, and the operations that process them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from pylon import transfer
+from pylon.common.v1 import common_pb2
 from pylon.errors import _BY_CODE, PylonError
 from pylon.ingest.v1 import ingest_pb2
 from pylon.resources._base import _FORMATS, CHUNK_BYTES, Progress, _name, _Resource, file_digest
@@ -171,6 +172,26 @@ class Datasets(_Resource):
                                    processing.get("max_reject_rate")))
         op = Operation.from_proto(self._c.call(self._c.ingest.ImportDatasetVersion, req).operation)
         return self._version(raise_if_failed(self.wait(op.name)).result) if wait else op
+
+    # -- datasets -----------------------------------------------------------------------------------
+    def create(self, name: str, *, description: str = "", labels: dict[str, str] | None = None,
+               request_id: str | None = None) -> Dataset:
+        """Create an empty dataset (an upload also creates one with its first version). Raises
+        AlreadyExistsError when the name is taken, also by a deleted dataset (names are not reused)."""
+        parent, _, dataset_id = _name("datasets", name).rpartition("/datasets/")
+        req = ingest_pb2.CreateDatasetRequest(
+            parent=parent, dataset_id=dataset_id, description=description,
+            labels=[common_pb2.Label(key=k, value=v) for k, v in (labels or {}).items()],
+            request_id=request_id or os.urandom(8).hex())
+        return Dataset.from_proto(self._c.call(self._c.ingest.CreateDataset, req).dataset)
+
+    def delete(self, name: str, *, etag: str = "") -> None:
+        """Soft-delete a dataset: it and its versions disappear from the API and it takes no new
+        versions; stored data stays, so jobs and models that use a version keep working. With
+        ``etag`` (from ``get``) only if unchanged since. Raises NotFoundError when already deleted,
+        FailedPreconditionError while one of its uploads or tokenizations is running."""
+        self._c.call(self._c.ingest.DeleteDataset, ingest_pb2.DeleteDatasetRequest(name=_name("datasets", name),
+                                                                                    etag=etag))
 
     # -- reading ------------------------------------------------------------------------------------
     def list(self, page_size: int = 100) -> builtins.list[Dataset]:
