@@ -32,8 +32,8 @@ _CODES = {c.value[0]: c for c in grpc.StatusCode}
 def _send_parts(path: str, part_size: int, urls: dict[int, str], concurrency: int,
                 progress: Callable[[int], None] | None) -> dict[int, str]:
     """PUT the parts in parallel through ``pylon.transfer`` (keep-alive connections, 1 MiB
-    socket writes, one retry per part)."""
-    return dict(transfer.upload_parts(path, part_size, urls, concurrency=concurrency, progress=progress))
+    socket writes, one retry per part), hashing each as it is sent; part number -> hex MD5."""
+    return transfer.upload_parts_md5(path, part_size, urls, concurrency=concurrency, progress=progress)
 
 
 def _processing(schema: dict[str, Any] | None, recipe: dict[str, Any] | None,
@@ -108,22 +108,30 @@ class Datasets(_Resource):
             if progress:
                 progress(done[0], size)
 
-        state_file = os.path.join(transfer.cache_dir("uploads"), transfer.file_key(path, header.dataset, part_size))
+        identity = transfer.file_key(path, header.dataset, part_size)
+        state_file = os.path.join(transfer.cache_dir("uploads"), identity)
         session = self._resumable(state_file) if resume else None
         if session is None:
-            digest, md5s = part_hashes(path, part_size)
-            header.digest = digest
-            req = ingest_pb2.CreateUploadSessionRequest(header=header, part_size_bytes=part_size, part_md5s=md5s)
+            # Only the sha256 before asking (the service needs it to see whether it holds the
+            # bytes already; cached per file identity); part MD5s are taken while sending.
+            header.digest = transfer.hash_file(path).sha256
+            req = ingest_pb2.CreateUploadSessionRequest(header=header, part_size_bytes=part_size)
             session = self._c.call(self._c.ingest.CreateUploadSession, req).session
             with open(state_file, "w") as f:
                 f.write(session.name)
+        md5s: builtins.list[str] = []
         if not session.already_stored:
             urls = {p.part_number: p.url for p in session.parts if not p.uploaded}
             moved(sum(min(part_size, size - (p.part_number - 1) * part_size) for p in session.parts if p.uploaded))
-            _send_parts(path, part_size, urls, concurrency, moved)
+            sent = dict(_send_parts(path, part_size, urls, concurrency, moved))
+            sent.update(transfer.part_md5s(path, part_size, [p.part_number for p in session.parts if p.uploaded]))
+            md5s = [sent[n] for n in sorted(sent)]
+            if transfer.file_key(path, header.dataset, part_size) != identity:
+                raise PylonError(f"{path} changed while it was being uploaded; upload it again")
         else:
             moved(size)
-        commit = ingest_pb2.CommitUploadSessionRequest(name=session.name, request_id=header.request_id)
+        commit = ingest_pb2.CommitUploadSessionRequest(name=session.name, request_id=header.request_id,
+                                                       part_md5s=md5s)
         op = Operation.from_proto(self._c.call(self._c.ingest.CommitUploadSession, commit).operation)
         os.unlink(state_file)
         return op, session.already_stored

@@ -206,8 +206,9 @@ class IngestServiceServicer:
 
     def CommitUploadSession(self, request, context):
         """CommitUploadSession verifies the digests and starts processing into a new version.
-        Errors: NOT_FOUND, INVALID_ARGUMENT (digest mismatch, parts missing),
-        ALREADY_EXISTS (committed already, different request_id).
+        Errors: NOT_FOUND, INVALID_ARGUMENT (digest mismatch, parts missing, part_md5s malformed,
+        of the wrong count or different from those given at creation), ALREADY_EXISTS (committed
+        already, different request_id), FAILED_PRECONDITION (aborted, or the dataset was deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

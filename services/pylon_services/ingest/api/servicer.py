@@ -89,7 +89,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def CommitUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
-        op = await self._i.commit_session(tenant, sid, request.request_id, request.version)
+        op = await self._i.commit_session(tenant, sid, request.request_id, request.version, list(request.part_md5s))
         return pb.CommitUploadSessionResponse(operation=cv.operation_pb(op))
 
     async def AbortUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

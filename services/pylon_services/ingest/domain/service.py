@@ -175,9 +175,13 @@ class Ingest:
             stored = {p.part_number: p.etag for p in parts}
         return s, stored, await asyncio.to_thread(self._part_urls, s, set(stored))
 
-    async def commit_session(self, tenant: str, sid: str, request_id: str, version: int) -> Operation:
-        """Verify the parts, complete the upload, and start processing. Exactly one commit wins."""
+    async def commit_session(self, tenant: str, sid: str, request_id: str, version: int,
+                             part_md5s: list[str] | None = None) -> Operation:
+        """Verify the parts, complete the upload, and start processing. Exactly one commit wins.
+        ``part_md5s``: the parts' MD5s when the session was opened without them."""
         s = await self.session(tenant, sid)
+        if s.state == uploads.OPEN and not s.already_stored:
+            uploads.commit_md5s(s, list(part_md5s or []))
         await asyncio.to_thread(self.datasets.check_writable, tenant, s.dataset)
         request_id = request_id or uuid.uuid4().hex
         if version < 0:
