@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any
 
 import ray
 
@@ -30,9 +31,22 @@ from pylon_services.ingest.store.ray_runner import merge_when_ready  # noqa: E40
 from pylon_services.storage.local import LocalObjectStore  # noqa: E402
 
 
+def cpu_timed(fn: Any) -> Any:
+    """``fn`` as a Ray task whose result dict also carries the CPU seconds the task used
+    (``time.process_time``: not the time it waited), which drifting load distorts less than
+    wall time."""
+    def run(*args: Any) -> dict:
+        t0 = time.process_time()
+        out = fn(*args)
+        out["cpu_s"] = time.process_time() - t0
+        return out
+    run.__name__ = fn.__name__
+    return ray.remote(run)
+
+
 def one_task(conn: dict, f: dict, spec: dict) -> tuple[float, dict]:
     start = time.perf_counter()
-    res = ray.get(ray.remote(processing.process_file).remote(conn, "", "base", 0, f, spec, "one/"))
+    res = ray.get(cpu_timed(processing.process_file).remote(conn, "", "base", 0, f, spec, "one/"))
     return time.perf_counter() - start, res
 
 
@@ -41,18 +55,20 @@ def in_chunks(conn: dict, f: dict, spec: dict, chunk_bytes: int) -> tuple[float,
     as it finishes, all submitted at once."""
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    plan = ray.get(ray.remote(chunked.plan_file).remote(conn, f, spec, chunk_bytes))
+    plan = ray.get(cpu_timed(chunked.plan_file).remote(conn, f, spec, chunk_bytes))
     stages["plan"] = time.perf_counter() - start
-    chunk = ray.remote(chunked.process_chunk)
+    chunk = cpu_timed(chunked.process_chunk)
     refs = [chunk.remote(conn, "", "ours", 0, f, spec, plan.get("schema"), "many/", p) for p in plan["parts"]]
-    hashed = ray.remote(chunked.hash_file).remote(conn, 0, f)
-    merged = ray.remote(merge_when_ready).options(num_cpus=0).remote(conn, 0, f, refs, [hashed], "many/")
-    ray.wait(refs, num_returns=len(refs))
+    hashed = cpu_timed(chunked.hash_file).remote(conn, 0, f)
+    merged = cpu_timed(merge_when_ready).options(num_cpus=0).remote(conn, 0, f, refs, [hashed], "many/")
+    parts = ray.get(refs)
     stages["chunks"] = time.perf_counter() - start - stages["plan"]
     res = ray.get(merged)
     total = time.perf_counter() - start
     stages["merge"] = total - stages["plan"] - stages["chunks"]  # what the merge adds after the last chunk
     stages["parts"] = len(plan["parts"])
+    stages["cpu_chunks"] = sum(p["cpu_s"] for p in parts)
+    stages["cpu_other"] = plan["cpu_s"] + ray.get(hashed)["cpu_s"] + res["cpu_s"]
     return total, res, stages
 
 
@@ -75,6 +91,9 @@ def main() -> None:
         f = {"path": "big.jsonl", "src_key": "in/big.jsonl", "format": "jsonl", "compression": "", "digest": "",
              "size": size, "tenant": "bench", "staging": False}
         spec = {"recipe": Recipe().to_dict(), "schema": SCHEMA}
+        # A new local cluster would otherwise turn on token auth and write ~/.ray/auth_token,
+        # which then switches every later Ray process on this machine to token auth.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         warm = {**f, "src_key": "in/warm.jsonl", "size": 2 * MIB}  # workers start and import once
         store.put("in/warm.jsonl", store.get("in/big.jsonl", start=0, end=2 * MIB).rsplit(b"\n", 1)[0] + b"\n")
@@ -94,10 +113,16 @@ def main() -> None:
             to, ro, stages = out["ours"]
             same = (rb["out"]["digest"], rb["rejects"]["digest"], rb["summary"]) == \
                    (ro["out"]["digest"], ro["rejects"]["digest"], ro["summary"])
+            cpu_all = stages["cpu_chunks"] + stages["cpu_other"]
+            # With `cpus` free cores the chunks would take cpu_chunks / cpus, plus the merge tail.
+            ideal = rb["cpu_s"] / (stages["cpu_chunks"] / args.cpus + stages["merge"])
             print(f"round {r + 1}: one task {tb:.1f} s ({size / MIB / tb:.1f} MiB/s) | "
                   f"{int(stages['parts'])} chunks {to:.1f} s ({size / MIB / to:.1f} MiB/s: plan {stages['plan']:.1f} s, "
                   f"all chunks done at {stages['chunks']:.1f} s, merge tail {stages['merge']:.1f} s) | "
                   f"speedup {tb / to:.2f}x | identical output: {same} | load {os.getloadavg()[0]:.1f}")
+            print(f"    CPU seconds: one task {rb['cpu_s']:.1f} | chunks {stages['cpu_chunks']:.1f} + plan/hash/merge "
+                  f"{stages['cpu_other']:.1f} = {cpu_all:.1f} ({cpu_all / rb['cpu_s']:.2f}x the work) | "
+                  f"speedup on {args.cpus} free cores from CPU time: {ideal:.2f}x")
             for key in store.iter_all("one/"):
                 store.delete(key.key)
             for key in store.iter_all("many/"):

@@ -1,6 +1,7 @@
 """Chunk-level parallelism through a real ingest on SeaweedFS + Redis + Ray: the same data sent to
-an ingest that splits files into 32 KiB chunks and to one that processes each file whole gives
-versions with the same counts, rejects (same line numbers), cleaned bytes, schema and profile."""
+an ingest that splits files into 32 KiB chunks and to one that processes each file whole (its
+Ray cluster is below its CPU minimum for chunking) gives versions with the same counts, rejects
+(same line numbers), cleaned bytes, schema and profile."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 
 import pytest
 
+import pylon
 from tests.conftest import TEST_BUCKET
 from tests.support.ingest_server import ingest_settings, start_in_process, stop_in_process
 
@@ -20,12 +22,15 @@ CHUNK = 32 << 10
 
 @pytest.fixture(scope="module")
 def servers(redis_server, ray_cluster, seaweed):
-    whole = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=10))
-    os.environ["PYLON_INGEST_CHUNK_BYTES"] = str(CHUNK)  # read once, when the server is built
+    os.environ["PYLON_INGEST_CHUNK_BYTES"] = str(CHUNK)  # read once, when a server is built
     try:
+        # "whole": a Ray cluster this small (any) is below its CPU minimum, so it never splits
+        os.environ["PYLON_INGEST_CHUNK_MIN_CPUS"] = "100000"
+        whole = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=10))
+        os.environ["PYLON_INGEST_CHUNK_MIN_CPUS"] = "1"
         split = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=11))
     finally:
-        del os.environ["PYLON_INGEST_CHUNK_BYTES"]
+        del os.environ["PYLON_INGEST_CHUNK_BYTES"], os.environ["PYLON_INGEST_CHUNK_MIN_CPUS"]
     yield whole, split
     stop_in_process(split)
     stop_in_process(whole)
@@ -68,7 +73,9 @@ def test_a_file_split_into_chunks_gives_the_same_version_as_one_pass(servers, cl
     path = tmp_path / "big.jsonl"
     path.write_bytes(_records(6000))  # ~ 400 KB: a dozen chunks
     assert path.stat().st_size > 10 * CHUNK
-    va = a.datasets.upload(str(path), "chunky", max_reject_rate=0.5)
+    op_a = a.datasets.upload(str(path), "chunky", max_reject_rate=0.5, wait=False)
+    assert "chunks" not in a.datasets.wait(op_a.name, timeout=300).metadata  # below its CPU minimum
+    va = a.datasets.get("chunky", "latest")
     op = b.datasets.upload(str(path), "chunky", max_reject_rate=0.5, wait=False)
     done = b.datasets.wait(op.name, timeout=300)
     assert not done.failed, done.error_message
@@ -126,3 +133,22 @@ def test_csv_with_a_quoted_newline_is_processed_again_as_one_chunk(servers, clie
     va, vb = (c.datasets.get("quoted", "latest") for c in (a, b))
     _compare(whole.store(), split.store(), va, vb)
     assert list(b.datasets.rejects("quoted")) == list(a.datasets.rejects("quoted"))
+
+
+def test_a_chunked_upload_with_a_lying_digest_fails_and_leaves_nothing(servers, clients):
+    from tests.integration.test_ingest_uploads import _commit, _session, put
+
+    (_, split), (_, b) = servers, clients
+    data = _records(3000)
+    s = _session(b, "lying-chunks", data, digest="sha256:" + "cd" * 32)
+    for p in s.parts:
+        start = (p.part_number - 1) * 5 * 2**20
+        put(p.url, data[start:start + 5 * 2**20])
+    op = b.datasets.wait(_commit(b, s).name, timeout=300)
+    assert op.failed and "hash to sha256:" in op.error_message
+    assert int(op.metadata["chunks"]) > 3
+    with pytest.raises(pylon.NotFoundError):
+        b.datasets.get("lying-chunks", 1)
+    store = split.store()
+    assert not list(store.iter_all("tenants/acme/uploads/" + s.name.rsplit("/", 1)[1]))
+    assert not list(store.iter_all("tenants/acme/datasets/lying-chunks/"))

@@ -21,7 +21,8 @@ from tests.support.platform import LoopThread
 
 pytestmark = pytest.mark.integration
 LEASE = {"PYLON_INGEST_OP_LEASE_S": "3"}
-CHUNKED = {**LEASE, "PYLON_INGEST_CHUNK_BYTES": str(16 << 20)}  # the ~ 85 MB file runs as several chunks
+# the ~ 85 MB file runs as several chunks
+CHUNKED = {**LEASE, "PYLON_INGEST_CHUNK_BYTES": str(16 << 20), "PYLON_INGEST_CHUNK_MIN_CPUS": "1"}
 
 
 @pytest.fixture

@@ -44,10 +44,10 @@ class RayRunner:
 
     def __init__(self, state: RedisState, store: ObjectStore, conn: dict[str, Any], redis_url: str, *,
                  ray_address: str, node_ip: str = "", lease_s: float = 15.0, task_cpus: float = 1.0,
-                 chunk_bytes: int = 64 << 20) -> None:
+                 chunk_bytes: int = 64 << 20, chunk_min_cpus: float = 4) -> None:
         self.state, self.store, self.conn, self.redis_url = state, store, conn, redis_url
         self.ray_address, self.node_ip, self.lease_s, self.task_cpus = ray_address, node_ip, lease_s, task_cpus
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes, self.chunk_min_cpus = chunk_bytes, chunk_min_cpus
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._reconciler: asyncio.Task[None] | None = None
@@ -201,7 +201,11 @@ class RayRunner:
         task; chunks, a hash and a merge that consumes the chunks in order as they finish, all
         at once); returns one result per file."""
         pspec = op.spec["processing"]
-        candidates = [i for i, f in todo.items() if int(f.get("size", 0)) > self.chunk_bytes]
+        # Chunking costs ~1.5x the CPU work (the merge passes over the output again): it pays
+        # only where more cores than one are free (docs/benchmarks.md, "Chunks of one file").
+        cpus = await asyncio.to_thread(lambda: float(ray.cluster_resources().get("CPU", 0)))
+        candidates = [i for i, f in todo.items()
+                      if int(f.get("size", 0)) > self.chunk_bytes and cpus >= self.chunk_min_cpus]
         plans = dict(zip(candidates, await self._wait(op, [self._plan.remote(self.conn, todo[i], pspec, self.chunk_bytes)
                                                            for i in candidates], 0), strict=True))
         plans = {i: p for i, p in plans.items() if len(p["parts"]) > 1}
