@@ -84,10 +84,13 @@ class Dataset:
     description: str
     latest_version: int
     created: datetime | None
+    labels: dict[str, str] = field(default_factory=dict)
+    etag: str = ""
 
     @classmethod
     def from_proto(cls, d: ingest_pb2.Dataset) -> Dataset:
-        return cls(d.name, d.description, d.latest_version, _time(d.create_time))
+        return cls(d.name, d.description, d.latest_version, _time(d.create_time),
+                   {label.key: label.value for label in d.labels}, d.etag)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from tests.support.platform import LoopThread
 
 pytestmark = pytest.mark.integration
 LEASE = {"PYLON_INGEST_OP_LEASE_S": "3"}
+# the ~ 85 MB file runs as several chunks
+CHUNKED = {**LEASE, "PYLON_INGEST_CHUNK_BYTES": str(16 << 20), "PYLON_INGEST_CHUNK_MIN_CPUS": "1"}
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_killed_mid_processing_resumes_after_restart(ingest, tmp_path, monkeypat
     monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
     path = jsonl(tmp_path / "big.jsonl", 600_000, width=200)  # ~ 75 MB: seconds of processing
     log = str(tmp_path / "ingest.log")
-    proc = start_subprocess(ingest, log, **LEASE)
+    proc = start_subprocess(ingest, log, **CHUNKED)
     try:
         with ingest.client() as acme:
             op = acme.datasets.upload(path, "survivor", wait=False)
@@ -79,12 +81,12 @@ def test_killed_mid_processing_resumes_after_restart(ingest, tmp_path, monkeypat
     assert killed.state == "running" and killed.attempts == 1, "processing finished before the kill"
     store = ingest.store()
     assert not store.exists("tenants/acme/datasets/survivor/versions/0000000001.json")
-    proc = start_subprocess(ingest, log, **LEASE)
+    proc = start_subprocess(ingest, log, **CHUNKED)
     try:
         with ingest.client() as acme:
             done = acme.datasets.wait(op.name, timeout=300)
             assert done.done and not done.failed, done.error_message
-            assert done.metadata["resumed"] == 1
+            assert done.metadata["resumed"] == 1 and done.metadata["chunks"] >= 4
             v = acme.datasets.get("survivor", "latest")
             assert (v.version, v.record_count) == (1, 600_000)
             assert acme.datasets.get("survivor").latest_version == 1

@@ -157,6 +157,40 @@ def test_corrupted_or_truncated_parts_are_rejected_at_commit(acme):
     assert acme.datasets.get("corrupt", 1).record_count == 400_000
 
 
+def test_part_md5s_sent_with_the_commit_are_checked_like_declared_ones(acme):
+    """What the SDK does: no MD5s at CreateUploadSession, each part hashed while sent, the MD5s
+    sent with the commit. A part corrupted in transit is caught at commit all the same."""
+    data = b"".join(json.dumps({"text": f"entry {i}"}).encode() + b"\n" for i in range(250_000))
+    _, md5s = part_hashes_of(data, 5 * MiB)
+    s = _session(acme, "md5-at-commit", data, md5s=[])
+    for p in s.parts:
+        start = (p.part_number - 1) * 5 * MiB
+        chunk = data[start:start + 5 * MiB]
+        put(p.url, chunk if p.part_number != 2 else chunk[:-1] + b"?")  # one byte changed in transit
+    req = ingest_pb2.CommitUploadSessionRequest
+    with pytest.raises(pylon.InvalidArgumentError, match=r"parts\[2\].*corrupted or truncated"):
+        acme.call(acme.ingest.CommitUploadSession, req(name=s.name, part_md5s=md5s))
+    with pytest.raises(pylon.InvalidArgumentError, match=f"1 given, the file has {len(md5s)} parts"):
+        acme.call(acme.ingest.CommitUploadSession, req(name=s.name, part_md5s=md5s[:1]))
+    with pytest.raises(pylon.InvalidArgumentError, match=r"part_md5s\[0\].*hex"):
+        acme.call(acme.ingest.CommitUploadSession, req(name=s.name, part_md5s=["XYZ"] + md5s[1:]))
+    with pytest.raises(pylon.NotFoundError):
+        acme.datasets.get("md5-at-commit")
+    time.sleep(1.1)  # SeaweedFS keeps the newest upload of a part number: distinct seconds
+    put(s.parts[1].url, data[5 * MiB:10 * MiB])
+    op = acme.call(acme.ingest.CommitUploadSession, req(name=s.name, part_md5s=md5s)).operation
+    assert not acme.datasets.wait(op.name).failed
+    # MD5s given at creation and different ones at commit: refused.
+    t = _session(acme, "md5-at-commit", data + b'{"text": "new bytes"}\n')  # not held yet
+    with pytest.raises(pylon.InvalidArgumentError, match="differs from the MD5 declared"):
+        acme.call(acme.ingest.CommitUploadSession, req(name=t.name, part_md5s=["0" * 32] * len(md5s)))
+
+
+def part_hashes_of(data: bytes, part_size: int) -> tuple[str, list[str]]:
+    return "sha256:" + hashlib.sha256(data).hexdigest(), [hashlib.md5(data[i:i + part_size]).hexdigest()
+                                                           for i in range(0, len(data), part_size)]
+
+
 def test_missing_parts_and_a_lying_digest_leave_nothing_visible(acme, ingest):
     data = b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range(1000))
     s = _session(acme, "lying", data)

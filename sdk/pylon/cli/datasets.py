@@ -1,5 +1,5 @@
-"""`pylon data ...` (also mounted as `pylon datasets ...`): upload, import, list, get, preview,
-rejects, tokenize, and following operations."""
+"""`pylon data ...` (also mounted as `pylon datasets ...`): create, delete, upload, import, list,
+get, preview, rejects, tokenize, and following operations."""
 
 from __future__ import annotations
 
@@ -71,6 +71,41 @@ def data_import(uris: list[str], name: str = typer.Option(..., "--name", help="D
     """Make a version from objects already in the platform's bucket (s3://bucket/key or keys)."""
     emit(client().datasets.import_objects(uris, name, format=format, by_reference=by_reference), as_json,
          ["name", "digest", "record_count", "reject_count", "source"])
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--label takes KEY=VALUE, not {v!r}")
+        out[key] = value
+    return out
+
+
+@datasets_app.command("create")
+def data_create(name: str, description: str = typer.Option("", help="What the dataset holds (<= 2048 chars)."),
+                label: list[str] = typer.Option([], "--label", help="KEY=VALUE, repeatable (at most 64)."),
+                as_json: bool = JSON) -> None:
+    """Create an empty dataset (`pylon data upload` also creates one with its first version).
+    Names: 1-63 lowercase letters, digits, '-', '_' or '.', starting with a letter; a name in use,
+    also by a deleted dataset, is refused."""
+    emit(client().datasets.create(name, description=description, labels=_labels(label)), as_json,
+         ["name", "description", "labels", "etag"])
+
+
+@datasets_app.command("delete")
+def data_delete(name: str, etag: str = typer.Option("", help="Delete only if the dataset is unchanged since "
+                                                               "this etag (see `pylon data get`)."),
+                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+                as_json: bool = JSON) -> None:
+    """Soft-delete a dataset: it and its versions disappear from list/get/preview and it takes
+    no new versions; stored data stays, so jobs and models that use its versions keep working.
+    The name is not reused. Refused while one of its uploads or tokenizations is running."""
+    if not yes:
+        typer.confirm(f"Delete dataset {name}?", abort=True)
+    client().datasets.delete(name, etag=etag)
+    emit({"deleted": name}, as_json, ["deleted"])
 
 
 @datasets_app.command("list")

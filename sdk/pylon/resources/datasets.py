@@ -1,5 +1,5 @@
-"""Datasets: upload (direct to object storage, resumable; or streamed through gRPC), import,
-list, get, preview, rejects, tokenize, and the operations that process them."""
+"""Datasets: create, delete, upload (direct to object storage, resumable; or streamed through
+gRPC), import, list, get, preview, rejects, tokenize, and the operations that process them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from pylon import transfer
+from pylon.common.v1 import common_pb2
 from pylon.errors import _BY_CODE, PylonError
 from pylon.ingest.v1 import ingest_pb2
 from pylon.resources._base import _FORMATS, CHUNK_BYTES, Progress, _name, _Resource, file_digest
@@ -31,8 +32,8 @@ _CODES = {c.value[0]: c for c in grpc.StatusCode}
 def _send_parts(path: str, part_size: int, urls: dict[int, str], concurrency: int,
                 progress: Callable[[int], None] | None) -> dict[int, str]:
     """PUT the parts in parallel through ``pylon.transfer`` (keep-alive connections, 1 MiB
-    socket writes, one retry per part)."""
-    return dict(transfer.upload_parts(path, part_size, urls, concurrency=concurrency, progress=progress))
+    socket writes, one retry per part), hashing each as it is sent; part number -> hex MD5."""
+    return transfer.upload_parts_md5(path, part_size, urls, concurrency=concurrency, progress=progress)
 
 
 def _processing(schema: dict[str, Any] | None, recipe: dict[str, Any] | None,
@@ -107,22 +108,30 @@ class Datasets(_Resource):
             if progress:
                 progress(done[0], size)
 
-        state_file = os.path.join(transfer.cache_dir("uploads"), transfer.file_key(path, header.dataset, part_size))
+        identity = transfer.file_key(path, header.dataset, part_size)
+        state_file = os.path.join(transfer.cache_dir("uploads"), identity)
         session = self._resumable(state_file) if resume else None
         if session is None:
-            digest, md5s = part_hashes(path, part_size)
-            header.digest = digest
-            req = ingest_pb2.CreateUploadSessionRequest(header=header, part_size_bytes=part_size, part_md5s=md5s)
+            # Only the sha256 before asking (the service needs it to see whether it holds the
+            # bytes already; cached per file identity); part MD5s are taken while sending.
+            header.digest = transfer.hash_file(path).sha256
+            req = ingest_pb2.CreateUploadSessionRequest(header=header, part_size_bytes=part_size)
             session = self._c.call(self._c.ingest.CreateUploadSession, req).session
             with open(state_file, "w") as f:
                 f.write(session.name)
+        md5s: builtins.list[str] = []
         if not session.already_stored:
             urls = {p.part_number: p.url for p in session.parts if not p.uploaded}
             moved(sum(min(part_size, size - (p.part_number - 1) * part_size) for p in session.parts if p.uploaded))
-            _send_parts(path, part_size, urls, concurrency, moved)
+            sent = dict(_send_parts(path, part_size, urls, concurrency, moved))
+            sent.update(transfer.part_md5s(path, part_size, [p.part_number for p in session.parts if p.uploaded]))
+            md5s = [sent[n] for n in sorted(sent)]
+            if transfer.file_key(path, header.dataset, part_size) != identity:
+                raise PylonError(f"{path} changed while it was being uploaded; upload it again")
         else:
             moved(size)
-        commit = ingest_pb2.CommitUploadSessionRequest(name=session.name, request_id=header.request_id)
+        commit = ingest_pb2.CommitUploadSessionRequest(name=session.name, request_id=header.request_id,
+                                                       part_md5s=md5s)
         op = Operation.from_proto(self._c.call(self._c.ingest.CommitUploadSession, commit).operation)
         os.unlink(state_file)
         return op, session.already_stored
@@ -171,6 +180,26 @@ class Datasets(_Resource):
                                    processing.get("max_reject_rate")))
         op = Operation.from_proto(self._c.call(self._c.ingest.ImportDatasetVersion, req).operation)
         return self._version(raise_if_failed(self.wait(op.name)).result) if wait else op
+
+    # -- datasets -----------------------------------------------------------------------------------
+    def create(self, name: str, *, description: str = "", labels: dict[str, str] | None = None,
+               request_id: str | None = None) -> Dataset:
+        """Create an empty dataset (an upload also creates one with its first version). Raises
+        AlreadyExistsError when the name is taken, also by a deleted dataset (names are not reused)."""
+        parent, _, dataset_id = _name("datasets", name).rpartition("/datasets/")
+        req = ingest_pb2.CreateDatasetRequest(
+            parent=parent, dataset_id=dataset_id, description=description,
+            labels=[common_pb2.Label(key=k, value=v) for k, v in (labels or {}).items()],
+            request_id=request_id or os.urandom(8).hex())
+        return Dataset.from_proto(self._c.call(self._c.ingest.CreateDataset, req).dataset)
+
+    def delete(self, name: str, *, etag: str = "") -> None:
+        """Soft-delete a dataset: it and its versions disappear from the API and it takes no new
+        versions; stored data stays, so jobs and models that use a version keep working. With
+        ``etag`` (from ``get``) only if unchanged since. Raises NotFoundError when already deleted,
+        FailedPreconditionError while one of its uploads or tokenizations is running."""
+        self._c.call(self._c.ingest.DeleteDataset, ingest_pb2.DeleteDatasetRequest(name=_name("datasets", name),
+                                                                                    etag=etag))
 
     # -- reading ------------------------------------------------------------------------------------
     def list(self, page_size: int = 100) -> builtins.list[Dataset]:

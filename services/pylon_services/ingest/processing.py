@@ -40,19 +40,21 @@ class ProgressReporter:
     def __init__(self, redis_url: str, op_id: str, field: str) -> None:
         import redis
 
-        self._r = redis.Redis.from_url(redis_url)
+        # No URL: nobody watches (the task run directly, e.g. by a benchmark or a unit test).
+        self._r = redis.Redis.from_url(redis_url) if redis_url else None
         self._key, self._field = PROGRESS_KEY.format(op=op_id), field
         self._last = 0.0
 
     def __call__(self, value: Any, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._last >= _PROGRESS_EVERY_S:
+        if self._r is not None and (force or now - self._last >= _PROGRESS_EVERY_S):
             self._last = now
             self._r.hset(self._key, self._field, json.dumps(value))
             self._r.expire(self._key, 86400)
 
     def close(self) -> None:
-        self._r.close()
+        if self._r is not None:
+            self._r.close()
 
 
 def _stream_through(store: ObjectStore, f: dict[str, Any], out_prefix: str, index: int,

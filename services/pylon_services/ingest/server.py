@@ -29,6 +29,12 @@ class IngestSettings(BaseSettings):
     op_lease_s: float = 15.0
     # CPUs each processing task reserves on Ray.
     task_cpus: float = 1.0
+    # Uncompressed JSONL/CSV/text files (and Parquet, by row groups) larger than this are split
+    # into chunks of about this size, each processed by its own Ray task.
+    chunk_bytes: int = 64 << 20
+    # ... but only on a Ray cluster with at least this many CPUs: chunks cost ~1.5x the CPU work
+    # of one pass (their merge re-reads the output), which a 2-core machine does not win back.
+    chunk_min_cpus: float = 4
 
 
 def store_connection(settings: Settings) -> dict[str, object]:
@@ -43,7 +49,8 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     store = object_store(settings)
     state = RedisState(redis)
     runner = RayRunner(state, store, store_connection(settings), settings.redis_url, ray_address=settings.ray_address,
-                       node_ip=settings.ray_node_ip_address, lease_s=own.op_lease_s, task_cpus=own.task_cpus)
+                       node_ip=settings.ray_node_ip_address, lease_s=own.op_lease_s, task_cpus=own.task_cpus,
+                       chunk_bytes=own.chunk_bytes, chunk_min_cpus=own.chunk_min_cpus)
     ingest = Ingest(store, state, runner, own.default_part_size)
     servicer = IngestServicer(ingest, own.max_streamed_upload_bytes)
     return ServiceParts("ingest", [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer,

@@ -346,14 +346,16 @@ class GetUploadSessionResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[UploadSession, _Mapping]] = ...) -> None: ...
 
 class CommitUploadSessionRequest(_message.Message):
-    __slots__ = ("name", "request_id", "version")
+    __slots__ = ("name", "request_id", "version", "part_md5s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    PART_MD5S_FIELD_NUMBER: _ClassVar[int]
     name: str
     request_id: str
     version: int
-    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    part_md5s: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ..., version: _Optional[int] = ..., part_md5s: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CommitUploadSessionResponse(_message.Message):
     __slots__ = ("operation",)

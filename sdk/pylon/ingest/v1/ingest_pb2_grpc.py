@@ -136,8 +136,12 @@ class IngestServiceServicer:
     """
 
     def CreateDataset(self, request, context):
-        """CreateDataset creates an empty named dataset.
-        Errors: INVALID_ARGUMENT (bad name), ALREADY_EXISTS (name taken, different request_id).
+        """CreateDataset creates an empty named dataset (uploads also create one with its first
+        version). Retrying with the same request_id returns the dataset created by the first call.
+        Errors: INVALID_ARGUMENT (bad dataset_id, with the naming rule; description over 2048
+        characters; more than 64 labels, a bad label key or a value over 256 characters; duplicate
+        label keys), ALREADY_EXISTS (name taken by another request, or by a deleted dataset: names
+        are never reused), PERMISSION_DENIED (viewer key), NOT_FOUND (another tenant's parent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,8 +164,13 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDataset(self, request, context):
-        """DeleteDataset deletes a dataset and, after the retention period, its versions.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (a version is in use by a job or model lineage).
+        """DeleteDataset soft-deletes a dataset: it and its versions disappear from this API (Get,
+        List, versions, preview, rejects, tokenize answer NOT_FOUND) and it takes no new versions,
+        but every stored object stays, so jobs and models that already reference a version keep
+        working; the name is not reused. Deleting again answers NOT_FOUND.
+        Errors: NOT_FOUND (missing, already deleted, or another tenant's), ABORTED (etag given and
+        not the current one), FAILED_PRECONDITION (an upload or tokenization of the dataset is
+        still running), PERMISSION_DENIED (viewer key), INVALID_ARGUMENT (bad name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,8 +206,9 @@ class IngestServiceServicer:
 
     def CommitUploadSession(self, request, context):
         """CommitUploadSession verifies the digests and starts processing into a new version.
-        Errors: NOT_FOUND, INVALID_ARGUMENT (digest mismatch, parts missing),
-        ALREADY_EXISTS (committed already, different request_id).
+        Errors: NOT_FOUND, INVALID_ARGUMENT (digest mismatch, parts missing, part_md5s malformed,
+        of the wrong count or different from those given at creation), ALREADY_EXISTS (committed
+        already, different request_id), FAILED_PRECONDITION (aborted, or the dataset was deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

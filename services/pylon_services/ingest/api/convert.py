@@ -61,7 +61,9 @@ def header(h: pb.UploadHeader) -> dict[str, Any]:
 
 def dataset_pb(d: dict[str, Any]) -> pb.Dataset:
     return pb.Dataset(name=d["name"], description=d.get("description", ""),
-                      latest_version=d.get("latest_version", 0), create_time=ts(d.get("create_time")))
+                      labels=[common_pb2.Label(key=k, value=v) for k, v in (d.get("labels") or {}).items()],
+                      latest_version=d.get("latest_version", 0), create_time=ts(d.get("create_time")),
+                      etag=d.get("_etag", ""))
 
 
 def _file_pb(f: dict[str, Any]) -> pb.DatasetFile:

@@ -89,7 +89,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def CommitUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
-        op = await self._i.commit_session(tenant, sid, request.request_id, request.version)
+        op = await self._i.commit_session(tenant, sid, request.request_id, request.version, list(request.part_md5s))
         return pb.CommitUploadSessionResponse(operation=cv.operation_pb(op))
 
     async def AbortUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -108,6 +108,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return pb.ImportDatasetVersionResponse(operation=cv.operation_pb(op))
 
     # -- datasets and versions --------------------------------------------------------------------------
+    async def CreateDataset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = principal()
+        tenant = parse_parent("parent", request.parent, p)
+        labels: dict[str, str] = {}
+        for i, label in enumerate(request.labels):
+            if label.key in labels:
+                raise InvalidArgument.field(f"labels[{i}]", f"duplicate label key {label.key!r}")
+            labels[label.key] = label.value
+        doc = await self._i.create_dataset(tenant, p.key_id, request.dataset_id, request.description, labels,
+                                           request.request_id)
+        return pb.CreateDatasetResponse(dataset=cv.dataset_pb(doc))
+
+    async def DeleteDataset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tenant, dataset = parse_name("name", request.name, _DS, principal())
+        await self._i.delete_dataset(tenant, dataset, request.etag)
+        return pb.DeleteDatasetResponse()
+
     async def GetDataset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         tenant, dataset = parse_name("name", request.name, _DS, principal())
         return pb.GetDatasetResponse(dataset=cv.dataset_pb(await asyncio.to_thread(self._d.get_dataset, tenant, dataset)))

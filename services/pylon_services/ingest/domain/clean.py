@@ -70,8 +70,11 @@ class DedupeSet:
     """Exact-duplicate filter for the files of one version: keeps 16-byte blake2b digests of the
     cleaned texts only (about 80-100 bytes per record in a Python set), never the texts."""
 
-    def __init__(self) -> None:
+    def __init__(self, ordered: bool = False) -> None:
         self._seen: set[bytes] = set()
+        # ordered: also the digests of the kept texts in the order they were kept (16 B each),
+        # i.e. of the records of the output, so a later pass can drop records by position.
+        self._order: bytearray | None = bytearray() if ordered else None
 
     def add(self, text: str) -> bool:
         """Record ``text``; False when it was seen before (a duplicate)."""
@@ -79,7 +82,18 @@ class DedupeSet:
         if digest in self._seen:
             return False
         self._seen.add(digest)
+        if self._order is not None:
+            self._order += digest
         return True
+
+    def ordered_bytes(self) -> bytes:
+        """The kept digests in the order kept (``from_bytes`` reads them back as a set)."""
+        return bytes(self._order if self._order is not None else self.to_bytes())
+
+    def positions(self, ordered: bytes) -> set[int]:
+        """0-based positions in ``ordered`` (an ``ordered_bytes``) of the digests in this set."""
+        seen = self._seen
+        return {i // 16 for i in range(0, len(ordered), 16) if ordered[i:i + 16] in seen}
 
     def update(self, other: DedupeSet) -> None:
         """Merge the digests of another set (files deduped separately, then combined)."""

@@ -18,8 +18,16 @@ from typing import Any
 import google_crc32c
 
 from pylon_services.common import blobs
-from pylon_services.common.errors import InvalidArgument, NotFound, ResourceExhausted
-from pylon_services.storage.base import ObjectExists, ObjectStore
+from pylon_services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from pylon_services.common.names import ID_RE, check_id
+from pylon_services.storage.base import ObjectExists, ObjectNotFound, ObjectStore
 
 
 class Spool:
@@ -53,8 +61,33 @@ class Spool:
             os.unlink(self.path)
 
 
+MAX_DESCRIPTION = 2048
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+LABEL_KEY_RULE = "must be 1-63 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter"
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels are small user metadata: at most 64, keys like ids, values up to 256 characters."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument.field("labels", f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not ID_RE.match(key):
+            raise InvalidArgument.field(f"labels[{key!r}]", f"label key {LABEL_KEY_RULE}")
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument.field(f"labels[{key!r}]", f"label value must be at most {MAX_LABEL_VALUE} characters")
+    return dict(sorted(labels.items()))
+
+
 class Datasets:
-    """Reading datasets and versions; creating a dataset's record on its first version."""
+    """Datasets and versions on the object store: created explicitly (``create_dataset``) or
+    with their first version (``ensure_dataset``), soft-deleted (``delete_dataset``).
+
+    A deleted dataset keeps its ``dataset.json`` with a ``delete_time`` and every object it
+    references: the API no longer shows it or its versions and refuses new versions, but jobs
+    and models that already reference a version (by its objects and digest) keep working, and
+    the name is never given to a new dataset (a version name in lineage stays unambiguous).
+    """
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -63,7 +96,40 @@ class Datasets:
     def prefix(tenant: str, dataset: str) -> str:
         return f"tenants/{tenant}/datasets/{dataset}/"
 
+    def _doc(self, tenant: str, dataset: str) -> dict[str, Any] | None:
+        """dataset.json with its store etag under ``_etag`` (head first: a later CAS with an
+        older etag than the body simply fails)."""
+        key = self.prefix(tenant, dataset) + "dataset.json"
+        try:
+            etag = self.store.head(key).etag
+            return {**blobs.read_json(self.store, key), "_etag": etag}
+        except ObjectNotFound:
+            return None
+
+    def create_dataset(self, tenant: str, dataset: str, description: str, labels: dict[str, str], creator: str,
+                       request_id: str) -> dict[str, Any]:
+        """Create an empty dataset; the same ``request_id`` again returns it (a retried create)."""
+        check_id("dataset_id", dataset)
+        if len(description) > MAX_DESCRIPTION:
+            raise InvalidArgument.field("description", f"must be at most {MAX_DESCRIPTION} characters")
+        doc = {"name": f"tenants/{tenant}/datasets/{dataset}", "description": description,
+               "labels": check_labels(labels), "create_time": time.time(), "creator": creator,
+               "request_id": request_id}
+        try:
+            self.store.put(self.prefix(tenant, dataset) + "dataset.json", blobs.dump(doc), if_none_match=True)
+        except ObjectExists:
+            found = self._doc(tenant, dataset) or {}
+            if found.get("delete_time"):
+                raise AlreadyExists(f"{doc['name']} was deleted; dataset names are not reused, so that version "
+                                    "names in lineage stay unambiguous. Choose another name") from None
+            if request_id and found.get("request_id") == request_id:
+                return self.get_dataset(tenant, dataset)
+            raise AlreadyExists(f"{doc['name']} already exists") from None
+        return self.get_dataset(tenant, dataset)
+
     def ensure_dataset(self, tenant: str, dataset: str, description: str, creator: str) -> dict[str, Any]:
+        """The dataset's record, created with its first version; FAILED_PRECONDITION when it was
+        deleted (while its upload was being processed, say)."""
         key = self.prefix(tenant, dataset) + "dataset.json"
         doc = {"name": f"tenants/{tenant}/datasets/{dataset}", "description": description,
                "create_time": time.time(), "creator": creator}
@@ -71,11 +137,34 @@ class Datasets:
             self.store.put(key, blobs.dump(doc), if_none_match=True)
             return doc
         except ObjectExists:
-            return blobs.read_json(self.store, key)
+            found = blobs.read_json(self.store, key)
+        if found.get("delete_time"):
+            raise FailedPrecondition(f"{doc['name']} was deleted; it takes no new versions")
+        return found
+
+    def check_writable(self, tenant: str, dataset: str) -> None:
+        """Refuse new versions of a deleted dataset (before any bytes are sent)."""
+        found = blobs.read_json_or_none(self.store, self.prefix(tenant, dataset) + "dataset.json")
+        if found and found.get("delete_time"):
+            raise FailedPrecondition(f"tenants/{tenant}/datasets/{dataset} was deleted; it takes no new versions "
+                                     "(its name is not reused either: upload under another name)")
+
+    def delete_dataset(self, tenant: str, dataset: str, etag: str) -> dict[str, Any]:
+        """Soft delete (see the class docstring); ``etag``, when given, must be the current one
+        (ABORTED otherwise). A deleted or missing dataset is NOT_FOUND, so a repeated delete is too."""
+        doc = self._doc(tenant, dataset)
+        if doc is None or doc.get("delete_time"):
+            raise NotFound(f"tenants/{tenant}/datasets/{dataset} not found")
+        current = doc.pop("_etag")
+        if etag and etag != current:
+            raise Aborted(f"{doc['name']} changed since etag {etag} (now {current}); re-read it and retry")
+        doc["delete_time"] = time.time()
+        self.store.put(self.prefix(tenant, dataset) + "dataset.json", blobs.dump(doc), if_match=current)
+        return doc
 
     def get_dataset(self, tenant: str, dataset: str) -> dict[str, Any]:
-        doc = blobs.read_json_or_none(self.store, self.prefix(tenant, dataset) + "dataset.json")
-        if doc is None:
+        doc = self._doc(tenant, dataset)
+        if doc is None or doc.get("delete_time"):
             raise NotFound(f"tenants/{tenant}/datasets/{dataset} not found")
         doc["latest_version"] = blobs.latest_number(self.store, self.prefix(tenant, dataset) + "versions/")
         return doc
@@ -88,12 +177,22 @@ class Datasets:
             for o in page.objects:
                 parts = o.key.split("/")
                 if len(parts) == 5 and parts[4] == "dataset.json":
-                    out.append(self.get_dataset(tenant, parts[3]))
+                    try:
+                        out.append(self.get_dataset(tenant, parts[3]))
+                    except NotFound:
+                        continue  # deleted
                     if len(out) >= page_size:
                         return out, o.key
             if not page.next_page_token:
                 return out, None
             token = page.next_page_token
+
+    def visible_version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
+        """A version as the API shows it: NOT_FOUND once its dataset was deleted."""
+        found = blobs.read_json_or_none(self.store, self.prefix(tenant, dataset) + "dataset.json")
+        if found and found.get("delete_time"):
+            raise NotFound(f"tenants/{tenant}/datasets/{dataset}/versions/{version} not found (dataset deleted)")
+        return self.get_version(tenant, dataset, version)
 
     def get_version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
         doc = blobs.read_numbered(self.store, self.prefix(tenant, dataset) + "versions/", version)

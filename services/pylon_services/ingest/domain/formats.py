@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from pylon_services.common.errors import InvalidArgument
+from pylon_services.ingest.domain.chunks import LineRange, Part
 
 FORMATS = ("jsonl", "csv", "parquet", "text")
 COMPRESSIONS = ("", "gzip", "zstd")
@@ -85,9 +86,10 @@ def open_decompressed(raw: io.RawIOBase, compression: str) -> io.BufferedIOBase:
     return buffered
 
 
-def iter_lines(f: io.BufferedIOBase, limit: int) -> Iterator[tuple[int, bytes | None]]:
+def iter_lines(f: io.BufferedIOBase, limit: int, bom: bool = True) -> Iterator[tuple[int, bytes | None]]:
     """Physical lines without their line break; ``None`` for a line longer than ``limit`` bytes
-    (skipped without holding it in memory)."""
+    (skipped without holding it in memory). ``bom``: strip a byte order mark from the first line
+    (False for chunks that start inside a file)."""
     readline = f.readline
     lineno = 0
     while True:
@@ -95,7 +97,7 @@ def iter_lines(f: io.BufferedIOBase, limit: int) -> Iterator[tuple[int, bytes | 
         if not line:
             return
         lineno += 1
-        if lineno == 1 and line.startswith(_BOM):  # files saved by Windows tools often start with one
+        if lineno == 1 and bom and line.startswith(_BOM):  # files saved by Windows tools often start with one
             line = line[len(_BOM):]
         if line[-1:] != b"\n" and len(line) >= limit:
             while True:  # discard the rest of the overlong line
@@ -111,10 +113,10 @@ def _too_long(limit: int) -> Error:
     return ("too_long", f"record longer than {limit} bytes", b"")
 
 
-def iter_jsonl(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
+def iter_jsonl(f: io.BufferedIOBase, limit: int, bom: bool = True) -> Iterator[Item]:
     """JSON objects, one per line; blank lines are skipped."""
     loads = orjson.loads
-    for lineno, line in iter_lines(f, limit):
+    for lineno, line in iter_lines(f, limit, bom):
         if line is None:
             yield lineno, None, _too_long(limit)
             continue
@@ -145,12 +147,12 @@ def _parse_json_slow(line: bytes, exc: Exception) -> tuple[Any, Error | None]:
         return None, ("malformed_json", str(exc), line)
 
 
-def iter_text(f: io.BufferedIOBase, limit: int, paragraphs: bool = False) -> Iterator[Item]:
+def iter_text(f: io.BufferedIOBase, limit: int, paragraphs: bool = False, bom: bool = True) -> Iterator[Item]:
     """Plain text: one record per non-blank line, or per blank-line-separated paragraph."""
     if paragraphs:
         yield from _iter_paragraphs(f, limit)
         return
-    for lineno, line in iter_lines(f, limit):
+    for lineno, line in iter_lines(f, limit, bom):
         if line is None:
             yield lineno, None, _too_long(limit)
             continue
@@ -193,14 +195,15 @@ def _paragraph(start: int, parts: list[bytes], overlong: bool, limit: int) -> It
         return start, None, ("bad_utf8", str(err), raw)
 
 
-def iter_csv(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
-    """CSV with a header row; rows become dicts of strings (the validator coerces types)."""
+def iter_csv(f: io.BufferedIOBase, limit: int, part: Part | None = None) -> Iterator[Item]:
+    """CSV with a header row; rows become dicts of strings (the validator coerces types). A
+    ``part`` after the first carries the header; ``part.multiline`` is set when a row spans lines."""
     pending: list[Item] = []
     position = [0]
 
     def decoded() -> Iterator[str]:
         decode = codecs.getdecoder("utf-8")
-        for lineno, line in iter_lines(f, limit):
+        for lineno, line in iter_lines(f, limit, part is None or part.start == 0):
             position[0] = lineno
             if line is None:
                 pending.append((lineno, None, _too_long(limit)))
@@ -212,12 +215,15 @@ def iter_csv(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
 
     csv.field_size_limit(max(limit, csv.field_size_limit()))
     reader = csv.reader(decoded())
-    header: list[str] | None = None
+    header: list[str] | None = part.header if part is not None else None
     for row in reader:
         yield from pending
         pending.clear()
         # the row ended on the last line read; quoted newlines inside it tell where it began
-        line = position[0] - sum(cell.count("\n") for cell in row)
+        spanned = sum(cell.count("\n") for cell in row)
+        line = position[0] - spanned
+        if spanned and part is not None:
+            part.multiline = True
         if not row:
             continue
         if header is None:
@@ -231,13 +237,15 @@ def iter_csv(f: io.BufferedIOBase, limit: int) -> Iterator[Item]:
     yield from pending
 
 
-def iter_parquet(src: BinaryIO, batch_rows: int = 1024) -> Iterator[Item]:
-    """Parquet rows, read one record batch at a time (never the whole file)."""
+def iter_parquet(src: BinaryIO, batch_rows: int = 1024, part: Part | None = None) -> Iterator[Item]:
+    """Parquet rows, read one record batch at a time (never the whole file); a ``part`` reads
+    only its row groups, numbered from its first row."""
     import pyarrow.parquet as pq
 
-    row = 0
+    row = part.first_row if part is not None else 0
+    groups = part.row_groups if part is not None else None
     with pq.ParquetFile(src) as pf:
-        for batch in pf.iter_batches(batch_size=batch_rows):
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups):
             for value in batch.to_pylist():
                 row += 1
                 yield row, value, None
@@ -252,33 +260,50 @@ def seekable_copy(f: io.BufferedIOBase) -> BinaryIO:
     return tmp  # type: ignore[return-value]
 
 
-def iter_records(src: BinaryIO, fmt: str, compression: str, *, limit: int,
-                 paragraphs: bool = False) -> tuple[Iterator[Item], CountingReader]:
-    """Records of ``src`` and the counter of compressed bytes read from it."""
+def iter_records(src: BinaryIO, fmt: str, compression: str, *, limit: int, paragraphs: bool = False,
+                 part: Part | None = None) -> tuple[Iterator[Item], CountingReader]:
+    """Records of ``src`` (of one ``part`` of it, see ``chunks``) and the counter of
+    compressed bytes read from it."""
     if fmt not in FORMATS:
         raise InvalidArgument.field("format", f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if part is not None and fmt != "parquet":
+        src = LineRange(src, part)  # type: ignore[assignment]
     counter = CountingReader(src)
     f = open_decompressed(counter, compression)
+    bom = part is None or part.start == 0
     if fmt == "jsonl":
-        return iter_jsonl(f, limit), counter
+        return iter_jsonl(f, limit, bom), counter
     if fmt == "csv":
-        return iter_csv(f, limit), counter
+        return iter_csv(f, limit, part), counter
     if fmt == "text":
-        return iter_text(f, limit, paragraphs), counter
+        return iter_text(f, limit, paragraphs, bom), counter
     seekable = compression == "" and _is_seekable(src)
-    return _parquet_items(src if seekable else None, f, counter), counter
+    return _parquet_items(src if seekable else None, f, counter, part), counter
 
 
-def _parquet_items(src: BinaryIO | None, f: io.BufferedIOBase, counter: CountingReader) -> Iterator[Item]:
+def _parquet_items(src: BinaryIO | None, f: io.BufferedIOBase, counter: CountingReader,
+                   part: Part | None) -> Iterator[Item]:
     if src is not None:
         start = src.tell()
         end = src.seek(0, io.SEEK_END)
         src.seek(start)
-        counter.count += end - start  # pyarrow reads src directly; count the whole file
-        yield from iter_parquet(src)
+        if part is None or part.index == 0:
+            counter.count += end - start  # pyarrow reads src directly; count the whole file once
+        yield from iter_parquet(src, part=part)
         return
     with seekable_copy(f) as tmp:
-        yield from iter_parquet(tmp)
+        yield from iter_parquet(tmp, part=part)
+
+
+def csv_header(src: BinaryIO, compression: str, limit: int) -> list[str] | None:
+    """The header row of a CSV stream (the chunks after the first need it)."""
+    f = open_decompressed(CountingReader(src), compression)
+    csv.field_size_limit(max(limit, csv.field_size_limit()))
+    lines = (line.decode("utf-8", errors="replace") + "\n" for _, line in iter_lines(f, limit) if line is not None)
+    for row in csv.reader(lines):
+        if row:
+            return row
+    return None
 
 
 def _is_seekable(src: BinaryIO) -> bool:

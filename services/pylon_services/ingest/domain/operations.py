@@ -102,6 +102,10 @@ class OperationStore(Protocol):
 
     async def get(self, op_id: str) -> Operation | None: ...
 
+    async def active_ids(self) -> list[str]:
+        """Ids of the operations not done yet."""
+        ...
+
     async def save(self, op: Operation) -> None:
         """Write the operation and notify watchers; done operations leave the active set."""
         ...

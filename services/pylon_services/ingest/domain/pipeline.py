@@ -20,6 +20,7 @@ import orjson
 
 from pylon_services.common.errors import InvalidArgument
 from pylon_services.ingest.domain import formats
+from pylon_services.ingest.domain.chunks import Part
 from pylon_services.ingest.domain.clean import Cleaner, DedupeSet, text_digest
 from pylon_services.ingest.domain.formats import detect_format
 from pylon_services.ingest.domain.profile import Profiler, merge_profiles
@@ -34,12 +35,14 @@ from pylon_services.ingest.domain.validate import Validator, infer_from_records,
 
 __all__ = [
     "DedupeSet",
+    "Part",
     "Recipe",
     "Summary",
     "check_reject_rate",
     "cross_file_duplicates",
     "detect_format",
     "drop_duplicates",
+    "drop_lines",
     "find_eos",
     "load_tokenizer",
     "infer_schema",
@@ -211,6 +214,7 @@ def process_stream(
     tokenizer: Any = None,
     limit: int | None = None,
     sample: int = 1000,
+    part: Part | None = None,
 ) -> Summary:
     """Validate, clean and profile one stream in a single pass with bounded memory.
 
@@ -220,9 +224,11 @@ def process_stream(
     ``sample`` records (held while inferring, then processed like the rest). ``seen`` shares
     dedupe across the files of a version; ``progress(bytes_read)`` is called every few MiB;
     ``tokenizer`` makes the profile count exact tokens; ``limit`` stops after that many
-    accepted records (previews).
+    accepted records (previews); ``part`` reads one chunk of ``src`` (see ``chunks``; its line
+    numbers are then relative to the chunk, and it should come with the file's ``schema``).
     """
-    items, counter = formats.iter_records(src, fmt, compression, limit=_line_limit(recipe), paragraphs=recipe.paragraphs)
+    items, counter = formats.iter_records(src, fmt, compression, limit=_line_limit(recipe),
+                                          paragraphs=recipe.paragraphs, part=part)
     text_key = _text_key(fmt, recipe)
     try:
         if schema is None:
@@ -290,6 +296,22 @@ def drop_duplicates(src: BinaryIO, out: BinaryIO, drop: DedupeSet, summary: Summ
             buf.clear()
     out.write(bytes(buf))
     return removed
+
+
+def drop_lines(src: BinaryIO, out: BinaryIO, positions: set[int], summary: Summary) -> None:
+    """Copy a ``process_stream`` output without the records at ``positions`` (0-based), found
+    from the output's ordered dedupe digests: only the dropped records are parsed (to correct
+    ``summary`` as ``drop_duplicates`` does). Streamed."""
+    buf = bytearray()
+    for i, line in enumerate(src):
+        if i in positions:
+            _unprofile(summary, orjson.loads(line))
+            continue
+        buf += line
+        if len(buf) >= FLUSH_BYTES:
+            out.write(bytes(buf))
+            buf.clear()
+    out.write(bytes(buf))
 
 
 def _unprofile(summary: Summary, record: dict[str, Any]) -> None:

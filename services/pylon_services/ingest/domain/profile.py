@@ -106,9 +106,12 @@ def merge_profiles(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "length_histogram": {"scale": "log2", "counts": hist},
         "columns": {k: {"non_null": v, "nulls": records - v} for k, v in sorted(columns.items())},
         "other_columns": sum(p.get("other_columns", 0) for p in parts),
-        "tokens": sum(p.get("tokens", 0) for p in parts),
         "tokens_estimated": any(p.get("tokens_estimated", True) for p in parts),
     }
+    # Estimates are chars / 4 of the whole, not a sum of rounded-down parts (so a file processed
+    # as several chunks reports what it reports as one).
+    estimated = all(p.get("tokens_estimated", True) for p in parts)
+    out["tokens"] = chars // 4 if estimated else sum(p.get("tokens", 0) for p in parts)
     for key in ("changes", "rejected_by_reason"):
         summed: dict[str, int] = {}
         for p in parts:

@@ -111,11 +111,30 @@ class Ingest:
                 "creator": creator, "description": description, "version": version}
         return new_operation(tenant, "process", f"tenants/{tenant}/datasets/{dataset}", spec)
 
+    # -- datasets ---------------------------------------------------------------------------------
+    async def create_dataset(self, tenant: str, creator: str, dataset: str, description: str,
+                             labels: dict[str, str], request_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.datasets.create_dataset, tenant, dataset, description, labels, creator,
+                                       request_id)
+
+    async def delete_dataset(self, tenant: str, dataset: str, etag: str) -> None:
+        """Soft delete (``Datasets.delete_dataset``); refused while an operation writes to the
+        dataset (an upload being processed, a tokenization): it would publish into a deleted one."""
+        await asyncio.to_thread(self.datasets.get_dataset, tenant, dataset)
+        target = f"tenants/{tenant}/datasets/{dataset}"
+        for op_id in await self.state.active_ids():
+            op = await self.state.get(op_id)
+            if op is not None and not op.done and (op.target == target or op.target.startswith(target + "/")):
+                raise FailedPrecondition(f"{target} has a running operation ({op.name}, {op.kind}); wait for it "
+                                         "or let it fail, then delete")
+        await asyncio.to_thread(self.datasets.delete_dataset, tenant, dataset, etag)
+
     # -- upload sessions --------------------------------------------------------------------------
     async def create_session(self, tenant: str, creator: str, dataset: str, header: dict[str, Any],
                              part_size: int, part_md5s: list[str]) -> tuple[UploadSession, dict[int, str]]:
         check_id("header.dataset", dataset)
         check_file("header", header["path"], header["format"], header["compression"])
+        await asyncio.to_thread(self.datasets.check_writable, tenant, dataset)
         part_size = uploads.check_plan(header["size"], header["digest"], part_size or self.default_part_size,
                                        part_md5s)
         processing = processing_options(header.get("processing") or {})
@@ -156,9 +175,14 @@ class Ingest:
             stored = {p.part_number: p.etag for p in parts}
         return s, stored, await asyncio.to_thread(self._part_urls, s, set(stored))
 
-    async def commit_session(self, tenant: str, sid: str, request_id: str, version: int) -> Operation:
-        """Verify the parts, complete the upload, and start processing. Exactly one commit wins."""
+    async def commit_session(self, tenant: str, sid: str, request_id: str, version: int,
+                             part_md5s: list[str] | None = None) -> Operation:
+        """Verify the parts, complete the upload, and start processing. Exactly one commit wins.
+        ``part_md5s``: the parts' MD5s when the session was opened without them."""
         s = await self.session(tenant, sid)
+        if s.state == uploads.OPEN and not s.already_stored:
+            uploads.commit_md5s(s, list(part_md5s or []))
+        await asyncio.to_thread(self.datasets.check_writable, tenant, s.dataset)
         request_id = request_id or uuid.uuid4().hex
         if version < 0:
             raise InvalidArgument.field("version", "must be positive (or 0 for the next free number)")
@@ -212,6 +236,7 @@ class Ingest:
                               spool_path: str, digest: str, size: int) -> tuple[Operation, bool]:
         """Store spooled bytes content-addressed (digest already verified) and process them;
         waits for the operation. Returns it and whether the bytes were already held."""
+        await asyncio.to_thread(self.datasets.check_writable, tenant, dataset)
         key = blobs.blob_key(tenant, digest)
         held = await asyncio.to_thread(self.store.exists, key)
         if not held:
@@ -245,6 +270,7 @@ class Ingest:
         """Process objects already in the store into a version (copied server-side to their content
         address, or referenced in place)."""
         check_id("dataset", dataset)
+        await asyncio.to_thread(self.datasets.check_writable, tenant, dataset)
         if not uris:
             raise InvalidArgument.field("source_uris", "name at least one object")
         files = []
@@ -266,7 +292,7 @@ class Ingest:
 
     # -- reading versions ---------------------------------------------------------------------------
     async def version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.datasets.get_version, tenant, dataset, version)
+        return await asyncio.to_thread(self.datasets.visible_version, tenant, dataset, version)
 
     def _jsonl_page(self, files: list[dict[str, Any]], token: str, limit: int) -> tuple[list[tuple[int, bytes]], str]:
         """Up to ``limit`` lines across ``files`` from ``token`` ("file:offset"); next token."""

@@ -3,10 +3,12 @@
 How the digests are checked without the service re-reading the file:
 
 * At ``CreateUploadSession`` the client declares the file's size, sha256 and (optionally) the
-  MD5 of every part. The object store computes each part's ETag as the MD5 of the bytes it
-  actually received, so at commit ``check_parts`` compares stored ETags with the declared MD5s
-  (and the completed object's size with the declared size): a corrupted or truncated part is
-  rejected at commit, before anything is published, and costs one ListParts call.
+  MD5 of every part; or it sends the part MD5s with the commit, having hashed each part while
+  sending it (no second pass over the file before the upload; same check at commit). The
+  object store computes each part's ETag as the MD5 of the bytes it actually received, so at
+  commit ``check_parts`` compares stored ETags with the declared MD5s (and the completed
+  object's size with the declared size): a corrupted or truncated part is rejected at commit,
+  before anything is published, and costs one ListParts call.
 * The whole-file sha256 is checked in the processing pass that reads the file anyway (the Ray
   task hashes the stream while validating it). The bytes sit in a per-session staging key until
   that check passes; only then are they copied (server-side) to their content address and the
@@ -96,12 +98,29 @@ def check_plan(size: int, digest: str, part_size: int, part_md5s: list[str]) -> 
     if n > MAX_PARTS:
         raise InvalidArgument.field("part_size_bytes", f"{size} bytes in parts of {part_size} is {n} parts; "
                                     f"at most {MAX_PARTS}: use larger parts")
+    check_md5s("part_md5s", part_md5s, n)
+    return part_size
+
+
+def check_md5s(field: str, part_md5s: list[str], n: int) -> None:
+    """Declared part MD5s: one per part, 32 lowercase hex digits each."""
     if part_md5s and len(part_md5s) != n:
-        raise InvalidArgument.field("part_md5s", f"{len(part_md5s)} given, the file has {n} parts")
+        raise InvalidArgument.field(field, f"{len(part_md5s)} given, the file has {n} parts")
     for i, md5 in enumerate(part_md5s):
         if not _MD5.match(md5):
-            raise InvalidArgument.field(f"part_md5s[{i}]", "must be 32 lowercase hex digits")
-    return part_size
+            raise InvalidArgument.field(f"{field}[{i}]", "must be 32 lowercase hex digits")
+
+
+def commit_md5s(session: UploadSession, part_md5s: list[str]) -> None:
+    """Take the part MD5s a client sends with the commit (it hashed each part while sending it)
+    into ``session``; they must agree with any declared when the session was opened."""
+    if not part_md5s:
+        return
+    check_md5s("part_md5s", part_md5s, session.part_count)
+    if session.part_md5s and session.part_md5s != part_md5s:
+        bad = next(i for i, (a, b) in enumerate(zip(session.part_md5s, part_md5s, strict=True)) if a != b)
+        raise InvalidArgument.field(f"part_md5s[{bad}]", "differs from the MD5 declared when the session was opened")
+    session.part_md5s = list(part_md5s)
 
 
 def check_parts(session: UploadSession, stored: list[CompletedPart]) -> list[CompletedPart]:

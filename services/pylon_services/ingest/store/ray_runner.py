@@ -22,7 +22,7 @@ import ray
 
 from pylon_services.common import blobs
 from pylon_services.common.errors import InvalidArgument, PylonError
-from pylon_services.ingest import processing
+from pylon_services.ingest import chunked, processing
 from pylon_services.ingest.domain import operations as ops_mod
 from pylon_services.ingest.domain import versions
 from pylon_services.ingest.domain.datasets import Datasets
@@ -43,9 +43,11 @@ class RayRunner:
     """Owns the Ray connection and the asyncio tasks running operations in this process."""
 
     def __init__(self, state: RedisState, store: ObjectStore, conn: dict[str, Any], redis_url: str, *,
-                 ray_address: str, node_ip: str = "", lease_s: float = 15.0, task_cpus: float = 1.0) -> None:
+                 ray_address: str, node_ip: str = "", lease_s: float = 15.0, task_cpus: float = 1.0,
+                 chunk_bytes: int = 64 << 20, chunk_min_cpus: float = 4) -> None:
         self.state, self.store, self.conn, self.redis_url = state, store, conn, redis_url
         self.ray_address, self.node_ip, self.lease_s, self.task_cpus = ray_address, node_ip, lease_s, task_cpus
+        self.chunk_bytes, self.chunk_min_cpus = chunk_bytes, chunk_min_cpus
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._reconciler: asyncio.Task[None] | None = None
@@ -61,6 +63,12 @@ class RayRunner:
         self._process = ray.remote(processing.process_file).options(num_cpus=self.task_cpus, max_retries=1)
         self._tokenize = ray.remote(processing.tokenize_version).options(num_cpus=self.task_cpus, max_retries=1)
         self._dedupe = ray.remote(processing.dedupe_across_files).options(num_cpus=self.task_cpus, max_retries=1)
+        self._plan = ray.remote(chunked.plan_file).options(num_cpus=self.task_cpus, max_retries=1)
+        self._chunk = ray.remote(chunked.process_chunk).options(num_cpus=self.task_cpus, max_retries=1)
+        self._hash = ray.remote(chunked.hash_file).options(num_cpus=self.task_cpus, max_retries=1)
+        # The merge mostly waits for chunks; reserving no CPU lets it run beside them (its own
+        # work, copying and hashing the cleaned output, is a fraction of a chunk's).
+        self._merge = ray.remote(merge_when_ready).options(num_cpus=0, max_retries=1)
 
     async def stop(self) -> None:
         """Stop running (the leases lapse and another replica, or our restart, adopts the ops)."""
@@ -163,11 +171,8 @@ class RayRunner:
         keys = [versions.reuse_key(tenant, f["digest"], f, spec["processing"])
                 if versions.reusable(f) and len(files) == 1 else None for f in files]
         known = await asyncio.to_thread(self._known_results, keys)
-        todo = [i for i in range(len(keys)) if i not in known]
-        refs = [self._process.remote(self.conn, self.redis_url, op.id, i,
-                                     {**files[i], "tenant": tenant, "dedupe_across": across},
-                                     spec["processing"], out_prefix) for i in todo]
-        fresh = await self._wait(op, refs, sum(int(files[i].get("size", 0)) for i in todo))
+        todo = {i: {**files[i], "tenant": tenant, "dedupe_across": across} for i in range(len(keys)) if i not in known}
+        fresh = await self._process_files(op, todo, out_prefix)
         if across:
             op.metadata["stage"] = "dedupe across files"
             await self.state.save(op)
@@ -190,6 +195,53 @@ class RayRunner:
                                          int(spec.get("version") or 0))
         op.succeed(doc["name"], {"stage": "published", "version": n, "digest": doc["digest"], **counts})
         await asyncio.to_thread(self._remember_results, tenant, spec, fresh)
+
+    async def _process_files(self, op: Operation, todo: dict[int, dict[str, Any]], out_prefix: str) -> list[Any]:
+        """Process files in parallel, large splittable ones as several chunks each (planned by a
+        task; chunks, a hash and a merge that consumes the chunks in order as they finish, all
+        at once); returns one result per file."""
+        pspec = op.spec["processing"]
+        # Chunking costs ~1.5x the CPU work (the merge passes over the output again): it pays
+        # only where more cores than one are free (docs/benchmarks.md, "Chunks of one file").
+        cpus = await asyncio.to_thread(lambda: float(ray.cluster_resources().get("CPU", 0)))
+        candidates = [i for i, f in todo.items()
+                      if int(f.get("size", 0)) > self.chunk_bytes and cpus >= self.chunk_min_cpus]
+        plans = dict(zip(candidates, await self._wait(op, [self._plan.remote(self.conn, todo[i], pspec, self.chunk_bytes)
+                                                           for i in candidates], 0), strict=True))
+        plans = {i: p for i, p in plans.items() if len(p["parts"]) > 1}
+        refs, what = [], []
+        for i, f in todo.items():
+            if i not in plans:
+                refs.append(self._process.remote(self.conn, self.redis_url, op.id, i, f, pspec, out_prefix))
+                what.append(("file", i))
+                continue
+            chunk_refs = [self._chunk.remote(self.conn, self.redis_url, op.id, i, f, pspec, plans[i]["schema"],
+                                             out_prefix, part) for part in plans[i]["parts"]]
+            hash_ref = self._hash.remote(self.conn, i, f)
+            # refs nested in lists reach the merge unresolved: it takes each chunk as it finishes
+            refs += [*chunk_refs, hash_ref, self._merge.remote(self.conn, i, f, chunk_refs, [hash_ref], out_prefix)]
+            what += [("chunk", i)] * len(chunk_refs) + [("hash", i), ("merged", i)]
+        if plans:
+            op.metadata["chunks"] = sum(len(p["parts"]) for p in plans.values())
+        got = await self._wait(op, refs, sum(int(f.get("size", 0)) for f in todo.values()))
+        return await self._redo_unsplit(op, todo, out_prefix, what, got)
+
+    async def _redo_unsplit(self, op: Operation, todo: dict[int, dict[str, Any]], out_prefix: str,
+                            what: list[tuple[str, int]], got: list[Any]) -> list[Any]:
+        """The per-file results; a chunked CSV file whose merge stopped because a record spanned
+        lines (a cut could have split it; see ``domain/chunks``) is processed again whole."""
+        results = [r for (kind, _), r in zip(what, got, strict=True) if kind in ("file", "merged")]
+        unsplit = {r["index"] for r in results if r.get("unsplit")}
+        if not unsplit:
+            return sorted(results, key=lambda r: r["index"])
+        chunk_results = [r for (kind, i), r in zip(what, got, strict=True) if kind == "chunk" and i in unsplit]
+        await asyncio.to_thread(chunked.delete_chunk_outputs, self.store, chunk_results)
+        op.metadata["files_unsplit"] = len(unsplit)
+        op.metadata["stage"] = "processing files again as one chunk"
+        await self.state.save(op)
+        again = await self._wait(op, [self._process.remote(self.conn, self.redis_url, op.id, i, todo[i],
+                                                           op.spec["processing"], out_prefix) for i in unsplit], 0)
+        return sorted([r for r in results if not r.get("unsplit")] + again, key=lambda r: r["index"])
 
     def _known_results(self, keys: list[str | None]) -> dict[int, dict[str, Any]]:
         """Results of earlier operations that processed the same verified bytes the same way:
@@ -239,6 +291,13 @@ class RayRunner:
             pass  # a previous run of this op (or an identical request) published it
         op.succeed(spec["tokenization_name"], {"stage": "published", "total_tokens": index["total_tokens"],
                                                "shards": len(index["shards"]), "trained": res["trained"]})
+
+
+def merge_when_ready(conn: dict[str, Any], index: int, f: dict[str, Any], chunk_refs: list[Any],
+                     hash_ref: list[Any], out_prefix: str) -> dict[str, Any]:
+    """Ray task: ``chunked.merge_chunks`` over chunk refs, each taken as soon as it is done."""
+    return chunked.merge_chunks(conn, index, f, (ray.get(r) for r in chunk_refs), lambda: ray.get(hash_ref[0]),
+                                out_prefix)
 
 
 def _first_rejects(store: ObjectStore, results: list[dict[str, Any]], n: int = 3) -> str:
