@@ -20,8 +20,9 @@ from pylon_services.runtime.protoconv import page_size, struct, ts
 from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.api.workdir import WorkdirUploads, workdir_prefix
 from pylon_services.scheduler.controller import Controller
-from pylon_services.scheduler.domain.job import Job, JobState, validate_spec
+from pylon_services.scheduler.domain.job import Job, JobState, PoolCapacity, validate_spec
 from pylon_services.scheduler.domain.placement import check_satisfiable
+from pylon_services.scheduler.domain.scheduling import Node
 from pylon_services.scheduler.snapshot import demand_of, free_nodes
 from pylon_services.scheduler.store.redis_jobs import JobStore
 from pylon_services.scheduler.store.redis_sched import queue_key
@@ -76,6 +77,16 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         self._ctl = controller
         self._state = controller.state
         self._store = store
+        self._shape: tuple[list[Any], list[PoolCapacity], tuple[Node, ...]] | None = None
+
+    async def _cluster_shape(self) -> tuple[list[PoolCapacity], tuple[Node, ...]]:
+        """Pool capacities and the nodes as if empty, for submit-time checks; recomputed only when
+        the executor's cached node list is replaced (at most once a second), not per submit."""
+        ex = self._ctl.executor
+        ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
+        if self._shape is None or self._shape[0] is not ray_nodes:
+            self._shape = (ray_nodes, ex.capacities(ray_nodes), free_nodes(ray_nodes, []))
+        return self._shape[1], self._shape[2]
 
     async def _job(self, name: str) -> Job:
         tenant, job_id = parse_name("name", name, ("tenants", "jobs"), principal())
@@ -93,10 +104,9 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         if wd and not wd.startswith(workdir_prefix(tenant)):
             raise InvalidArgument.field("spec.command.working_dir_key", f"must be a key UploadWorkingDir returned "
                                                                         f"for this tenant ({workdir_prefix(tenant)}...)")
-        ex = self._ctl.executor
-        ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
-        validate_spec(spec, ex.capacities(ray_nodes))
-        why = check_satisfiable(demand_of(spec), free_nodes(ray_nodes, []))
+        pools, empty = await self._cluster_shape()
+        validate_spec(spec, pools)
+        why = check_satisfiable(demand_of(spec), empty)
         if why:
             raise FailedPrecondition(why)
         queue = spec.get("queue") or "default"
