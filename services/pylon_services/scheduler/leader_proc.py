@@ -74,7 +74,7 @@ class LeaderProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 log.error("scheduler leader process exited with %s; restarting", self.proc.returncode)
                 await asyncio.sleep(RESTART_BACKOFF_S)
-                os.close(self._spawn())
+                await asyncio.to_thread(_read_ready, self._spawn(), READY_WAIT_S)
 
     async def stop(self) -> None:
         """SIGTERM the child (it gives the lease back) and wait for it; SIGKILL if it hangs."""
@@ -124,16 +124,21 @@ async def _run(settings: Settings, cfg: SchedulerConfig, parent: int, ready_fd: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     controller.start()
-    await controller.first_bid.wait()
-    os.write(ready_fd, b"1")
-    os.close(ready_fd)
-    while not stop.is_set() and os.getppid() == parent:
+    try:
+        await controller.first_bid.wait()
         try:
-            await asyncio.wait_for(stop.wait(), SUPERVISE_S)
-        except TimeoutError:
-            pass
-    await controller.stop()
-    await redis.aclose()
+            os.write(ready_fd, b"1")
+        except OSError:
+            pass  # the parent stopped listening (it waits a bounded time); nothing to report to
+        os.close(ready_fd)
+        while not stop.is_set() and os.getppid() == parent:
+            try:
+                await asyncio.wait_for(stop.wait(), SUPERVISE_S)
+            except TimeoutError:
+                pass
+    finally:
+        await controller.stop()  # gives the lease back at once instead of letting it expire
+        await redis.aclose()
 
 
 def main() -> None:
