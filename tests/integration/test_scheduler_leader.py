@@ -186,3 +186,24 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_repeated_specs_are_validated_once_but_checked_per_tenant_and_never_cache_errors(tenant_clients):
+    from pylon.errors import PylonError
+
+    acme, globex = tenant_clients["acme"], tenant_clients["globex"]
+    spec = {"command": {"argv": ["true"]}, "labels": {"sweep": "cache"}}
+    a, b = acme.jobs.submit(spec), acme.jobs.submit(spec)  # the second reuses the validated spec
+    assert a.name != b.name and a.spec == b.spec and a.spec["workers"] == 1
+    assert [acme.jobs.wait(n, timeout=120).state for n in (a.name, b.name)] == ["succeeded", "succeeded"]
+    # The working-dir key is checked per caller, even for a spec seen before.
+    foreign = {"command": {"argv": ["true"], "working_dir_key": "tenants/acme/workdirs/sha256-x.tar.gz"}}
+    for _ in range(2):
+        with pytest.raises(PylonError) as e:
+            globex.jobs.submit(foreign)
+        assert "INVALID_ARGUMENT" in str(e.value.code)
+    # A rejected spec is rejected again (errors are not kept).
+    for _ in range(2):
+        with pytest.raises(PylonError) as e:
+            acme.jobs.submit({"priority_class": "urgent", "command": {"argv": ["true"]}})
+        assert "INVALID_ARGUMENT" in str(e.value.code)
