@@ -36,6 +36,8 @@ class SchedulerConfig(BaseSettings):
     # The leader re-reads the whole pending queue this often; in between it reads only the jobs
     # events and its own writes name (``backlog.py``).
     backlog_resync_s: float = 30.0
+    # The leader logs its passes (count, CPU per pass, backlog size) this often.
+    stats_every_s: float = 30.0
     # Seconds a preempted job gets between the should_preempt() flag and SIGTERM.
     preempt_grace_s: float = 30.0
     # Fair-share usage halves every this many seconds.

@@ -45,7 +45,6 @@ from pylon_services.scheduler.store.redis_sched import SchedState
 log = logging.getLogger("pylon.scheduler")
 LEASE_KEY = "pylon:scheduler:leader"
 ORPHAN_SWEEP_S = 30.0
-STATS_EVERY_S = float(os.environ.get("PYLON_SCHED_STATS_S", "30"))
 EVENT_BATCH_S = 0.05
 # Renew the lease only if we still hold it (a plain GET + EXPIRE could extend someone else's).
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
@@ -164,10 +163,10 @@ class Controller:
             await asyncio.sleep(EVENT_BATCH_S)  # let a burst of submits arrive as one batch
 
     def _log_stats(self, pass_cpu_s: float) -> None:
-        """Every STATS_EVERY_S: how many passes ran, their CPU cost, and the backlog's size."""
+        """Every ``stats_every_s``: how many passes ran, their CPU cost, and the backlog's size."""
         since, n, cpu, decoded = self._stats
         n, cpu = n + 1, cpu + pass_cpu_s
-        if time.monotonic() - since < STATS_EVERY_S:
+        if time.monotonic() - since < self.cfg.stats_every_s:
             self._stats = (since, n, cpu, decoded)
             return
         log.info("leader: %d passes in %.0fs, %.1f ms CPU each, %d pending, %d jobs decoded",
