@@ -135,7 +135,9 @@ def _wait(pred: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_api_process_runs_restarts_and_stops_its_leader_child(tmp_path, ray_cluster):
+def _start_replica(tmp_path: Any, ray_cluster: Any) -> tuple[Any, subprocess.Popen[bytes], Any, Any]:
+    """A scheduler replica as a real subprocess with its own Redis: (redis server, API process,
+    client, redis client), once the API answers."""
     import redis
 
     import pylon
@@ -150,26 +152,52 @@ def test_api_process_runs_restarts_and_stops_its_leader_child(tmp_path, ray_clus
     log = open(tmp_path / "scheduler.log", "wb")
     api = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler"], env=env, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
-    r = redis.Redis.from_url(rs.url)
+    c = pylon.Client(f"127.0.0.1:{port}", ADMIN_KEY)
+    _wait(lambda: _try(c.jobs.cluster), 60, "the API")
+    return rs, api, c, redis.Redis.from_url(rs.url)
+
+
+def _stop_replica(rs: Any, api: subprocess.Popen[bytes]) -> None:
+    if api.poll() is None:
+        os.killpg(api.pid, signal.SIGKILL)
+        api.wait()
+    rs.stop()
+
+
+def _live_children(pid: int) -> list[int]:
+    return [p for p in _children(pid) if not _zombie(p)]
+
+
+def test_api_process_runs_restarts_and_stops_its_leader_child(tmp_path, ray_cluster):
+    rs, api, c, r = _start_replica(tmp_path, ray_cluster)
     try:
-        c = pylon.Client(f"127.0.0.1:{port}", ADMIN_KEY)
-        _wait(lambda: _try(c.jobs.cluster), 60, "the API")
         # The lease names the replica by its API process, as with an inline leader.
         assert int(r.get("pylon:scheduler:leader").decode().split("-")[0]) == api.pid
         [child] = _children(api.pid)
         assert c.jobs.wait(c.jobs.submit({"command": {"argv": ["true"]}}).name, timeout=120).state == "succeeded"
         os.kill(child, signal.SIGKILL)
-        [again] = _wait(lambda: [p for p in _children(api.pid) if p != child], 30, "a new leader process")
+        [again] = _wait(lambda: [p for p in _live_children(api.pid) if p != child], 30, "a new leader process")
         assert c.jobs.wait(c.jobs.submit({"command": {"argv": ["true"]}}).name, timeout=120).state == "succeeded"
         os.kill(api.pid, signal.SIGTERM)
         assert api.wait(30) == 0
         assert not os.path.exists(f"/proc/{again}") or _zombie(again)
         assert r.get("pylon:scheduler:leader") is None  # given back, not left to expire
     finally:
-        if api.poll() is None:
-            os.killpg(api.pid, signal.SIGKILL)
-            api.wait()
-        rs.stop()
+        _stop_replica(rs, api)
+
+
+def test_leader_child_stopped_cleanly_is_not_restarted_and_gives_the_lease_back(tmp_path, ray_cluster):
+    rs, api, c, r = _start_replica(tmp_path, ray_cluster)
+    try:
+        [child] = _children(api.pid)
+        os.kill(child, signal.SIGTERM)  # as part of a SIGTERM to the whole process group
+        _wait(lambda: _zombie(child), 30, "the leader process to exit")
+        assert r.get("pylon:scheduler:leader") is None
+        time.sleep(4)  # longer than the supervisor's poll and restart back-off
+        assert _live_children(api.pid) == []
+        assert _try(c.jobs.cluster)  # the API keeps serving
+    finally:
+        _stop_replica(rs, api)
 
 
 def _try(fn: Any) -> bool:

@@ -69,8 +69,13 @@ class LeaderProcess:
         return read_fd
 
     async def _supervise(self) -> None:
+        """Restart a child that died. One that exited cleanly was told to stop (a SIGTERM to the
+        whole process group, as ``pylon down`` sends): that is the replica shutting down."""
         while True:
             await asyncio.sleep(SUPERVISE_S)
+            if self.proc is not None and self.proc.poll() == 0:
+                log.info("scheduler leader process %d stopped; not restarting it", self.proc.pid)
+                return
             if self.proc is not None and self.proc.poll() is not None:
                 log.error("scheduler leader process exited with %s; restarting", self.proc.returncode)
                 await asyncio.sleep(RESTART_BACKOFF_S)
