@@ -36,6 +36,25 @@ from pylon.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
 from pylon.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
 
 ADMIN_KEY = "pyl_admin_bench-bootstrap-key"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError):
+        return 0.0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 async def drive(address: str, make_call: Any, seconds: float, concurrency: int) -> tuple[int, int, float]:
@@ -141,13 +160,23 @@ def main() -> None:
     try:
         asyncio.run(prepare(sched_addr))
         rates: dict[str, list[float]] = {"bare": [], "submit": []}
+        procs = {"bare": {"server": [bare.pid]}, "submit": {"api": [sched.pid], "leader": children(sched.pid)}}
         for rnd in range(args.rounds):
             for mode, addr, make in (("bare", bare_addr, bare_call), ("submit", sched_addr, submit_call)):
+                watched = {**procs[mode], "redis": [redis.proc.pid]}
+                before = ({k: sum(map(cpu_s, v)) for k, v in watched.items()}, time.process_time())
                 ok, errors, wall = asyncio.run(drive(addr, make, args.seconds, args.concurrency))
+                used = {k: sum(map(cpu_s, v)) - before[0][k] for k, v in watched.items()}
+                used["client"] = time.process_time() - before[1]
                 rates[mode].append(ok / wall)
-                print(f"round {rnd} {mode:6s}: {ok / wall:8.1f} req/s ({ok} ok, {errors} errors)", flush=True)
+                where = ", ".join(f"{k} {1e6 * v / max(ok, 1):.0f}" for k, v in used.items())
+                print(f"round {rnd} {mode:6s}: {ok / wall:8.1f} req/s ({ok} ok, {errors} errors); "
+                      f"CPU us per request: {where}", flush=True)
         b, s = statistics.median(rates["bare"]), statistics.median(rates["submit"])
+        ratios = [round(x / y, 3) for x, y in zip(rates["submit"], rates["bare"], strict=True)]
+        print(f"ratios per round: {ratios}")
         print(f"median bare rpc: {b:.1f} req/s; median SubmitJob: {s:.1f} jobs/s; ratio {s / b:.3f} (target >= 0.4)")
+        print(f"load average: {os.getloadavg()}")
     finally:
         parent.send("stop")
         bare.join(10)

@@ -17,7 +17,6 @@ from pylon_services.gateway.domain.routing import ReplicaView, deployment_state,
 from pylon_services.runtime.auth import required_role, role_allows
 from pylon_services.runtime.errors import to_status
 from pylon_services.scheduler.domain.job import Job, JobState, PoolCapacity, validate_spec
-from pylon_services.scheduler.domain.policy import Free, fifo_admit
 
 ACME = Principal("acme", "editor", "k1")
 ADMIN = Principal("admin", "admin", "bootstrap")
@@ -61,18 +60,6 @@ def test_validate_spec():
         validate_spec({"resources": {"gpus": 1, "gpu_types": ["H100"]}, "command": {"argv": ["x"]}}, POOLS)
     with pytest.raises(FailedPrecondition, match="largest acceptable node has 2 GPUs"):
         validate_spec({"resources": {"gpus": 3, "gpu_types": ["V100"]}, "command": {"argv": ["x"]}}, POOLS)
-
-
-def _job(i, gpus=0.0, types=()):
-    return Job(id=f"j{i}", tenant="t", spec={"workers": 1, "resources": {"gpus": gpus, "cpus": 1,
-                                                                          "gpu_types": list(types)}})
-
-
-def test_fifo_admits_in_order_and_never_overtakes_a_blocked_head():
-    free = {"cpu": Free(0, 2), "V100": Free(2, 2)}
-    out = fifo_admit([_job(1), _job(2, 2, ["V100"]), _job(3, 1, ["V100"]), _job(4)], free)
-    assert [(j.id, p) for j, p in out] == [("j1", "cpu"), ("j2", "V100")]  # j3 blocks j4
-    assert free["V100"].gpus == 0
 
 
 def test_routing_prefers_least_loaded_fresh_replica():

@@ -14,6 +14,7 @@ from pylon_services.scheduler.sim.traces import (
     TraceError,
     TraceJob,
     load_gavel_throughputs,
+    loaded,
     poisson_jobs,
     read_alibaba_nodes,
     read_alibaba_pods,
@@ -120,6 +121,24 @@ def test_simulator_honours_alibaba_gpu_type_constraints():
     assert len(admits) == len(out.finish) == 120
     assert all(not wanted[a.job_id] or a.gpu_type in wanted[a.job_id] for a in admits)
     assert any(wanted[a.job_id] for a in admits)
+
+
+def test_loaded_variant_compresses_arrivals_and_drops_the_longest_jobs():
+    jobs = [TraceJob("a", 1000.0, "pod", 60.0), TraceJob("b", 4000.0, "pod", 7200.0),
+            TraceJob("c", 7000.0, "pod", 30.0)]
+    out = loaded(jobs, compress=100, max_work=3600)
+    assert [(j.id, j.arrival, j.total_steps) for j in out] == [("a", 1000.0, 60.0), ("c", 1060.0, 30.0)]
+    assert [j.arrival for j in loaded(jobs, compress=2)] == [1000.0, 2500.0, 4000.0]  # max_work 0 keeps all
+    with pytest.raises(ValueError):
+        loaded(jobs, compress=0)
+    # More load on the same cluster: the compressed sample queues, the original does not.
+    pods = read_alibaba_pods(ALI / "pods_gpuspec33_sample.csv", limit=120)
+    nodes = read_alibaba_nodes(ALI / "nodes_sample.csv")[:2]
+    waits = []
+    for trace in (pods, loaded(pods, compress=1000)):
+        out = Simulator(make_policy("fifo"), nodes, ThroughputTable(default_rate=1.0), trace).run()
+        waits.append(summarise(out).avg_jct_s - sum(j.total_steps for j in trace) / len(trace))
+    assert waits[1] > waits[0]
 
 
 def test_metrics_plot_and_fairness(tmp_path):

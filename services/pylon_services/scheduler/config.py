@@ -20,13 +20,24 @@ class SchedulerConfig(BaseSettings):
 
     # fifo | fair-share | gavel | finish-time-fairness (domain/policies.py).
     policy: str = "fifo"
-    # Longest idle wait between passes; submits and worker results wake the leader sooner.
+    # Where the leader's loop runs: "process" (a child process started and supervised by the
+    # API process, so passes never hold up RPCs) or "inline" (on the API's event loop).
+    leader_mode: str = "process"
+    # Longest idle wait of the leader's loop (active jobs are checked at least this often).
     pass_period_s: float = 0.5
-    # Passes run at most this often: a stream of submits wakes the leader for each one, and a
-    # pass reads every pending job.
+    # A pass runs when something changed (a submit, cancel, queue change, worker result or
+    # progress, a job the leader moved); with nothing new, only this often (estimates age and
+    # nodes join without telling anyone).
+    idle_pass_s: float = 2.0
+    # Passes (and checks of active jobs) run at most this often, however many events arrive...
     min_pass_interval_s: float = 0.2
     # ...and take at most this fraction of the leader's time (the gap grows with the pass cost).
     pass_duty_cycle: float = 0.25
+    # The leader re-reads the whole pending queue this often; in between it reads only the jobs
+    # events and its own writes name (``backlog.py``).
+    backlog_resync_s: float = 30.0
+    # The leader logs its passes (count, CPU per pass, backlog size) this often.
+    stats_every_s: float = 30.0
     # Seconds a preempted job gets between the should_preempt() flag and SIGTERM.
     preempt_grace_s: float = 30.0
     # Fair-share usage halves every this many seconds.

@@ -9,11 +9,19 @@ several replicas can run. Each turn the leader:
    exists, finishes, retries, requeues preempted ones, and adopts what an earlier leader started;
 3. runs one policy pass (``Snapshot -> Decision``) and applies it: admits, preemptions, and the
    explanations ExplainJob serves.
+
+Passes are driven by change: one runs when an event arrived, a job was written or an active job
+moved on, and otherwise only every ``idle_pass_s`` (estimates age, nodes join). They start at
+most every ``min_pass_interval_s`` and take at most ``pass_duty_cycle`` of the leader's time, and
+read the backlog incrementally (``backlog.py``), so a cheaper pass means less CPU, not more passes.
+By default the leader runs in its own process (``leader_proc.py``), so the API's event loop
+never waits behind a pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -24,6 +32,7 @@ import redis.asyncio as aioredis
 
 from pylon_services.common.errors import FailedPrecondition, NotFound
 from pylon_services.scheduler.attempts import Attempts
+from pylon_services.scheduler.backlog import Backlog
 from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.domain.job import Job, JobState
 from pylon_services.scheduler.domain.policies import make_policy
@@ -43,19 +52,26 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 
 class Controller:
     def __init__(self, jobs: JobStore, state: SchedState, executor: RayExecutor, redis: aioredis.Redis,
-                 cfg: SchedulerConfig | None = None) -> None:
+                 cfg: SchedulerConfig | None = None, replica_pid: int | None = None) -> None:
         self.jobs, self.state, self.executor, self.redis = jobs, state, executor, redis
         self.cfg = cfg or SchedulerConfig()
         self.policy = make_policy(self.cfg.policy)
-        self.identity = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # The lease names the replica (its API process), also when this loop runs in a child.
+        self.identity = f"{replica_pid or os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.backlog = Backlog(jobs, self.cfg.backlog_resync_s)
         self.attempts = Attempts(jobs, state, executor, self.cfg)
         self.leader = False
         self.last_decision = Decision()
         self._task: asyncio.Task[None] | None = None
+        self.first_bid = asyncio.Event()  # set once the loop has tried to take the lease
         self._last_sweep = 0.0
-        self._last_pass = 0.0
+        self._last_pass = float("-inf")
+        self._last_track = float("-inf")
         self._last_reclaim = 0.0
         self._pass_cost_s = 0.0
+        self._dirty = True
+        self.passes = 0
+        self._stats = (time.monotonic(), 0, 0.0, 0)  # since, passes, their CPU-seconds, decoded
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -79,7 +95,11 @@ class Controller:
     async def _loop(self) -> None:
         while True:
             try:
-                if await self._hold_lease():
+                try:
+                    held = await self._hold_lease()
+                finally:
+                    self.first_bid.set()  # also when Redis is not there yet: do not hold up the API
+                if held:
                     if not self.leader:
                         await self._become_leader()
                     await self._turn()
@@ -96,16 +116,31 @@ class Controller:
         """Take over: claim the dispatch entries a dead leader never acknowledged, then adopt
         (the next turn tracks every active job by its Ray names) and sweep orphans."""
         await self.state.ensure_group()
+        self.backlog.invalidate()
+        self.state.forget_explanations()
         claimed = await self.state.reclaim(self.identity, 0)
         claimed += await self.state.pending_of(self.identity)
         self.leader = True
+        self._dirty = True
         log.info("became scheduler leader %s; reclaimed %d dispatch entries", self.identity, len(claimed))
         await self._handle(claimed)
         await self._sweep_orphans()
 
+    def _gap(self) -> float:
+        """Least time between two passes: a fixed floor, and the duty cycle for costly passes."""
+        return max(self.cfg.min_pass_interval_s, self._pass_cost_s / self.cfg.pass_duty_cycle)
+
+    def _wait_ms(self) -> int:
+        """How long to block on the dispatch stream: until a wanted pass may start, else idle."""
+        idle = self.cfg.pass_period_s
+        if self._dirty or self.backlog.changed:
+            idle = max(0.0, min(idle, self._last_pass + self._gap() - time.monotonic()))
+        return max(1, int(idle * 1000))
+
     async def _turn(self) -> None:
-        events = await self.state.read_events(self.identity, int(self.cfg.pass_period_s * 1000))
+        events = await self.state.read_events(self.identity, self._wait_ms())
         await self._handle(events)
+        self._dirty = self._dirty or bool(events)
         now = time.monotonic()
         if now - self._last_reclaim > self.cfg.reclaim_idle_ms / 2000:
             # Entries stuck with another consumer (a replica that lost the lease mid-turn).
@@ -113,20 +148,39 @@ class Controller:
             await self._handle(await self.state.reclaim(self.identity, self.cfg.reclaim_idle_ms))
         if time.time() - self._last_sweep > ORPHAN_SWEEP_S:
             await self._sweep_orphans()
-        # Passes over a big backlog cost CPU the API shares: keep them to a fraction of the time.
-        gap = max(self.cfg.min_pass_interval_s, self._pass_cost_s / self.cfg.pass_duty_cycle)
-        if now - self._last_pass >= gap:
-            self._last_pass = now
-            for job in await self.jobs.active():
-                try:
-                    await self.attempts.track(job)
-                except Exception:  # noqa: BLE001 - one job's trouble must not stall the others
-                    log.exception("tracking %s failed; retried next turn", job.name)
-            await self._cleanup_terminal()
+        if now - self._last_track >= self.cfg.min_pass_interval_s:
+            self._last_track = now
+            await self._track_active()
+        wanted = self._dirty or self.backlog.changed or now - self._last_pass >= self.cfg.idle_pass_s
+        if wanted and now - self._last_pass >= self._gap():
+            self._last_pass, self._dirty = now, False
+            cpu = time.process_time()
             await self.schedule_pass()
             self._pass_cost_s = time.monotonic() - now
+            self.passes += 1
+            self._log_stats(time.process_time() - cpu)
         if events:
             await asyncio.sleep(EVENT_BATCH_S)  # let a burst of submits arrive as one batch
+
+    def _log_stats(self, pass_cpu_s: float) -> None:
+        """Every ``stats_every_s``: how many passes ran, their CPU cost, and the backlog's size."""
+        since, n, cpu, decoded = self._stats
+        n, cpu = n + 1, cpu + pass_cpu_s
+        if time.monotonic() - since < self.cfg.stats_every_s:
+            self._stats = (since, n, cpu, decoded)
+            return
+        log.info("leader: %d passes in %.0fs, %.1f ms CPU each, %d pending, %d jobs decoded",
+                 n, time.monotonic() - since, 1000 * cpu / n, self.backlog.size, self.backlog.decoded - decoded)
+        self._stats = (time.monotonic(), 0, 0.0, self.backlog.decoded)
+
+    async def _track_active(self) -> None:
+        """Move every active job forward; any change it writes makes the next pass due."""
+        for job in await self.jobs.active():
+            try:
+                await self.attempts.track(job)
+            except Exception:  # noqa: BLE001 - one job's trouble must not stall the others
+                log.exception("tracking %s failed; retried next turn", job.name)
+        await self._cleanup_terminal()
 
     async def _handle(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Idempotent handlers: a result for an attempt already finished is a no-op."""
@@ -142,8 +196,11 @@ class Controller:
 
     async def _handle_one(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind in ("submitted", "changed"):
+            self.backlog.mark([event["job"]])  # re-read before the next pass
+            return
         if kind not in ("result", "progress"):
-            return  # "submitted": only wakes the loop
+            return
         tenant, job_id = event["job"].split("/", 1)
         try:
             job = await self.jobs.get(tenant, job_id)
@@ -175,8 +232,7 @@ class Controller:
 
     async def schedule_pass(self) -> Decision:
         """One policy pass over the ledger and Ray; applies and returns the decision."""
-        pending = await self.jobs.get_many([k for k, _ in await self.jobs.pending_scored()])
-        pending = [j for j in pending if j.state == JobState.PENDING]
+        pending = await self.backlog.pending()
         active = [j for j in await self.jobs.active() if not j.state.terminal]
         held: dict[str, float] = {}
         for j in active:
@@ -186,11 +242,17 @@ class Controller:
             await self.state.save_explanations({})
             return Decision()
         nodes = await asyncio.to_thread(self.executor.nodes)
-        snap = build_snapshot(time.time(), nodes, pending, active, await self.state.queues(), usage,
-                              await self.attempts.table(), self.attempts.progress_times)
+        # The backlog converts each pending job once, not on every pass.
+        snap = dataclasses.replace(
+            build_snapshot(time.time(), nodes, [], active, await self.state.queues(), usage,
+                           await self.attempts.table(), self.attempts.progress_times),
+            pending=self.backlog.rows())
         decision = self.policy.schedule(snap)
         self.last_decision = decision
-        by_key = {j.key: j for j in pending} | {j.key: j for j in active}
+        by_key = pending | {j.key: j for j in active}
+        # Whatever the outcome of these writes, re-read the jobs (a lost compare-and-swap leaves
+        # the cached object changed in memory but not in Redis).
+        self.backlog.mark([a.job_id for a in decision.admits] + [p.job_id for p in decision.preempts])
         for admit in decision.admits:
             await self.attempts.admit(by_key[admit.job_id], admit)
         for pre in decision.preempts:
@@ -208,7 +270,7 @@ class Controller:
             holding = job.state != JobState.PENDING
             await self.redis.set(stop_key(job.tenant, job.id), "cancel", ex=3600)
             job.transition(JobState.CANCELLED, "cancelled by user")
-            if await self.jobs.save_moved(job, pending=False, active=holding):
+            if await self.jobs.save_moved(job, pending=False, active=holding, notify=True):
                 return job
             job = await self.jobs.get(job.tenant, job.id)
         raise FailedPrecondition(f"job {job.name} kept changing; try again")

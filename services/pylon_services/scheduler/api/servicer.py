@@ -20,13 +20,15 @@ from pylon_services.runtime.protoconv import page_size, struct, ts
 from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.api.workdir import WorkdirUploads, workdir_prefix
 from pylon_services.scheduler.controller import Controller
-from pylon_services.scheduler.domain.job import Job, JobState, validate_spec
+from pylon_services.scheduler.domain.job import Job, JobState, PoolCapacity, validate_spec
 from pylon_services.scheduler.domain.placement import check_satisfiable
+from pylon_services.scheduler.domain.scheduling import Node
 from pylon_services.scheduler.snapshot import demand_of, free_nodes
 from pylon_services.scheduler.store.redis_jobs import JobStore
 from pylon_services.scheduler.store.redis_sched import queue_key
 
 _POLL_S = 0.25
+SPEC_CACHE_SIZE = 256  # distinct validated specs kept per node view
 
 
 def _struct_ints(value: Any) -> Any:
@@ -76,6 +78,18 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         self._ctl = controller
         self._state = controller.state
         self._store = store
+        self._shape: tuple[list[Any], list[PoolCapacity], tuple[Node, ...]] | None = None
+        self._specs: dict[bytes, tuple[dict[str, Any], Any]] = {}
+
+    async def _cluster_shape(self) -> tuple[list[PoolCapacity], tuple[Node, ...]]:
+        """Pool capacities and the nodes as if empty, for submit-time checks; recomputed only when
+        the executor's cached node list is replaced (at most once a second), not per submit."""
+        ex = self._ctl.executor
+        ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
+        if self._shape is None or self._shape[0] is not ray_nodes:
+            self._shape = (ray_nodes, ex.capacities(ray_nodes), free_nodes(ray_nodes, []))
+            self._specs.clear()  # validated against the old view
+        return self._shape[1], self._shape[2]
 
     async def _job(self, name: str) -> Job:
         tenant, job_id = parse_name("name", name, ("tenants", "jobs"), principal())
@@ -86,34 +100,51 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         tenant = parse_parent("parent", request.parent, p)
         if not request.HasField("spec"):
             raise InvalidArgument.field("spec", "is required")
-        spec = spec_to_dict(request.spec)
-        if spec.get("trainer", {}).get("base_model"):
-            spec["trainer"].update(await self._pin_base_model(spec["trainer"]["base_model"], context))
+        spec, spec_pb = await self._checked_spec(request.spec, context)
         wd = spec.get("command", {}).get("working_dir_key", "")
         if wd and not wd.startswith(workdir_prefix(tenant)):
             raise InvalidArgument.field("spec.command.working_dir_key", f"must be a key UploadWorkingDir returned "
                                                                         f"for this tenant ({workdir_prefix(tenant)}...)")
-        ex = self._ctl.executor
-        ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
-        validate_spec(spec, ex.capacities(ray_nodes))
-        why = check_satisfiable(demand_of(spec), free_nodes(ray_nodes, []))
-        if why:
-            raise FailedPrecondition(why)
         queue = spec.get("queue") or "default"
         job = Job(id=JobStore.new_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request.request_id)
         job, created = await self._jobs.create(
             job, queue_key(f"tenants/{tenant}/queues/{queue}") if queue != "default" else "")
         if created:
             self._ctl.wake()
-        if not created:
-            return pb.SubmitJobResponse(job=job_pb(job))
+            return pb.SubmitJobResponse(job=job_pb(job, spec_pb))
+        return pb.SubmitJobResponse(job=job_pb(job))
+
+    async def _checked_spec(self, request_spec: Any, context: grpc.aio.ServicerContext) -> tuple[dict[str, Any], Any]:
+        """The spec as the stored dict and as the normalised proto, validated against the cluster.
+
+        Specs repeat (sweeps, replicas, retries of a script): a spec validated against the current
+        node view is kept, keyed by its serialized bytes, until the view changes (at most once a
+        second), and shared read-only by the jobs that use it. A fine-tune's base model is resolved
+        anew on every submit (it depends on the caller and on the registry), so those are not kept."""
+        pools, empty = await self._cluster_shape()
+        key = request_spec.SerializeToString(deterministic=True)
+        hit = self._specs.get(key)
+        if hit is not None:
+            return hit
+        spec = spec_to_dict(request_spec)
+        pinned = bool(spec.get("trainer", {}).get("base_model"))
+        if pinned:
+            spec["trainer"].update(await self._pin_base_model(spec["trainer"]["base_model"], context))
+        validate_spec(spec, pools)
+        why = check_satisfiable(demand_of(spec), empty)
+        if why:
+            raise FailedPrecondition(why)
         spec_pb = pb.JobSpec()
-        spec_pb.CopyFrom(request.spec)  # what spec_to_dict normalised, set on the request's copy
+        spec_pb.CopyFrom(request_spec)  # what spec_to_dict normalised, set on the request's copy
         spec_pb.workers = spec["workers"]
         if spec.get("trainer", {}).get("base_model_version"):
             spec_pb.trainer.base_model_version = spec["trainer"]["base_model_version"]
         spec_pb.placement = pb.PLACEMENT_STRATEGY_SPREAD if spec["placement"] == "spread" else pb.PLACEMENT_STRATEGY_PACK
-        return pb.SubmitJobResponse(job=job_pb(job, spec_pb))
+        if not pinned:
+            if len(self._specs) >= SPEC_CACHE_SIZE:
+                self._specs.clear()
+            self._specs[key] = (spec, spec_pb)
+        return spec, spec_pb
 
     async def _pin_base_model(self, uri: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         """Resolve a fine-tune's base model through the registry (as the caller) and pin the exact

@@ -13,12 +13,16 @@ crash between them never leaves a job both pending and active (or neither).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
 import uuid
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from pylon_services.common.errors import NotFound
 from pylon_services.scheduler.domain.job import Job
@@ -64,10 +68,98 @@ return {'created'}
 """
 
 
-class JobStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+class ScriptBatcher:
+    """Runs one Lua script for many concurrent callers, pipelined: a call made while no batch is
+    in flight goes out at once; calls made while one is in flight wait for it and then go out
+    together as one pipeline (one write, one read), however many there are.
+
+    Why: the socket syscalls and redis-py's per-command work were a large part of SubmitJob's
+    CPU; under load a batch pays them once for several submits, and an idle server adds no wait.
+    Each script still runs on its own (atomic, its own result or error per caller)."""
+
+    def __init__(self, redis: aioredis.Redis, source: str) -> None:
         self.r = redis
-        self._create_script = redis.register_script(_CREATE)
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._busy = False
+        self.batches = self.calls = 0  # for tests and benchmarks
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((keys, args, fut))
+        if not self._busy:
+            self._busy = True
+            loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self.batches, self.calls = self.batches + 1, self.calls + len(batch)
+                await self._send(batch)
+        finally:
+            self._busy = False
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._run([(k, a) for k, a, _ in batch])
+        except Exception as e:  # noqa: BLE001 - every caller of the batch gets the error
+            results = [e] * len(batch)
+        for (_, _, fut), res in zip(batch, results, strict=True):
+            if fut.done():
+                continue  # the caller gave up (deadline); the script ran or not, as for one call
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    async def _run(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
+            if len(todo) == 1:  # a lone call: a plain EVALSHA is cheaper than a pipeline
+                keys, args = calls[todo[0]]
+                try:
+                    results[todo[0]] = await self.r.evalsha(self.sha, len(keys), *keys, *args)
+                except aioredis.ResponseError as e:  # NoScriptError included
+                    results[todo[0]] = e
+            else:
+                async with self.r.pipeline(transaction=False) as p:
+                    for i in todo:
+                        keys, args = calls[i]
+                        p.evalsha(self.sha, len(keys), *keys, *args)
+                    out = await p.execute(raise_on_error=False)
+                for i, res in zip(todo, out, strict=True):
+                    results[i] = res
+            # NOSCRIPT: that call did not run (a restarted Redis lost its script cache); load the
+            # script and run just those again.
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo:
+                break
+            await self.r.script_load(self.source)
+        return results
+
+
+class JobStore:
+    def __init__(self, redis: aioredis.Redis, track_changes: bool = False) -> None:
+        self.r = redis
+        self._create_script = ScriptBatcher(redis, _CREATE)
+        # Keys of jobs this process wrote (save_moved): the leader refreshes exactly these in its
+        # in-memory backlog (``backlog.py``) instead of re-reading every pending job each pass.
+        self._touched: set[str] | None = set() if track_changes else None
+
+    def touched_any(self) -> bool:
+        return bool(self._touched)
+
+    def drain_touched(self) -> set[str]:
+        """Keys written through this store since the last call (empty unless tracking)."""
+        if not self._touched:
+            return set()
+        out, self._touched = self._touched, set()
+        return out
 
     async def create(self, job: Job, require_queue_key: str = "") -> tuple[Job, bool]:
         """Store a new job and queue it in ONE atomic script (one round trip): with a
@@ -77,17 +169,17 @@ class JobStore:
         rk = f"pylon:jobreq:{job.tenant}:{job.request_id}" if job.request_id else "pylon:jobreq:-"
         event = json.dumps({"type": "submitted", "job": job.key})
         out = await self._create_script(
-            keys=[rk, require_queue_key or "pylon:queue:-", self._key(job.tenant, job.id), f"pylon:jobs:{job.tenant}",
-                  PENDING, EVENTS],
-            args=[job.id, json.dumps(job.to_dict()), repr(job.create_time), repr(job.queued_at), job.key, event,
-                  EVENTS_MAXLEN, "1" if job.request_id else "0", "1" if require_queue_key else "0",
-                  f"pylon:job:{job.tenant}:"])
+            [rk, require_queue_key or "pylon:queue:-", self._key(job.tenant, job.id), f"pylon:jobs:{job.tenant}",
+             PENDING, EVENTS],
+            [job.id, orjson.dumps(job.to_dict()), repr(job.create_time), repr(job.queued_at), job.key, event,
+             EVENTS_MAXLEN, "1" if job.request_id else "0", "1" if require_queue_key else "0",
+             f"pylon:job:{job.tenant}:"])
         verdict = out[0].decode()
         if verdict == "noqueue":
             raise NotFound(f"queue tenants/{require_queue_key.split(':', 2)[2].replace(':', '/queues/')} not found; "
                            "an admin creates it with CreateQueue")
         if verdict == "exists":
-            return Job.from_dict(json.loads(out[1])), False
+            return Job.from_dict(orjson.loads(out[1])), False
         return job, True
 
     @staticmethod
@@ -102,13 +194,15 @@ class JobStore:
         raw = await self.r.get(self._key(tenant, job_id))
         if raw is None:
             raise NotFound(f"tenants/{tenant}/jobs/{job_id} not found")
-        return Job.from_dict(json.loads(raw))
+        return Job.from_dict(orjson.loads(raw))
 
 
-    async def save_moved(self, job: Job, *, pending: bool, active: bool) -> bool:
+    async def save_moved(self, job: Job, *, pending: bool, active: bool, notify: bool = False) -> bool:
         """Compare-and-swap ``job`` (its ``version`` must still be the stored one) and set its
         membership of the pending queue and the active set in the same transaction. Returns
-        False, writing nothing, when someone else changed the job first."""
+        False, writing nothing, when someone else changed the job first. ``notify`` appends a
+        ``changed`` event to the dispatch stream in the same transaction (writers outside the
+        leader, e.g. a cancel, so the leader's backlog sees the change at once)."""
         key = self._key(job.tenant, job.id)
         async with self.r.pipeline(transaction=True) as p:
             try:
@@ -127,7 +221,12 @@ class JobStore:
                     p.sadd(ACTIVE, job.key)
                 else:
                     p.srem(ACTIVE, job.key)
+                if notify:
+                    p.xadd(EVENTS, {"e": json.dumps({"type": "changed", "job": job.key})}, maxlen=EVENTS_MAXLEN,
+                           approximate=True)
                 await p.execute()
+                if self._touched is not None:
+                    self._touched.add(job.key)
                 return True
             except aioredis.WatchError:
                 job.version -= 1
@@ -138,11 +237,21 @@ class JobStore:
         if not keys:
             return []
         raws = await self.r.mget([self._key(*k.split("/", 1)) for k in keys])
-        return [Job.from_dict(json.loads(x)) for x in raws if x is not None]
+        return [Job.from_dict(orjson.loads(x)) for x in raws if x is not None]
 
     async def pending_scored(self) -> list[tuple[str, float]]:
         """(``tenant/id``, queued-at) of queued jobs, oldest first."""
         return [(m.decode(), s) for m, s in await self.r.zrange(PENDING, 0, -1, withscores=True)]
+
+    async def pending_keys(self) -> list[str]:
+        """``tenant/id`` of queued jobs, oldest first (no scores: cheaper for a big backlog)."""
+        return [m.decode() for m in await self.r.zrange(PENDING, 0, -1)]
+
+    async def queued(self, keys: list[str]) -> list[bool]:
+        """Whether each of ``keys`` is in the pending queue now (one ZMSCORE)."""
+        if not keys:
+            return []
+        return [s is not None for s in await self.r.zmscore(PENDING, keys)]
 
     async def active_keys(self) -> list[str]:
         return sorted(m.decode() for m in await self.r.smembers(ACTIVE))

@@ -38,6 +38,8 @@ def queue_key(name: str) -> str:
 class SchedState:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.r = redis
+        # What this process last wrote to EXPLAIN (None: unknown, replace the hash whole).
+        self._explained: dict[str, Explanation] | None = None
 
     # --- queues ------------------------------------------------------------------------------
 
@@ -48,11 +50,13 @@ class SchedState:
             created, _ = await p.execute()
         if not created:
             raise AlreadyExists(f"{q.name} already exists")
+        await self.publish({"type": "queue", "queue": q.name})
         return q
 
     async def update_queue(self, q: QueueQuota) -> QueueQuota:
         if not await self.r.set(queue_key(q.name), json.dumps(asdict(q)), xx=True):
             raise NotFound(f"{q.name} not found")
+        await self.publish({"type": "queue", "queue": q.name})  # new quota: the leader passes soon
         return q
 
     async def queue_exists(self, name: str) -> bool:
@@ -99,12 +103,27 @@ class SchedState:
     # --- explanations ------------------------------------------------------------------------
 
     async def save_explanations(self, by_key: dict[str, Explanation]) -> None:
-        """Replace the stored explanations with this pass's (a job no longer pending has none)."""
+        """Make the stored explanations this pass's (a job no longer pending has none). Writes
+        only what changed since this process's last write: a big backlog's explanations barely
+        move between passes, and rewriting all of them cost the leader and Redis most of a pass."""
+        prev = self._explained
         async with self.r.pipeline(transaction=True) as p:
-            p.delete(EXPLAIN)
-            if by_key:
-                p.hset(EXPLAIN, mapping={k: json.dumps(asdict(e)) for k, e in by_key.items()})
+            if prev is None:
+                p.delete(EXPLAIN)
+                changed = by_key
+            else:
+                changed = {k: e for k, e in by_key.items() if prev.get(k) != e}
+                gone = [k for k in prev if k not in by_key]
+                if gone:
+                    p.hdel(EXPLAIN, *gone)
+            if changed:
+                p.hset(EXPLAIN, mapping={k: json.dumps(asdict(e)) for k, e in changed.items()})
             await p.execute()
+        self._explained = dict(by_key)
+
+    def forget_explanations(self) -> None:
+        """Replace the hash whole on the next write (another leader may have written since)."""
+        self._explained = None
 
     async def explanation(self, key: str) -> Explanation | None:
         raw = await self.r.hget(EXPLAIN, key)

@@ -1,0 +1,97 @@
+"""The leader's in-memory copy of the pending queue, kept up to date incrementally.
+
+Reading and JSON-decoding every pending job on every pass made passes cost O(backlog) in Redis
+I/O and decoding alone (the bulk of a pass over 20k queued jobs). A pending job's document only
+changes through ``JobStore.create`` (which appends a ``submitted`` event to the dispatch stream in
+the same script) or ``JobStore.save_moved`` (the leader's own writes, which the store records, or
+a cancel, which appends a ``changed`` event in the same transaction). So the leader re-reads only
+the keys those name, and checks their queue membership with one ZMSCORE.
+
+A full re-read every ``resync_s`` (and on taking the lease) bounds the effect of anything that
+wrote around these paths. A stale entry can never corrupt the ledger: every leader write is a
+compare-and-swap on the job's ``version``; the worst it can do is skew one pass's decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from pylon_services.scheduler.domain.job import Job, JobState
+from pylon_services.scheduler.domain.scheduling import PendingJob
+from pylon_services.scheduler.snapshot import pending_of
+from pylon_services.scheduler.store.redis_jobs import JobStore
+
+
+class Backlog:
+    def __init__(self, jobs: JobStore, resync_s: float) -> None:
+        self.jobs = jobs
+        self.resync_s = resync_s
+        self._pending: dict[str, Job] = {}
+        # The policy's view of each pending job, converted once per version of the job.
+        self._rows: dict[str, tuple[tuple[float, str], PendingJob]] = {}
+        self._order: tuple[PendingJob, ...] | None = None
+        self._dirty: set[str] = set()
+        self._synced_at = float("-inf")
+        self.decoded = 0  # jobs decoded so far (for tests and benchmarks)
+
+    def mark(self, keys: Iterable[str]) -> None:
+        """These jobs may have changed: re-read them before the next pass."""
+        self._dirty.update(keys)
+
+    def invalidate(self) -> None:
+        """Re-read everything before the next pass (a new leader, or suspected drift)."""
+        self._synced_at = float("-inf")
+
+    @property
+    def size(self) -> int:
+        return len(self._pending)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything is known to have changed since the last ``pending()``."""
+        return bool(self._dirty) or self.jobs.touched_any()
+
+    async def pending(self) -> dict[str, Job]:
+        """The pending jobs by ``tenant/id`` (read-only for the caller; ``rows()`` has their
+        policy view in submit order)."""
+        self._dirty |= self.jobs.drain_touched()
+        if time.monotonic() - self._synced_at >= self.resync_s:
+            self._dirty.clear()
+            await self._full()
+        elif self._dirty:
+            keys, self._dirty = sorted(self._dirty), set()
+            await self._refresh(keys)
+        return self._pending
+
+    def rows(self) -> tuple[PendingJob, ...]:
+        """What ``pending()`` returned, as the policy's ``PendingJob``s in submit order (the
+        order ``build_snapshot`` uses), re-sorted only after the set changed."""
+        if self._order is None:
+            self._order = tuple(row for _, row in sorted(self._rows.values(), key=lambda r: r[0]))
+        return self._order
+
+    def _put(self, job: Job) -> None:
+        self._pending[job.key] = job
+        self._rows[job.key] = ((job.queued_at, job.id), pending_of(job))
+
+    async def _full(self) -> None:
+        self._synced_at = time.monotonic()
+        jobs = await self.jobs.get_many(await self.jobs.pending_keys())
+        self.decoded += len(jobs)
+        self._pending, self._rows, self._order = {}, {}, None
+        for j in jobs:
+            if j.state == JobState.PENDING:
+                self._put(j)
+
+    async def _refresh(self, keys: list[str]) -> None:
+        queued = await self.jobs.queued(keys)
+        self._order = None
+        for k in keys:
+            self._pending.pop(k, None)
+            self._rows.pop(k, None)
+        jobs = await self.jobs.get_many([k for k, q in zip(keys, queued, strict=True) if q])
+        self.decoded += len(jobs)
+        for j in jobs:
+            if j.state == JobState.PENDING:
+                self._put(j)

@@ -1,0 +1,237 @@
+"""The leader's process layout and its incremental bookkeeping, against real Redis (and Ray for
+the process tests): batched submit scripts keep per-caller results and survive a flushed script
+cache; the backlog re-reads only what changed; explanations are rewritten only where they
+changed; the API process runs the leader in a child it restarts, and stops it on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from pylon_services.common.errors import NotFound
+from pylon_services.localstack.procs import free_port
+from pylon_services.scheduler.backlog import Backlog
+from pylon_services.scheduler.domain.job import Job, JobState
+from pylon_services.scheduler.domain.scheduling import Explanation
+from pylon_services.scheduler.store.redis_jobs import PENDING, JobStore
+from pylon_services.scheduler.store.redis_sched import EXPLAIN, SchedState
+from tests.support.platform import ADMIN_KEY
+
+pytestmark = pytest.mark.integration
+DB = 11  # a keyspace of its own: the session platform's leader reads db 0
+
+
+def _run(redis_url: str, body: Any) -> Any:
+    async def main() -> Any:
+        r = aioredis.from_url(redis_url.rsplit("/", 1)[0] + f"/{DB}")
+        await r.flushdb()
+        try:
+            return await body(r)
+        finally:
+            await r.flushdb()
+            await r.aclose()
+    return asyncio.run(main())
+
+
+def _job(i: int, request_id: str = "") -> Job:
+    return Job(id=f"j{i:04d}", tenant="acme", spec={"command": {"argv": ["true"]}}, request_id=request_id)
+
+
+def test_concurrent_creates_share_round_trips_but_keep_their_own_results(redis_server):
+    async def body(r: aioredis.Redis) -> None:
+        store = JobStore(r)
+        await r.set("pylon:queue:acme:q", "{}")
+        calls = [store.create(_job(i)) for i in range(40)]
+        calls += [store.create(_job(100 + i, request_id="same")) for i in range(5)]
+        calls.append(store.create(_job(200), require_queue_key="pylon:queue:acme:missing"))
+        calls.append(store.create(_job(201), require_queue_key="pylon:queue:acme:q"))
+        out = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(created for _, created in out[:40])
+        same = out[40:45]
+        assert sum(created for _, created in same) == 1  # one job for one request id...
+        assert len({job.id for job, _ in same}) == 1  # ...and every caller gets that job
+        assert isinstance(out[45], NotFound) and out[46][1]  # an error stays with its own caller
+        assert await r.zcard(PENDING) == 42
+        await r.script_flush()  # as after a Redis restart without the script cache
+        out = await asyncio.gather(*(store.create(_job(300 + i)) for i in range(10)))
+        assert all(created for _, created in out) and await r.zcard(PENDING) == 52
+
+    _run(redis_server.url, body)
+
+
+def test_backlog_rereads_only_jobs_that_changed(redis_server):
+    async def body(r: aioredis.Redis) -> None:
+        api, leader = JobStore(r), JobStore(r, track_changes=True)
+        for i in range(20):
+            await api.create(_job(i))
+        backlog = Backlog(leader, resync_s=3600)
+        assert len(await backlog.pending()) == 20 and backlog.decoded == 20
+        # A cancel through the API: the leader hears of it by its event and re-reads that job only.
+        cancelled = await api.get("acme", "j0003")
+        cancelled.transition(JobState.CANCELLED, "cancelled by user")
+        assert await api.save_moved(cancelled, pending=False, active=False, notify=True)
+        backlog.mark(["acme/j0003"])
+        # The leader's own write (an admission) needs no event: its store recorded it.
+        admitted = await leader.get("acme", "j0007")
+        admitted.transition(JobState.ADMITTED, "admitted")
+        assert await leader.save_moved(admitted, pending=False, active=True)
+        assert backlog.changed
+        pending = await backlog.pending()
+        assert "acme/j0003" not in pending and "acme/j0007" not in pending and len(pending) == 18
+        assert backlog.decoded == 20  # both are out of the queue: nothing decoded
+        await api.create(_job(50))
+        backlog.mark(["acme/j0050"])
+        assert len(await backlog.pending()) == 19 and backlog.decoded == 21
+        assert [row.id for row in backlog.rows()][-1] == "acme/j0050"  # submit order
+        # A write that bypassed both paths is picked up by the periodic full re-read.
+        await r.zrem(PENDING, "acme/j0001")
+        assert len(await backlog.pending()) == 19
+        backlog.invalidate()
+        assert len(await backlog.pending()) == 18 and backlog.decoded == 21 + 18
+
+    _run(redis_server.url, body)
+
+
+def test_explanations_are_rewritten_only_where_they_changed(redis_server):
+    async def body(r: aioredis.Redis) -> None:
+        state = SchedState(r)
+        first = {f"acme/j{i}": Explanation(f"acme/j{i}", "over quota", i + 1) for i in range(5)}
+        await state.save_explanations(first)
+        await r.hset(EXPLAIN, "acme/j0", "marker")  # would be overwritten if j0 were rewritten
+        second = dict(first)
+        del second["acme/j4"]
+        second["acme/j1"] = Explanation("acme/j1", "waiting for a gang of 2", 2)
+        await state.save_explanations(second)
+        assert await r.hget(EXPLAIN, "acme/j0") == b"marker"  # unchanged: not written again
+        assert (await state.explanation("acme/j1")).reason == "waiting for a gang of 2"
+        assert await state.explanation("acme/j4") is None
+        state.forget_explanations()  # as a new leader: replace the whole hash
+        await state.save_explanations(second)
+        assert (await state.explanation("acme/j0")).reason == "over quota"
+        assert await r.hlen(EXPLAIN) == 4
+
+    _run(redis_server.url, body)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def _wait(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := pred():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _start_replica(tmp_path: Any, ray_cluster: Any) -> tuple[Any, subprocess.Popen[bytes], Any, Any]:
+    """A scheduler replica as a real subprocess with its own Redis: (redis server, API process,
+    client, redis client), once the API answers."""
+    import redis
+
+    import pylon
+    from pylon_services.localstack.redis_server import RedisServer
+
+    rs = RedisServer(str(tmp_path / "redis")).start()
+    port = free_port()
+    env = {**os.environ, "PYLON_REDIS_URL": rs.url, "PYLON_RAY_ADDRESS": ray_cluster.address,
+           "PYLON_RAY_NODE_IP_ADDRESS": "127.0.0.1", "PYLON_PORT": str(port), "PYLON_METRICS_PORT": "-1",
+           "PYLON_ADMIN_KEY": ADMIN_KEY, "PYLON_OBJECT_STORE_URL": f"file://{tmp_path}/objects",
+           "PYLON_SCHED_INSTANCE": "pylonlead", "PYLON_SCHED_LEASE_S": "3", "PYLON_SHUTDOWN_GRACE_S": "1"}
+    log = open(tmp_path / "scheduler.log", "wb")
+    api = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler"], env=env, stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    c = pylon.Client(f"127.0.0.1:{port}", ADMIN_KEY)
+    _wait(lambda: _try(c.jobs.cluster), 60, "the API")
+    return rs, api, c, redis.Redis.from_url(rs.url)
+
+
+def _stop_replica(rs: Any, api: subprocess.Popen[bytes]) -> None:
+    if api.poll() is None:
+        os.killpg(api.pid, signal.SIGKILL)
+        api.wait()
+    rs.stop()
+
+
+def _live_children(pid: int) -> list[int]:
+    return [p for p in _children(pid) if not _zombie(p)]
+
+
+def test_api_process_runs_restarts_and_stops_its_leader_child(tmp_path, ray_cluster):
+    rs, api, c, r = _start_replica(tmp_path, ray_cluster)
+    try:
+        # The lease names the replica by its API process, as with an inline leader.
+        assert int(r.get("pylon:scheduler:leader").decode().split("-")[0]) == api.pid
+        [child] = _children(api.pid)
+        assert c.jobs.wait(c.jobs.submit({"command": {"argv": ["true"]}}).name, timeout=120).state == "succeeded"
+        os.kill(child, signal.SIGKILL)
+        [again] = _wait(lambda: [p for p in _live_children(api.pid) if p != child], 30, "a new leader process")
+        assert c.jobs.wait(c.jobs.submit({"command": {"argv": ["true"]}}).name, timeout=120).state == "succeeded"
+        os.kill(api.pid, signal.SIGTERM)
+        assert api.wait(30) == 0
+        assert not os.path.exists(f"/proc/{again}") or _zombie(again)
+        assert r.get("pylon:scheduler:leader") is None  # given back, not left to expire
+    finally:
+        _stop_replica(rs, api)
+
+
+def test_leader_child_stopped_cleanly_is_not_restarted_and_gives_the_lease_back(tmp_path, ray_cluster):
+    rs, api, c, r = _start_replica(tmp_path, ray_cluster)
+    try:
+        [child] = _children(api.pid)
+        os.kill(child, signal.SIGTERM)  # as part of a SIGTERM to the whole process group
+        _wait(lambda: _zombie(child), 30, "the leader process to exit")
+        assert r.get("pylon:scheduler:leader") is None
+        time.sleep(4)  # longer than the supervisor's poll and restart back-off
+        assert _live_children(api.pid) == []
+        assert _try(c.jobs.cluster)  # the API keeps serving
+    finally:
+        _stop_replica(rs, api)
+
+
+def _try(fn: Any) -> bool:
+    try:
+        fn()
+        return True
+    except Exception:  # noqa: BLE001 - not up yet, whatever the client says
+        return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_repeated_specs_are_validated_once_but_checked_per_tenant_and_never_cache_errors(tenant_clients):
+    from pylon.errors import PylonError
+
+    acme, globex = tenant_clients["acme"], tenant_clients["globex"]
+    spec = {"command": {"argv": ["true"]}, "labels": {"sweep": "cache"}}
+    a, b = acme.jobs.submit(spec), acme.jobs.submit(spec)  # the second reuses the validated spec
+    assert a.name != b.name and a.spec == b.spec and a.spec["workers"] == 1
+    assert [acme.jobs.wait(n, timeout=120).state for n in (a.name, b.name)] == ["succeeded", "succeeded"]
+    # The working-dir key is checked per caller, even for a spec seen before.
+    foreign = {"command": {"argv": ["true"], "working_dir_key": "tenants/acme/workdirs/sha256-x.tar.gz"}}
+    for _ in range(2):
+        with pytest.raises(PylonError) as e:
+            globex.jobs.submit(foreign)
+        assert "INVALID_ARGUMENT" in str(e.value.code)
+    # A rejected spec is rejected again (errors are not kept).
+    for _ in range(2):
+        with pytest.raises(PylonError) as e:
+            acme.jobs.submit({"priority_class": "urgent", "command": {"argv": ["true"]}})
+        assert "INVALID_ARGUMENT" in str(e.value.code)
