@@ -26,6 +26,44 @@ def test_unsatisfiable_request_is_rejected_at_submit(tenant_clients, resources, 
     assert "FAILED_PRECONDITION" in _code(e.value) and words in str(e.value)
 
 
+def _autoscaler_request() -> list[dict]:
+    """What Ray's (v1) autoscaler would read: the bundles of the last request_resources call."""
+    import json
+
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    assert ray.is_initialized()
+    raw = _internal_kv_get(b"autoscaler_resource_request")
+    return json.loads(raw) if raw else []
+
+
+def test_a_declared_pool_scaled_to_zero_takes_jobs_and_asks_the_autoscaler(tenant_clients):
+    """The A100 pool (declared in tests/support/fixtures.py, max 2 nodes of 8 GPUs) has no node:
+    a job for it waits instead of being refused, and the leader asks Ray's autoscaler for it."""
+    acme = tenant_clients["acme"]
+    with pytest.raises(PylonError) as e:  # more than a declared node holds: still refused
+        acme.jobs.submit({"resources": {"gpus": 16, "gpu_types": ["A100"]}, "command": {"argv": ["true"]}})
+    assert "FAILED_PRECONDITION" in _code(e.value) and "acceptable node has 8 GPUs" in str(e.value)
+    job = acme.jobs.submit({"workers": 2, "resources": {"gpus": 4, "gpu_types": ["A100"]},
+                            "command": {"argv": ["true"]}})
+    deadline = time.time() + 30
+    want = {"GPU": 4.0, "CPU": 1.0, "accelerator_type:A100": 0.001}
+    while _autoscaler_request().count(want) != 2:
+        assert time.time() < deadline, f"autoscaler request is {_autoscaler_request()}"
+        time.sleep(0.2)
+    assert acme.jobs.get(job.name).state == "pending"
+    reasons = acme.jobs.explain(job.name)["reasons"]
+    assert "no pool of an acceptable GPU type ['A100'] is up" in reasons and len(set(reasons)) == len(reasons)
+    assert any("A100 pool may grow" in r for r in reasons), reasons
+    pools = {p["gpu_type"]: p for p in acme.jobs.cluster()}
+    assert (pools["A100"]["nodes"], pools["A100"]["max_nodes"]) == (0, 2)
+    acme.jobs.cancel(job.name)
+    while any("accelerator_type:A100" in b for b in _autoscaler_request()):  # withdrawn with the job
+        assert time.time() < deadline + 30, f"autoscaler request is {_autoscaler_request()}"
+        time.sleep(0.2)
+
+
 def test_gang_larger_than_every_pool_is_rejected_at_submit(tenant_clients):
     with pytest.raises(PylonError) as e:
         tenant_clients["acme"].jobs.submit({"workers": 3, "resources": {"gpus": 2, "gpu_types": ["V100"]},

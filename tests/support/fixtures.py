@@ -51,6 +51,9 @@ def ray_cluster() -> Iterator[Any]:
 def platform(redis_server: RedisServer, ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[InProcessPlatform]:
     objects = tmp_path_factory.mktemp("objects")
+    # An A100 pool Kubernetes could grow to 2 nodes of 8 GPUs, with none running (scale from zero).
+    os.environ.setdefault("PYLON_SCHED_POOLS", '{"A100": {"min_nodes": 0, "max_nodes": 2, "gpus_per_node": 8, '
+                                               '"cpus_per_node": 16}}')
     p = InProcessPlatform(redis_server.url, f"file://{objects}", ray_cluster.address).start()
     yield p
     p.stop()

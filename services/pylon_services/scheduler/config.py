@@ -7,12 +7,17 @@ import json
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pylon_services.scheduler.domain.autoscale import DeclaredPool
+
 
 class PoolBounds(BaseModel):
     """A declared GPU pool: how many nodes Kubernetes may scale it between."""
 
     min_nodes: int = 0
     max_nodes: int = 0
+    # Shape of the nodes the pool adds (0 = unknown: its largest live node, else unchecked).
+    gpus_per_node: float = 0.0
+    cpus_per_node: float = 0.0
 
 
 class SchedulerConfig(BaseSettings):
@@ -56,3 +61,7 @@ class SchedulerConfig(BaseSettings):
 
     def pool_bounds(self) -> dict[str, PoolBounds]:
         return {k: PoolBounds(**v) for k, v in json.loads(self.pools).items()} if self.pools else {}
+
+    def declared_pools(self) -> list[DeclaredPool]:
+        return [DeclaredPool(t, b.min_nodes, b.max_nodes, b.gpus_per_node, b.cpus_per_node)
+                for t, b in sorted(self.pool_bounds().items())]

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,9 +35,10 @@ from pylon_services.common.errors import FailedPrecondition, NotFound
 from pylon_services.scheduler.attempts import Attempts
 from pylon_services.scheduler.backlog import Backlog
 from pylon_services.scheduler.config import SchedulerConfig
+from pylon_services.scheduler.domain.autoscale import scale_up_plan
 from pylon_services.scheduler.domain.job import Job, JobState
 from pylon_services.scheduler.domain.policies import make_policy
-from pylon_services.scheduler.domain.scheduling import Decision
+from pylon_services.scheduler.domain.scheduling import Decision, Node, PendingJob
 from pylon_services.scheduler.snapshot import build_snapshot
 from pylon_services.scheduler.store.ray_exec import RayExecutor
 from pylon_services.scheduler.store.redis_jobs import JobStore, stop_key
@@ -59,6 +61,7 @@ class Controller:
         # The lease names the replica (its API process), also when this loop runs in a child.
         self.identity = f"{replica_pid or os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.backlog = Backlog(jobs, self.cfg.backlog_resync_s)
+        self._scale_request: list[dict[str, float]] = []  # what the autoscaler was last asked for
         self.attempts = Attempts(jobs, state, executor, self.cfg)
         self.leader = False
         self.last_decision = Decision()
@@ -240,6 +243,7 @@ class Controller:
         usage = await self.state.add_usage(held, self.cfg.usage_half_life_s)
         if not pending:
             await self.state.save_explanations({})
+            await self._request_scale([], [])
             return Decision()
         nodes = await asyncio.to_thread(self.executor.nodes)
         # The backlog converts each pending job once, not on every pass.
@@ -258,8 +262,25 @@ class Controller:
         for pre in decision.preempts:
             if pre.job_id in by_key:
                 await self.attempts.preempt(by_key[pre.job_id], pre)
+        admitted = {a.job_id for a in decision.admits}
+        asked = await self._request_scale([j for j in snap.pending if j.id not in admitted], snap.nodes)
+        for job_id, gpu_type in asked.items():
+            if (exp := decision.explanations.get(job_id)) is not None:
+                decision.explanations[job_id] = dataclasses.replace(exp, blocking=(*exp.blocking, (
+                    f"the {gpu_type} pool may grow: its nodes were requested from the autoscaler")))
         await self.state.save_explanations(decision.explanations)
         return decision
+
+    async def _request_scale(self, pending: list[PendingJob], nodes: Sequence[Node]) -> dict[str, str]:
+        """Tell Ray's autoscaler (KubeRay) what room the still-pending jobs need in the declared
+        pools (``domain/autoscale.py``), only when that changed ([] withdraws it); returns the
+        pool each job was asked for in."""
+        pools = self.cfg.declared_pools()
+        bundles, asked = scale_up_plan(pending, pools, nodes) if pools else ([], {})
+        if bundles != self._scale_request:
+            await asyncio.to_thread(self.executor.request_scale, bundles)
+            self._scale_request = bundles
+        return asked
 
     async def cancel(self, job: Job) -> Job:
         """Mark the job CANCELLED (compare-and-swap, so a concurrent finish wins or loses

@@ -20,6 +20,7 @@ from pylon_services.runtime.protoconv import page_size, struct, ts
 from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.api.workdir import WorkdirUploads, workdir_prefix
 from pylon_services.scheduler.controller import Controller
+from pylon_services.scheduler.domain.autoscale import pool_capacities, with_declared
 from pylon_services.scheduler.domain.job import Job, JobState, PoolCapacity, validate_spec
 from pylon_services.scheduler.domain.placement import check_satisfiable
 from pylon_services.scheduler.domain.scheduling import Node
@@ -87,7 +88,10 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         ex = self._ctl.executor
         ray_nodes = ex.cached_nodes() or await asyncio.to_thread(ex.nodes)
         if self._shape is None or self._shape[0] is not ray_nodes:
-            self._shape = (ray_nodes, ex.capacities(ray_nodes), free_nodes(ray_nodes, []))
+            # Declared pools count with the nodes they may still add: a job for a pool scaled to
+            # zero waits for Kubernetes to add nodes instead of being refused (domain/autoscale.py).
+            nodes = with_declared(free_nodes(ray_nodes, []), self._ctl.cfg.declared_pools())
+            self._shape = (ray_nodes, pool_capacities(nodes), nodes)
             self._specs.clear()  # validated against the old view
         return self._shape[1], self._shape[2]
 
@@ -230,6 +234,6 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
             position = keys.index(job.key) + 1 if job.key in keys else 0
             return pb.ExplainJobResponse(reasons=["queued; the next scheduling pass has not considered it yet"],
                                          position=position)
-        reasons = [exp.reason, *exp.blocking]
+        reasons = [exp.reason, *(b for b in exp.blocking if b != exp.reason)]
         return pb.ExplainJobResponse(reasons=reasons, position=exp.position,
                                      estimated_start_time=ts(exp.estimated_start) if exp.estimated_start else None)

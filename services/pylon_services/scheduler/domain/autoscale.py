@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from pylon_services.scheduler.domain.job import PoolCapacity
 from pylon_services.scheduler.domain.placement import acceptable_types
 from pylon_services.scheduler.domain.scheduling import Node, PendingJob
 
@@ -64,12 +65,29 @@ def with_declared(live: Sequence[Node], pools: Iterable[DeclaredPool]) -> tuple[
     return tuple(live) + tuple(extra)
 
 
+def pool_capacities(nodes: Iterable[Node]) -> list[PoolCapacity]:
+    """Per GPU type: the largest node's GPUs and CPUs and the node count (for ``validate_spec``);
+    a node of unknown CPU count never limits."""
+    by_type: dict[str, list[Node]] = {}
+    for n in nodes:
+        by_type.setdefault(n.gpu_type, []).append(n)
+    return [PoolCapacity(t, max(n.gpus_total for n in ns), max(n.cpus_total or 1e6 for n in ns), len(ns))
+            for t, ns in sorted(by_type.items())]
+
+
 def scale_up_bundles(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], live: Sequence[Node],
                      limit: int = 256) -> list[dict[str, float]]:
+    """The autoscaler's bundles of ``scale_up_plan``."""
+    return scale_up_plan(pending, pools, live, limit)[0]
+
+
+def scale_up_plan(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], live: Sequence[Node],
+                  limit: int = 256) -> tuple[list[dict[str, float]], dict[str, str]]:
     """The autoscaler request for ``pending`` jobs (in queue order): each job's workers as
     bundles on the first of its acceptable types whose declared pool still has headroom for the
     whole job, at most ``limit`` bundles. GPU headroom is the nodes a pool may add times their
-    GPUs; a pool of unknown node shape is capped by node count (one worker per node)."""
+    GPUs; a pool of unknown node shape is capped by node count (one worker per node).
+    Returns the bundles and, per job id asked for, the pool it was asked for in."""
     pools = {p.gpu_type: p for p in pools}
     room = headroom(pools.values(), live)
     gpu_room = {}
@@ -77,6 +95,7 @@ def scale_up_bundles(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool
         gpus, _ = _shape(p, live)
         gpu_room[t] = room[t] * (gpus if gpus < UNKNOWN_SHAPE_GPUS else 1.0)
     bundles: list[dict[str, float]] = []
+    asked: dict[str, str] = {}
     for job in pending:
         d = job.demand
         if d.gpus_per_worker <= 0:
@@ -87,5 +106,6 @@ def scale_up_bundles(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool
                 gpu_room[t] -= d.workers * per_worker
                 bundle = {"GPU": d.gpus_per_worker, "CPU": d.cpus_per_worker, ACCEL_PREFIX + t: 0.001}
                 bundles += [dict(bundle) for _ in range(d.workers)]
+                asked[job.id] = t
                 break
-    return bundles
+    return bundles, asked

@@ -95,6 +95,15 @@ class RayExecutor:
                 out[node_id] = None
         return out
 
+    @staticmethod
+    def request_scale(bundles: list[dict[str, float]]) -> None:
+        """Ask Ray's autoscaler (KubeRay's, on Kubernetes) to make room for ``bundles``; the
+        request replaces the previous one and [] withdraws it. Without an autoscaler it is only
+        recorded (``ray.autoscaler.sdk.request_resources``)."""
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+
     def attempt_name(self, job: Job, attempt: int | None = None) -> str:
         return f"{self.instance}-{job.tenant}-{job.id}-a{job.attempt if attempt is None else attempt}"
 
