@@ -225,10 +225,12 @@ def put_file(path: str, url: str, *, progress: Progress | None = None) -> str:
 
 
 def upload_parts(path: str, part_size: int, urls: dict[int, str], *, concurrency: int = DEFAULT_CONCURRENCY,
-                 progress: Progress | None = None) -> dict[int, str]:
+                 progress: Progress | None = None, md5: bool = False) -> dict[int, str]:
     """PUT the given parts of ``path`` (part number -> presigned URL) in parallel; returns part
-    number -> ETag. Parts not in ``urls`` are skipped: that is how a resumed upload sends only
-    what is missing. A failed part is retried once on a fresh connection."""
+    number -> ETag, or with ``md5`` the hex MD5 of the bytes sent (hashed while they are sent,
+    for a commit to check against the stored parts' ETags). Parts not in ``urls`` are skipped:
+    that is how a resumed upload sends only what is missing. A failed part is retried once on a
+    fresh connection (and hashed afresh)."""
     ranges = {n: (off, ln) for n, off, ln in part_ranges(os.path.getsize(path), part_size)}
     unknown = set(urls) - set(ranges)
     if unknown:
@@ -238,10 +240,12 @@ def upload_parts(path: str, part_size: int, urls: dict[int, str], *, concurrency
     def send(n: int) -> tuple[int, str]:
         off, ln = ranges[n]
         for attempt in range(2):
-            body = _FileSlice(path, off, ln, progress)
+            body = _HashingSlice(path, off, ln, progress) if md5 else _FileSlice(path, off, ln, progress)
             try:
                 resp = _request(conns, "PUT", urls[n], body=body, length=ln)
                 _check(resp, f"part {n} of {os.path.basename(path)}")
+                if isinstance(body, _HashingSlice):
+                    return n, body.md5.hexdigest()
                 return n, (resp.getheader("ETag") or "").strip('"')
             except (OSError, http.client.HTTPException, TransferError):
                 conns.drop(urls[n])
@@ -455,36 +459,9 @@ class _HashingSlice(_FileSlice):
 
 def upload_parts_md5(path: str, part_size: int, urls: dict[int, str], *, concurrency: int = DEFAULT_CONCURRENCY,
                      progress: Progress | None = None) -> dict[int, str]:
-    """``upload_parts`` that also hashes each part as it is sent: returns part number -> hex MD5
-    of the bytes sent, for a commit to check against the stored parts' ETags. Saves the separate
-    MD5 pass over the file before the upload. A failed part is retried once (hashed afresh)."""
-    ranges = {n: (off, ln) for n, off, ln in part_ranges(os.path.getsize(path), part_size)}
-    unknown = set(urls) - set(ranges)
-    if unknown:
-        raise TransferError(f"part numbers {sorted(unknown)} are beyond the end of {path}")
-    conns = _Connections()
-
-    def send(n: int) -> tuple[int, str]:
-        off, ln = ranges[n]
-        for attempt in range(2):
-            body = _HashingSlice(path, off, ln, progress)
-            try:
-                resp = _request(conns, "PUT", urls[n], body=body, length=ln)
-                _check(resp, f"part {n} of {os.path.basename(path)}")
-                return n, body.md5.hexdigest()
-            except (OSError, http.client.HTTPException, TransferError):
-                conns.drop(urls[n])
-                if attempt == 1:
-                    raise
-            finally:
-                body.close()
-        raise AssertionError("unreachable")
-
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(urls) or 1))) as pool:
-            return dict(pool.map(send, sorted(urls)))
-    finally:
-        conns.close()
+    """``upload_parts(..., md5=True)``: part number -> hex MD5 of the bytes sent, which saves the
+    separate MD5 pass over the file before the upload."""
+    return upload_parts(path, part_size, urls, concurrency=concurrency, progress=progress, md5=True)
 
 
 def part_md5s(path: str, part_size: int, numbers: Iterable[int]) -> dict[int, str]:

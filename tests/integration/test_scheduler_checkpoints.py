@@ -9,11 +9,11 @@ import os
 import re
 import signal
 import sys
-import time
 
 import pytest
 
 from pylon.errors import PylonError
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +40,6 @@ while step < 40:
         time.sleep(60)
 print("finished at step", step, flush=True)
 """
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_negative_checkpoint_every_steps_is_invalid_argument(tenant_clients):
@@ -88,7 +79,7 @@ def test_crashed_trainer_is_retried_from_its_latest_periodic_checkpoint(tenant_c
            "eval_every": 0, "log_every": 50}
     job = acme.jobs.submit({"max_retries": 1, "checkpoint_every_steps": 100, "total_steps": 3000,
                             "trainer": {"trainer": "tiny-gpt", "datasets": [ds.name], "config": cfg}})
-    text = _wait(lambda: (t := "\n".join(acme.jobs.logs(job.name))) and "checkpoint of step 100 saved" in t and t,
+    text = wait_for(lambda: (t := "\n".join(acme.jobs.logs(job.name))) and "checkpoint of step 100 saved" in t and t,
                  180, "the first periodic checkpoint")
     pid = int(re.search(r"attempt 1 worker 0 started on .* \(pid (\d+),", text).group(1))
     os.kill(pid, signal.SIGKILL)  # the worker process dies: no result, no checkpoint at exit

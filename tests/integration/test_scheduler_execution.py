@@ -9,20 +9,9 @@ import time
 
 import pytest
 
+from tests.support.waiting import used_gpus, wait_for
+
 pytestmark = pytest.mark.integration
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _used(client, gpu_type: str) -> float:
-    return {p["gpu_type"]: p for p in client.jobs.cluster()}[gpu_type]["used_gpus"]
 
 
 def _pgs(prefix: str) -> list[dict]:
@@ -38,13 +27,13 @@ def test_cancel_of_a_running_job_frees_its_gpus_and_placement_group(tenant_clien
     script = f"import time\nwhile True:\n    open({str(marker)!r}, 'w').write(str(time.time()))\n    time.sleep(0.2)\n"
     job = acme.jobs.submit({"resources": {"gpus": 2, "gpu_types": ["P100"]},
                             "command": {"argv": [sys.executable, "-c", script]}})
-    _wait(lambda: acme.jobs.get(job.name).state == "running" and marker.exists(), 90, "the job to run")
-    assert _used(acme, "P100") == 2
+    wait_for(lambda: acme.jobs.get(job.name).state == "running" and marker.exists(), 90, "the job to run")
+    assert used_gpus(acme, "P100") == 2
     job_id = job.name.rsplit("/", 1)[1]
     assert _pgs(f"pylon-acme-{job_id}-")
     assert acme.jobs.cancel(job.name).state == "cancelled"
-    _wait(lambda: not _pgs(f"pylon-acme-{job_id}-"), 30, "the placement group to be removed")
-    _wait(lambda: _used(acme, "P100") == 0, 30, "the GPUs to be free")
+    wait_for(lambda: not _pgs(f"pylon-acme-{job_id}-"), 30, "the placement group to be removed")
+    wait_for(lambda: used_gpus(acme, "P100") == 0, 30, "the GPUs to be free")
     before = marker.read_text()
     time.sleep(1.0)
     assert marker.read_text() == before, "the user process still runs after cancel"
@@ -132,9 +121,9 @@ def test_explain_estimates_the_start_from_the_running_jobs_progress(tenant_clien
               "for s in range(1, 101):\n    time.sleep(0.1)\n    t.report(s, loss=1.0)\n")
     first = acme.jobs.submit({"total_steps": 100, "resources": {"gpus": 2, "gpu_types": ["V100"]},
                               "command": {"argv": [sys.executable, "-c", script]}})
-    _wait(lambda: acme.jobs.get(first.name).step >= 30, 90, "the first job to report progress")
+    wait_for(lambda: acme.jobs.get(first.name).step >= 30, 90, "the first job to report progress")
     second = acme.jobs.submit({"resources": {"gpus": 2, "gpu_types": ["V100"]}, "command": {"argv": ["true"]}})
-    why = _wait(lambda: (w := acme.jobs.explain(second.name))["estimated_start"] and w, 30, "an estimate")
+    why = wait_for(lambda: (w := acme.jobs.explain(second.name))["estimated_start"] and w, 30, "an estimate")
     now = time.time()
     assert now < why["estimated_start"] < now + 30, why  # about 7 s of the first job's work are left
     assert why["position"] == 1 and why["reasons"]

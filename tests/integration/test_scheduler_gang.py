@@ -6,27 +6,15 @@ the same job as a gang stays PENDING and explain says why; it runs once a type f
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
+
+from tests.support.waiting import used_gpus, wait_for
 
 pytestmark = pytest.mark.integration
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 WORK = ["sh", "-c", "echo rank=$PYLON_RANK of $PYLON_WORLD_SIZE; sleep 2"]
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _used(client, gpu_type: str) -> float:
-    return {p["gpu_type"]: p for p in client.jobs.cluster()}[gpu_type]["used_gpus"]
 
 
 def _pg_names(prefix: str) -> list[str]:
@@ -42,21 +30,21 @@ def test_gang_false_runs_across_two_gpu_types_while_the_gang_waits(tenant_client
                 for t in ("V100", "P100")]
     try:
         for b in blockers:
-            _wait(lambda b=b: acme.jobs.get(b.name).state == "running", 90, "the blockers to run")
+            wait_for(lambda b=b: acme.jobs.get(b.name).state == "running", 90, "the blockers to run")
         spec = {"workers": 2, "resources": {"gpus": 1, "gpu_types": ["V100", "P100"]}, "command": {"argv": WORK}}
         gang = acme.jobs.submit(spec)
-        why = _wait(lambda: " ".join(acme.jobs.explain(gang.name)["reasons"]).count("gang of") and
+        why = wait_for(lambda: " ".join(acme.jobs.explain(gang.name)["reasons"]).count("gang of") and
                     acme.jobs.explain(gang.name), 30, "a pass to explain the gang")
         assert acme.jobs.get(gang.name).state == "pending"
         assert any("a gang of 2 workers x 1 GPUs on one of [V100, P100]: the largest free set is 1 workers" in r
                    for r in why["reasons"]), why
 
         split = acme.jobs.submit({**spec, "gang": False})
-        running = _wait(lambda: (j := acme.jobs.get(split.name)).state == "running" and j, 90, "the split job to run")
+        running = wait_for(lambda: (j := acme.jobs.get(split.name)).state == "running" and j, 90, "the split job to run")
         assert running.message in ("running on V100+P100", "running on P100+V100"), running.message
         job_id = split.name.rsplit("/", 1)[1]
         assert _pg_names(f"pylon-acme-{job_id}-") == [f"pylon-acme-{job_id}-a1-w0", f"pylon-acme-{job_id}-a1-w1"]
-        assert _used(acme, "V100") == 2 and _used(acme, "P100") == 2
+        assert used_gpus(acme, "V100") == 2 and used_gpus(acme, "P100") == 2
         used = {q["name"]: q["used_gpus"] for q in acme.jobs.queues("acme")}["tenants/acme/queues/default"]
         assert used.get("V100") == 2 and used.get("P100") == 2  # quota charged per worker's type
         assert acme.jobs.get(gang.name).state == "pending"

@@ -24,6 +24,7 @@ from pylon_services.scheduler.domain.scheduling import Explanation
 from pylon_services.scheduler.store.redis_jobs import PENDING, JobStore
 from pylon_services.scheduler.store.redis_sched import EXPLAIN, SchedState
 from tests.support.platform import ADMIN_KEY
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 DB = 11  # a keyspace of its own: the session platform's leader reads db 0
@@ -126,15 +127,6 @@ def _children(pid: int) -> list[int]:
         return [int(x) for x in f.read().split()]
 
 
-def _wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _start_replica(tmp_path: Any, ray_cluster: Any) -> tuple[Any, subprocess.Popen[bytes], Any, Any]:
     """A scheduler replica as a real subprocess with its own Redis: (redis server, API process,
     client, redis client), once the API answers."""
@@ -153,7 +145,7 @@ def _start_replica(tmp_path: Any, ray_cluster: Any) -> tuple[Any, subprocess.Pop
     api = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler"], env=env, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     c = pylon.Client(f"127.0.0.1:{port}", ADMIN_KEY)
-    _wait(lambda: _try(c.jobs.cluster), 60, "the API")
+    wait_for(lambda: _try(c.jobs.cluster), 60, "the API")
     return rs, api, c, redis.Redis.from_url(rs.url)
 
 
@@ -176,7 +168,7 @@ def test_api_process_runs_restarts_and_stops_its_leader_child(tmp_path, ray_clus
         [child] = _children(api.pid)
         assert c.jobs.wait(c.jobs.submit({"command": {"argv": ["true"]}}).name, timeout=120).state == "succeeded"
         os.kill(child, signal.SIGKILL)
-        [again] = _wait(lambda: [p for p in _live_children(api.pid) if p != child], 30, "a new leader process")
+        [again] = wait_for(lambda: [p for p in _live_children(api.pid) if p != child], 30, "a new leader process")
         assert c.jobs.wait(c.jobs.submit({"command": {"argv": ["true"]}}).name, timeout=120).state == "succeeded"
         os.kill(api.pid, signal.SIGTERM)
         assert api.wait(30) == 0
@@ -191,7 +183,7 @@ def test_leader_child_stopped_cleanly_is_not_restarted_and_gives_the_lease_back(
     try:
         [child] = _children(api.pid)
         os.kill(child, signal.SIGTERM)  # as part of a SIGTERM to the whole process group
-        _wait(lambda: _zombie(child), 30, "the leader process to exit")
+        wait_for(lambda: _zombie(child), 30, "the leader process to exit")
         assert r.get("pylon:scheduler:leader") is None
         time.sleep(4)  # longer than the supervisor's poll and restart back-off
         assert _live_children(api.pid) == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, BinaryIO
 
@@ -282,19 +282,19 @@ def drop_duplicates(src: BinaryIO, out: BinaryIO, drop: DedupeSet, summary: Summ
     corrected in place as if the records had been dropped as duplicates the first time
     (min/max chars and token counts excepted: they stay those of the first pass). Streamed."""
     removed = 0
-    buf = bytearray()
-    for line in src:
-        record = orjson.loads(line)
-        if drop.has_digest(text_digest(record["text"])):
-            removed += 1
-            if summary is not None:
-                _unprofile(summary, record)
-            continue
-        buf += line
-        if len(buf) >= FLUSH_BYTES:
-            out.write(bytes(buf))
-            buf.clear()
-    out.write(bytes(buf))
+
+    def kept() -> Iterator[bytes]:
+        nonlocal removed
+        for line in src:
+            record = orjson.loads(line)
+            if drop.has_digest(text_digest(record["text"])):
+                removed += 1
+                if summary is not None:
+                    _unprofile(summary, record)
+                continue
+            yield line
+
+    _write_buffered(kept(), out)
     return removed
 
 
@@ -302,11 +302,20 @@ def drop_lines(src: BinaryIO, out: BinaryIO, positions: set[int], summary: Summa
     """Copy a ``process_stream`` output without the records at ``positions`` (0-based), found
     from the output's ordered dedupe digests: only the dropped records are parsed (to correct
     ``summary`` as ``drop_duplicates`` does). Streamed."""
+    def kept() -> Iterator[bytes]:
+        for i, line in enumerate(src):
+            if i in positions:
+                _unprofile(summary, orjson.loads(line))
+                continue
+            yield line
+
+    _write_buffered(kept(), out)
+
+
+def _write_buffered(lines: Iterable[bytes], out: BinaryIO) -> None:
+    """Write ``lines`` to ``out`` in blocks of about ``FLUSH_BYTES``."""
     buf = bytearray()
-    for i, line in enumerate(src):
-        if i in positions:
-            _unprofile(summary, orjson.loads(line))
-            continue
+    for line in lines:
         buf += line
         if len(buf) >= FLUSH_BYTES:
             out.write(bytes(buf))
