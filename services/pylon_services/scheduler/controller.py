@@ -61,7 +61,7 @@ class Controller:
         # The lease names the replica (its API process), also when this loop runs in a child.
         self.identity = f"{replica_pid or os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.backlog = Backlog(jobs, self.cfg.backlog_resync_s)
-        self._scale_request: list[dict[str, float]] = []  # what the autoscaler was last asked for
+        self._scale_request: list[dict[str, float]] | None = None  # last sent to the autoscaler
         self.attempts = Attempts(jobs, state, executor, self.cfg)
         self.leader = False
         self.last_decision = Decision()
@@ -121,6 +121,7 @@ class Controller:
         await self.state.ensure_group()
         self.backlog.invalidate()
         self.state.forget_explanations()
+        self._scale_request = None  # another leader may have changed it meanwhile: send it again
         claimed = await self.state.reclaim(self.identity, 0)
         claimed += await self.state.pending_of(self.identity)
         self.leader = True
@@ -276,6 +277,9 @@ class Controller:
         pools (``domain/autoscale.py``), only when that changed ([] withdraws it); returns the
         pool each job was asked for in."""
         pools = self.cfg.declared_pools()
+        if not pools and not self._scale_request:
+            self._scale_request = []  # no declared pools: never touch the autoscaler
+            return {}
         bundles, asked = scale_up_plan(pending, pools, nodes) if pools else ([], {})
         if bundles != self._scale_request:
             await asyncio.to_thread(self.executor.request_scale, bundles)
