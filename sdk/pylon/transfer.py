@@ -29,6 +29,22 @@ from typing import Any
 import google_crc32c
 
 Progress = Callable[[int], None]  # called with the number of bytes just moved
+
+
+class ProgressTotal:
+    """Adds up the byte counts parallel transfer threads report (a ``Progress``) and hands
+    ``report(done, total)`` the running total; safe to call from several threads."""
+
+    def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
+        self.total, self.done, self._report = total, 0, report
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            done = self.done
+        if self._report:
+            self._report(done, self.total)
 DEFAULT_PART_SIZE = 16 << 20
 DEFAULT_CONCURRENCY = 8
 _IO_BLOCK = 1 << 20

@@ -28,7 +28,7 @@ def servers(redis_server, ray_cluster, seaweed):
         os.environ["PYLON_INGEST_CHUNK_MIN_CPUS"] = "100000"
         whole = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=10))
         os.environ["PYLON_INGEST_CHUNK_MIN_CPUS"] = "1"
-        split = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=11))
+        split = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=14))
     finally:
         del os.environ["PYLON_INGEST_CHUNK_BYTES"], os.environ["PYLON_INGEST_CHUNK_MIN_CPUS"]
     yield whole, split

@@ -13,25 +13,13 @@ import pytest
 import pylon
 from pylon.ingest.v1 import ingest_pb2
 from pylon.resources.datasets import part_hashes
-from tests.conftest import TEST_BUCKET
-from tests.support.ingest_server import ingest_settings, start_in_process, stop_in_process
+from tests.support.ingest_server import ingest_fixtures
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def ingest(redis_server, ray_cluster, seaweed):
-    it = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=7))
-    yield it
-    stop_in_process(it)
-
-
-@pytest.fixture
-def acme(ingest, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
-    with ingest.client("acme") as c:
-        yield c
+ingest, acme = ingest_fixtures(db=7)
 
 
 def jsonl(path, n, bad_every=0, width=40):

@@ -19,7 +19,7 @@ from pylon_services.storage.factory import open_store
 from tests.support.registry import InProcessRegistry, RegistryEnv, flush_db, registry_settings
 
 pytestmark = pytest.mark.integration
-DB = 10
+DB = 13  # a keyspace of its own (see tests/support for the others)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,22 @@ async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     while not cond():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
+
+
+def test_an_index_write_tells_its_own_process_before_it_returns_and_publishes(redis_server: Any) -> None:
+    """Read-your-writes in one replica does not wait for the pub/sub message: the writing index
+    calls its process's listeners synchronously, after the write is in Redis."""
+    from pylon_services.registry.store.redis_index import RedisRegistryIndex
+
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{DB}")
+    sub = client.pubsub()
+    sub.subscribe(CHANGED_CHANNEL)
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    index = RedisRegistryIndex(client)
+    seen: list[tuple[str, Any]] = []
+    index.listeners.append(lambda tm: seen.append((tm, client.hget(P + "alias:acme/own-process", "prod"))))
+    index.put_alias("acme", "own-process", "prod", {"version": 3})
+    assert [tm for tm, _ in seen] == ["acme/own-process"] and json.loads(seen[0][1]) == {"version": 3}
+    message = sub.get_message(timeout=5)
+    assert message is not None and message["data"] == b"acme/own-process"
+    sub.close()

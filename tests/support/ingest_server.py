@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from pylon_services.localstack.procs import free_port, wait_until
@@ -90,3 +91,24 @@ def start_subprocess(it: IngestUnderTest, log_path: str, **env: str) -> subproce
                                 stdout=log, stderr=subprocess.STDOUT)
     wait_until(lambda: check_health(it.address) == "SERVING", 60, "ingest subprocess", proc)
     return proc
+
+
+def ingest_fixtures(db: int) -> tuple[Any, Any]:
+    """The ``ingest`` (one in-process service per test module, on Redis database ``db``) and
+    ``acme`` (a client of tenant acme with its own local cache) fixtures of an ingest test module:
+    ``ingest, acme = ingest_fixtures(db=7)``."""
+    from tests.conftest import TEST_BUCKET
+
+    @pytest.fixture(scope="module")
+    def ingest(redis_server: Any, ray_cluster: Any, seaweed: Any) -> Any:
+        it = start_in_process(ingest_settings(redis_server.url, seaweed, ray_cluster.address, TEST_BUCKET, db=db))
+        yield it
+        stop_in_process(it)
+
+    @pytest.fixture
+    def acme(ingest: IngestUnderTest, tmp_path: Any, monkeypatch: Any) -> Any:
+        monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
+        with ingest.client("acme") as c:
+            yield c
+
+    return ingest, acme

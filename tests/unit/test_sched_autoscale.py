@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pylon_services.scheduler.domain.autoscale import DeclaredPool, headroom, scale_up_bundles, with_declared
+from pylon_services.scheduler.domain.autoscale import DeclaredPool, headroom, scale_up_plan, with_declared
 from pylon_services.scheduler.domain.placement import check_satisfiable
 from pylon_services.scheduler.domain.scheduling import Demand, Node, PendingJob
 
@@ -34,11 +34,12 @@ def test_scale_up_bundles_follow_queue_order_and_pool_headroom() -> None:
     pools = [DeclaredPool("A100", 0, 2, gpus_per_node=8), DeclaredPool("L4", 0, 1, gpus_per_node=4)]
     pending = [job(1, 2, 4, ("A100",)), job(2, 1, 8, ("A100", "L4")), job(3, 1, 4, ("A100", "L4")),
                job(4, 1, 0), job(5, 3, 4, ("L4",))]
-    bundles = scale_up_bundles(pending, pools, [V100])
+    bundles, asked = scale_up_plan(pending, pools, [V100])
     types = [next(k for k in b if k.startswith("accelerator_type:")) for b in bundles]
     # j1 takes 8 of A100's 16 GPUs, j2 the other 8, j3 falls through to L4, the CPU job and j5
     # (12 GPUs > L4's remaining 0) ask for nothing
     assert types == ["accelerator_type:A100"] * 3 + ["accelerator_type:L4"]
     assert bundles[0] == {"GPU": 4, "CPU": 1.0, "accelerator_type:A100": 0.001}
-    assert scale_up_bundles(pending, pools, [V100], limit=2) == bundles[:2]
-    assert scale_up_bundles(pending, [], [V100]) == []
+    assert asked == {"j1": "A100", "j2": "A100", "j3": "L4"}
+    assert scale_up_plan(pending, pools, [V100], limit=2)[0] == bundles[:2]
+    assert scale_up_plan(pending, [], [V100]) == ([], {})

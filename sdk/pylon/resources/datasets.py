@@ -101,12 +101,7 @@ class Datasets(_Resource):
         """Hash, open (or resume) a session, send the missing parts, commit; (operation, whether
         the platform already held the bytes)."""
         size = header.size_bytes
-        done = [0]
-
-        def moved(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0], size)
+        moved = transfer.ProgressTotal(size, progress)
 
         identity = transfer.file_key(path, header.dataset, part_size)
         state_file = os.path.join(transfer.cache_dir("uploads"), identity)

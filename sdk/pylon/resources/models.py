@@ -110,13 +110,7 @@ class Models(_Resource):
     def _send(self, session: pb.CreateArtifactUploadResponse, files: dict[str, str], sizes: dict[str, int],
               concurrency: int, progress: Callable[[int, int], None] | None) -> None:
         todo = [t for t in session.targets if not t.present]
-        total = sum(sizes[t.path] for t in todo)
-        done = [0]
-
-        def tick(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0], total)
+        tick = transfer.ProgressTotal(sum(sizes[t.path] for t in todo), progress)
 
         def send(t: pb.ArtifactUploadTarget) -> None:
             local = files[t.path]
@@ -236,13 +230,7 @@ class Models(_Resource):
         resp = self._c.call(self._c.registry.GetArtifactDownload, pb.GetArtifactDownloadRequest(name=v.name))
         unique = {loc.file.digest: loc for loc in resp.files}  # identical files are fetched once
         missing = [loc for loc in unique.values() if not cache.has(loc.file.digest)]
-        total = sum(loc.file.size_bytes for loc in missing)
-        done = [0]
-
-        def tick(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0], total)
+        tick = transfer.ProgressTotal(sum(loc.file.size_bytes for loc in missing), progress)
 
         def fetch(loc: pb.ArtifactLocation) -> None:
             f = loc.file

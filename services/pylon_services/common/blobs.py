@@ -17,13 +17,6 @@ def blob_key(tenant: str, digest: str) -> str:
     return f"tenants/{tenant}/blobs/sha256/{digest.split(':', 1)[1]}"
 
 
-def sha256_of_object(store: ObjectStore, key: str, *, size: int | None = None, part: int = 16 << 20,
-                     threads: int = 4) -> tuple[str, int]:
-    """(``sha256:<hex>``, size) of an object without holding it in memory."""
-    digest, total, _ = digests_of_object(store, key, size=size, part=part, threads=threads)
-    return digest, total
-
-
 def digests_of_object(store: ObjectStore, key: str, *, size: int | None = None, part: int = 16 << 20,
                       threads: int = 4) -> tuple[str, int, int]:
     """(``sha256:<hex>``, size, CRC32C) of an object without holding it in memory. Large objects

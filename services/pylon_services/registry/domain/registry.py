@@ -261,10 +261,6 @@ class Registry:
         doc, aliases, deps = self.index.version_view(tenant, model, n)
         if doc is None:
             raise _not_found(f"tenants/{tenant}/models/{model}/versions/{ref}")
-        return self._decorate(doc, aliases, deps)
-
-    @staticmethod
-    def _decorate(doc: dict[str, Any], aliases: dict[str, dict[str, Any]], deps: list[str]) -> dict[str, Any]:
         return decorate(doc, aliases, deps)
 
     def _scan_all(self, tenant: str, model: str) -> Iterator[dict[str, Any]]:

@@ -75,25 +75,17 @@ def pool_capacities(nodes: Iterable[Node]) -> list[PoolCapacity]:
             for t, ns in sorted(by_type.items())]
 
 
-def scale_up_bundles(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], live: Sequence[Node],
-                     limit: int = 256) -> list[dict[str, float]]:
-    """The autoscaler's bundles of ``scale_up_plan``."""
-    return scale_up_plan(pending, pools, live, limit)[0]
-
-
 def scale_up_plan(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], live: Sequence[Node],
                   limit: int = 256) -> tuple[list[dict[str, float]], dict[str, str]]:
     """The autoscaler request for ``pending`` jobs (in queue order): each job's workers as
     bundles on the first of its acceptable types whose declared pool still has headroom for the
     whole job, at most ``limit`` bundles. GPU headroom is the nodes a pool may add times their
-    GPUs; a pool of unknown node shape is capped by node count (one worker per node).
+    GPUs; a pool of unknown node shape is counted in nodes (one worker per node).
     Returns the bundles and, per job id asked for, the pool it was asked for in."""
     pools = {p.gpu_type: p for p in pools}
     room = headroom(pools.values(), live)
-    gpu_room = {}
-    for t, p in pools.items():
-        gpus, _ = _shape(p, live)
-        gpu_room[t] = room[t] * (gpus if gpus < UNKNOWN_SHAPE_GPUS else 1.0)
+    known_shape = {t: _shape(p, live)[0] < UNKNOWN_SHAPE_GPUS for t, p in pools.items()}
+    left = {t: room[t] * (_shape(p, live)[0] if known_shape[t] else 1.0) for t, p in pools.items()}
     bundles: list[dict[str, float]] = []
     asked: dict[str, str] = {}
     for job in pending:
@@ -101,9 +93,9 @@ def scale_up_plan(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], 
         if d.gpus_per_worker <= 0:
             continue  # CPU jobs never make a GPU pool grow
         for t in acceptable_types(d, list(pools)):
-            per_worker = d.gpus_per_worker if _shape(pools[t], live)[0] < UNKNOWN_SHAPE_GPUS else 1.0
-            if d.workers * per_worker <= gpu_room[t] + 1e-9 and len(bundles) + d.workers <= limit:
-                gpu_room[t] -= d.workers * per_worker
+            need = d.workers * (d.gpus_per_worker if known_shape[t] else 1.0)
+            if need <= left[t] + 1e-9 and len(bundles) + d.workers <= limit:
+                left[t] -= need
                 bundle = {"GPU": d.gpus_per_worker, "CPU": d.cpus_per_worker, ACCEL_PREFIX + t: 0.001}
                 bundles += [dict(bundle) for _ in range(d.workers)]
                 asked[job.id] = t
