@@ -176,7 +176,8 @@ def test_two_replicas_one_leader_and_the_other_takes_over(sched):
     leader = pids[int(holder.split("-")[0])]
     # Either replica accepts submits; only the leader runs them.
     jobs = [a.jobs.submit({"command": {"argv": ["true"]}}).name, b.jobs.submit({"command": {"argv": ["true"]}}).name]
-    assert [a.jobs.wait(n, timeout=120).state for n in jobs] == ["succeeded", "succeeded"]
+    done = [a.jobs.wait(n, timeout=120) for n in jobs]
+    assert [j.state for j in done] == ["succeeded", "succeeded"], [(j.name, j.state, j.message) for j in done]
     os.killpg(leader.pid, signal.SIGKILL)
     leader.wait()
     survivor = b if leader is sched.proc else a

@@ -21,6 +21,7 @@ from pylon_services.scheduler.store.redis_sched import SchedState
 
 log = logging.getLogger("pylon.scheduler")
 LIVENESS_EVERY_S = 2.0
+LOST_AFTER_CHECKS = 2
 # States in which a job holds (or is about to hold) Ray resources.
 HOLDING = (JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING)
 PREEMPT_KILL_AFTER_S = 15.0
@@ -38,6 +39,7 @@ class Attempts:
         self.jobs, self.state, self.executor, self.cfg = jobs, state, executor, cfg
         self.progress_times: dict[str, float] = {}
         self._checked: dict[str, float] = {}
+        self._suspect: dict[str, int] = {}  # job key -> failed liveness checks in a row
         self._table: ThroughputTable | None = None
 
     async def table(self) -> ThroughputTable:
@@ -133,6 +135,12 @@ class Attempts:
             return
         self._checked[job.key] = now
         if await asyncio.to_thread(self.executor.workers_alive, job):
+            self._suspect.pop(job.key, None)
+            return
+        # Ray's tables can lag a moment (a placement group not yet listed, a launcher busy while
+        # another replica connects): only two failed checks in a row mean the workers are gone.
+        self._suspect[job.key] = self._suspect.get(job.key, 0) + 1
+        if self._suspect[job.key] < LOST_AFTER_CHECKS:
             return
         results = await self.jobs.attempt_results(job)  # a worker may have reported just before exiting
         lost = {r: {"exit_code": -1, "error": "worker process lost (its node died or it was killed)"}
@@ -143,6 +151,7 @@ class Attempts:
         """End the attempt: free Ray, then SUCCEEDED, requeued (preempted or retrying) or FAILED."""
         await asyncio.to_thread(self.executor.release, job)
         self._checked.pop(job.key, None)
+        self._suspect.pop(job.key, None)
         ranked = [results[r] for r in sorted(results)]
         bad = next((r for r in ranked if r.get("exit_code")), None)
         result = bad or ranked[0]
