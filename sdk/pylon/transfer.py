@@ -225,15 +225,20 @@ def _check(resp: http.client.HTTPResponse, what: str) -> bytes:
 
 # -- upload ---------------------------------------------------------------------------------------
 def put_file(path: str, url: str, *, progress: Progress | None = None) -> str:
-    """PUT a whole file to one presigned URL; returns the ETag."""
+    """PUT a whole file to one presigned URL, create-only (``If-None-Match: *``, which the
+    registry signs into its URLs); returns the ETag, or "" when the object was already created
+    (an earlier try whose answer was lost: the service verifies the bytes at registration)."""
     size = os.path.getsize(path)
     conns = _Connections()
     try:
         body = _FileSlice(path, 0, size, progress)
         try:
-            resp = _request(conns, "PUT", url, body=body, length=size)
+            resp = _request(conns, "PUT", url, body=body, length=size, headers={"If-None-Match": "*"})
         finally:
             body.close()
+        if resp.status == 412:
+            resp.read()
+            return ""
         _check(resp, f"upload of {os.path.basename(path)}")
         return (resp.getheader("ETag") or "").strip('"')
     finally:

@@ -137,6 +137,41 @@ def test_digest_mismatch_is_rejected_and_nothing_becomes_visible(reg: RegistryEn
         assert not reg.store.exists(f"tenants/acme/blobs/sha256/{_digest(good)[7:]}")
 
 
+def test_presigned_put_cannot_replace_bytes_after_registration(reg: RegistryEnv, tmp_path: Any) -> None:
+    """A whole-file upload URL stays valid for an hour after the version is registered; it is
+    create-only (a signed If-None-Match), so it cannot swap the verified bytes afterwards."""
+    import http.client
+    import urllib.parse
+
+    good, evil = b"registered weights", b"swapped in later!!"
+    with reg.client() as c:
+        f = pb.ArtifactFile(path="w.bin", digest=_digest(good), size_bytes=len(good))
+        session = c.call(c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+            parent="tenants/-/models/sealed", files=[f], part_size=5 << 20))
+        url = session.targets[0].url
+        if not url:
+            pytest.skip("the local store has no URLs: uploads stream through the registry")
+        (tmp_path / "w.bin").write_bytes(good)
+        transfer.put_file(str(tmp_path / "w.bin"), url)
+        v = c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
+            parent="tenants/-/models/sealed", upload=session.upload, files=[f]))
+
+        def put(headers: dict[str, str]) -> int:
+            u = urllib.parse.urlsplit(url)
+            conn = http.client.HTTPConnection(u.netloc, timeout=30)
+            conn.request("PUT", f"{u.path}?{u.query}", body=evil, headers=headers)
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        assert put({"If-None-Match": "*"}) == 412  # the object exists: create-only
+        assert put({}) == 403  # dropping the signed header breaks the signature
+        assert transfer.put_file(str(tmp_path / "w.bin"), url) == ""  # a retry is not an error
+        c.models.download(f"models:/sealed/versions/{v.version.version}", str(tmp_path / "dl"),
+                          cache_dir=str(tmp_path / "cache"), verify="sha256")
+        assert (tmp_path / "dl" / "w.bin").read_bytes() == good
+
+
 def test_large_file_hashed_during_upload_is_verified_at_registration(reg: RegistryEnv, tmp_path: Any,
                                                                       monkeypatch: Any) -> None:
     """A large file seen for the first time is declared without a digest, hashed while its parts

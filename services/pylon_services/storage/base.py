@@ -134,8 +134,10 @@ class ObjectStore(Protocol):
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
-                part_number: int | None = None) -> str | None:
+                part_number: int | None = None, create_only: bool = False) -> str | None:
         """A URL a client can use without credentials ('GET', 'PUT', or 'PUT' of one multipart
         part). None where the backend has no URL form (local filesystem): callers then stream
-        through the service instead."""
+        through the service instead. ``create_only`` (whole-object PUT) signs ``If-None-Match: *``
+        into the URL: the client must send that header, and the URL can create the object but
+        never replace it, so bytes verified once cannot be swapped while the URL is still valid."""
         ...

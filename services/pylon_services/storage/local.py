@@ -238,7 +238,7 @@ class LocalObjectStore(PagedListing):
         return ListPage(objects, None)
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
-                part_number: int | None = None) -> str | None:
+                part_number: int | None = None, create_only: bool = False) -> str | None:
         """No URL form for local files: callers stream through the service instead."""
         return None
 

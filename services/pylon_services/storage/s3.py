@@ -300,7 +300,7 @@ class S3ObjectStore(PagedListing):
         return ListPage(objects, objects[-1].key if more else None)
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
-                part_number: int | None = None) -> str | None:
+                part_number: int | None = None, create_only: bool = False) -> str | None:
         """A SigV4 query-string URL for GET, PUT, or PUT of one multipart part."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         verb = method.upper()
@@ -308,6 +308,8 @@ class S3ObjectStore(PagedListing):
             operation = "get_object"
         elif verb == "PUT" and upload_id is None and part_number is None:
             operation = "put_object"
+            if create_only:
+                params["IfNoneMatch"] = "*"  # a signed header: the PUT must carry it
         elif verb == "PUT" and upload_id is not None and part_number is not None:
             operation = "upload_part"
             params.update(UploadId=upload_id, PartNumber=part_number)

@@ -104,7 +104,9 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
                     for n in range(1, count + 1)}
             plan[f.path] = {"stream": True} if None in urls.values() else {"parts": urls}
         else:
-            url = store.presign("PUT", key, expires_s=expires_s)
+            # Create-only: once registered, these bytes are the blob; the URL stays valid for
+            # ``expires_s`` and must not be able to replace them after verification.
+            url = store.presign("PUT", key, expires_s=expires_s, create_only=True)
             plan[f.path] = {"url": url} if url else {"stream": True}
         session.files[f.path] = entry
     store.put(_session_key(tenant, session.id), blobs.dump({"part_size": part_size, "files": session.files,
