@@ -134,16 +134,21 @@ class Attempts:
         if now - self._checked.get(job.key, 0.0) < LIVENESS_EVERY_S:
             return
         self._checked[job.key] = now
-        if await asyncio.to_thread(self.executor.workers_alive, job):
+        why, crashed = await asyncio.to_thread(self.executor.workers_alive, job)
+        if not why:
             self._suspect.pop(job.key, None)
             return
-        # Ray's tables can lag a moment (a placement group not yet listed, a launcher busy while
-        # another replica connects): only two failed checks in a row mean the workers are gone.
+        # A crashed worker is final at once. Anything else may be Ray's tables lagging a moment
+        # (a placement group not yet listed, a launcher busy while another replica connects):
+        # only two failed checks in a row mean the workers are gone.
         self._suspect[job.key] = self._suspect.get(job.key, 0) + 1
-        if self._suspect[job.key] < LOST_AFTER_CHECKS:
+        log.warning("job %s attempt %d liveness check %d failed: %s", job.name, job.attempt,
+                    self._suspect[job.key], why)
+        if not crashed and self._suspect[job.key] < LOST_AFTER_CHECKS:
             return
         results = await self.jobs.attempt_results(job)  # a worker may have reported just before exiting
-        lost = {r: {"exit_code": -1, "error": "worker process lost (its node died or it was killed)"}
+        lost = {r: {"exit_code": -1, "error": f"worker process lost ({crashed[r]})" if r in crashed
+                    else f"worker process lost ({why}; its node died or it was killed)"}
                 for r in range(job.workers) if r not in results}
         await self.finish(job, {**results, **lost})
 

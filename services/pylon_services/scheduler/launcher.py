@@ -50,19 +50,23 @@ class Launcher:
             started += 1
         return started
 
-    def alive(self, name: str) -> list[int] | None:
-        """The ranks of the attempt this launcher started, while each of their tasks runs or
-        ended normally; None once one crashed (its worker process died)."""
+    def alive(self, name: str) -> dict[str, Any]:
+        """The attempt's workers on this node: ``ranks`` it started (running or ended) and
+        ``crashed``, rank -> the error of each task whose worker process died (a crash, a kill,
+        its node lost). A task that ended normally reported its own result."""
         mine = self.refs.get(name, {})
-        refs = list(mine.values())
-        if refs:
-            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            for ref in done:
+        crashed: dict[int, str] = {}
+        if mine:
+            done, _ = ray.wait(list(mine.values()), num_returns=len(mine), timeout=0)
+            for rank, ref in mine.items():
+                if ref not in done:
+                    continue
                 try:
                     ray.get(ref, timeout=0)
-                except Exception:  # noqa: BLE001 - the worker process died (crash, node loss, kill)
-                    return None
-        return sorted(mine)
+                except Exception as exc:  # noqa: BLE001 - the worker process died
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    crashed[rank] = f"{type(exc).__name__}: {first}"
+        return {"ranks": sorted(mine), "crashed": crashed}
 
     def stop(self, name: str) -> None:
         """Kill the attempt's tasks on this node (their user processes die with them) and forget them."""

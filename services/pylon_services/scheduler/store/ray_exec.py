@@ -237,17 +237,30 @@ class RayExecutor:
                 return False
         return True
 
-    def workers_alive(self, job: Job) -> bool:
-        """True while every worker task of the current attempt runs (or ended normally): each
-        rank was started by the launcher of its bundle's node and none of them crashed."""
+    def workers_alive(self, job: Job) -> tuple[str, dict[int, str]]:
+        """Whether every worker task of the current attempt runs (or ended normally), as
+        ``(why not, crashed)``: ``why not`` is "" while each rank was started by the launcher of
+        its bundle's node and none crashed; ``crashed`` maps the rank of each task whose worker
+        process died to Ray's error."""
         nodes = self.placed_nodes(job)
         if nodes is None:
-            return False
+            return "its placement group is not placed", {}
         answers = self._on_nodes("alive", {n: (self.attempt_name(job),) for n in set(nodes)})
-        if any(a is None for a in answers.values()):
-            return False
-        started = {rank for ranks in answers.values() for rank in ranks}
-        return started >= set(range(job.workers))
+        if gone := [n for n, a in answers.items() if a is None]:
+            return f"the launcher of node {gone[0][:12]} is gone", {}
+        started: set[int] = set()
+        crashed: dict[int, str] = {}
+        for a in answers.values():
+            if isinstance(a, list):  # a launcher started by an older scheduler
+                started.update(a)
+                continue
+            started.update(a["ranks"])
+            crashed.update({int(r): e for r, e in a["crashed"].items()})
+        if crashed:
+            return f"worker {min(crashed)} crashed", crashed
+        if missing := sorted(set(range(job.workers)) - started):
+            return f"worker {missing[0]} was never started on its node", {}
+        return "", {}
 
     def release(self, job: Job, attempt: int | None = None) -> None:
         """Kill the attempt's workers and remove its placement group(s) (idempotent)."""
