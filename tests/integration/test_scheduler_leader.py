@@ -68,6 +68,31 @@ def test_concurrent_creates_share_round_trips_but_keep_their_own_results(redis_s
     _run(redis_server.url, body)
 
 
+def test_a_job_id_drawn_twice_never_overwrites_the_first_job(redis_server, monkeypatch):
+    """Ids carry 32 random bits per second; a repeat (or a caller's fixed id) must not replace the
+    job stored under it: the create script refuses the taken key and a fresh id is drawn."""
+    async def body(r: aioredis.Redis) -> None:
+        store = JobStore(r)
+        first, _ = await store.create(_job(1))
+        draws = iter(["j0001", "j0001", "j0002"])  # two more repeats, then a free id
+        monkeypatch.setattr(JobStore, "new_id", staticmethod(lambda: next(draws)))
+        clash = Job(id="j0001", tenant="acme", spec={"command": {"argv": ["false"]}}, request_id="r1")
+        second, created = await store.create(clash)
+        assert created and second.id == "j0002"
+        assert (await store.get("acme", "j0001")).spec["command"]["argv"] == ["true"]  # untouched
+        assert (await store.get("acme", "j0002")).spec["command"]["argv"] == ["false"]
+        assert await r.zcard(PENDING) == 2
+        again, created = await store.create(Job(id="j0009", tenant="acme", spec={}, request_id="r1"))
+        assert not created and again.id == "j0002"  # the request id names the job finally stored
+        monkeypatch.setattr(JobStore, "new_id", staticmethod(lambda: "j0001"))
+        from pylon_services.common.errors import Unavailable
+        with pytest.raises(Unavailable):
+            await store.create(Job(id="j0001", tenant="acme", spec={}))
+        assert await r.zcard(PENDING) == 2
+
+    _run(redis_server.url, body)
+
+
 def test_backlog_rereads_only_jobs_that_changed(redis_server):
     async def body(r: aioredis.Redis) -> None:
         api, leader = JobStore(r), JobStore(r, track_changes=True)

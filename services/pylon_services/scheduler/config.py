@@ -36,8 +36,8 @@ class SchedulerConfig(BaseSettings):
     idle_pass_s: float = 2.0
     # Passes (and checks of active jobs) run at most this often, however many events arrive...
     min_pass_interval_s: float = 0.2
-    # ...and take at most this fraction of the leader's CPU time (the gap grows with a pass's CPU
-    # cost; waiting on Ray for admitted jobs' placement groups does not count).
+    # ...and take at most this fraction of the leader's time (the gap grows with a pass's cost;
+    # waiting on Ray for admitted jobs' placement groups does not count).
     pass_duty_cycle: float = 0.25
     # The leader re-reads the whole pending queue this often; in between it reads only the jobs
     # events and its own writes name (``backlog.py``).

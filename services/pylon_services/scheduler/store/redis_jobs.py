@@ -16,20 +16,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
-import uuid
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from pylon_services.common.errors import NotFound
+from pylon_services.common.errors import NotFound, Unavailable
 from pylon_services.scheduler.domain.job import Job
 from pylon_services.scheduler.store.redis_sched import EVENTS, EVENTS_MAXLEN
 
 PENDING = "pylon:pending"
 ACTIVE = "pylon:active"
+ID_TRIES = 5  # draws of a job id before a submit gives up (a repeat needs the same second)
 
 
 def log_key(tenant: str, job_id: str) -> str:
@@ -58,8 +59,9 @@ if ARGV[9] == '1' and redis.call('exists', KEYS[2]) == 0 then return {'noqueue'}
 if ARGV[8] == '1' then
   local existing = redis.call('get', KEYS[1])
   if existing then return {'exists', redis.call('get', ARGV[10] .. existing)} end
-  redis.call('set', KEYS[1], ARGV[1])
 end
+if redis.call('exists', KEYS[3]) == 1 then return {'taken'} end
+if ARGV[8] == '1' then redis.call('set', KEYS[1], ARGV[1]) end
 redis.call('set', KEYS[3], ARGV[2])
 redis.call('zadd', KEYS[4], ARGV[3], ARGV[1])
 redis.call('zadd', KEYS[5], ARGV[4], ARGV[5])
@@ -167,13 +169,19 @@ class JobStore:
         ``require_queue_key``, refuse (NotFound) when that queue does not exist."""
         job.queued_at = job.queued_at or job.create_time
         rk = f"pylon:jobreq:{job.tenant}:{job.request_id}" if job.request_id else "pylon:jobreq:-"
-        event = json.dumps({"type": "submitted", "job": job.key})
-        out = await self._create_script(
-            [rk, require_queue_key or "pylon:queue:-", self._key(job.tenant, job.id), f"pylon:jobs:{job.tenant}",
-             PENDING, EVENTS],
-            [job.id, orjson.dumps(job.to_dict()), repr(job.create_time), repr(job.queued_at), job.key, event,
-             EVENTS_MAXLEN, "1" if job.request_id else "0", "1" if require_queue_key else "0",
-             f"pylon:job:{job.tenant}:"])
+        for _ in range(ID_TRIES):
+            event = json.dumps({"type": "submitted", "job": job.key})
+            out = await self._create_script(
+                [rk, require_queue_key or "pylon:queue:-", self._key(job.tenant, job.id), f"pylon:jobs:{job.tenant}",
+                 PENDING, EVENTS],
+                [job.id, orjson.dumps(job.to_dict()), repr(job.create_time), repr(job.queued_at), job.key, event,
+                 EVENTS_MAXLEN, "1" if job.request_id else "0", "1" if require_queue_key else "0",
+                 f"pylon:job:{job.tenant}:"])
+            if out[0] != b"taken":
+                break
+            job.id = self.new_id()  # an id drawn twice in the same second: never overwrite a job
+        else:
+            raise Unavailable(f"could not draw an unused job id in {ID_TRIES} tries; retry")
         verdict = out[0].decode()
         if verdict == "noqueue":
             raise NotFound(f"queue tenants/{require_queue_key.split(':', 2)[2].replace(':', '/queues/')} not found; "
@@ -184,7 +192,9 @@ class JobStore:
 
     @staticmethod
     def new_id() -> str:
-        return time.strftime("j%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
+        """``j<UTC date>-<time>-<8 random hex>``: sortable by submit second; a repeat within one
+        second is refused by the create script and drawn again."""
+        return time.strftime("j%Y%m%d-%H%M%S-", time.gmtime()) + os.urandom(4).hex()
 
     @staticmethod
     def _key(tenant: str, job_id: str) -> str:
