@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+import orjson
+
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -50,7 +52,6 @@ class AccessLog:
 
     def __init__(self, service: str = "pylon") -> None:
         self.service = service
-        self._encode = json.JSONEncoder(default=str).encode
         self._second = -1
         self._stamp = ""
 
@@ -64,7 +65,8 @@ class AccessLog:
     def write(self, level: str, msg: str, fields: dict[str, object]) -> None:
         line = {"ts": self._ts(time.time()), "level": level, "service": self.service, "logger": "pylon.rpc",
                 "msg": msg, **fields}
-        sys.stderr.write(self._encode(line) + "\n")
+        # orjson: ~1/5 of json's encode time on these lines (a visible share of a cheap RPC).
+        sys.stderr.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
 
 
 ACCESS = AccessLog()
