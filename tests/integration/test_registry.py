@@ -120,17 +120,22 @@ def test_digest_mismatch_is_rejected_and_nothing_becomes_visible(reg: RegistryEn
         path = tmp_path / "bad.bin"
         path.write_bytes(bad)
         if target.url:
-            transfer.put_file(str(path), target.url)
+            # The declared sha256 is signed into the URL: the object store refuses other bytes.
+            assert target.headers["x-amz-checksum-sha256"] and target.headers["If-None-Match"] == "*"
+            with pytest.raises(transfer.TransferError, match="HTTP 400"):
+                transfer.put_file(str(path), target.url, headers=dict(target.headers))
+            why = "was never uploaded"
         else:
             import google_crc32c
 
             c.call(c.registry.UploadArtifact, iter([pb.UploadArtifactRequest(
                 upload=session.upload, path="w.bin", offset=0, data=bad, crc32c=google_crc32c.value(bad))]))
+            why = "hash to"
         with pytest.raises(PylonError) as err:
             c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
                 parent="tenants/-/models/strict", upload=session.upload,
                 files=[pb.ArtifactFile(path="w.bin", digest=_digest(good), size_bytes=len(good))]))
-        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "hash to" in str(err.value)
+        assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and why in str(err.value)
         assert c.models.get("strict").latest_version == before
         assert len(c.models.versions("strict")[0]) == before
         # the bad bytes did not become a blob under the good digest
@@ -143,40 +148,50 @@ def test_presigned_put_cannot_replace_bytes_after_registration(reg: RegistryEnv,
     import http.client
     import urllib.parse
 
-    good, evil = b"registered weights", b"swapped in later!!"
-    with reg.client() as c:
-        f = pb.ArtifactFile(path="w.bin", digest=_digest(good), size_bytes=len(good))
-        session = c.call(c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
-            parent="tenants/-/models/sealed", files=[f], part_size=5 << 20))
-        url = session.targets[0].url
-        if not url:
-            pytest.skip("the local store has no URLs: uploads stream through the registry")
-        (tmp_path / "w.bin").write_bytes(good)
-        transfer.put_file(str(tmp_path / "w.bin"), url)
-        v = c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
-            parent="tenants/-/models/sealed", upload=session.upload, files=[f]))
+    evil = b"swapped in later!!"
+    for good, declared in ((b"registered weights", True), (b"other weights!", False)):
+        # declared: the store verifies the bytes on PUT; not: they are read back at registration
+        declared = _digest(good) if declared else ""
+        with reg.client() as c:
+            f = pb.ArtifactFile(path="w.bin", digest=declared, size_bytes=len(good))
+            session = c.call(c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+                parent="tenants/-/models/sealed", files=[f], part_size=5 << 20))
+            target = session.targets[0]
+            if not target.url:
+                pytest.skip("the local store has no URLs: uploads stream through the registry")
+            assert target.headers["If-None-Match"] == "*"
+            assert ("x-amz-checksum-sha256" in target.headers) == bool(declared)
+            (tmp_path / "w.bin").write_bytes(good)
+            transfer.put_file(str(tmp_path / "w.bin"), target.url, headers=dict(target.headers))
+            v = c.call(c.registry.CreateModelVersion, pb.CreateModelVersionRequest(
+                parent="tenants/-/models/sealed", upload=session.upload,
+                files=[pb.ArtifactFile(path="w.bin", digest=_digest(good), size_bytes=len(good))]))
 
-        def put(headers: dict[str, str]) -> int:
-            u = urllib.parse.urlsplit(url)
-            conn = http.client.HTTPConnection(u.netloc, timeout=30)
-            conn.request("PUT", f"{u.path}?{u.query}", body=evil, headers=headers)
-            status = conn.getresponse().status
-            conn.close()
-            return status
+            def put(headers: dict[str, str], url: str = target.url) -> int:
+                u = urllib.parse.urlsplit(url)
+                conn = http.client.HTTPConnection(u.netloc, timeout=30)
+                conn.request("PUT", f"{u.path}?{u.query}", body=evil, headers=headers)
+                status = conn.getresponse().status
+                conn.close()
+                return status
 
-        assert put({"If-None-Match": "*"}) == 412  # the object exists: create-only
-        assert put({}) == 403  # dropping the signed header breaks the signature
-        assert transfer.put_file(str(tmp_path / "w.bin"), url) == ""  # a retry is not an error
-        c.models.download(f"models:/sealed/versions/{v.version.version}", str(tmp_path / "dl"),
-                          cache_dir=str(tmp_path / "cache"), verify="sha256")
-        assert (tmp_path / "dl" / "w.bin").read_bytes() == good
+            assert put(dict(target.headers)) in (400, 412)  # exists (create-only), or not the signed digest
+            assert put({}) == 403  # dropping the signed headers breaks the signature
+            # A retry of the same upload is not an error.
+            assert transfer.put_file(str(tmp_path / "w.bin"), target.url, headers=dict(target.headers)) == ""
+            c.models.download(f"models:/sealed/versions/{v.version.version}", str(tmp_path / f"dl{declared[:9]}"),
+                              cache_dir=str(tmp_path / "cache"), verify="sha256")
+            assert (tmp_path / f"dl{declared[:9]}" / "w.bin").read_bytes() == good
 
 
 def test_large_file_hashed_during_upload_is_verified_at_registration(reg: RegistryEnv, tmp_path: Any,
                                                                       monkeypatch: Any) -> None:
     """A large file seen for the first time is declared without a digest, hashed while its parts
     upload, and its digest checked at registration: a wrong one or none is refused."""
+    from pylon.resources import models as sdk_models
+
     monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sdk_models, "UPFRONT_HASH_MAX", 0)  # as for a file above 1 GiB
     data = os.urandom((5 << 20) + 12345)  # two parts of 5 MiB
     root = _tree(tmp_path / "big", {"weights.bin": data, "config.json": b"{}"})
     with reg.client() as c:
@@ -205,14 +220,47 @@ def test_large_file_hashed_during_upload_is_verified_at_registration(reg: Regist
         assert c.models.get("deferred").latest_version == v.version
 
 
+def test_store_verified_upload_is_not_read_back_and_gets_its_crc32c_after(reg: RegistryEnv, tmp_path: Any,
+                                                                          monkeypatch: Any) -> None:
+    """A file hashed before upload goes in one PUT the object store verifies: registration asks
+    the store instead of reading the bytes back (so the manifest has no CRC32C), and the CRC32C
+    for cheap download checks is taken afterwards and served with the download plan."""
+    import google_crc32c
+
+    from pylon_services.registry.domain.artifacts import crc_key
+    from tests.support.waiting import wait_for
+
+    monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
+    data = os.urandom((9 << 20) + 7)
+    with reg.client() as c:
+        session = c.call(c.registry.CreateArtifactUpload, pb.CreateArtifactUploadRequest(
+            parent="tenants/-/models/checked", part_size=5 << 20,
+            files=[pb.ArtifactFile(path="w.bin", digest=_digest(data), size_bytes=len(data))]))
+        if not session.targets[0].url:
+            pytest.skip("the local store has no URLs: uploads stream through the registry")
+        assert not session.targets[0].part_urls and session.targets[0].headers["x-amz-checksum-sha256"]
+        v = c.models.register("checked", _tree(tmp_path / "m", {"w.bin": data}))
+        (entry,) = v.files
+        assert not entry.get("crc32c")  # nothing was read back at registration
+        wait_for(lambda: reg.store.exists(crc_key("acme", entry["digest"])), 60, "the CRC32C to be recorded")
+        plan = c.call(c.registry.GetArtifactDownload, pb.GetArtifactDownloadRequest(name=v.name))
+        assert plan.files[0].file.crc32c == google_crc32c.value(data)
+        out = c.models.download(f"models:/checked/versions/{v.version}", str(tmp_path / "out"),
+                                cache_dir=str(tmp_path / "dl-cache"))
+        assert (tmp_path / "out" / "w.bin").read_bytes() == data and out
+
+
 def test_downloads_are_checked_against_the_registrys_crc32c_and_sha256(reg: RegistryEnv, tmp_path: Any,
                                                                         monkeypatch: Any) -> None:
     """Bytes damaged in storage after registration never reach the cache, whichever check runs."""
     import google_crc32c
 
-    data = os.urandom(3 << 20)
+    from pylon.resources import models as sdk_models
+
+    monkeypatch.setattr(sdk_models, "UPFRONT_HASH_MAX", 0)  # hashed while sent, read back at registration
+    data = os.urandom(6 << 20)
     with reg.client() as c:
-        v = c.models.register("crc", _tree(tmp_path / "m", {"w.bin": data}))
+        v = c.models.register("crc", _tree(tmp_path / "m", {"w.bin": data}), part_size=5 << 20)
         (f,) = c.call(c.registry.GetArtifactDownload, pb.GetArtifactDownloadRequest(name=v.name)).files
         assert f.file.crc32c == google_crc32c.value(data)  # taken while the registry verified the sha256
         reg.store.put(f.file.object_key, bytes([data[0] ^ 1]) + data[1:])  # same size, one bit off

@@ -416,6 +416,44 @@ def test_presigned_urls(store: ObjectStore) -> None:
     assert store.get("ps/mp") == payload(5 * MIB, 7) + b"tail"
 
 
+def test_presigned_put_is_create_only_and_checked_against_its_sha256(store: ObjectStore) -> None:
+    """``presign_put``: the signed headers make the URL create-only and, with a sha256, make the
+    store refuse any other bytes; ``stored_sha256`` reports the digest the store verified."""
+    import urllib.error
+
+    data = b"verified by the store"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if isinstance(store, LocalObjectStore):
+        assert store.presign_put("k", sha256=digest) is None
+        store.put("k", data)
+        assert store.stored_sha256("k") is None
+        return
+
+    def put(url: str, body: bytes, headers: dict[str, str]) -> int:
+        req = urllib.request.Request(url, data=body, method="PUT", headers=headers)
+        try:
+            with urllib.request.urlopen(req) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    signed = store.presign_put("pp/checked", expires_s=60, sha256=digest)
+    assert signed is not None
+    url, headers = signed
+    assert put(url, b"other bytes", headers) == 400  # not the signed digest: refused by the store
+    assert put(url, data, {"If-None-Match": "*"}) == 403  # the checksum header is signed
+    assert not store.exists("pp/checked")
+    assert put(url, data, headers) == 200
+    assert store.stored_sha256("pp/checked") == digest and store.get("pp/checked") == data
+    assert put(url, data, headers) == 412  # create-only
+    plain = store.presign_put("pp/plain", expires_s=60)
+    assert plain is not None and set(plain[1]) == {"If-None-Match"}
+    assert put(plain[0], data, plain[1]) == 200 and put(plain[0], b"again", plain[1]) == 412
+    assert store.stored_sha256("pp/plain") is None  # no checksum was asked for: none is claimed
+    store.put("pp/direct", data)
+    assert store.stored_sha256("pp/direct") is None
+
+
 def test_put_file_and_get_file(store: ObjectStore, tmp_path: Path) -> None:
     source = tmp_path / "in.bin"
     data = payload(12 * MIB + 17, 9)

@@ -18,6 +18,9 @@ from pylon.resources._base import _name, _Resource
 from pylon.types import Alias, AliasMove, Model, ModelVersion
 
 DEFAULT_PART_SIZE = 16 << 20  # like boto3, small enough that one file keeps every thread busy
+# New files up to this size are hashed before they are sent (the registry's default limit for one
+# PUT the object store verifies, PYLON_REGISTRY_VERIFIED_PUT_MAX_BYTES); larger ones while they are.
+UPFRONT_HASH_MAX = 1 << 30
 _HF_WEIGHTS = (".safetensors", ".bin")
 
 
@@ -89,12 +92,14 @@ class Models(_Resource):
                 progress: Callable[[int, int], None] | None) -> tuple[str, list[pb.ArtifactFile]]:
         """Hash, open a session, send what the store lacks; returns (session, declared files).
 
-        Small files and files hashed before (same path, size, mtime) are hashed first, so bytes
-        the tenant already holds are never sent. A large file seen for the first time is hashed
-        while its parts upload (its digest is declared at registration, where the registry
-        verifies it), so the hash no longer delays the transfer."""
+        Files up to ``UPFRONT_HASH_MAX`` and files hashed before (same path, size, mtime) are
+        hashed first: bytes the tenant already holds are never sent, and a declared digest lets
+        the object store verify the file as it arrives (one PUT, nothing read back at
+        registration). A larger file seen for the first time is hashed while its parts upload
+        (its digest is declared at registration, where the registry reads it back once)."""
         sizes = {p: os.path.getsize(local) for p, local in files.items()}
-        later = {p for p, local in files.items() if sizes[p] > part_size and transfer.cached_hash(local) is None}
+        later = {p for p, local in files.items()
+                 if sizes[p] > max(part_size, UPFRONT_HASH_MAX) and transfer.cached_hash(local) is None}
         with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
             first = [p for p in files if p not in later]
             digests = dict(zip(first, (h.sha256 for h in pool.map(transfer.hash_file, [files[p] for p in first])),
@@ -119,7 +124,7 @@ class Models(_Resource):
             elif t.part_urls:
                 transfer.upload_parts(local, session.part_size, dict(t.part_urls), concurrency=concurrency, progress=tick)
             else:
-                transfer.put_file(local, t.url, progress=tick)
+                transfer.put_file(local, t.url, progress=tick, headers=dict(t.headers))
 
         small = [t for t in todo if not t.part_urls]
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(small) or 1))) as pool:

@@ -54,7 +54,7 @@ async def _repair_loop(registry: Registry, retention_s: float) -> None:
 
 async def build(settings: Settings, redis_async: aioredis.Redis) -> ServiceParts:
     index = RedisRegistryIndex(redis.Redis.from_url(settings.redis_url, max_connections=64))
-    registry = Registry(object_store(settings), index)
+    registry = Registry(object_store(settings), index, settings.registry_verified_put_max_bytes)
     keys = ApiKeyStore(redis_async, settings.admin_key, settings.auth_cache_ttl_s)
     reader = CachedIndexReader(AsyncIndexReader(redis_async), redis_async, settings.registry_read_cache_ttl_s)
     index.listeners.append(reader.invalidate)  # read-your-writes here, before the message arrives

@@ -48,3 +48,8 @@ class Settings(BaseSettings):
     # Registry: how long a get-version / resolve-alias answer may be served from memory at most
     # (writes invalidate it at once, in every replica, through Redis pub/sub); 0 turns it off.
     registry_read_cache_ttl_s: float = 60.0
+    # Registry: files with a declared sha256 up to this size are uploaded in one PUT that the
+    # object store verifies against the digest (no read-back at registration); larger files go in
+    # parallel parts and are read back once. One stream keeps up with parallel parts on a local
+    # network (MinIO in the cluster); over a WAN to a cloud store, lower it.
+    registry_verified_put_max_bytes: int = 1 << 30

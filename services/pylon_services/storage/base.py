@@ -134,10 +134,21 @@ class ObjectStore(Protocol):
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
-                part_number: int | None = None, create_only: bool = False) -> str | None:
+                part_number: int | None = None) -> str | None:
         """A URL a client can use without credentials ('GET', 'PUT', or 'PUT' of one multipart
         part). None where the backend has no URL form (local filesystem): callers then stream
-        through the service instead. ``create_only`` (whole-object PUT) signs ``If-None-Match: *``
-        into the URL: the client must send that header, and the URL can create the object but
-        never replace it, so bytes verified once cannot be swapped while the URL is still valid."""
+        through the service instead."""
+        ...
+
+    def presign_put(self, key: str, *, expires_s: int = 3600, sha256: str = "") -> tuple[str, dict[str, str]] | None:
+        """A create-only whole-object PUT URL and the headers the PUT must carry, signed into it:
+        ``If-None-Match: *`` (the URL can create the object, never replace it, so bytes verified
+        once cannot be swapped while the URL is still valid), and with ``sha256``
+        ("sha256:<hex>") the store's checksum header, so the store itself verifies the bytes
+        against that digest as they arrive and refuses any others. None without a URL form."""
+        ...
+
+    def stored_sha256(self, key: str) -> str | None:
+        """The whole-object sha256 ("sha256:<hex>") the store verified when the object was PUT
+        with one (``presign_put(sha256=...)``); None where it kept none."""
         ...

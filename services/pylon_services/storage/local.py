@@ -238,9 +238,15 @@ class LocalObjectStore(PagedListing):
         return ListPage(objects, None)
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
-                part_number: int | None = None, create_only: bool = False) -> str | None:
+                part_number: int | None = None) -> str | None:
         """No URL form for local files: callers stream through the service instead."""
         return None
+
+    def presign_put(self, key: str, *, expires_s: int = 3600, sha256: str = "") -> tuple[str, dict[str, str]] | None:
+        return None
+
+    def stored_sha256(self, key: str) -> str | None:
+        return None  # files carry no verified checksum: callers hash them
 
     # -- multipart ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ stored under an optional ``prefix`` inside the bucket; callers never see it.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import functools
 import hashlib
@@ -300,7 +301,7 @@ class S3ObjectStore(PagedListing):
         return ListPage(objects, objects[-1].key if more else None)
 
     def presign(self, method: str, key: str, *, expires_s: int = 3600, upload_id: str | None = None,
-                part_number: int | None = None, create_only: bool = False) -> str | None:
+                part_number: int | None = None) -> str | None:
         """A SigV4 query-string URL for GET, PUT, or PUT of one multipart part."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         verb = method.upper()
@@ -308,14 +309,31 @@ class S3ObjectStore(PagedListing):
             operation = "get_object"
         elif verb == "PUT" and upload_id is None and part_number is None:
             operation = "put_object"
-            if create_only:
-                params["IfNoneMatch"] = "*"  # a signed header: the PUT must carry it
         elif verb == "PUT" and upload_id is not None and part_number is not None:
             operation = "upload_part"
             params.update(UploadId=upload_id, PartNumber=part_number)
         else:
             raise InvalidArgument.field("method", "must be GET, PUT, or PUT with upload_id and part_number")
         return str(self._client.generate_presigned_url(operation, Params=params, ExpiresIn=expires_s))
+
+    def presign_put(self, key: str, *, expires_s: int = 3600, sha256: str = "") -> tuple[str, dict[str, str]] | None:
+        # Parameters that map to headers become signed headers: a PUT without them, or with
+        # other values, fails the signature check (S3, MinIO and SeaweedFS alike).
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "IfNoneMatch": "*"}
+        headers = {"If-None-Match": "*"}
+        if sha256:
+            b64 = base64.b64encode(bytes.fromhex(sha256.split(":", 1)[1])).decode()
+            params["ChecksumSHA256"] = headers["x-amz-checksum-sha256"] = b64
+        url = self._client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
+        return str(url), headers
+
+    def stored_sha256(self, key: str) -> str | None:
+        response = self._call(key, lambda: self._client.head_object(
+            Bucket=self.bucket, Key=self._full(key), ChecksumMode="ENABLED"))  # fmt: skip
+        value = response.get("ChecksumSHA256") or ""
+        if not value or "-" in value or response.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+            return None  # none kept, or a multipart upload's checksum of part checksums
+        return "sha256:" + base64.b64decode(value).hex()
 
     # -- multipart ------------------------------------------------------------------------
 

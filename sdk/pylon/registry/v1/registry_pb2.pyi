@@ -533,7 +533,7 @@ class CreateArtifactUploadRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., part_size: _Optional[int] = ..., expires_s: _Optional[int] = ...) -> None: ...
 
 class ArtifactUploadTarget(_message.Message):
-    __slots__ = ("path", "present", "url", "part_urls", "stream")
+    __slots__ = ("path", "present", "url", "part_urls", "stream", "headers")
     class PartUrlsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -541,17 +541,26 @@ class ArtifactUploadTarget(_message.Message):
         key: int
         value: str
         def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PATH_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     PART_URLS_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
     path: str
     present: bool
     url: str
     part_urls: _containers.ScalarMap[int, str]
     stream: bool
-    def __init__(self, path: _Optional[str] = ..., present: _Optional[bool] = ..., url: _Optional[str] = ..., part_urls: _Optional[_Mapping[int, str]] = ..., stream: _Optional[bool] = ...) -> None: ...
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, path: _Optional[str] = ..., present: _Optional[bool] = ..., url: _Optional[str] = ..., part_urls: _Optional[_Mapping[int, str]] = ..., stream: _Optional[bool] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateArtifactUploadResponse(_message.Message):
     __slots__ = ("upload", "targets", "part_size")

@@ -213,9 +213,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         files = [DeclaredFile(f.path, f.digest, f.size_bytes) for f in request.files]
         part = request.part_size or 16 << 20
         session, plan = await self._do(artifacts.create_upload, self._r.store, tenant, files, part,
-                                       self._r.known_blob(tenant), request.expires_s or 3600)
+                                       self._r.known_blob(tenant), request.expires_s or 3600,
+                                       self._r.verified_put_max)
         targets = [pb.ArtifactUploadTarget(path=path, present=t.get("present", False), url=t.get("url", ""),
-                                           part_urls=t.get("parts", {}), stream=t.get("stream", False))
+                                           part_urls=t.get("parts", {}), stream=t.get("stream", False),
+                                           headers=t.get("headers", {}))
                    for path, t in plan.items()]
         return pb.CreateArtifactUploadResponse(upload=f"tenants/{tenant}/models/{model}/uploads/{session.id}",
                                                targets=targets, part_size=part)
@@ -240,7 +242,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         doc = await self._do(self._r.get_version, tenant, model, version)
         if doc["state"] == "deleted":
             raise NotFound(f"{request.name} is deleted")
-        plan = await self._do(artifacts.download_plan, self._r.store, doc["files"], request.expires_s or 3600)
+        plan = await self._do(artifacts.download_plan, self._r.store, tenant, doc["files"], request.expires_s or 3600)
         return pb.GetArtifactDownloadResponse(files=[pb.ArtifactLocation(file=pb.ArtifactFile(**f), url=url)
                                                      for f, url in plan])
 

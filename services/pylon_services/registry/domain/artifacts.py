@@ -13,6 +13,7 @@ bytes through the ``UploadArtifact`` stream into the same staging keys.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -22,12 +23,20 @@ from typing import Any
 
 from pylon_services.common import blobs
 from pylon_services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from pylon_services.storage.base import CompletedPart, ObjectStore
+from pylon_services.storage.base import CompletedPart, ObjectExists, ObjectNotFound, ObjectStore
 
 MAX_FILES = 10_000
 MIN_PART = 5 << 20
 MAX_PART = 5 << 30
 _VERIFY_THREADS = 4
+# Files with a declared sha256 up to this size go in one PUT the object store verifies
+# (``create_upload``); settable with PYLON_REGISTRY_VERIFIED_PUT_MAX_BYTES.
+VERIFIED_PUT_MAX = 1 << 30
+# Files from this size on get a CRC32C (cheap download checks) when registered without one;
+# smaller files are checked by sha256, which costs next to nothing at their size.
+CRC_MIN_BYTES = 8 << 20
+
+log = logging.getLogger("pylon.registry")
 
 
 @dataclass
@@ -73,10 +82,18 @@ def _session_key(tenant: str, upload_id: str) -> str:
 
 
 def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], part_size: int, known: KnownBlob,
-                  expires_s: int = 3600) -> tuple[UploadSession, dict[str, dict[str, Any]]]:
+                  expires_s: int = 3600, verified_put_max: int = VERIFIED_PUT_MAX
+                  ) -> tuple[UploadSession, dict[str, dict[str, Any]]]:
     """Open an upload session. Returns the session and, per path, what the client must do:
-    ``{"present": True}`` (a verified blob holds these bytes), ``{"url": ...}`` (one PUT),
-    ``{"parts": {n: url}}`` (multipart), or ``{"stream": True}`` (no URLs: use UploadArtifact)."""
+    ``{"present": True}`` (a verified blob holds these bytes), ``{"url": ..., "headers": ...}``
+    (one PUT carrying those headers), ``{"parts": {n: url}}`` (multipart), or ``{"stream": True}``
+    (no URLs: use UploadArtifact).
+
+    A file with a declared sha256 of at most ``verified_put_max`` bytes gets one PUT that the
+    object store verifies against that digest (``ObjectStore.presign_put``): registration then
+    only asks the store what it verified. Larger files, and files hashed while they upload, go
+    in parallel parts and are read back once at registration. The limit trades one stream's
+    speed against the read-back: on a local network one stream keeps up with parallel parts."""
     if not files or len(files) > MAX_FILES:
         raise InvalidArgument.field("files", f"must list 1 to {MAX_FILES} files")
     if not MIN_PART <= part_size <= MAX_PART:
@@ -96,7 +113,14 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
             continue
         key = session.prefix + str(len(session.files))
         entry: dict[str, Any] = {"key": key, "digest": f.digest, "size": f.size, "upload_id": ""}
-        if f.size > part_size:
+        checked = (store.presign_put(key, expires_s=expires_s, sha256=f.digest)
+                   if f.digest and f.size <= verified_put_max else None)
+        if checked is not None:
+            # One PUT the store verifies against the declared sha256 itself: nothing to read back.
+            url, headers = checked
+            entry["store_checked"] = True
+            plan[f.path] = {"url": url, "headers": headers}
+        elif f.size > part_size:
             upload_id = store.create_multipart(key)
             entry["upload_id"] = upload_id
             count = -(-f.size // part_size)
@@ -106,8 +130,8 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
         else:
             # Create-only: once registered, these bytes are the blob; the URL stays valid for
             # ``expires_s`` and must not be able to replace them after verification.
-            url = store.presign("PUT", key, expires_s=expires_s, create_only=True)
-            plan[f.path] = {"url": url} if url else {"stream": True}
+            signed = store.presign_put(key, expires_s=expires_s)
+            plan[f.path] = {"url": signed[0], "headers": signed[1]} if signed else {"stream": True}
         session.files[f.path] = entry
     store.put(_session_key(tenant, session.id), blobs.dump({"part_size": part_size, "files": session.files,
                                                             "create_time": time.time()}), if_none_match=True)
@@ -226,6 +250,13 @@ def collect_from_upload(store: ObjectStore, session: UploadSession, declared: li
             raise InvalidArgument.field(f"files[{f.path}]", "digest or size differs from what the upload declared")
         if not store.exists(staged["key"]):
             raise InvalidArgument.field(f"files[{f.path}]", f"was never uploaded to upload {session.id}")
+        if staged.get("store_checked") and store.stored_sha256(staged["key"]) == f.digest:
+            # The store refused any bytes but these when they were PUT: no read-back. Its CRC32C
+            # (for cheap download checks) is taken later, off the client's path (blob_crc32c).
+            size = store.head(staged["key"]).size
+            if size != f.size:
+                raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
+            return _entry(f.path, f.digest, size, known(f.digest) or staged["key"])
         digest, size, crc = _verify(store, staged["key"], f)
         return _entry(f.path, digest, size, known(digest) or staged["key"], crc)
 
@@ -244,6 +275,46 @@ def discard_upload(store: ObjectStore, session: UploadSession, kept: set[str]) -
     store.delete(_session_key(session.tenant, session.id))
 
 
-def download_plan(store: ObjectStore, files: Iterable[dict[str, Any]], expires_s: int) -> list[tuple[dict[str, Any], str]]:
-    """(file, presigned GET URL or "" when the store has no URLs) for each file."""
-    return [(f, store.presign("GET", f["object_key"], expires_s=expires_s) or "") for f in files]
+def crc_key(tenant: str, digest: str) -> str:
+    """Where the CRC32C of the tenant's verified bytes with ``digest`` is kept (a function of the
+    content, so it never changes: written create-only, never deleted with a version)."""
+    return f"tenants/{tenant}/blobs/crc32c/{digest.split(':', 1)[1]}"
+
+
+def record_crc32c(store: ObjectStore, tenant: str, files: Iterable[dict[str, Any]]) -> int:
+    """Read back, once, files that were registered without a CRC32C (bytes the object store
+    verified on PUT, or already-stored blobs) and keep their CRC32C under ``crc_key``, so
+    downloads can check them cheaply. Runs after registration, off the client's path; reads
+    that disagree with the digest are logged and kept out. Returns how many were recorded."""
+    done = 0
+    for f in files:
+        key = crc_key(tenant, f["digest"])
+        if store.exists(key):
+            continue
+        digest, size, crc = blobs.digests_of_object(store, f["object_key"], size=f["size_bytes"])
+        if (digest, size) != (f["digest"], f["size_bytes"]):
+            log.error("stored bytes of %s hash to %s (%d bytes), not %s: no CRC32C recorded",
+                      f["object_key"], digest, size, f["digest"])
+            continue
+        try:
+            store.put(key, str(crc).encode(), if_none_match=True)
+            done += 1
+        except ObjectExists:
+            pass
+    return done
+
+
+def download_plan(store: ObjectStore, tenant: str, files: Iterable[dict[str, Any]], expires_s: int
+                  ) -> list[tuple[dict[str, Any], str]]:
+    """(file, presigned GET URL or "" when the store has no URLs) for each file. A large file
+    registered without a CRC32C gets the one ``record_crc32c`` kept, once there is one (else the
+    client checks the sha256)."""
+    out = []
+    for f in files:
+        if "crc32c" not in f and f["size_bytes"] >= CRC_MIN_BYTES:
+            try:
+                f = {**f, "crc32c": int(store.get(crc_key(tenant, f["digest"])))}
+            except ObjectNotFound:
+                pass
+        out.append((f, store.presign("GET", f["object_key"], expires_s=expires_s) or ""))
+    return out

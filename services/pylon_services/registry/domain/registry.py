@@ -9,8 +9,10 @@ its artifacts are verified and stored: no reader ever sees a half-registered ver
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,8 @@ from pylon_services.registry.domain.artifacts import DeclaredFile
 from pylon_services.registry.domain.ports import RegistryIndex
 from pylon_services.registry.domain.query import compile_filter, parse_order, sort_key
 from pylon_services.storage.base import EtagMismatch, ObjectExists, ObjectNotFound, ObjectStore
+
+log = logging.getLogger("pylon.registry")
 
 FORMATS = layout.FORMATS
 MAX_SCAN = 100_000  # versions a non-native ordering may sort in memory
@@ -65,9 +69,13 @@ def _not_found(what: str) -> NotFound:
 
 
 class Registry:
-    def __init__(self, store: ObjectStore, index: RegistryIndex) -> None:
+    def __init__(self, store: ObjectStore, index: RegistryIndex,
+                 verified_put_max: int = artifacts.VERIFIED_PUT_MAX) -> None:
         self.store = store
         self.index = index
+        self.verified_put_max = verified_put_max  # see artifacts.create_upload
+        # CRC32Cs of files registered without one, taken after registration (one at a time).
+        self._crc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-crc32c")
 
     @contextmanager
     def _writing(self, tenant: str, model: str) -> Iterator[None]:
@@ -222,7 +230,15 @@ class Registry:
             self.index.put_blobs(tenant, {f["digest"]: f["object_key"] for f in files})
         if session:
             artifacts.discard_upload(self.store, session, {f["object_key"] for f in files})
+        if unchecked := [f for f in files if "crc32c" not in f and f["size_bytes"] >= artifacts.CRC_MIN_BYTES]:
+            self._crc.submit(self._record_crc32c, tenant, unchecked)
         return self.get_version(tenant, model, str(n))
+
+    def _record_crc32c(self, tenant: str, files: list[dict[str, Any]]) -> None:
+        try:
+            artifacts.record_crc32c(self.store, tenant, files)
+        except Exception:  # noqa: BLE001 - downloads fall back to the sha256; never fatal
+            log.exception("recording CRC32Cs failed")
 
     def known_blob(self, tenant: str) -> artifacts.KnownBlob:
         """Where verified bytes with a digest are stored in this tenant, if anywhere: the index's
