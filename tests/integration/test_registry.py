@@ -248,6 +248,14 @@ def test_store_verified_upload_is_not_read_back_and_gets_its_crc32c_after(reg: R
         out = c.models.download(f"models:/checked/versions/{v.version}", str(tmp_path / "out"),
                                 cache_dir=str(tmp_path / "dl-cache"))
         assert (tmp_path / "out" / "w.bin").read_bytes() == data and out
+    # Bytes that no longer match their digest when the CRC32C is taken get none (logged instead).
+    from pylon_services.registry.domain.artifacts import record_crc32c
+
+    other = os.urandom(9 << 20)
+    reg.store.put("tenants/acme/scratch/w.bin", other[:-1] + bytes([other[-1] ^ 1]))
+    entry = {"digest": _digest(other), "size_bytes": len(other), "object_key": "tenants/acme/scratch/w.bin"}
+    assert record_crc32c(reg.store, "acme", [entry]) == 0
+    assert not reg.store.exists(crc_key("acme", _digest(other)))
 
 
 def test_downloads_are_checked_against_the_registrys_crc32c_and_sha256(reg: RegistryEnv, tmp_path: Any,

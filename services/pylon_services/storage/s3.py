@@ -318,7 +318,8 @@ class S3ObjectStore(PagedListing):
 
     def presign_put(self, key: str, *, expires_s: int = 3600, sha256: str = "") -> tuple[str, dict[str, str]] | None:
         # Parameters that map to headers become signed headers: a PUT without them, or with
-        # other values, fails the signature check (S3, MinIO and SeaweedFS alike).
+        # other values, fails the signature check (the S3 API's rule; SeaweedFS is checked by
+        # tests/integration/test_storage_contract.py).
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "IfNoneMatch": "*"}
         headers = {"If-None-Match": "*"}
         if sha256:

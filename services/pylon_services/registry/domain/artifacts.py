@@ -252,7 +252,7 @@ def collect_from_upload(store: ObjectStore, session: UploadSession, declared: li
             raise InvalidArgument.field(f"files[{f.path}]", f"was never uploaded to upload {session.id}")
         if staged.get("store_checked") and store.stored_sha256(staged["key"]) == f.digest:
             # The store refused any bytes but these when they were PUT: no read-back. Its CRC32C
-            # (for cheap download checks) is taken later, off the client's path (blob_crc32c).
+            # (for cheap download checks) is taken later, off the client's path (record_crc32c).
             size = store.head(staged["key"]).size
             if size != f.size:
                 raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
