@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.kill()
             redis_server.stop()
         with open(log_path) as f:
-            log_lines = sum(1 for line in f if '"msg": "rpc"' in line)
+            log_lines = sum(1 for line in f if line.startswith("{") and json.loads(line).get("msg") == "rpc")
     summary = _summary(results)
     if args.json:
         print(json.dumps({"config": vars(args), "cpus": os.cpu_count(), "load_average_before": load_before,
