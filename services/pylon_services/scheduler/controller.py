@@ -164,7 +164,7 @@ class Controller:
             self._launch_s = 0.0
             await self.schedule_pass()
             # The time spent waiting for admitted jobs' placement groups does not count: under
-            # load it once pushed the next pass (and a new job's first look) 40 s out.
+            # load it once pushed the next pass (and a new job's first look) more than 30 s out.
             self._pass_cost_s = time.monotonic() - now - self._launch_s
             self.passes += 1
             self._log_stats(time.process_time() - cpu)
