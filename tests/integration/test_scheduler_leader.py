@@ -46,9 +46,13 @@ def _job(i: int, request_id: str = "") -> Job:
     return Job(id=f"j{i:04d}", tenant="acme", spec={"command": {"argv": ["true"]}}, request_id=request_id)
 
 
-def test_concurrent_creates_share_round_trips_but_keep_their_own_results(redis_server):
+@pytest.mark.parametrize("pipe", [True, False], ids=["resp-pipe", "redis-py"])  # redis-py: TLS connections
+def test_concurrent_creates_share_round_trips_but_keep_their_own_results(redis_server, pipe):
     async def body(r: aioredis.Redis) -> None:
         store = JobStore(r)
+        assert store._create_script._pipe is not None  # plain TCP: the lean pipe
+        if not pipe:
+            store._create_script._pipe = None
         await r.set("pylon:queue:acme:q", "{}")
         calls = [store.create(_job(i)) for i in range(40)]
         calls += [store.create(_job(100 + i, request_id="same")) for i in range(5)]
@@ -89,6 +93,40 @@ def test_a_job_id_drawn_twice_never_overwrites_the_first_job(redis_server, monke
         with pytest.raises(Unavailable):
             await store.create(Job(id="j0001", tenant="acme", spec={}))
         assert await r.zcard(PENDING) == 2
+
+    _run(redis_server.url, body)
+
+
+def test_resp_pipe_pipelines_answers_in_order_and_reconnects(redis_server):
+    """The submit path's own Redis connection: concurrent calls get their own replies, an error
+    reply raises for its caller only, a killed connection fails what was in flight and the next
+    call reconnects (to the right database)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+
+    from pylon_services.scheduler.store.resp_pipe import RespPipe
+
+    async def body(r: aioredis.Redis) -> None:
+        pipe = RespPipe.for_client(r)
+        assert pipe is not None and pipe.db == DB
+        out = await asyncio.gather(*(pipe.call(b"INCR", "n") for _ in range(200)),
+                                   pipe.call(b"HGET", "n", "x"), return_exceptions=True)
+        assert sorted(out[:200]) == list(range(1, 201))  # each call its own reply
+        assert isinstance(out[200], ResponseError) and "WRONGTYPE" in str(out[200])
+        assert await r.get("n") == b"200"  # the pipe writes where redis-py reads
+        assert await pipe.call(b"GET", "missing") is None
+        big = os.urandom(300_000)  # a reply spread over many reads
+        await pipe.call(b"SET", "big", big)
+        assert await pipe.call(b"GET", "big") == big
+        me = await pipe.call(b"CLIENT", b"ID")
+        blocked = asyncio.ensure_future(pipe.call(b"BLPOP", "never", 30))  # in flight when killed
+        await asyncio.sleep(0.2)
+        await r.client_kill_filter(_id=me)
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(blocked, 10)
+        assert await pipe.call(b"INCR", "n") == 201  # reconnected, same database
+        assert await pipe.call(b"CLIENT", b"ID") != me
+        pipe.close()
 
     _run(redis_server.url, body)
 

@@ -34,21 +34,30 @@ class Launcher:
         self._fn = ray.remote(run_workload)
         self.refs: dict[str, dict[int, Any]] = {}
 
-    def launch(self, name: str, job: dict[str, Any], settings: dict[str, Any],
-               workers: list[tuple[int, str, int, dict[str, Any]]]) -> int:
-        """Start the listed workers, each ``(rank, placement group name, bundle index, task
-        options)``; a rank this launcher already started is skipped (idempotent). The caller
-        has seen each group created, so the task is scheduled at once. Returns how many started."""
+    def launch_in(self, name: str, job: dict[str, Any], settings: dict[str, Any],
+                  workers: list[tuple[int, Any, int, dict[str, Any]]]) -> int:
+        """Start the listed workers, each ``(rank, placement group, bundle index, task options)``;
+        a rank this launcher already started is skipped (idempotent). The caller has seen each
+        group created, so the task is scheduled at once. Returns how many started.
+
+        The group comes as the object, not its name: a name is looked up in the namespace of the
+        job that created this (detached) actor, which is not always the scheduler's (a process
+        whose Ray connection was opened in another namespace may have created it)."""
         mine = self.refs.setdefault(name, {})
         started = 0
-        for rank, pg_name, bundle, opts in workers:
+        for rank, pg, bundle, opts in workers:
             if rank in mine:
                 continue
-            strategy = PlacementGroupSchedulingStrategy(get_placement_group(pg_name), placement_group_bundle_index=bundle)
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)
             mine[rank] = self._fn.options(**opts, max_retries=0, scheduling_strategy=strategy).remote(
                 job, settings, job["attempt"], rank)
             started += 1
         return started
+
+    def launch(self, name: str, job: dict[str, Any], settings: dict[str, Any],
+               workers: list[tuple[int, str, int, dict[str, Any]]]) -> int:
+        """``launch_in`` with placement group names (the protocol of earlier schedulers)."""
+        return self.launch_in(name, job, settings, [(r, get_placement_group(n), b, o) for r, n, b, o in workers])
 
     def alive(self, name: str) -> dict[str, Any]:
         """The attempt's workers on this node: ``ranks`` it started (running or ended) and

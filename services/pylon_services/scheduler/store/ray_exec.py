@@ -84,7 +84,7 @@ class RayExecutor:
     def _on_nodes(self, method: str, calls: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
         """Call ``method`` on the launchers of the given nodes in parallel; a launcher that is
         gone (its node died) answers None and is forgotten."""
-        refs = {n: getattr(self._launcher_on(n), method).remote(*args) for n, args in calls.items()}
+        refs = {n: self._method(self._launcher_on(n), method, args) for n, args in calls.items()}
         out: dict[str, Any] = {}
         for node_id, ref in refs.items():
             try:
@@ -94,6 +94,17 @@ class RayExecutor:
                     self._launchers.pop(node_id, None)
                 out[node_id] = None
         return out
+
+    @staticmethod
+    def _method(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
+        """Call ``method`` on a launcher; a launcher left by an earlier scheduler version that has
+        no ``launch_in`` gets ``launch`` with placement group names (its protocol)."""
+        if method == "launch_in":  # workers: (rank, group, group name, bundle index, options)
+            name, job, settings, workers = args
+            if hasattr(handle, "launch_in"):
+                return handle.launch_in.remote(name, job, settings, [(r, pg, b, o) for r, pg, _, b, o in workers])
+            return handle.launch.remote(name, job, settings, [(r, n, b, o) for r, _, n, b, o in workers])
+        return getattr(handle, method).remote(*args)
 
     @staticmethod
     def request_scale(bundles: list[dict[str, float]]) -> None:
@@ -177,7 +188,7 @@ class RayExecutor:
                                      name=pg_name, lifetime="detached")
             groups.append((pg, pg_name, ranks))
         deadline = time.monotonic() + wait_s
-        calls: dict[str, list[tuple[int, str, int, dict[str, Any]]]] = {}
+        calls: dict[str, list[tuple[int, Any, str, int, dict[str, Any]]]] = {}
         placed = 0
         for pg, pg_name, ranks in groups:
             nodes = self._wait_placed(pg, pg_name, deadline)
@@ -185,10 +196,10 @@ class RayExecutor:
                 continue
             for i, rank in enumerate(ranks):
                 opts = self._task_options(self._bundle(job, job.worker_gpu_type(rank)))
-                calls.setdefault(nodes[i], []).append((rank, pg_name, i, opts))
+                calls.setdefault(nodes[i], []).append((rank, pg, pg_name, i, opts))
                 placed += 1
-        self._on_nodes("launch", {n: (self.attempt_name(job), job.to_dict(), self.settings, w)
-                                  for n, w in calls.items()})
+        self._on_nodes("launch_in", {n: (self.attempt_name(job), job.to_dict(), self.settings, w)
+                                     for n, w in calls.items()})
         return placed
 
     @staticmethod
