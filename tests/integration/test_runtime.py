@@ -127,6 +127,44 @@ def test_unimplemented_rpc_says_so_without_a_traceback(tenant_clients):
     assert "Traceback" not in e.value.message
 
 
+def test_unreachable_redis_is_unavailable_not_internal(redis_server):
+    """A handler that loses the platform's Redis answers UNAVAILABLE (retry), not INTERNAL (bug)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
+    from pylon_services.runtime.server import PylonServer, ServiceParts
+    from pylon_services.runtime.settings import Settings
+
+    class Down(engine_pb2_grpc.EngineServiceServicer):
+        async def GetEngineInfo(self, request, context):  # noqa: N802 - the RPC's name
+            raise RedisConnectionError("connection to Redis lost")
+
+    async def main() -> tuple[grpc.StatusCode, str]:
+        r = aioredis.from_url(redis_server.url)
+        parts = ServiceParts(name="down", servicers=[
+            (engine_pb2_grpc.add_EngineServiceServicer_to_server, Down(), "pylon.engine.v1.EngineService")])
+        server = PylonServer(Settings(port=0, metrics_port=-1, admin_key=ADMIN_KEY, redis_url=redis_server.url), r, parts)
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = engine_pb2_grpc.EngineServiceStub(ch)
+                try:
+                    await stub.GetEngineInfo(engine_pb2.GetEngineInfoRequest(),
+                                             metadata=(("authorization", f"Bearer {ADMIN_KEY}"),))
+                except grpc.aio.AioRpcError as e:
+                    return e.code(), e.details() or ""
+            raise AssertionError("the call did not fail")
+        finally:
+            await server.stop(1.0)
+            await r.aclose()
+
+    code, details = asyncio.run(main())
+    assert code == grpc.StatusCode.UNAVAILABLE and "Redis is unreachable" in details, (code, details)
+
+
 def test_oversized_message_is_resource_exhausted(platform):
     big = "x" * (17 * 1024 * 1024)  # over the 16 MiB default limit
     opts = [("grpc.max_send_message_length", 64 * 1024 * 1024)]

@@ -14,8 +14,10 @@ from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pylon_services.common.errors import PylonError, Unimplemented
+from pylon_services.common.errors import PylonError, Unavailable, Unimplemented
 from pylon_services.runtime import context as callctx
 from pylon_services.runtime.auth import ApiKeyStore, authorize, required_role
 from pylon_services.runtime.errors import grpc_code, internal_status, to_status
@@ -167,6 +169,9 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
         """Turn ``exc`` into a status on the wire; always raises."""
         if isinstance(exc, NotImplementedError):
             exc = Unimplemented(f"{call.service}/{call.method} is not implemented yet in this release")
+        elif isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+            # The platform's Redis is down or restarting: a condition to retry, not a bug.
+            exc = Unavailable(f"the platform's Redis is unreachable ({exc}); retry (with the same request id)")
         if isinstance(exc, PylonError):
             call.code = grpc_code(exc)
             status = to_status(exc, call.request_id)
