@@ -170,6 +170,8 @@ def test_two_replicas_one_leader_and_the_other_takes_over(sched):
     second_port = free_port()
     second = sched.start(second_port)
     a, b = sched.client(), sched.client(second_port)
+    # Discovery names the replica that was asked for its own service, not the last to register.
+    assert a.endpoints()["scheduler"].endswith(f":{sched.port}") and b.endpoints()["scheduler"].endswith(f":{second_port}")
     r = redis.Redis.from_url(sched.redis.url)
     holder = r.get("pylon:scheduler:leader").decode()
     pids = {sched.proc.pid: sched.proc, second.pid: second}

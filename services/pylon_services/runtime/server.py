@@ -47,19 +47,24 @@ class ServiceParts:
 
 
 class PlatformServicer(common_pb2_grpc.PlatformServiceServicer):
-    """Discovery: every service's registered address, from Redis."""
+    """Discovery: every service's registered address, from Redis; for the answering service
+    itself, its own address. With several replicas of a service, the registered address is the
+    last one to register, so a client pointed at one replica would otherwise be sent to another
+    (and lose it when that one goes away, though the one it asked is up)."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, service: str = "", address: Callable[[], str] = lambda: "") -> None:
         self._redis = redis
+        self._service = service
+        self._address = address
 
     async def GetPlatform(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         raw = await self._redis.hgetall(ENDPOINTS_KEY)
         now = time.time()
-        services = []
-        for name, value in sorted(raw.items()):
-            entry = json.loads(value)
-            services.append(common_pb2.ServiceEndpoint(
-                service=name.decode(), address=entry["address"], last_seen_age_s=max(0.0, now - entry["ts"])))
+        entries = {name.decode(): json.loads(value) for name, value in raw.items()}
+        if self._service and (own := self._address()):
+            entries[self._service] = {"address": own, "ts": now}
+        services = [common_pb2.ServiceEndpoint(service=name, address=e["address"], last_seen_age_s=max(0.0, now - e["ts"]))
+                    for name, e in sorted(entries.items())]
         return common_pb2.GetPlatformResponse(version=VERSION, services=services)
 
 
@@ -90,7 +95,8 @@ class PylonServer:
         self.server = grpc.aio.server(interceptors=[PylonInterceptor(self.keys)], options=options)
         names = [health.SERVICE_NAME, reflection.SERVICE_NAME, "pylon.common.v1.PlatformService"]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        common_pb2_grpc.add_PlatformServiceServicer_to_server(PlatformServicer(self.redis), self.server)
+        common_pb2_grpc.add_PlatformServiceServicer_to_server(
+            PlatformServicer(self.redis, self.parts.name, lambda: self.address if self.port else ""), self.server)
         for add, servicer, name in self.parts.servicers:
             add(servicer, self.server)
             names.append(name)
