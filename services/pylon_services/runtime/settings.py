@@ -50,6 +50,6 @@ class Settings(BaseSettings):
     registry_read_cache_ttl_s: float = 60.0
     # Registry: files with a declared sha256 up to this size are uploaded in one PUT that the
     # object store verifies against the digest (no read-back at registration); larger files go in
-    # parallel parts and are read back once. One stream keeps up with parallel parts on a local
-    # network (MinIO in the cluster); over a WAN to a cloud store, lower it.
+    # parallel parts and are read back once. One stream kept up with parallel parts to SeaweedFS on
+    # the development machine; to a distant cloud store one stream is slower, so lower it there.
     registry_verified_put_max_bytes: int = 1 << 30

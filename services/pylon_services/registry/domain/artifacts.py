@@ -93,7 +93,7 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
     object store verifies against that digest (``ObjectStore.presign_put``): registration then
     only asks the store what it verified. Larger files, and files hashed while they upload, go
     in parallel parts and are read back once at registration. The limit trades one stream's
-    speed against the read-back: on a local network one stream keeps up with parallel parts."""
+    speed against the read-back: to SeaweedFS on this machine, one stream kept up with boto3's parts."""
     if not files or len(files) > MAX_FILES:
         raise InvalidArgument.field("files", f"must list 1 to {MAX_FILES} files")
     if not MIN_PART <= part_size <= MAX_PART:
@@ -190,9 +190,13 @@ def _verify(store: ObjectStore, key: str, f: DeclaredFile) -> tuple[str, int, in
     digest, size, crc = blobs.digests_of_object(store, key, size=f.size if f.size >= 0 else None)
     if f.digest and f.digest != digest:
         raise InvalidArgument.field(f"files[{f.path}].digest", f"expected {f.digest}, the stored bytes hash to {digest}")
+    _check_size(f, size)
+    return digest, size, crc
+
+
+def _check_size(f: DeclaredFile, size: int) -> None:
     if f.size >= 0 and f.size != size:
         raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
-    return digest, size, crc
 
 
 def _entry(path: str, digest: str, size: int, key: str, crc32c: int = 0) -> dict[str, Any]:
@@ -254,8 +258,7 @@ def collect_from_upload(store: ObjectStore, session: UploadSession, declared: li
             # The store refused any bytes but these when they were PUT: no read-back. Its CRC32C
             # (for cheap download checks) is taken later, off the client's path (record_crc32c).
             size = store.head(staged["key"]).size
-            if size != f.size:
-                raise InvalidArgument.field(f"files[{f.path}].size", f"expected {f.size} bytes, {size} were stored")
+            _check_size(f, size)
             return _entry(f.path, f.digest, size, known(f.digest) or staged["key"])
         digest, size, crc = _verify(store, staged["key"], f)
         return _entry(f.path, digest, size, known(digest) or staged["key"], crc)
