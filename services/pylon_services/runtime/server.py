@@ -26,6 +26,7 @@ from pylon.common.v1 import common_pb2, common_pb2_grpc
 from pylon_services.runtime.auth import ApiKeyStore
 from pylon_services.runtime.interceptor import PylonInterceptor
 from pylon_services.runtime.jsonlog import setup_logging
+from pylon_services.runtime.loop import run as run_loop
 from pylon_services.runtime.settings import Settings
 
 log = logging.getLogger("pylon.server")
@@ -168,4 +169,4 @@ async def serve(settings: Settings, build: Callable[[Settings, aioredis.Redis], 
 def main(build: Callable[[Settings, aioredis.Redis], Awaitable[ServiceParts]]) -> None:
     """Entry point used by each service's ``__main__``."""
     settings = Settings()
-    asyncio.run(serve(settings, build))
+    run_loop(serve(settings, build))

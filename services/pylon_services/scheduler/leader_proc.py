@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from pylon_services.runtime.loop import run as run_loop
 from pylon_services.runtime.settings import Settings
 from pylon_services.scheduler.config import SchedulerConfig
 
@@ -154,7 +155,7 @@ def main() -> None:
     cfg = SchedulerConfig(**args["sched"])
     setup_logging("scheduler-leader", settings.log_level)
     started = time.monotonic()
-    asyncio.run(_run(settings, cfg, int(args["parent"]), int(args["ready_fd"])))
+    run_loop(_run(settings, cfg, int(args["parent"]), int(args["ready_fd"])))
     log.info("scheduler leader process stopped after %.0fs", time.monotonic() - started)
 
 

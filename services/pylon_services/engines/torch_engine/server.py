@@ -23,6 +23,7 @@ from pylon.engine.v1 import engine_pb2 as pb
 from pylon.engine.v1 import engine_pb2_grpc
 from pylon_services.engines.registration import HEARTBEAT_S, replicas_key
 from pylon_services.engines.torch_engine.runner import ModelRunner
+from pylon_services.runtime.loop import run as run_loop
 from pylon_services.runtime.settings import Settings
 from pylon_services.runtime.stores import object_store
 
@@ -132,4 +133,4 @@ async def _serve(settings: Settings, job: dict[str, Any], sink: Any) -> None:
 
 def serve_replica(settings: Settings, job: dict[str, Any], sink: Any) -> None:
     """Block serving until the scheduler cancels the job (which kills this worker)."""
-    asyncio.run(_serve(settings, job, sink))
+    run_loop(_serve(settings, job, sink))
