@@ -19,10 +19,13 @@ import redis.asyncio as aioredis
 from pylon_services.common.errors import NotFound
 from pylon_services.localstack.procs import free_port
 from pylon_services.scheduler.backlog import Backlog
+from pylon_services.scheduler.config import SchedulerConfig
+from pylon_services.scheduler.controller import Controller
 from pylon_services.scheduler.domain.job import Job, JobState
-from pylon_services.scheduler.domain.scheduling import Explanation
+from pylon_services.scheduler.domain.scheduling import Explanation, QueueQuota
+from pylon_services.scheduler.store.ray_exec import RayExecutor
 from pylon_services.scheduler.store.redis_jobs import PENDING, JobStore
-from pylon_services.scheduler.store.redis_sched import EXPLAIN, SchedState
+from pylon_services.scheduler.store.redis_sched import EXPLAIN, SchedState, queue_key
 from tests.support.platform import ADMIN_KEY
 from tests.support.waiting import wait_for
 
@@ -181,6 +184,81 @@ def test_explanations_are_rewritten_only_where_they_changed(redis_server):
         await state.save_explanations(second)
         assert (await state.explanation("acme/j0")).reason == "over quota"
         assert await r.hlen(EXPLAIN) == 4
+
+    _run(redis_server.url, body)
+
+
+def _spec(queue: str, gpu_type: str, priority_class: str = "") -> dict[str, Any]:
+    spec: dict[str, Any] = {"queue": queue, "command": {"argv": ["true"]}, "workers": 1, "placement": "pack",
+                            "resources": {"gpus": 1, "gpu_types": [gpu_type]}}
+    if priority_class:
+        spec["priority_class"] = priority_class
+    return spec
+
+
+def test_append_passes_take_new_submissions_without_a_whole_pass(redis_server, ray_cluster):
+    """A saturated queue taking a stream of submissions: after one whole pass, new jobs are
+    explained (and, where they fit, admitted) by append passes that read and decide only them,
+    and what they store is exactly what a whole pass stores. Anything else needs a whole pass."""
+
+    async def body(r: aioredis.Redis) -> None:
+        api, state = JobStore(r), SchedState(r)
+        executor = RayExecutor(ray_cluster.address, {}, "127.0.0.1", "appendtest")
+        await asyncio.to_thread(executor.connect)
+        ctl = Controller(JobStore(r, track_changes=True), state, executor, r, SchedulerConfig(instance="appendtest"))
+        await state.ensure_group()
+        await state.create_queue(QueueQuota("tenants/acme/queues/zero", "acme", {"V100": 0.0}))
+        await state.create_queue(QueueQuota("tenants/beta/queues/k80", "beta", {"K80": 1.0}))
+
+        async def submit(n: int, tenant: str = "acme", queue: str = "zero", gpu: str = "V100", prio: str = "") -> list[Job]:
+            out = []
+            for _ in range(n):
+                job = Job(id=JobStore.new_id(), tenant=tenant, spec=_spec(queue, gpu, prio))
+                out.append((await api.create(job, queue_key(f"tenants/{tenant}/queues/{queue}")))[0])
+            await ctl._handle(await state.read_events(ctl.identity, 10, count=1000))
+            return out
+
+        first = await submit(30)
+        assert ctl.backlog.arrived and not ctl.backlog.changed
+        assert await ctl.append_pass() is None  # no whole pass yet: nothing to continue from
+        await ctl.schedule_pass()
+        assert ctl._continue is not None and ctl.backlog.decoded == 30
+        later = await submit(20)
+        decision = await ctl.append_pass()
+        assert decision is not None and set(decision.explanations) == {j.key for j in later}
+        assert ctl.backlog.decoded == 50  # only the new jobs were read
+        exp = await state.explanation(later[-1].key)
+        assert exp.position == 50 and "nominal quota on V100" in exp.reason
+        stored = await r.hgetall(EXPLAIN)
+        assert len(stored) == 50
+        await ctl.schedule_pass()  # a whole pass over all 50 stores the same explanations
+        assert await r.hgetall(EXPLAIN) == stored
+
+        # An arrival that fits (beta's K80 quota) is admitted by the append pass.
+        fits = (await submit(1, "beta", "k80", "K80"))[0]
+        try:
+            decision = await ctl.append_pass()
+            assert decision is not None and [a.job_id for a in decision.admits] == [fits.key]
+            assert (await api.get("beta", fits.id)).state != JobState.PENDING
+            assert ctl._continue is None  # the cluster changed: the next pass is whole
+        finally:
+            admitted = await api.get("beta", fits.id)
+            await ctl.cancel(admitted)
+            await asyncio.to_thread(executor.release, admitted)
+        await ctl.schedule_pass()
+        assert ctl._continue is not None
+
+        # A job of higher priority than one already waiting needs a whole pass (it goes first).
+        await submit(1, prio="high")
+        assert await ctl.append_pass() is None
+        await ctl.schedule_pass()
+        # So does a job that left the backlog (a cancel), even with arrivals.
+        await submit(2)
+        await ctl.cancel(first[0])
+        await ctl._handle(await state.read_events(ctl.identity, 10, count=1000))
+        assert await ctl.append_pass() is None
+        await ctl.schedule_pass()
+        assert first[0].key not in await r.hgetall(EXPLAIN) and await r.hlen(EXPLAIN) == 52
 
     _run(redis_server.url, body)
 

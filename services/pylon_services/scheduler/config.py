@@ -39,6 +39,10 @@ class SchedulerConfig(BaseSettings):
     # ...and take at most this fraction of the leader's time (the gap grows with a pass's cost;
     # waiting on Ray for admitted jobs' placement groups does not count).
     pass_duty_cycle: float = 0.25
+    # Whole passes that run only because time passed (``idle_pass_s``: estimates age; arrivals
+    # taken by append passes get their fair-share place back) take at most this fraction: an
+    # unchanging backlog of 25k jobs is not re-decided every 2 s at a quarter of a core.
+    idle_pass_duty_cycle: float = 0.05
     # The leader re-reads the whole pending queue this often; in between it reads only the jobs
     # events and its own writes name (``backlog.py``).
     backlog_resync_s: float = 30.0

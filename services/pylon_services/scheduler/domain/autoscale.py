@@ -76,16 +76,24 @@ def pool_capacities(nodes: Iterable[Node]) -> list[PoolCapacity]:
 
 
 def scale_up_plan(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], live: Sequence[Node],
-                  limit: int = 256) -> tuple[list[dict[str, float]], dict[str, str]]:
+                  limit: int = 256, already: Sequence[dict[str, float]] = ()
+                  ) -> tuple[list[dict[str, float]], dict[str, str]]:
     """The autoscaler request for ``pending`` jobs (in queue order): each job's workers as
     bundles on the first of its acceptable types whose declared pool still has headroom for the
     whole job, at most ``limit`` bundles. GPU headroom is the nodes a pool may add times their
     GPUs; a pool of unknown node shape is counted in nodes (one worker per node).
+    ``already``: bundles asked for jobs ahead of these (a plan made earlier over the start of
+    the queue); they use up headroom and the limit, and are not returned again.
     Returns the bundles and, per job id asked for, the pool it was asked for in."""
     pools = {p.gpu_type: p for p in pools}
     room = headroom(pools.values(), live)
     known_shape = {t: _shape(p, live)[0] < UNKNOWN_SHAPE_GPUS for t, p in pools.items()}
     left = {t: room[t] * (_shape(p, live)[0] if known_shape[t] else 1.0) for t, p in pools.items()}
+    for b in already:
+        t = next((k[len(ACCEL_PREFIX):] for k in b if k.startswith(ACCEL_PREFIX)), "")
+        if t in left:
+            left[t] -= b.get("GPU", 0.0) if known_shape[t] else 1.0
+    limit -= len(already)
     bundles: list[dict[str, float]] = []
     asked: dict[str, str] = {}
     for job in pending:

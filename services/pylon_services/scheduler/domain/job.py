@@ -136,10 +136,10 @@ class Job:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
-        d = dict(d)
-        d["state"] = JobState(d["state"])
         known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["state"] = JobState(kw["state"])
+        return cls(**kw)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ the order jobs are considered and in how a GPU type is chosen:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from pylon_services.scheduler.domain.admission import Pass, consider
 from pylon_services.scheduler.domain.explain import job_rate
@@ -45,7 +46,29 @@ class FifoPolicy:
         self.preemption = preemption
 
     def schedule(self, snap: Snapshot) -> Decision:
+        return self.run(snap).decision
+
+    def run(self, snap: Snapshot) -> Pass:
+        """A whole pass over ``snap``; the returned pass can take later arrivals (``extend``)."""
         p = Pass(snap)
+        for job in self.order(p):
+            consider(self, job, p)
+        return p
+
+    def extend(self, p: Pass, arrivals: Sequence[PendingJob]) -> Decision:
+        """Consider jobs submitted after the pass ``p`` ran, behind every job it considered and
+        against what it left: free capacity, quota, the head's reservation, positions, the
+        release timeline (at the pass's time). Returns the arrivals' decision (``p`` takes it
+        in, so it can be extended again).
+
+        For FIFO this is exactly what a whole pass over the old jobs and the arrivals decides,
+        as long as no arrival has a higher priority than a job already waiting and nothing else
+        changed (the controller checks both). Orders that can put an arrival ahead of older
+        jobs (fair share by usage, gavel's regret window, finish-time fairness) treat it as
+        arriving last until the next whole pass: the older jobs keep what the pass gave them.
+        Running jobs are not migrated here (the whole pass found no move worth making)."""
+        p.decision = Decision()
+        p.snap = dataclasses.replace(p.snap, pending=tuple(arrivals))
         for job in self.order(p):
             consider(self, job, p)
         return p.decision
@@ -115,13 +138,11 @@ class GavelPolicy(FairSharePolicy):
         self.lookahead = lookahead
         self.regret_all_types = regret_all_types
 
-    def schedule(self, snap: Snapshot) -> Decision:
-        p = Pass(snap)
-        for job in self.order(p):
-            consider(self, job, p)
+    def run(self, snap: Snapshot) -> Pass:
+        p = super().run(snap)
         if self.migration:
             migrate(p)
-        return p.decision
+        return p
 
     def order(self, p: Pass) -> Iterator[PendingJob]:
         """The fair-share order, except for a window at its head: the jobs that fit in the free

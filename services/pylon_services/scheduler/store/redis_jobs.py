@@ -179,7 +179,7 @@ class JobStore:
         job.queued_at = job.queued_at or job.create_time
         rk = f"pylon:jobreq:{job.tenant}:{job.request_id}" if job.request_id else "pylon:jobreq:-"
         for _ in range(ID_TRIES):
-            event = json.dumps({"type": "submitted", "job": job.key})
+            event = orjson.dumps({"type": "submitted", "job": job.key})
             out = await self._create_script(
                 [rk, require_queue_key or "pylon:queue:-", self._key(job.tenant, job.id), f"pylon:jobs:{job.tenant}",
                  PENDING, EVENTS],

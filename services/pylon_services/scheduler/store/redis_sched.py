@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from pylon_services.common.errors import AlreadyExists, NotFound
@@ -102,11 +103,19 @@ class SchedState:
 
     # --- explanations ------------------------------------------------------------------------
 
-    async def save_explanations(self, by_key: dict[str, Explanation]) -> None:
-        """Make the stored explanations this pass's (a job no longer pending has none). Writes
-        only what changed since this process's last write: a big backlog's explanations barely
-        move between passes, and rewriting all of them cost the leader and Redis most of a pass."""
+    async def save_explanations(self, by_key: dict[str, Explanation], *, merge: bool = False) -> None:
+        """Make the stored explanations this pass's (a job no longer pending has none); with
+        ``merge`` (an append pass), add these to them. Writes only what changed since this
+        process's last write: a big backlog's explanations barely move between passes, and
+        rewriting all of them cost the leader and Redis most of a pass."""
         prev = self._explained
+        if merge:
+            changed = by_key if prev is None else {k: e for k, e in by_key.items() if prev.get(k) != e}
+            if changed:
+                await self.r.hset(EXPLAIN, mapping={k: orjson.dumps(e) for k, e in changed.items()})
+            if prev is not None:
+                prev.update(by_key)
+            return
         async with self.r.pipeline(transaction=True) as p:
             if prev is None:
                 p.delete(EXPLAIN)
@@ -117,7 +126,7 @@ class SchedState:
                 if gone:
                     p.hdel(EXPLAIN, *gone)
             if changed:
-                p.hset(EXPLAIN, mapping={k: json.dumps(asdict(e)) for k, e in changed.items()})
+                p.hset(EXPLAIN, mapping={k: orjson.dumps(e) for k, e in changed.items()})
             await p.execute()
         self._explained = dict(by_key)
 
