@@ -210,12 +210,14 @@ def test_append_passes_take_new_submissions_without_a_whole_pass(redis_server, r
         await state.create_queue(QueueQuota("tenants/acme/queues/zero", "acme", {"V100": 0.0}))
         await state.create_queue(QueueQuota("tenants/beta/queues/k80", "beta", {"K80": 1.0}))
 
-        async def submit(n: int, tenant: str = "acme", queue: str = "zero", gpu: str = "V100", prio: str = "") -> list[Job]:
+        async def submit(n: int, tenant: str = "acme", queue: str = "zero", gpu: str = "V100", prio: str = "",
+                         read: bool = True) -> list[Job]:
             out = []
             for _ in range(n):
                 job = Job(id=JobStore.new_id(), tenant=tenant, spec=_spec(queue, gpu, prio))
                 out.append((await api.create(job, queue_key(f"tenants/{tenant}/queues/{queue}")))[0])
-            await ctl._handle(await state.read_events(ctl.identity, 10, count=1000))
+            if read:  # as the leader's turn would (while its loop runs, it reads them itself)
+                await ctl._handle(await state.read_events(ctl.identity, 10, count=1000))
             return out
 
         first = await submit(30)
@@ -260,7 +262,48 @@ def test_append_passes_take_new_submissions_without_a_whole_pass(redis_server, r
         await ctl.schedule_pass()
         assert first[0].key not in await r.hgetall(EXPLAIN) and await r.hlen(EXPLAIN) == 52
 
+        # The leader's loop: a stream of submissions is explained by append passes, and one that
+        # cannot append (arrivals plus a cancel) is followed by a whole pass at once.
+        ctl.cfg = SchedulerConfig(instance="appendtest", idle_pass_s=600.0)  # no time-only passes
+        ctl.start()
+        try:
+            await wait_for_async(lambda: ctl.leader and ctl.passes >= 1, 30, "the loop leads and passes")
+            whole = ctl.passes
+            stream = []
+            for _ in range(5):
+                stream += await submit(20, prio="low", read=False)
+                await asyncio.sleep(0.3)
+            await wait_for_async(lambda: _all_explained(r, stream), 30, "every streamed job explained")
+            assert ctl.append_passes >= 2 and ctl.passes == whole  # no whole pass for arrivals alone
+            extra = await submit(2, prio="low", read=False)
+            await ctl.cancel(stream[0])
+            await wait_for_async(lambda: _all_explained(r, extra), 30, "arrivals next to a cancel explained")
+            assert ctl.passes > whole and await r.hget(EXPLAIN, stream[0].key) is None
+            # An arrival of higher priority than a waiting job: a whole pass, with no other news.
+            whole = ctl.passes
+            urgent = await submit(1, prio="high", read=False)
+            await wait_for_async(lambda: _all_explained(r, urgent), 30, "a high-priority arrival explained")
+            assert ctl.passes > whole
+        finally:
+            await ctl.stop()
+
     _run(redis_server.url, body)
+
+
+async def _all_explained(r: aioredis.Redis, jobs: list[Job]) -> bool:
+    return all(x is not None for x in await r.hmget(EXPLAIN, [j.key for j in jobs]))
+
+
+async def wait_for_async(check: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ok = check()
+        if asyncio.iscoroutine(ok):
+            ok = await ok
+        if ok:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {what}")
 
 
 def _children(pid: int) -> list[int]:

@@ -215,10 +215,16 @@ class Controller:
             self._log_stats(time.process_time() - cpu)
         elif not due and self.backlog.arrived and now - self._last_pass >= self.cfg.min_pass_interval_s:
             self._last_pass = now
-            if await self.append_pass() is None:
-                self._continue = None  # a whole pass is needed: the next turn runs one
-            else:
-                self.append_passes += 1
+            decision = None
+            try:
+                decision = await self.append_pass()
+            finally:
+                if decision is None:
+                    # A whole pass must decide the arrivals (they were read) and whatever else
+                    # changed: the next turn runs one.
+                    self._continue = None
+                    self._dirty = True
+            self.append_passes += decision is not None
         if events:
             await asyncio.sleep(EVENT_BATCH_S)  # let a burst of submits arrive as one batch
 
