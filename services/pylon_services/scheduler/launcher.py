@@ -24,14 +24,18 @@ import ray
 from ray.util.placement_group import get_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+STOP_GRACE_S = 2.0  # how long ``stop`` lets an attempt's tasks end by themselves
+
 
 class Launcher:
     """Attempt name -> {rank: the ObjectRef of that worker's task} for the workers on this node."""
 
-    def __init__(self) -> None:
-        from pylon_services.scheduler.workload import run_workload
-
-        self._fn = ray.remote(run_workload)
+    def __init__(self, workload: Any = None) -> None:
+        """``workload(job, settings, attempt, rank)`` is what each task runs: the platform's
+        ``run_workload``; tests of the launcher itself pass a small function."""
+        if workload is None:
+            from pylon_services.scheduler.workload import run_workload as workload
+        self._fn = ray.remote(workload)
         self.refs: dict[str, dict[int, Any]] = {}
 
     def launch_in(self, name: str, job: dict[str, Any], settings: dict[str, Any],
@@ -77,12 +81,22 @@ class Launcher:
                     crashed[rank] = f"{type(exc).__name__}: {first}"
         return {"ranks": sorted(mine), "crashed": crashed}
 
-    def stop(self, name: str) -> None:
-        """Kill the attempt's tasks on this node (their user processes die with them) and forget them."""
-        for ref in self.refs.pop(name, {}).values():
+    def stop(self, name: str, grace_s: float = STOP_GRACE_S) -> None:
+        """End the attempt's tasks on this node and forget them: a task still running after
+        ``grace_s`` is killed (its user process dies with it).
+
+        Why the grace: the scheduler releases an attempt as soon as its workers reported their
+        result, while their tasks are still returning. Force-cancelling a task in that window
+        killed its worker process after Ray had already handed it the next task, another job's:
+        that job failed with "worker process lost" (seen in CI after the SIGKILL-restart test). A
+        cancelled job's worker sees the stop flag within 0.3 s and ends its user process itself."""
+        refs = list(self.refs.pop(name, {}).values())
+        if refs:
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+        for ref in refs:
             try:
                 ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished
+            except Exception:  # noqa: BLE001 - finished meanwhile
                 pass
 
     def names(self) -> list[str]:
