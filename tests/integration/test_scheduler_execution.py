@@ -129,3 +129,46 @@ def test_explain_estimates_the_start_from_the_running_jobs_progress(tenant_clien
     assert why["position"] == 1 and why["reasons"]
     assert acme.jobs.wait(second.name, timeout=120).state == "succeeded"
     assert acme.jobs.wait(first.name, timeout=60).state == "succeeded"
+
+
+def _wheel(directory, name: str, body: str) -> str:
+    """A minimal pure-Python wheel (pip installs it from the file, without an index)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {f"{name}.py": body,
+             f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{name}-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: pylon-tests\nRoot-Is-Purelib: true\n"
+                                           "Tag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{name}-1.0.dist-info/RECORD,,")
+    path = directory / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for p, text in files.items():
+            z.writestr(p, text)
+        z.writestr(f"{name}-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return str(path)
+
+
+def test_pip_requirements_are_installed_for_the_command_and_a_bad_one_fails_the_job(tenant_clients, tmp_path):
+    acme = tenant_clients["acme"]
+    wheel = _wheel(tmp_path, "pylon_reqtest", "VALUE = 42\n")
+    job = acme.jobs.submit({"command": {"argv": [sys.executable, "-c", "import pylon_reqtest; print('value', "
+                                                                        "pylon_reqtest.VALUE)"],
+                                        "pip_requirements": [wheel]}})
+    job = acme.jobs.wait(job.name, timeout=180)
+    assert job.state == "succeeded", (job.message, job.last_log_lines)
+    logs = "".join(acme.jobs.logs(job.name))
+    assert "value 42" in logs and "pip install" in logs
+    # The package went into the job's own site dir, not the environment the workers run in.
+    import importlib.util
+
+    assert importlib.util.find_spec("pylon_reqtest") is None
+    bad = acme.jobs.submit({"max_retries": 0, "command": {"argv": ["true"],
+                                                          "pip_requirements": [str(tmp_path / "missing-1.0-py3-none-any.whl")]}})
+    bad = acme.jobs.wait(bad.name, timeout=180)
+    assert bad.state == "failed" and "pip install failed" in bad.message, bad.message
