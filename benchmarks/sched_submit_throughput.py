@@ -160,7 +160,10 @@ def main() -> None:
     try:
         asyncio.run(prepare(sched_addr))
         rates: dict[str, list[float]] = {"bare": [], "submit": []}
-        procs = {"bare": {"server": [bare.pid]}, "submit": {"api": [sched.pid], "leader": children(sched.pid)}}
+        # In bare rounds the scheduler still runs (its leader keeps the backlog of earlier rounds):
+        # its CPU then is printed too, as "sched", since it competes with the bare server.
+        procs = {"bare": {"server": [bare.pid], "sched": [sched.pid, *children(sched.pid)]},
+                 "submit": {"api": [sched.pid], "leader": children(sched.pid)}}
         for rnd in range(args.rounds):
             for mode, addr, make in (("bare", bare_addr, bare_call), ("submit", sched_addr, submit_call)):
                 watched = {**procs[mode], "redis": [redis.proc.pid]}
