@@ -285,11 +285,15 @@ class Controller:
 
     async def _cleanup_terminal(self) -> None:
         """Jobs cancelled through the API stay in the active set until their Ray objects are gone."""
-        keys = await self.jobs.active_keys()
-        for job in await self.jobs.get_many(keys):
-            if job.state.terminal:
-                await asyncio.to_thread(self.executor.release, job)
-                await self.jobs.save_moved(job, pending=False, active=False)
+        terminal = [j for j in await self.jobs.get_many(await self.jobs.active_keys()) if j.state.terminal]
+        # Concurrently: a release waits up to the launcher's stop grace for tasks still ending.
+        outcomes = await asyncio.gather(*(asyncio.to_thread(self.executor.release, j) for j in terminal),
+                                        return_exceptions=True)
+        for job, outcome in zip(terminal, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("releasing %s failed; retried next turn", job.name, exc_info=outcome)
+                continue
+            await self.jobs.save_moved(job, pending=False, active=False)
 
     async def _sweep_orphans(self) -> None:
         """Remove Pylon placement groups no active attempt owns (a leader that died between
