@@ -43,3 +43,17 @@ def test_scale_up_bundles_follow_queue_order_and_pool_headroom() -> None:
     assert asked == {"j1": "A100", "j2": "A100", "j3": "L4"}
     assert scale_up_plan(pending, pools, [V100], limit=2)[0] == bundles[:2]
     assert scale_up_plan(pending, [], [V100]) == ([], {})
+
+
+def test_a_plan_extended_for_arrivals_equals_one_plan_over_the_whole_queue() -> None:
+    """Append passes ask only for the arrivals, behind the request already made (``already``):
+    together that must be the request one plan over the whole queue makes."""
+    pools = [DeclaredPool("A100", 0, 2, gpus_per_node=8), DeclaredPool("L4", 0, 1), DeclaredPool("V100", 0, 3)]
+    queue = [job(i, 1 + i % 3, float(1 + i % 4), (("A100",), ("A100", "L4"), ("V100",), ())[i % 4]) for i in range(12)]
+    for cut in range(len(queue) + 1):
+        for limit in (3, 6, 256):
+            whole, asked_whole = scale_up_plan(queue, pools, [V100], limit=limit)
+            head, asked_head = scale_up_plan(queue[:cut], pools, [V100], limit=limit)
+            tail, asked_tail = scale_up_plan(queue[cut:], pools, [V100], limit=limit, already=head)
+            assert head + tail == whole, (cut, limit)
+            assert asked_head | asked_tail == asked_whole, (cut, limit)
