@@ -225,16 +225,16 @@ def _check(resp: http.client.HTTPResponse, what: str) -> bytes:
 
 # -- upload ---------------------------------------------------------------------------------------
 def put_file(path: str, url: str, *, progress: Progress | None = None, headers: dict[str, str] | None = None) -> str:
-    """PUT a whole file to one presigned URL with the ``headers`` signed into it (the registry's
-    are create-only, ``If-None-Match: *``, and may carry the sha256 the store verifies); returns
-    the ETag, or "" when the object was already created (an earlier try whose answer was lost:
-    the bytes are verified at registration either way)."""
+    """PUT a whole file to one presigned URL with the ``headers`` signed into it (the registry
+    sends them with the URL: ``If-None-Match: *``, create-only, and the sha256 the store verifies
+    when the file has one); returns the ETag, or "" when the object was already created (an
+    earlier try whose answer was lost: the bytes are verified at registration either way)."""
     size = os.path.getsize(path)
     conns = _Connections()
     try:
         body = _FileSlice(path, 0, size, progress)
         try:
-            resp = _request(conns, "PUT", url, body=body, length=size, headers={"If-None-Match": "*", **(headers or {})})
+            resp = _request(conns, "PUT", url, body=body, length=size, headers=headers or {})
         finally:
             body.close()
         if resp.status == 412:

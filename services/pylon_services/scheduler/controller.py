@@ -339,7 +339,7 @@ class Controller:
         last = self._continue
         if last is None:
             return None
-        await self.backlog.pending()
+        pending = await self.backlog.pending()
         arrivals = self.backlog.take_arrivals()
         if arrivals is None or self.backlog.changed or any(j.priority > last.min_priority for j in arrivals):
             return None
@@ -349,13 +349,13 @@ class Controller:
             return None
         decision = self.policy.extend(last.p, arrivals)
         self.last_decision = decision
-        by_key = await self.backlog.pending()
+        by_key = pending
         if decision.admits or decision.preempts:
             # The cluster changes: the next pass is a whole one.
             self._continue = None
             self._dirty = True
             if decision.preempts:
-                by_key = by_key | {j.key: j for j in await self.jobs.active()}
+                by_key = pending | {j.key: j for j in await self.jobs.active()}
         await self._apply(decision, by_key, arrivals, last.p.snap.nodes, append=True)
         return decision
 
