@@ -84,8 +84,33 @@ def read_json_or_none(store: ObjectStore, key: str) -> dict[str, Any] | None:
         return None
 
 
+def read_json_with_etag(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """A JSON document with its store etag under ``_etag`` (None if absent), for a later CAS.
+    Head first, then get: if it changes in between, the etag is older than the body and that
+    CAS simply fails."""
+    try:
+        etag = store.head(key).etag
+        return {**read_json(store, key), "_etag": etag}
+    except ObjectNotFound:
+        return None
+
+
 def dump(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def numbered_key(prefix: str, n: int) -> str:
+    """Key of document ``n`` under ``prefix``: zero-padded, so keys list in number order."""
+    return f"{prefix}{n:010d}.json"
+
+
+def _hint_key(prefix: str) -> str:
+    return f"{prefix}latest.json"
+
+
+def note_latest(store: ObjectStore, prefix: str, n: int) -> None:
+    """Move the ``latest`` hint to ``n`` (a hint only: ``latest_number`` probes from it)."""
+    store.put(_hint_key(prefix), dump({"n": n, "ts": time.time()}))
 
 
 def allocate_numbered(store: ObjectStore, prefix: str, doc_for: Any, start: int = 1) -> tuple[int, dict[str, Any]]:
@@ -95,26 +120,26 @@ def allocate_numbered(store: ObjectStore, prefix: str, doc_for: Any, start: int 
     writers each get a distinct number and a reader never sees a half-written document.
     ``doc_for(n)`` builds the document for number n. A ``latest`` hint speeds up the probe.
     """
-    hint = read_json_or_none(store, f"{prefix}latest.json")
+    hint = read_json_or_none(store, _hint_key(prefix))
     n = max(start, int(hint["n"]) + 1 if hint else 1)
     while True:
         doc = doc_for(n)
         try:
-            store.put(f"{prefix}{n:010d}.json", dump(doc), if_none_match=True)
+            store.put(numbered_key(prefix, n), dump(doc), if_none_match=True)
         except ObjectExists:
             n += 1
             continue
-        store.put(f"{prefix}latest.json", dump({"n": n, "ts": time.time()}))
+        note_latest(store, prefix, n)
         return n, doc
 
 
 def latest_number(store: ObjectStore, prefix: str) -> int:
     """Highest allocated number (0 if none): start from the hint and probe upward."""
-    hint = read_json_or_none(store, f"{prefix}latest.json")
+    hint = read_json_or_none(store, _hint_key(prefix))
     n = int(hint["n"]) if hint else 0
-    while store.exists(f"{prefix}{n + 1:010d}.json"):
+    while store.exists(numbered_key(prefix, n + 1)):
         n += 1
-    while n > 0 and not store.exists(f"{prefix}{n:010d}.json"):
+    while n > 0 and not store.exists(numbered_key(prefix, n)):
         n -= 1  # hint ahead of reality cannot happen, but never trust a hint blindly
     return n
 
@@ -122,7 +147,7 @@ def latest_number(store: ObjectStore, prefix: str) -> int:
 def read_numbered(store: ObjectStore, prefix: str, version: str) -> dict[str, Any] | None:
     """Document ``version`` (a number or "latest") under ``prefix``, or None."""
     n = latest_number(store, prefix) if version == "latest" else int(version)
-    return read_json_or_none(store, f"{prefix}{n:010d}.json") if n > 0 else None
+    return read_json_or_none(store, numbered_key(prefix, n)) if n > 0 else None
 
 
 def page_numbered(store: ObjectStore, prefix: str, page_size: int, page_token: str | None,

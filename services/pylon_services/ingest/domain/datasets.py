@@ -1,8 +1,10 @@
 """Datasets and their versions on the object store, and the spool for streamed uploads.
 
-Layout under ``tenants/{t}/datasets/{d}/``: ``dataset.json``; ``versions/{n:010d}.json``
-(immutable manifests, published by create-only puts, see ``versions.py``); ``processed/{op}/``
-(cleaned records and rejects of an operation); ``tokenizations/`` and ``tokenized/``.
+Layout under ``tenants/{t}/datasets/{d}/``: ``dataset.json``, ``versions/{n:010d}.json``
+(immutable manifests, published by create-only puts, see ``versions.py``) and
+``tokenizations/`` are read by other services too, so their keys live in
+``pylon_services.common.layout``; ``processed/{op}/`` (cleaned records and rejects of an
+operation) and ``tokenized/`` (shards, found through a tokenization's manifest) are ingest's own.
 Raw bytes live once per tenant under ``tenants/{t}/blobs/sha256/`` (uploading known bytes again
 stores nothing new).
 """
@@ -17,7 +19,7 @@ from typing import Any
 
 import google_crc32c
 
-from pylon_services.common import blobs
+from pylon_services.common import blobs, layout
 from pylon_services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -27,7 +29,7 @@ from pylon_services.common.errors import (
     ResourceExhausted,
 )
 from pylon_services.common.names import ID_RE, check_id
-from pylon_services.storage.base import ObjectExists, ObjectNotFound, ObjectStore
+from pylon_services.storage.base import ObjectExists, ObjectStore
 
 
 class Spool:
@@ -92,19 +94,9 @@ class Datasets:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
-    @staticmethod
-    def prefix(tenant: str, dataset: str) -> str:
-        return f"tenants/{tenant}/datasets/{dataset}/"
-
     def _doc(self, tenant: str, dataset: str) -> dict[str, Any] | None:
-        """dataset.json with its store etag under ``_etag`` (head first: a later CAS with an
-        older etag than the body simply fails)."""
-        key = self.prefix(tenant, dataset) + "dataset.json"
-        try:
-            etag = self.store.head(key).etag
-            return {**blobs.read_json(self.store, key), "_etag": etag}
-        except ObjectNotFound:
-            return None
+        """dataset.json with its store etag under ``_etag`` (for a compare-and-swap write)."""
+        return blobs.read_json_with_etag(self.store, layout.dataset_key(tenant, dataset))
 
     def create_dataset(self, tenant: str, dataset: str, description: str, labels: dict[str, str], creator: str,
                        request_id: str) -> dict[str, Any]:
@@ -116,7 +108,7 @@ class Datasets:
                "labels": check_labels(labels), "create_time": time.time(), "creator": creator,
                "request_id": request_id}
         try:
-            self.store.put(self.prefix(tenant, dataset) + "dataset.json", blobs.dump(doc), if_none_match=True)
+            self.store.put(layout.dataset_key(tenant, dataset), blobs.dump(doc), if_none_match=True)
         except ObjectExists:
             found = self._doc(tenant, dataset) or {}
             if found.get("delete_time"):
@@ -130,7 +122,7 @@ class Datasets:
     def ensure_dataset(self, tenant: str, dataset: str, description: str, creator: str) -> dict[str, Any]:
         """The dataset's record, created with its first version; FAILED_PRECONDITION when it was
         deleted (while its upload was being processed, say)."""
-        key = self.prefix(tenant, dataset) + "dataset.json"
+        key = layout.dataset_key(tenant, dataset)
         doc = {"name": f"tenants/{tenant}/datasets/{dataset}", "description": description,
                "create_time": time.time(), "creator": creator}
         try:
@@ -144,7 +136,7 @@ class Datasets:
 
     def check_writable(self, tenant: str, dataset: str) -> None:
         """Refuse new versions of a deleted dataset (before any bytes are sent)."""
-        found = blobs.read_json_or_none(self.store, self.prefix(tenant, dataset) + "dataset.json")
+        found = blobs.read_json_or_none(self.store, layout.dataset_key(tenant, dataset))
         if found and found.get("delete_time"):
             raise FailedPrecondition(f"tenants/{tenant}/datasets/{dataset} was deleted; it takes no new versions "
                                      "(its name is not reused either: upload under another name)")
@@ -159,24 +151,24 @@ class Datasets:
         if etag and etag != current:
             raise Aborted(f"{doc['name']} changed since etag {etag} (now {current}); re-read it and retry")
         doc["delete_time"] = time.time()
-        self.store.put(self.prefix(tenant, dataset) + "dataset.json", blobs.dump(doc), if_match=current)
+        self.store.put(layout.dataset_key(tenant, dataset), blobs.dump(doc), if_match=current)
         return doc
 
     def get_dataset(self, tenant: str, dataset: str) -> dict[str, Any]:
         doc = self._doc(tenant, dataset)
         if doc is None or doc.get("delete_time"):
             raise NotFound(f"tenants/{tenant}/datasets/{dataset} not found")
-        doc["latest_version"] = blobs.latest_number(self.store, self.prefix(tenant, dataset) + "versions/")
+        doc["latest_version"] = blobs.latest_number(self.store, layout.dataset_versions_prefix(tenant, dataset))
         return doc
 
     def list_datasets(self, tenant: str, page_size: int, page_token: str | None) -> tuple[list[dict[str, Any]], str | None]:
         out: list[dict[str, Any]] = []
         token = page_token
         while True:
-            page = self.store.list(f"tenants/{tenant}/datasets/", page_size=1000, page_token=token)
+            page = self.store.list(layout.datasets_prefix(tenant), page_size=1000, page_token=token)
             for o in page.objects:
                 parts = o.key.split("/")
-                if len(parts) == 5 and parts[4] == "dataset.json":
+                if len(parts) == 5 and o.key == layout.dataset_key(tenant, parts[3]):
                     try:
                         out.append(self.get_dataset(tenant, parts[3]))
                     except NotFound:
@@ -189,19 +181,17 @@ class Datasets:
 
     def visible_version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
         """A version as the API shows it: NOT_FOUND once its dataset was deleted."""
-        found = blobs.read_json_or_none(self.store, self.prefix(tenant, dataset) + "dataset.json")
+        found = blobs.read_json_or_none(self.store, layout.dataset_key(tenant, dataset))
         if found and found.get("delete_time"):
             raise NotFound(f"tenants/{tenant}/datasets/{dataset}/versions/{version} not found (dataset deleted)")
         return self.get_version(tenant, dataset, version)
 
     def get_version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
-        doc = blobs.read_numbered(self.store, self.prefix(tenant, dataset) + "versions/", version)
-        if doc is None:
-            raise NotFound(f"tenants/{tenant}/datasets/{dataset}/versions/{version} not found")
-        return doc
+        """A version whether or not its dataset was deleted (``common.layout.read_dataset_version``)."""
+        return layout.read_dataset_version(self.store, tenant, dataset, version)
 
     def list_versions(self, tenant: str, dataset: str, page_size: int, page_token: str | None
                       ) -> tuple[list[dict[str, Any]], str | None]:
         self.get_dataset(tenant, dataset)
-        return blobs.page_numbered(self.store, self.prefix(tenant, dataset) + "versions/", page_size, page_token,
+        return blobs.page_numbered(self.store, layout.dataset_versions_prefix(tenant, dataset), page_size, page_token,
                                    lambda n: self.get_version(tenant, dataset, str(n)))

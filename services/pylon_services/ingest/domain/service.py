@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from pylon_services.common import blobs
+from pylon_services.common import blobs, layout
 from pylon_services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from pylon_services.common.names import check_id
 from pylon_services.ingest.domain import uploads, versions
@@ -362,15 +362,11 @@ class Ingest:
                 "shard_tokens": shard_tokens, "tokenizer_key": f"tenants/{tenant}/tokenizers/{tok_id}.json",
                 "tokenizer_name": f"tenants/{tenant}/tokenizers/{tok_id}", "tokenization_name": name,
                 "version_name": doc["name"], "version_digest": doc["digest"], "creator": creator,
-                "manifest_key": f"tenants/{tenant}/datasets/{dataset}/tokenizations/{n:010d}/{tok_id}.json",
-                "shard_prefix": f"tenants/{tenant}/datasets/{dataset}/tokenized/{n:010d}/{tok_id}/"}
+                "manifest_key": layout.tokenization_key(tenant, dataset, n, tok_id),
+                "shard_prefix": versions.shards_prefix(tenant, dataset, n, tok_id)}
         op = new_operation(tenant, "tokenize", doc["name"], spec)
         return await self.start(op, f"{tenant}:tokenize:{request_id}" if request_id else "")
 
     async def tokenization(self, tenant: str, dataset: str, version: str, tok_id: str) -> dict[str, Any]:
-        doc = await self.version(tenant, dataset, version)
-        key = f"tenants/{tenant}/datasets/{dataset}/tokenizations/{doc['version']:010d}/{tok_id}.json"
-        found = await asyncio.to_thread(blobs.read_json_or_none, self.store, key)
-        if found is None:
-            raise NotFound(f"{doc['name']}/tokenizations/{tok_id} not found")
-        return found
+        doc = await self.version(tenant, dataset, version)  # NOT_FOUND once the dataset is deleted
+        return await asyncio.to_thread(layout.read_tokenization, self.store, tenant, dataset, doc["version"], tok_id)

@@ -13,20 +13,22 @@ import hashlib
 import time
 from typing import Any
 
-from pylon_services.common import blobs
+from pylon_services.common import blobs, layout
 from pylon_services.common.errors import AlreadyExists
 from pylon_services.storage.base import ObjectExists, ObjectStore
 
 _SCAN_BACK = 50  # versions a resumed operation looks back through for its own manifest
 
 
-def versions_prefix(tenant: str, dataset: str) -> str:
-    return f"tenants/{tenant}/datasets/{dataset}/versions/"
-
-
 def work_prefix(tenant: str, dataset: str, op_id: str) -> str:
     """Where an operation writes cleaned output and rejects before publishing (never listed)."""
-    return f"tenants/{tenant}/datasets/{dataset}/processed/{op_id}/"
+    return layout.dataset_prefix(tenant, dataset) + f"processed/{op_id}/"
+
+
+def shards_prefix(tenant: str, dataset: str, n: int, tokenizer: str) -> str:
+    """Where a tokenization of version ``n`` writes its shards; readers find it in the
+    tokenization's manifest (``shard_prefix``), never by computing it."""
+    return layout.dataset_prefix(tenant, dataset) + f"tokenized/{n:010d}/{tokenizer}/"
 
 
 def cleaning_steps(recipe: dict[str, Any]) -> list[str]:
@@ -85,22 +87,22 @@ def build_manifest(tenant: str, dataset: str, op: dict[str, Any], results: list[
 def publish(store: ObjectStore, tenant: str, dataset: str, doc_for: Any, exact: int = 0) -> tuple[int, dict[str, Any]]:
     """Write the manifest create-only: the next free number, or exactly ``exact`` (the loser of
     two commits racing for the same number gets ALREADY_EXISTS)."""
-    prefix = versions_prefix(tenant, dataset)
+    prefix = layout.dataset_versions_prefix(tenant, dataset)
     if not exact:
         return blobs.allocate_numbered(store, prefix, doc_for)
     doc = doc_for(exact)
     try:
-        store.put(f"{prefix}{exact:010d}.json", blobs.dump(doc), if_none_match=True)
+        store.put(layout.dataset_version_key(tenant, dataset, exact), blobs.dump(doc), if_none_match=True)
     except ObjectExists:
         raise AlreadyExists(f"tenants/{tenant}/datasets/{dataset}/versions/{exact} already exists "
                             "(another commit published it first)") from None
     if exact >= blobs.latest_number(store, prefix):
-        store.put(f"{prefix}latest.json", blobs.dump({"n": exact, "ts": time.time()}))
+        blobs.note_latest(store, prefix, exact)
     return exact, doc
 
 
 def version_exists(store: ObjectStore, tenant: str, dataset: str, n: int) -> bool:
-    return store.exists(f"{versions_prefix(tenant, dataset)}{n:010d}.json")
+    return store.exists(layout.dataset_version_key(tenant, dataset, n))
 
 
 def reuse_key(tenant: str, digest: str, f: dict[str, Any], processing: dict[str, Any]) -> str:
@@ -117,10 +119,9 @@ def reusable(f: dict[str, Any]) -> bool:
 
 def find_published(store: ObjectStore, tenant: str, dataset: str, op_id: str) -> dict[str, Any] | None:
     """The manifest operation ``op_id`` already published, if it got that far before a crash."""
-    prefix = versions_prefix(tenant, dataset)
-    n = blobs.latest_number(store, prefix)
+    n = blobs.latest_number(store, layout.dataset_versions_prefix(tenant, dataset))
     for k in range(n, max(0, n - _SCAN_BACK), -1):
-        doc = blobs.read_json_or_none(store, f"{prefix}{k:010d}.json")
+        doc = blobs.read_json_or_none(store, layout.dataset_version_key(tenant, dataset, k))
         if doc and doc.get("operation") == op_id:
             return doc
     return None

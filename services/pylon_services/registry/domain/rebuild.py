@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pylon_services.common import blobs
+from pylon_services.common import layout as shared
 from pylon_services.registry.domain import layout
 from pylon_services.registry.domain.ports import RegistryIndex
 from pylon_services.storage.base import ObjectStore
@@ -30,37 +31,38 @@ def _parallel(fn: Callable[[str], Any], keys: list[str]) -> list[Any]:
 
 def sync_model(store: ObjectStore, index: RegistryIndex, tenant: str, model: str) -> int:
     """Make the index's entries for one model equal to what storage holds; returns its version count."""
-    model_doc = layout.read_with_etag(store, layout.model_key(tenant, model))
+    model_doc = blobs.read_json_with_etag(store, layout.model_key(tenant, model))
     if model_doc is None:
         index.drop_model(tenant, model)
         return 0
-    prefix = layout.model_prefix(tenant, model)
+    prefix = shared.model_prefix(tenant, model)
+    versions, meta = shared.model_versions_prefix(tenant, model), shared.model_meta_prefix(tenant, model)
     manifests: list[str] = []
     metas: dict[int, str] = {}
     aliases: list[str] = []
     deployments: dict[int, list[str]] = {}
     for o in store.iter_all(prefix):
         rel = o.key[len(prefix):]
-        if rel.startswith("versions/") and rel[9:-5].isdigit():
+        if o.key.startswith(versions) and o.key[len(versions):-5].isdigit():
             manifests.append(o.key)
-        elif rel.startswith("version-meta/"):
-            metas[int(rel[13:-5])] = o.key
+        elif o.key.startswith(meta):
+            metas[int(o.key[len(meta):-5])] = o.key
         elif rel.startswith("aliases/"):
             aliases.append(o.key)
         elif rel.startswith("deployments/"):
             n, _, dep = rel[12:].partition("/")
             deployments.setdefault(int(n), []).append(dep[:-5].replace("~", "/"))
-    meta_docs = dict(zip(metas, _parallel(lambda k: layout.read_with_etag(store, k), list(metas.values())), strict=True))
+    meta_docs = dict(zip(metas, _parallel(lambda k: blobs.read_json_with_etag(store, k), list(metas.values())), strict=True))
     docs = []
     for manifest in _parallel(lambda k: blobs.read_json(store, k), manifests):
-        docs.append(layout.merge_meta(manifest, meta_docs.get(manifest["version"])))
+        docs.append(shared.merge_meta(manifest, meta_docs.get(manifest["version"])))
     # Overwrite in place (never drop first): readers keep seeing a complete model meanwhile.
     etag = model_doc.pop("_etag")
     index.put_model(tenant, model, {**model_doc, "etag": etag})
     for i in range(0, len(docs), 1000):
         index.put_versions(tenant, model, docs[i:i + 1000])
     alias_docs = {}
-    for key, doc in zip(aliases, _parallel(lambda k: layout.read_with_etag(store, k), aliases), strict=True):
+    for key, doc in zip(aliases, _parallel(lambda k: blobs.read_json_with_etag(store, k), aliases), strict=True):
         if doc and doc.get("version"):
             alias_docs[key.rsplit("/", 1)[1][:-5]] = {**doc, "etag": doc.pop("_etag")}
     index.replace_aliases(tenant, model, alias_docs)

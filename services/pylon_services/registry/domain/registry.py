@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylon_services.common import blobs
+from pylon_services.common import layout as shared
 from pylon_services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -216,7 +217,7 @@ class Registry:
                     "lineage": spec.lineage, "creator": creator, "create_time": now,
                     "digest": blobs.manifest_digest(files), "request_id": spec.request_id}
 
-        prefix = layout.model_prefix(tenant, model) + "versions/"
+        prefix = shared.model_versions_prefix(tenant, model)
         with self._writing(tenant, model):
             n, doc = blobs.allocate_numbered(self.store, prefix, manifest)
             if spec.request_id:
@@ -226,7 +227,7 @@ class Registry:
                 except ObjectExists:
                     pass
                 self.index.put_request(tenant, model, spec.request_id, n)
-            self.index.put_versions(tenant, model, [layout.merge_meta(doc, None)])
+            self.index.put_versions(tenant, model, [shared.merge_meta(doc, None)])
             self.index.put_blobs(tenant, {f["digest"]: f["object_key"] for f in files})
         if session:
             artifacts.discard_upload(self.store, session, {f["object_key"] for f in files})
@@ -366,7 +367,7 @@ class Registry:
             raise FailedPrecondition(f"version {n} of {model} is deleted")
         if etag and etag != current["etag"]:
             raise Aborted(f"version {n} of {model} changed since etag {etag}; re-read it and retry")
-        key = layout.meta_key(tenant, model, n)
+        key = shared.model_meta_key(tenant, model, n)
         meta = {k: current[k] for k in ("state", "tags", "description")}
         meta.update(changes, update_time=time.time(), updated_by=actor)
         with self._writing(tenant, model):
@@ -376,8 +377,8 @@ class Registry:
                         else self.store.put(key, blobs.dump(meta), if_none_match=True))
             except (EtagMismatch, ObjectExists, ObjectNotFound):
                 raise Aborted(f"version {n} of {model} changed concurrently; re-read it and retry") from None
-            manifest = blobs.read_json(self.store, layout.version_key(tenant, model, n))
-            doc = layout.merge_meta(manifest, {**meta, "_etag": info.etag})
+            manifest = blobs.read_json(self.store, shared.model_version_key(tenant, model, n))
+            doc = shared.merge_meta(manifest, {**meta, "_etag": info.etag})
             self.index.put_versions(tenant, model, [doc])
         return self.get_version(tenant, model, str(n))
 

@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 from pylon_services.common import blobs
-from pylon_services.registry.domain import artifacts, layout
+from pylon_services.common import layout as shared
+from pylon_services.registry.domain import artifacts
 from pylon_services.registry.domain.ports import RegistryIndex
 from pylon_services.registry.domain.rebuild import tenants
 from pylon_services.storage.base import EtagMismatch, ObjectStore
@@ -51,16 +52,16 @@ def purge_expired(store: ObjectStore, index: RegistryIndex, retention_s: float, 
                 if f["object_key"] not in live:
                     store.delete(f["object_key"])
                     counts["objects"] += 1
-            key = layout.meta_key(tenant, model, v["version"])
-            meta = layout.read_with_etag(store, key) or {}
+            key = shared.model_meta_key(tenant, model, v["version"])
+            meta = blobs.read_json_with_etag(store, key) or {}
             etag = meta.pop("_etag", None)
             try:
                 info = store.put(key, blobs.dump({**meta, "purged": True}), if_match=etag) if etag else None
             except EtagMismatch:
                 continue  # changed meanwhile; the next round retries
             if info:
-                manifest = blobs.read_json(store, layout.version_key(tenant, model, v["version"]))
-                index.put_versions(tenant, model, [layout.merge_meta(manifest, {**meta, "purged": True, "_etag": info.etag})])
+                manifest = blobs.read_json(store, shared.model_version_key(tenant, model, v["version"]))
+                index.put_versions(tenant, model, [shared.merge_meta(manifest, {**meta, "purged": True, "_etag": info.etag})])
                 counts["versions"] += 1
     return counts
 
