@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from pylon.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -26,24 +24,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, keys: ApiKeyStore) -> None:
         self._keys = keys
 
-    async def CreateApiKey(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateApiKey(self, request: admin_pb2.CreateApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> admin_pb2.CreateApiKeyResponse:
         if request.role not in _PROTO_TO_ROLE:
             raise InvalidArgument.field("role", "must be ROLE_VIEWER, ROLE_EDITOR, ROLE_MAINTAINER or ROLE_ADMIN")
         key, token = await self._keys.create(request.tenant, _PROTO_TO_ROLE[request.role], request.description)
         return admin_pb2.CreateApiKeyResponse(api_key=_key(key), token=token)
 
-    async def ListApiKeys(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListApiKeys(self, request: admin_pb2.ListApiKeysRequest,
+                          context: grpc.aio.ServicerContext) -> admin_pb2.ListApiKeysResponse:
         size = page_size(request.page_size)
         keys = await self._keys.list_keys(request.tenant, size, request.page_token)
         token = keys[-1].key_id if len(keys) == size else ""
         return admin_pb2.ListApiKeysResponse(api_keys=[_key(k) for k in keys], next_page_token=token)
 
-    async def DeleteApiKey(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def DeleteApiKey(self, request: admin_pb2.DeleteApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> admin_pb2.DeleteApiKeyResponse:
         if not request.name.startswith("apiKeys/"):
             raise InvalidArgument.field("name", "must be of the form apiKeys/{key_id}")
         await self._keys.delete(request.name.split("/", 1)[1])
         return admin_pb2.DeleteApiKeyResponse()
 
-    async def WhoAmI(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def WhoAmI(self, request: admin_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext) -> admin_pb2.WhoAmIResponse:
         p = principal()
         return admin_pb2.WhoAmIResponse(tenant=p.tenant, role=_ROLE_TO_PROTO[p.role], api_key=f"apiKeys/{p.key_id}")

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from pylon_services.common.errors import NotFound, PermissionDenied, Unauthenticated
 from pylon_services.common.names import Principal, check_tenant
+from pylon_services.runtime.redis_text import as_text
 
 # viewer reads; editor writes; maintainer also deletes and moves protected aliases; admin also
 # manages API keys and may act in any tenant.
@@ -88,7 +89,7 @@ class ApiKeyStore:
         ids = await self._redis.zrangebylex(_INDEX, f"({after}" if after else "-", "+", start=0, num=page_size * 4)
         out: list[StoredKey] = []
         for raw in ids:
-            key_id = raw.decode() if isinstance(raw, bytes) else raw
+            key_id = as_text(raw)
             stored = await self._get(key_id)
             if stored and (not tenant or stored.tenant == tenant):
                 out.append(stored)
@@ -106,7 +107,7 @@ class ApiKeyStore:
         h = await self._redis.hgetall(_KEY_PREFIX + key_id)
         if not h:
             return None
-        d = {k.decode(): v.decode() for k, v in h.items()}
+        d = {as_text(k): as_text(v) for k, v in h.items()}
         return StoredKey(key_id, d["tenant"], d["role"], d.get("description", ""), float(d["create_time"]))
 
     def authenticate_cached(self, token: str) -> Principal | None:
@@ -144,10 +145,10 @@ class ApiKeyStore:
         if len(parts) < 3 or parts[0] != "pyl":
             return None
         h = await self._redis.hgetall(_KEY_PREFIX + parts[1])
-        stored = h.get(b"hash", b"").decode()
+        stored = as_text(h.get(b"hash", b""))
         if not stored or not hmac.compare_digest(stored, digest):
             return None
-        return Principal(tenant=h[b"tenant"].decode(), role=h[b"role"].decode(), key_id=parts[1])
+        return Principal(tenant=as_text(h[b"tenant"]), role=as_text(h[b"role"]), key_id=parts[1])
 
 
 def authorize(principal: Principal, needed: str) -> None:

@@ -27,6 +27,7 @@ from pylon_services.runtime.auth import ApiKeyStore
 from pylon_services.runtime.interceptor import PylonInterceptor
 from pylon_services.runtime.jsonlog import setup_logging
 from pylon_services.runtime.loop import run as run_loop
+from pylon_services.runtime.redis_text import as_text
 from pylon_services.runtime.settings import Settings
 
 log = logging.getLogger("pylon.server")
@@ -58,10 +59,11 @@ class PlatformServicer(common_pb2_grpc.PlatformServiceServicer):
         self._service = service
         self._address = address
 
-    async def GetPlatform(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetPlatform(self, request: common_pb2.GetPlatformRequest,
+                          context: grpc.aio.ServicerContext) -> common_pb2.GetPlatformResponse:
         raw = await self._redis.hgetall(ENDPOINTS_KEY)
         now = time.time()
-        entries = {name.decode(): json.loads(value) for name, value in raw.items()}
+        entries = {as_text(name): json.loads(value) for name, value in raw.items()}
         if self._service and (own := self._address()):
             entries[self._service] = {"address": own, "ts": now}
         services = [common_pb2.ServiceEndpoint(service=name, address=e["address"], last_seen_age_s=max(0.0, now - e["ts"]))
