@@ -30,7 +30,8 @@ READ_BUFFER = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 
 Error = tuple[str, str, bytes]
-Item = tuple[int, dict[str, Any] | None, Error | None]
+# A record or the reason it was rejected, never both (readers yield one of the two shapes).
+Item = tuple[int, dict[str, Any], None] | tuple[int, None, Error]
 
 _FORMAT_SUFFIXES = {
     "jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl",
@@ -56,15 +57,17 @@ def detect_format(filename: str) -> tuple[str, str]:
 class CountingReader(io.RawIOBase):
     """Raw reader over ``src`` that counts the bytes read (``bytes_in`` of a summary)."""
 
-    def __init__(self, src: BinaryIO) -> None:
+    def __init__(self, src: BinaryIO | io.RawIOBase) -> None:
         self._src = src
         self.count = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: Any) -> int | None:
         data = self._src.read(len(buffer))
+        if data is None:
+            return None  # a non-blocking raw source has nothing yet: say so, as it did
         n = len(data)
         buffer[:n] = data
         self.count += n
@@ -77,12 +80,12 @@ def open_decompressed(raw: io.RawIOBase, compression: str) -> io.BufferedIOBase:
         raise InvalidArgument.field("compression", f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
     buffered = io.BufferedReader(raw, buffer_size=READ_BUFFER)
     if compression == "gzip":
-        return io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), buffer_size=READ_BUFFER)  # type: ignore[arg-type]
+        return io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), buffer_size=READ_BUFFER)
     if compression == "zstd":
         import zstandard
 
         reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=READ_BUFFER)  # type: ignore[arg-type]
+        return io.BufferedReader(reader, buffer_size=READ_BUFFER)
     return buffered
 
 
@@ -257,7 +260,7 @@ def seekable_copy(f: io.BufferedIOBase) -> BinaryIO:
     tmp = tempfile.TemporaryFile(prefix="pylon-parquet-")
     shutil.copyfileobj(f, tmp, READ_BUFFER)
     tmp.seek(0)
-    return tmp  # type: ignore[return-value]
+    return tmp
 
 
 def iter_records(src: BinaryIO, fmt: str, compression: str, *, limit: int, paragraphs: bool = False,
@@ -266,9 +269,9 @@ def iter_records(src: BinaryIO, fmt: str, compression: str, *, limit: int, parag
     compressed bytes read from it."""
     if fmt not in FORMATS:
         raise InvalidArgument.field("format", f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if part is not None and fmt != "parquet":
-        src = LineRange(src, part)  # type: ignore[assignment]
-    counter = CountingReader(src)
+    # Text formats read only the lines of their part; parquet finds its row groups itself.
+    raw: BinaryIO | LineRange = LineRange(src, part) if part is not None and fmt != "parquet" else src
+    counter = CountingReader(raw)
     f = open_decompressed(counter, compression)
     bom = part is None or part.start == 0
     if fmt == "jsonl":

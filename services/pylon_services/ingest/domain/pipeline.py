@@ -253,11 +253,11 @@ def process_stream(
 def _consume(run: _Run, items: Iterator[formats.Item], counter: formats.CountingReader,
              progress: Callable[[int], None] | None, limit: int | None) -> None:
     next_report = PROGRESS_BYTES
-    for line, value, error in items:
+    for item in items:
         run.records_in += 1
-        if error is not None:
-            run.reject(line, error[0], error[1], error[2])
-        elif run.accept(line, value) and limit is not None and run.records_out >= limit:  # type: ignore[arg-type]
+        if item[2] is not None:  # indexed, not unpacked: mypy narrows the record-or-error union
+            run.reject(item[0], *item[2])
+        elif run.accept(item[0], item[1]) and limit is not None and run.records_out >= limit:
             return
         if progress is not None and counter.count >= next_report:
             progress(counter.count)
