@@ -26,7 +26,7 @@ _SESSION_STATE = {"open": pb.UPLOAD_SESSION_STATE_OPEN, "committed": pb.UPLOAD_S
                   "aborted": pb.UPLOAD_SESSION_STATE_ABORTED}
 
 
-def file_format(field: str, path: str, fmt: int, compression: int) -> tuple[str, str]:
+def file_format(field: str, path: str, fmt: pb.DataFormat, compression: pb.Compression) -> tuple[str, str]:
     """(format, compression) from the enums, detected from the file name where unspecified."""
     from pylon_services.ingest.domain.pipeline import detect_format
 
@@ -35,7 +35,7 @@ def file_format(field: str, path: str, fmt: int, compression: int) -> tuple[str,
         raise InvalidArgument.field(f"{field}.format", f"unknown value {fmt}")
     if compression and compression not in COMPRESSIONS:
         raise InvalidArgument.field(f"{field}.compression", f"unknown value {compression}")
-    return (FORMATS[fmt] if fmt else detected[0]), (COMPRESSIONS[compression] if compression else detected[1])  # type: ignore[index]
+    return (FORMATS[fmt] if fmt else detected[0]), (COMPRESSIONS[compression] if compression else detected[1])
 
 
 def processing(p: pb.ProcessingOptions) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._max = max_upload_bytes
 
     # -- streamed upload ------------------------------------------------------------------------------
-    async def UploadDatasetVersion(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    async def UploadDatasetVersion(self, request_iterator: AsyncIterator[pb.UploadDatasetVersionRequest],
+                                   context: grpc.aio.ServicerContext) -> pb.UploadDatasetVersionResponse:
         p = principal()
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
@@ -75,29 +76,34 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                                                operation=cv.operation_pb(op))
 
     # -- upload sessions --------------------------------------------------------------------------------
-    async def CreateUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateUploadSession(self, request: pb.CreateUploadSessionRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.CreateUploadSessionResponse:
         p = principal()
         tenant, dataset = parse_name("header.dataset", request.header.dataset, _DS, p)
         s, urls = await self._i.create_session(tenant, p.key_id, dataset, cv.header(request.header),
                                                request.part_size_bytes, list(request.part_md5s))
         return pb.CreateUploadSessionResponse(session=cv.session_pb(s, urls, {}))
 
-    async def GetUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetUploadSession(self, request: pb.GetUploadSessionRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetUploadSessionResponse:
         tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
         s, stored, urls = await self._i.get_session(tenant, sid)
         return pb.GetUploadSessionResponse(session=cv.session_pb(s, urls, stored))
 
-    async def CommitUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CommitUploadSession(self, request: pb.CommitUploadSessionRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.CommitUploadSessionResponse:
         tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
         op = await self._i.commit_session(tenant, sid, request.request_id, request.version, list(request.part_md5s))
         return pb.CommitUploadSessionResponse(operation=cv.operation_pb(op))
 
-    async def AbortUploadSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def AbortUploadSession(self, request: pb.AbortUploadSessionRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.AbortUploadSessionResponse:
         tenant, sid = parse_name("name", request.name, ("tenants", "uploadSessions"), principal())
         await self._i.abort_session(tenant, sid)
         return pb.AbortUploadSessionResponse()
 
-    async def ImportDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ImportDatasetVersion(self, request: pb.ImportDatasetVersionRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.ImportDatasetVersionResponse:
         p = principal()
         tenant, dataset = parse_name("dataset", request.dataset, _DS, p)
         first = request.source_uris[0].rsplit("/", 1)[-1] if request.source_uris else ""
@@ -108,7 +114,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return pb.ImportDatasetVersionResponse(operation=cv.operation_pb(op))
 
     # -- datasets and versions --------------------------------------------------------------------------
-    async def CreateDataset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateDataset(self, request: pb.CreateDatasetRequest,
+                            context: grpc.aio.ServicerContext) -> pb.CreateDatasetResponse:
         p = principal()
         tenant = parse_parent("parent", request.parent, p)
         labels: dict[str, str] = {}
@@ -120,64 +127,71 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                                            request.request_id)
         return pb.CreateDatasetResponse(dataset=cv.dataset_pb(doc))
 
-    async def DeleteDataset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def DeleteDataset(self, request: pb.DeleteDatasetRequest,
+                            context: grpc.aio.ServicerContext) -> pb.DeleteDatasetResponse:
         tenant, dataset = parse_name("name", request.name, _DS, principal())
         await self._i.delete_dataset(tenant, dataset, request.etag)
         return pb.DeleteDatasetResponse()
 
-    async def GetDataset(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.aio.ServicerContext) -> pb.GetDatasetResponse:
         tenant, dataset = parse_name("name", request.name, _DS, principal())
         return pb.GetDatasetResponse(dataset=cv.dataset_pb(await asyncio.to_thread(self._d.get_dataset, tenant, dataset)))
 
-    async def ListDatasets(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.aio.ServicerContext) -> pb.ListDatasetsResponse:
         tenant = parse_parent("parent", request.parent, principal())
         docs, token = await asyncio.to_thread(self._d.list_datasets, tenant, page_size(request.page_size),
                                               request.page_token or None)
         return pb.ListDatasetsResponse(datasets=[cv.dataset_pb(d) for d in docs], next_page_token=token or "")
 
-    async def GetDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetDatasetVersion(self, request: pb.GetDatasetVersionRequest,
+                                context: grpc.aio.ServicerContext) -> pb.GetDatasetVersionResponse:
         tenant, dataset, version = parse_name("name", request.name, _VER, principal())
         return pb.GetDatasetVersionResponse(version=cv.version_pb(await self._i.version(tenant, dataset, version)))
 
-    async def ListDatasetVersions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListDatasetVersions(self, request: pb.ListDatasetVersionsRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.ListDatasetVersionsResponse:
         tenant, dataset = parse_name("parent", request.parent, _DS, principal())
         docs, token = await asyncio.to_thread(self._d.list_versions, tenant, dataset, page_size(request.page_size),
                                               request.page_token or None)
         return pb.ListDatasetVersionsResponse(versions=[cv.version_pb(d) for d in docs], next_page_token=token or "")
 
-    async def PreviewDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def PreviewDatasetVersion(self, request: pb.PreviewDatasetVersionRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.PreviewDatasetVersionResponse:
         tenant, dataset, version = parse_name("name", request.name, _VER, principal())
         if request.limit < 0:
             raise InvalidArgument.field("limit", "must not be negative")
         records = await self._i.preview(tenant, dataset, version, request.limit)
         return pb.PreviewDatasetVersionResponse(records=cv.records_pb(records))
 
-    async def ListRejects(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListRejects(self, request: pb.ListRejectsRequest, context: grpc.aio.ServicerContext) -> pb.ListRejectsResponse:
         tenant, dataset, version = parse_name("name", request.name, _VER, principal())
         rows, token = await self._i.rejects(tenant, dataset, version, page_size(request.page_size), request.page_token)
         return pb.ListRejectsResponse(rejects=[pb.Reject(**r) for r in rows], next_page_token=token)
 
     # -- tokenization ----------------------------------------------------------------------------------
-    async def TokenizeDatasetVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def TokenizeDatasetVersion(self, request: pb.TokenizeDatasetVersionRequest,
+                                     context: grpc.aio.ServicerContext) -> pb.TokenizeDatasetVersionResponse:
         p = principal()
         tenant, dataset, version = parse_name("name", request.name, _VER, p)
         op = await self._i.tokenize(tenant, p.key_id, dataset, version, request.tokenizer, request.vocab_size,
                                     request.shard_tokens, request.request_id)
         return pb.TokenizeDatasetVersionResponse(operation=cv.operation_pb(op))
 
-    async def GetTokenization(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetTokenization(self, request: pb.GetTokenizationRequest,
+                              context: grpc.aio.ServicerContext) -> pb.GetTokenizationResponse:
         tenant, dataset, version, tok = parse_name(
             "name", request.name, ("tenants", "datasets", "versions", "tokenizations"), principal())
         doc = await self._i.tokenization(tenant, dataset, version, tok)
         return pb.GetTokenizationResponse(tokenization=cv.tokenization_pb(doc))
 
     # -- operations --------------------------------------------------------------------------------------
-    async def GetOperation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetOperation(self, request: pb.GetOperationRequest, context: grpc.aio.ServicerContext) -> pb.GetOperationResponse:
         p = principal()
         tenant, op_id = parse_name("name", request.name, ("tenants", "operations"), p)
         return pb.GetOperationResponse(operation=cv.operation_pb(await self._i.get_operation(tenant, op_id, p.is_admin)))
 
-    async def WatchOperation(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def WatchOperation(self, request: pb.WatchOperationRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchOperationResponse]:
         p = principal()
         tenant, op_id = parse_name("name", request.name, ("tenants", "operations"), p)
         async for op in self._i.watch(tenant, op_id, p.is_admin):

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pylon.registry.v1 import registry_pb2 as pb
-from pylon_services.registry.domain.layout import FORMATS
 from pylon_services.runtime.protoconv import struct, ts
 
 _STATES = {"ready": pb.MODEL_VERSION_STATE_READY, "archived": pb.MODEL_VERSION_STATE_ARCHIVED,
            "deleted": pb.MODEL_VERSION_STATE_DELETED}
+# The names ``registry.domain.layout.FORMATS`` stores, in enum order (requests index FORMATS).
+_FORMATS = {"unspecified": pb.MODEL_FORMAT_UNSPECIFIED, "hf_transformers": pb.MODEL_FORMAT_HF_TRANSFORMERS,
+            "safetensors": pb.MODEL_FORMAT_SAFETENSORS, "torch": pb.MODEL_FORMAT_TORCH, "onnx": pb.MODEL_FORMAT_ONNX,
+            "other": pb.MODEL_FORMAT_OTHER, "pylon_gpt": pb.MODEL_FORMAT_PYLON_GPT}
 _LINEAGE = ("datasets", "dataset_digests", "job", "checkpoint", "base_model")
 
 
@@ -23,7 +26,7 @@ def model_pb(d: dict[str, Any]) -> pb.Model:
 def version_pb(d: dict[str, Any]) -> pb.ModelVersion:
     lin = d.get("lineage", {})
     return pb.ModelVersion(
-        name=d["name"], version=d["version"], state=_STATES[d["state"]], format=FORMATS.index(d["format"]),  # type: ignore[arg-type]
+        name=d["name"], version=d["version"], state=_STATES[d["state"]], format=_FORMATS[d["format"]],
         files=[pb.ArtifactFile(**f) for f in d["files"]], config=struct(d.get("config")),
         signature=struct(d.get("signature")), metrics=d.get("metrics", {}), tags=d.get("tags", {}),
         description=d.get("description", ""), lineage=pb.Lineage(**{k: lin[k] for k in _LINEAGE if k in lin}),

@@ -4,8 +4,8 @@ worker thread: the object store and the index client are synchronous)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import google_crc32c
 import grpc
@@ -24,6 +24,8 @@ from pylon_services.runtime.auth import role_allows
 from pylon_services.runtime.context import principal
 from pylon_services.runtime.protoconv import from_struct, page_size, struct, ts
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 _VERSION = ("tenants", "models", "versions")
 _MODEL = ("tenants", "models")
 _ALIAS = ("tenants", "models", "aliases")
@@ -60,34 +62,34 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def _version(self, tenant: str, model: str, ref: str) -> dict[str, Any]:
         """The hot read path: exact numbers straight from the index on the event loop."""
         if not ref.isdigit():
-            return await self._do(self._r.get_version, tenant, model, ref)  # type: ignore[no-any-return]
+            return await self._do(self._r.get_version, tenant, model, ref)
         doc, aliases, deps = await self._reader.version_view(tenant, model, int(ref))
         if doc is None:
             raise NotFound(f"tenants/{tenant}/models/{model}/versions/{ref} not found")
         return decorate(doc, aliases, deps)
 
-    async def _do(self, fn: Any, *args: Any, **kw: Any) -> Any:
+    async def _do(self, fn: Callable[_P, _T], *args: _P.args, **kw: _P.kwargs) -> _T:
         return await asyncio.to_thread(fn, *args, **kw)
 
     # -- models -------------------------------------------------------------------------------
-    async def CreateModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateModel(self, request: pb.CreateModelRequest, context: grpc.aio.ServicerContext) -> pb.CreateModelResponse:
         p = principal()
         tenant = parse_parent("parent", request.parent, p)
         doc = await self._do(self._r.create_model, tenant, request.model_id, description=request.description,
                              tags=dict(request.tags), creator=p.key_id, request_id=request.request_id)
         return pb.CreateModelResponse(model=model_pb(doc))
 
-    async def GetModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
         tenant, model = parse_name("name", request.name, _MODEL, principal())
         return pb.GetModelResponse(model=model_pb(await self._do(self._r.get_model, tenant, model)))
 
-    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         tenant = parse_parent("parent", request.parent, principal())
         models, token = await self._do(self._r.list_models, tenant, page_size(request.page_size),
                                        request.page_token or None, request.filter)
         return pb.ListModelsResponse(models=[model_pb(m) for m in models], next_page_token=token or "")
 
-    async def UpdateModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def UpdateModel(self, request: pb.UpdateModelRequest, context: grpc.aio.ServicerContext) -> pb.UpdateModelResponse:
         p = principal()
         tenant, model = parse_name("model.name", request.model.name, _MODEL, p)
         fields = _mask(list(request.update_mask), ("description", "tags", "protected_aliases"))
@@ -98,7 +100,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         doc = await self._do(self._r.update_model, tenant, model, {f: values[f] for f in fields}, m.etag)
         return pb.UpdateModelResponse(model=model_pb(doc))
 
-    async def DeleteModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def DeleteModel(self, request: pb.DeleteModelRequest, context: grpc.aio.ServicerContext) -> pb.DeleteModelResponse:
         p = principal()
         tenant, model = parse_name("name", request.name, _MODEL, p)
         _need(p, "maintainer", "deleting a model")
@@ -106,7 +108,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.DeleteModelResponse()
 
     # -- versions -----------------------------------------------------------------------------
-    async def CreateModelVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateModelVersion(self, request: pb.CreateModelVersionRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.CreateModelVersionResponse:
         p = principal()
         tenant, model = parse_name("parent", request.parent, _MODEL, p)
         source = request.source_uri
@@ -133,11 +136,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         doc = await self._do(self._r.create_version, tenant, model, spec, p.key_id)
         return pb.CreateModelVersionResponse(version=version_pb(doc))
 
-    async def GetModelVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetModelVersion(self, request: pb.GetModelVersionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.GetModelVersionResponse:
         tenant, model, version = parse_name("name", request.name, _VERSION, principal())
         return pb.GetModelVersionResponse(version=version_pb(await self._version(tenant, model, version)))
 
-    async def ListModelVersions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListModelVersions(self, request: pb.ListModelVersionsRequest,
+                                context: grpc.aio.ServicerContext) -> pb.ListModelVersionsResponse:
         p = principal()
         if request.parent.endswith("/models/-"):
             tenant, model = parse_parent("parent", request.parent[: -len("/models/-")], p), "-"
@@ -148,7 +153,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                                      order_by=request.order_by, show_deleted=request.show_deleted)
         return pb.ListModelVersionsResponse(versions=[version_pb(d) for d in docs], next_page_token=token or "")
 
-    async def UpdateModelVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def UpdateModelVersion(self, request: pb.UpdateModelVersionRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.UpdateModelVersionResponse:
         p = principal()
         tenant, model, version = parse_name("version.name", request.version.name, _VERSION, p)
         fields = _mask(list(request.update_mask), ("tags", "description", "state"))
@@ -160,7 +166,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                              {f: values[f] for f in fields}, v.etag, p.key_id)
         return pb.UpdateModelVersionResponse(version=version_pb(doc))
 
-    async def DeleteModelVersion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def DeleteModelVersion(self, request: pb.DeleteModelVersionRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.DeleteModelVersionResponse:
         p = principal()
         tenant, model, version = parse_name("name", request.name, _VERSION, p)
         _need(p, "maintainer", "deleting a version")
@@ -168,7 +175,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.DeleteModelVersionResponse()
 
     # -- aliases ------------------------------------------------------------------------------
-    async def SetAlias(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.SetAliasResponse:
         p = principal()
         tenant, model, alias = parse_name("name", request.name, _ALIAS, p)
         if request.version <= 0:
@@ -177,18 +184,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                              may_move_protected=role_allows(p.role, "maintainer"))
         return pb.SetAliasResponse(alias=alias_pb(doc))
 
-    async def GetAlias(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetAlias(self, request: pb.GetAliasRequest, context: grpc.aio.ServicerContext) -> pb.GetAliasResponse:
         tenant, model, alias = parse_name("name", request.name, _ALIAS, principal())
         return pb.GetAliasResponse(alias=alias_pb(await self._do(self._r.get_alias, tenant, model, alias)))
 
-    async def DeleteAlias(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAliasResponse:
         p = principal()
         tenant, model, alias = parse_name("name", request.name, _ALIAS, p)
         await self._do(self._r.delete_alias, tenant, model, alias, request.etag, p.key_id,
                        may_move_protected=role_allows(p.role, "maintainer"))
         return pb.DeleteAliasResponse()
 
-    async def ListAliasHistory(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListAliasHistory(self, request: pb.ListAliasHistoryRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListAliasHistoryResponse:
         tenant, model, alias = parse_name("name", request.name, _ALIAS, principal())
         moves, token = await self._do(self._r.alias_history, tenant, model, alias, page_size(request.page_size),
                                       request.page_token or None)
@@ -196,7 +204,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             moves=[pb.AliasMove(from_version=m["from"], to_version=m["to"], actor=m["actor"], time=ts(m["time"]))
                    for m in moves], next_page_token=token or "")
 
-    async def ResolveModelUri(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ResolveModelUri(self, request: pb.ResolveModelUriRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ResolveModelUriResponse:
         model, alias, version = parse_model_uri(request.uri)
         tenant = principal().tenant
         if alias:
@@ -207,7 +216,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.ResolveModelUriResponse(version=version_pb(await self._version(tenant, model, version)))
 
     # -- artifacts ----------------------------------------------------------------------------
-    async def CreateArtifactUpload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateArtifactUpload(self, request: pb.CreateArtifactUploadRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.CreateArtifactUploadResponse:
         p = principal()
         tenant, model = parse_name("parent", request.parent, _MODEL, p)
         files = [DeclaredFile(f.path, f.digest, f.size_bytes) for f in request.files]
@@ -222,7 +232,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.CreateArtifactUploadResponse(upload=f"tenants/{tenant}/models/{model}/uploads/{session.id}",
                                                targets=targets, part_size=part)
 
-    async def UploadArtifact(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    async def UploadArtifact(self, request_iterator: AsyncIterator[pb.UploadArtifactRequest],
+                             context: grpc.aio.ServicerContext) -> pb.UploadArtifactResponse:
         p = principal()
         received, session = 0, None
         async for chunk in request_iterator:
@@ -237,7 +248,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise InvalidArgument.field("upload", "the stream carried no chunks")
         return pb.UploadArtifactResponse(bytes_received=received)
 
-    async def GetArtifactDownload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetArtifactDownload(self, request: pb.GetArtifactDownloadRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.GetArtifactDownloadResponse:
         tenant, model, version = parse_name("name", request.name, _VERSION, principal())
         doc = await self._do(self._r.get_version, tenant, model, version)
         if doc["state"] == "deleted":
@@ -246,7 +258,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.GetArtifactDownloadResponse(files=[pb.ArtifactLocation(file=pb.ArtifactFile(**f), url=url)
                                                      for f, url in plan])
 
-    async def DownloadArtifact(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def DownloadArtifact(self, request: pb.DownloadArtifactRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DownloadArtifactResponse]:
         tenant, model, version = parse_name("name", request.name, _VERSION, principal())
         doc = await self._do(self._r.get_version, tenant, model, version)
         f = next((f for f in doc["files"] if f["path"] == request.path), None)
@@ -261,14 +274,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             offset += len(data)
 
     # -- lineage, deployments, admin -----------------------------------------------------------
-    async def GetLineage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetLineage(self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext) -> pb.GetLineageResponse:
         tenant, model, version = parse_name("name", request.name, _VERSION, principal())
         nodes, edges = await self._do(self._r.lineage, tenant, model, version)
         return pb.GetLineageResponse(
             nodes=[pb.LineageNode(name=n["name"], kind=n["kind"], attributes=struct(n["attributes"])) for n in nodes],
             edges=[pb.LineageEdge(source=s, target=t) for s, t in edges])
 
-    async def RecordDeployment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RecordDeployment(self, request: pb.RecordDeploymentRequest,
+                               context: grpc.aio.ServicerContext) -> pb.RecordDeploymentResponse:
         p = principal()
         tenant, model, version = parse_name("name", request.name, _VERSION, p)
         parse_name("deployment", request.deployment, ("tenants", "deployments"), p)
@@ -276,7 +290,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                              request.deployment, request.removed)
         return pb.RecordDeploymentResponse(version=version_pb(doc))
 
-    async def RebuildIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RebuildIndex(self, request: pb.RebuildIndexRequest, context: grpc.aio.ServicerContext) -> pb.RebuildIndexResponse:
         _need(principal(), "admin", "rebuilding the registry index")
         counts = await self._do(rebuild.rebuild_all, self._r.store, self._r.index)
         return pb.RebuildIndexResponse(**counts)
