@@ -199,7 +199,7 @@ def _concatenate(store: ObjectStore, parts: Iterable[dict[str, Any]], out_raw: O
     return summaries, kept, seen
 
 
-def _append_clean(store: ObjectStore, src: dict[str, Any], drop: set[int], out: io.BufferedWriter,
+def _append_clean(store: ObjectStore, src: dict[str, Any], drop: set[int], out: io.BufferedWriter[ObjectWriter],
                   summary: Any) -> None:
     """Copy one chunk's cleaned output; split it into lines only when some records must go
     (``drop``: their positions), and parse only those."""
@@ -215,7 +215,7 @@ def _append_clean(store: ObjectStore, src: dict[str, Any], drop: set[int], out: 
         out.write(block)
 
 
-def _append_rejects(store: ObjectStore, src: dict[str, Any], offset: int, out: io.BufferedWriter) -> None:
+def _append_rejects(store: ObjectStore, src: dict[str, Any], offset: int, out: io.BufferedWriter[ObjectWriter]) -> None:
     """Copy one chunk's rejects with their line numbers made absolute (``offset``: the physical
     lines of the chunks before it; 0 for Parquet, whose chunks number rows absolutely)."""
     if not src["size"]:

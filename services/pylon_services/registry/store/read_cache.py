@@ -132,8 +132,8 @@ class CachedIndexReader:
         entry = self._fresh(tm)
         if entry is not None and entry.aliases is not None and number in entry.versions:
             self.hits += 1
-            doc, deps = entry.versions[number]
-            return doc, entry.aliases, deps
+            cached, cached_deps = entry.versions[number]
+            return cached, entry.aliases, cached_deps
         self.misses += 1
         stamp = self._stamp(tm)
         doc, aliases, deps = await self._reader.version_view(tenant, model, number)
