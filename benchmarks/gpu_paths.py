@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "services"))
 from pylon_services.engines.torch_engine import ModelRunner  # noqa: E402
-from pylon_services.trainers import TrainConfig, train  # noqa: E402
+from pylon_services.trainers.tiny_gpt import TrainConfig, train  # noqa: E402
 
 SHAPE = {"batch_size": 32, "block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384}
 

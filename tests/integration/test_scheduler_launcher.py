@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pylon_services.scheduler.launcher import Launcher
+from pylon_services.scheduler.worker.launcher import Launcher
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_stop_lets_an_ending_task_end_and_kills_one_that_keeps_running(ray_clust
     try:
         def launch(name: str, sleep: float) -> None:
             job = {"name": name, "dir": str(tmp_path), "sleep": sleep, "attempt": 1}
-            assert ray.get(launcher.launch_in.remote(name, job, {}, [(0, pg, 0, opts)])) == 1
+            assert ray.get(launcher.launch.remote(name, job, {}, [(0, pg, 0, opts)])) == 1
             wait_for((tmp_path / f"{name}.pid").exists, 60, f"task {name} to run")
 
         # As when a job's workers reported their result: the scheduler releases the attempt

@@ -1,10 +1,15 @@
 """Run the four real services in-process (each a real grpc.aio server on a free port) on a
-background event loop, against a real Redis, a real object store and a real Ray cluster."""
+background event loop, and the scheduler's leader as its own process (as in production),
+against a real Redis, a real object store and a real Ray cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,11 +57,14 @@ class InProcessPlatform:
                          **{f"{s}_address": a for s, a in self.addresses.items()}, **extra)
         self.lt = LoopThread()
         self.servers: dict[str, PylonServer] = {}
+        self.leader: subprocess.Popen[bytes] | None = None
 
     def start(self) -> InProcessPlatform:
+        self.leader = start_leader(self.base)
         for svc in SERVICES:
             settings = Settings(**self.base, port=self.ports[svc])
             self.servers[svc] = self.lt.run(self._start(svc, settings))
+        wait_for_cluster_view(self.base["redis_url"], self.leader)
         return self
 
     async def _start(self, svc: str, settings: Settings) -> PylonServer:
@@ -70,3 +78,34 @@ class InProcessPlatform:
             if svc in self.servers:
                 self.lt.run(self.servers[svc].stop(grace=1.0))
         self.lt.close()
+        if self.leader is not None:
+            self.leader.terminate()
+            self.leader.wait(30)
+
+
+def settings_env(values: dict[str, Any]) -> dict[str, str]:
+    """``Settings`` keyword values as the ``PYLON_*`` variables a service process reads."""
+    return {f"PYLON_{k.upper()}": str(v) for k, v in values.items()}
+
+
+def start_leader(values: dict[str, Any], **env: str) -> subprocess.Popen[bytes]:
+    """``python -m pylon_services.scheduler.leader`` with these settings (and extra variables)."""
+    full = {**os.environ, **settings_env(values), "PYLON_METRICS_PORT": "-1", **env}
+    return subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler.leader"], env=full)
+
+
+def wait_for_cluster_view(redis_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    """Until the leader has published the cluster (the API validates submits against it)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not r.exists("pylon:sched:cluster"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the scheduler leader exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the scheduler leader did not publish the cluster")
+            time.sleep(0.1)
+    finally:
+        r.close()

@@ -16,7 +16,10 @@ from pylon_services.common.names import Principal, parse_name, parse_parent
 from pylon_services.gateway.domain.routing import ReplicaView, deployment_state, pick_replica
 from pylon_services.runtime.auth import required_role, role_allows
 from pylon_services.runtime.errors import to_status
-from pylon_services.scheduler.domain.job import Job, JobState, PoolCapacity, validate_spec
+from pylon_services.scheduler.domain.job import Job, JobState
+from pylon_services.scheduler.domain.placement import check_satisfiable
+from pylon_services.scheduler.domain.scheduling import Node
+from pylon_services.scheduler.domain.spec import Command, EngineReplica, JobSpec, Resources, Trainer, validate_spec
 
 ACME = Principal("acme", "editor", "k1")
 ADMIN = Principal("admin", "admin", "bootstrap")
@@ -38,7 +41,7 @@ def test_names_resolve_dash_and_hide_other_tenants():
 
 
 def test_job_state_machine():
-    job = Job(id="j1", tenant="acme", spec={})
+    job = Job(id="j1", tenant="acme", spec=JobSpec(Command(("true",))))
     for state in (JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING, JobState.PENDING,
                   JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.SUCCEEDED):
         job.transition(state, "")
@@ -48,18 +51,43 @@ def test_job_state_machine():
     assert Job.from_dict(job.to_dict()) == job
 
 
-POOLS = [PoolCapacity("cpu", 0, 4, 1), PoolCapacity("V100", 2, 2, 1), PoolCapacity("K80", 4, 2, 1)]
+NODES = [Node("c", "cpu", 0, 0, 4, cpus_total=4), Node("v", "V100", 2, 2, 2, cpus_total=2),
+         Node("k", "K80", 4, 4, 2, cpus_total=2)]
 
 
-def test_validate_spec():
-    validate_spec({"workers": 1, "resources": {"gpus": 4}, "command": {"argv": ["x"]}}, POOLS)
+def test_validate_spec_names_every_bad_field():
+    validate_spec(JobSpec(Command(("x",)), resources=Resources(gpus=4)))
     with pytest.raises(InvalidArgument) as e:
-        validate_spec({"workers": 0, "trainer": {"trainer": "nope"}}, POOLS)
+        validate_spec(JobSpec(Trainer("nope"), workers=0))
     assert {v.field for v in e.value.violations} == {"spec.workers", "spec.trainer.trainer"}
-    with pytest.raises(FailedPrecondition, match="unknown GPU type"):
-        validate_spec({"resources": {"gpus": 1, "gpu_types": ["H100"]}, "command": {"argv": ["x"]}}, POOLS)
-    with pytest.raises(FailedPrecondition, match="largest acceptable node has 2 GPUs"):
-        validate_spec({"resources": {"gpus": 3, "gpu_types": ["V100"]}, "command": {"argv": ["x"]}}, POOLS)
+    with pytest.raises(InvalidArgument) as e:
+        validate_spec(JobSpec(Trainer("tiny-gpt", config={"steps": 0, "bogus": 1}), workers=2))
+    assert {v.field for v in e.value.violations} == {"spec.workers", "spec.trainer.config.bogus"}
+    with pytest.raises(InvalidArgument) as e:
+        validate_spec(JobSpec(Trainer("tiny-gpt", config={"steps": 0})))
+    assert {v.field for v in e.value.violations} == {"spec.trainer.config.steps"}
+    with pytest.raises(InvalidArgument, match="must be one of torch"):
+        validate_spec(JobSpec(EngineReplica("tenants/a/deployments/d", "tenants/a/models/m/versions/1", engine="x")))
+
+
+def test_satisfiable_names_unknown_types_and_nodes_too_small():
+    assert check_satisfiable(JobSpec(Command(("x",)), resources=Resources(gpus=4)).demand(), NODES) is None
+    h100 = JobSpec(Command(("x",)), resources=Resources(gpus=1, gpu_types=("H100",))).demand()
+    assert "unknown GPU type" in (check_satisfiable(h100, NODES) or "")
+    three = JobSpec(Command(("x",)), resources=Resources(gpus=3, gpu_types=("V100",))).demand()
+    why = check_satisfiable(three, NODES) or ""
+    assert "no node can ever hold one worker" in why and "the largest V100 node has 2 GPUs" in why
+
+
+def test_stored_specs_round_trip_and_old_records_still_load():
+    spec = JobSpec(Trainer("tiny-gpt", config={"steps": 5}, datasets=("tenants/a/datasets/d/versions/1",)),
+                   workers=1, resources=Resources(gpus=1, gpu_types=("V100",)), gang=False, max_runtime_s=90,
+                   checkpoint_every_steps=25, labels={"team": "nlp"})
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    # What MessageToDict stored before specs were typed: int64 as strings, absent fields, a Duration string.
+    old = JobSpec.from_dict({"workers": 2, "command": {"argv": ["true"]}, "checkpoint_every_steps": "25",
+                             "max_runtime": "1.5s", "resources": {"gpus": 1.0}})
+    assert (old.workers, old.checkpoint_every_steps, old.max_runtime_s, old.gang, old.kind) == (2, 25, 1.5, True, "command")
 
 
 def test_routing_prefers_least_loaded_fresh_replica():

@@ -12,10 +12,12 @@ import torch
 import pylon.train as pt
 from pylon_services.common.errors import InvalidArgument
 from pylon_services.ml import load_model, load_trainer_state
-from pylon_services.scheduler.domain.job import PoolCapacity, validate_spec
-from pylon_services.scheduler.workload import _load_checkpoint, _save_checkpoint, checkpoint_every
+from pylon_services.runtime.settings import Settings
+from pylon_services.scheduler.domain.job import Job
+from pylon_services.scheduler.domain.spec import Command, JobSpec, validate_spec
+from pylon_services.scheduler.worker.context import WorkerContext
 from pylon_services.storage.local import LocalObjectStore
-from pylon_services.trainers import TrainConfig, train
+from pylon_services.trainers.tiny_gpt import TrainConfig, train
 
 CORPUS = ("the quick brown fox jumps over the lazy dog.\n" * 80).encode()
 TINY = {"batch_size": 4, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32}
@@ -42,32 +44,28 @@ def test_no_periodic_checkpoint_when_every_is_zero():
     assert calls == []
 
 
-def test_job_checkpoint_layout_keeps_one_latest_and_reads_the_old_flat_layout(tmp_path: Path):
+def test_job_checkpoint_layout_keeps_one_latest(tmp_path: Path):
     store = LocalObjectStore(str(tmp_path))
-    job = {"tenant": "acme", "id": "j1"}
-    assert _load_checkpoint(store, job) == {}
-    _save_checkpoint(store, job, 10, {"model.safetensors": b"m10", "trainer_state.json": b"s10"})
-    _save_checkpoint(store, job, 20, {"model.safetensors": b"m20", "trainer_state.json": b"s20"})
-    assert _load_checkpoint(store, job) == {"model.safetensors": b"m20", "trainer_state.json": b"s20"}
+    job = Job(id="j1", tenant="acme", spec=JobSpec(Command(("true",))))
+    ctx = WorkerContext(Settings(), job, attempt=1, store=store)  # checkpoints never touch Redis
+    assert ctx.load_checkpoint() == {}
+    ctx.save_checkpoint(10, {"model.safetensors": b"m10", "trainer_state.json": b"s10"})
+    ctx.save_checkpoint(20, {"model.safetensors": b"m20", "trainer_state.json": b"s20"})
+    assert ctx.load_checkpoint() == {"model.safetensors": b"m20", "trainer_state.json": b"s20"}
     keys = sorted(o.key for o in store.iter_all("tenants/acme/jobs/j1/checkpoint/"))
     assert all("step-000000000010" not in k for k in keys)  # older steps are dropped
-    old = {"tenant": "acme", "id": "j2"}
-    store.put("tenants/acme/jobs/j2/checkpoint/model.safetensors", b"flat")
-    assert _load_checkpoint(store, old) == {"model.safetensors": b"flat"}
 
 
-def test_checkpoint_every_reads_the_int64_field_and_falls_back_to_the_default():
-    assert checkpoint_every({"checkpoint_every_steps": "25"}) == 25  # int64 maps to a JSON string
-    assert checkpoint_every({}, 100) == 100
-    assert checkpoint_every({"checkpoint_every_steps": "0"}, 100) == 100
+def test_checkpoint_every_reads_the_int64_field_of_stored_specs():
+    assert JobSpec.from_dict({"checkpoint_every_steps": "25", "command": {"argv": ["x"]}}).checkpoint_every_steps == 25
+    assert JobSpec.from_dict({"command": {"argv": ["x"]}}).checkpoint_every_steps == 0
 
 
 def test_negative_checkpoint_every_is_invalid_argument():
-    pools = [PoolCapacity("cpu", 0, 4, 1)]
     with pytest.raises(InvalidArgument) as e:
-        validate_spec({"checkpoint_every_steps": "-5", "command": {"argv": ["true"]}}, pools)
+        validate_spec(JobSpec(Command(("true",)), checkpoint_every_steps=-5))
     assert "spec.checkpoint_every_steps" in str(e.value)
-    validate_spec({"checkpoint_every_steps": "5", "command": {"argv": ["true"]}}, pools)
+    validate_spec(JobSpec(Command(("true",)), checkpoint_every_steps=5))
 
 
 def test_sdk_helpers_follow_the_env_the_scheduler_sets(monkeypatch, tmp_path: Path):

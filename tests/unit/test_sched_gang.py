@@ -16,8 +16,9 @@ from pylon_services.scheduler.domain.placement import check_satisfiable
 from pylon_services.scheduler.domain.policies import make_policy
 from pylon_services.scheduler.domain.quota import QuotaLedger
 from pylon_services.scheduler.domain.scheduling import Demand, QueueQuota
+from pylon_services.scheduler.domain.snapshot import pending_of, running_of
+from pylon_services.scheduler.domain.spec import JobSpec
 from pylon_services.scheduler.domain.throughput import ThroughputTable
-from pylon_services.scheduler.snapshot import demand_of, pending_of, running_of
 from tests.unit.sched_helpers import nodes, pending, running, snapshot
 
 Q = "tenants/acme/queues/default"
@@ -98,12 +99,16 @@ def test_a_split_jobs_rate_is_its_slowest_workers():
 
 def test_snapshot_reads_gang_from_the_spec_unset_meaning_true():
     spec = {"workers": 2, "resources": {"gpus": 1}, "command": {"argv": ["true"]}}
-    assert pending_of(Job("a", "acme", dict(spec))).gang is True
-    assert pending_of(Job("b", "acme", {**spec, "gang": True})).gang is True
-    assert pending_of(Job("c", "acme", {**spec, "gang": False})).gang is False
-    job = Job("d", "acme", {**spec, "gang": False}, gpu_type="V100", nodes=["n1", "n2"], worker_gpu_types=["V100", "P100"])
-    assert running_of(job, 0.0).worker_gpu_types == ("V100", "P100")
-    assert job.worker_gpu_type(1) == "P100" and Job("e", "acme", spec, gpu_type="K80").worker_gpu_type(1) == "K80"
+
+    def job(job_id: str, d: dict, **kw) -> Job:
+        return Job(job_id, "acme", JobSpec.from_dict(d), **kw)
+
+    assert pending_of(job("a", dict(spec))).gang is True
+    assert pending_of(job("b", {**spec, "gang": True})).gang is True
+    assert pending_of(job("c", {**spec, "gang": False})).gang is False
+    split = job("d", {**spec, "gang": False}, gpu_type="V100", nodes=["n1", "n2"], worker_gpu_types=["V100", "P100"])
+    assert running_of(split, 0.0).worker_gpu_types == ("V100", "P100")
+    assert split.worker_gpu_type(1) == "P100" and job("e", spec, gpu_type="K80").worker_gpu_type(1) == "K80"
 
 
 def test_submit_check_lets_a_gang_false_job_span_pools_but_not_a_gang():
@@ -122,5 +127,8 @@ def test_yaml_spec_accepts_gang_false_and_unset_means_true():
     off = json_format.ParseDict(yaml.safe_load("workers: 2\ngang: false\n"), scheduler_pb2.JobSpec())
     unset = json_format.ParseDict(yaml.safe_load("workers: 2\n"), scheduler_pb2.JobSpec())
     assert off.HasField("gang") and off.gang is False and not unset.HasField("gang")
-    spec = json_format.MessageToDict(off, preserving_proto_field_name=True)
-    assert demand_of(spec).gang is False and demand_of({"workers": 2}).gang is True
+    from pylon_services.scheduler.api.convert import spec_from_pb
+
+    off.command.argv.append("true")
+    unset.command.argv.append("true")
+    assert spec_from_pb(off).demand().gang is False and spec_from_pb(unset).demand().gang is True

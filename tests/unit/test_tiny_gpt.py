@@ -20,7 +20,8 @@ from pylon_services.ml import (
     read_checkpoint_dir,
     write_checkpoint_dir,
 )
-from pylon_services.trainers import InvalidTrainConfig, TrainConfig, train
+from pylon_services.trainers.tiny_gpt import train
+from pylon_services.trainers.tiny_gpt_config import InvalidTrainConfig, TrainConfig
 
 UNICODE_LINE = "héllo wörld ✓ 日本"
 CORPUS = (

@@ -1,4 +1,5 @@
-"""Scheduler-only settings (env prefix ``PYLON_SCHED_``), parsed once at start."""
+"""Scheduler-only settings (env prefix ``PYLON_SCHED_``), parsed once at start. The API and the
+leader process read the same variables; the leader uses most of them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pylon_services.scheduler.domain.autoscale import DeclaredPool
+from pylon_services.scheduler.domain.pacing import PacingConfig
 
 
 class PoolBounds(BaseModel):
@@ -25,9 +27,6 @@ class SchedulerConfig(BaseSettings):
 
     # fifo | fair-share | gavel | finish-time-fairness (domain/policies.py).
     policy: str = "fifo"
-    # Where the leader's loop runs: "process" (a child process started and supervised by the
-    # API process, so passes never hold up RPCs) or "inline" (on the API's event loop).
-    leader_mode: str = "process"
     # Longest idle wait of the leader's loop (active jobs are checked at least this often).
     pass_period_s: float = 0.5
     # A pass runs when something changed (a submit, cancel, queue change, worker result or
@@ -70,3 +69,8 @@ class SchedulerConfig(BaseSettings):
     def declared_pools(self) -> list[DeclaredPool]:
         return [DeclaredPool(t, b.min_nodes, b.max_nodes, b.gpus_per_node, b.cpus_per_node)
                 for t, b in sorted(self.pool_bounds().items())]
+
+    def pacing(self) -> PacingConfig:
+        return PacingConfig(pass_period_s=self.pass_period_s, idle_pass_s=self.idle_pass_s,
+                            min_pass_interval_s=self.min_pass_interval_s, pass_duty_cycle=self.pass_duty_cycle,
+                            idle_pass_duty_cycle=self.idle_pass_duty_cycle, reclaim_every_s=self.reclaim_idle_ms / 2000)

@@ -1,10 +1,5 @@
-"""Trainers that scheduler jobs run inside Ray workers."""
+"""Trainers that scheduler jobs run inside Ray workers.
 
-from pylon_services.trainers.tiny_gpt import (
-    InvalidTrainConfig,
-    TrainConfig,
-    TrainResult,
-    train,
-)
-
-__all__ = ["InvalidTrainConfig", "TrainConfig", "TrainResult", "train"]
+Importing this package loads nothing heavy: each trainer registers in ``pylon_services.workloads``
+with a torch-free config check, and its training code (torch) is imported only by the worker.
+"""

@@ -21,11 +21,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pylon.engine.v1 import engine_pb2 as pb
 from pylon.engine.v1 import engine_pb2_grpc
+from pylon_services.common.layout import read_model_version
 from pylon_services.engines.registration import HEARTBEAT_S, replicas_key
 from pylon_services.engines.torch_engine.runner import ModelRunner
 from pylon_services.runtime.loop import run as run_loop
-from pylon_services.runtime.settings import Settings
-from pylon_services.runtime.stores import object_store
+from pylon_services.storage.base import ObjectStore
+from pylon_services.workloads.contract import WorkloadContext, WorkloadResult
 
 log = logging.getLogger("pylon.engine")
 _FINISH = {"length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP}
@@ -88,26 +89,21 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                                         running_requests=self.running, waiting_requests=self.waiting, max_batch_size=1)
 
 
-def load_runner(settings: Settings, tenant: str, model_version: str) -> ModelRunner:
-    from pylon_services.registry.domain.layout import read_version
-
+def load_runner(store: ObjectStore, tenant: str, model_version: str) -> ModelRunner:
     _, t, _, model, _, n = model_version.split("/")
     if t != tenant:
         raise ValueError(f"{model_version} is not in tenant {tenant}")
-    store = object_store(settings)
-    version = read_version(store, tenant, model, int(n))  # the pinned, immutable manifest
-    if version is None:
-        raise ValueError(f"{model_version} not found")
+    version = read_model_version(store, tenant, model, int(n))  # the pinned, immutable manifest
     files = {f["path"]: store.get(f["object_key"]) for f in version["files"]}
     return ModelRunner.from_files(files)
 
 
-async def _serve(settings: Settings, job: dict[str, Any], sink: Any) -> None:
+async def _serve(ctx: WorkloadContext) -> None:
     import ray
 
-    engine = job["spec"]["engine"]
-    tenant, deployment_id = job["tenant"], engine["deployment"].rsplit("/", 1)[1]
-    runner = await asyncio.to_thread(load_runner, settings, tenant, engine["model_version"])
+    engine = ctx.workload
+    tenant, deployment_id = ctx.tenant, engine["deployment"].rsplit("/", 1)[1]
+    runner = await asyncio.to_thread(load_runner, ctx.store, tenant, engine["model_version"])
     servicer = EngineServicer(runner, engine["model_version"])
     server = grpc.aio.server()
     engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
@@ -118,19 +114,20 @@ async def _serve(settings: Settings, job: dict[str, Any], sink: Any) -> None:
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{port}"
-    sink.log(f"engine serving {engine['model_version']} at {address} on {runner.device}")
-    redis = aioredis.from_url(settings.redis_url)
+    ctx.log(f"engine serving {engine['model_version']} at {address} on {runner.device}")
+    redis = aioredis.from_url(ctx.settings.redis_url)
     key = replicas_key(tenant, deployment_id)
     try:
         while True:
-            await redis.hset(key, job["id"], json.dumps({"address": address, "ts": time.time(),
+            await redis.hset(key, ctx.job_id, json.dumps({"address": address, "ts": time.time(),
                                                          "running": servicer.running + servicer.waiting}))
             await asyncio.sleep(HEARTBEAT_S)
     finally:
-        await redis.hdel(key, job["id"])
+        await redis.hdel(key, ctx.job_id)
         await server.stop(5)
 
 
-def serve_replica(settings: Settings, job: dict[str, Any], sink: Any) -> None:
-    """Block serving until the scheduler cancels the job (which kills this worker)."""
-    run_loop(_serve(settings, job, sink))
+def run(ctx: WorkloadContext) -> WorkloadResult:
+    """Serve until the scheduler cancels the job (which kills this worker)."""
+    run_loop(_serve(ctx))
+    return WorkloadResult()

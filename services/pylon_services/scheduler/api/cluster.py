@@ -3,9 +3,7 @@ UpdateQueue (a mixin of the servicer, kept apart to keep each file small)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from typing import Any
 
 import grpc
 
@@ -14,11 +12,12 @@ from pylon_services.common.errors import FieldViolation, InvalidArgument, Permis
 from pylon_services.common.names import parse_name, parse_parent
 from pylon_services.runtime.context import principal
 from pylon_services.scheduler.domain.job import JobState
-from pylon_services.scheduler.domain.scheduling import QueueQuota
-from pylon_services.scheduler.snapshot import demand_of, free_nodes
+from pylon_services.scheduler.domain.ports import JobLedger, SchedulerState
+from pylon_services.scheduler.domain.scheduling import Node, QueueQuota
+from pylon_services.scheduler.domain.snapshot import ClusterView, free_nodes
 
 
-def _queue_from_pb(name: str, tenant: str, q: Any) -> QueueQuota:
+def _queue_from_pb(name: str, tenant: str, q: pb.Queue) -> QueueQuota:
     bad = [FieldViolation(f"queue.{f}.{t}", "must not be negative")
            for f in ("nominal_gpus", "borrowing_limit_gpus") for t, v in getattr(q, f).items() if v < 0]
     if q.weight < 0:
@@ -34,18 +33,25 @@ def _require_admin() -> None:
         raise PermissionDenied("queues and quotas are managed by admins")
 
 
-class ClusterViews:
-    _ctl: Any
-    _jobs: Any
-    _state: Any
+def _queue_pb(q: QueueQuota) -> pb.Queue:
+    return pb.Queue(name=q.name, cohort=q.cohort, nominal_gpus=q.nominal_gpus,
+                    borrowing_limit_gpus=q.borrowing_limit_gpus, weight=q.weight)
 
-    async def GetCluster(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        ray_nodes = await asyncio.to_thread(self._ctl.executor.nodes)
-        active = [j for j in await self._jobs.active() if not j.state.terminal]
-        free = {n.id: n for n in free_nodes(ray_nodes, active)}
-        bounds = self._ctl.cfg.pool_bounds()
+
+class ClusterViews:
+    _jobs: JobLedger
+    _state: SchedulerState
+
+    async def cluster_view(self) -> tuple[ClusterView, tuple[Node, ...]]:
+        raise NotImplementedError
+
+    async def GetCluster(self, request: pb.GetClusterRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.GetClusterResponse:
+        view, _ = await self.cluster_view()
+        active = await self._jobs.active()
+        free = {n.id: n for n in free_nodes(view.nodes, active)}
         pools: dict[str, pb.GpuPool] = {}
-        for n in ray_nodes:
+        for n in view.nodes:
             p = pools.setdefault(n.gpu_type, pb.GpuPool(gpu_type=n.gpu_type))
             p.nodes += 1
             if n.id not in free:
@@ -55,12 +61,13 @@ class ClusterViews:
             p.total_cpus += n.cpus
             p.used_gpus += n.gpus - free[n.id].gpus_free
             p.used_cpus += n.cpus - free[n.id].cpus_free
-        for t, b in bounds.items():
-            p = pools.setdefault(t, pb.GpuPool(gpu_type=t))
-            p.min_nodes, p.max_nodes = b.min_nodes, b.max_nodes
+        for declared in view.pools:
+            p = pools.setdefault(declared.gpu_type, pb.GpuPool(gpu_type=declared.gpu_type))
+            p.min_nodes, p.max_nodes = declared.min_nodes, declared.max_nodes
         return pb.GetClusterResponse(pools=[pools[t] for t in sorted(pools)])
 
-    async def ListQueues(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListQueues(self, request: pb.ListQueuesRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ListQueuesResponse:
         tenant = parse_parent("parent", request.parent, principal())
         queues = {n: q for n, q in (await self._state.queues()).items() if q.tenant == tenant}
         usage = (await self._state.usage()).get(tenant, 0.0)
@@ -68,13 +75,13 @@ class ClusterViews:
         borrowed: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         running: dict[str, int] = defaultdict(int)
         for j in await self._jobs.active():
-            if j.tenant != tenant or j.state.terminal:
+            if j.tenant != tenant:
                 continue
-            d = demand_of(j.spec)
-            for t in j.worker_gpu_types or [j.gpu_type] * d.workers:  # a split gang=false job: per worker type
-                used[j.queue][t] += d.gpus_per_worker
+            gpus = j.spec.resources.gpus
+            for t in j.worker_gpu_types or [j.gpu_type] * j.workers:  # a split gang=false job: per worker type
+                used[j.queue][t] += gpus
                 if j.borrowed:
-                    borrowed[j.queue][t] += d.gpus_per_worker
+                    borrowed[j.queue][t] += gpus
             running[j.queue] += 1
         pending: dict[str, int] = defaultdict(int)
         for j in await self._jobs.get_many([k for k, _ in await self._jobs.pending_scored() if k.startswith(f"{tenant}/")]):
@@ -89,20 +96,20 @@ class ClusterViews:
                                 borrowing_limit_gpus=q.borrowing_limit_gpus, weight=q.weight, usage_gpu_seconds=usage))
         return pb.ListQueuesResponse(queues=out)
 
-    async def CreateQueue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateQueue(self, request: pb.CreateQueueRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.CreateQueueResponse:
         _require_admin()
         tenant = parse_parent("parent", request.parent, principal())
         if not request.queue_id or not request.queue_id.replace("-", "").isalnum() or len(request.queue_id) > 63:
             raise InvalidArgument.field("queue_id", "must be 1-63 letters, digits or '-'")
         name = f"tenants/{tenant}/queues/{request.queue_id}"
         q = await self._state.create_queue(_queue_from_pb(name, tenant, request.queue))
-        return pb.CreateQueueResponse(queue=pb.Queue(name=q.name, cohort=q.cohort, nominal_gpus=q.nominal_gpus,
-                                                     borrowing_limit_gpus=q.borrowing_limit_gpus, weight=q.weight))
+        return pb.CreateQueueResponse(queue=_queue_pb(q))
 
-    async def UpdateQueue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def UpdateQueue(self, request: pb.UpdateQueueRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.UpdateQueueResponse:
         _require_admin()
         tenant, queue_id = parse_name("queue.name", request.queue.name, ("tenants", "queues"), principal())
         name = f"tenants/{tenant}/queues/{queue_id}"
         q = await self._state.update_queue(_queue_from_pb(name, tenant, request.queue))
-        return pb.UpdateQueueResponse(queue=pb.Queue(name=q.name, cohort=q.cohort, nominal_gpus=q.nominal_gpus,
-                                                     borrowing_limit_gpus=q.borrowing_limit_gpus, weight=q.weight))
+        return pb.UpdateQueueResponse(queue=_queue_pb(q))

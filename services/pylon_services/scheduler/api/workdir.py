@@ -9,7 +9,6 @@ import os
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
@@ -17,6 +16,7 @@ from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon_services.common.errors import InvalidArgument, ResourceExhausted
 from pylon_services.common.names import parse_parent
 from pylon_services.runtime.context import principal
+from pylon_services.storage.base import ObjectStore
 
 MAX_WORKDIR_BYTES = 256 * 1024 * 1024
 
@@ -37,9 +37,10 @@ def _check_archive(path: str) -> None:
 
 
 class WorkdirUploads:
-    _store: Any
+    _store: ObjectStore
 
-    async def UploadWorkingDir(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    async def UploadWorkingDir(self, request_iterator: AsyncIterator[pb.UploadWorkingDirRequest],
+                               context: grpc.aio.ServicerContext) -> pb.UploadWorkingDirResponse:
         tenant, size, digest = None, 0, hashlib.sha256()
         fd, path = tempfile.mkstemp(prefix="pylon-workdir-", suffix=".tar.gz")
         try:

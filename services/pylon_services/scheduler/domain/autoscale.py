@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pylon_services.scheduler.domain.job import PoolCapacity
 from pylon_services.scheduler.domain.placement import acceptable_types
 from pylon_services.scheduler.domain.scheduling import Node, PendingJob
 
@@ -65,16 +64,6 @@ def with_declared(live: Sequence[Node], pools: Iterable[DeclaredPool]) -> tuple[
     return tuple(live) + tuple(extra)
 
 
-def pool_capacities(nodes: Iterable[Node]) -> list[PoolCapacity]:
-    """Per GPU type: the largest node's GPUs and CPUs and the node count (for ``validate_spec``);
-    a node of unknown CPU count never limits."""
-    by_type: dict[str, list[Node]] = {}
-    for n in nodes:
-        by_type.setdefault(n.gpu_type, []).append(n)
-    return [PoolCapacity(t, max(n.gpus_total for n in ns), max(n.cpus_total or 1e6 for n in ns), len(ns))
-            for t, ns in sorted(by_type.items())]
-
-
 def scale_up_plan(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], live: Sequence[Node],
                   limit: int = 256, already: Sequence[dict[str, float]] = ()
                   ) -> tuple[list[dict[str, float]], dict[str, str]]:
@@ -85,10 +74,10 @@ def scale_up_plan(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], 
     ``already``: bundles asked for jobs ahead of these (a plan made earlier over the start of
     the queue); they use up headroom and the limit, and are not returned again.
     Returns the bundles and, per job id asked for, the pool it was asked for in."""
-    pools = {p.gpu_type: p for p in pools}
-    room = headroom(pools.values(), live)
-    known_shape = {t: _shape(p, live)[0] < UNKNOWN_SHAPE_GPUS for t, p in pools.items()}
-    left = {t: room[t] * (_shape(p, live)[0] if known_shape[t] else 1.0) for t, p in pools.items()}
+    by_type = {p.gpu_type: p for p in pools}
+    room = headroom(by_type.values(), live)
+    known_shape = {t: _shape(p, live)[0] < UNKNOWN_SHAPE_GPUS for t, p in by_type.items()}
+    left = {t: room[t] * (_shape(p, live)[0] if known_shape[t] else 1.0) for t, p in by_type.items()}
     for b in already:
         t = next((k[len(ACCEL_PREFIX):] for k in b if k.startswith(ACCEL_PREFIX)), "")
         if t in left:
@@ -100,7 +89,7 @@ def scale_up_plan(pending: Sequence[PendingJob], pools: Iterable[DeclaredPool], 
         d = job.demand
         if d.gpus_per_worker <= 0:
             continue  # CPU jobs never make a GPU pool grow
-        for t in acceptable_types(d, list(pools)):
+        for t in acceptable_types(d, list(by_type)):
             need = d.workers * (d.gpus_per_worker if known_shape[t] else 1.0)
             if need <= left[t] + 1e-9 and len(bundles) + d.workers <= limit:
                 left[t] -= need

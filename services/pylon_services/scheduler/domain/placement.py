@@ -162,14 +162,16 @@ def check_satisfiable(demand: Demand, nodes: Iterable[Node]) -> str | None:
         return f"no GPU pool in the cluster (it has {types})"
     best_why = ""
     total_slots = 0
+    largest = (0.0, "")  # GPUs and type of the largest acceptable node ("no node holds even one worker")
+    one_fits = False
     for t in candidates:
         pool = [n for n in nodes if n.gpu_type == t]
+        largest = max([largest, *((n.gpus_total, t) for n in pool)])
         fits = [n for n in pool if n.gpus_total + EPS >= demand.gpus_per_worker
                 and (n.cpus_total or float("inf")) + EPS >= demand.cpus_per_worker]
         if not fits:
-            biggest = max(n.gpus_total for n in pool)
-            best_why = (f"{demand.gpus_per_worker:g} GPUs per worker but the largest {t} node has {biggest:g}")
             continue
+        one_fits = True
         slots = sum(int((n.gpus_total + EPS) // demand.gpus_per_worker) if demand.gpus_per_worker > 0
                     else demand.workers for n in fits)
         total_slots += slots
@@ -179,6 +181,9 @@ def check_satisfiable(demand: Demand, nodes: Iterable[Node]) -> str | None:
             best_why = f"a gang of {demand.workers} workers but the whole {t} pool holds {slots}"
             continue
         return None
+    if not one_fits:
+        return (f"no node can ever hold one worker: {demand.gpus_per_worker:g} GPUs per worker (and "
+                f"{demand.cpus_per_worker:g} CPUs) but the largest {largest[1]} node has {largest[0]:g} GPUs")
     if not demand.gang and total_slots:
         best_why = f"{demand.workers} workers but the acceptable pools together hold {total_slots}"
     return f"no node can ever hold this request: {best_why}"

@@ -1,4 +1,4 @@
-"""Ray adapter: discover GPU pools, start a job attempt as detached named placement group(s) with
+"""Ray adapter (``ClusterExecutor``): discover GPU pools, start a job attempt as detached named placement group(s) with
 one task per worker (submitted and owned by the detached launcher actor of the node the worker's
 bundle was placed on, ``launcher.py``), check on it, and free it.
 
@@ -14,33 +14,22 @@ its successor finds them by name (adoption), and launching twice starts nothing 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pylon_services.scheduler.domain.job import Job, PoolCapacity
+from pylon_services.scheduler.domain.job import Job
+from pylon_services.scheduler.domain.snapshot import ClusterNode
 
 ACCEL_PREFIX = "accelerator_type:"
 PG_WAIT_S = 1.0
 _WORKER_SUFFIX = re.compile(r"-w\d+$")
-
-
-@dataclass(frozen=True)
-class RayNode:
-    """One Ray node with its totals (free capacity comes from the ledger, not from Ray)."""
-
-    id: str
-    gpu_type: str
-    gpus: float
-    cpus: float
-    memory: float
-    alive: bool
 
 
 def _pool_of(resources: dict[str, float]) -> str:
@@ -49,20 +38,57 @@ def _pool_of(resources: dict[str, float]) -> str:
 
 
 class RayExecutor:
-    def __init__(self, address: str, settings: dict[str, Any], node_ip_address: str = "", instance: str = "pylon") -> None:
+    """The port's async methods run the blocking Ray calls on a thread (``asyncio.to_thread``)."""
+
+    def __init__(self, address: str, settings: dict[str, Any], launcher_cls: type, node_ip_address: str = "",
+                 instance: str = "pylon") -> None:
+        """``launcher_cls``: the actor class each node runs (``worker.launcher.Launcher``),
+        given by the wiring so this adapter does not import the worker's code."""
         self.instance = instance  # Ray namespace and name prefix: schedulers of two platforms never meet
         self.address = address
         self.node_ip_address = node_ip_address
         self.settings = settings
+        self._launcher_cls = launcher_cls
         self._launchers: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._nodes_cache: tuple[float, list[RayNode]] = (0.0, [])
+        self._nodes_cache: tuple[float, list[ClusterNode]] = (0.0, [])
+
+    # --- the port (async) -----------------------------------------------------------------------
+
+    async def nodes(self) -> list[ClusterNode]:
+        return self.cached_nodes() or await asyncio.to_thread(self.list_nodes)
+
+    async def launch(self, job: Job, wait_s: float = PG_WAIT_S) -> int:
+        return await asyncio.to_thread(self.launch_now, job, wait_s)
+
+    async def placed_nodes(self, job: Job) -> list[str] | None:
+        return await asyncio.to_thread(self.placed_nodes_now, job)
+
+    async def exists(self, job: Job) -> bool:
+        return await asyncio.to_thread(self.exists_now, job)
+
+    async def workers_alive(self, job: Job) -> tuple[str, dict[int, str]]:
+        return await asyncio.to_thread(self.workers_alive_now, job)
+
+    async def release(self, job: Job) -> None:
+        await asyncio.to_thread(self.release_now, job)
+
+    async def orphans(self, wanted: set[str]) -> list[str]:
+        return await asyncio.to_thread(self.orphans_now, wanted)
+
+    async def remove(self, name: str) -> None:
+        await asyncio.to_thread(self.remove_by_name, name)
+
+    async def request_scale(self, bundles: list[dict[str, float]]) -> None:
+        await asyncio.to_thread(self.request_scale_now, bundles)
+
+    # --- blocking implementation ----------------------------------------------------------------
 
     def connect(self) -> None:
         extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
         ray.init(address=self.address or None, namespace=self.instance, log_to_driver=False,
                  ignore_reinit_error=True, include_dashboard=False if not self.address else None, **extra)
-        for node in self.nodes(max_age_s=0.0):  # start every node's launcher now, not on its first job
+        for node in self.list_nodes(max_age_s=0.0):  # start every node's launcher now, not on its first job
             if node.alive:
                 self._launcher_on(node.id)
 
@@ -72,9 +98,7 @@ class RayExecutor:
         with self._lock:
             handle = self._launchers.get(node_id)
             if handle is None:
-                from pylon_services.scheduler.launcher import Launcher
-
-                handle = ray.remote(Launcher).options(
+                handle = ray.remote(self._launcher_cls).options(
                     name=f"{self.instance}-launcher-{node_id}", namespace=self.instance, lifetime="detached",
                     get_if_exists=True, num_cpus=0, max_concurrency=32, max_restarts=0,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
@@ -84,7 +108,7 @@ class RayExecutor:
     def _on_nodes(self, method: str, calls: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
         """Call ``method`` on the launchers of the given nodes in parallel; a launcher that is
         gone (its node died) answers None and is forgotten."""
-        refs = {n: self._method(self._launcher_on(n), method, args) for n, args in calls.items()}
+        refs = {n: getattr(self._launcher_on(n), method).remote(*args) for n, args in calls.items()}
         out: dict[str, Any] = {}
         for node_id, ref in refs.items():
             try:
@@ -96,18 +120,7 @@ class RayExecutor:
         return out
 
     @staticmethod
-    def _method(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
-        """Call ``method`` on a launcher; a launcher left by an earlier scheduler version that has
-        no ``launch_in`` gets ``launch`` with placement group names (its protocol)."""
-        if method == "launch_in":  # workers: (rank, group, group name, bundle index, options)
-            name, job, settings, workers = args
-            if hasattr(handle, "launch_in"):
-                return handle.launch_in.remote(name, job, settings, [(r, pg, b, o) for r, pg, _, b, o in workers])
-            return handle.launch.remote(name, job, settings, [(r, n, b, o) for r, _, n, b, o in workers])
-        return getattr(handle, method).remote(*args)
-
-    @staticmethod
-    def request_scale(bundles: list[dict[str, float]]) -> None:
+    def request_scale_now(bundles: list[dict[str, float]]) -> None:
         """Ask Ray's autoscaler (KubeRay's, on Kubernetes) to make room for ``bundles``; the
         request replaces the previous one and [] withdraws it. Without an autoscaler it is only
         recorded (``ray.autoscaler.sdk.request_resources``)."""
@@ -126,38 +139,31 @@ class RayExecutor:
             return [(name, list(range(job.workers)))]
         return [(f"{name}-w{r}", [r]) for r in range(job.workers)]
 
-    def cached_nodes(self, max_age_s: float = 1.0) -> list[RayNode] | None:
+    def cached_nodes(self, max_age_s: float = 1.0) -> list[ClusterNode] | None:
         """The node list if fetched within ``max_age_s`` (no GCS call, safe on the event loop)."""
         at, cached = self._nodes_cache
         return cached if time.monotonic() - at < max_age_s else None
 
-    def nodes(self, max_age_s: float = 1.0) -> list[RayNode]:
+    def list_nodes(self, max_age_s: float = 1.0) -> list[ClusterNode]:
         """All nodes Ray knows, alive or not (cached briefly: GCS calls are not free)."""
         at, cached = self._nodes_cache
         if time.monotonic() - at < max_age_s:
             return cached
-        out = [RayNode(n["NodeID"], _pool_of(n["Resources"]), n["Resources"].get("GPU", 0.0),
+        out = [ClusterNode(n["NodeID"], _pool_of(n["Resources"]), n["Resources"].get("GPU", 0.0),
                        n["Resources"].get("CPU", 0.0), n["Resources"].get("memory", 0.0), bool(n.get("Alive")))
                for n in ray.nodes()]
         self._nodes_cache = (time.monotonic(), out)
         return out
 
-    def capacities(self, nodes: list[RayNode] | None = None) -> list[PoolCapacity]:
-        pools: dict[str, list[RayNode]] = {}
-        for n in nodes if nodes is not None else self.nodes():
-            if n.alive:
-                pools.setdefault(n.gpu_type, []).append(n)
-        return [PoolCapacity(t, max(n.gpus for n in ns), max(n.cpus for n in ns), len(ns)) for t, ns in pools.items()]
-
     @staticmethod
     def _bundle(job: Job, gpu_type: str) -> dict[str, float]:
-        res = job.spec.get("resources", {})
-        bundle: dict[str, float] = {"CPU": float(res.get("cpus", 1) or 1)}
-        if float(res.get("gpus", 0) or 0) > 0:
-            bundle["GPU"] = float(res["gpus"])
+        res = job.spec.resources
+        bundle: dict[str, float] = {"CPU": res.cpus or 1.0}
+        if res.gpus > 0:
+            bundle["GPU"] = res.gpus
             bundle[ACCEL_PREFIX + gpu_type] = 0.001
-        if int(res.get("memory_bytes", 0) or 0) > 0:
-            bundle["memory"] = float(res["memory_bytes"])
+        if res.memory_bytes > 0:
+            bundle["memory"] = float(res.memory_bytes)
         return bundle
 
     @staticmethod
@@ -170,7 +176,7 @@ class RayExecutor:
             opts["memory"] = bundle["memory"]
         return opts
 
-    def launch(self, job: Job, wait_s: float = PG_WAIT_S) -> int:
+    def launch_now(self, job: Job, wait_s: float = PG_WAIT_S) -> int:
         """Create the attempt's placement group(s) unless they exist, and have the launcher of
         each placed bundle's node start that worker's task unless it already runs (a repeated
         launch starts nothing twice). Waits at most ``wait_s`` for the groups to be placed: a task
@@ -178,7 +184,7 @@ class RayExecutor:
         bundle is not placed yet is started by a later call (``Attempts`` calls again while the
         job is STARTING), so each gang=false worker starts as soon as its own bundle is ready.
         Returns how many workers run or were started."""
-        strategy = "SPREAD" if job.spec.get("placement") == "spread" else "PACK"
+        strategy = "SPREAD" if job.spec.placement == "spread" else "PACK"
         groups = []
         for pg_name, ranks in self.groups(job):
             try:
@@ -188,7 +194,7 @@ class RayExecutor:
                                      name=pg_name, lifetime="detached")
             groups.append((pg, pg_name, ranks))
         deadline = time.monotonic() + wait_s
-        calls: dict[str, list[tuple[int, Any, str, int, dict[str, Any]]]] = {}
+        calls: dict[str, list[tuple[int, Any, int, dict[str, Any]]]] = {}
         placed = 0
         for pg, pg_name, ranks in groups:
             nodes = self._wait_placed(pg, pg_name, deadline)
@@ -196,9 +202,9 @@ class RayExecutor:
                 continue
             for i, rank in enumerate(ranks):
                 opts = self._task_options(self._bundle(job, job.worker_gpu_type(rank)))
-                calls.setdefault(nodes[i], []).append((rank, pg, pg_name, i, opts))
+                calls.setdefault(nodes[i], []).append((rank, pg, i, opts))
                 placed += 1
-        self._on_nodes("launch_in", {n: (self.attempt_name(job), job.to_dict(), self.settings, w)
+        self._on_nodes("launch", {n: (self.attempt_name(job), job.to_dict(), self.settings, w)
                                      for n, w in calls.items()})
         return placed
 
@@ -228,7 +234,7 @@ class RayExecutor:
                 time.sleep(0.002)
         return nodes
 
-    def placed_nodes(self, job: Job) -> list[str] | None:
+    def placed_nodes_now(self, job: Job) -> list[str] | None:
         """Node id of each worker (by rank) once every group of the attempt is placed, else None."""
         out = [""] * job.workers
         for pg_name, ranks in self.groups(job):
@@ -239,7 +245,7 @@ class RayExecutor:
                 out[rank] = nodes[i]
         return out
 
-    def exists(self, job: Job) -> bool:
+    def exists_now(self, job: Job) -> bool:
         """Whether every placement group of the attempt is still there (launched, not released)."""
         for pg_name, _ in self.groups(job):
             try:
@@ -248,12 +254,12 @@ class RayExecutor:
                 return False
         return True
 
-    def workers_alive(self, job: Job) -> tuple[str, dict[int, str]]:
+    def workers_alive_now(self, job: Job) -> tuple[str, dict[int, str]]:
         """Whether every worker task of the current attempt runs (or ended normally), as
         ``(why not, crashed)``: ``why not`` is "" while each rank was started by the launcher of
         its bundle's node and none crashed; ``crashed`` maps the rank of each task whose worker
         process died to Ray's error."""
-        nodes = self.placed_nodes(job)
+        nodes = self.placed_nodes_now(job)
         if nodes is None:
             return "its placement group is not placed", {}
         answers = self._on_nodes("alive", {n: (self.attempt_name(job),) for n in set(nodes)})
@@ -262,9 +268,6 @@ class RayExecutor:
         started: set[int] = set()
         crashed: dict[int, str] = {}
         for a in answers.values():
-            if isinstance(a, list):  # a launcher started by an older scheduler
-                started.update(a)
-                continue
             started.update(a["ranks"])
             crashed.update({int(r): e for r, e in a["crashed"].items()})
         if crashed:
@@ -273,7 +276,7 @@ class RayExecutor:
             return f"worker {missing[0]} was never started on its node", {}
         return "", {}
 
-    def release(self, job: Job, attempt: int | None = None) -> None:
+    def release_now(self, job: Job, attempt: int | None = None) -> None:
         """Kill the attempt's workers and remove its placement group(s) (idempotent)."""
         name = self.attempt_name(job, attempt)
         groups = self.groups(job, attempt)
@@ -282,7 +285,7 @@ class RayExecutor:
         for pg_name, _ in groups:
             self.remove_by_name(pg_name)
 
-    def orphans(self, wanted: set[str]) -> list[str]:
+    def orphans_now(self, wanted: set[str]) -> list[str]:
         """Names of Pylon placement groups Ray holds that no active attempt in ``wanted`` owns
         (a gang=false worker's group ``<attempt>-w<rank>`` belongs to ``<attempt>``)."""
         out = []

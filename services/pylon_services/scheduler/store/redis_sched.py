@@ -1,17 +1,20 @@
 """Scheduler state beside the job ledger: queues and quotas, fair-share usage, the throughput
-table, the last pass's explanations, and the dispatch stream.
+table, the last pass's explanations, the dispatch stream, and the cluster view the leader publishes.
 
 Keys: ``pylon:queue:{tenant}:{queue}`` (JSON of a QueueQuota), ``pylon:queues`` (set of queue
 names), ``pylon:usage`` (hash tenant -> decayed GPU-seconds) and ``pylon:usage:at`` (when it was
 last decayed), ``pylon:throughput`` (JSON of the ThroughputTable), ``pylon:explain`` (hash
 ``tenant/id`` -> Explanation JSON, replaced whole each pass), ``pylon:sched:events`` (a Redis
-Stream read by the consumer group ``scheduler``: submits, launches and worker results).
+Stream read by the consumer group ``scheduler``: submits, launches and worker results),
+``pylon:sched:cluster`` (JSON of the ``ClusterView`` the leader last saw: the API validates
+submits and answers GetCluster from it, so the API process never connects to Ray).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -19,21 +22,17 @@ import orjson
 import redis.asyncio as aioredis
 
 from pylon_services.common.errors import AlreadyExists, NotFound
+from pylon_services.scheduler.domain.ports import Event
 from pylon_services.scheduler.domain.scheduling import Explanation, QueueQuota
+from pylon_services.scheduler.domain.snapshot import ClusterView
 from pylon_services.scheduler.domain.throughput import ThroughputTable
+from pylon_services.scheduler.store.keys import EVENTS, EVENTS_MAXLEN, queue_key
 
-EVENTS = "pylon:sched:events"
 GROUP = "scheduler"
 EXPLAIN = "pylon:explain"
 USAGE = "pylon:usage"
 THROUGHPUT = "pylon:throughput"
-# Streams are trimmed to about this many entries (acknowledged history is not needed).
-EVENTS_MAXLEN = 100_000
-
-
-def queue_key(name: str) -> str:
-    _, tenant, _, queue = name.split("/")
-    return f"pylon:queue:{tenant}:{queue}"
+CLUSTER = "pylon:sched:cluster"
 
 
 class SchedState:
@@ -72,7 +71,7 @@ class SchedState:
 
     # --- fair-share usage --------------------------------------------------------------------
 
-    async def add_usage(self, gpus_by_tenant: dict[str, float], half_life_s: float) -> dict[str, float]:
+    async def add_usage(self, gpus_by_tenant: Mapping[str, float], half_life_s: float) -> dict[str, float]:
         """Decay every tenant's GPU-seconds by the time since the last update, add what each
         tenant held since then, and return the new usage. Only the leader calls this."""
         now = time.time()
@@ -154,14 +153,14 @@ class SchedState:
     async def publish(self, event: dict[str, Any]) -> None:
         await self.r.xadd(EVENTS, {"e": json.dumps(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
 
-    async def read_events(self, consumer: str, block_ms: int, count: int = 200) -> list[tuple[str, dict[str, Any]]]:
+    async def read_events(self, consumer: str, block_ms: int, count: int = 200) -> list[Event]:
         """New entries for ``consumer``; blocks up to ``block_ms`` (the loop's idle wait)."""
         resp = await self.r.xreadgroup(GROUP, consumer, {EVENTS: ">"}, count=count, block=block_ms or None)
         return [(eid.decode(), json.loads(f[b"e"])) for _, entries in resp or [] for eid, f in entries]
 
-    async def reclaim(self, consumer: str, min_idle_ms: int) -> list[tuple[str, dict[str, Any]]]:
+    async def reclaim(self, consumer: str, min_idle_ms: int) -> list[Event]:
         """Entries another consumer read but never acknowledged (it died mid-handling), now ours."""
-        out: list[tuple[str, dict[str, Any]]] = []
+        out: list[Event] = []
         start = "0-0"
         while True:
             resp = await self.r.xautoclaim(EVENTS, GROUP, consumer, min_idle_ms, start_id=start, count=200)
@@ -170,11 +169,20 @@ class SchedState:
             if start in (b"0-0", "0-0"):
                 return out
 
-    async def pending_of(self, consumer: str) -> list[tuple[str, dict[str, Any]]]:
+    async def pending_of(self, consumer: str) -> list[Event]:
         """Entries delivered to ``consumer`` and not yet acknowledged (retried after an error)."""
         resp = await self.r.xreadgroup(GROUP, consumer, {EVENTS: "0"}, count=200)
         return [(eid.decode(), json.loads(f[b"e"])) for _, entries in resp or [] for eid, f in entries if f]
 
-    async def ack(self, ids: list[str]) -> None:
+    async def ack(self, ids: Sequence[str]) -> None:
         if ids:
             await self.r.xack(EVENTS, GROUP, *ids)
+
+    # --- the cluster view ----------------------------------------------------------------------
+
+    async def publish_cluster(self, view: ClusterView) -> None:
+        await self.r.set(CLUSTER, orjson.dumps(view.to_dict()))
+
+    async def cluster(self) -> ClusterView | None:
+        raw = await self.r.get(CLUSTER)
+        return ClusterView.from_dict(orjson.loads(raw)) if raw else None

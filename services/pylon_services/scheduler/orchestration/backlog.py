@@ -2,14 +2,14 @@
 
 Reading and JSON-decoding every pending job on every pass made passes cost O(backlog) in Redis
 I/O and decoding alone (the bulk of a pass over 20k queued jobs). A pending job's document only
-changes through ``JobStore.create`` (which appends a ``submitted`` event to the dispatch stream in
-the same script) or ``JobStore.save_moved`` (the leader's own writes, which the store records, or
+changes through ``JobLedger.create`` (which appends a ``submitted`` event to the dispatch stream in
+the same script) or ``JobLedger.save_moved`` (the leader's own writes, which the store records, or
 a cancel, which appends a ``changed`` event in the same transaction). So the leader re-reads only
 the keys those name, and checks their queue membership with one ZMSCORE.
 
 Keys named by ``submitted`` events are *arrivals* (``arrive``): the backlog also tells the leader
 which jobs joined it since the last pass and whether anything else changed meanwhile
-(``take_arrivals``), so an append pass can decide just those (controller.py).
+(``take_arrivals``), so an append pass can decide just those (``passes.py``).
 
 A full re-read every ``resync_s`` (and on taking the lease) bounds the effect of anything that
 wrote around these paths. A stale entry can never corrupt the ledger: every leader write is a
@@ -18,19 +18,19 @@ compare-and-swap on the job's ``version``; the worst it can do is skew one pass'
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 from pylon_services.scheduler.domain.job import Job, JobState
+from pylon_services.scheduler.domain.ports import Clock, JobLedger
 from pylon_services.scheduler.domain.scheduling import PendingJob
-from pylon_services.scheduler.snapshot import pending_of
-from pylon_services.scheduler.store.redis_jobs import JobStore
+from pylon_services.scheduler.domain.snapshot import pending_of
 
 
 class Backlog:
-    def __init__(self, jobs: JobStore, resync_s: float) -> None:
+    def __init__(self, jobs: JobLedger, resync_s: float, clock: Clock) -> None:
         self.jobs = jobs
         self.resync_s = resync_s
+        self.clock = clock
         self._pending: dict[str, Job] = {}
         # The policy's view of each pending job, converted once per version of the job.
         self._rows: dict[str, tuple[tuple[float, str], PendingJob]] = {}
@@ -84,7 +84,7 @@ class Backlog:
         """The pending jobs by ``tenant/id`` (read-only for the caller; ``rows()`` has their
         policy view in submit order)."""
         self._dirty |= self.jobs.drain_touched()
-        if time.monotonic() - self._synced_at >= self.resync_s:
+        if self.clock.monotonic() - self._synced_at >= self.resync_s:
             self._dirty.clear()
             self._arrived.clear()
             await self._full()
@@ -106,7 +106,7 @@ class Backlog:
         self._rows[job.key] = ((job.queued_at, job.id), pending_of(job))
 
     async def _full(self) -> None:
-        self._synced_at = time.monotonic()
+        self._synced_at = self.clock.monotonic()
         self._other = True
         jobs = await self.jobs.get_many(await self.jobs.pending_keys())
         self.decoded += len(jobs)

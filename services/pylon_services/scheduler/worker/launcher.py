@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import ray
-from ray.util.placement_group import get_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 STOP_GRACE_S = 2.0  # how long ``stop`` lets an attempt's tasks end by themselves
@@ -34,11 +33,11 @@ class Launcher:
         """``workload(job, settings, attempt, rank)`` is what each task runs: the platform's
         ``run_workload``; tests of the launcher itself pass a small function."""
         if workload is None:
-            from pylon_services.scheduler.workload import run_workload as workload
+            from pylon_services.scheduler.worker.run import run_workload as workload
         self._fn = ray.remote(workload)
         self.refs: dict[str, dict[int, Any]] = {}
 
-    def launch_in(self, name: str, job: dict[str, Any], settings: dict[str, Any],
+    def launch(self, name: str, job: dict[str, Any], settings: dict[str, Any],
                   workers: list[tuple[int, Any, int, dict[str, Any]]]) -> int:
         """Start the listed workers, each ``(rank, placement group, bundle index, task options)``;
         a rank this launcher already started is skipped (idempotent). The caller has seen each
@@ -57,11 +56,6 @@ class Launcher:
                 job, settings, job["attempt"], rank)
             started += 1
         return started
-
-    def launch(self, name: str, job: dict[str, Any], settings: dict[str, Any],
-               workers: list[tuple[int, str, int, dict[str, Any]]]) -> int:
-        """``launch_in`` with placement group names (the protocol of earlier schedulers)."""
-        return self.launch_in(name, job, settings, [(r, get_placement_group(n), b, o) for r, n, b, o in workers])
 
     def alive(self, name: str) -> dict[str, Any]:
         """The attempt's workers on this node: ``ranks`` it started (running or ended) and

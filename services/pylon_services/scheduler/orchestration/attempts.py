@@ -6,18 +6,14 @@ what lets a new leader pick up any job in any state (adoption) without running i
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any
 
 from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.domain.job import PREEMPTED_EXIT_CODE, Job, JobState
+from pylon_services.scheduler.domain.ports import Clock, ClusterExecutor, JobLedger, SchedulerState
 from pylon_services.scheduler.domain.scheduling import Admit, Preempt
 from pylon_services.scheduler.domain.throughput import ThroughputTable
-from pylon_services.scheduler.store.ray_exec import RayExecutor
-from pylon_services.scheduler.store.redis_jobs import JobStore, preempt_key
-from pylon_services.scheduler.store.redis_sched import SchedState
 
 log = logging.getLogger("pylon.scheduler")
 LIVENESS_EVERY_S = 2.0
@@ -25,18 +21,13 @@ LOST_AFTER_CHECKS = 2
 # States in which a job holds (or is about to hold) Ray resources.
 HOLDING = (JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING)
 PREEMPT_KILL_AFTER_S = 15.0
-
-
-def _seconds(value: Any) -> float:
-    """A JSON-mapped protobuf Duration ("90s") as seconds; 0 when unset."""
-    if not value:
-        return 0.0
-    return float(str(value).rstrip("s"))
+TAIL_LINES = 20  # log lines kept on a failed job
 
 
 class Attempts:
-    def __init__(self, jobs: JobStore, state: SchedState, executor: RayExecutor, cfg: SchedulerConfig) -> None:
-        self.jobs, self.state, self.executor, self.cfg = jobs, state, executor, cfg
+    def __init__(self, jobs: JobLedger, state: SchedulerState, executor: ClusterExecutor, cfg: SchedulerConfig,
+                 clock: Clock) -> None:
+        self.jobs, self.state, self.executor, self.cfg, self.clock = jobs, state, executor, cfg, clock
         self.progress_times: dict[str, float] = {}
         self._checked: dict[str, float] = {}
         self._suspect: dict[str, int] = {}  # job key -> failed liveness checks in a row
@@ -51,7 +42,7 @@ class Attempts:
         job.attempt += 1
         job.gpu_type, job.nodes, job.borrowed = admit.gpu_type, list(admit.nodes), admit.borrowed
         job.worker_gpu_types = list(admit.worker_gpu_types)
-        job.admit_time = time.time()
+        job.admit_time = self.clock.time()
         where = "+".join(dict.fromkeys(admit.worker_gpu_types)) or admit.gpu_type
         job.transition(JobState.ADMITTED, f"admitted on {where} ({job.workers} worker(s))"
                        + (" on quota borrowed from the cohort" if admit.borrowed else ""))
@@ -61,7 +52,7 @@ class Attempts:
     async def preempt(self, job: Job, pre: Preempt) -> None:
         """Raise the flag the job polls; the worker SIGTERMs it after the grace period."""
         if job.state in (JobState.ADMITTED, JobState.STARTING):
-            await asyncio.to_thread(self.executor.release, job)
+            await self.executor.release(job)
             job.transition(JobState.PENDING, f"preempted ({pre.reason}) for {pre.for_job} before it started; requeued")
             job.preemptions += 1
             await self.jobs.save_moved(job, pending=True, active=False)
@@ -70,9 +61,9 @@ class Attempts:
             return
         job.transition(JobState.PREEMPTING, f"preempted ({pre.reason}) for {pre.for_job}; "
                                             f"checkpointing (grace {self.cfg.preempt_grace_s:g}s)")
-        job.preempt_deadline = time.time() + self.cfg.preempt_grace_s
+        job.preempt_deadline = self.clock.time() + self.cfg.preempt_grace_s
         if await self.jobs.save_moved(job, pending=False, active=True):
-            await self.jobs.r.set(preempt_key(job.tenant, job.id), repr(self.cfg.preempt_grace_s), ex=86400)
+            await self.jobs.request_preempt(job, self.cfg.preempt_grace_s)
 
     async def progress(self, job: Job, event: dict[str, Any]) -> None:
         """A worker's step rate: fold it into the throughput table and note the job's step."""
@@ -80,7 +71,7 @@ class Attempts:
         if event.get("gpu_type") and float(event.get("rate", 0)) > 0:
             table.observe(event.get("job_type", ""), event["gpu_type"], float(event["rate"]))
             await self.state.save_throughput(table)
-        self.progress_times[job.key] = time.time()
+        self.progress_times[job.key] = self.clock.time()
         if int(event.get("step", 0)) > job.step and job.state in HOLDING:
             job.step = int(event["step"])
             await self.jobs.save_moved(job, pending=False, active=True)
@@ -90,7 +81,7 @@ class Attempts:
         if job.state not in HOLDING:
             return  # finished, cancelled, or already requeued: a late event of an old attempt
         if job.state == JobState.ADMITTED:
-            await asyncio.to_thread(self.executor.launch, job)
+            await self.executor.launch(job)
             job.transition(JobState.STARTING, f"placement group for {job.workers} worker(s) on {job.gpu_type} requested")
             await self.jobs.save_moved(job, pending=False, active=True)
             return
@@ -103,28 +94,28 @@ class Attempts:
             await self._check_running(job)
 
     async def _check_starting(self, job: Job) -> None:
-        nodes = await asyncio.to_thread(self.executor.placed_nodes, job)
+        nodes = await self.executor.placed_nodes(job)
         if nodes is not None:
             # Idempotent: starts the workers whose bundles were placed after the first launch call.
-            await asyncio.to_thread(self.executor.launch, job, 0.0)
+            await self.executor.launch(job, 0.0)
             job.nodes = nodes
             where = "+".join(dict.fromkeys(job.worker_gpu_types)) or job.gpu_type
             job.transition(JobState.RUNNING, f"running on {where}")
             await self.jobs.save_moved(job, pending=False, active=True)
             return
-        if not await asyncio.to_thread(self.executor.exists, job):
-            await asyncio.to_thread(self.executor.launch, job)  # the launch was lost: dispatch again
+        if not await self.executor.exists(job):
+            await self.executor.launch(job)  # the launch was lost: dispatch again
             return
         if not job.gang:  # each worker starts as soon as its own bundle is placed
-            await asyncio.to_thread(self.executor.launch, job, 0.0)
-        if time.time() - job.admit_time > self.cfg.start_timeout_s:
-            await asyncio.to_thread(self.executor.release, job)
+            await self.executor.launch(job, 0.0)
+        if self.clock.time() - job.admit_time > self.cfg.start_timeout_s:
+            await self.executor.release(job)
             job.transition(JobState.PENDING, f"placement group not created in {self.cfg.start_timeout_s:g}s; requeued")
             await self.jobs.save_moved(job, pending=True, active=False)
 
     async def _check_running(self, job: Job) -> None:
-        now = time.time()
-        limit = _seconds(job.spec.get("max_runtime"))
+        now = self.clock.time()
+        limit = job.spec.max_runtime_s
         if limit and job.admit_time and now - job.admit_time > limit:  # per attempt
             await self.finish(job, {0: {"exit_code": -1, "error": f"exceeded its max runtime of {limit:g}s"}})
             return
@@ -134,7 +125,7 @@ class Attempts:
         if now - self._checked.get(job.key, 0.0) < LIVENESS_EVERY_S:
             return
         self._checked[job.key] = now
-        why, crashed = await asyncio.to_thread(self.executor.workers_alive, job)
+        why, crashed = await self.executor.workers_alive(job)
         if not why:
             self._suspect.pop(job.key, None)
             return
@@ -154,7 +145,7 @@ class Attempts:
 
     async def finish(self, job: Job, results: dict[int, dict[str, Any]]) -> None:
         """End the attempt: free Ray, then SUCCEEDED, requeued (preempted or retrying) or FAILED."""
-        await asyncio.to_thread(self.executor.release, job)
+        await self.executor.release(job)
         self._checked.pop(job.key, None)
         self._suspect.pop(job.key, None)
         ranked = [results[r] for r in sorted(results)]
@@ -164,23 +155,21 @@ class Attempts:
         job.output_uri = result.get("output_uri", job.output_uri)
         job.step = max(job.step, int(result.get("step", 0) or 0))
         job.latest_metrics = {k: float(v) for k, v in result.get("metrics", {}).items()} or job.latest_metrics
-        if "dataset_digests" in result:
-            job.spec.setdefault("trainer", {})["dataset_digests"] = result["dataset_digests"]
         preempted = job.state == JobState.PREEMPTING or (result.get("preempted") and job.exit_code == PREEMPTED_EXIT_CODE)
         if job.exit_code == 0:
             job.transition(JobState.SUCCEEDED, "succeeded")
         elif preempted:
             job.preemptions += 1
             job.transition(JobState.PENDING, f"preempted at step {job.step}; requeued to resume from its checkpoint")
-        elif job.retries < int(job.spec.get("max_retries", 0) or 0):
+        elif job.retries < job.spec.max_retries:
             job.retries += 1
-            job.last_log_lines = await self.jobs.tail(job.tenant, job.id, 20)
+            job.last_log_lines = await self.jobs.tail(job.tenant, job.id, TAIL_LINES)
             job.transition(JobState.PENDING, f"attempt {job.attempt} failed ({result.get('error', '')}); "
-                                             f"retry {job.retries} of {job.spec.get('max_retries')}")
+                                             f"retry {job.retries} of {job.spec.max_retries}")
         else:
-            job.last_log_lines = await self.jobs.tail(job.tenant, job.id, 20)
+            job.last_log_lines = await self.jobs.tail(job.tenant, job.id, TAIL_LINES)
             job.transition(JobState.FAILED, result.get("error") or f"exit code {job.exit_code}")
         requeued = job.state == JobState.PENDING
         if await self.jobs.save_moved(job, pending=requeued, active=False):
-            await self.jobs.r.delete(preempt_key(job.tenant, job.id))
+            await self.jobs.clear_preempt(job)
             log.info("job %s attempt %d ended: %s (%s)", job.name, job.attempt, job.state.value, job.message)

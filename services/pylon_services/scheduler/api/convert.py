@@ -1,0 +1,111 @@
+"""Proto <-> domain for SchedulerService: the one place a ``JobSpec`` is built from a request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from pylon.scheduler.v1 import scheduler_pb2 as pb
+from pylon_services.common.errors import InvalidArgument
+from pylon_services.runtime.protoconv import struct, ts
+from pylon_services.scheduler.domain.job import Job, JobState
+from pylon_services.scheduler.domain.spec import Command, EngineReplica, JobSpec, Resources, Trainer, Workload
+
+_PLACEMENTS = {pb.PLACEMENT_STRATEGY_UNSPECIFIED: "pack", pb.PLACEMENT_STRATEGY_PACK: "pack",
+               pb.PLACEMENT_STRATEGY_SPREAD: "spread"}
+_STATE_PB = {s: pb.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
+_STATE_FROM_PB = {v: k for k, v in _STATE_PB.items()}
+
+
+def _plain(value: Any) -> Any:
+    """protobuf Struct has only doubles: give whole numbers back their int type."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _struct_dict(s: struct_pb2.Struct) -> dict[str, Any]:
+    out: dict[str, Any] = _plain(json_format.MessageToDict(s))
+    return out
+
+
+def _workload_from_pb(spec: pb.JobSpec) -> Workload:
+    which = spec.WhichOneof("workload")
+    if which == "trainer":
+        t = spec.trainer
+        return Trainer(trainer=t.trainer, config=_struct_dict(t.config), datasets=tuple(t.datasets),
+                       base_model=t.base_model)
+    if which == "command":
+        c = spec.command
+        return Command(argv=tuple(c.argv), working_dir_key=c.working_dir_key,
+                       pip_requirements=tuple(c.pip_requirements), env=dict(c.env))
+    if which == "engine":
+        e = spec.engine
+        return EngineReplica(deployment=e.deployment, model_version=e.model_version, engine=e.engine or "torch",
+                             engine_config=_struct_dict(e.engine_config))
+    raise InvalidArgument.field("spec.workload", "set one of trainer, command or engine")
+
+
+def spec_from_pb(spec: pb.JobSpec) -> JobSpec:
+    """The request's spec with the platform's defaults filled in (unset workers and CPUs: 1;
+    unset gang: true; unset placement: pack). Field checks are ``validate_spec``'s."""
+    r = spec.resources
+    if spec.placement not in _PLACEMENTS:
+        raise InvalidArgument.field("spec.placement", "must be PLACEMENT_STRATEGY_PACK or PLACEMENT_STRATEGY_SPREAD")
+    return JobSpec(
+        workload=_workload_from_pb(spec), queue=spec.queue or "default", priority_class=spec.priority_class or "normal",
+        workers=spec.workers or 1,
+        resources=Resources(gpus=r.gpus, cpus=r.cpus or 1.0, memory_bytes=r.memory_bytes,
+                            gpu_types=tuple(t for t in r.gpu_types if t)),
+        gang=spec.gang if spec.HasField("gang") else True, placement=_PLACEMENTS[spec.placement],
+        max_runtime_s=spec.max_runtime.seconds + spec.max_runtime.nanos / 1e9, max_retries=spec.max_retries,
+        preemptible=spec.preemptible, checkpoint_every_steps=spec.checkpoint_every_steps, labels=dict(spec.labels),
+        display_name=spec.display_name, job_type=spec.job_type, total_steps=spec.total_steps)
+
+
+def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
+    r = spec.resources
+    out = pb.JobSpec(
+        queue=spec.queue, priority_class=spec.priority_class, workers=spec.workers,
+        resources=pb.WorkerResources(gpus=r.gpus, gpu_types=list(r.gpu_types), cpus=r.cpus, memory_bytes=r.memory_bytes),
+        gang=spec.gang, placement=pb.PLACEMENT_STRATEGY_SPREAD if spec.placement == "spread" else pb.PLACEMENT_STRATEGY_PACK,
+        max_retries=spec.max_retries, preemptible=spec.preemptible, checkpoint_every_steps=spec.checkpoint_every_steps,
+        labels=dict(spec.labels), display_name=spec.display_name, job_type=spec.job_type, total_steps=spec.total_steps)
+    if spec.max_runtime_s:
+        out.max_runtime.FromNanoseconds(int(spec.max_runtime_s * 1e9))
+    w = spec.workload
+    if isinstance(w, Trainer):
+        out.trainer.CopyFrom(pb.BuiltinTrainer(trainer=w.trainer, config=struct(dict(w.config)), datasets=list(w.datasets),
+                                               base_model=w.base_model, base_model_version=w.base_model_version))
+    elif isinstance(w, Command):
+        out.command.CopyFrom(pb.Command(argv=list(w.argv), working_dir_key=w.working_dir_key,
+                                        pip_requirements=list(w.pip_requirements), env=dict(w.env)))
+    else:
+        out.engine.CopyFrom(pb.EngineReplica(deployment=w.deployment, model_version=w.model_version, engine=w.engine,
+                                             engine_config=struct(dict(w.engine_config))))
+    return out
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    status = pb.JobStatus(
+        state=_STATE_PB[job.state], message=job.message, gpu_type=job.gpu_type, attempt=job.attempt,
+        exit_code=job.exit_code, last_log_lines=job.last_log_lines, retries=job.retries,
+        preemptions=job.preemptions, step=job.step, output_uri=job.output_uri, start_time=ts(job.start_time),
+        end_time=ts(job.end_time), latest_metrics=struct(job.latest_metrics))
+    return pb.Job(name=job.name, spec=spec_to_pb(job.spec), status=status, create_time=ts(job.create_time),
+                  creator=job.creator, request_id=job.request_id)
+
+
+def states_from_pb(values: Any) -> list[JobState]:
+    """``ListJobsRequest.states``; an unknown or unspecified value is INVALID_ARGUMENT."""
+    out = []
+    for v in values:
+        if v not in _STATE_FROM_PB:
+            raise InvalidArgument.field("states", f"{v} is not a job state")
+        out.append(_STATE_FROM_PB[v])
+    return out

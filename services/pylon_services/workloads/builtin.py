@@ -1,0 +1,16 @@
+"""The workloads that ship with Pylon. Each check here must stay torch-free (it runs in the API)."""
+
+from __future__ import annotations
+
+from pylon_services.trainers.tiny_gpt_config import config_violations as tiny_gpt_config
+from pylon_services.workloads.registry import Workload, WorkloadKind, WorkloadRegistry
+
+
+def register(registry: WorkloadRegistry) -> None:
+    registry.register(Workload(
+        WorkloadKind.TRAINER, "tiny-gpt", "pylon_services.trainers.tiny_gpt_job:run",
+        "the demo's byte-level GPT, trained on raw dataset text on one worker",
+        check_config=tiny_gpt_config, max_workers=1))
+    registry.register(Workload(
+        WorkloadKind.ENGINE, "torch", "pylon_services.engines.torch_engine.server:run",
+        "Pylon's PyTorch engine: serves a registered model version over EngineService"))

@@ -1,0 +1,226 @@
+"""The leader's loop on in-memory fakes of its ports and a fake clock: a job's whole life from
+submit to success, append passes for a stream of arrivals on a saturated queue, whole passes for
+anything else, idempotent dispatch, and leadership by lease. (The same loop against real Redis and
+Ray: tests/integration/test_scheduler_leader.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from pylon_services.scheduler.config import SchedulerConfig
+from pylon_services.scheduler.domain.cancel import cancel_job
+from pylon_services.scheduler.domain.job import Job, JobState
+from pylon_services.scheduler.domain.scheduling import QueueQuota
+from pylon_services.scheduler.domain.snapshot import ClusterNode
+from pylon_services.scheduler.domain.spec import Command, JobSpec, Resources
+from pylon_services.scheduler.orchestration.leader import Leader
+from tests.unit.sched_fakes import FakeClock, FakeExecutor, FakeLease, MemoryLedger, MemoryState
+
+V100 = ClusterNode("n-v100", "V100", gpus=2, cpus=8, memory=0, alive=True)
+CPU = ClusterNode("n-cpu", "cpu", gpus=0, cpus=4, memory=0, alive=True)
+
+
+@dataclasses.dataclass
+class World:
+    clock: FakeClock
+    state: MemoryState
+    jobs: MemoryLedger
+    executor: FakeExecutor
+    lease: FakeLease
+    leader: Leader
+
+    async def turns(self, n: int = 1, step_s: float = 0.25) -> None:
+        """What ``Leader.run`` does, one turn at a time, with time moving ``step_s`` between."""
+        for _ in range(n):
+            if await self.lease.hold(self.leader.identity, 10):
+                if not self.leader.leading:
+                    await self.leader.become_leader()
+                await self.leader.turn()
+            else:
+                self.leader.leading = False
+            self.clock.advance(step_s)
+
+    async def until(self, t: float) -> None:
+        """Turns until the clock reads ``t`` (a turn with no events waits, as a blocking read does)."""
+        while self.clock.now < t:
+            await self.turns(1, step_s=0.0)
+
+    async def submit(self, n: int = 1, *, queue: str = "default", gpus: float = 1, priority: str = "normal"
+                     ) -> list[Job]:
+        out = []
+        for _ in range(n):
+            spec = JobSpec(Command(("true",)), queue=queue, resources=Resources(gpus=gpus, gpu_types=("V100",)),
+                           priority_class=priority)
+            job = Job(id=f"j{len(self.jobs.docs):04d}", tenant="acme", spec=spec, create_time=self.clock.time())
+            out.append((await self.jobs.create(job))[0])
+        return out
+
+    async def job(self, job: Job) -> Job:
+        return await self.jobs.get(job.tenant, job.id)
+
+
+def world(nodes: list[ClusterNode] | None = None, identity: str = "leader-a", **cfg: Any) -> World:
+    clock = FakeClock()
+    state = MemoryState(clock)
+    jobs = MemoryLedger(state)
+    executor = FakeExecutor(list(nodes if nodes is not None else [V100, CPU]))
+    lease = FakeLease()
+    leader = Leader(jobs, state, executor, lease, SchedulerConfig(instance="t", **cfg), clock=clock, identity=identity)
+    return World(clock, state, jobs, executor, lease, leader)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_job_runs_from_submit_to_success_and_its_resources_are_released():
+    async def body() -> None:
+        w = world()
+        [job] = await w.submit()
+        await w.turns(1)
+        admitted = await w.job(job)
+        assert admitted.state == JobState.STARTING and admitted.gpu_type == "V100" and admitted.attempt == 1
+        assert w.state.view is not None and {n.id for n in w.state.view.nodes} == {"n-v100", "n-cpu"}
+        await w.turns(1)
+        assert (await w.job(job)).state == JobState.RUNNING
+        w.jobs.report(await w.job(job), output_uri="tenants/acme/jobs/x/output")
+        await w.turns(1)
+        done = await w.job(job)
+        assert done.state == JobState.SUCCEEDED and done.output_uri == "tenants/acme/jobs/x/output"
+        assert w.executor.released == [w.executor.attempt_name(done)] and not w.jobs.active_set
+        assert set(w.state.acked) == {eid for eid, _ in w.state.stream}  # every event acknowledged
+
+    run(body())
+
+
+def test_a_failed_attempt_is_retried_and_a_late_result_of_it_changes_nothing():
+    async def body() -> None:
+        w = world()
+        spec = JobSpec(Command(("false",)), max_retries=1, resources=Resources(gpus=1))
+        job, _ = await w.jobs.create(Job(id="j1", tenant="acme", spec=spec))
+        await w.turns(2)
+        first = await w.job(job)
+        w.jobs.report(first, exit_code=3, error="exit code 3")
+        await w.turns(1)
+        assert (await w.job(job)).state in (JobState.PENDING, JobState.ADMITTED, JobState.STARTING)
+        await w.turns(2)
+        second = await w.job(job)
+        assert second.attempt == 2 and second.retries == 1 and second.state == JobState.RUNNING
+        w.jobs.report(first, exit_code=0)  # the first attempt's result again: already over
+        await w.turns(1)
+        assert (await w.job(job)).state == JobState.RUNNING
+
+    run(body())
+
+
+def test_a_stream_of_arrivals_on_a_saturated_queue_gets_append_passes_only():
+    async def body() -> None:
+        w = world()
+        w.state.quotas["tenants/acme/queues/zero"] = QueueQuota("tenants/acme/queues/zero", "acme", {"V100": 0.0})
+        first = await w.submit(5, queue="zero")
+        await w.turns(1)
+        assert w.leader.passes.whole_passes == 1 and w.leader.passes.can_append
+        assert set(w.state.explained) == {j.key for j in first}
+        later = await w.submit(10, queue="zero")
+        await w.turns(1)
+        assert (w.leader.passes.whole_passes, w.leader.passes.append_passes) == (1, 1)
+        assert set(w.state.explained) == {j.key for j in first + later}
+        assert w.state.explained[later[-1].key].position == 15
+        # Time alone: a whole pass every idle_pass_s (2 s) after the last one, none before.
+        start = w.leader.pacer.last_whole
+        await w.until(start + 2.6)
+        assert w.leader.passes.whole_passes == 2 and w.leader.passes.append_passes == 1
+        assert 2.0 <= w.leader.pacer.last_whole - start < 2.6
+
+    run(body())
+
+
+def test_a_cancel_or_a_higher_priority_arrival_needs_a_whole_pass():
+    async def body() -> None:
+        w = world()
+        w.state.quotas["tenants/acme/queues/zero"] = QueueQuota("tenants/acme/queues/zero", "acme", {"V100": 0.0})
+        jobs = await w.submit(3, queue="zero", priority="low")
+        await w.turns(1)
+        await w.submit(2, queue="zero", priority="low")
+        await cancel_job(w.jobs, await w.job(jobs[0]))
+        await w.turns(1)
+        assert (w.leader.passes.whole_passes, w.leader.passes.append_passes) == (2, 0)
+        assert jobs[0].key not in w.state.explained and len(w.state.explained) == 4
+        await w.submit(1, queue="zero", priority="high")
+        await w.turns(1)  # the append pass gives up on it at once...
+        assert (w.leader.passes.whole_passes, w.leader.passes.append_passes) == (2, 0) and w.leader.pacer.dirty
+        await w.turns(1)  # ...and the next turn passes over the whole backlog
+        assert (w.leader.passes.whole_passes, w.leader.passes.append_passes) == (3, 0)
+        assert len(w.state.explained) == 5
+
+    run(body())
+
+
+def test_an_append_pass_that_admits_makes_the_next_pass_whole():
+    async def body() -> None:
+        w = world()
+        w.state.quotas["tenants/acme/queues/zero"] = QueueQuota("tenants/acme/queues/zero", "acme", {"V100": 0.0})
+        await w.submit(2, queue="zero")
+        await w.turns(1)
+        [fits] = await w.submit(1)  # the default queue has no quota limit here: it fits
+        await w.turns(1)
+        assert w.leader.passes.append_passes == 1 and (await w.job(fits)).state == JobState.STARTING
+        assert not w.leader.passes.can_append and w.leader.pacer.dirty
+        await w.turns(1)
+        assert w.leader.passes.whole_passes == 2
+
+    run(body())
+
+
+def test_only_the_lease_holder_acts_and_a_stopped_leader_gives_the_lease_back():
+    async def body() -> None:
+        w = world()
+        await w.lease.hold("someone-else", 10)
+        [job] = await w.submit()
+        await w.turns(3)
+        assert not w.leader.leading and w.leader.passes.whole_passes == 0
+        assert (await w.job(job)).state == JobState.PENDING
+        await w.lease.give_back("someone-else")
+        await w.turns(1)
+        assert w.leader.leading and (await w.job(job)).state == JobState.STARTING
+        await w.leader.stop()
+        assert w.lease.holder is None
+
+    run(body())
+
+
+def test_a_new_leader_adopts_a_running_job_instead_of_starting_it_again():
+    async def body() -> None:
+        w = world()
+        [job] = await w.submit()
+        await w.turns(2)
+        running = await w.job(job)
+        assert running.state == JobState.RUNNING
+        await w.leader.stop()
+        successor = Leader(w.jobs, w.state, w.executor, w.lease, SchedulerConfig(instance="t"), clock=w.clock,
+                           identity="leader-b")
+        w.leader = successor
+        await w.turns(2)
+        assert len(w.executor.launched) == 1 and (await w.job(job)).attempt == 1  # adopted, not relaunched
+        w.jobs.report(running)
+        await w.turns(1)
+        assert (await w.job(job)).state == JobState.SUCCEEDED
+
+    run(body())
+
+
+def test_a_node_that_dies_ends_a_continued_pass():
+    async def body() -> None:
+        w = world()
+        w.state.quotas["tenants/acme/queues/zero"] = QueueQuota("tenants/acme/queues/zero", "acme", {"V100": 0.0})
+        await w.submit(2, queue="zero")
+        await w.turns(1)
+        assert w.leader.passes.can_append
+        w.executor.cluster = [dataclasses.replace(V100, alive=False), CPU]
+        await w.until(w.clock.now + 1.5)  # the node check runs every second; idle passes every 2 s
+        assert w.leader.passes.whole_passes == 2
+        assert w.state.view is not None and not next(n for n in w.state.view.nodes if n.id == "n-v100").alive
+
+    run(body())
