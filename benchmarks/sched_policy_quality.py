@@ -42,7 +42,7 @@ from pylon_services.scheduler.sim.traces import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+DATA = ROOT / "benchmarks" / "data"  # copies with their attribution (benchmarks/data/*/ATTRIBUTION.md)
 POLICIES = ("fifo", "fair-share", "gavel", "finish-time-fairness")
 CLUSTER = "v100=36,p100=36,k80=36"
 
@@ -139,11 +139,12 @@ def main() -> None:
                     help="Poisson arrival rates in jobs/hour")
     ap.add_argument("--jobs", type=int, default=600, help="jobs per Poisson run")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--throughputs", default=str(SHARED / "gavel" / "simulation_throughputs.json"))
-    ap.add_argument("--msr", default=str(SHARED / "gavel" / "traces" / "msr-seed0" / "0e4a51.trace"))
+    ap.add_argument("--throughputs", help="Gavel simulation_throughputs.json (default: the simulator's own copy)")
+    ap.add_argument("--msr", default=str(DATA / "gavel" / "msr_0e4a51.trace"))
     ap.add_argument("--msr-limit", type=int, default=1200)
-    ap.add_argument("--alibaba", default=str(SHARED / "alibaba-gpu-v2023" / "openb_pod_list_gpuspec33.csv"))
-    ap.add_argument("--alibaba-nodes", default=str(SHARED / "alibaba-gpu-v2023" / "openb_node_list_gpu_node.csv"))
+    ap.add_argument("--alibaba", default=str(DATA / "alibaba-gpu-v2023" / "openb_pod_list_gpuspec33_head.csv"),
+                    help="Alibaba pod list (the default copy holds the first 3,000 GPU pods of gpuspec33)")
+    ap.add_argument("--alibaba-nodes", default=str(DATA / "alibaba-gpu-v2023" / "openb_node_list_gpu_node.csv"))
     ap.add_argument("--alibaba-limit", type=int, default=3000)
     ap.add_argument("--alibaba-node-every", type=int, default=10,
                     help="keep every Nth Alibaba node (the full 1,213-node cluster is nearly idle under this trace)")

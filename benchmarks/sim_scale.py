@@ -17,12 +17,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def child(n: int, policy: str, rate: float, throughputs: str) -> dict:
+def child(n: int, policy: str, rate: float, throughputs: str | None) -> dict:
     """Run one replay in this process and return its figures."""
     from pylon_services.scheduler.domain.policies import make_policy
     from pylon_services.scheduler.sim.cluster import parse_cluster
@@ -47,7 +44,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,30000,100000")
     ap.add_argument("--policy", default="gavel")
     ap.add_argument("--rate", type=float, default=5.0, help="Poisson arrivals per hour")
-    ap.add_argument("--throughputs", default=str(SHARED / "gavel" / "simulation_throughputs.json"))
+    ap.add_argument("--throughputs", help="Gavel simulation_throughputs.json (default: the simulator's own copy)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -57,7 +54,7 @@ def main() -> None:
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         cmd = [sys.executable, __file__, "--child", str(n), "--policy", args.policy, "--rate", str(args.rate),
-               "--throughputs", args.throughputs]
+               *(["--throughputs", args.throughputs] if args.throughputs else [])]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
         r = rows[-1]
         line = (f"{r['jobs']:>7} jobs: {r['passes']:>7} passes, wall {r['wall_s']:7.1f} s, CPU {r['cpu_s']:7.1f} s, "

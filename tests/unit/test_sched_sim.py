@@ -1,5 +1,10 @@
 """The simulator: trace readers, event handling, preemption with checkpoints, metrics, plot, CLI."""
 
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -174,3 +179,35 @@ def test_cli_replays_alibaba_pods_on_alibaba_nodes(capsys):
     rc = main(["--trace", str(ALI / "pods_gpuspec33_sample.csv"), "--nodes", str(ALI / "nodes_sample.csv"),
                "--limit", "50", "--policy", "fair-share", "--json"])
     assert rc == 0 and '"jobs": 50, "finished": 50, "rejected": 0' in capsys.readouterr().out
+
+
+def test_cli_runs_with_no_data_arguments_outside_the_repository(tmp_path: Path) -> None:
+    """The default throughput table ships with the package: a copy of the package away from the
+    repository (as an install is) replays a Poisson trace with no data path."""
+    services = Path(__file__).resolve().parents[2] / "services"
+    site = tmp_path / "site"
+    shutil.copytree(services / "pylon_services", site / "pylon_services",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(services.parent / "sdk")])}
+    run = subprocess.run([sys.executable, "-m", "pylon_services.scheduler.sim", "--trace",
+                          "poisson:jobs_per_hour=60,count=200", "--policy", "gavel", "--json"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert '"jobs": 200, "finished": 200, "rejected": 0' in run.stdout
+
+
+def test_packaged_throughputs_are_gavels_isolated_table() -> None:
+    packaged = load_gavel_throughputs()
+    assert packaged.to_dict() == load_gavel_throughputs(GAVEL / "throughputs_isolated.json").to_dict()
+    assert packaged.gpu_types() == ["k80", "p100", "v100"] and len(packaged.job_types()) == 83
+
+
+def test_package_data_declaration_carries_every_simulator_data_file() -> None:
+    """A non-editable install carries only what services/pyproject.toml declares as package data."""
+    services = Path(__file__).resolve().parents[2] / "services"
+    declared = tomllib.loads((services / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    sim = services / "pylon_services" / "scheduler" / "sim"
+    carried = {p for pattern in declared["pylon_services.scheduler.sim"] for p in sim.glob(pattern)}
+    on_disk = {p for p in (sim / "data").iterdir() if p.is_file()}
+    assert on_disk and on_disk <= carried
+    assert {p.name for p in on_disk} >= {"gavel_throughputs.json", "LICENSE", "ATTRIBUTION.md"}

@@ -21,17 +21,17 @@ from pylon_services.scheduler.sim.traces import (
     read_gavel_trace,
 )
 
-DEFAULT_THROUGHPUTS = Path(__file__).resolve().parents[5] / "shared" / "data" / "gavel" / "simulation_throughputs.json"
-
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m pylon_services.scheduler.sim",
         description="Replay a job trace on a declared GPU cluster with one of the scheduler's own policies "
                     "and report average/p99 JCT, makespan, utilisation and fairness.",
-        epilog="Examples:\n  --trace poisson:jobs_per_hour=60,count=500 --policy gavel --cluster v100=36,p100=36,k80=36\n"
-               "  --trace gavel/traces/msr-seed0/0e4a51.trace --policy fifo --plot out.png\n"
-               "  --trace alibaba/openb_pod_list_gpuspec33.csv --nodes alibaba/openb_node_list_gpu_node.csv",
+        epilog="Examples (the trace files are in a clone of the repository):\n"
+               "  --trace poisson:jobs_per_hour=60,count=500 --policy gavel --cluster v100=36,p100=36,k80=36\n"
+               "  --trace benchmarks/data/gavel/msr_0e4a51.trace --policy fifo --plot out.png\n"
+               "  --trace benchmarks/data/alibaba-gpu-v2023/openb_pod_list_gpuspec33_head.csv "
+               "--nodes benchmarks/data/alibaba-gpu-v2023/openb_node_list_gpu_node.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", required=True,
                     help="a Gavel .trace (10- or 7-column), an Alibaba pod .csv, or poisson:jobs_per_hour=R,count=N[,seed=S]")
@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cluster", default="v100=36,p100=36,k80=36",
                     help="TYPE=NODES or TYPE=NODESxGPUS, comma separated (default Gavel's 36/36/36)")
     ap.add_argument("--nodes", help="an Alibaba node list .csv instead of --cluster")
-    ap.add_argument("--throughputs", default=str(DEFAULT_THROUGHPUTS),
-                    help="Gavel simulation_throughputs.json (ignored for Alibaba traces: 1 step/s everywhere)")
+    ap.add_argument("--throughputs",
+                    help="a Gavel simulation_throughputs.json (default: Gavel's table shipped with the simulator; "
+                         "ignored for Alibaba traces: 1 step/s everywhere)")
     ap.add_argument("--checkpoint-interval", type=float, default=0.0,
                     help="seconds of progress a preempted job may lose (0: it checkpoints when told)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N jobs of the trace")

@@ -11,12 +11,16 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 
 from pylon_services.scheduler.domain.scheduling import Node
 from pylon_services.scheduler.domain.throughput import ThroughputTable, gavel_job_type
 
 GAVEL_REFERENCE_TYPE = "v100"
+# Gavel's isolated throughputs, shipped as package data (see data/ATTRIBUTION.md) so the
+# simulator runs from any install without a path to the paper's artifact.
+DEFAULT_THROUGHPUTS = "gavel_throughputs.json"
 
 
 class TraceError(ValueError):
@@ -38,15 +42,19 @@ class TraceJob:
     priority: int = 0
 
 
-def load_gavel_throughputs(path: str | Path) -> ThroughputTable:
-    """Gavel's ``simulation_throughputs.json`` as a ThroughputTable."""
-    with open(path) as f:
-        return ThroughputTable.from_gavel(json.load(f))
+def load_gavel_throughputs(path: str | Path | None = None) -> ThroughputTable:
+    """Gavel's ``simulation_throughputs.json`` as a ThroughputTable; without a path, the copy that
+    ships with this package (k80/p100/v100 isolated throughputs, 26 job types x scale factors)."""
+    if path is None:
+        text = resources.files("pylon_services.scheduler.sim").joinpath("data").joinpath(DEFAULT_THROUGHPUTS).read_text()
+    else:
+        text = Path(path).read_text()
+    return ThroughputTable.from_gavel(json.loads(text))
 
 
 def read_gavel_trace(path: str | Path) -> list[TraceJob]:
     """Read a Gavel trace: 10 columns (physical_cluster) or 7 (msr-seed0), tab separated."""
-    jobs = []
+    jobs: list[TraceJob] = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
