@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint protos clean
+.PHONY: install demo test lint typecheck protos clean
 
 $(STAMP): sdk/pyproject.toml services/pyproject.toml requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -25,7 +25,12 @@ lint: $(STAMP)
 	if command -v npx >/dev/null 2>&1; then npx --yes @bufbuild/buf@1 lint protos; \
 	else echo "npx not found: skipping buf lint"; fi
 
-test: lint
+# mypy on every domain/, api/, the scheduler's orchestration, the shared packages and the SDK.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy sdk/pylon services/pylon_services/*/domain services/pylon_services/*/api \
+		services/pylon_services/scheduler/orchestration services/pylon_services/workloads services/pylon_services/common
+
+test: lint typecheck
 	$(PY) -m pytest -q
 
 protos: $(STAMP)

@@ -1,8 +1,8 @@
 """Claim: from admission to the first line of user code on Ray, the scheduler takes <= 2x what a
 direct ``ray.remote`` call with the same placement group takes.
 
-Ours: the scheduler (``python -m pylon_services.scheduler``, real Redis, a Ray cluster with one
-fake V100 node) admits a 1-worker V100 job whose command prints a line; the figure is that
+Ours: the scheduler (its API and leader processes, real Redis, a Ray cluster with one fake V100
+node) admits a 1-worker V100 job whose command prints a line; the figure is that
 line's log timestamp minus the job's ``admit_time`` in the ledger. It covers the ledger writes,
 the named detached placement group, the worker task submitted by the launcher actor of the
 bundle's node, the flag watcher, checkpoint restore and the subprocess, as production does.
@@ -109,7 +109,7 @@ def main() -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="bench", log_to_driver=False)
     remote_fn = ray.remote(first_line_task)
-    sched, addr = start_scheduler(tmp, rs.url, cluster.address)
+    sched, addr = start_scheduler(tmp, rs.url, cluster.address)  # [API, leader]
     r = redis_lib.Redis.from_url(rs.url)
     try:
         client = pylon.Client(addr, ADMIN_KEY)
@@ -131,8 +131,9 @@ def main() -> None:
         print(f"median direct ray.remote: {b * 1000:.1f} ms; median admission -> first line: {o * 1000:.1f} ms; "
               f"ratio {o / b:.2f} (target <= 2)")
     finally:
-        os.killpg(sched.pid, signal.SIGTERM)
-        sched.wait(30)
+        for proc in sched:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
         ray.shutdown()
         cluster.shutdown()
         rs.stop()

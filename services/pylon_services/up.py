@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylon.health import check_health
-from pylon_services.localstack.procs import free_port, log_tail, stop_process, wait_until
+from pylon_services.localstack.procs import free_port, stop_process, wait_until
 from pylon_services.localstack.ray_head import LOCAL_RAY_ENV, RayHead
 from pylon_services.localstack.redis_server import RedisServer
 
@@ -162,9 +162,6 @@ class Platform:
         state = os.path.join(self.home, "state.json")
         if os.path.exists(state):
             os.unlink(state)
-
-    def service_log_tail(self, svc: str) -> str:
-        return log_tail(os.path.join(self.home, "logs", f"{svc}.log"))
 
 
 def read_state(home: str | None = None) -> dict[str, Any] | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pylon_services.runtime.settings import Settings
-from pylon_services.storage.base import ObjectStore
+if TYPE_CHECKING:  # the API imports this module: only types here, nothing of the runtime
+    from pylon_services.runtime.settings import Settings
+    from pylon_services.storage.base import ObjectStore
 
 # Exit code of a workload that stopped because it was preempted, after checkpointing
 # (EX_TEMPFAIL): the scheduler requeues it and the next attempt resumes.

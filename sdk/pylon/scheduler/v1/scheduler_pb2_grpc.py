@@ -112,9 +112,10 @@ class SchedulerServiceServicer:
 
     def SubmitJob(self, request, context):
         """SubmitJob validates a spec and queues the job. Idempotent on request_id.
-        Errors: INVALID_ARGUMENT (bad spec, with field violations), FAILED_PRECONDITION (no pool can
-        ever satisfy the request), NOT_FOUND (queue or input dataset), RESOURCE_EXHAUSTED (too many
-        pending jobs for the tenant).
+        Errors: INVALID_ARGUMENT (bad spec, with field violations; a base model that does not
+        resolve), FAILED_PRECONDITION (no pool can ever satisfy the request; a base model that is
+        not READY), NOT_FOUND (the queue), UNAVAILABLE (no scheduler leader has reported the cluster
+        yet; retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,8 +141,9 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs pages through jobs, newest first, optionally filtered by state and labels.
-        Errors: INVALID_ARGUMENT (bad filter or page token).
+        """ListJobs pages through jobs, newest first, optionally filtered by state. The filter applies
+        before paging: a page may hold fewer than page_size jobs while next_page_token is set.
+        Errors: INVALID_ARGUMENT (unknown state, bad page token, negative page size).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,8 +190,9 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCluster(self, request, context):
-        """GetCluster returns the GPU pools discovered from Ray, with capacity and usage.
-        Errors: UNAVAILABLE (Ray unreachable).
+        """GetCluster returns the GPU pools the scheduler's leader last saw on Ray, with capacity and
+        usage.
+        Errors: UNAVAILABLE (no leader has reported the cluster yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

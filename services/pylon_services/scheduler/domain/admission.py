@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from pylon_services.scheduler.domain.explain import (
     ReleaseTimeline,
@@ -55,7 +56,7 @@ class Pass:
     waiting_for: dict[str, str] = field(default_factory=dict)  # job -> faster type it chose to wait for
     no_victims: set[tuple] = field(default_factory=set)  # request shapes that found no victims
     _rates: dict[tuple[str, str, int], float | None] = field(default_factory=dict)
-    memo: dict[tuple, object] = field(default_factory=dict)  # per-pass caches of policies
+    memo: dict[Any, Any] = field(default_factory=dict)  # per-pass caches of policies, keyed by shape
     _finish: dict[str, float | None] = field(default_factory=dict)
 
     running_by_type: dict[str, list[RunningJob]] = field(default_factory=lambda: defaultdict(list))
@@ -97,7 +98,7 @@ def consider(policy: object, job: PendingJob, p: Pass) -> None:
     tkey = ("types", job.demand.gpu_types, job.demand.gpus_per_worker <= 0)
     if tkey not in p.memo:
         p.memo[tkey] = acceptable_types(job.demand, p.free.types())
-    types: list[str] = p.memo[tkey]  # type: ignore[assignment]
+    types: list[str] = p.memo[tkey]
     blockers: list[str] = []
     capacity_blocked = False
     waits_on: list[str] = []  # types where only capacity (not quota) stands in the way
@@ -234,7 +235,7 @@ def try_preempt(policy: object, job: PendingJob, types: list[str], p: Pass) -> s
         key = ("unclaimed", t, len(p.claimed_victims))
         if key not in p.memo:  # claims only grow, so their count identifies the filtered list
             p.memo[key] = [r for r in p.running_by_type[t] if r.id not in p.claimed_victims]
-        on_type: list[RunningJob] = p.memo[key]  # type: ignore[assignment]
+        on_type: list[RunningJob] = p.memo[key]
         yielding = [r for r in on_type if r.preempting]
         if yielding and (nodes := _fits_after(job, t, yielding, p)) is not None:
             _claim(job, yielding, nodes, p)
@@ -270,7 +271,7 @@ def preempt_within_queue(job: PendingJob, over_quota: list[str], p: Pass) -> str
         shape = ("in-queue", t, job.queue, job.priority, d.workers, d.gpus_per_worker, d.cpus_per_worker)
         if shape in p.no_victims:
             continue
-        same = [r for r in p.memo["by_queue"].get((job.queue, t), ())  # type: ignore[attr-defined]
+        same = [r for r in p.memo["by_queue"].get((job.queue, t), ())
                 if r.priority < job.priority and r.id not in p.claimed_victims]
         chosen: list[RunningJob] = []
         for r in same:

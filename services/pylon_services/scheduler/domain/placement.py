@@ -102,12 +102,6 @@ class FreeIndex:
         f = self.nodes.get(node_id)
         return f is not None and f.gpu_type in self.by_type
 
-    def allocate(self, nodes: Iterable[str], demand: Demand) -> None:
-        """Take one worker's share of ``demand`` on each listed node (no checks)."""
-        for n in nodes:
-            if self._indexed(n):
-                self._take(n, demand, +1)
-
     def release(self, nodes: Iterable[str], demand: Demand) -> None:
         """Give back one worker's share of ``demand`` on each listed node."""
         for n in nodes:

@@ -187,7 +187,8 @@ class GavelPolicy(FairSharePolicy):
                 if r and r > best:
                     best_t, best = t, r
             p.memo[key] = (best_t, best)
-        return p.memo[key]
+        best_type: tuple[str, float] = p.memo[key]
+        return best_type
 
     def rank_types(self, job: PendingJob, types: list[str], p: Pass) -> list[str]:
         pref = {t: i for i, t in enumerate(types)}

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-ANY = "any"
-
 
 @dataclass(frozen=True)
 class Demand:

@@ -37,11 +37,6 @@ class ThroughputTable:
         r = self.rates.get((job_type, gpu_type))
         return self.default_rate if r is None else r
 
-    def best_rate(self, job_type: str, gpu_types: list[str] | tuple[str, ...]) -> float | None:
-        """The fastest known rate among ``gpu_types`` (the normaliser of Gavel's policy)."""
-        known = [r for t in gpu_types if (r := self.rate(job_type, t)) is not None]
-        return max(known) if known else None
-
     def set(self, job_type: str, gpu_type: str, rate: float) -> None:
         """Seed or overwrite one entry (profiles); ``rate`` must be positive."""
         if not rate > 0:

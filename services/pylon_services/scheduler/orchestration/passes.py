@@ -44,7 +44,6 @@ class Passes:
         self.jobs, self.state, self.executor, self.backlog = jobs, state, executor, backlog
         self.attempts, self.applier, self.cfg, self.clock = attempts, applier, cfg, clock
         self.policy = make_policy(cfg.policy)
-        self.last_decision = Decision()
         self._continue: _LastPass | None = None
         self.whole_passes = 0
         self.append_passes = 0
@@ -78,7 +77,7 @@ class Passes:
         snap = build_snapshot(self.clock.time(), nodes, self.backlog.rows(), active, queues, usage,
                               await self.attempts.table(), self.attempts.progress_times)
         done = self.policy.run(snap)
-        decision = self.last_decision = done.decision
+        decision = done.decision
         if not decision.admits and not decision.preempts:
             self._continue = _LastPass(done, list(nodes), queues, min(j.priority for j in snap.pending))
         await self.applier.apply(decision, {**pending, **{j.key: j for j in active}}, snap.pending, snap.nodes,
@@ -100,7 +99,7 @@ class Passes:
         if await self.executor.nodes() != last.nodes or await self.state.queues() != last.queues:
             return None
         self.append_passes += 1
-        decision = self.last_decision = self.policy.extend(last.p, arrivals)
+        decision = self.policy.extend(last.p, arrivals)
         by_key = dict(pending)
         if decision.admits or decision.preempts:
             self._continue = None  # the cluster changes: the next pass is a whole one

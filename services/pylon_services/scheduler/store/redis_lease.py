@@ -28,6 +28,3 @@ class RedisLease:
     async def give_back(self, identity: str) -> None:
         await self._give_back(keys=[self.key], args=[identity])
 
-    async def holder(self) -> str | None:
-        raw = await self.r.get(self.key)
-        return raw.decode() if raw is not None else None

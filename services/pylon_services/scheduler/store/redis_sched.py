@@ -59,9 +59,6 @@ class SchedState:
         await self.publish({"type": "queue", "queue": q.name})  # new quota: the leader passes soon
         return q
 
-    async def queue_exists(self, name: str) -> bool:
-        return bool(await self.r.exists(queue_key(name)))
-
     async def queues(self) -> dict[str, QueueQuota]:
         names = sorted(m.decode() for m in await self.r.smembers("pylon:queues"))
         if not names:
