@@ -47,8 +47,8 @@ def new_request_id() -> str:
 
 
 class Client:
-    """Entry point of the SDK: ``client.datasets``, ``.jobs``, ``.models``, ``.deployments``,
-    ``.admin`` and ``client.generate(...)``."""
+    """Entry point of the SDK: ``client.datasets``, ``.jobs``, ``.queues``, ``.models``,
+    ``.deployments``, ``.admin`` and ``client.generate(...)``."""
 
     def __init__(self, address: str | None = None, token: str | None = None, *, timeout: float = 60.0) -> None:
         state = local_platform_state() if not (address and token) else None
@@ -57,10 +57,11 @@ class Client:
         self.timeout = timeout
         self._channels: dict[str, grpc.Channel] = {}
         self._endpoints: dict[str, str] | None = None
-        from pylon.resources import Admin, Datasets, Deployments, Jobs, Models
+        from pylon.resources import Admin, Datasets, Deployments, Jobs, Models, Queues
 
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
+        self.queues = Queues(self)
         self.models = Models(self)
         self.deployments = Deployments(self)
         self.admin = Admin(self)
