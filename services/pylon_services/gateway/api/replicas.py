@@ -62,6 +62,8 @@ class ReplicaJobs:
             doc = await self._d.update(tenant, dep, lambda d: records.record_jobs(d, submitted))
         stop = records.to_cancel(doc, submitted)
         await asyncio.gather(*(self.cancel(job, context) for job in sorted(stop)))
+        if stop:
+            await self._d.forget_replicas(tenant, dep, {job.rsplit("/", 1)[-1] for job in stop})
         if doc["retired"]:
             doc = await self._d.update(tenant, dep, lambda d: records.drop_retired(d, stop))
         return doc

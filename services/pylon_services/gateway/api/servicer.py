@@ -125,8 +125,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         s = request.sampling
         if s.max_tokens < 0 or s.temperature < 0 or not 0 <= s.top_p <= 1 or s.top_k < 0:
             raise InvalidArgument.field("sampling", "max_tokens, temperature and top_k must be >= 0; top_p in [0, 1]")
-        await self._d.get(tenant, dep)
-        replica = pick_replica(await self._d.replicas(tenant, dep), self._inflight, time.time())
+        doc = await self._d.get(tenant, dep)
+        # Only replicas of live slots: a retired replica may still look fresh for a few seconds.
+        slots = {s["job"].rsplit("/", 1)[-1] for s in doc["slots"] if s["job"]}
+        registered = [r for r in await self._d.replicas(tenant, dep) if r.job_id in slots]
+        replica = pick_replica(registered, self._inflight, time.time())
         if replica is None:
             raise Unavailable(f"{request.deployment} has no ready replica yet; retry shortly")
         engine = await self._c.engine(replica.address)

@@ -7,7 +7,9 @@ and applies its change again, or gives up with ABORTED.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +31,7 @@ if version ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
-CAS_TRIES = 8
+CAS_TRIES = 16
 
 
 def _text(raw: bytes | str) -> str:
@@ -65,11 +67,12 @@ class DeploymentStore:
     async def update(self, tenant: str, dep: str, change: Callable[[Doc], Doc]) -> Doc:
         """Read-modify-write under compare-and-swap: ``change`` maps the current record to the new
         one (or raises to refuse); re-applied to a fresh read when a concurrent write wins."""
-        for _ in range(CAS_TRIES):
+        for attempt in range(CAS_TRIES):
             doc = await self.get(tenant, dep)
             new = change(doc)
             if await self.replace(tenant, dep, new, doc["version"]):
                 return new
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # spread out the writers that lost
         raise Aborted(f"tenants/{tenant}/deployments/{dep} is changing too often to update; retry")
 
     async def get(self, tenant: str, dep: str) -> Doc:
@@ -93,6 +96,11 @@ class DeploymentStore:
             except NotFound:  # deleted between the index read and this one
                 continue
         return out, ids[-1] if len(ids) == page_size else ""
+
+    async def forget_replicas(self, tenant: str, dep: str, job_ids: set[str]) -> None:
+        """Drop the registrations of stopped replicas (a killed engine cannot remove its own)."""
+        if job_ids:
+            await self.r.hdel(replicas_key(tenant, dep), *sorted(job_ids))
 
     async def replicas(self, tenant: str, dep: str) -> list[ReplicaView]:
         raw: dict[Any, Any] = await self.r.hgetall(replicas_key(tenant, dep))
