@@ -81,8 +81,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteApiKey(self, request, context):
-        """DeleteApiKey revokes a key: refused at once by the service that hosts AdminService, and by
-        every other service once its authentication cache entry expires (PYLON_AUTH_CACHE_TTL_S).
+        """DeleteApiKey revokes a key; each service refuses it once its cached lookup of the key
+        expires (PYLON_AUTH_CACHE_TTL_S, 5 s by default).
         Errors: NOT_FOUND (no such key), INVALID_ARGUMENT (name not "apiKeys/{key_id}"),
         PERMISSION_DENIED.
         """
