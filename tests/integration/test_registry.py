@@ -374,7 +374,7 @@ def test_alias_history_roles_and_protected_aliases(reg: RegistryEnv) -> None:
         assert editor.models.get_alias("prot", "prod").version == 1
         maint.models.set_alias("prot", "prod", 2)
         editor.models.set_alias("prot", "canary", 2)  # unprotected aliases stay open to editors
-        history = viewer.models.alias_history("prot", "prod")
+        history = list(viewer.models.alias_history("prot", "prod"))
         assert [(h.from_version, h.to_version) for h in history] == [(1, 2), (0, 1)]
         assert history[0].actor != history[1].actor and history[0].time >= history[1].time
         with pytest.raises(PylonError) as err:
