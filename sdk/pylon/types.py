@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from pylon.admin.v1 import admin_pb2
+from pylon.engine.v1 import engine_pb2
 from pylon.gateway.v1 import gateway_pb2
 from pylon.ingest.v1 import ingest_pb2
 from pylon.registry.v1 import registry_pb2
@@ -244,6 +245,24 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     replica: str
+
+
+@dataclass
+class CompletionChunk:
+    """One streamed piece of a completion; the last one carries ``finish_reason`` ("length",
+    "stop" or "aborted") and the request's token counts."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    replica: str
+
+    @classmethod
+    def from_proto(cls, r: gateway_pb2.GenerateResponse) -> CompletionChunk:
+        reason = "" if not r.finish_reason else _enum_suffix(engine_pb2.FinishReason, r.finish_reason, "FINISH_REASON_")
+        return cls(r.text, list(r.token_ids), reason, r.usage.prompt_tokens, r.usage.completion_tokens, r.replica)
 
 
 # -- scheduler views ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import google_crc32c
 import grpc
@@ -67,12 +67,36 @@ def raise_if_failed(op: Operation) -> Operation:
 
 class Datasets(_Resource):
     # -- uploads ----------------------------------------------------------------------------------
+    @overload
     def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
                description: str = "", request_id: str | None = None, progress: Progress | None = None,
                direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
                concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
                recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
-               wait: bool = True, on_operation: Callable[[Operation], None] | None = None) -> Any:
+               wait: Literal[True] = True, on_operation: Callable[[Operation], None] | None = None) -> DatasetVersion: ...
+
+    @overload
+    def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
+               description: str = "", request_id: str | None = None, progress: Progress | None = None,
+               direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
+               concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
+               wait: Literal[False], on_operation: Callable[[Operation], None] | None = None) -> Operation: ...
+
+    @overload
+    def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
+               description: str = "", request_id: str | None = None, progress: Progress | None = None,
+               direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
+               concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
+               wait: bool, on_operation: Callable[[Operation], None] | None = None) -> DatasetVersion | Operation: ...
+
+    def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
+               description: str = "", request_id: str | None = None, progress: Progress | None = None,
+               direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
+               concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
+               wait: bool = True, on_operation: Callable[[Operation], None] | None = None) -> DatasetVersion | Operation:
         """Upload a file as a new version and wait until it is processed (``wait=False``: return
         the operation). Goes straight to object storage when the platform allows it (presigned
         multipart: parallel parts, resumable, nothing sent when the bytes are already held),
@@ -163,9 +187,24 @@ class Datasets(_Resource):
         resp = self._c.call(self._c.ingest.UploadDatasetVersion, messages(), timeout=3600)
         return DatasetVersion.from_proto(resp.version, resp.deduplicated)
 
+    @overload
     def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
                        compression: str = "", by_reference: bool = False, request_id: str | None = None,
-                       wait: bool = True, **processing: Any) -> Any:
+                       wait: Literal[True] = True, **processing: Any) -> DatasetVersion: ...
+
+    @overload
+    def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
+                       compression: str = "", by_reference: bool = False, request_id: str | None = None,
+                       wait: Literal[False], **processing: Any) -> Operation: ...
+
+    @overload
+    def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
+                       compression: str = "", by_reference: bool = False, request_id: str | None = None,
+                       wait: bool, **processing: Any) -> DatasetVersion | Operation: ...
+
+    def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
+                       compression: str = "", by_reference: bool = False, request_id: str | None = None,
+                       wait: bool = True, **processing: Any) -> DatasetVersion | Operation:
         """Make a version from objects already in the platform's bucket (server-side copy, or
         referenced in place with ``by_reference``)."""
         req = ingest_pb2.ImportDatasetVersionRequest(
@@ -250,9 +289,24 @@ class Datasets(_Resource):
         return Paged(page, page_size=page_size, limit=limit)
 
     # -- tokenization -------------------------------------------------------------------------------
+    @overload
+    def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
+                 shard_tokens: int = 0, request_id: str | None = None, wait: Literal[True] = True,
+                 on_operation: Callable[[Operation], None] | None = None) -> Tokenization: ...
+
+    @overload
+    def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
+                 shard_tokens: int = 0, request_id: str | None = None, wait: Literal[False],
+                 on_operation: Callable[[Operation], None] | None = None) -> Operation: ...
+
+    @overload
+    def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
+                 shard_tokens: int = 0, request_id: str | None = None, wait: bool,
+                 on_operation: Callable[[Operation], None] | None = None) -> Tokenization | Operation: ...
+
     def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
                  shard_tokens: int = 0, request_id: str | None = None, wait: bool = True,
-                 on_operation: Callable[[Operation], None] | None = None) -> Any:
+                 on_operation: Callable[[Operation], None] | None = None) -> Tokenization | Operation:
         """Train (or reuse the stored ``tokenizer``) and write token shards; returns the
         Tokenization (``wait=False``: the operation)."""
         req = ingest_pb2.TokenizeDatasetVersionRequest(
