@@ -67,6 +67,9 @@ def test_a_stale_version_is_refused_and_old_records_read_as_version_zero(redis_s
         assert await s.replace("t", "old", records.resize(old, 2), 0)
         assert (await s.get("t", "old"))["version"] == 1
 
+        same = await s.update("t", "old", lambda d: records.resize(d, 2))  # no change: no write
+        assert same["version"] == 1
+
         def refuse(d: records.Doc) -> records.Doc:
             raise Aborted("no")
         with pytest.raises(Aborted):

@@ -103,7 +103,7 @@ def data_delete(name: str, etag: str = typer.Option("", help="Delete only if the
     no new versions; stored data stays, so jobs and models that use its versions keep working.
     The name is not reused. Refused while one of its uploads or tokenizations is running."""
     if not yes:
-        typer.confirm(f"Delete dataset {name}?", abort=True)
+        typer.confirm(f"Delete dataset {name}?", abort=True, err=True)  # stdout stays the result
     client().datasets.delete(name, etag=etag)
     emit({"deleted": name}, as_json, ["deleted"])
 

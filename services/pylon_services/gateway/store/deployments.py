@@ -70,6 +70,8 @@ class DeploymentStore:
         for attempt in range(CAS_TRIES):
             doc = await self.get(tenant, dep)
             new = change(doc)
+            if new == doc:  # nothing to write: the etag stays as it is
+                return doc
             if await self.replace(tenant, dep, new, doc["version"]):
                 return new
             await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # spread out the writers that lost
