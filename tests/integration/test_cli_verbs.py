@@ -106,3 +106,21 @@ def test_json_output_is_one_document_on_stdout(tenant_clients, platform, tmp_pat
         assert res.exit_code == 0, (args, res.output)
         json.loads(res.stdout)
     assert len(json.loads(_cli(platform, token, "jobs", "list", "--limit", "2", "--json").stdout)) == 2
+
+
+def test_models_create_update_and_resolve(tenant_clients, platform, tmp_path):
+    acme = tenant_clients["acme"]
+    made = acme.models.create("verbs-model", description="first", tags={"team": "nlp"})
+    assert (made.description, made.tags) == ("first", {"team": "nlp"})
+    changed = acme.models.update("verbs-model", description="second", etag=made.etag)
+    assert (changed.description, changed.tags) == ("second", {"team": "nlp"})  # tags left as they were
+    with pytest.raises(pylon.AbortedError):
+        acme.models.update("verbs-model", tags={}, etag=made.etag)
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    v = acme.models.register("verbs-model", str(tmp_path / "w.bin"), format="other")
+    acme.models.set_alias("verbs-model", "prod", v.version)
+    res = _cli(platform, acme.token, "models", "resolve", "models:/verbs-model@prod", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["name"] == v.name
+    res = _cli(platform, acme.token, "models", "update", "verbs-model", "--tag", "team=vision", "--json")
+    assert json.loads(res.stdout)["tags"] == {"team": "vision"}

@@ -4,13 +4,16 @@ turning FAILED instead of pending forever."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 import pylon
+from pylon.cli import app
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,7 +36,7 @@ def _jobs(dep: Any) -> list[str]:
     return [r.job for r in dep.replica_status]
 
 
-def test_scale_up_and_down_through_the_scheduler(tenant_clients, tmp_path):
+def test_scale_up_and_down_through_the_scheduler(tenant_clients, platform, tmp_path):
     acme = tenant_clients["acme"]
     mv = acme.models.register("gw-scale", _tiny_model(tmp_path / "m"), format="pylon_gpt")
     dep = acme.deployments.deploy("gw-scale", f"models:/gw-scale/versions/{mv.version}", timeout=240)
@@ -58,8 +61,12 @@ def test_scale_up_and_down_through_the_scheduler(tenant_clients, tmp_path):
         assert wait_for(lambda: acme.jobs.get(extra).state == "cancelled", 60, "the extra replica's job to stop")
         assert acme.jobs.get(first).state == "running"
         assert acme.generate("gw-scale", "hello", max_tokens=4, seed=0).completion_tokens == 4
-        again = acme.deployments.scale("gw-scale", 2)  # a new slot, never the cancelled job again
-        assert _jobs(again)[0] == first and _jobs(again)[1] not in (first, extra)
+        res = CliRunner().invoke(app, ["--address", platform.addresses["gateway"], "--token", acme.token,
+                                       "deployments", "scale", "gw-scale", "2", "--json"])
+        assert res.exit_code == 0, res.output
+        again = acme.deployments.get("gw-scale")
+        assert json.loads(res.stdout)["replica_status"][1]["job"] == _jobs(again)[1]
+        assert _jobs(again)[0] == first and _jobs(again)[1] not in (first, extra)  # a new slot, not the old job
     finally:
         acme.deployments.delete("gw-scale")
     assert all(acme.jobs.get(j).state == "cancelled" for j in [first, *_jobs(again)[1:]])
