@@ -43,8 +43,8 @@ def sdk_child(address: str, token: str, path: str) -> None:
         t1 = time.perf_counter()
         tok = c.datasets.tokenize("big", v.version, vocab_size=8192)
         out["tokenize_s"] = round(time.perf_counter() - t1, 1)
-        out["tokens"] = int(tok["total_tokens"])
-        out["shards"] = tok["shard_count"]
+        out["tokens"] = tok.total_tokens
+        out["shards"] = tok.shard_count
     out["sdk_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(out))
 

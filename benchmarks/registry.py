@@ -171,7 +171,7 @@ def bench_metadata(c: pylon.Client, address: str, seconds: float, concurrency: i
     from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
 
     v = c.models.register("bench-meta", [__file__], format="other")
-    c.models.alias("bench-meta", "prod", v.version)
+    c.models.set_alias("bench-meta", "prod", v.version)
     ctx = mp.get_context("spawn")
     proc, conn, port = rpc_overhead._start_server(ctx, "bare", "", "", "")
 
@@ -230,17 +230,19 @@ def bench_listing(admin: pylon.Client, c: pylon.Client, store: Any, page: int, c
     t0 = time.perf_counter()
     counts = admin.admin.reindex()
     out["reindex_s"] = time.perf_counter() - t0
-    out["reindexed_versions"] = counts["versions"]
+    out["reindexed_versions"] = counts.versions
     for count in (1_000, 10_000):
         model = f"tenants/bench/models/list-{count}"
         times_first, times_deep = [], []
-        _, deep_token = c.models.versions(model, page_size=page, page_token=str(count // 2))
-        for _ in range(calls):
+        middle = c.models.versions(model, page_size=page, limit=page, page_token=str(count // 2))
+        list(middle)
+        deep_token = middle.next_page_token
+        for _ in range(calls):  # one page each: limit == page_size stops after the first
             t0 = time.perf_counter()
-            c.models.versions(model, page_size=page)
+            list(c.models.versions(model, page_size=page, limit=page))
             times_first.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            c.models.versions(model, page_size=page, page_token=deep_token)
+            list(c.models.versions(model, page_size=page, limit=page, page_token=deep_token))
             times_deep.append(time.perf_counter() - t0)
         out[f"page_ms_first_{count}"] = statistics.median(times_first) * 1e3
         out[f"page_ms_middle_{count}"] = statistics.median(times_deep) * 1e3

@@ -23,13 +23,11 @@ from pylon.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from pylon.ingest.v1 import ingest_pb2_grpc
 from pylon.registry.v1 import registry_pb2_grpc
 from pylon.scheduler.v1 import scheduler_pb2_grpc
-from pylon.types import Completion
+from pylon.types import Completion, CompletionChunk
 
 T = TypeVar("T")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_FINISH = {engine_pb2.FINISH_REASON_LENGTH: "length", engine_pb2.FINISH_REASON_STOP: "stop",
-           engine_pb2.FINISH_REASON_ABORTED: "aborted"}
 
 
 def local_platform_state() -> dict[str, Any] | None:
@@ -47,8 +45,8 @@ def new_request_id() -> str:
 
 
 class Client:
-    """Entry point of the SDK: ``client.datasets``, ``.jobs``, ``.models``, ``.deployments``,
-    ``.admin`` and ``client.generate(...)``."""
+    """Entry point of the SDK: ``client.datasets``, ``.jobs``, ``.queues``, ``.models``,
+    ``.deployments``, ``.admin`` and ``client.generate(...)``."""
 
     def __init__(self, address: str | None = None, token: str | None = None, *, timeout: float = 60.0) -> None:
         state = local_platform_state() if not (address and token) else None
@@ -57,10 +55,11 @@ class Client:
         self.timeout = timeout
         self._channels: dict[str, grpc.Channel] = {}
         self._endpoints: dict[str, str] | None = None
-        from pylon.resources import Admin, Datasets, Deployments, Jobs, Models
+        from pylon.resources import Admin, Datasets, Deployments, Jobs, Models, Queues
 
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
+        self.queues = Queues(self)
         self.models = Models(self)
         self.deployments = Deployments(self)
         self.admin = Admin(self)
@@ -130,15 +129,17 @@ class Client:
     # -- serving --------------------------------------------------------------------------------
     def generate_stream(self, deployment: str, prompt: str, *, max_tokens: int = 64, temperature: float = 0.8,
                         top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                        timeout: float | None = 300) -> Iterator[gateway_pb2.GenerateResponse]:
-        """Stream the completion piece by piece (raw responses: text, token ids, finish reason)."""
+                        timeout: float | None = 300) -> Iterator[CompletionChunk]:
+        """Stream the completion piece by piece: text, token ids; the last piece also carries the
+        finish reason and token counts."""
         sampling = engine_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                              top_p=top_p, stop=stop or [])
         if seed is not None:
             sampling.seed = seed
         req = gateway_pb2.GenerateRequest(deployment=_deployment_name(deployment), prompt=prompt, sampling=sampling,
                                           request_id=new_request_id())
-        yield from self.stream(self.gateway.Generate, req, timeout=timeout)
+        for piece in self.stream(self.gateway.Generate, req, timeout=timeout):
+            yield CompletionChunk.from_proto(piece)
 
     def generate(self, deployment: str, prompt: str, **kwargs: Any) -> Completion:
         """The whole completion at once (see ``generate_stream`` for the arguments)."""
@@ -148,8 +149,7 @@ class Client:
             last = piece
         if last is None:
             raise PylonError("the gateway closed the stream without a response")
-        return Completion("".join(text), _FINISH.get(last.finish_reason, ""), last.usage.prompt_tokens,
-                          last.usage.completion_tokens, last.replica)
+        return Completion("".join(text), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.replica)
 
     def close(self) -> None:
         for ch in self._channels.values():

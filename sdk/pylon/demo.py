@@ -63,7 +63,7 @@ def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", o
         mv = client.models.register("tiny-gpt", source_uri=job.output_uri, metrics={"loss": float(job.metrics.get("loss", 0))},
                                     job=job.name, datasets=[ds.name], dataset_digests=digests,
                                     description="pylon demo")
-        alias = client.models.alias("tiny-gpt", "prod", mv.version)
+        alias = client.models.set_alias("tiny-gpt", "prod", mv.version)
         out(f"  {mv.name} ({len(mv.files)} files, {mv.digest[:19]}…); prod -> v{alias.version}")
         result["model_version"] = mv
     with step(out, "Deploy models:/tiny-gpt@prod (an engine replica runs as a scheduler job)", timings):
@@ -86,8 +86,8 @@ def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", o
         out(f"  first token after {first_token_s or 0:.2f}s, {len(''.join(pieces))} characters")
     with step(out, "Lineage of the served version", timings):
         graph = client.models.lineage("tiny-gpt", mv.version)
-        for e in graph.get("edges", []):
-            out(f"  {e['source']}  →  {e['target']}")
+        for e in graph.edges:
+            out(f"  {e.source}  →  {e.target}")
         result["lineage"] = graph
     client.deployments.delete(dep.name)
     out("\nTimings: " + ", ".join(f"{t.split(' ')[0].lower()} {d:.1f}s" for t, d in timings)

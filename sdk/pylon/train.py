@@ -26,7 +26,7 @@ _METRICS_PREFIX = "##pylon-metrics "
 def should_preempt() -> bool:
     """True once the scheduler asked this job to yield its GPUs."""
     flag = os.environ.get("PYLON_PREEMPT_FILE")
-    return bool(flag) and os.path.exists(flag)
+    return flag is not None and flag != "" and os.path.exists(flag)
 
 
 def checkpoint_dir() -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from pylon.admin.v1 import admin_pb2
+from pylon.engine.v1 import engine_pb2
 from pylon.gateway.v1 import gateway_pb2
 from pylon.ingest.v1 import ingest_pb2
 from pylon.registry.v1 import registry_pb2
@@ -199,6 +201,21 @@ class AliasMove:
 
 
 @dataclass
+class Replica:
+    """One engine replica: the scheduler job running it, its address once registered, whether
+    it serves now, and its requests in flight."""
+
+    job: str
+    address: str
+    ready: bool
+    running_requests: int
+
+    @classmethod
+    def from_proto(cls, r: gateway_pb2.Replica) -> Replica:
+        return cls(r.job, r.address, r.ready, r.running_requests)
+
+
+@dataclass
 class Deployment:
     name: str
     model_uri: str
@@ -207,13 +224,18 @@ class Deployment:
     replicas: int
     state: str
     message: str
-    replica_status: list[dict[str, Any]] = field(default_factory=list)
+    replica_status: list[Replica] = field(default_factory=list)
+    gpus_per_replica: float = 0.0
+    gpu_types: list[str] = field(default_factory=list)
+    create_time: datetime | None = None
+    etag: str = ""
 
     @classmethod
     def from_proto(cls, d: gateway_pb2.Deployment) -> Deployment:
         return cls(d.name, d.model_uri, d.model_version, d.engine, d.replicas,
                    _enum_suffix(gateway_pb2.DeploymentState, d.state, "DEPLOYMENT_STATE_"), d.message,
-                   [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in d.replica_status])
+                   [Replica.from_proto(r) for r in d.replica_status],
+                   d.gpus_per_replica, list(d.gpu_types), _time(d.create_time), d.etag)
 
 
 @dataclass
@@ -223,3 +245,208 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     replica: str
+
+
+@dataclass
+class CompletionChunk:
+    """One streamed piece of a completion; the last one carries ``finish_reason`` ("length",
+    "stop" or "aborted") and the request's token counts."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    replica: str
+
+    @classmethod
+    def from_proto(cls, r: gateway_pb2.GenerateResponse) -> CompletionChunk:
+        reason = "" if not r.finish_reason else _enum_suffix(engine_pb2.FinishReason, r.finish_reason, "FINISH_REASON_")
+        return cls(r.text, list(r.token_ids), reason, r.usage.prompt_tokens, r.usage.completion_tokens, r.replica)
+
+
+# -- scheduler views ------------------------------------------------------------------------------
+@dataclass
+class MetricPoint:
+    """One metric a job reported."""
+
+    key: str
+    step: int
+    value: float
+    time: datetime | None = None
+
+    @classmethod
+    def from_proto(cls, p: scheduler_pb2.MetricPoint) -> MetricPoint:
+        return cls(p.key, p.step, p.value, _time(p.time))
+
+
+@dataclass
+class JobExplanation:
+    """Why a pending job waits: one line per reason, its 1-based queue position, and an
+    estimated start (None when the scheduler cannot tell)."""
+
+    reasons: list[str]
+    position: int
+    estimated_start_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, r: scheduler_pb2.ExplainJobResponse) -> JobExplanation:
+        start = _time(r.estimated_start_time) if r.HasField("estimated_start_time") else None
+        return cls(list(r.reasons), r.position, start)
+
+
+@dataclass
+class GpuPool:
+    """The nodes of one accelerator type ("cpu" for nodes without GPUs); max_nodes 0: no bound."""
+
+    gpu_type: str
+    nodes: int
+    total_gpus: float
+    used_gpus: float
+    total_cpus: float
+    used_cpus: float
+    healthy_nodes: int
+    min_nodes: int
+    max_nodes: int
+
+    @classmethod
+    def from_proto(cls, p: scheduler_pb2.GpuPool) -> GpuPool:
+        return cls(p.gpu_type, p.nodes, p.total_gpus, p.used_gpus, p.total_cpus, p.used_cpus, p.healthy_nodes,
+                   p.min_nodes, p.max_nodes)
+
+
+@dataclass
+class Queue:
+    """A tenant's queue: quota, usage and borrowing per GPU type, job counts, fair-share weight."""
+
+    name: str
+    cohort: str
+    nominal_gpus: dict[str, float]
+    used_gpus: dict[str, float]
+    borrowed_gpus: dict[str, float]
+    pending_jobs: int
+    running_jobs: int
+    borrowing_limit_gpus: dict[str, float]
+    weight: float
+    usage_gpu_seconds: float
+
+    @classmethod
+    def from_proto(cls, q: scheduler_pb2.Queue) -> Queue:
+        return cls(q.name, q.cohort, dict(q.nominal_gpus), dict(q.used_gpus), dict(q.borrowed_gpus), q.pending_jobs,
+                   q.running_jobs, dict(q.borrowing_limit_gpus), q.weight, q.usage_gpu_seconds)
+
+
+# -- registry views -------------------------------------------------------------------------------
+@dataclass
+class LineageNode:
+    name: str
+    kind: str
+    attributes: dict[str, Any]
+
+
+@dataclass
+class LineageEdge:
+    """``source`` produced or fed ``target``."""
+
+    source: str
+    target: str
+
+
+@dataclass
+class Lineage:
+    """The graph dataset version -> job -> checkpoint -> model version -> deployments."""
+
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]
+
+    @classmethod
+    def from_proto(cls, g: registry_pb2.GetLineageResponse) -> Lineage:
+        return cls([LineageNode(n.name, n.kind, json_format.MessageToDict(n.attributes)) for n in g.nodes],
+                   [LineageEdge(e.source, e.target) for e in g.edges])
+
+
+@dataclass
+class IndexCounts:
+    """What a registry index rebuild found (``dropped``: entries storage no longer has)."""
+
+    tenants: int
+    models: int
+    versions: int
+    dropped: int
+
+    @classmethod
+    def from_proto(cls, r: registry_pb2.RebuildIndexResponse) -> IndexCounts:
+        return cls(r.tenants, r.models, r.versions, r.dropped)
+
+
+# -- ingest views ---------------------------------------------------------------------------------
+@dataclass
+class Reject:
+    """A record validation rejected: file, line, reason and (truncated) raw text."""
+
+    path: str
+    line: int
+    reason: str
+    raw: str
+
+    @classmethod
+    def from_proto(cls, r: ingest_pb2.Reject) -> Reject:
+        return cls(r.path, r.line, r.reason, r.raw)
+
+
+@dataclass
+class Tokenization:
+    """Token shards of a dataset version and the tokenizer that made them."""
+
+    name: str
+    dataset_version: str
+    dataset_digest: str
+    tokenizer: str
+    tokenizer_digest: str
+    tokenizer_object_key: str
+    index_object_key: str
+    shard_prefix: str
+    total_tokens: int
+    shard_count: int
+    vocab_size: int
+    dtype: str
+    create_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, t: ingest_pb2.Tokenization) -> Tokenization:
+        return cls(t.name, t.dataset_version, t.dataset_digest, t.tokenizer, t.tokenizer_digest, t.tokenizer_object_key,
+                   t.index_object_key, t.shard_prefix, t.total_tokens, t.shard_count, t.vocab_size, t.dtype,
+                   _time(t.create_time))
+
+
+# -- admin views ----------------------------------------------------------------------------------
+def _role(role: int) -> str:
+    return _enum_suffix(admin_pb2.Role, role, "ROLE_")
+
+
+@dataclass
+class ApiKey:
+    """A stored API key (never its secret): ``name`` is "apiKeys/{key_id}"."""
+
+    name: str
+    tenant: str
+    role: str
+    description: str
+    create_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, k: admin_pb2.ApiKey) -> ApiKey:
+        return cls(k.name, k.tenant, _role(k.role), k.description, _time(k.create_time))
+
+
+@dataclass
+class Identity:
+    """Whom the platform sees behind the key in use."""
+
+    tenant: str
+    role: str
+    api_key: str
+
+    @classmethod
+    def from_proto(cls, r: admin_pb2.WhoAmIResponse) -> Identity:
+        return cls(r.tenant, _role(r.role), r.api_key)

@@ -34,7 +34,7 @@ def test_fine_tune_from_an_alias_pins_the_version_and_records_lineage(tenant_cli
     (tmp_path / "corpus.txt").write_text(text)
     ds = acme.datasets.upload(str(tmp_path / "corpus.txt"), "ft-corpus", format="text")
     base = acme.models.register("ft-base", _base_model_dir(tmp_path, text.encode()), format="pylon_gpt")
-    acme.models.alias("ft-base", "prod", base.version)
+    acme.models.set_alias("ft-base", "prod", base.version)
 
     job = acme.jobs.submit({"trainer": {"trainer": "tiny-gpt", "datasets": [ds.name], "config": CFG,
                                         "base_model": "models:/ft-base@prod"}})
@@ -45,7 +45,7 @@ def test_fine_tune_from_an_alias_pins_the_version_and_records_lineage(tenant_cli
     assert f"fine-tuning {base.name}" in logs
     tuned = acme.models.register("ft-tuned", source_uri=job.output_uri, job=job.name, datasets=[ds.name],
                                  base_model=job.spec["trainer"]["base_model_version"])
-    edges = {(e["source"], e["target"]) for e in acme.models.lineage("ft-tuned", tuned.version)["edges"]}
+    edges = {(e.source, e.target) for e in acme.models.lineage("ft-tuned", tuned.version).edges}
     assert (base.name, job.output_uri) in edges or any(src == base.name for src, _ in edges)
 
 

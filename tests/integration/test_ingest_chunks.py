@@ -85,7 +85,7 @@ def test_a_file_split_into_chunks_gives_the_same_version_as_one_pass(servers, cl
     _compare(whole.store(), split.store(), va, vb)
     rejects_a, rejects_b = list(a.datasets.rejects("chunky")), list(b.datasets.rejects("chunky"))
     assert rejects_b == rejects_a
-    assert [r["line"] for r in rejects_b] == [i + 1 for i in range(6000) if i % 97 == 13]
+    assert [r.line for r in rejects_b] == [i + 1 for i in range(6000) if i % 97 == 13]
     assert b.datasets.preview("chunky", limit=50) == a.datasets.preview("chunky", limit=50)
     leftovers = [o.key for o in split.store().iter_all("tenants/acme/datasets/chunky/processed/")
                  if o.key.count(".") > 2 or o.key.endswith(".dedupe")]

@@ -81,7 +81,7 @@ def test_delete_hides_the_dataset_keeps_the_data_and_the_name(acme, ingest, tmp_
     with pytest.raises(pylon.NotFoundError):
         acme.datasets.get("doomed", 1)
     with pytest.raises(pylon.NotFoundError):
-        acme.datasets.versions("doomed")
+        list(acme.datasets.versions("doomed"))
     with pytest.raises(pylon.NotFoundError):
         acme.datasets.preview("doomed", 1)
     with pytest.raises(pylon.NotFoundError):
@@ -157,17 +157,17 @@ def test_cli_data_create_and_delete(ingest, tmp_path, monkeypatch):
     monkeypatch.setenv("PYLON_CACHE_DIR", str(tmp_path / "cache"))
     base = ["--address", ingest.address, "--token", ingest.tokens["acme"]]
     run = CliRunner().invoke
-    made = run(app, [*base, "data", "create", "cli-made", "--description", "from the CLI", "--label", "team=nlp",
+    made = run(app, [*base, "datasets", "create", "cli-made", "--description", "from the CLI", "--label", "team=nlp",
                      "--json"])
     assert made.exit_code == 0, made.output
     assert json.loads(made.output)["labels"] == {"team": "nlp"}
-    again = run(app, [*base, "data", "create", "cli-made", "--json"])
+    again = run(app, [*base, "datasets", "create", "cli-made", "--json"])
     assert again.exit_code != 0 and "already exists" in str(again.exception)
-    bad = run(app, [*base, "data", "create", "cli-bad", "--label", "novalue"])
+    bad = run(app, [*base, "datasets", "create", "cli-bad", "--label", "novalue"])
     assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
-    kept = run(app, [*base, "data", "delete", "cli-made"], input="n\n")
+    kept = run(app, [*base, "datasets", "delete", "cli-made"], input="n\n")
     assert kept.exit_code != 0
-    gone = run(app, [*base, "data", "delete", "cli-made", "--yes", "--json"])
+    gone = run(app, [*base, "datasets", "delete", "cli-made", "--yes", "--json"])
     assert gone.exit_code == 0, gone.output
-    twice = run(app, [*base, "data", "delete", "cli-made", "--yes"])
+    twice = run(app, [*base, "datasets", "delete", "cli-made", "--yes"])
     assert twice.exit_code != 0 and isinstance(twice.exception, pylon.NotFoundError)

@@ -108,13 +108,13 @@ def test_tokenize_writes_shards_linked_to_version_and_tokenizer_and_reuses_it(ac
             f.write(json.dumps({"text": f"the quick brown fox {i} jumps over the lazy dog number {i % 97}"}) + "\n")
     v = acme.datasets.upload(str(path), "tok")
     t = acme.datasets.tokenize("tok", 1, tokenizer="tok-bpe", vocab_size=600, shard_tokens=4096)
-    assert t["name"] == "tenants/acme/datasets/tok/versions/1/tokenizations/tok-bpe"
-    assert (t["dataset_version"], t["dataset_digest"]) == (v.name, v.digest)
-    assert t["tokenizer"] == "tenants/acme/tokenizers/tok-bpe" and t["dtype"] == "uint16"
+    assert t.name == "tenants/acme/datasets/tok/versions/1/tokenizations/tok-bpe"
+    assert (t.dataset_version, t.dataset_digest) == (v.name, v.digest)
+    assert t.tokenizer == "tenants/acme/tokenizers/tok-bpe" and t.dtype == "uint16"
     store = ingest.store()
-    index = json.loads(store.get(t["index_object_key"]))
-    assert index["total_tokens"] == int(t["total_tokens"]) > 3000 and len(index["shards"]) == t["shard_count"] > 1
-    reader = ShardReader(store, t["shard_prefix"], seq_len=64, batch_size=2, shuffle=False)
+    index = json.loads(store.get(t.index_object_key))
+    assert index["total_tokens"] == t.total_tokens > 3000 and len(index["shards"]) == t.shard_count > 1
+    reader = ShardReader(store, t.shard_prefix, seq_len=64, batch_size=2, shuffle=False)
     batch = next(iter(reader))
     assert batch.shape == (2, 64) and int(np.max(batch)) < 600
     # A second version tokenized with the stored tokenizer reuses it (no training).
@@ -123,7 +123,7 @@ def test_tokenize_writes_shards_linked_to_version_and_tokenizer_and_reuses_it(ac
     op = acme.datasets.wait(op.name)
     assert op.metadata["trained"] is False
     t2 = acme.datasets.tokenize("tok", 2, tokenizer="tok-bpe")
-    assert t2["tokenizer_digest"] == t["tokenizer_digest"]
+    assert t2.tokenizer_digest == t.tokenizer_digest
     with pytest.raises(pylon.NotFoundError):
         acme.datasets.tokenize("tok", 9)
     with pytest.raises(pylon.InvalidArgumentError, match="vocab_size"):
@@ -165,15 +165,15 @@ def test_cli_data_upload_rejects_preview_tokenize(ingest, tmp_path, monkeypatch)
     path = jsonl(tmp_path / "cli.jsonl", 500, bad_every=50)
     base = ["--address", ingest.address, "--token", ingest.tokens["acme"]]
     run = CliRunner().invoke
-    up = run(app, [*base, "data", "upload", str(path), "--name", "cli", "--max-reject-rate", "0.05", "--json"])
+    up = run(app, [*base, "datasets", "upload", str(path), "--name", "cli", "--max-reject-rate", "0.05", "--json"])
     assert up.exit_code == 0, up.output
     assert json.loads(up.output)["record_count"] == 490
-    rej = run(app, [*base, "data", "rejects", "cli", "--version", "1", "--json"])
+    rej = run(app, [*base, "datasets", "rejects", "cli", "--version", "1", "--json"])
     assert [r["line"] for r in json.loads(rej.output)] == list(range(50, 501, 50))
     pre = run(app, [*base, "datasets", "preview", "cli", "--limit", "2", "--json"])
     assert [r["id"] for r in json.loads(pre.output)] == [0, 1]
-    tok = run(app, [*base, "data", "tokenize", "cli", "--vocab-size", "300", "--shard-tokens", "1024", "--json"])
+    tok = run(app, [*base, "datasets", "tokenize", "cli", "--vocab-size", "300", "--shard-tokens", "1024", "--json"])
     assert tok.exit_code == 0, tok.output
     assert json.loads(tok.output)["name"].endswith("/versions/1/tokenizations/cli-v1")
-    listed = run(app, [*base, "data", "list", "--json"])
+    listed = run(app, [*base, "datasets", "list", "--json"])
     assert "tenants/acme/datasets/cli" in [d["name"] for d in json.loads(listed.output)]

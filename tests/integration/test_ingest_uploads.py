@@ -41,8 +41,8 @@ def test_direct_upload_processes_on_ray_and_reupload_sends_nothing(acme, tmp_pat
     assert v1.files[0]["digest"] == "sha256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert v1.files[0]["object_key"].startswith("tenants/acme/blobs/sha256/")
     rejects = list(acme.datasets.rejects("direct", 1))
-    assert [r["line"] for r in rejects] == list(range(100, 2001, 100))
-    assert all(r["reason"].startswith("malformed_json") and r["raw"] == "{not json" for r in rejects)
+    assert [r.line for r in rejects] == list(range(100, 2001, 100))
+    assert all(r.reason.startswith("malformed_json") and r.raw == "{not json" for r in rejects)
     preview = acme.datasets.preview("direct", 1, limit=3)
     assert preview[0]["text"] == "record 0" and len(preview) == 3
     # The same bytes again: the session says they are held, no part is sent, same content digest.

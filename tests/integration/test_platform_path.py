@@ -129,13 +129,13 @@ def test_concurrent_registrations_get_distinct_numbers(tenant_clients, platform,
 
 def test_alias_compare_and_swap(tenant_clients):
     acme = tenant_clients["acme"]
-    a1 = acme.models.alias("racey", "prod", 1)
-    a2 = acme.models.alias("racey", "prod", 2, etag=a1.etag)
+    a1 = acme.models.set_alias("racey", "prod", 1)
+    a2 = acme.models.set_alias("racey", "prod", 2, etag=a1.etag)
     with pytest.raises(pylon.AbortedError):
-        acme.models.alias("racey", "prod", 3, etag=a1.etag)  # stale
-    assert acme.models.alias("racey", "prod").version == 2
+        acme.models.set_alias("racey", "prod", 3, etag=a1.etag)  # stale
+    assert acme.models.get_alias("racey", "prod").version == 2
     assert acme.models.resolve("models:/racey@prod").version == 2
-    assert acme.models.alias("racey", "prod").etag == a2.etag
+    assert acme.models.get_alias("racey", "prod").etag == a2.etag
     with pytest.raises(pylon.InvalidArgumentError, match="models:/"):
         acme.models.resolve("racey@prod")
 
@@ -152,9 +152,9 @@ def test_demo_path_end_to_end(tenant_clients):
     assert mv.lineage["job"] == job.name
     assert mv.lineage["dataset_digests"] == [result["dataset_version"].digest]
     assert len(result["completion"]) > 0
-    kinds = {n["kind"] for n in result["lineage"]["nodes"]}
+    kinds = {n.kind for n in result["lineage"].nodes}
     assert kinds == {"dataset_version", "job", "checkpoint", "model_version", "deployment"}
     metrics = tenant_clients["acme"].jobs.metrics(job.name)
-    assert any(m["key"] == "loss" for m in metrics)
+    assert any(m.key == "loss" for m in metrics)
     # the demo deleted its deployment: the registry no longer lists it on the version
     assert tenant_clients["acme"].models.get("tiny-gpt", mv.version).deployments == []

@@ -137,7 +137,7 @@ def test_digest_mismatch_is_rejected_and_nothing_becomes_visible(reg: RegistryEn
                 files=[pb.ArtifactFile(path="w.bin", digest=_digest(good), size_bytes=len(good))]))
         assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and why in str(err.value)
         assert c.models.get("strict").latest_version == before
-        assert len(c.models.versions("strict")[0]) == before
+        assert len(list(c.models.versions("strict"))) == before
         # the bad bytes did not become a blob under the good digest
         assert not reg.store.exists(f"tenants/acme/blobs/sha256/{_digest(good)[7:]}")
 
@@ -301,13 +301,13 @@ def test_invalid_names_say_the_rule(reg: RegistryEnv, tmp_path: Any) -> None:
         assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "lowercase" in str(err.value)
         c.models.register("named", _tree(tmp_path, {"f": b"x"}))
         with pytest.raises(PylonError) as err:
-            c.models.alias("named", "PROD!", 1)
+            c.models.set_alias("named", "PROD!", 1)
         assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "lowercase" in str(err.value)
         with pytest.raises(PylonError) as err:
             c.models.resolve("named@prod")
         assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "models:/" in str(err.value)
         with pytest.raises(PylonError) as err:
-            c.models.versions("named", filter="metrics.loss < low")
+            list(c.models.versions("named", filter="metrics.loss < low"))
         assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -317,7 +317,7 @@ def test_concurrent_cas_alias_moves_form_one_chain(reg: RegistryEnv) -> None:
     with reg.client() as c:
         for _ in range(3):
             c.models.register("cas", source_uri="tenants/acme/src/cas")
-        first = c.models.alias("cas", "prod", 1)
+        first = c.models.set_alias("cas", "prod", 1)
     successes: list[tuple[str, str]] = []
     rejected = []
     lock = threading.Lock()
@@ -327,9 +327,9 @@ def test_concurrent_cas_alias_moves_form_one_chain(reg: RegistryEnv) -> None:
         with reg.client() as c:
             start.wait()
             for _ in range(3):
-                current = c.models.alias("cas", "prod")
+                current = c.models.get_alias("cas", "prod")
                 try:
-                    moved = c.models.alias("cas", "prod", 1 + (i % 3), etag=current.etag)
+                    moved = c.models.set_alias("cas", "prod", 1 + (i % 3), etag=current.etag)
                 except PylonError as e:
                     assert e.code == grpc.StatusCode.ABORTED
                     with lock:
@@ -348,8 +348,8 @@ def test_concurrent_cas_alias_moves_form_one_chain(reg: RegistryEnv) -> None:
         etag, steps = chain[etag], steps + 1
     assert steps == len(successes)
     with reg.client() as c:
-        assert c.models.alias("cas", "prod").etag == etag
-        assert len(c.models.alias_history("cas", "prod", page_size=1000)) == 1 + len(successes)
+        assert c.models.get_alias("cas", "prod").etag == etag
+        assert len(list(c.models.alias_history("cas", "prod", page_size=1000))) == 1 + len(successes)
 
 
 def test_alias_history_roles_and_protected_aliases(reg: RegistryEnv) -> None:
@@ -357,9 +357,9 @@ def test_alias_history_roles_and_protected_aliases(reg: RegistryEnv) -> None:
     with reg.client() as editor, reg.client(role="maintainer") as maint, reg.client(role="viewer") as viewer:
         editor.models.register("prot", source_uri="tenants/acme/src/prot")
         editor.models.register("prot", source_uri="tenants/acme/src/prot")
-        editor.models.alias("prot", "prod", 1)
+        editor.models.set_alias("prot", "prod", 1)
         with pytest.raises(PylonError) as err:
-            viewer.models.alias("prot", "prod", 2)
+            viewer.models.set_alias("prot", "prod", 2)
         assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
         m = editor.models.get("prot")
         with pytest.raises(PylonError) as err:  # only maintainers may protect aliases
@@ -369,12 +369,12 @@ def test_alias_history_roles_and_protected_aliases(reg: RegistryEnv) -> None:
         maint.call(maint.registry.UpdateModel, pb.UpdateModelRequest(
             model=pb.Model(name=m.name, protected_aliases=["prod"]), update_mask=["protected_aliases"]))
         with pytest.raises(PylonError) as err:
-            editor.models.alias("prot", "prod", 2)
+            editor.models.set_alias("prot", "prod", 2)
         assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and "protected" in str(err.value)
-        assert editor.models.alias("prot", "prod").version == 1
-        maint.models.alias("prot", "prod", 2)
-        editor.models.alias("prot", "canary", 2)  # unprotected aliases stay open to editors
-        history = viewer.models.alias_history("prot", "prod")
+        assert editor.models.get_alias("prot", "prod").version == 1
+        maint.models.set_alias("prot", "prod", 2)
+        editor.models.set_alias("prot", "canary", 2)  # unprotected aliases stay open to editors
+        history = list(viewer.models.alias_history("prot", "prod"))
         assert [(h.from_version, h.to_version) for h in history] == [(1, 2), (0, 1)]
         assert history[0].actor != history[1].actor and history[0].time >= history[1].time
         with pytest.raises(PylonError) as err:
@@ -388,7 +388,7 @@ def test_tenants_are_isolated(reg: RegistryEnv, tmp_path: Any) -> None:
         for call in (lambda: globex.models.get("tenants/acme/models/secret-model"),
                      lambda: globex.models.get("tenants/acme/models/secret-model", 1),
                      lambda: globex.models.download("tenants/acme/models/secret-model", version=1),
-                     lambda: globex.models.alias("tenants/acme/models/secret-model", "prod", 1)):
+                     lambda: globex.models.set_alias("tenants/acme/models/secret-model", "prod", 1)):
             with pytest.raises(PylonError) as err:
                 call()
             assert _code(err) == grpc.StatusCode.NOT_FOUND
@@ -403,7 +403,7 @@ def test_delete_refused_while_aliased_or_deployed_and_numbers_never_reused(reg: 
     with reg.client() as c, reg.client(role="maintainer") as maint:
         for _ in range(3):
             c.models.register("life", source_uri="tenants/acme/src/life")
-        c.models.alias("life", "prod", 3)
+        c.models.set_alias("life", "prod", 3)
         with pytest.raises(PylonError) as err:
             maint.models.delete_version("life", 3)
         assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION and "prod" in str(err.value)
@@ -412,16 +412,16 @@ def test_delete_refused_while_aliased_or_deployed_and_numbers_never_reused(reg: 
         with pytest.raises(PylonError) as err:
             maint.models.delete_version("life", 2)
         assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION and "chat" in str(err.value)
-        assert c.models.lineage("life", 2)["edges"][-1]["target"] == "tenants/acme/deployments/chat"
+        assert c.models.lineage("life", 2).edges[-1].target == "tenants/acme/deployments/chat"
         c.call(c.registry.RecordDeployment, pb.RecordDeploymentRequest(
             name="tenants/acme/models/life/versions/2", deployment="tenants/acme/deployments/chat", removed=True))
         maint.models.delete_version("life", 2)
-        assert [v.version for v in c.models.versions("life")[0]] == [3, 1]
-        assert [v.state for v in c.models.versions("life", show_deleted=True)[0]] == ["ready", "deleted", "ready"]
+        assert [v.version for v in list(c.models.versions("life"))] == [3, 1]
+        assert [v.state for v in list(c.models.versions("life", show_deleted=True))] == ["ready", "deleted", "ready"]
         archived = c.models.archive("life", 1)
         assert archived.state == "archived"
         with pytest.raises(PylonError) as err:
-            c.models.alias("life", "canary", 1)
+            c.models.set_alias("life", "canary", 1)
         assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION
         assert c.models.archive("life", 1, restore=True).state == "ready"
         assert c.models.register("life", source_uri="tenants/acme/src/life").version == 4
@@ -455,24 +455,22 @@ def test_filters_ordering_pagination_and_search(reg: RegistryEnv) -> None:
         for i in range(12):
             c.models.register("query", source_uri="tenants/acme/src/q", metrics={"loss": 3.0 - i * 0.2},
                               tags={"stage": "eval" if i % 2 else "train"})
-        c.models.alias("query", "best", 12)
+        c.models.set_alias("query", "best", 12)
         c.models.register("other-model", source_uri="tenants/acme/src/q", metrics={"loss": 0.1})
-        pages, token, seen = 0, "", []
-        while True:
-            page, token = c.models.versions("query", page_size=5, page_token=token)
-            seen += [v.version for v in page]
-            pages += 1
-            if not token:
-                break
-        assert seen == list(range(12, 0, -1)) and pages == 3
-        low = c.models.versions("query", filter="metrics.loss<1.5 AND tags.stage=eval")[0]
+        pages = c.models.versions("query", page_size=5)
+        assert [v.version for v in pages] == list(range(12, 0, -1)) and pages.next_page_token == ""
+        first = c.models.versions("query", page_size=5, limit=7)
+        assert [v.version for v in first] == list(range(12, 5, -1))
+        rest = c.models.versions("query", page_size=5, page_token=first.next_page_token)
+        assert [v.version for v in rest] == list(range(5, 0, -1))
+        low = list(c.models.versions("query", filter="metrics.loss<1.5 AND tags.stage=eval"))
         assert [v.version for v in low] == [12, 10]
-        assert [v.version for v in c.models.versions("query", filter="alias:best")[0]] == [12]
-        assert c.models.versions("query", filter="create_time>2000-01-01", page_size=100)[0][-1].version == 1
-        assert c.models.versions("query", filter="create_time>2999-01-01")[0] == []
-        ordered = c.models.versions("query", order_by="metrics.loss asc", page_size=3)[0]
+        assert [v.version for v in list(c.models.versions("query", filter="alias:best"))] == [12]
+        assert list(c.models.versions("query", filter="create_time>2000-01-01", page_size=100))[-1].version == 1
+        assert list(c.models.versions("query", filter="create_time>2999-01-01")) == []
+        ordered = list(c.models.versions("query", order_by="metrics.loss asc", limit=3))
         assert [v.version for v in ordered] == [12, 11, 10]
-        everywhere = c.models.versions("-", filter="metrics.loss<1.0", order_by="metrics.loss asc")[0]
+        everywhere = list(c.models.versions("-", filter="metrics.loss<1.0", order_by="metrics.loss asc"))
         assert [v.name.split("/")[3] for v in everywhere] == ["other-model", "query"]
         assert "tenants/acme/models/other-model" in [m.name for m in c.models.list(filter="name:other")]
 
@@ -483,16 +481,16 @@ def test_reindex_rebuilds_the_index_from_storage(reg: RegistryEnv) -> None:
     with reg.client() as c, reg.client(role="admin") as admin:
         for _ in range(3):
             c.models.register("idx", source_uri="tenants/acme/src/idx")
-        c.models.alias("idx", "prod", 2)
-        before = [json.dumps(v.__dict__, default=str, sort_keys=True) for v in c.models.versions("idx")[0]]
+        c.models.set_alias("idx", "prod", 2)
+        before = [json.dumps(v.__dict__, default=str, sort_keys=True) for v in list(c.models.versions("idx"))]
         lost = redis.Redis.from_url(reg.redis_url)
         lost.delete(*lost.keys("pylon:reg:*"))  # the index is gone; storage still has everything
         with pytest.raises(PylonError):
             c.models.get("idx")
         counts = admin.admin.reindex()
-        assert counts["versions"] >= 3 and counts["models"] >= 1
+        assert counts.versions >= 3 and counts.models >= 1
     with reg.client() as c:
-        after = [json.dumps(v.__dict__, default=str, sort_keys=True) for v in c.models.versions("idx")[0]]
+        after = [json.dumps(v.__dict__, default=str, sort_keys=True) for v in list(c.models.versions("idx"))]
         assert after == before
         assert c.models.resolve("models:/idx@prod").version == 2
 
@@ -516,7 +514,7 @@ def test_64_concurrent_registrations_from_processes_get_1_to_64(reg: RegistryEnv
         versions = pool.map(_register_in_process, [(reg.address, token, "tenants/acme/src/crowd", i) for i in range(64)])
     assert sorted(versions) == list(range(1, 65))
     with reg.client() as c:
-        listed = c.models.versions("crowd", page_size=100)[0]
+        listed = list(c.models.versions("crowd", page_size=100))
         assert [v.version for v in listed] == list(range(64, 0, -1))
         # a retried request gets its original version, not a 65th
         assert c.models.register("crowd", source_uri="tenants/acme/src/crowd", request_id="crowd-7").version == versions[7]
@@ -568,17 +566,17 @@ def test_sigkill_mid_registration_leaves_no_partial_version(seaweed: Any, redis_
 
         with env.client() as c:
             deadline = time.time() + 30
-            while sorted(v.version for v in c.models.versions("victim", page_size=100)[0]) != stored():
+            while sorted(v.version for v in list(c.models.versions("victim", page_size=100))) != stored():
                 assert time.time() < deadline, "index never caught up with storage"
                 time.sleep(0.5)
-            for v in c.models.versions("victim", page_size=100)[0]:
+            for v in list(c.models.versions("victim", page_size=100)):
                 for f in v.files:  # every visible version is complete
                     assert store.exists(f["object_key"]), f
             retried = c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1")
             assert len(retried.files) == 300
             again = c.models.register("victim", source_uri="tenants/acme/src/big", request_id="kill-1")
             assert again.version == retried.version
-            assert [v.version for v in c.models.versions("victim", page_size=100)[0]] == stored() [::-1]
+            assert [v.version for v in list(c.models.versions("victim", page_size=100))] == stored() [::-1]
     finally:
         proc.stop()
 
@@ -603,7 +601,7 @@ def test_deleted_versions_keep_artifacts_until_retention_then_purge(reg: Registr
         assert reg.store.exists(keys["shared.bin"])  # still used by the live version
         out = c.models.download(f"models:/retained/versions/{keep.version}", str(tmp_path / "out"))
         assert open(os.path.join(out, "shared.bin"), "rb").read() == b"shared"
-        assert [v.version for v in c.models.versions("retained", show_deleted=True)[0]] == [keep.version, shared.version]
+        assert [v.version for v in list(c.models.versions("retained", show_deleted=True))] == [keep.version, shared.version]
 
 
 def test_abandoned_upload_sessions_are_discarded_but_live_blobs_kept(reg: RegistryEnv, tmp_path: Any) -> None:

@@ -53,11 +53,11 @@ def test_a_declared_pool_scaled_to_zero_takes_jobs_and_asks_the_autoscaler(tenan
         assert time.time() < deadline, f"autoscaler request is {_autoscaler_request()}"
         time.sleep(0.2)
     assert acme.jobs.get(job.name).state == "pending"
-    reasons = acme.jobs.explain(job.name)["reasons"]
+    reasons = acme.jobs.explain(job.name).reasons
     assert "no pool of an acceptable GPU type ['A100'] is up" in reasons and len(set(reasons)) == len(reasons)
     assert any("A100 pool may grow" in r for r in reasons), reasons
-    pools = {p["gpu_type"]: p for p in acme.jobs.cluster()}
-    assert (pools["A100"]["nodes"], pools["A100"]["max_nodes"]) == (0, 2)
+    pools = {p.gpu_type: p for p in acme.jobs.cluster()}
+    assert (pools["A100"].nodes, pools["A100"].max_nodes) == (0, 2)
     acme.jobs.cancel(job.name)
     while _autoscaler_request().count(want):  # withdrawn with the job
         assert time.time() < deadline + 30, f"autoscaler request is {_autoscaler_request()}"
@@ -110,50 +110,50 @@ def test_crashing_job_fails_with_exit_code_and_last_lines_after_retries(tenant_c
 
 def test_over_quota_stays_pending_and_explain_says_why(admin_client, tenant_clients):
     acme = tenant_clients["acme"]
-    admin_client.jobs.create_queue("acme", "tiny", nominal_gpus={"P100": 1})
+    admin_client.queues.create("acme", "tiny", nominal_gpus={"P100": 1})
     job = acme.jobs.submit({"queue": "tiny", "resources": {"gpus": 2, "gpu_types": ["P100"]},
                             "command": {"argv": ["true"]}})
     try:
         deadline, why = time.time() + 30, None
         while time.time() < deadline:
             why = acme.jobs.explain(job.name)
-            if "quota" in " ".join(why["reasons"]):
+            if "quota" in " ".join(why.reasons):
                 break
             time.sleep(0.3)
-        text = " ".join(why["reasons"])
+        text = " ".join(why.reasons)
         assert "tenants/acme/queues/tiny" in text and "P100" in text and "0/1" in text, text
-        assert why["position"] >= 1
+        assert why.position >= 1
         assert acme.jobs.get(job.name).state == "pending"
-        queues = {q["name"]: q for q in acme.jobs.queues()}
-        assert queues["tenants/acme/queues/tiny"]["nominal_gpus"] == {"P100": 1.0}
-        assert queues["tenants/acme/queues/tiny"]["pending_jobs"] == 1
+        queues = {q.name: q for q in acme.queues.list()}
+        assert queues["tenants/acme/queues/tiny"].nominal_gpus == {"P100": 1.0}
+        assert queues["tenants/acme/queues/tiny"].pending_jobs == 1
     finally:
         assert acme.jobs.cancel(job.name).state == "cancelled"
 
 
 def test_queue_admin_rpcs_need_admin_and_validate(admin_client, tenant_clients):
     with pytest.raises(PylonError) as e:
-        tenant_clients["acme"].jobs.create_queue("acme", "mine", nominal_gpus={"V100": 1})
+        tenant_clients["acme"].queues.create("acme", "mine", nominal_gpus={"V100": 1})
     assert "PERMISSION_DENIED" in _code(e.value)
     with pytest.raises(PylonError) as e:
-        admin_client.jobs.create_queue("acme", "neg", nominal_gpus={"V100": -1})
+        admin_client.queues.create("acme", "neg", nominal_gpus={"V100": -1})
     assert "INVALID_ARGUMENT" in _code(e.value)
-    admin_client.jobs.create_queue("acme", "twice", nominal_gpus={"V100": 1}, cohort="lab")
+    admin_client.queues.create("acme", "twice", nominal_gpus={"V100": 1}, cohort="lab")
     with pytest.raises(PylonError) as e:
-        admin_client.jobs.create_queue("acme", "twice", nominal_gpus={"V100": 1})
+        admin_client.queues.create("acme", "twice", nominal_gpus={"V100": 1})
     assert "ALREADY_EXISTS" in _code(e.value)
-    updated = admin_client.jobs.update_queue("tenants/acme/queues/twice", nominal_gpus={"V100": 2}, cohort="lab")
-    assert updated["nominal_gpus"] == {"V100": 2.0}
+    updated = admin_client.queues.update("tenants/acme/queues/twice", nominal_gpus={"V100": 2}, cohort="lab")
+    assert updated.nominal_gpus == {"V100": 2.0}
     with pytest.raises(PylonError) as e:
-        admin_client.jobs.update_queue("tenants/acme/queues/absent", nominal_gpus={})
+        admin_client.queues.update("tenants/acme/queues/absent", nominal_gpus={})
     assert "NOT_FOUND" in _code(e.value)
 
 
 def test_cluster_shows_pools_discovered_from_ray(tenant_clients):
-    pools = {p["gpu_type"]: p for p in tenant_clients["acme"].jobs.cluster()}
+    pools = {p.gpu_type: p for p in tenant_clients["acme"].jobs.cluster()}
     assert {"V100", "P100", "K80", "cpu"} <= set(pools)
-    assert (pools["V100"]["total_gpus"], pools["K80"]["total_gpus"]) == (2.0, 4.0)
-    assert pools["V100"]["healthy_nodes"] == pools["V100"]["nodes"] == 1
+    assert (pools["V100"].total_gpus, pools["K80"].total_gpus) == (2.0, 4.0)
+    assert pools["V100"].healthy_nodes == pools["V100"].nodes == 1
 
 
 def test_running_job_reports_metrics_and_uses_capacity(tenant_clients, redis_client):
@@ -167,12 +167,12 @@ def test_running_job_reports_metrics_and_uses_capacity(tenant_clients, redis_cli
     deadline = time.time() + 60
     while time.time() < deadline and acme.jobs.get(job.name).state != "running":
         time.sleep(0.2)
-    pools = {p["gpu_type"]: p for p in acme.jobs.cluster()}
-    assert pools["K80"]["used_gpus"] >= 1
+    pools = {p.gpu_type: p for p in acme.jobs.cluster()}
+    assert pools["K80"].used_gpus >= 1
     job = acme.jobs.wait(job.name, timeout=120)
     assert job.state == "succeeded"
-    points = [p for p in acme.jobs.metrics(job.name) if p["key"] == "loss"]
-    assert [p["step"] for p in points] == list(range(1, 31))
+    points = [p for p in acme.jobs.metrics(job.name) if p.key == "loss"]
+    assert [p.step for p in points] == list(range(1, 31))
     # Its step rate reached the throughput table the policies read (about 10 steps/s).
     import json
 

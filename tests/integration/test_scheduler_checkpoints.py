@@ -44,11 +44,11 @@ print("finished at step", step, flush=True)
 
 def test_negative_checkpoint_every_steps_is_invalid_argument(tenant_clients):
     acme = tenant_clients["acme"]
-    before = len(acme.jobs.list(page_size=500))
+    before = len(list(acme.jobs.list(page_size=500)))
     with pytest.raises(PylonError) as e:
         acme.jobs.submit({"checkpoint_every_steps": -1, "command": {"argv": ["true"]}})
     assert "INVALID_ARGUMENT" in str(e.value.code) and "checkpoint_every_steps" in str(e.value)
-    assert len(acme.jobs.list(page_size=500)) == before
+    assert len(list(acme.jobs.list(page_size=500))) == before
 
 
 def test_crashed_command_is_retried_from_its_latest_periodic_checkpoint(tenant_clients):
@@ -62,7 +62,7 @@ def test_crashed_command_is_retried_from_its_latest_periodic_checkpoint(tenant_c
     assert "every 5; attempt 1 starting at step 0" in logs  # ("crashing" dies with the worker unread)
     assert "every 5; attempt 2 starting at step 10" in logs  # the last checkpoint before step 13
     assert "finished at step 40" in logs
-    steps = [p["step"] for p in acme.jobs.metrics(job.name) if p["key"] == "loss"]
+    steps = [p.step for p in acme.jobs.metrics(job.name) if p.key == "loss"]
     # Attempt 1 reported 1..k (its last lines may die unread with the worker), attempt 2 11..40.
     split = len(steps) - 30
     assert split >= 10 and steps[:split] == list(range(1, split + 1)) and steps[split:] == list(range(11, 41)), steps
@@ -92,7 +92,7 @@ def test_crashed_trainer_is_retried_from_its_latest_periodic_checkpoint(tenant_c
     assert f"pylon: resuming at step {saved[-1]}" in logs[second:]
     assert any("checkpoint every 100 steps" in line for line in logs)
     # Metrics (every 50 steps): attempt 1 up to where it died, attempt 2 from the checkpoint on.
-    steps = [p["step"] for p in acme.jobs.metrics(job.name) if p["key"] == "loss"]
+    steps = [p.step for p in acme.jobs.metrics(job.name) if p.key == "loss"]
     drops = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
     assert len(drops) <= 1 and steps[-1] == 3000
     if drops:

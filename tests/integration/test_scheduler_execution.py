@@ -123,10 +123,10 @@ def test_explain_estimates_the_start_from_the_running_jobs_progress(tenant_clien
                               "command": {"argv": [sys.executable, "-c", script]}})
     wait_for(lambda: acme.jobs.get(first.name).step >= 30, 90, "the first job to report progress")
     second = acme.jobs.submit({"resources": {"gpus": 2, "gpu_types": ["V100"]}, "command": {"argv": ["true"]}})
-    why = wait_for(lambda: (w := acme.jobs.explain(second.name))["estimated_start"] and w, 30, "an estimate")
+    why = wait_for(lambda: (w := acme.jobs.explain(second.name)).estimated_start_time and w, 30, "an estimate")
     now = time.time()
-    assert now < why["estimated_start"] < now + 30, why  # about 7 s of the first job's work are left
-    assert why["position"] == 1 and why["reasons"]
+    assert now < why.estimated_start_time.timestamp() < now + 30, why  # about 7 s of the first job's work are left
+    assert why.position == 1 and why.reasons
     assert acme.jobs.wait(second.name, timeout=120).state == "succeeded"
     assert acme.jobs.wait(first.name, timeout=60).state == "succeeded"
 

@@ -33,11 +33,11 @@ def test_gang_false_runs_across_two_gpu_types_while_the_gang_waits(tenant_client
             wait_for(lambda b=b: acme.jobs.get(b.name).state == "running", 90, "the blockers to run")
         spec = {"workers": 2, "resources": {"gpus": 1, "gpu_types": ["V100", "P100"]}, "command": {"argv": WORK}}
         gang = acme.jobs.submit(spec)
-        why = wait_for(lambda: " ".join(acme.jobs.explain(gang.name)["reasons"]).count("gang of") and
+        why = wait_for(lambda: " ".join(acme.jobs.explain(gang.name).reasons).count("gang of") and
                     acme.jobs.explain(gang.name), 30, "a pass to explain the gang")
         assert acme.jobs.get(gang.name).state == "pending"
         assert any("a gang of 2 workers x 1 GPUs on one of [V100, P100]: the largest free set is 1 workers" in r
-                   for r in why["reasons"]), why
+                   for r in why.reasons), why
 
         split = acme.jobs.submit({**spec, "gang": False})
         running = wait_for(lambda: (j := acme.jobs.get(split.name)).state == "running" and j, 90, "the split job to run")
@@ -45,7 +45,7 @@ def test_gang_false_runs_across_two_gpu_types_while_the_gang_waits(tenant_client
         job_id = split.name.rsplit("/", 1)[1]
         assert _pg_names(f"pylon-acme-{job_id}-") == [f"pylon-acme-{job_id}-a1-w0", f"pylon-acme-{job_id}-a1-w1"]
         assert used_gpus(acme, "V100") == 2 and used_gpus(acme, "P100") == 2
-        used = {q["name"]: q["used_gpus"] for q in acme.jobs.queues("acme")}["tenants/acme/queues/default"]
+        used = {q.name: q.used_gpus for q in acme.queues.list("acme")}["tenants/acme/queues/default"]
         assert used.get("V100") == 2 and used.get("P100") == 2  # quota charged per worker's type
         assert acme.jobs.get(gang.name).state == "pending"
 

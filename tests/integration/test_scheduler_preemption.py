@@ -60,7 +60,7 @@ def test_high_priority_job_preempts_low_which_resumes_from_its_checkpoint(tenant
     assert logs.index(f"starting at step {saved}") > logs.index(f"checkpointed at step {saved}")
     assert "finished at step 80" in logs
     # The high job ran while the low one was off the GPUs: between its checkpoint and its resume.
-    steps = [p["step"] for p in acme.jobs.metrics(low.name) if p["key"] == "loss"]
+    steps = [p.step for p in acme.jobs.metrics(low.name) if p.key == "loss"]
     assert steps == list(range(1, saved + 1)) + list(range(saved + 1, 81))
 
 
@@ -75,7 +75,7 @@ def test_builtin_trainer_checkpoints_on_preemption_and_resumes(tenant_clients, t
     low = acme.jobs.submit({"priority_class": "low", "preemptible": True, "total_steps": 400,
                             "resources": {"gpus": 2, "gpu_types": ["V100"]},
                             "trainer": {"trainer": "tiny-gpt", "datasets": [ds.name], "config": cfg}})
-    _wait_for(lambda: any(p["step"] >= 30 for p in acme.jobs.metrics(low.name)), 120, "the trainer to make progress")
+    _wait_for(lambda: any(p.step >= 30 for p in acme.jobs.metrics(low.name)), 120, "the trainer to make progress")
     high = acme.jobs.submit({"priority_class": "high", "resources": {"gpus": 2, "gpu_types": ["V100"]},
                              "command": {"argv": ["true"]}})
     assert acme.jobs.wait(high.name, timeout=120).state == "succeeded"
@@ -84,7 +84,7 @@ def test_builtin_trainer_checkpoints_on_preemption_and_resumes(tenant_clients, t
     logs = "\n".join(acme.jobs.logs(low.name))
     stopped = int(re.search(r"stopped at step (\d+); checkpoint saved", logs).group(1))
     assert stopped >= 30 and "(resuming from checkpoint)" in logs
-    steps = [p["step"] for p in acme.jobs.metrics(low.name) if p["key"] == "loss"]
+    steps = [p.step for p in acme.jobs.metrics(low.name) if p.key == "loss"]
     resumed = steps[steps.index(stopped) + 1:] if stopped in steps else [s for s in steps if s > stopped]
     assert resumed and min(resumed) > stopped  # the second attempt did not start again from step 0
     assert steps[-1] == 400

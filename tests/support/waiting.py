@@ -19,4 +19,4 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def used_gpus(client: Any, gpu_type: str) -> float:
     """GPUs in use in one pool, as ``pylon cluster`` shows them."""
-    return float({p["gpu_type"]: p for p in client.jobs.cluster()}[gpu_type]["used_gpus"])
+    return float({p.gpu_type: p for p in client.jobs.cluster()}[gpu_type].used_gpus)

@@ -95,9 +95,13 @@ def test_routing_prefers_least_loaded_fresh_replica():
     reps = [ReplicaView("a", "h:1", now - 1, 0), ReplicaView("b", "h:2", now - 1, 0), ReplicaView("c", "h:3", now - 60, 0)]
     assert pick_replica(reps, {"h:1": 2, "h:2": 1}, now).job_id == "b"
     assert pick_replica([reps[2]], {}, now) is None
-    assert deployment_state(reps, now, 0, 3) == ("ready", "2/3 replica(s) ready")
-    assert deployment_state([], now, 0, 1)[0] == "pending"
-    assert deployment_state([], now, 1, 1)[0] == "failed"
+    assert deployment_state(2, 3, [], 3) == ("ready", "2/3 replica(s) ready")
+    assert deployment_state(0, 1, [], 1)[0] == "pending"
+    assert deployment_state(0, 2, ["job a failed: boom"], 2)[0] == "pending"  # one replica may still start
+    assert deployment_state(0, 2, ["job a failed: boom", "job b failed: bang"], 2) == (
+        "failed", "every replica job ended without serving; job a failed: boom")
+    assert deployment_state(1, 2, ["job a failed: boom"], 2)[0] == "ready"
+    assert deployment_state(0, 1, [], 0, deleting=True)[0] == "deleting"
 
 
 def test_roles():

@@ -19,8 +19,8 @@ from pylon.errors import PylonError
 app = typer.Typer(help="Pylon: datasets, jobs, models and deployments on one ML platform.", no_args_is_help=True)
 platform.register(app)
 cluster.register(app)
-for sub, name in ((datasets.datasets_app, "data"), (datasets.datasets_app, "datasets"), (jobs.jobs_app, "jobs"),
-                  (models.models_app, "models"),
+# One group per resource, named like the SDK's collection (client.datasets -> `pylon datasets`).
+for sub, name in ((datasets.datasets_app, "datasets"), (jobs.jobs_app, "jobs"), (models.models_app, "models"),
                   (deployments.deploy_app, "deployments"), (platform.admin_app, "admin")):
     app.add_typer(sub, name=name)
 

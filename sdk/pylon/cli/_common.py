@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +28,11 @@ def client() -> Client:
 
 
 def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
+    """JSON-ready form of an SDK result: dataclasses become dicts (field names = proto fields),
+    iterators (the SDK's lazy lists) lists, datetimes ISO 8601 strings."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple, Iterator)):
         return [_plain(x) for x in obj]
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
@@ -39,7 +42,8 @@ def _plain(obj: Any) -> Any:
 
 
 def emit(obj: Any, as_json: bool, columns: list[str] | None = None) -> None:
-    """Print a result: JSON, a table for lists, or key/value lines."""
+    """Print a result: with ``as_json`` exactly one JSON document on stdout (nothing else is
+    printed there), else a table (one row per item of a list)."""
     data = _plain(obj)
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -52,5 +56,11 @@ def emit(obj: Any, as_json: bool, columns: list[str] | None = None) -> None:
     console.print(table)
 
 
-JSON = typer.Option(False, "--json", help="Machine-readable output.")
+JSON = typer.Option(False, "--json", help="Machine-readable output: one JSON document on stdout.")
+LIMIT = typer.Option(100, "--limit", min=0, help="Show at most this many (0: all).")
+
+
+def limit_of(value: int) -> int | None:
+    """The SDK's ``limit`` for a ``--limit`` value (0 means no limit)."""
+    return value or None
 

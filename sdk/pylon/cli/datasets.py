@@ -1,5 +1,5 @@
-"""`pylon data ...` (also mounted as `pylon datasets ...`): create, delete, upload, import, list,
-get, preview, rejects, tokenize, and following operations."""
+"""`pylon datasets ...`: create, delete, upload, import, list, versions, get, preview, rejects,
+tokenize, and following operations (the verbs of ``client.datasets``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from pylon.cli._common import JSON, client, console, emit, err
+from pylon.cli._common import JSON, LIMIT, client, console, emit, err, limit_of
 
 datasets_app = typer.Typer(help="Upload, inspect and tokenize datasets (immutable, numbered versions).",
                            no_args_is_help=True)
@@ -49,7 +49,7 @@ def data_upload(
 ) -> None:
     """Upload a file as a new version: hashed, sent in parallel parts straight to object storage
     (nothing is sent when the platform already holds the bytes), verified, then validated and
-    cleaned on Ray. Bad records are quarantined (see `pylon data rejects`)."""
+    cleaned on Ray. Bad records are quarantined (see `pylon datasets rejects`)."""
     from rich.progress import Progress
 
     with Progress(console=err, transient=True, disable=as_json) as bar:
@@ -87,7 +87,7 @@ def _labels(values: list[str]) -> dict[str, str]:
 def data_create(name: str, description: str = typer.Option("", help="What the dataset holds (<= 2048 chars)."),
                 label: list[str] = typer.Option([], "--label", help="KEY=VALUE, repeatable (at most 64)."),
                 as_json: bool = JSON) -> None:
-    """Create an empty dataset (`pylon data upload` also creates one with its first version).
+    """Create an empty dataset (`pylon datasets upload` also creates one with its first version).
     Names: 1-63 lowercase letters, digits, '-', '_' or '.', starting with a letter; a name in use,
     also by a deleted dataset, is refused."""
     emit(client().datasets.create(name, description=description, labels=_labels(label)), as_json,
@@ -96,22 +96,29 @@ def data_create(name: str, description: str = typer.Option("", help="What the da
 
 @datasets_app.command("delete")
 def data_delete(name: str, etag: str = typer.Option("", help="Delete only if the dataset is unchanged since "
-                                                               "this etag (see `pylon data get`)."),
+                                                               "this etag (see `pylon datasets get`)."),
                 yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
                 as_json: bool = JSON) -> None:
     """Soft-delete a dataset: it and its versions disappear from list/get/preview and it takes
     no new versions; stored data stays, so jobs and models that use its versions keep working.
     The name is not reused. Refused while one of its uploads or tokenizations is running."""
     if not yes:
-        typer.confirm(f"Delete dataset {name}?", abort=True)
+        typer.confirm(f"Delete dataset {name}?", abort=True, err=True)  # stdout stays the result
     client().datasets.delete(name, etag=etag)
     emit({"deleted": name}, as_json, ["deleted"])
 
 
 @datasets_app.command("list")
-def data_list(as_json: bool = JSON) -> None:
+def data_list(limit: int = LIMIT, as_json: bool = JSON) -> None:
     """List datasets."""
-    emit(client().datasets.list(), as_json, ["name", "latest_version", "description"])
+    emit(client().datasets.list(limit=limit_of(limit)), as_json, ["name", "latest_version", "description"])
+
+
+@datasets_app.command("versions")
+def data_versions(name: str, limit: int = LIMIT, as_json: bool = JSON) -> None:
+    """List a dataset's versions."""
+    emit(client().datasets.versions(name, limit=limit_of(limit)), as_json,
+         ["name", "state", "record_count", "reject_count", "size_bytes", "digest"])
 
 
 @datasets_app.command("get")
@@ -135,14 +142,9 @@ def data_preview(name: str, version: str = typer.Option("latest", help="A versio
 
 @datasets_app.command("rejects")
 def data_rejects(name: str, version: str = typer.Option("latest", help="A version number or 'latest'."),
-                 limit: int = typer.Option(100, help="At most this many."), as_json: bool = JSON) -> None:
+                 limit: int = LIMIT, as_json: bool = JSON) -> None:
     """List the records validation rejected: file, line number, reason, raw text."""
-    rows = []
-    for r in client().datasets.rejects(name, version):
-        rows.append(r)
-        if len(rows) >= limit:
-            break
-    emit(rows, as_json, ["path", "line", "reason", "raw"])
+    emit(client().datasets.rejects(name, version, limit=limit_of(limit)), as_json, ["path", "line", "reason", "raw"])
 
 
 @datasets_app.command("tokenize")

@@ -1,14 +1,14 @@
-"""`pylon jobs ...`."""
+"""`pylon jobs ...`: submit, list, get, logs, wait, cancel, explain, metrics (the verbs of
+``client.jobs``)."""
 
 from __future__ import annotations
 
 import os
-from datetime import UTC
 
 import typer
 import yaml
 
-from pylon.cli._common import JSON, client, console, emit, err
+from pylon.cli._common import JSON, LIMIT, client, console, emit, err, limit_of
 
 jobs_app = typer.Typer(help="Submit and follow GPU jobs.", no_args_is_help=True)
 
@@ -16,7 +16,8 @@ jobs_app = typer.Typer(help="Submit and follow GPU jobs.", no_args_is_help=True)
 @jobs_app.command("submit")
 def jobs_submit(spec_file: str, detach: bool = typer.Option(False, "--detach", help="Return after queueing."),
                 as_json: bool = JSON) -> None:
-    """Submit a job from a YAML spec; streams its logs and exits with its result unless --detach."""
+    """Submit a job from a YAML spec; streams its logs and exits with its result unless --detach.
+    With --json the logs go to stderr and stdout holds only the final job as JSON."""
     with open(spec_file) as f:
         spec = yaml.safe_load(f)
     command = spec.get("command") if isinstance(spec, dict) else None
@@ -28,17 +29,19 @@ def jobs_submit(spec_file: str, detach: bool = typer.Option(False, "--detach", h
         emit(job, as_json, ["name", "state", "message"])
         return
     err.print(f"submitted {job.name}")
+    out = err if as_json else console  # stdout stays one JSON document
     for line in c.jobs.logs(job.name, follow=True):
-        console.print(line, markup=False, highlight=False)
+        out.print(line, markup=False, highlight=False)
     job = c.jobs.wait(job.name)
     emit(job, as_json, ["name", "state", "message", "exit_code", "output_uri"])
     raise typer.Exit(0 if job.state == "succeeded" else 1)
 
 
 @jobs_app.command("list")
-def jobs_list(state: list[str] = typer.Option([], help="Only jobs in this state (repeatable)."), as_json: bool = JSON) -> None:
+def jobs_list(state: list[str] = typer.Option([], help="Only jobs in this state (repeatable)."), limit: int = LIMIT,
+              as_json: bool = JSON) -> None:
     """List jobs, newest first."""
-    emit(client().jobs.list(states=state), as_json, ["name", "state", "gpu_type", "message"])
+    emit(client().jobs.list(states=state, limit=limit_of(limit)), as_json, ["name", "state", "gpu_type", "message"])
 
 
 @jobs_app.command("get")
@@ -75,11 +78,15 @@ def jobs_explain(name: str, as_json: bool = JSON) -> None:
     if as_json:
         emit(why, True)
         return
-    console.print(f"position {why['position']} in its queue", markup=False)
-    if why["estimated_start"]:
-        from datetime import datetime
-
-        start = datetime.fromtimestamp(why["estimated_start"], tz=UTC).isoformat(timespec="seconds")
-        console.print(f"estimated start {start}", markup=False)
-    for reason in why["reasons"]:
+    console.print(f"position {why.position} in its queue", markup=False)
+    if why.estimated_start_time:
+        console.print(f"estimated start {why.estimated_start_time.isoformat(timespec='seconds')}", markup=False)
+    for reason in why.reasons:
         console.print(f"- {reason}", markup=False)
+
+
+@jobs_app.command("metrics")
+def jobs_metrics(name: str, key: list[str] = typer.Option([], "--key", help="Only this metric (repeatable)."),
+                 as_json: bool = JSON) -> None:
+    """The metrics a job reported (step, loss, throughput...), in report order."""
+    emit(client().jobs.metrics(name, keys=key), as_json, ["key", "step", "value", "time"])

@@ -1,5 +1,6 @@
-"""`pylon models ...`: register, list, get, versions, download, alias set|get|history|delete,
-lineage, archive, delete, import/export of local (e.g. Hugging Face) model directories."""
+"""`pylon models ...`: register, create, update, list, get, resolve, versions, download, alias
+set|get|history|delete, lineage, archive, delete, import/export of local (e.g. Hugging Face)
+model directories (the verbs of ``client.models``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from pylon.cli._common import JSON, client, console, emit
+from pylon.cli._common import JSON, LIMIT, client, console, emit, err, limit_of
 
 models_app = typer.Typer(help="Register models, versions and aliases; download artifacts.", no_args_is_help=True)
 alias_app = typer.Typer(help="Aliases (prod, canary, ...) that point at a version.", no_args_is_help=True)
@@ -96,10 +97,32 @@ def models_download(uri: str = typer.Argument(..., help="models:/name@alias, mod
     console.print(out)
 
 
+@models_app.command("create")
+def models_create(name: str, description: str = "", tag: list[str] = typer.Option([], help="KEY=VALUE, repeatable."),
+                  as_json: bool = JSON) -> None:
+    """Create an empty model (`pylon models register` also creates one with its first version)."""
+    emit(client().models.create(name, description=description, tags=_pairs(tag, "--tag")), as_json,
+         ["name", "description", "tags", "etag"])
+
+
+@models_app.command("update")
+def models_update(name: str, description: Optional[str] = typer.Option(None, help="New description."),
+                  tag: Optional[list[str]] = typer.Option(None, help="KEY=VALUE, repeatable; replaces all tags."),
+                  protect: Optional[list[str]] = typer.Option(None, help="Alias only maintainers may move "
+                                                                       "(repeatable; replaces the list)."),
+                  etag: str = typer.Option("", help="Change only if the model still has this etag."),
+                  as_json: bool = JSON) -> None:
+    """Change a model's description, tags or protected aliases."""
+    emit(client().models.update(name, description=description, tags=None if tag is None else _pairs(tag, "--tag"),
+                                protected_aliases=protect, etag=etag), as_json,
+         ["name", "description", "tags", "protected_aliases", "etag"])
+
+
 @models_app.command("list")
-def models_list(filter: str = typer.Option("", help="e.g. 'tags.team=nlp'"), as_json: bool = JSON) -> None:
+def models_list(filter: str = typer.Option("", help="e.g. 'tags.team=nlp'"), limit: int = LIMIT,
+                as_json: bool = JSON) -> None:
     """List models."""
-    emit(client().models.list(filter=filter), as_json, ["name", "latest_version", "aliases", "tags"])
+    emit(client().models.list(filter=filter, limit=limit_of(limit)), as_json, ["name", "latest_version", "aliases", "tags"])
 
 
 @models_app.command("get")
@@ -109,19 +132,27 @@ def models_get(name: str, version: Optional[str] = typer.Argument(None, help="A 
     emit(client().models.get(name, version), as_json)
 
 
+@models_app.command("resolve")
+def models_resolve(uri: str = typer.Argument(..., help="models:/name@alias, models:/name/versions/N or models:/name/latest"),
+                   as_json: bool = JSON) -> None:
+    """Show the version a models:/ URI points at now."""
+    emit(client().models.resolve(uri), as_json, ["name", "version", "state", "digest"])
+
+
 @models_app.command("versions")
 def models_versions(name: str = typer.Argument("-", help="Model id, or '-' to search every model."),
                     filter: str = typer.Option("", help="e.g. 'metrics.loss<2 AND tags.stage=eval AND alias:prod "
                                                         "AND create_time>2026-01-01'"),
                     order_by: str = typer.Option("", help="'version desc' (default), 'create_time', 'metrics.loss asc'"),
                     show_deleted: bool = typer.Option(False, "--all", help="Include deleted versions."),
-                    page_size: int = 50, page_token: str = "", as_json: bool = JSON) -> None:
-    """List versions (newest first) with filters, ordering and pages."""
-    versions, token = client().models.versions(name, page_size=page_size, filter=filter, order_by=order_by,
-                                               show_deleted=show_deleted, page_token=page_token)
+                    limit: int = LIMIT, page_token: str = typer.Option("", help="Resume where a listing stopped."),
+                    as_json: bool = JSON) -> None:
+    """List versions (newest first) with filters and ordering."""
+    versions = client().models.versions(name, filter=filter, order_by=order_by, show_deleted=show_deleted,
+                                        limit=limit_of(limit), page_token=page_token)
     emit(versions, as_json, _VERSION_COLUMNS)
-    if token and not as_json:
-        console.print(f"more: --page-token {token}")
+    if versions.next_page_token and not as_json:
+        err.print(f"more: --page-token {versions.next_page_token}")
 
 
 @alias_app.command("set")
@@ -129,19 +160,20 @@ def alias_set(name: str, alias: str, version: int,
               etag: str = typer.Option("", help="Move only if the alias still has this etag (compare-and-swap)."),
               as_json: bool = JSON) -> None:
     """Point ALIAS at VERSION."""
-    emit(client().models.alias(name, alias, version, etag=etag), as_json)
+    emit(client().models.set_alias(name, alias, version, etag=etag), as_json)
 
 
 @alias_app.command("get")
 def alias_get(name: str, alias: str, as_json: bool = JSON) -> None:
     """Show where an alias points (and its etag)."""
-    emit(client().models.alias(name, alias), as_json)
+    emit(client().models.get_alias(name, alias), as_json)
 
 
 @alias_app.command("history")
-def alias_history(name: str, alias: str, as_json: bool = JSON) -> None:
+def alias_history(name: str, alias: str, limit: int = LIMIT, as_json: bool = JSON) -> None:
     """Every move of an alias, newest first: who, when, from, to."""
-    emit(client().models.alias_history(name, alias), as_json, ["time", "actor", "from_version", "to_version"])
+    emit(client().models.alias_history(name, alias, limit=limit_of(limit)), as_json,
+         ["time", "actor", "from_version", "to_version"])
 
 
 @alias_app.command("delete")
@@ -176,5 +208,5 @@ def models_lineage(name: str, version: str, as_json: bool = JSON) -> None:
     if as_json:
         emit(graph, True)
         return
-    for e in graph.get("edges", []):
-        console.print(f"{e['source']}  ->  {e['target']}", markup=False)
+    for e in graph.edges:
+        console.print(f"{e.source}  ->  {e.target}", markup=False)

@@ -1,4 +1,5 @@
-"""Platform commands: up, down, status, demo, generate, and admin (API keys)."""
+"""Platform commands: up, down, status, demo, generate, and admin (API keys: create-key,
+list-keys, delete-key; whoami; reindex)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pylon.cli._common import JSON, _opts, client, console, emit, err
+from pylon.cli._common import JSON, LIMIT, _opts, client, console, emit, err, limit_of
 from pylon.client import Client
 from pylon.errors import PylonError
 
@@ -88,7 +89,7 @@ def demo(steps: int = typer.Option(300, help="Training steps."),
         console.print(f"  platform ready in {state['startup_s']}s")
     try:
         with client() as admin:
-            if admin.admin.whoami()["role"] == "admin":  # work as a tenant, like a user would
+            if admin.admin.whoami().role == "admin":  # work as a tenant, like a user would
                 _, token = admin.admin.create_key("demo", "editor", "pylon demo")
                 console.print("  created an editor API key for tenant 'demo'")
             else:
@@ -110,6 +111,22 @@ def create_key(tenant: str, role: str = typer.Option("editor", help="viewer, edi
     emit({"name": name, "tenant": tenant, "role": role, "token": token}, as_json)
 
 
+@admin_app.command("list-keys")
+def list_keys(tenant: str = typer.Option("", help="Only this tenant's keys."), limit: int = LIMIT,
+              as_json: bool = JSON) -> None:
+    """List API keys (never their secrets; needs an admin key)."""
+    emit(client().admin.list_keys(tenant, limit=limit_of(limit)), as_json,
+         ["name", "tenant", "role", "description", "create_time"])
+
+
+@admin_app.command("delete-key")
+def delete_key(name: str = typer.Argument(..., help="apiKeys/KEY_ID or KEY_ID."), as_json: bool = JSON) -> None:
+    """Revoke an API key (needs an admin key); services that cached it refuse it within
+    PYLON_AUTH_CACHE_TTL_S seconds."""
+    client().admin.delete_key(name)
+    emit({"deleted": name}, as_json, ["deleted"])
+
+
 @admin_app.command()
 def reindex(as_json: bool = JSON) -> None:
     """Rebuild the registry's index from object storage, the source of truth (admin key)."""
@@ -122,9 +139,6 @@ def whoami(as_json: bool = JSON) -> None:
     emit(client().admin.whoami(), as_json)
 
 
-
-
-
 @app.command()
 def generate(deployment: str, prompt: str, max_tokens: int = 64, temperature: float = 0.8,
              seed: Optional[int] = None) -> None:
@@ -133,7 +147,6 @@ def generate(deployment: str, prompt: str, max_tokens: int = 64, temperature: fl
         sys.stdout.write(piece.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
-
 
 
 def register(top: typer.Typer) -> None:

@@ -9,5 +9,6 @@ from pylon.resources.datasets import Datasets
 from pylon.resources.deployments import Deployments
 from pylon.resources.jobs import Jobs
 from pylon.resources.models import Models
+from pylon.resources.queues import Queues
 
-__all__ = ["Admin", "Datasets", "Deployments", "Jobs", "Models", "file_digest"]
+__all__ = ["Admin", "Datasets", "Deployments", "Jobs", "Models", "Queues", "file_digest"]

@@ -1,9 +1,19 @@
-"""Admin: API keys and identity."""
+"""Admin: API keys (create, list, delete), identity, and the registry's index rebuild."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pylon.admin.v1 import admin_pb2
+from pylon.paging import Paged
+from pylon.registry.v1 import registry_pb2
 from pylon.resources._base import _Resource
+from pylon.types import ApiKey, Identity, IndexCounts
+
+
+def _key_name(name: str) -> str:
+    """Accept a key id or its resource name "apiKeys/{key_id}"."""
+    return name if name.startswith("apiKeys/") else f"apiKeys/{name}"
 
 
 class Admin(_Resource):
@@ -14,13 +24,26 @@ class Admin(_Resource):
         resp = self._c.call(self._c.admin_stub.CreateApiKey, req)
         return resp.api_key.name, resp.token
 
-    def whoami(self) -> dict[str, str]:
-        resp = self._c.call(self._c.admin_stub.WhoAmI, admin_pb2.WhoAmIRequest())
-        return {"tenant": resp.tenant, "role": admin_pb2.Role.Name(resp.role)[5:].lower(), "api_key": resp.api_key}
+    def list_keys(self, tenant: str = "", *, page_size: int = 100, limit: int | None = None) -> Paged[ApiKey]:
+        """Every API key (never its secret), or those of ``tenant``; admin key. Pages are
+        fetched as iteration reaches them."""
+        def page(token: str, size: int) -> tuple[Sequence[ApiKey], str]:
+            req = admin_pb2.ListApiKeysRequest(tenant=tenant, page_size=size, page_token=token)
+            resp = self._c.call(self._c.admin_stub.ListApiKeys, req)
+            return [ApiKey.from_proto(k) for k in resp.api_keys], resp.next_page_token
 
-    def reindex(self) -> dict[str, int]:
+        return Paged(page, page_size=page_size, limit=limit)
+
+    def delete_key(self, name: str) -> None:
+        """Revoke a key ("apiKeys/{key_id}" or the id); admin key. Services that cached the
+        key's lookup accept it until their cache entry expires (PYLON_AUTH_CACHE_TTL_S)."""
+        self._c.call(self._c.admin_stub.DeleteApiKey, admin_pb2.DeleteApiKeyRequest(name=_key_name(name)))
+
+    def whoami(self) -> Identity:
+        """Tenant, role and key name of the key in use."""
+        return Identity.from_proto(self._c.call(self._c.admin_stub.WhoAmI, admin_pb2.WhoAmIRequest()))
+
+    def reindex(self) -> IndexCounts:
         """Rebuild the registry's index from object storage (admin role)."""
-        from pylon.registry.v1 import registry_pb2
-
         resp = self._c.call(self._c.registry.RebuildIndex, registry_pb2.RebuildIndexRequest(), timeout=3600)
-        return {"tenants": resp.tenants, "models": resp.models, "versions": resp.versions, "dropped": resp.dropped}
+        return IndexCounts.from_proto(resp)

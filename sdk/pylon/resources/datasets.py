@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, overload
 
 import google_crc32c
 import grpc
@@ -16,9 +16,10 @@ from pylon import transfer
 from pylon.common.v1 import common_pb2
 from pylon.errors import _BY_CODE, PylonError
 from pylon.ingest.v1 import ingest_pb2
+from pylon.paging import Paged
 from pylon.resources._base import _FORMATS, CHUNK_BYTES, Progress, _name, _Resource, file_digest
 from pylon.transfer import part_hashes
-from pylon.types import Dataset, DatasetVersion, Operation
+from pylon.types import Dataset, DatasetVersion, Operation, Reject, Tokenization
 
 __all__ = ["Datasets", "part_hashes"]
 
@@ -66,12 +67,36 @@ def raise_if_failed(op: Operation) -> Operation:
 
 class Datasets(_Resource):
     # -- uploads ----------------------------------------------------------------------------------
+    @overload
     def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
                description: str = "", request_id: str | None = None, progress: Progress | None = None,
                direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
                concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
                recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
-               wait: bool = True, on_operation: Callable[[Operation], None] | None = None) -> Any:
+               wait: Literal[True] = True, on_operation: Callable[[Operation], None] | None = None) -> DatasetVersion: ...
+
+    @overload
+    def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
+               description: str = "", request_id: str | None = None, progress: Progress | None = None,
+               direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
+               concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
+               wait: Literal[False], on_operation: Callable[[Operation], None] | None = None) -> Operation: ...
+
+    @overload
+    def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
+               description: str = "", request_id: str | None = None, progress: Progress | None = None,
+               direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
+               concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
+               wait: bool, on_operation: Callable[[Operation], None] | None = None) -> DatasetVersion | Operation: ...
+
+    def upload(self, path: str, name: str, *, format: str | None = None, compression: str = "",
+               description: str = "", request_id: str | None = None, progress: Progress | None = None,
+               direct: bool | None = None, resume: bool = True, part_size: int = DEFAULT_PART_SIZE,
+               concurrency: int = DEFAULT_CONCURRENCY, schema: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None, max_reject_rate: float | None = None,
+               wait: bool = True, on_operation: Callable[[Operation], None] | None = None) -> DatasetVersion | Operation:
         """Upload a file as a new version and wait until it is processed (``wait=False``: return
         the operation). Goes straight to object storage when the platform allows it (presigned
         multipart: parallel parts, resumable, nothing sent when the bytes are already held),
@@ -162,9 +187,24 @@ class Datasets(_Resource):
         resp = self._c.call(self._c.ingest.UploadDatasetVersion, messages(), timeout=3600)
         return DatasetVersion.from_proto(resp.version, resp.deduplicated)
 
+    @overload
     def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
                        compression: str = "", by_reference: bool = False, request_id: str | None = None,
-                       wait: bool = True, **processing: Any) -> Any:
+                       wait: Literal[True] = True, **processing: Any) -> DatasetVersion: ...
+
+    @overload
+    def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
+                       compression: str = "", by_reference: bool = False, request_id: str | None = None,
+                       wait: Literal[False], **processing: Any) -> Operation: ...
+
+    @overload
+    def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
+                       compression: str = "", by_reference: bool = False, request_id: str | None = None,
+                       wait: bool, **processing: Any) -> DatasetVersion | Operation: ...
+
+    def import_objects(self, uris: builtins.list[str], name: str, *, format: str | None = None,
+                       compression: str = "", by_reference: bool = False, request_id: str | None = None,
+                       wait: bool = True, **processing: Any) -> DatasetVersion | Operation:
         """Make a version from objects already in the platform's bucket (server-side copy, or
         referenced in place with ``by_reference``)."""
         req = ingest_pb2.ImportDatasetVersionRequest(
@@ -197,13 +237,24 @@ class Datasets(_Resource):
                                                                                     etag=etag))
 
     # -- reading ------------------------------------------------------------------------------------
-    def list(self, page_size: int = 100) -> builtins.list[Dataset]:
-        resp = self._c.call(self._c.ingest.ListDatasets, ingest_pb2.ListDatasetsRequest(page_size=page_size))
-        return [Dataset.from_proto(d) for d in resp.datasets]
+    def list(self, *, page_size: int = 100, limit: int | None = None) -> Paged[Dataset]:
+        """The tenant's datasets, fetched page by page as iteration reaches them."""
+        def page(token: str, size: int) -> tuple[Sequence[Dataset], str]:
+            resp = self._c.call(self._c.ingest.ListDatasets, ingest_pb2.ListDatasetsRequest(page_size=size,
+                                                                                          page_token=token))
+            return [Dataset.from_proto(d) for d in resp.datasets], resp.next_page_token
 
-    def versions(self, name: str, page_size: int = 50) -> builtins.list[DatasetVersion]:
-        req = ingest_pb2.ListDatasetVersionsRequest(parent=_name("datasets", name), page_size=page_size)
-        return [DatasetVersion.from_proto(v) for v in self._c.call(self._c.ingest.ListDatasetVersions, req).versions]
+        return Paged(page, page_size=page_size, limit=limit)
+
+    def versions(self, name: str, *, page_size: int = 50, limit: int | None = None) -> Paged[DatasetVersion]:
+        """A dataset's versions, fetched page by page as iteration reaches them."""
+        def page(token: str, size: int) -> tuple[Sequence[DatasetVersion], str]:
+            req = ingest_pb2.ListDatasetVersionsRequest(parent=_name("datasets", name), page_size=size,
+                                                        page_token=token)
+            resp = self._c.call(self._c.ingest.ListDatasetVersions, req)
+            return [DatasetVersion.from_proto(v) for v in resp.versions], resp.next_page_token
+
+        return Paged(page, page_size=page_size, limit=limit)
 
     def get(self, name: str, version: str | int | None = None) -> Dataset | DatasetVersion:
         """The dataset, or one of its versions (a number or "latest")."""
@@ -217,31 +268,47 @@ class Datasets(_Resource):
         return DatasetVersion.from_proto(self._c.call(self._c.ingest.GetDatasetVersion, req).version)
 
     def preview(self, name: str, version: str | int = "latest", limit: int = 10) -> builtins.list[Any]:
-        """The first cleaned records of a version."""
+        """The first cleaned records of a version, as the JSON values they are (text lines are
+        strings, JSONL/CSV/Parquet rows objects)."""
         req = ingest_pb2.PreviewDatasetVersionRequest(name=f"{_name('datasets', name)}/versions/{version}",
                                                       limit=limit)
         values = self._c.call(self._c.ingest.PreviewDatasetVersion, req).records
         return [json_format.MessageToDict(v) if isinstance(v, struct_pb2.Value) else v for v in values]
 
-    def rejects(self, name: str, version: str | int = "latest", page_size: int = 500) -> Iterator[dict[str, Any]]:
-        """Every rejected record: file, line, reason and (truncated) raw text."""
-        token = ""
-        while True:
-            req = ingest_pb2.ListRejectsRequest(name=f"{_name('datasets', name)}/versions/{version}",
-                                                page_size=page_size, page_token=token)
+    def rejects(self, name: str, version: str | int = "latest", *, page_size: int = 500,
+                limit: int | None = None) -> Paged[Reject]:
+        """The records validation rejected (file, line, reason, truncated raw text), fetched page
+        by page as iteration reaches them."""
+        full = f"{_name('datasets', name)}/versions/{version}"
+
+        def page(token: str, size: int) -> tuple[Sequence[Reject], str]:
+            req = ingest_pb2.ListRejectsRequest(name=full, page_size=size, page_token=token)
             resp = self._c.call(self._c.ingest.ListRejects, req)
-            for r in resp.rejects:
-                yield {"path": r.path, "line": r.line, "reason": r.reason, "raw": r.raw}
-            token = resp.next_page_token
-            if not token:
-                return
+            return [Reject.from_proto(r) for r in resp.rejects], resp.next_page_token
+
+        return Paged(page, page_size=page_size, limit=limit)
 
     # -- tokenization -------------------------------------------------------------------------------
+    @overload
+    def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
+                 shard_tokens: int = 0, request_id: str | None = None, wait: Literal[True] = True,
+                 on_operation: Callable[[Operation], None] | None = None) -> Tokenization: ...
+
+    @overload
+    def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
+                 shard_tokens: int = 0, request_id: str | None = None, wait: Literal[False],
+                 on_operation: Callable[[Operation], None] | None = None) -> Operation: ...
+
+    @overload
+    def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
+                 shard_tokens: int = 0, request_id: str | None = None, wait: bool,
+                 on_operation: Callable[[Operation], None] | None = None) -> Tokenization | Operation: ...
+
     def tokenize(self, name: str, version: str | int = "latest", *, tokenizer: str = "", vocab_size: int = 0,
                  shard_tokens: int = 0, request_id: str | None = None, wait: bool = True,
-                 on_operation: Callable[[Operation], None] | None = None) -> Any:
+                 on_operation: Callable[[Operation], None] | None = None) -> Tokenization | Operation:
         """Train (or reuse the stored ``tokenizer``) and write token shards; returns the
-        tokenization manifest (``wait=False``: the operation)."""
+        Tokenization (``wait=False``: the operation)."""
         req = ingest_pb2.TokenizeDatasetVersionRequest(
             name=f"{_name('datasets', name)}/versions/{version}", tokenizer=tokenizer, vocab_size=vocab_size,
             shard_tokens=shard_tokens, request_id=request_id or os.urandom(8).hex())
@@ -250,7 +317,7 @@ class Datasets(_Resource):
             return op
         op = raise_if_failed(self.wait(op.name, on_update=on_operation))
         resp = self._c.call(self._c.ingest.GetTokenization, ingest_pb2.GetTokenizationRequest(name=op.result))
-        return json_format.MessageToDict(resp.tokenization, preserving_proto_field_name=True)
+        return Tokenization.from_proto(resp.tokenization)
 
     # -- operations ---------------------------------------------------------------------------------
     def operation(self, name: str) -> Operation:

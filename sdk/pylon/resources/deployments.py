@@ -1,12 +1,14 @@
-"""Deployments: deploy, list, get, delete."""
+"""Deployments: deploy, list, get, scale, delete."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
-from pylon.errors import PylonError, UnavailableError
+from pylon.errors import FailedPreconditionError, UnavailableError
 from pylon.gateway.v1 import gateway_pb2
+from pylon.paging import Paged
 from pylon.resources._base import _name, _Resource
 from pylon.types import Deployment
 
@@ -15,7 +17,8 @@ class Deployments(_Resource):
     def deploy(self, name: str, model_uri: str, *, replicas: int = 1, engine: str = "torch", gpus: float = 0,
                gpu_types: list[str] | None = None, wait: bool = True, timeout: float = 600,
                request_id: str | None = None) -> Deployment:
-        """Deploy ``models:/name@alias`` (or a version); with ``wait``, return once a replica serves."""
+        """Deploy ``models:/name@alias`` (or a version); with ``wait``, return once a replica
+        serves (raises FailedPreconditionError as soon as every replica job has failed)."""
         dep = gateway_pb2.Deployment(model_uri=model_uri, replicas=replicas, engine=engine, gpus_per_replica=gpus,
                                      gpu_types=gpu_types or [])
         req = gateway_pb2.CreateDeploymentRequest(deployment_id=name, deployment=dep,
@@ -24,13 +27,15 @@ class Deployments(_Resource):
         return self.wait_ready(name, timeout) if wait else out
 
     def wait_ready(self, name: str, timeout: float = 600) -> Deployment:
+        """Poll until a replica serves; FailedPreconditionError once the deployment is FAILED,
+        UnavailableError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             dep = self.get(name)
             if dep.state == "ready":
                 return dep
             if dep.state == "failed":
-                raise PylonError(f"deployment {name} failed: {dep.message}")
+                raise FailedPreconditionError(f"deployment {name} failed: {dep.message}")
             if time.monotonic() > deadline:
                 raise UnavailableError(f"deployment {name} not ready after {timeout:.0f}s: {dep.message}")
             time.sleep(0.5)
@@ -39,11 +44,21 @@ class Deployments(_Resource):
         req = gateway_pb2.GetDeploymentRequest(name=_name("deployments", name))
         return Deployment.from_proto(self._c.call(self._c.gateway.GetDeployment, req).deployment)
 
-    def list(self, page_size: int = 100) -> list[Deployment]:
-        resp = self._c.call(self._c.gateway.ListDeployments, gateway_pb2.ListDeploymentsRequest(page_size=page_size))
-        return [Deployment.from_proto(d) for d in resp.deployments]
+    def list(self, *, page_size: int = 100, limit: int | None = None) -> Paged[Deployment]:
+        """The tenant's deployments by id, fetched page by page as iteration reaches them."""
+        def page(token: str, size: int) -> tuple[Sequence[Deployment], str]:
+            req = gateway_pb2.ListDeploymentsRequest(page_size=size, page_token=token)
+            resp = self._c.call(self._c.gateway.ListDeployments, req)
+            return [Deployment.from_proto(d) for d in resp.deployments], resp.next_page_token
+
+        return Paged(page, page_size=page_size, limit=limit)
+
+    def scale(self, name: str, replicas: int, *, etag: str = "") -> Deployment:
+        """Set the replica count (new replicas start as scheduler jobs, the highest-numbered ones
+        are cancelled); with ``etag`` (from ``get``), only if the deployment is unchanged since,
+        else AbortedError."""
+        req = gateway_pb2.ScaleDeploymentRequest(name=_name("deployments", name), replicas=replicas, etag=etag)
+        return Deployment.from_proto(self._c.call(self._c.gateway.ScaleDeployment, req).deployment)
 
     def delete(self, name: str) -> None:
         self._c.call(self._c.gateway.DeleteDeployment, gateway_pb2.DeleteDeploymentRequest(name=_name("deployments", name)))
-
-

@@ -1,17 +1,19 @@
-"""Jobs: submit, list, get, logs, wait, cancel, explain; plus the scheduler's cluster and queue views."""
+"""Jobs: submit, list, get, logs, wait, cancel, explain, metrics; plus the scheduler's view of the cluster."""
 
 from __future__ import annotations
 
+import builtins
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from google.protobuf import json_format
 
 from pylon.errors import PylonError
+from pylon.paging import Paged
 from pylon.resources._base import CHUNK_BYTES, _name, _Resource
 from pylon.scheduler.v1 import scheduler_pb2
-from pylon.types import Job
+from pylon.types import GpuPool, Job, JobExplanation, MetricPoint
 
 
 class Jobs(_Resource):
@@ -56,10 +58,18 @@ class Jobs(_Resource):
         return Job.from_proto(self._c.call(self._c.scheduler.GetJob,
                                            scheduler_pb2.GetJobRequest(name=_name("jobs", name))).job)
 
-    def list(self, page_size: int = 50, states: list[str] | None = None) -> list[Job]:
-        req = scheduler_pb2.ListJobsRequest(page_size=page_size, states=[
-            scheduler_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in states or []])
-        return [Job.from_proto(j) for j in self._c.call(self._c.scheduler.ListJobs, req).jobs]
+    def list(self, *, states: builtins.list[str] | None = None, page_size: int = 100,
+             limit: int | None = None) -> Paged[Job]:
+        """The tenant's jobs, newest first, optionally only those in ``states`` ("running", ...);
+        pages are fetched as iteration reaches them, up to ``limit`` jobs."""
+        wanted = [scheduler_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in states or []]
+
+        def page(token: str, size: int) -> tuple[Sequence[Job], str]:
+            req = scheduler_pb2.ListJobsRequest(page_size=size, page_token=token, states=wanted)
+            resp = self._c.call(self._c.scheduler.ListJobs, req)
+            return [Job.from_proto(j) for j in resp.jobs], resp.next_page_token
+
+        return Paged(page, page_size=page_size, limit=limit)
 
     def cancel(self, name: str) -> Job:
         return Job.from_proto(self._c.call(self._c.scheduler.CancelJob,
@@ -85,42 +95,17 @@ class Jobs(_Resource):
             raise PylonError(f"watch of {name} ended before the job finished")
         return last
 
-    def metrics(self, name: str) -> list[dict[str, Any]]:
-        resp = self._c.call(self._c.scheduler.ListJobMetrics, scheduler_pb2.ListJobMetricsRequest(name=_name("jobs", name)))
-        return [{"key": p.key, "step": p.step, "value": p.value} for p in resp.points]
+    def metrics(self, name: str, keys: builtins.list[str] | None = None) -> builtins.list[MetricPoint]:
+        """Every metric point the job reported (only ``keys`` if given), in report order."""
+        req = scheduler_pb2.ListJobMetricsRequest(name=_name("jobs", name), keys=keys or [])
+        return [MetricPoint.from_proto(p) for p in self._c.call(self._c.scheduler.ListJobMetrics, req).points]
 
-
-    def explain(self, name: str) -> dict[str, Any]:
-        """Why a pending job waits: reasons, 1-based position, estimated start (unix time or None)."""
+    def explain(self, name: str) -> JobExplanation:
+        """Why a pending job waits: reasons, 1-based position, estimated start (or None)."""
         resp = self._c.call(self._c.scheduler.ExplainJob, scheduler_pb2.ExplainJobRequest(name=_name("jobs", name)))
-        start = resp.estimated_start_time.ToNanoseconds() / 1e9 if resp.HasField("estimated_start_time") else 0
-        return {"reasons": list(resp.reasons), "position": resp.position, "estimated_start": start or None}
+        return JobExplanation.from_proto(resp)
 
-    def cluster(self) -> list[dict[str, Any]]:
+    def cluster(self) -> builtins.list[GpuPool]:
         """GPU pools discovered from Ray: nodes, healthy nodes, total/used GPUs and CPUs, bounds."""
         resp = self._c.call(self._c.scheduler.GetCluster, scheduler_pb2.GetClusterRequest())
-        return [json_format.MessageToDict(p, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-                for p in resp.pools]
-
-    def queues(self, tenant: str = "-") -> list[dict[str, Any]]:
-        """The tenant's queues: nominal quota, used and borrowed GPUs per type, job counts."""
-        resp = self._c.call(self._c.scheduler.ListQueues, scheduler_pb2.ListQueuesRequest(parent=f"tenants/{tenant}"))
-        return [json_format.MessageToDict(q, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-                for q in resp.queues]
-
-    def create_queue(self, tenant: str, queue_id: str, *, nominal_gpus: dict[str, float], cohort: str = "",
-                     borrowing_limit_gpus: dict[str, float] | None = None, weight: float = 1.0) -> dict[str, Any]:
-        """Declare a queue and its quota (admin key)."""
-        q = scheduler_pb2.Queue(nominal_gpus=nominal_gpus, cohort=cohort, borrowing_limit_gpus=borrowing_limit_gpus or {},
-                                weight=weight)
-        resp = self._c.call(self._c.scheduler.CreateQueue, scheduler_pb2.CreateQueueRequest(
-            parent=f"tenants/{tenant}", queue_id=queue_id, queue=q))
-        return json_format.MessageToDict(resp.queue, preserving_proto_field_name=True)
-
-    def update_queue(self, name: str, *, nominal_gpus: dict[str, float], cohort: str = "",
-                     borrowing_limit_gpus: dict[str, float] | None = None, weight: float = 1.0) -> dict[str, Any]:
-        """Replace a queue's quota fields (admin key); ``name`` is tenants/{t}/queues/{q}."""
-        q = scheduler_pb2.Queue(name=name, nominal_gpus=nominal_gpus, cohort=cohort,
-                                borrowing_limit_gpus=borrowing_limit_gpus or {}, weight=weight)
-        resp = self._c.call(self._c.scheduler.UpdateQueue, scheduler_pb2.UpdateQueueRequest(queue=q))
-        return json_format.MessageToDict(resp.queue, preserving_proto_field_name=True)
+        return [GpuPool.from_proto(p) for p in resp.pools]

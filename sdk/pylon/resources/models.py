@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import google_crc32c
-from google.protobuf import json_format
 
 from pylon import transfer
+from pylon.paging import Paged
 from pylon.registry.v1 import registry_pb2 as pb
 from pylon.resources._base import _name, _Resource
-from pylon.types import Alias, AliasMove, Model, ModelVersion
+from pylon.types import Alias, AliasMove, Lineage, Model, ModelVersion
 
 DEFAULT_PART_SIZE = 16 << 20  # like boto3, small enough that one file keeps every thread busy
 # New files up to this size are hashed before they are sent (the registry's default limit for one
@@ -155,10 +155,36 @@ class Models(_Resource):
 
         self._c.call(self._c.registry.UploadArtifact, chunks(), timeout=24 * 3600)
 
+    # -- models -----------------------------------------------------------------------------
+    def create(self, name: str, *, description: str = "", tags: dict[str, str] | None = None,
+               request_id: str | None = None) -> Model:
+        """Create an empty model (``register`` also creates one with its first version)."""
+        parent, _, model_id = _name("models", name).rpartition("/models/")
+        req = pb.CreateModelRequest(parent=parent, model_id=model_id, description=description, tags=tags or {},
+                                    request_id=request_id or os.urandom(8).hex())
+        return Model.from_proto(self._c.call(self._c.registry.CreateModel, req).model)
+
+    def update(self, name: str, *, description: str | None = None, tags: dict[str, str] | None = None,
+               protected_aliases: builtins.list[str] | None = None, etag: str = "") -> Model:
+        """Change what is given (None leaves a field as it is; ``tags`` replaces all tags);
+        ``protected_aliases`` needs the maintainer role; ``etag`` makes it compare-and-swap."""
+        mask = [f for f, v in (("description", description), ("tags", tags),
+                                ("protected_aliases", protected_aliases)) if v is not None]
+        m = pb.Model(name=_name("models", name), description=description or "", tags=tags or {},
+                     protected_aliases=protected_aliases or [], etag=etag)
+        resp = self._c.call(self._c.registry.UpdateModel, pb.UpdateModelRequest(model=m, update_mask=mask))
+        return Model.from_proto(resp.model)
+
     # -- read -------------------------------------------------------------------------------
-    def list(self, page_size: int = 100, *, filter: str = "") -> list[Model]:
-        req = pb.ListModelsRequest(page_size=page_size, filter=filter)
-        return [Model.from_proto(m) for m in self._c.call(self._c.registry.ListModels, req).models]
+    def list(self, *, filter: str = "", page_size: int = 100, limit: int | None = None) -> Paged[Model]:
+        """The tenant's models (``filter`` e.g. "tags.team=nlp"), fetched page by page as
+        iteration reaches them."""
+        def page(token: str, size: int) -> tuple[Sequence[Model], str]:
+            resp = self._c.call(self._c.registry.ListModels, pb.ListModelsRequest(page_size=size, page_token=token,
+                                                                                 filter=filter))
+            return [Model.from_proto(m) for m in resp.models], resp.next_page_token
+
+        return Paged(page, page_size=page_size, limit=limit)
 
     def get(self, name: str, version: str | int | None = None) -> Model | ModelVersion:
         if version is None:
@@ -166,40 +192,56 @@ class Models(_Resource):
         req = pb.GetModelVersionRequest(name=f"{_name('models', name)}/versions/{version}")
         return ModelVersion.from_proto(self._c.call(self._c.registry.GetModelVersion, req).version)
 
-    def versions(self, name: str = "-", *, page_size: int = 50, filter: str = "", order_by: str = "",
-                 show_deleted: bool = False, page_token: str = "") -> tuple[builtins.list[ModelVersion], str]:
-        """One page of versions (newest first by default) and the next page token ("" at the end).
-        ``name="-"`` searches every model of the tenant."""
-        req = pb.ListModelVersionsRequest(parent=_name("models", name), page_size=page_size, filter=filter,
-                                          order_by=order_by, show_deleted=show_deleted, page_token=page_token)
-        resp = self._c.call(self._c.registry.ListModelVersions, req)
-        return [ModelVersion.from_proto(v) for v in resp.versions], resp.next_page_token
+    def versions(self, name: str = "-", *, filter: str = "", order_by: str = "", show_deleted: bool = False,
+                 page_size: int = 50, limit: int | None = None, page_token: str = "") -> Paged[ModelVersion]:
+        """Versions (newest first by default), fetched page by page as iteration reaches them;
+        ``name="-"`` searches every model of the tenant. Resume a stopped iteration with its
+        ``next_page_token`` as ``page_token``."""
+        def page(token: str, size: int) -> tuple[Sequence[ModelVersion], str]:
+            req = pb.ListModelVersionsRequest(parent=_name("models", name), page_size=size, filter=filter,
+                                              order_by=order_by, show_deleted=show_deleted, page_token=token)
+            resp = self._c.call(self._c.registry.ListModelVersions, req)
+            return [ModelVersion.from_proto(v) for v in resp.versions], resp.next_page_token
+
+        return Paged(page, page_size=page_size, limit=limit, page_token=page_token)
 
     def resolve(self, uri: str) -> ModelVersion:
         """``models:/<model>@<alias>``, ``models:/<model>/versions/<n>`` or ``models:/<model>/latest``."""
         return ModelVersion.from_proto(self._c.call(self._c.registry.ResolveModelUri,
                                                     pb.ResolveModelUriRequest(uri=uri)).version)
 
-    def lineage(self, name: str, version: str | int) -> dict[str, Any]:
+    def lineage(self, name: str, version: str | int) -> Lineage:
+        """The graph dataset version -> job -> checkpoint -> this version -> deployments."""
         req = pb.GetLineageRequest(name=f"{_name('models', name)}/versions/{version}")
-        return json_format.MessageToDict(self._c.call(self._c.registry.GetLineage, req), preserving_proto_field_name=True)
+        return Lineage.from_proto(self._c.call(self._c.registry.GetLineage, req))
 
     # -- aliases ----------------------------------------------------------------------------
-    def alias(self, name: str, alias: str, version: int | None = None, *, etag: str = "") -> Alias:
-        """Get an alias, or (with ``version``) move it; ``etag`` makes the move compare-and-swap."""
+    def get_alias(self, name: str, alias: str) -> Alias:
+        """Where an alias points, with its etag (for ``set_alias``/``delete_alias``)."""
         full = f"{_name('models', name)}/aliases/{alias}"
-        if version is None:
-            return Alias.from_proto(self._c.call(self._c.registry.GetAlias, pb.GetAliasRequest(name=full)).alias)
-        req = pb.SetAliasRequest(name=full, version=version, etag=etag)
+        return Alias.from_proto(self._c.call(self._c.registry.GetAlias, pb.GetAliasRequest(name=full)).alias)
+
+    def set_alias(self, name: str, alias: str, version: int, *, etag: str = "") -> Alias:
+        """Point ``alias`` at ``version``; with ``etag`` only if the alias is unchanged since
+        (compare-and-swap, else AbortedError)."""
+        req = pb.SetAliasRequest(name=f"{_name('models', name)}/aliases/{alias}", version=version, etag=etag)
         return Alias.from_proto(self._c.call(self._c.registry.SetAlias, req).alias)
 
     def delete_alias(self, name: str, alias: str, *, etag: str = "") -> None:
         full = f"{_name('models', name)}/aliases/{alias}"
         self._c.call(self._c.registry.DeleteAlias, pb.DeleteAliasRequest(name=full, etag=etag))
 
-    def alias_history(self, name: str, alias: str, page_size: int = 100) -> builtins.list[AliasMove]:
-        req = pb.ListAliasHistoryRequest(name=f"{_name('models', name)}/aliases/{alias}", page_size=page_size)
-        return [AliasMove.from_proto(m) for m in self._c.call(self._c.registry.ListAliasHistory, req).moves]
+    def alias_history(self, name: str, alias: str, *, page_size: int = 100,
+                      limit: int | None = None) -> Paged[AliasMove]:
+        """Every move of an alias, newest first, fetched page by page as iteration reaches them."""
+        full = f"{_name('models', name)}/aliases/{alias}"
+
+        def page(token: str, size: int) -> tuple[Sequence[AliasMove], str]:
+            req = pb.ListAliasHistoryRequest(name=full, page_size=size, page_token=token)
+            resp = self._c.call(self._c.registry.ListAliasHistory, req)
+            return [AliasMove.from_proto(m) for m in resp.moves], resp.next_page_token
+
+        return Paged(page, page_size=page_size, limit=limit)
 
     # -- lifecycle --------------------------------------------------------------------------
     def archive(self, name: str, version: int, *, restore: bool = False, etag: str = "") -> ModelVersion:

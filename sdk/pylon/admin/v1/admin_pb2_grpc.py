@@ -72,16 +72,19 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListApiKeys(self, request, context):
-        """ListApiKeys lists keys (never their secrets), optionally of one tenant.
-        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (bad page token).
+        """ListApiKeys pages through keys by id (never their secrets), optionally of one tenant; with
+        a tenant, a page may hold fewer keys than page_size (even none) and still have a next page.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (bad tenant, page token or page size).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteApiKey(self, request, context):
-        """DeleteApiKey revokes a key at once.
-        Errors: NOT_FOUND (no such key), PERMISSION_DENIED.
+        """DeleteApiKey revokes a key; each service refuses it once its cached lookup of the key
+        expires (PYLON_AUTH_CACHE_TTL_S, 5 s by default).
+        Errors: NOT_FOUND (no such key), INVALID_ARGUMENT (name not "apiKeys/{key_id}"),
+        PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

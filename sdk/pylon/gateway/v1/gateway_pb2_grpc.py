@@ -27,8 +27,7 @@ if _version_not_supported:
 
 class GatewayServiceStub:
     """GatewayService serves LLMs: deployments of registered model versions run as engine replicas
-    on the scheduler's GPU pools; Generate streams tokens, routed by load and prompt-prefix
-    affinity, admitted by per-tenant token buckets.
+    on the scheduler's GPU pools; Generate streams tokens from the least-loaded ready replica.
     """
 
     def __init__(self, channel):
@@ -71,57 +70,64 @@ class GatewayServiceStub:
 
 class GatewayServiceServicer:
     """GatewayService serves LLMs: deployments of registered model versions run as engine replicas
-    on the scheduler's GPU pools; Generate streams tokens, routed by load and prompt-prefix
-    affinity, admitted by per-tenant token buckets.
+    on the scheduler's GPU pools; Generate streams tokens from the least-loaded ready replica.
     """
 
     def CreateDeployment(self, request, context):
-        """CreateDeployment deploys "models:/name@alias" (or an exact version) with N replicas.
-        Idempotent on request_id.
-        Errors: INVALID_ARGUMENT (bad name, replicas out of range), NOT_FOUND (model or alias),
-        ALREADY_EXISTS (name taken, different request_id).
+        """CreateDeployment deploys "models:/name@alias" (or an exact version) with N replicas, each
+        a scheduler job. Idempotent on request_id (a retry also submits replica jobs a failed
+        attempt left unsubmitted).
+        Errors: INVALID_ARGUMENT (bad parent or deployment_id, replicas outside 1..16, unknown
+        engine, malformed model_uri), NOT_FOUND (model, version or alias), ALREADY_EXISTS (name
+        taken, different request_id), PERMISSION_DENIED (viewer key); a replica job the scheduler
+        refuses passes its code through (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDeployment(self, request, context):
-        """GetDeployment returns a deployment with its replicas.
-        Errors: NOT_FOUND (missing or another tenant's), INVALID_ARGUMENT.
+        """GetDeployment returns a deployment with its replicas. A deployment none of whose replicas
+        serves reads FAILED once every replica job has ended, with the first job's reason.
+        Errors: NOT_FOUND (missing or another tenant's), INVALID_ARGUMENT (bad name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDeployments(self, request, context):
-        """ListDeployments pages through the tenant's deployments.
-        Errors: INVALID_ARGUMENT.
+        """ListDeployments pages through the tenant's deployments, by id.
+        Errors: INVALID_ARGUMENT (bad parent, negative page_size).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ScaleDeployment(self, request, context):
-        """ScaleDeployment changes the desired replica count.
-        Errors: NOT_FOUND, INVALID_ARGUMENT (out of range), ABORTED (stale etag).
+        """ScaleDeployment sets the desired replica count: new replicas are submitted as scheduler
+        jobs, the highest-numbered ones are cancelled. With etag, only if the deployment is
+        unchanged since (compare-and-swap).
+        Errors: INVALID_ARGUMENT (bad name; replicas outside 1..16), NOT_FOUND, ABORTED (stale
+        etag, or too many concurrent writes), FAILED_PRECONDITION (deployment being deleted),
+        PERMISSION_DENIED (viewer key); scheduler refusals of a new replica job pass through.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDeployment(self, request, context):
-        """DeleteDeployment stops the replicas and removes the deployment.
-        Errors: NOT_FOUND.
+        """DeleteDeployment cancels the replica jobs and removes the deployment.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (bad name), PERMISSION_DENIED (viewer key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """Generate streams a completion from a deployment.
-        Errors: NOT_FOUND (deployment), INVALID_ARGUMENT (bad prompt or sampling parameters),
-        UNAVAILABLE (no ready replica yet, with retry delay), RESOURCE_EXHAUSTED (tenant over its
-        token budget, with retry delay), DEADLINE_EXCEEDED.
+        """Generate streams a completion from a deployment, served by its least-loaded ready replica.
+        Errors: NOT_FOUND (deployment), INVALID_ARGUMENT (bad name, empty prompt or bad sampling
+        parameters), UNAVAILABLE (no ready replica yet; retry shortly), DEADLINE_EXCEEDED; an
+        engine's own error passes through (INVALID_ARGUMENT, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,8 +176,7 @@ def add_GatewayServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class GatewayService:
     """GatewayService serves LLMs: deployments of registered model versions run as engine replicas
-    on the scheduler's GPU pools; Generate streams tokens, routed by load and prompt-prefix
-    affinity, admitted by per-tenant token buckets.
+    on the scheduler's GPU pools; Generate streams tokens from the least-loaded ready replica.
     """
 
     @staticmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
@@ -13,105 +12,104 @@ from pylon.engine.v1 import engine_pb2
 from pylon.gateway.v1 import gateway_pb2 as pb
 from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon.registry.v1 import registry_pb2
-from pylon.scheduler.v1 import scheduler_pb2 as spb
 from pylon_services.common.errors import AlreadyExists, InvalidArgument, Unavailable
 from pylon_services.common.names import check_id, parse_name, parse_parent
+from pylon_services.gateway.api.replicas import ReplicaJobs
+from pylon_services.gateway.domain import deployments as records
+from pylon_services.gateway.domain.deployments import Doc
 from pylon_services.gateway.domain.routing import deployment_state, pick_replica
 from pylon_services.gateway.store.deployments import DeploymentStore
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, struct, ts
 
-MAX_REPLICAS = 16
+MAX_REPLICAS = records.MAX_REPLICAS
 _STATES = {"pending": pb.DEPLOYMENT_STATE_PENDING, "ready": pb.DEPLOYMENT_STATE_READY,
-           "failed": pb.DEPLOYMENT_STATE_FAILED}
+           "failed": pb.DEPLOYMENT_STATE_FAILED, "deleting": pb.DEPLOYMENT_STATE_DELETING}
+_DEPLOYMENT = ("tenants", "deployments")
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, deployments: DeploymentStore, clients: PlatformClients) -> None:
         self._d = deployments
         self._c = clients
+        self._jobs = ReplicaJobs(deployments, clients)
         self._inflight: dict[str, int] = {}
 
-    async def _view(self, tenant: str, dep: str, doc: dict[str, Any]) -> pb.Deployment:
-        replicas = await self._d.replicas(tenant, dep)
+    async def _view(self, tenant: str, dep: str, doc: Doc, context: grpc.aio.ServicerContext) -> pb.Deployment:
+        """The deployment as the API shows it. Replicas that do not serve have their jobs' states
+        read from the scheduler, so a deployment whose every replica job ended reads FAILED."""
         now = time.time()
-        state, message = deployment_state(replicas, now, doc.get("failed_jobs", 0), doc["replicas"])
-        live = {r.job_id: r for r in replicas}
-        status = [pb.Replica(job=j, address=live[j.rsplit("/", 1)[1]].address if j.rsplit("/", 1)[1] in live else "",
-                             ready=j.rsplit("/", 1)[1] in live and live[j.rsplit("/", 1)[1]].fresh(now))
-                  for j in doc["jobs"]]
+        live = {r.job_id: r for r in await self._d.replicas(tenant, dep)}
+        status = []
+        for slot in doc["slots"]:
+            reg = live.get(slot["job"].rsplit("/", 1)[-1]) if slot["job"] else None
+            status.append(pb.Replica(job=slot["job"], address=reg.address if reg else "",
+                                     ready=bool(reg and reg.fresh(now)), running_requests=reg.running if reg else 0))
+        waiting = [r.job for r in status if r.job and not r.ready]
+        ready = sum(r.ready for r in status)
+        ended = await self._jobs.ended(waiting, context) if not ready else []
+        state, message = deployment_state(ready, doc["replicas"], ended, len(status), doc["deleting"])
         return pb.Deployment(name=doc["name"], model_uri=doc["model_uri"], model_version=doc["model_version"],
                              engine=doc["engine"], replicas=doc["replicas"], gpus_per_replica=doc["gpus"],
                              gpu_types=doc["gpu_types"], engine_config=struct(doc.get("engine_config")),
                              state=_STATES[state], message=message, replica_status=status,
-                             create_time=ts(doc["create_time"]))
+                             create_time=ts(doc["create_time"]), etag=records.etag(doc))
 
-    async def _submit_replica(self, tenant: str, doc: dict[str, Any], index: int, context: Any) -> str:
-        spec = spb.JobSpec(
-            workers=1, priority_class="high", display_name=f"{doc['name']} replica {index}",
-            resources=spb.WorkerResources(gpus=doc["gpus"], gpu_types=doc["gpu_types"], cpus=1),
-            engine=spb.EngineReplica(deployment=doc["name"], model_version=doc["model_version"], engine=doc["engine"]),
-            labels={"pylon.dev/deployment": doc["name"].rsplit("/", 1)[1]})
-        sched = await self._c.scheduler()
-        resp = await sched.SubmitJob(spb.SubmitJobRequest(parent=f"tenants/{tenant}", spec=spec,
-                                                          request_id=f"{doc['uid']}-r{index}"),
-                                     metadata=forward_metadata(), timeout=remaining_timeout(context))
-        return resp.job.name
-
-    async def CreateDeployment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        p = principal()
-        tenant = parse_parent("parent", request.parent, p)
+    async def CreateDeployment(self, request: pb.CreateDeploymentRequest,
+                               context: grpc.aio.ServicerContext) -> pb.CreateDeploymentResponse:
+        tenant = parse_parent("parent", request.parent, principal())
         dep_id = check_id("deployment_id", request.deployment_id)
         d = request.deployment
-        replicas = d.replicas or 1
-        if not 1 <= replicas <= MAX_REPLICAS:
-            raise InvalidArgument.field("deployment.replicas", f"must be between 1 and {MAX_REPLICAS}")
+        replicas = records.check_replicas("deployment.replicas", d.replicas or 1)
         engine = d.engine or "torch"
         if engine not in ("torch", "vllm"):
             raise InvalidArgument.field("deployment.engine", "must be 'torch' or 'vllm'")
         registry = await self._c.registry()
         resolved = await registry.ResolveModelUri(registry_pb2.ResolveModelUriRequest(uri=d.model_uri),
                                                   metadata=forward_metadata(), timeout=remaining_timeout(context))
-        doc = {"name": f"tenants/{tenant}/deployments/{dep_id}", "model_uri": d.model_uri,
-               "model_version": resolved.version.name, "engine": engine, "replicas": replicas,
-               "gpus": d.gpus_per_replica, "gpu_types": list(d.gpu_types), "jobs": [], "uid": uuid.uuid4().hex[:10],
-               "create_time": time.time(), "request_id": request.request_id}
+        doc = records.new_record(f"tenants/{tenant}/deployments/{dep_id}", uuid.uuid4().hex[:10], replicas, {
+            "model_uri": d.model_uri, "model_version": resolved.version.name, "engine": engine,
+            "gpus": d.gpus_per_replica, "gpu_types": list(d.gpu_types), "create_time": time.time(),
+            "request_id": request.request_id})
         if not await self._d.create(tenant, dep_id, doc):
             existing = await self._d.get(tenant, dep_id)
-            if request.request_id and existing.get("request_id") == request.request_id:
-                return pb.CreateDeploymentResponse(deployment=await self._view(tenant, dep_id, existing))
-            raise AlreadyExists(f"{doc['name']} already exists")
-        doc["jobs"] = [await self._submit_replica(tenant, doc, i, context) for i in range(replicas)]
-        await self._d.save(tenant, dep_id, doc)
+            if not request.request_id or existing.get("request_id") != request.request_id:
+                raise AlreadyExists(f"{doc['name']} already exists")
+        doc = await self._jobs.settle(tenant, dep_id, context)  # also finishes a retried create
         await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
             name=doc["model_version"], deployment=doc["name"]), metadata=forward_metadata(),
             timeout=remaining_timeout(context))
-        return pb.CreateDeploymentResponse(deployment=await self._view(tenant, dep_id, doc))
+        return pb.CreateDeploymentResponse(deployment=await self._view(tenant, dep_id, doc, context))
 
-    async def GetDeployment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        tenant, dep = parse_name("name", request.name, ("tenants", "deployments"), principal())
-        return pb.GetDeploymentResponse(deployment=await self._view(tenant, dep, await self._d.get(tenant, dep)))
+    async def GetDeployment(self, request: pb.GetDeploymentRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetDeploymentResponse:
+        tenant, dep = parse_name("name", request.name, _DEPLOYMENT, principal())
+        doc = await self._d.get(tenant, dep)
+        return pb.GetDeploymentResponse(deployment=await self._view(tenant, dep, doc, context))
 
-    async def ListDeployments(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListDeployments(self, request: pb.ListDeploymentsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListDeploymentsResponse:
         tenant = parse_parent("parent", request.parent, principal())
-        size = page_size(request.page_size)
-        docs = await self._d.list_deployments(tenant, size, request.page_token)
-        views = [await self._view(tenant, d["name"].rsplit("/", 1)[1], d) for d in docs]
-        token = docs[-1]["name"].rsplit("/", 1)[1] if len(docs) == size else ""
+        docs, token = await self._d.list_deployments(tenant, page_size(request.page_size), request.page_token)
+        views = [await self._view(tenant, d["name"].rsplit("/", 1)[1], d, context) for d in docs]
         return pb.ListDeploymentsResponse(deployments=views, next_page_token=token)
 
-    async def DeleteDeployment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        tenant, dep = parse_name("name", request.name, ("tenants", "deployments"), principal())
-        doc = await self._d.get(tenant, dep)
-        sched = await self._c.scheduler()
-        for job in doc["jobs"]:
-            try:
-                await sched.CancelJob(spb.CancelJobRequest(name=job), metadata=forward_metadata(),
-                                      timeout=remaining_timeout(context))
-            except grpc.aio.AioRpcError as e:
-                if e.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                    raise
+    async def ScaleDeployment(self, request: pb.ScaleDeploymentRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ScaleDeploymentResponse:
+        """Change the desired replica count (compare-and-swap, optionally against ``etag``),
+        then submit the new slots' jobs and cancel the retired ones."""
+        tenant, dep = parse_name("name", request.name, _DEPLOYMENT, principal())
+        replicas = records.check_replicas("replicas", request.replicas)
+        await self._d.update(tenant, dep, lambda d: records.resize(d, replicas, request.etag))
+        doc = await self._jobs.settle(tenant, dep, context)
+        return pb.ScaleDeploymentResponse(deployment=await self._view(tenant, dep, doc, context))
+
+    async def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
+                               context: grpc.aio.ServicerContext) -> pb.DeleteDeploymentResponse:
+        tenant, dep = parse_name("name", request.name, _DEPLOYMENT, principal())
+        await self._d.update(tenant, dep, records.retire_all)
+        doc = await self._jobs.settle(tenant, dep, context)
         registry = await self._c.registry()
         await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
             name=doc["model_version"], deployment=doc["name"], removed=True), metadata=forward_metadata(),
@@ -119,15 +117,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._d.delete(tenant, dep)
         return pb.DeleteDeploymentResponse()
 
-    async def Generate(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        tenant, dep = parse_name("deployment", request.deployment, ("tenants", "deployments"), principal())
+    async def Generate(self, request: pb.GenerateRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        tenant, dep = parse_name("deployment", request.deployment, _DEPLOYMENT, principal())
         if not request.prompt:
             raise InvalidArgument.field("prompt", "must not be empty")
         s = request.sampling
         if s.max_tokens < 0 or s.temperature < 0 or not 0 <= s.top_p <= 1 or s.top_k < 0:
             raise InvalidArgument.field("sampling", "max_tokens, temperature and top_k must be >= 0; top_p in [0, 1]")
-        await self._d.get(tenant, dep)
-        replica = pick_replica(await self._d.replicas(tenant, dep), self._inflight, time.time())
+        doc = await self._d.get(tenant, dep)
+        # Only replicas of live slots: a retired replica may still look fresh for a few seconds.
+        slots = {s["job"].rsplit("/", 1)[-1] for s in doc["slots"] if s["job"]}
+        registered = [r for r in await self._d.replicas(tenant, dep) if r.job_id in slots]
+        replica = pick_replica(registered, self._inflight, time.time())
         if replica is None:
             raise Unavailable(f"{request.deployment} has no ready replica yet; retry shortly")
         engine = await self._c.engine(replica.address)

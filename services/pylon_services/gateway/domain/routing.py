@@ -27,11 +27,16 @@ def pick_replica(replicas: list[ReplicaView], inflight: dict[str, int], now: flo
     return min(live, key=lambda r: (inflight.get(r.address, 0), r.running, r.address))
 
 
-def deployment_state(replicas: list[ReplicaView], now: float, failed_jobs: int, desired: int) -> tuple[str, str]:
-    """(state, message) of a deployment from its replicas' registrations."""
-    ready = sum(r.fresh(now) for r in replicas)
+def deployment_state(ready: int, desired: int, ended: list[str], slots: int, deleting: bool = False
+                     ) -> tuple[str, str]:
+    """(state, message) of a deployment: ``ready`` replicas serve, ``ended`` holds one line per
+    replica job that is over (failed, cancelled or exited) out of ``slots`` replica jobs.
+    FAILED once every replica job is over and none serves, with the first job's reason."""
+    if deleting:
+        return "deleting", "stopping the replicas"
     if ready:
         return "ready", f"{ready}/{desired} replica(s) ready"
-    if failed_jobs >= desired:
-        return "failed", "every replica failed to start; see the replica jobs' logs"
-    return "pending", f"0/{desired} replica(s) ready; starting"
+    if slots and len(ended) >= slots:
+        return "failed", f"every replica job ended without serving; {ended[0]}"
+    starting = f"; {len(ended)} replica job(s) ended: {ended[0]}" if ended else "; starting"
+    return "pending", f"0/{desired} replica(s) ready{starting}"

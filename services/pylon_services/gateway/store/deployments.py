@@ -1,54 +1,113 @@
-"""Deployment records and replica registrations in Redis."""
+"""Deployment records and replica registrations in Redis.
+
+Every write of a record is a compare-and-swap on its ``version`` counter (one Lua script), so
+two gateways changing the same deployment at once cannot lose an update: the slower one re-reads
+and applies its change again, or gives up with ABORTED.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from pylon_services.common.errors import NotFound
+from pylon_services.common.errors import Aborted, NotFound
 from pylon_services.engines.registration import replicas_key
+from pylon_services.gateway.domain.deployments import Doc, normalized
 from pylon_services.gateway.domain.routing import ReplicaView
+
+# KEYS[1] record; ARGV[1] expected version; ARGV[2] new JSON. 1 written, 0 stale, -1 missing.
+# Records written before the counter existed count as version 0.
+_CAS = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return -1 end
+local version = cjson.decode(raw)['version']
+if type(version) ~= 'number' then version = 0 end
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+CAS_TRIES = 16
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class DeploymentStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.r = redis
+        self._cas = redis.register_script(_CAS)
 
     @staticmethod
     def _key(tenant: str, dep: str) -> str:
         return f"pylon:deployment:{tenant}:{dep}"
 
-    async def create(self, tenant: str, dep: str, doc: dict[str, Any]) -> bool:
-        """Create-only: False if the id is taken."""
+    async def create(self, tenant: str, dep: str, doc: Doc) -> bool:
+        """Create-only (version 1): False if the id is taken."""
+        doc["version"] = 1
         if not await self.r.set(self._key(tenant, dep), json.dumps(doc), nx=True):
             return False
         await self.r.zadd(f"pylon:deployments:{tenant}", {dep: 0})
         return True
 
-    async def save(self, tenant: str, dep: str, doc: dict[str, Any]) -> None:
-        await self.r.set(self._key(tenant, dep), json.dumps(doc))
+    async def replace(self, tenant: str, dep: str, doc: Doc, expected_version: int) -> bool:
+        """Write ``doc`` as version ``expected_version + 1`` if the stored record is still at
+        ``expected_version``; False when another write came first."""
+        doc["version"] = expected_version + 1
+        written = await self._cas(keys=[self._key(tenant, dep)], args=[expected_version, json.dumps(doc)])
+        if written == -1:
+            raise NotFound(f"tenants/{tenant}/deployments/{dep} not found")
+        return bool(written == 1)
 
-    async def get(self, tenant: str, dep: str) -> dict[str, Any]:
+    async def update(self, tenant: str, dep: str, change: Callable[[Doc], Doc]) -> Doc:
+        """Read-modify-write under compare-and-swap: ``change`` maps the current record to the new
+        one (or raises to refuse); re-applied to a fresh read when a concurrent write wins."""
+        for attempt in range(CAS_TRIES):
+            doc = await self.get(tenant, dep)
+            new = change(doc)
+            if new == doc:  # nothing to write: the etag stays as it is
+                return doc
+            if await self.replace(tenant, dep, new, doc["version"]):
+                return new
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # spread out the writers that lost
+        raise Aborted(f"tenants/{tenant}/deployments/{dep} is changing too often to update; retry")
+
+    async def get(self, tenant: str, dep: str) -> Doc:
         raw = await self.r.get(self._key(tenant, dep))
         if raw is None:
             raise NotFound(f"tenants/{tenant}/deployments/{dep} not found")
-        return json.loads(raw)
+        return normalized(json.loads(raw))
 
     async def delete(self, tenant: str, dep: str) -> None:
         await self.r.delete(self._key(tenant, dep), replicas_key(tenant, dep))
         await self.r.zrem(f"pylon:deployments:{tenant}", dep)
 
-    async def list_deployments(self, tenant: str, page_size: int, after: str) -> list[dict[str, Any]]:
-        ids = await self.r.zrangebylex(f"pylon:deployments:{tenant}", f"({after}" if after else "-", "+",
-                                       start=0, num=page_size)
-        return [await self.get(tenant, i.decode()) for i in ids]
+    async def list_deployments(self, tenant: str, page_size: int, after: str) -> tuple[list[Doc], str]:
+        """One page of records by id after ``after``, and the token of the next page ("" at the end)."""
+        ids = [_text(i) for i in await self.r.zrangebylex(f"pylon:deployments:{tenant}", f"({after}" if after else "-",
+                                                          "+", start=0, num=page_size)]
+        out = []
+        for i in ids:
+            try:
+                out.append(await self.get(tenant, i))
+            except NotFound:  # deleted between the index read and this one
+                continue
+        return out, ids[-1] if len(ids) == page_size else ""
+
+    async def forget_replicas(self, tenant: str, dep: str, job_ids: set[str]) -> None:
+        """Drop the registrations of stopped replicas (a killed engine cannot remove its own)."""
+        if job_ids:
+            await self.r.hdel(replicas_key(tenant, dep), *sorted(job_ids))
 
     async def replicas(self, tenant: str, dep: str) -> list[ReplicaView]:
-        raw = await self.r.hgetall(replicas_key(tenant, dep))
+        raw: dict[Any, Any] = await self.r.hgetall(replicas_key(tenant, dep))
         out = []
         for job_id, value in raw.items():
             v = json.loads(value)
-            out.append(ReplicaView(job_id.decode(), v["address"], v["ts"], v.get("running", 0)))
+            out.append(ReplicaView(_text(job_id), v["address"], v["ts"], v.get("running", 0)))
         return out
