@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from pylon_services.common.errors import Aborted, NotFound
 from pylon_services.gateway.domain import deployments as records
+from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.store.deployments import DeploymentStore
 
 pytestmark = pytest.mark.integration
@@ -29,13 +30,13 @@ def _run(redis_server: Any, body: Any) -> Any:
 
 
 def test_concurrent_updates_are_all_kept(redis_server):
-    async def body(stores: list[DeploymentStore]) -> dict[str, Any]:
-        doc = records.new_record("tenants/t/deployments/race", "u", 1, {"n": 0})
-        assert await stores[0].create("t", "race", doc)
-        assert not await stores[1].create("t", "race", dict(doc))  # create-only
+    async def body(stores: list[DeploymentStore]) -> DeploymentRecord:
+        rec = records.new_record("tenants/t/deployments/race", "u", 1)
+        assert await stores[0].create(rec)
+        assert not await stores[1].create(rec)  # create-only
 
-        def bump(d: records.Doc) -> records.Doc:
-            return {**d, "n": d["n"] + 1}
+        def bump(r: DeploymentRecord) -> DeploymentRecord:  # one more slot per write (no range check here)
+            return records.resize(r, r.replicas + 1)
 
         async def writer(store: DeploymentStore) -> None:
             for _ in range(10):
@@ -45,32 +46,32 @@ def test_concurrent_updates_are_all_kept(redis_server):
         await asyncio.gather(*(writer(s) for s in stores))
         return await stores[0].get("t", "race")
 
-    doc = _run(redis_server, body)
-    assert (doc["n"], doc["version"]) == (40, 41)
+    rec = _run(redis_server, body)
+    assert (rec.replicas, rec.next_index, rec.version) == (41, 41, 41)
+    assert [s.index for s in rec.slots] == list(range(41))
 
 
 def test_a_stale_version_is_refused_and_old_records_read_as_version_zero(redis_server):
     async def body(stores: list[DeploymentStore]) -> None:
         s = stores[0]
-        doc = records.new_record("tenants/t/deployments/cas", "u", 1, {})
-        await s.create("t", "cas", doc)
+        await s.create(records.new_record("tenants/t/deployments/cas", "u", 1))
         current = await s.get("t", "cas")
-        assert await s.replace("t", "cas", dict(current), current["version"])
-        assert not await s.replace("t", "cas", dict(current), current["version"])  # someone wrote since
+        assert await s.replace("t", "cas", current, current.version)
+        assert not await s.replace("t", "cas", current, current.version)  # someone wrote since
         with pytest.raises(NotFound):
-            await s.replace("t", "gone", dict(current), 1)
+            await s.replace("t", "gone", current, 1)
         # a record written before the version counter existed
         await s.r.set(s._key("t", "old"), json.dumps({"name": "tenants/t/deployments/old", "uid": "o",
                                                       "replicas": 1, "jobs": ["tenants/t/jobs/j0"]}))
         old = await s.get("t", "old")
-        assert old["version"] == 0 and old["slots"] == [{"index": 0, "job": "tenants/t/jobs/j0"}]
+        assert old.version == 0 and old.slots == (records.Slot(0, "tenants/t/jobs/j0"),)
         assert await s.replace("t", "old", records.resize(old, 2), 0)
-        assert (await s.get("t", "old"))["version"] == 1
+        assert (await s.get("t", "old")).version == 1
 
-        same = await s.update("t", "old", lambda d: records.resize(d, 2))  # no change: no write
-        assert same["version"] == 1
+        same = await s.update("t", "old", lambda r: records.resize(r, 2))  # no change: no write
+        assert same.version == 1
 
-        def refuse(d: records.Doc) -> records.Doc:
+        def refuse(r: DeploymentRecord) -> DeploymentRecord:
             raise Aborted("no")
         with pytest.raises(Aborted):
             await s.update("t", "old", refuse)

@@ -12,10 +12,11 @@ import grpc
 
 from pylon.scheduler.v1 import scheduler_pb2 as spb
 from pylon_services.gateway.domain import deployments as records
-from pylon_services.gateway.domain.deployments import Doc
-from pylon_services.gateway.store.deployments import DeploymentStore
+from pylon_services.gateway.domain.deployments import DeploymentRecord
+from pylon_services.gateway.domain.ports import DeploymentRecords
 from pylon_services.runtime.context import forward_metadata, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
+from pylon_services.runtime.protoconv import struct
 
 _ENDED = {spb.JOB_STATE_FAILED: "failed", spb.JOB_STATE_CANCELLED: "cancelled", spb.JOB_STATE_SUCCEEDED: "exited"}
 # A cancel of a job that is already over, or gone, has nothing left to do.
@@ -23,21 +24,21 @@ _ALREADY_OVER = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 
 
 class ReplicaJobs:
-    def __init__(self, deployments: DeploymentStore, clients: PlatformClients) -> None:
+    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients) -> None:
         self._d = deployments
         self._c = clients
 
-    async def submit(self, doc: Doc, index: int, context: grpc.aio.ServicerContext) -> str:
+    async def submit(self, rec: DeploymentRecord, index: int, context: grpc.aio.ServicerContext) -> str:
         """Submit (or, with the slot's request id, find again) the job of replica ``index``."""
         spec = spb.JobSpec(
-            workers=1, priority_class="high", display_name=f"{doc['name']} replica {index}",
-            resources=spb.WorkerResources(gpus=doc["gpus"], gpu_types=doc["gpu_types"], cpus=1),
-            engine=spb.EngineReplica(deployment=doc["name"], model_version=doc["model_version"], engine=doc["engine"]),
-            labels={"pylon.dev/deployment": doc["name"].rsplit("/", 1)[1]})
-        tenant = doc["name"].split("/")[1]
+            workers=1, priority_class="high", display_name=f"{rec.name} replica {index}",
+            resources=spb.WorkerResources(gpus=rec.gpus, gpu_types=list(rec.gpu_types), cpus=1),
+            engine=spb.EngineReplica(deployment=rec.name, model_version=rec.model_version, engine=rec.engine,
+                                     engine_config=struct(dict(rec.engine_config))),
+            labels={"pylon.dev/deployment": rec.deployment_id})
         sched = await self._c.scheduler()
-        resp = await sched.SubmitJob(spb.SubmitJobRequest(parent=f"tenants/{tenant}", spec=spec,
-                                                          request_id=records.request_id(doc, index)),
+        resp = await sched.SubmitJob(spb.SubmitJobRequest(parent=f"tenants/{rec.tenant}", spec=spec,
+                                                          request_id=rec.request_id_of(index)),
                                      metadata=forward_metadata(), timeout=remaining_timeout(context))
         return str(resp.job.name)
 
@@ -50,23 +51,23 @@ class ReplicaJobs:
             if e.code() not in _ALREADY_OVER:
                 raise
 
-    async def settle(self, tenant: str, dep: str, context: grpc.aio.ServicerContext) -> Doc:
+    async def settle(self, tenant: str, dep: str, context: grpc.aio.ServicerContext) -> DeploymentRecord:
         """Make the scheduler match the record: submit the slots that have no job yet, cancel
         the retired slots' jobs, and record both (compare-and-swap). Idempotent: any number of
         gateways may settle the same deployment at once."""
-        doc = await self._d.get(tenant, dep)
-        todo = records.unsubmitted(doc)
-        names = await asyncio.gather(*(self.submit(doc, i, context) for i in todo))
+        rec = await self._d.get(tenant, dep)
+        todo = records.unsubmitted(rec)
+        names = await asyncio.gather(*(self.submit(rec, i, context) for i in todo))
         submitted = dict(zip(todo, names, strict=True))
         if submitted:
-            doc = await self._d.update(tenant, dep, lambda d: records.record_jobs(d, submitted))
-        stop = records.to_cancel(doc, submitted)
+            rec = await self._d.update(tenant, dep, lambda r: records.record_jobs(r, submitted))
+        stop = records.to_cancel(rec, submitted)
         await asyncio.gather(*(self.cancel(job, context) for job in sorted(stop)))
         if stop:
             await self._d.forget_replicas(tenant, dep, {job.rsplit("/", 1)[-1] for job in stop})
-        if doc["retired"]:
-            doc = await self._d.update(tenant, dep, lambda d: records.drop_retired(d, stop))
-        return doc
+        if rec.retired:
+            rec = await self._d.update(tenant, dep, lambda r: records.drop_retired(r, stop))
+        return rec
 
     async def ended(self, jobs: list[str], context: grpc.aio.ServicerContext) -> list[str]:
         """One line per job of ``jobs`` that is over, with the scheduler's reason. A job whose

@@ -1,111 +1,158 @@
 """The deployment record and the pure changes made to it under compare-and-swap.
 
-A record holds the desired replica count and one *slot* per replica: ``{"index", "job"}``. Slot
-indexes only grow (``next_index``), so the scheduler request id of a slot's job,
-``{uid}-r{index}``, names one job forever: submitting it again (after a crash, or from a
-concurrent writer) returns the same job instead of a second one. Scaling down moves the
-highest-index slots to ``retired``; their jobs are cancelled and the slots dropped afterwards.
-A slot whose job is not known yet has ``job == ""``: the next settle pass submits it (or, when
-retired, submits and cancels it, so a job started by a concurrent writer cannot leak).
+A record holds the desired replica count and one *slot* per replica. Slot indexes only grow
+(``next_index``), so the scheduler request id of a slot's job, ``{uid}-r{index}``, names one job
+forever: submitting it again (after a crash, or from a concurrent writer) returns the same job
+instead of a second one. Scaling down moves the highest-index slots to ``retired``; their jobs are
+cancelled and the slots dropped afterwards. A slot whose job is not known yet has ``job == ""``:
+the next settle submits it (or, when retired, submits and cancels it, so a job started by a
+concurrent writer cannot leak).
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pylon_services.common.errors import Aborted, FailedPrecondition, InvalidArgument
 
 MAX_REPLICAS = 16
-Doc = dict[str, Any]
 
 
-def check_replicas(field: str, replicas: int) -> int:
-    """``replicas`` if within 1..MAX_REPLICAS, else InvalidArgument naming ``field``."""
+@dataclass(frozen=True)
+class Slot:
+    """One replica: its never-reused index and the scheduler job that runs it ("" until known)."""
+
+    index: int
+    job: str = ""
+
+    @property
+    def job_id(self) -> str:
+        return self.job.rsplit("/", 1)[-1] if self.job else ""
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    name: str  # tenants/{t}/deployments/{d}
+    uid: str  # distinct for every creation of the name (etags and request ids)
+    model_uri: str
+    model_version: str
+    engine: str
+    replicas: int
+    gpus: float = 0.0
+    gpu_types: tuple[str, ...] = ()
+    engine_config: Mapping[str, Any] = field(default_factory=dict)
+    create_time: float = 0.0
+    request_id: str = ""
+    next_index: int = 0
+    slots: tuple[Slot, ...] = ()
+    retired: tuple[Slot, ...] = ()
+    deleting: bool = False
+    version: int = 0  # bumped by every stored write (compare-and-swap)
+
+    @property
+    def tenant(self) -> str:
+        return self.name.split("/")[1]
+
+    @property
+    def deployment_id(self) -> str:
+        return self.name.rsplit("/", 1)[1]
+
+    @property
+    def etag(self) -> str:
+        """Opaque: changes on every write; never equal across a delete and a re-create."""
+        return f"{self.uid}-{self.version}"
+
+    def request_id_of(self, index: int) -> str:
+        """The scheduler request id of a slot's job (idempotent submit)."""
+        return f"{self.uid}-r{index}"
+
+    def live_job_ids(self) -> set[str]:
+        return {s.job_id for s in self.slots if s.job}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["gpu_types"] = list(self.gpu_types)
+        d["engine_config"] = dict(self.engine_config)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeploymentRecord:
+        """Read a stored record; records written before slots existed held the job names of
+        replicas 0..n-1 in ``jobs`` and had no version."""
+        if "slots" in d:
+            slots = tuple(Slot(**s) for s in d["slots"])
+            next_index = int(d["next_index"])
+        else:
+            slots = tuple(Slot(i, j) for i, j in enumerate(d.get("jobs", [])))
+            next_index = len(slots)
+        return cls(name=d["name"], uid=d["uid"], model_uri=d.get("model_uri", ""),
+                   model_version=d.get("model_version", ""), engine=d.get("engine", "torch"),
+                   replicas=int(d["replicas"]), gpus=float(d.get("gpus", 0.0)),
+                   gpu_types=tuple(d.get("gpu_types", ())), engine_config=dict(d.get("engine_config") or {}),
+                   create_time=float(d.get("create_time", 0.0)), request_id=d.get("request_id", ""),
+                   next_index=next_index, slots=slots, retired=tuple(Slot(**s) for s in d.get("retired", [])),
+                   deleting=bool(d.get("deleting", False)), version=int(d.get("version") or 0))
+
+
+def check_replicas(field_name: str, replicas: int) -> int:
+    """``replicas`` if within 1..MAX_REPLICAS, else InvalidArgument naming ``field_name``."""
     if not 1 <= replicas <= MAX_REPLICAS:
-        raise InvalidArgument.field(field, f"must be between 1 and {MAX_REPLICAS}, got {replicas}")
+        raise InvalidArgument.field(field_name, f"must be between 1 and {MAX_REPLICAS}, got {replicas}")
     return replicas
 
 
-def new_record(name: str, uid: str, replicas: int, fields: dict[str, Any]) -> Doc:
+def new_record(name: str, uid: str, replicas: int, **fields: Any) -> DeploymentRecord:
     """A fresh record whose ``replicas`` slots have no job yet."""
-    return {**fields, "name": name, "uid": uid, "replicas": replicas, "next_index": replicas,
-            "slots": [{"index": i, "job": ""} for i in range(replicas)], "retired": [], "deleting": False}
+    fields.setdefault("model_uri", "")
+    fields.setdefault("model_version", "")
+    fields.setdefault("engine", "torch")
+    return DeploymentRecord(name=name, uid=uid, replicas=replicas, next_index=replicas,
+                            slots=tuple(Slot(i) for i in range(replicas)), **fields)
 
 
-def normalized(doc: Doc) -> Doc:
-    """The record in its current shape; records written before slots existed held the job names
-    of replicas 0..n-1 in ``jobs``."""
-    if "slots" not in doc:
-        jobs = doc.pop("jobs", [])
-        doc["slots"] = [{"index": i, "job": j} for i, j in enumerate(jobs)]
-        doc["next_index"] = len(jobs)
-    doc.setdefault("retired", [])
-    doc.setdefault("deleting", False)
-    doc.setdefault("version", 0)
-    return doc
-
-
-def etag(doc: Doc) -> str:
-    """Opaque etag: changes on every write; never equal across a delete and a re-create."""
-    return f"{doc['uid']}-{doc.get('version', 0)}"
-
-
-def request_id(doc: Doc, index: int) -> str:
-    """The scheduler request id of a slot's job (idempotent submit)."""
-    return f"{doc['uid']}-r{index}"
-
-
-def resize(doc: Doc, replicas: int, expected_etag: str = "") -> Doc:
+def resize(rec: DeploymentRecord, replicas: int, expected_etag: str = "") -> DeploymentRecord:
     """The record with ``replicas`` slots: new slots get fresh indexes, the highest-index slots
     retire. Refuses a stale ``expected_etag`` (Aborted) and a deployment being deleted."""
-    if expected_etag and expected_etag != etag(doc):
-        raise Aborted(f"{doc['name']} changed since etag {expected_etag!r} (now {etag(doc)!r}); "
-                      "read it again and retry")
-    if doc["deleting"]:
-        raise FailedPrecondition(f"{doc['name']} is being deleted")
-    new = copy.deepcopy(doc)
-    slots = new["slots"]
+    if expected_etag and expected_etag != rec.etag:
+        raise Aborted(f"{rec.name} changed since etag {expected_etag!r} (now {rec.etag!r}); read it again and retry")
+    if rec.deleting:
+        raise FailedPrecondition(f"{rec.name} is being deleted")
+    slots, next_index = list(rec.slots), rec.next_index
     while len(slots) < replicas:
-        slots.append({"index": new["next_index"], "job": ""})
-        new["next_index"] += 1
-    new["retired"].extend(slots[replicas:])
-    new["slots"] = slots[:replicas]
-    new["replicas"] = replicas
-    return new
+        slots.append(Slot(next_index))
+        next_index += 1
+    return dataclasses.replace(rec, replicas=replicas, next_index=next_index, slots=tuple(slots[:replicas]),
+                               retired=rec.retired + tuple(slots[replicas:]))
 
 
-def retire_all(doc: Doc) -> Doc:
+def retire_all(rec: DeploymentRecord) -> DeploymentRecord:
     """The record marked for deletion: every slot retired."""
-    new = copy.deepcopy(doc)
-    new["retired"].extend(new["slots"])
-    new["slots"], new["deleting"] = [], True
-    return new
+    return dataclasses.replace(rec, slots=(), retired=rec.retired + rec.slots, deleting=True)
 
 
-def unsubmitted(doc: Doc) -> list[int]:
+def unsubmitted(rec: DeploymentRecord) -> list[int]:
     """Indexes of slots (live or retired) whose job is not known yet."""
-    return [s["index"] for s in doc["slots"] + doc["retired"] if not s["job"]]
+    return [s.index for s in rec.slots + rec.retired if not s.job]
 
 
-def record_jobs(doc: Doc, jobs: dict[int, str]) -> Doc:
+def record_jobs(rec: DeploymentRecord, jobs: Mapping[int, str]) -> DeploymentRecord:
     """The record with the submitted jobs' names filled into their slots (where still empty)."""
-    new = copy.deepcopy(doc)
-    for slot in new["slots"] + new["retired"]:
-        if not slot["job"] and slot["index"] in jobs:
-            slot["job"] = jobs[slot["index"]]
-    return new
+    def fill(slots: Iterable[Slot]) -> tuple[Slot, ...]:
+        return tuple(Slot(s.index, jobs[s.index]) if not s.job and s.index in jobs else s for s in slots)
+
+    return dataclasses.replace(rec, slots=fill(rec.slots), retired=fill(rec.retired))
 
 
-def to_cancel(doc: Doc, submitted: dict[int, str]) -> set[str]:
+def to_cancel(rec: DeploymentRecord, submitted: Mapping[int, str]) -> set[str]:
     """Jobs that must stop: those of retired slots, and any just submitted that no live slot
     holds (its slot was retired and dropped by a concurrent writer meanwhile)."""
-    live = {s["job"] for s in doc["slots"]}
-    return {s["job"] for s in doc["retired"] if s["job"]} | (set(submitted.values()) - live)
+    live = {s.job for s in rec.slots}
+    return {s.job for s in rec.retired if s.job} | (set(submitted.values()) - live)
 
 
-def drop_retired(doc: Doc, jobs: set[str]) -> Doc:
+def drop_retired(rec: DeploymentRecord, jobs: set[str]) -> DeploymentRecord:
     """The record without the retired slots whose jobs were cancelled."""
-    new = copy.deepcopy(doc)
-    new["retired"] = [s for s in new["retired"] if not s["job"] or s["job"] not in jobs]
-    return new
+    return dataclasses.replace(rec, retired=tuple(s for s in rec.retired if not s.job or s.job not in jobs))

@@ -8,6 +8,7 @@ and applies its change again, or gives up with ABORTED.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import redis.asyncio as aioredis
 
 from pylon_services.common.errors import Aborted, NotFound
 from pylon_services.engines.registration import replicas_key
-from pylon_services.gateway.domain.deployments import Doc, normalized
+from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.routing import ReplicaView
 
 # KEYS[1] record; ARGV[1] expected version; ARGV[2] new JSON. 1 written, 0 stale, -1 missing.
@@ -39,6 +40,8 @@ def _text(raw: bytes | str) -> str:
 
 
 class DeploymentStore:
+    """``DeploymentRecords`` in Redis."""
+
     def __init__(self, redis: aioredis.Redis) -> None:
         self.r = redis
         self._cas = redis.register_script(_CAS)
@@ -47,47 +50,49 @@ class DeploymentStore:
     def _key(tenant: str, dep: str) -> str:
         return f"pylon:deployment:{tenant}:{dep}"
 
-    async def create(self, tenant: str, dep: str, doc: Doc) -> bool:
+    async def create(self, rec: DeploymentRecord) -> bool:
         """Create-only (version 1): False if the id is taken."""
-        doc["version"] = 1
+        tenant, dep = rec.tenant, rec.deployment_id
+        doc = dataclasses.replace(rec, version=1).to_dict()
         if not await self.r.set(self._key(tenant, dep), json.dumps(doc), nx=True):
             return False
         await self.r.zadd(f"pylon:deployments:{tenant}", {dep: 0})
         return True
 
-    async def replace(self, tenant: str, dep: str, doc: Doc, expected_version: int) -> bool:
-        """Write ``doc`` as version ``expected_version + 1`` if the stored record is still at
+    async def replace(self, tenant: str, dep: str, rec: DeploymentRecord, expected_version: int) -> bool:
+        """Write ``rec`` as version ``expected_version + 1`` if the stored record is still at
         ``expected_version``; False when another write came first."""
-        doc["version"] = expected_version + 1
+        doc = dataclasses.replace(rec, version=expected_version + 1).to_dict()
         written = await self._cas(keys=[self._key(tenant, dep)], args=[expected_version, json.dumps(doc)])
         if written == -1:
             raise NotFound(f"tenants/{tenant}/deployments/{dep} not found")
         return bool(written == 1)
 
-    async def update(self, tenant: str, dep: str, change: Callable[[Doc], Doc]) -> Doc:
+    async def update(self, tenant: str, dep: str,
+                     change: Callable[[DeploymentRecord], DeploymentRecord]) -> DeploymentRecord:
         """Read-modify-write under compare-and-swap: ``change`` maps the current record to the new
         one (or raises to refuse); re-applied to a fresh read when a concurrent write wins."""
         for attempt in range(CAS_TRIES):
-            doc = await self.get(tenant, dep)
-            new = change(doc)
-            if new == doc:  # nothing to write: the etag stays as it is
-                return doc
-            if await self.replace(tenant, dep, new, doc["version"]):
-                return new
+            rec = await self.get(tenant, dep)
+            new = change(rec)
+            if new == rec:  # nothing to write: the etag stays as it is
+                return rec
+            if await self.replace(tenant, dep, new, rec.version):
+                return dataclasses.replace(new, version=rec.version + 1)
             await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # spread out the writers that lost
         raise Aborted(f"tenants/{tenant}/deployments/{dep} is changing too often to update; retry")
 
-    async def get(self, tenant: str, dep: str) -> Doc:
+    async def get(self, tenant: str, dep: str) -> DeploymentRecord:
         raw = await self.r.get(self._key(tenant, dep))
         if raw is None:
             raise NotFound(f"tenants/{tenant}/deployments/{dep} not found")
-        return normalized(json.loads(raw))
+        return DeploymentRecord.from_dict(json.loads(raw))
 
     async def delete(self, tenant: str, dep: str) -> None:
         await self.r.delete(self._key(tenant, dep), replicas_key(tenant, dep))
         await self.r.zrem(f"pylon:deployments:{tenant}", dep)
 
-    async def list_deployments(self, tenant: str, page_size: int, after: str) -> tuple[list[Doc], str]:
+    async def list_deployments(self, tenant: str, page_size: int, after: str) -> tuple[list[DeploymentRecord], str]:
         """One page of records by id after ``after``, and the token of the next page ("" at the end)."""
         ids = [_text(i) for i in await self.r.zrangebylex(f"pylon:deployments:{tenant}", f"({after}" if after else "-",
                                                           "+", start=0, num=page_size)]
