@@ -38,6 +38,7 @@ import pylon  # noqa: E402
 from pylon.health import check_health  # noqa: E402
 from pylon.registry.v1 import registry_pb2, registry_pb2_grpc  # noqa: E402
 from pylon_services.common import blobs  # noqa: E402
+from pylon_services.common import layout as common_layout  # noqa: E402
 from pylon_services.localstack.procs import free_port  # noqa: E402
 from pylon_services.localstack.redis_server import RedisServer  # noqa: E402
 from pylon_services.localstack.seaweed import SeaweedServer  # noqa: E402
@@ -214,7 +215,7 @@ def _seed_versions(store: Any, tenant: str, model: str, count: int) -> None:
 
     def put(n: int) -> None:
         f = [{"path": "w", "digest": "sha256:" + "0" * 64, "size_bytes": 1, "object_key": "x"}]
-        store.put(layout.version_key(tenant, model, n), blobs.dump({
+        store.put(common_layout.model_version_key(tenant, model, n), blobs.dump({
             "name": f"tenants/{tenant}/models/{model}/versions/{n}", "version": n, "state": "ready", "format": "other",
             "files": f, "config": {}, "signature": {}, "metrics": {"loss": 1.0 / n}, "tags": {}, "description": "",
             "lineage": {}, "creator": "bench", "create_time": now + n, "digest": blobs.manifest_digest(f)}))

@@ -13,7 +13,6 @@ from pylon_services.common import blobs, layout
 from pylon_services.common.errors import InvalidArgument, NotFound
 from pylon_services.ingest.domain import versions
 from pylon_services.ingest.domain.datasets import Datasets
-from pylon_services.registry.domain.layout import read_version
 from pylon_services.storage.local import LocalObjectStore
 
 
@@ -126,5 +125,3 @@ def test_deleted_and_missing_model_versions(store: LocalObjectStore) -> None:
     assert layout.read_model_version(store, "acme", "m", n)["state"] == "deleted"  # the caller decides
     with pytest.raises(NotFound, match="tenants/acme/models/m/versions/2 not found"):
         layout.read_model_version(store, "acme", "m", 2)
-    assert read_version(store, "acme", "m", 2) is None  # the registry's None-for-missing form
-    assert read_version(store, "acme", "m", n) == layout.read_model_version(store, "acme", "m", n)

@@ -1,4 +1,5 @@
-"""The SDK's resource collections: one verb set everywhere (see docs/architecture.md).
+"""The SDK's resource collections: one verb set everywhere (tests/unit/test_verb_table.py holds
+them to the RPCs and the CLI).
 
 One module per resource; ``Client`` exposes them as ``client.datasets``, ``client.jobs``, ...
 """

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 
 from pylon_services.common.errors import InvalidArgument
+from pylon_services.ingest.domain.objio import READ_CHUNK, ObjectReader, ObjectWriter
 from pylon_services.ingest.processing import (
     ProgressReporter,
     _settle_bytes,
     open_task_store,
 )
-from pylon_services.ingest.store.objio import READ_CHUNK, ObjectReader, ObjectWriter
 from pylon_services.storage.base import ObjectStore
 
 _BUFFER = 1 << 20

@@ -1,6 +1,6 @@
 """The work ingest runs on Ray: one task per file (validate, clean, profile, verify the sha256,
 store the bytes content-addressed) and one per tokenization. Each streams from and to the
-object store (``store/objio.py``), so a task's memory does not grow with the file.
+object store (``domain/objio.py``), so a task's memory does not grow with the file.
 
 Tasks report progress to Redis (``pylon:ingest:opprog:{op}``), which the operation's runner
 folds into the operation; they never touch the operation itself, so a task of an abandoned run
@@ -18,7 +18,7 @@ from typing import Any
 
 from pylon_services.common import blobs
 from pylon_services.common.errors import InvalidArgument
-from pylon_services.ingest.store.objio import ObjectReader, ObjectWriter
+from pylon_services.ingest.domain.objio import ObjectReader, ObjectWriter
 from pylon_services.storage.base import ObjectExists, ObjectStore
 
 PROGRESS_KEY = "pylon:ingest:opprog:{op}"

@@ -2,8 +2,8 @@
 
 uvloop (libuv, in C) does the loop's own work (callbacks, futures, socket reads and writes) for
 less CPU than the stdlib loop. On SubmitJob it took about 8% off the scheduler API's CPU per call
-(benchmarks/sched_submit_throughput.py, docs/benchmarks.md). grpc.aio, redis-py's asyncio client
-and the scheduler's RESP pipe run on either loop unchanged. ``PYLON_EVENT_LOOP=asyncio`` forces
+(benchmarks/sched_submit_throughput.py: 331-383 against 360-405 us). grpc.aio and redis-py's
+asyncio client run on either loop unchanged. ``PYLON_EVENT_LOOP=asyncio`` forces
 the stdlib loop (to rule the loop out when chasing a bug); ``uvloop`` requires uvloop.
 """
 

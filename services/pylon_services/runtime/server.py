@@ -46,6 +46,9 @@ class ServiceParts:
     on_start: Callable[[], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The API key store the interceptor authenticates with; a service that also manages keys
+    # (the registry's AdminService) passes its own, so a revocation clears the cache it reads.
+    keys: ApiKeyStore | None = None
 
 
 class PlatformServicer(common_pb2_grpc.PlatformServiceServicer):
@@ -78,7 +81,7 @@ class PylonServer:
         self.settings = settings
         self.redis = redis
         self.parts = parts
-        self.keys = ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)
+        self.keys = parts.keys or ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

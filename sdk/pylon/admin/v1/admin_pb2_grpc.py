@@ -81,8 +81,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteApiKey(self, request, context):
-        """DeleteApiKey revokes a key; each service refuses it once its cached lookup of the key
-        expires (PYLON_AUTH_CACHE_TTL_S, 5 s by default).
+        """DeleteApiKey revokes a key: the registry (which serves this RPC) refuses it at once, every
+        other service once its cached lookup of the key expires (PYLON_AUTH_CACHE_TTL_S, 5 s by default).
         Errors: NOT_FOUND (no such key), INVALID_ARGUMENT (name not "apiKeys/{key_id}"),
         PERMISSION_DENIED.
         """

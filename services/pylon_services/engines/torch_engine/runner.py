@@ -31,7 +31,8 @@ FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
 # Attention kernels for decoding. Not cuDNN's: it builds an execution plan for every new key
 # length, and decoding grows the keys by one token per step, so on an H100 each token paid a new
-# plan (21 tokens/s instead of ~430; measured with benchmarks/gpu_paths.py, docs/benchmarks.md).
+# plan (19 tokens/s instead of ~430, 52% of CPU time in aten::_cudnn_attention_forward; measured
+# with benchmarks/gpu_paths.py on an H100).
 DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 # The byte vocabulary has no BOS token; an empty prompt starts from a line break instead.
 EMPTY_PROMPT_START = "\n"

@@ -9,7 +9,7 @@ A file is split only where a reader can start without having seen what came befo
   the chunks before it. CSV chunks after the first get the header row from the planner. A CSV
   record may contain a quoted newline; a chunk that meets one says so (``Part.multiline``) and
   the runner processes that file again as one chunk, because a cut inside such a record would
-  split it (see ``docs/architecture.md``);
+  split it (see ``docs/design/ingest.md``);
 - Parquet: groups of row groups, each with the absolute number of its first row;
 - gzip/zstd streams and paragraph-mode text: never split (a compressed stream cannot be entered
   in the middle; a paragraph can span any number of lines), one chunk.

@@ -374,7 +374,7 @@ def check_reject_rate(summary: Summary, max_reject_rate: float) -> str | None:
 def preview(src: BinaryIO, *, fmt: str, compression: str, recipe: Recipe | None = None, n: int = 20,
             schema: dict | None = None) -> dict:
     """The first ``n`` cleaned records and the profile of what was read to get them (the
-    dataset page and ``pylon data preview``); stops reading once it has them."""
+    dataset page and ``pylon datasets preview``); stops reading once it has them."""
     out, rejects = io.BytesIO(), io.BytesIO()
     summary = process_stream(src, out, rejects, fmt=fmt, compression=compression, schema=schema,
                              recipe=recipe or Recipe(), limit=n, sample=min(n * 10, 1000))

@@ -202,7 +202,7 @@ class RayRunner:
         at once); returns one result per file."""
         pspec = op.spec["processing"]
         # Chunking costs ~1.5x the CPU work (the merge passes over the output again): it pays
-        # only where more cores than one are free (docs/benchmarks.md, "Chunks of one file").
+        # only where more cores than one are free (benchmarks/ingest_chunks.py, docs/design/ingest.md).
         cpus = await asyncio.to_thread(lambda: float(ray.cluster_resources().get("CPU", 0)))
         candidates = [i for i, f in todo.items()
                       if int(f.get("size", 0)) > self.chunk_bytes and cpus >= self.chunk_min_cpus]

@@ -19,12 +19,7 @@ open upload. ``registry/tenants/{t}`` marks tenants that have models (so a rebui
 
 from __future__ import annotations
 
-from typing import Any
-
-from pylon_services.common import layout
-from pylon_services.common.errors import NotFound
 from pylon_services.common.layout import model_prefix
-from pylon_services.storage.base import ObjectStore
 
 FORMATS = ("unspecified", "hf_transformers", "safetensors", "torch", "onnx", "other", "pylon_gpt")
 STATES = ("ready", "archived", "deleted")
@@ -53,18 +48,3 @@ def request_key(tenant: str, model: str, request_id: str) -> str:
 
 def tenant_marker(tenant: str) -> str:
     return f"registry/tenants/{tenant}"
-
-
-def version_key(tenant: str, model: str, n: int) -> str:
-    """``common.layout.model_version_key``, under the name benchmarks/registry.py seeds with."""
-    return layout.model_version_key(tenant, model, n)
-
-
-def read_version(store: ObjectStore, tenant: str, model: str, n: int) -> dict[str, Any] | None:
-    """``common.layout.read_model_version``, with None for a missing version: the torch engine
-    calls this one (outside the registry's package, so its switch to the shared reader is its own
-    change); nothing in the registry does."""
-    try:
-        return layout.read_model_version(store, tenant, model, n)
-    except NotFound:
-        return None

@@ -13,7 +13,7 @@ the order jobs are considered and in how a GPU type is chosen:
   faster one is expected to finish the job sooner. An LP-free approximation of Gavel's max-min
   fairness over effective throughput: each admission gives the job with the least attained
   share the type where its normalised progress rate is highest, and slow GPUs end up with the
-  jobs that lose least on them (see docs/architecture.md).
+  jobs that lose least on them (see docs/design/scheduler.md).
 - ``finish-time-fairness``: jobs ordered by their expected finish-time fairness ratio rho =
   (time already waited + isolated run time) / isolated run time, worst first (Themis' idea),
   with gavel's heterogeneity-aware type choice.
