@@ -41,7 +41,7 @@ def _model(env: RegistryEnv, name: str, versions: int = 2) -> None:
     with env.client() as c:
         for _ in range(versions):
             c.models.register(name, source_uri=f"tenants/acme/src/{name}")
-        c.models.alias(name, "prod", 1)
+        c.models.set_alias(name, "prod", 1)
 
 
 def _eventually(fn: Callable[[], Any], want: Any, timeout: float = 5.0) -> float:
@@ -66,7 +66,7 @@ def test_other_replica_sees_an_alias_move_at_once(replicas: tuple[RegistryEnv, R
     with a.client() as ca, b.client() as cb:
         assert cb.models.resolve("models:/moves@prod").version == 1
         assert cb.models.resolve("models:/moves@prod").version == 1  # now from B's memory
-        ca.models.alias("moves", "prod", 2)
+        ca.models.set_alias("moves", "prod", 2)
         waited = _eventually(lambda: cb.models.resolve("models:/moves@prod").version, 2)
         assert waited < 5.0
         ca.models.archive("moves", 1)
@@ -93,7 +93,7 @@ def test_a_replica_reads_its_own_writes_without_waiting(replicas: tuple[Registry
     with a.client() as c:
         for i in range(20):
             want = 1 + (i % 3)
-            c.models.alias("own", "prod", want)
+            c.models.set_alias("own", "prod", want)
             assert c.models.resolve("models:/own@prod").version == want
             assert "prod" in c.models.get("own", want).aliases
 

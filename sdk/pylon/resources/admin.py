@@ -19,7 +19,7 @@ def _key_name(name: str) -> str:
 class Admin(_Resource):
     def create_key(self, tenant: str, role: str = "editor", description: str = "") -> tuple[str, str]:
         """Returns (key name, token); the token is shown only here."""
-        req = admin_pb2.CreateApiKeyRequest(tenant=tenant, role=admin_pb2.Role.Value(f"ROLE_{role.upper()}"),
+        req = admin_pb2.CreateApiKeyRequest(tenant=tenant, role=f"ROLE_{role.upper()}",
                                             description=description)
         resp = self._c.call(self._c.admin_stub.CreateApiKey, req)
         return resp.api_key.name, resp.token

@@ -62,7 +62,7 @@ class Jobs(_Resource):
              limit: int | None = None) -> Paged[Job]:
         """The tenant's jobs, newest first, optionally only those in ``states`` ("running", ...);
         pages are fetched as iteration reaches them, up to ``limit`` jobs."""
-        wanted = [scheduler_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in states or []]
+        wanted = [f"JOB_STATE_{s.upper()}" for s in states or []]  # enum names; a typo is a ValueError
 
         def page(token: str, size: int) -> tuple[Sequence[Job], str]:
             req = scheduler_pb2.ListJobsRequest(page_size=size, page_token=token, states=wanted)

@@ -85,7 +85,7 @@ class Models(_Resource):
         else:
             fmt = format or "pylon_gpt"
             req.source_uri = source_uri
-        req.format = pb.ModelFormat.Value(f"MODEL_FORMAT_{fmt.upper()}")
+        req.MergeFrom(pb.CreateModelVersionRequest(format=f"MODEL_FORMAT_{fmt.upper()}"))  # by name: a typo is a ValueError
         return ModelVersion.from_proto(self._c.call(self._c.registry.CreateModelVersion, req).version)
 
     def _upload(self, parent: str, files: dict[str, str], part_size: int, concurrency: int,

@@ -7,15 +7,22 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
-from pylon_services.common.errors import InvalidArgument
+from pylon_services.common.errors import FieldViolation, InvalidArgument
 from pylon_services.runtime.protoconv import struct, ts
 from pylon_services.scheduler.domain.job import Job, JobState
-from pylon_services.scheduler.domain.spec import Command, EngineReplica, JobSpec, Resources, Trainer, Workload
+from pylon_services.scheduler.domain.spec import (
+    Command,
+    EngineReplica,
+    JobSpec,
+    Resources,
+    Trainer,
+    Workload,
+    common_violations,
+)
 
 _PLACEMENTS = {pb.PLACEMENT_STRATEGY_UNSPECIFIED: "pack", pb.PLACEMENT_STRATEGY_PACK: "pack",
                pb.PLACEMENT_STRATEGY_SPREAD: "spread"}
-_STATE_PB = {s: pb.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
-_STATE_FROM_PB = {v: k for k, v in _STATE_PB.items()}
+_STATE_FROM_PB = {pb.JobState.Value(f"JOB_STATE_{s.name}"): s for s in JobState}
 
 
 def _plain(value: Any) -> Any:
@@ -34,7 +41,7 @@ def _struct_dict(s: struct_pb2.Struct) -> dict[str, Any]:
     return out
 
 
-def _workload_from_pb(spec: pb.JobSpec) -> Workload:
+def _workload_from_pb(spec: pb.JobSpec) -> Workload | None:
     which = spec.WhichOneof("workload")
     if which == "trainer":
         t = spec.trainer
@@ -48,7 +55,7 @@ def _workload_from_pb(spec: pb.JobSpec) -> Workload:
         e = spec.engine
         return EngineReplica(deployment=e.deployment, model_version=e.model_version, engine=e.engine or "torch",
                              engine_config=_struct_dict(e.engine_config))
-    raise InvalidArgument.field("spec.workload", "set one of trainer, command or engine")
+    return None
 
 
 def spec_from_pb(spec: pb.JobSpec) -> JobSpec:
@@ -57,8 +64,9 @@ def spec_from_pb(spec: pb.JobSpec) -> JobSpec:
     r = spec.resources
     if spec.placement not in _PLACEMENTS:
         raise InvalidArgument.field("spec.placement", "must be PLACEMENT_STRATEGY_PACK or PLACEMENT_STRATEGY_SPREAD")
-    return JobSpec(
-        workload=_workload_from_pb(spec), queue=spec.queue or "default", priority_class=spec.priority_class or "normal",
+    workload = _workload_from_pb(spec)
+    out = JobSpec(
+        workload=workload or Command(()), queue=spec.queue or "default", priority_class=spec.priority_class or "normal",
         workers=spec.workers or 1,
         resources=Resources(gpus=r.gpus, cpus=r.cpus or 1.0, memory_bytes=r.memory_bytes,
                             gpu_types=tuple(t for t in r.gpu_types if t)),
@@ -66,6 +74,10 @@ def spec_from_pb(spec: pb.JobSpec) -> JobSpec:
         max_runtime_s=spec.max_runtime.seconds + spec.max_runtime.nanos / 1e9, max_retries=spec.max_retries,
         preemptible=spec.preemptible, checkpoint_every_steps=spec.checkpoint_every_steps, labels=dict(spec.labels),
         display_name=spec.display_name, job_type=spec.job_type, total_steps=spec.total_steps)
+    if workload is None:  # said together with everything else that is wrong
+        bad = [FieldViolation("spec.workload", "set one of trainer, command or engine"), *common_violations(out)]
+        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
+    return out
 
 
 def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
@@ -93,7 +105,7 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
 
 def job_to_pb(job: Job) -> pb.Job:
     status = pb.JobStatus(
-        state=_STATE_PB[job.state], message=job.message, gpu_type=job.gpu_type, attempt=job.attempt,
+        state=f"JOB_STATE_{job.state.name}", message=job.message, gpu_type=job.gpu_type, attempt=job.attempt,
         exit_code=job.exit_code, last_log_lines=job.last_log_lines, retries=job.retries,
         preemptions=job.preemptions, step=job.step, output_uri=job.output_uri, start_time=ts(job.start_time),
         end_time=ts(job.end_time), latest_metrics=struct(job.latest_metrics))

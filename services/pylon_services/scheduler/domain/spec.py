@@ -183,12 +183,13 @@ def duration_seconds(value: Any) -> float:
 def validate_spec(spec: JobSpec, registry: WorkloadRegistry = REGISTRY) -> None:
     """Reject what is malformed with INVALID_ARGUMENT, naming every bad field at once. Whether the
     cluster can ever run it is ``placement.check_satisfiable``'s question, asked after this."""
-    bad = _common_violations(spec) + _workload_violations(spec, registry)
+    bad = common_violations(spec) + _workload_violations(spec, registry)
     if bad:
         raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
 
 
-def _common_violations(spec: JobSpec) -> list[FieldViolation]:
+def common_violations(spec: JobSpec) -> list[FieldViolation]:
+    """What is wrong with ``spec`` apart from its workload."""
     bad: list[FieldViolation] = []
     r = spec.resources
     if not 1 <= spec.workers <= MAX_WORKERS:
