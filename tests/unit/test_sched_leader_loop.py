@@ -224,3 +224,39 @@ def test_a_node_that_dies_ends_a_continued_pass():
         assert w.state.view is not None and not next(n for n in w.state.view.nodes if n.id == "n-v100").alive
 
     run(body())
+
+
+class _SwallowingState(MemoryState):
+    """A blocking event read that turns the first cancellation into an empty answer, as a
+    redis-py read cancelled mid-block and retried as a connection error does."""
+
+    swallowed = 0
+
+    async def read_events(self, consumer: str, block_ms: int, count: int = 200) -> list[Any]:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise  # only the first one (so a failing test still ends)
+            self.swallowed += 1
+            return []
+        return await super().read_events(consumer, 0, count)
+
+
+def test_a_stopping_leader_ends_its_loop_even_when_a_cancellation_is_swallowed():
+    async def body() -> None:
+        w = world()
+        w.state.__class__ = _SwallowingState
+        loop = asyncio.create_task(w.leader.run())
+        await asyncio.sleep(0.1)
+        assert w.leader.leading
+        w.leader.stopping = True
+        loop.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(loop), 5)  # ends after its turn, cancelled or not
+        finally:
+            loop.cancel()
+        await w.leader.stop()
+        assert w.lease.holder is None
+
+    run(body())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import redis.asyncio as aioredis
@@ -36,6 +37,7 @@ from pylon_services.scheduler.worker.launcher import Launcher
 
 log = logging.getLogger("pylon.scheduler")
 METRICS_EVERY_S = 1.0
+STOP_WAIT_S = 10.0  # how long the loop may take to end its turn after SIGTERM
 LEADING = Gauge("pylon_scheduler_leading", "1 while this process holds the scheduler's lease")
 PASSES = Counter("pylon_scheduler_passes_total", "Policy passes run by this process", ["kind"])
 PENDING = Gauge("pylon_scheduler_pending_jobs", "Jobs in the leader's backlog")
@@ -80,11 +82,18 @@ async def serve(settings: Settings, cfg: SchedulerConfig) -> None:
     try:
         await stop.wait()
     finally:
+        leader.stopping = True
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await leader.stop()
-        await redis.aclose()
+        _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+        try:
+            await asyncio.wait_for(leader.stop(), STOP_WAIT_S)  # give the lease back at once
+        finally:
+            await redis.aclose()
+        if pending:  # asyncio.run would wait for them forever: leave now (the lease is back)
+            log.error("scheduler leader process %s: its loop did not end in %.0fs; exiting", leader.identity,
+                      STOP_WAIT_S)
+            os._exit(0)
         log.info("scheduler leader process %s stopped", leader.identity)
 
 

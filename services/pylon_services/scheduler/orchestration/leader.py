@@ -56,13 +56,17 @@ class Leader:
         self.passes = Passes(jobs, state, executor, self.backlog, self.attempts, self.applier, cfg, self.clock)
         self.dispatcher = Dispatcher(jobs, state, self.backlog, self.attempts)
         self.leading = False
+        self.stopping = False  # ``run`` ends after the turn in progress
         self.first_bid = asyncio.Event()  # set once the loop has tried to take the lease
         self._published: tuple[list[ClusterNode], float] | None = None
         self._stats = (self.clock.monotonic(), 0, 0.0, 0)  # since, passes, their CPU-seconds, decoded
 
     async def run(self) -> None:
-        """Lead while holding the lease, else wait and bid again; survives transient errors."""
-        while True:
+        """Lead while holding the lease, else wait and bid again; survives transient errors. Ends
+        after the current turn once ``stopping`` is set: cancelling alone is not enough, because a
+        cancelled blocking Redis read can come back as a connection error that redis-py retries,
+        and the cancellation is lost (seen under load: the process ignored SIGTERM)."""
+        while not self.stopping:
             try:
                 try:
                     held = await self.lease.hold(self.identity, self.cfg.lease_s)
