@@ -293,3 +293,36 @@ def test_repeated_specs_are_checked_per_tenant_and_errors_are_not_kept(tenant_cl
         with pytest.raises(PylonError) as e:
             acme.jobs.submit({"priority_class": "urgent", "command": {"argv": ["true"]}})
         assert "INVALID_ARGUMENT" in str(e.value.code)
+
+
+def test_the_state_filter_applies_before_paging(redis_server):
+    """ListJobs with states: a page holds the matching jobs among the next ones scanned, so running
+    jobs behind many newer pending ones are found on the first page (the filter used to apply
+    after paging: the first page of 5 newest jobs, all pending, came back empty)."""
+    async def body(r: aioredis.Redis) -> None:
+        store = JobStore(r)
+        jobs = []
+        for i in range(30):
+            job = _job(i)
+            job.create_time = 1000.0 + i  # j0000 oldest
+            jobs.append((await store.create(job))[0])
+        for j in jobs[:2]:  # the two oldest run
+            j.transition(JobState.ADMITTED, "")
+            j.transition(JobState.STARTING, "")
+            j.transition(JobState.RUNNING, "")
+            assert await store.save_moved(j, pending=False, active=True)
+        page, token = await store.list_jobs("acme", 5, "", [JobState.RUNNING])
+        assert [j.id for j in page] == ["j0001", "j0000"] and token == ""
+        page, token = await store.list_jobs("acme", 5, "", [JobState.PENDING])
+        assert [j.id for j in page] == ["j0029", "j0028", "j0027", "j0026", "j0025"] and token == "5"
+        rest: list[str] = []
+        while token:
+            page, token = await store.list_jobs("acme", 5, token, [JobState.PENDING])
+            rest += [j.id for j in page]
+        assert len(rest) == 23 and "j0001" not in rest
+        from pylon_services.common.errors import InvalidArgument
+        for bad in ("x", "²", "1" * 20, "-1"):
+            with pytest.raises(InvalidArgument, match="page_token"):
+                await store.list_jobs("acme", 5, bad)
+
+    _run(redis_server.url, body)
