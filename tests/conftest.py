@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,10 @@ from pylon_services.storage.s3 import S3ObjectStore
 # One-machine Ray: keep its addresses on loopback (must be set before Ray is imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+# Token authentication, as `pylon up` runs Ray (Ray reads it once, at import): every driver (this
+# process, the leader and ingest processes the tests start) and every node inherits the token.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 pytest_plugins = ["tests.support.fixtures"]
 

@@ -4,6 +4,13 @@
 free port picked at start (so several servers can run side by side and none takes 8333), every
 socket binds to ``host`` only, and S3 requires the access key / secret written to an identities
 file in ``data_dir``. Logs go to ``data_dir/weed.log``.
+
+Only S3 is meant for clients. With ``secure`` (the default) the other ports need what only this
+process has: the filer's and volume servers' HTTP APIs want JWTs signed with keys in
+``data_dir/security.toml`` (reads and writes alike), and their gRPC ports require mutual TLS with
+certificates of a private CA (``localstack/tls.py``). A job's process on the same host that finds
+those ports gets 401 or a failed handshake; the master still answers lookups and hands out file
+ids, but a write with such an id is refused without the volume's JWT.
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ class SeaweedServer:
         access_key: str | None = None,
         secret_key: str | None = None,
         startup_timeout_s: float = 60.0,
+        secure: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
@@ -109,6 +117,8 @@ class SeaweedServer:
         self._ports: list[int] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.secure = secure
+        self.internal_ports: dict[str, int] = {}  # "filer", "filer.grpc", "volume", "master", ...
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -137,8 +147,11 @@ class SeaweedServer:
         """
         if self.running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # volumes, identities, keys and certificates
         config_path = self._write_identities()
+        if self.secure:
+            self._write_security()
         attempts = 1 if self._requested_s3_port else 3
         for attempt in range(attempts):
             self._launch(find_weed_binary(), config_path)
@@ -195,6 +208,25 @@ class SeaweedServer:
             json.dump(config, handle)
         return path
 
+    def _write_security(self) -> None:
+        """``security.toml`` in the working directory weed reads it from: JWT keys for the
+        volume servers' and the filer's HTTP APIs, and mutual TLS for every gRPC endpoint."""
+        from pylon_services.localstack.tls import make_local_pki
+
+        path = self.data_dir / "security.toml"
+        if path.exists():
+            return  # keep the keys a restarted server already used
+        pki = make_local_pki(self.data_dir)
+        jwt = "".join(f'[{section}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 60\n'
+                      for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read"))
+        servers = "".join(f'[grpc.{c}]\ncert = "{pki["server_crt"]}"\nkey = "{pki["server_key"]}"\n'
+                          for c in ("master", "volume", "filer", "s3", "admin"))
+        clients = "".join(f'[grpc.{c}]\ncert = "{pki["client_crt"]}"\nkey = "{pki["client_key"]}"\n'
+                          for c in ("client", "worker"))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'{jwt}[grpc]\nca = "{pki["ca_crt"]}"\n{servers}{clients}')
+
     def _command(self, weed: str, config_path: Path) -> list[str]:
         """``weed mini`` flags: every port explicit and free, optional gateways off."""
         admin = _free_port_pair(self.host, _ADMIN_GRPC_OFFSET, avoid=set())
@@ -205,6 +237,8 @@ class SeaweedServer:
         self._s3_port = s3
         self._ports = [admin, admin + _ADMIN_GRPC_OFFSET, s3, *ports[:7]]
         names = ["master", "volume", "filer"]
+        self.internal_ports = {**{n: ports[2 * i] for i, n in enumerate(names)},
+                               **{f"{n}.grpc": ports[2 * i + 1] for i, n in enumerate(names)}, "s3.grpc": ports[6]}
         flags = [f"-{n}.port={ports[2 * i]}" for i, n in enumerate(names)]
         flags += [f"-{n}.port.grpc={ports[2 * i + 1]}" for i, n in enumerate(names)]
         flags += [

@@ -14,6 +14,7 @@ from pylon.engine.v1 import engine_pb2_grpc
 from pylon.registry.v1 import registry_pb2_grpc
 from pylon.scheduler.v1 import scheduler_pb2_grpc
 from pylon_services.common.errors import Unavailable
+from pylon_services.runtime.internal_auth import with_internal_key
 from pylon_services.runtime.server import ENDPOINTS_KEY
 from pylon_services.runtime.settings import Settings
 
@@ -47,7 +48,13 @@ class PlatformClients:
         return scheduler_pb2_grpc.SchedulerServiceStub(await self._channel(await self._service_address("scheduler")))
 
     async def engine(self, address: str) -> engine_pb2_grpc.EngineServiceStub:
-        return engine_pb2_grpc.EngineServiceStub(await self._channel(address))
+        """A replica's EngineService; every call carries the platform's internal key."""
+        ch = self._channels.get(f"engine:{address}")
+        if ch is None:
+            opts = [("grpc.max_receive_message_length", self._settings.max_message_bytes)]
+            ch = self._channels[f"engine:{address}"] = grpc.aio.insecure_channel(
+                address, options=opts, interceptors=with_internal_key(self._settings.internal_key))
+        return engine_pb2_grpc.EngineServiceStub(ch)
 
     async def close(self) -> None:
         for ch in self._channels.values():

@@ -6,6 +6,10 @@ README, docker-compose.yml and the Helm values.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +33,10 @@ class Settings(BaseSettings):
 
     # Bootstrap admin key: accepted without being stored. Empty disables it.
     admin_key: str = ""
+    # What services and the platform's own workers present to internal APIs (engine replicas'
+    # EngineService); never given to user code. Empty: derived from the admin key, so every
+    # process started with the same admin key agrees without a second secret.
+    internal_key: str = ""
     # Service addresses used for service-to-service calls.
     ingest_address: str = ""
     scheduler_address: str = ""
@@ -53,3 +61,10 @@ class Settings(BaseSettings):
     # parallel parts and are read back once. One stream kept up with parallel parts to SeaweedFS on
     # the development machine; to a distant cloud store one stream is slower, so lower it there.
     registry_verified_put_max_bytes: int = 1 << 30
+
+    @model_validator(mode="after")
+    def _derive_internal_key(self) -> Settings:
+        if not self.internal_key and self.admin_key:
+            derived = hmac.new(self.admin_key.encode(), b"pylon-internal-v1", hashlib.sha256).hexdigest()
+            object.__setattr__(self, "internal_key", f"pyl_internal_{derived}")
+        return self

@@ -24,6 +24,7 @@ from pylon.engine.v1 import engine_pb2_grpc
 from pylon_services.common.layout import read_model_version
 from pylon_services.engines.registration import HEARTBEAT_S, replicas_key
 from pylon_services.engines.torch_engine.runner import ModelRunner
+from pylon_services.runtime.internal_auth import RequireInternalKey
 from pylon_services.runtime.loop import run as run_loop
 from pylon_services.storage.base import ObjectStore
 from pylon_services.workloads.contract import WorkloadContext, WorkloadResult
@@ -105,7 +106,8 @@ async def _serve(ctx: WorkloadContext) -> None:
     tenant, deployment_id = ctx.tenant, engine["deployment"].rsplit("/", 1)[1]
     runner = await asyncio.to_thread(load_runner, ctx.store, tenant, engine["model_version"])
     servicer = EngineServicer(runner, engine["model_version"])
-    server = grpc.aio.server()
+    # Its port is reachable from user code on this node: only the platform's key gets in.
+    server = grpc.aio.server(interceptors=[RequireInternalKey(ctx.settings.internal_key)])
     engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
