@@ -9,7 +9,10 @@ A job that should survive crashes checkpoints every ``checkpoint_every()`` steps
 ``checkpoint_saved(step)``, which returns once the checkpoint is in object storage: a retried
 attempt finds it in ``checkpoint_dir()``.
 ``report(step, loss=...)`` records metrics (``pylon jobs get``, ListJobMetrics) and feeds the
-scheduler's throughput table. Outside a Pylon job all of these are harmless no-ops.
+scheduler's throughput table. ``data_store()`` reads the dataset versions the job's spec names
+(``command.datasets``) and writes under the job's ``output/``, with no object-store credentials:
+through an endpoint its worker serves it. Outside a Pylon job all of these are harmless no-ops
+(``data_store()`` raises: there is nothing to read).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when used: numpy is not a cost every job script should pay
+    from pylon.data.sources import JobDataSource
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped to be requeued", not a failure
 _METRICS_PREFIX = "##pylon-metrics "
@@ -91,3 +98,24 @@ def rank() -> int:
 
 def world_size() -> int:
     return int(os.environ.get("PYLON_WORLD_SIZE", "1"))
+
+
+def job_name() -> str:
+    """``tenants/{t}/jobs/{id}`` of this job ("" outside Pylon)."""
+    return os.environ.get("PYLON_JOB", "")
+
+
+def data_store() -> JobDataSource:
+    """The job's data endpoint: ``get(key, start=, end=)``, ``list(prefix)`` and ``put(key, data)``
+    on full object keys; pass it to ``pylon.data.ShardReader`` as the source of its shards."""
+    from pylon.data.sources import JobDataSource
+
+    url, token = os.environ.get("PYLON_DATA_URL"), os.environ.get("PYLON_DATA_TOKEN")
+    if not url or not token:
+        raise RuntimeError("not running as a Pylon job: no data endpoint (PYLON_DATA_URL)")
+    return JobDataSource(url, token)
+
+
+def output_prefix() -> str:
+    """Where this job's outputs go: ``tenants/{t}/jobs/{id}/output/``."""
+    return f"{job_name()}/output/" if job_name() else ""

@@ -87,3 +87,61 @@ class S3Source:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
+
+
+class JobDataSource:
+    """A job's own data endpoint (``PYLON_DATA_URL``/``PYLON_DATA_TOKEN``, served by its worker):
+    the dataset versions its spec names and its job prefix, with no object-store credentials.
+    Keys are full object keys (``tenants/{t}/...``). ``pylon.train.data_store()`` makes one."""
+
+    def __init__(self, url: str, token: str, timeout_s: float = 60.0) -> None:
+        self.url, self.timeout_s = url.rstrip("/"), timeout_s
+        self._auth = {"Authorization": f"Bearer {token}"}
+
+    def _request(self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+                 ) -> bytes:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={**self._auth, **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:200]
+            if e.code == 404:
+                raise FileNotFoundError(f"{path}: {detail}") from None
+            if e.code in (401, 403):
+                raise PermissionError(f"{path}: {detail}") from None
+            raise OSError(f"{method} {path}: HTTP {e.code}: {detail}") from None
+
+    @staticmethod
+    def _path(key: str) -> str:
+        from urllib.parse import quote
+
+        return "/v1/objects/" + quote(key, safe="/")
+
+    def get(self, key: str, *, start: int | None = None, end: int | None = None) -> bytes:
+        headers = {}
+        if start is not None or end is not None:
+            if end is not None and end <= (start or 0):
+                return b""
+            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        return self._request("GET", self._path(key), headers=headers)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write an object under the job's ``output/`` or ``checkpoint/`` (others: PermissionError)."""
+        self._request("PUT", self._path(key), data=data, headers={"Content-Length": str(len(data))})
+
+    def list(self, prefix: str) -> list[str]:
+        import json
+        from urllib.parse import urlencode
+
+        keys: list[str] = []
+        after = ""
+        while True:
+            page = json.loads(self._request("GET", "/v1/list?" + urlencode({"prefix": prefix, "after": after})))
+            keys.extend(o["key"] for o in page["objects"])
+            after = page["next"]
+            if not after:
+                return keys

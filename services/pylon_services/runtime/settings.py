@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     ray_address: str = ""
     # IP this process uses as a Ray driver; empty lets Ray choose (set to 127.0.0.1 on one machine).
     ray_node_ip_address: str = ""
+    # Who a job's user code runs as (scheduler/worker/isolation.py): "auto" (its own unprivileged
+    # uid when the worker is root and Python is readable by other users, else the worker's user,
+    # said in the job's log), "isolated" (its own uid or the job fails), "same" (the worker's user).
+    job_user: str = "auto"
+    # First uid of the range jobs' own users are taken from (one per job, 1,000,000 of them).
+    job_uid_base: int = 1_000_000
     # Limits and lifecycle.
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 20.0

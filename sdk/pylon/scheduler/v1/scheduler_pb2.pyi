@@ -69,7 +69,7 @@ class BuiltinTrainer(_message.Message):
     def __init__(self, trainer: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., base_model_version: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("argv", "working_dir_key", "pip_requirements", "env")
+    __slots__ = ("argv", "working_dir_key", "pip_requirements", "env", "datasets")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,11 +81,13 @@ class Command(_message.Message):
     WORKING_DIR_KEY_FIELD_NUMBER: _ClassVar[int]
     PIP_REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     working_dir_key: str
     pip_requirements: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., working_dir_key: _Optional[str] = ..., pip_requirements: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., working_dir_key: _Optional[str] = ..., pip_requirements: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EngineReplica(_message.Message):
     __slots__ = ("deployment", "model_version", "engine", "engine_config")

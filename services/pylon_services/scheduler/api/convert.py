@@ -50,7 +50,7 @@ def _workload_from_pb(spec: pb.JobSpec) -> Workload | None:
     if which == "command":
         c = spec.command
         return Command(argv=tuple(c.argv), working_dir_key=c.working_dir_key,
-                       pip_requirements=tuple(c.pip_requirements), env=dict(c.env))
+                       pip_requirements=tuple(c.pip_requirements), env=dict(c.env), datasets=tuple(c.datasets))
     if which == "engine":
         e = spec.engine
         return EngineReplica(deployment=e.deployment, model_version=e.model_version, engine=e.engine or "torch",
@@ -96,7 +96,8 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
                                                base_model=w.base_model, base_model_version=w.base_model_version))
     elif isinstance(w, Command):
         out.command.CopyFrom(pb.Command(argv=list(w.argv), working_dir_key=w.working_dir_key,
-                                        pip_requirements=list(w.pip_requirements), env=dict(w.env)))
+                                        pip_requirements=list(w.pip_requirements), env=dict(w.env),
+                                        datasets=list(w.datasets)))
     else:
         out.engine.CopyFrom(pb.EngineReplica(deployment=w.deployment, model_version=w.model_version, engine=w.engine,
                                              engine_config=struct(dict(w.engine_config))))

@@ -57,6 +57,8 @@ class Command:
     working_dir_key: str = ""
     pip_requirements: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    # Dataset versions the command may read through its data endpoint (``pylon.train.data_store``).
+    datasets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def _workload_dict(w: Workload) -> dict[str, Any]:
         return out
     if isinstance(w, Command):
         return {"argv": list(w.argv), "working_dir_key": w.working_dir_key,
-                "pip_requirements": list(w.pip_requirements), "env": dict(w.env)}
+                "pip_requirements": list(w.pip_requirements), "env": dict(w.env), "datasets": list(w.datasets)}
     return {"deployment": w.deployment, "model_version": w.model_version, "engine": w.engine,
             "engine_config": dict(w.engine_config)}
 
@@ -167,7 +169,8 @@ def _workload_from(d: Mapping[str, Any]) -> Workload:
                        base_model_files=dict(t.get("base_model_files") or {}))
     if c := d.get("command"):
         return Command(argv=tuple(c.get("argv") or ()), working_dir_key=c.get("working_dir_key") or "",
-                       pip_requirements=tuple(c.get("pip_requirements") or ()), env=dict(c.get("env") or {}))
+                       pip_requirements=tuple(c.get("pip_requirements") or ()), env=dict(c.get("env") or {}),
+                       datasets=tuple(c.get("datasets") or ()))
     e = d.get("engine") or {}
     return EngineReplica(deployment=e.get("deployment", ""), model_version=e.get("model_version", ""),
                          engine=e.get("engine") or "torch", engine_config=dict(e.get("engine_config") or {}))
