@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.integration,
 PROBE = r"""
 say() { echo "PROBE $1 $2"; }
 say uid "$(id -u)"
-env | grep -E '^(PYLON_(ADMIN_KEY|REDIS_URL|S3_|INTERNAL_KEY|OBJECT_STORE)|RAY_AUTH|AWS_)' > /dev/null && say env LEAK || say env clean
+secrets='^(PYLON_(ADMIN_KEY|REDIS_URL|S3_|INTERNAL_KEY|OBJECT_STORE)|RAY_AUTH|AWS_)'
+env | grep -E "$secrets" > /dev/null && say env LEAK || say env clean
 cat /proc/$LEADER_PID/environ > /dev/null 2>&1 && say leader-environ READ || say leader-environ denied
 cat /proc/$PPID/environ > /dev/null 2>&1 && say worker-environ READ || say worker-environ denied
 ls "$REDIS_DIR" > /dev/null 2>&1 && say redis-dir READ || say redis-dir denied
