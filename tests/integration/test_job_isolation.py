@@ -122,3 +122,14 @@ def test_links_planted_in_the_checkpoint_dir_are_not_uploaded(tenant_clients, pl
     keys = sorted(o.key.rsplit("/", 1)[1] for o in store.iter_all(f"{job.name}/checkpoint/"))
     assert keys == ["real"]
     assert not any("uploaded" in line for line in acme.jobs.logs(job.name))  # the planted mark was not read
+
+
+def test_a_failing_workload_leaves_its_reason_in_the_job_log_but_no_service_traceback(tenant_clients):
+    acme = tenant_clients["acme"]
+    job = acme.jobs.submit({"trainer": {"trainer": "tiny-gpt", "datasets": ["tenants/acme/datasets/nope/versions/1"],
+                                        "config": {"steps": 1, "warmup": 0}}})
+    done = acme.jobs.wait(job.name, timeout=120)
+    text = "\n".join(acme.jobs.logs(job.name))
+    assert done.state == "failed" and "not found" in done.message
+    assert "pylon: the worker failed: NotFound" in text
+    assert "Traceback" not in text and 'File "/' not in text

@@ -10,10 +10,10 @@ leader reads it. It never raises: the scheduler always learns an exit code.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
-import traceback
 from typing import Any
 
 from pylon_services.runtime.settings import Settings
@@ -21,6 +21,8 @@ from pylon_services.scheduler.domain.job import Job
 from pylon_services.scheduler.worker.command import run_command
 from pylon_services.scheduler.worker.context import WorkerContext
 from pylon_services.workloads import REGISTRY, WorkloadKind, WorkloadResult
+
+log = logging.getLogger("pylon.worker")
 
 
 def run_workload(job_dict: dict[str, Any], settings_dict: dict[str, Any], attempt: int, rank: int = 0
@@ -33,8 +35,11 @@ def run_workload(job_dict: dict[str, Any], settings_dict: dict[str, Any], attemp
     try:
         result = run_command(ctx) if ctx.kind == "command" else _run_registered(ctx)
     except Exception as exc:  # noqa: BLE001 - the job fails, the worker reports why
-        ctx.log(traceback.format_exc())
-        result = WorkloadResult(exit_code=1, error=f"{type(exc).__name__}: {exc}")
+        # The job's log says what failed; the traceback (platform code, paths, internal addresses)
+        # goes to the worker's own log only.
+        log.exception("job %s attempt %d worker %d failed", ctx.job_name, attempt, rank)
+        result = WorkloadResult(exit_code=1, error=f"{type(exc).__name__}: {str(exc)[:500]}")
+        ctx.log(f"pylon: the worker failed: {result.error}")
     finally:
         try:
             ctx.archive_log()
