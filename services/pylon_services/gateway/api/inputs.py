@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from pylon_services.common.errors import Internal, InvalidArgument, PylonError, Unavailable
+from pylon_services.common.errors import FieldViolation, Internal, InvalidArgument, PylonError, Unavailable
 from pylon_services.common.names import Principal, parse_name, parse_parent
 
 _TENANT = r"(?:[a-z][a-z0-9-]{0,62}|-)"
@@ -42,14 +42,14 @@ class Cancelled(PylonError):
 
 def parent(value: str, p: Principal) -> str:
     if value and not _PARENT.fullmatch(value):
-        raise InvalidArgument.field("parent", "must be of the form tenants/{tenant} (or tenants/- for your own)")
+        raise _shape("parent", "tenants/{tenant} (or tenants/- for your own)")
     return parse_parent("parent", value, p)
 
 
 def deployment_name(field: str, value: str, p: Principal) -> tuple[str, str]:
     """(tenant, deployment id) of ``tenants/{t}/deployments/{d}``."""
     if not _DEPLOYMENT.fullmatch(value):
-        raise InvalidArgument.field(field, "must be of the form tenants/{tenant}/deployments/{deployment}")
+        raise _shape(field, "tenants/{tenant}/deployments/{deployment}")
     tenant, dep = parse_name(field, value, _DEPLOYMENT_PATTERN, p)
     return tenant, dep
 
@@ -58,6 +58,12 @@ def deployment_id(value: str) -> str:
     if not ID.fullmatch(value):
         raise InvalidArgument.field("deployment_id", ID_RULE)
     return value
+
+
+def _shape(field: str, expected: str) -> InvalidArgument:
+    """As ``common/names.py`` words it, without echoing the value."""
+    return InvalidArgument(f"{field}: is not of the form {expected}",
+                           [FieldViolation(field, f"must be of the form {expected}")])
 
 
 def request_id(value: str) -> str:

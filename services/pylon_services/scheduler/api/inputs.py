@@ -34,7 +34,7 @@ _WORKDIR_KEY = re.compile(r"tenants/([a-z][a-z0-9-]{0,62})/workdirs/sha256-[0-9a
 def job_name(field: str, name: str, p: Principal) -> tuple[str, str]:
     """(tenant, job id) of ``tenants/{t}/jobs/{id}``."""
     if len(name) > MAX_NAME_CHARS or not _JOB_NAME.fullmatch(name):
-        raise InvalidArgument.field(field, "must be of the form tenants/{tenant}/jobs/{job}")
+        raise _shape(field, "tenants/{tenant}/jobs/{job}")
     tenant, job_id = parse_name(field, name, ("tenants", "jobs"), p)
     return tenant, job_id
 
@@ -42,16 +42,22 @@ def job_name(field: str, name: str, p: Principal) -> tuple[str, str]:
 def parent(field: str, value: str, p: Principal) -> str:
     """The tenant of ``tenants/{t}`` (empty: the caller's)."""
     if value and (len(value) > MAX_NAME_CHARS or not _PARENT.fullmatch(value)):
-        raise InvalidArgument.field(field, "must be of the form tenants/{tenant} (or tenants/- for your own)")
+        raise _shape(field, "tenants/{tenant} (or tenants/- for your own)")
     return parse_parent(field, value, p)
 
 
 def queue_name(field: str, name: str, p: Principal) -> tuple[str, str]:
     """(tenant, queue id) of ``tenants/{t}/queues/{q}``."""
     if len(name) > MAX_NAME_CHARS or not _QUEUE_NAME.fullmatch(name):
-        raise InvalidArgument.field(field, "must be of the form tenants/{tenant}/queues/{queue}")
+        raise _shape(field, "tenants/{tenant}/queues/{queue}")
     tenant, queue = parse_name(field, name, ("tenants", "queues"), p)
     return tenant, queue
+
+
+def _shape(field: str, expected: str) -> InvalidArgument:
+    """As ``common/names.py`` words it, without echoing the value."""
+    return InvalidArgument(f"{field}: is not of the form {expected}",
+                           [FieldViolation(field, f"must be of the form {expected}")])
 
 
 def request_id(value: str) -> str:
