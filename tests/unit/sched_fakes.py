@@ -197,7 +197,7 @@ class MemoryLedger:
         return dict(self.results.get((job.key, job.attempt), {}))
 
     async def list_jobs(self, tenant: str, page_size: int, page_token: str,
-                        states: Iterable[JobState] = ()) -> tuple[list[Job], str]:
+                        states: Iterable[JobState] = (), max_bytes: int = 0) -> tuple[list[Job], str]:
         raise NotImplementedError  # the API's paging is tested against Redis
 
     async def logs(self, tenant: str, job_id: str, offset: int) -> list[dict[str, Any]]:

@@ -62,6 +62,9 @@ class SchedulerConfig(BaseSettings):
     instance: str = "pylon"
     # Declared pools, JSON: {"V100": {"min_nodes": 0, "max_nodes": 8}}.
     pools: str = ""
+    # Most PENDING jobs one tenant may have; SubmitJob beyond it answers RESOURCE_EXHAUSTED with
+    # a retry delay (counted atomically in the submit script). 0 turns the limit off.
+    max_pending_per_tenant: int = 10_000
 
     def pool_bounds(self) -> dict[str, PoolBounds]:
         return {k: PoolBounds(**v) for k, v in json.loads(self.pools).items()} if self.pools else {}

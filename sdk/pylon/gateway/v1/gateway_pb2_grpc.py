@@ -77,10 +77,13 @@ class GatewayServiceServicer:
         """CreateDeployment deploys "models:/name@alias" (or an exact version) with N replicas, each
         a scheduler job. Idempotent on request_id (a retry also submits replica jobs a failed
         attempt left unsubmitted).
+        The model must be in the deployment's tenant.
         Errors: INVALID_ARGUMENT (bad parent or deployment_id, replicas outside 1..16, unknown
-        engine, malformed model_uri), NOT_FOUND (model, version or alias), ALREADY_EXISTS (name
-        taken, different request_id), PERMISSION_DENIED (viewer key); a replica job the scheduler
-        refuses passes its code through (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED).
+        engine, malformed model_uri, a field over its limit, a model of another tenant), NOT_FOUND
+        (model, version or alias), ALREADY_EXISTS (name taken, different request_id),
+        PERMISSION_DENIED (viewer key); a replica job the scheduler refuses passes its code through
+        (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED: the tenant's pending-job limit);
+        UNAVAILABLE when the registry or the scheduler cannot be reached (no internal details).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,8 +99,9 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeployments(self, request, context):
-        """ListDeployments pages through the tenant's deployments, by id.
-        Errors: INVALID_ARGUMENT (bad parent, negative page_size).
+        """ListDeployments pages through the tenant's deployments, by id; a page ends once it holds
+        about 4 MiB.
+        Errors: INVALID_ARGUMENT (bad parent, negative page_size, a page_token this server did not issue).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,9 +129,10 @@ class GatewayServiceServicer:
 
     def Generate(self, request, context):
         """Generate streams a completion from a deployment, served by its least-loaded ready replica.
-        Errors: NOT_FOUND (deployment), INVALID_ARGUMENT (bad name, empty prompt or bad sampling
-        parameters), UNAVAILABLE (no ready replica yet; retry shortly), DEADLINE_EXCEEDED; an
-        engine's own error passes through (INVALID_ARGUMENT, INTERNAL).
+        Errors: NOT_FOUND (deployment), INVALID_ARGUMENT (bad name, empty prompt or one over 64 KiB,
+        bad sampling parameters: see SamplingParams), UNAVAILABLE (no ready replica yet, or the
+        replica went away; retry shortly), DEADLINE_EXCEEDED; an engine's refusal passes through
+        (INVALID_ARGUMENT, RESOURCE_EXHAUSTED); an engine's failure is INTERNAL without details.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -111,11 +111,17 @@ class SchedulerServiceServicer:
     """
 
     def SubmitJob(self, request, context):
-        """SubmitJob validates a spec and queues the job. Idempotent on request_id.
-        Errors: INVALID_ARGUMENT (bad spec, with field violations; a base model that does not
-        resolve), FAILED_PRECONDITION (no pool can ever satisfy the request; a base model that is
-        not READY), NOT_FOUND (the queue), UNAVAILABLE (no scheduler leader has reported the cluster
-        yet; retry).
+        """SubmitJob validates a spec and queues the job. Idempotent on request_id (a retry of a queued
+        job answers with it even at the pending limit). Every field of the spec is checked against
+        the limits written beside it; the datasets, working directory, base model and engine names a
+        spec refers to must be in the job's tenant ("tenants/-/..." is the caller's tenant; an admin
+        submitting for another tenant names that tenant). A tenant may have at most
+        PYLON_SCHED_MAX_PENDING_PER_TENANT (default 10000) PENDING jobs at once.
+        Errors: INVALID_ARGUMENT (bad spec, with field violations; a reference outside the job's
+        tenant; a base model that does not resolve), FAILED_PRECONDITION (no pool can ever satisfy
+        the request; a base model that is not READY), NOT_FOUND (the queue), RESOURCE_EXHAUSTED (the
+        tenant's pending-job limit, with a RetryInfo delay), UNAVAILABLE (no scheduler leader has
+        reported the cluster yet, or the registry cannot resolve a base model now; retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +148,8 @@ class SchedulerServiceServicer:
 
     def ListJobs(self, request, context):
         """ListJobs pages through jobs, newest first, optionally filtered by state. The filter applies
-        before paging: a page may hold fewer than page_size jobs while next_page_token is set.
+        before paging, and a page ends once it holds about 4 MiB of jobs: a page may hold fewer than
+        page_size jobs while next_page_token is set.
         Errors: INVALID_ARGUMENT (unknown state, bad page token, negative page size).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -158,24 +165,27 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """WatchJob streams the job each time its state changes, ending in a terminal state.
-        Errors: NOT_FOUND, DEADLINE_EXCEEDED (client deadline).
+        """WatchJob streams the job each time its state changes, ending in a terminal state. The first
+        message is the job as it is now. All watchers of a job on one server share one poll of it.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (bad name), DEADLINE_EXCEEDED (client deadline).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamLogs(self, request, context):
-        """StreamLogs streams a job's log lines; with follow, until the job ends.
-        Errors: NOT_FOUND, INVALID_ARGUMENT.
+        """StreamLogs streams a job's log lines; with follow, until the job ends. A response holds at most
+        about 1 MiB of text; a line longer than 64 Ki characters is cut, saying how much was left out.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (bad name, offset outside 0..10^12).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobMetrics(self, request, context):
-        """ListJobMetrics returns the metrics a job reported (step, loss, throughput...).
-        Errors: NOT_FOUND.
+        """ListJobMetrics returns the metrics a job reported (step, loss, throughput...); a reported
+        value that is not a finite number is left out.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (bad name; more than 256 keys or a key over 256 characters).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,9 +217,10 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateQueue(self, request, context):
-        """CreateQueue declares a tenant's queue with its quota (admin only).
-        Errors: PERMISSION_DENIED (not an admin), INVALID_ARGUMENT (bad name, negative quota or
-        weight), ALREADY_EXISTS.
+        """CreateQueue declares a tenant's queue with its quota (admin only). queue_id and cohort: 1-63
+        ASCII letters, digits or '-'; at most 64 GPU types per quota map; quotas and weight finite.
+        Errors: PERMISSION_DENIED (not an admin), INVALID_ARGUMENT (bad name, negative or non-finite
+        quota or weight), ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

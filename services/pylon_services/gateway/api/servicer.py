@@ -1,22 +1,27 @@
-"""GatewayService: deployments (engine replicas run as scheduler jobs) and streaming Generate."""
+"""GatewayService: deployments (engine replicas run as scheduler jobs) and streaming Generate.
+
+Every request field is checked before anything is stored or called (``inputs.py``,
+``domain/requests.py``); errors of the services called pass on without internal addresses.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
-from google.protobuf import json_format
 
 from pylon.engine.v1 import engine_pb2
 from pylon.gateway.v1 import gateway_pb2 as pb
 from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon.registry.v1 import registry_pb2
 from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Unavailable
-from pylon_services.common.names import check_id, parse_name, parse_parent
+from pylon_services.gateway.api import inputs
 from pylon_services.gateway.api.replicas import ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
+from pylon_services.gateway.domain import requests
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.ports import DeploymentRecords
 from pylon_services.gateway.domain.routing import deployment_state, pick_replica
@@ -28,7 +33,8 @@ from pylon_services.workloads import REGISTRY, WorkloadKind
 MAX_REPLICAS = records.MAX_REPLICAS
 _STATES = {"pending": pb.DEPLOYMENT_STATE_PENDING, "ready": pb.DEPLOYMENT_STATE_READY,
            "failed": pb.DEPLOYMENT_STATE_FAILED, "deleting": pb.DEPLOYMENT_STATE_DELETING}
-_DEPLOYMENT = ("tenants", "deployments")
+# A ListDeployments page ends once its deployments reach this, far below the message limit.
+LIST_MAX_BYTES = 4 << 20
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -60,93 +66,126 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def CreateDeployment(self, request: pb.CreateDeploymentRequest,
                                context: grpc.aio.ServicerContext) -> pb.CreateDeploymentResponse:
-        tenant = parse_parent("parent", request.parent, principal())
-        dep_id = check_id("deployment_id", request.deployment_id)
+        tenant = inputs.parent(request.parent, principal())
+        dep_id = inputs.deployment_id(request.deployment_id)
+        request_id = inputs.request_id(request.request_id)
         d = request.deployment
         replicas = records.check_replicas("deployment.replicas", d.replicas or 1)
+        uri = inputs.model_uri(d.model_uri)
         engine = d.engine or "torch"
         workload = REGISTRY.get(WorkloadKind.ENGINE, engine)
+        bad = requests.resource_violations(d.gpus_per_replica, list(d.gpu_types))
         if workload is None:
-            names = ", ".join(REGISTRY.names(WorkloadKind.ENGINE))
-            raise InvalidArgument.field("deployment.engine", f"must be one of {names}, got {engine!r}")
-        config = json_format.MessageToDict(d.engine_config)
-        if bad := workload.check_config(config):
-            raise InvalidArgument("; ".join(f"deployment.engine_config.{f}: {m}" for f, m in bad),
-                                  [FieldViolation(f"deployment.engine_config.{f}", m) for f, m in bad])
-        registry = await self._c.registry()
-        resolved = await registry.ResolveModelUri(registry_pb2.ResolveModelUriRequest(uri=d.model_uri),
-                                                  metadata=forward_metadata(), timeout=remaining_timeout(context))
+            bad.append(FieldViolation("deployment.engine", f"must be one of {', '.join(REGISTRY.names(WorkloadKind.ENGINE))}"))
+        config = inputs.struct_dict(d.engine_config)
+        config_bad = requests.config_violations("deployment.engine_config", config)
+        bad += config_bad
+        if workload is not None and not config_bad:
+            bad += [FieldViolation(f"deployment.engine_config.{f[:64]}", m[:200]) for f, m in workload.check_config(config)]
+        if bad:
+            raise requests.invalid(bad)
+        with calling("registry"):
+            registry = await self._c.registry()
+            resolved = await registry.ResolveModelUri(registry_pb2.ResolveModelUriRequest(uri=uri),
+                                                      metadata=forward_metadata(), timeout=remaining_timeout(context))
+        if not resolved.version.name.startswith(f"tenants/{tenant}/"):  # an admin creating for another tenant
+            raise InvalidArgument.field("deployment.model_uri", f"must name a model of tenant {tenant}")
         rec = records.new_record(
-            f"tenants/{tenant}/deployments/{dep_id}", uuid.uuid4().hex[:10], replicas, model_uri=d.model_uri,
+            f"tenants/{tenant}/deployments/{dep_id}", uuid.uuid4().hex[:10], replicas, model_uri=uri,
             model_version=resolved.version.name, engine=engine, gpus=d.gpus_per_replica,
-            gpu_types=tuple(d.gpu_types), engine_config=config, create_time=time.time(),
-            request_id=request.request_id)
+            gpu_types=tuple(d.gpu_types), engine_config=config, create_time=time.time(), request_id=request_id)
         if not await self._d.create(rec):
             existing = await self._d.get(tenant, dep_id)
-            if not request.request_id or existing.request_id != request.request_id:
+            if not request_id or existing.request_id != request_id:
                 raise AlreadyExists(f"{rec.name} already exists")
-        rec = await self._jobs.settle(tenant, dep_id, context)  # also finishes a retried create
-        await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
-            name=rec.model_version, deployment=rec.name), metadata=forward_metadata(),
-            timeout=remaining_timeout(context))
+        with calling("scheduler"):
+            rec = await self._jobs.settle(tenant, dep_id, context)  # also finishes a retried create
+        with calling("registry"):
+            await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
+                name=rec.model_version, deployment=rec.name), metadata=forward_metadata(),
+                timeout=remaining_timeout(context))
         return pb.CreateDeploymentResponse(deployment=await self._view(rec, context))
 
     async def GetDeployment(self, request: pb.GetDeploymentRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetDeploymentResponse:
-        tenant, dep = parse_name("name", request.name, _DEPLOYMENT, principal())
+        tenant, dep = inputs.deployment_name("name", request.name, principal())
         return pb.GetDeploymentResponse(deployment=await self._view(await self._d.get(tenant, dep), context))
 
     async def ListDeployments(self, request: pb.ListDeploymentsRequest,
                               context: grpc.aio.ServicerContext) -> pb.ListDeploymentsResponse:
-        tenant = parse_parent("parent", request.parent, principal())
-        recs, token = await self._d.list_deployments(tenant, page_size(request.page_size), request.page_token)
-        views = [await self._view(r, context) for r in recs]
+        """One page; it ends early once its deployments reach ``LIST_MAX_BYTES``."""
+        tenant = inputs.parent(request.parent, principal())
+        recs, token = await self._d.list_deployments(tenant, page_size(request.page_size),
+                                                     inputs.page_token(request.page_token))
+        views: list[pb.Deployment] = []
+        size = 0
+        for rec in recs:
+            view = await self._view(rec, context)
+            if views and size + view.ByteSize() > LIST_MAX_BYTES:
+                return pb.ListDeploymentsResponse(deployments=views, next_page_token=views[-1].name.rsplit("/", 1)[1])
+            views.append(view)
+            size += view.ByteSize()
         return pb.ListDeploymentsResponse(deployments=views, next_page_token=token)
 
     async def ScaleDeployment(self, request: pb.ScaleDeploymentRequest,
                               context: grpc.aio.ServicerContext) -> pb.ScaleDeploymentResponse:
         """Change the desired replica count (compare-and-swap, optionally against ``etag``),
         then submit the new slots' jobs and cancel the retired ones."""
-        tenant, dep = parse_name("name", request.name, _DEPLOYMENT, principal())
+        tenant, dep = inputs.deployment_name("name", request.name, principal())
         replicas = records.check_replicas("replicas", request.replicas)
-        await self._d.update(tenant, dep, lambda r: records.resize(r, replicas, request.etag))
-        rec = await self._jobs.settle(tenant, dep, context)
+        etag = inputs.etag(request.etag)
+        await self._d.update(tenant, dep, lambda r: records.resize(r, replicas, etag))
+        with calling("scheduler"):
+            rec = await self._jobs.settle(tenant, dep, context)
         return pb.ScaleDeploymentResponse(deployment=await self._view(rec, context))
 
     async def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
                                context: grpc.aio.ServicerContext) -> pb.DeleteDeploymentResponse:
-        tenant, dep = parse_name("name", request.name, _DEPLOYMENT, principal())
+        tenant, dep = inputs.deployment_name("name", request.name, principal())
         await self._d.update(tenant, dep, records.retire_all)
-        rec = await self._jobs.settle(tenant, dep, context)
-        registry = await self._c.registry()
-        await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
-            name=rec.model_version, deployment=rec.name, removed=True), metadata=forward_metadata(),
-            timeout=remaining_timeout(context))
+        with calling("scheduler"):
+            rec = await self._jobs.settle(tenant, dep, context)
+        with calling("registry"):
+            registry = await self._c.registry()
+            await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
+                name=rec.model_version, deployment=rec.name, removed=True), metadata=forward_metadata(),
+                timeout=remaining_timeout(context))
         await self._d.delete(tenant, dep)
         return pb.DeleteDeploymentResponse()
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
-        tenant, dep = parse_name("deployment", request.deployment, _DEPLOYMENT, principal())
-        if not request.prompt:
-            raise InvalidArgument.field("prompt", "must not be empty")
+        tenant, dep = inputs.deployment_name("deployment", request.deployment, principal())
         s = request.sampling
-        if s.max_tokens < 0 or s.temperature < 0 or not 0 <= s.top_p <= 1 or s.top_k < 0:
-            raise InvalidArgument.field("sampling", "max_tokens, temperature and top_k must be >= 0; top_p in [0, 1]")
+        bad = requests.sampling_violations(request.prompt, s.max_tokens, s.temperature, s.top_p, s.top_k, list(s.stop),
+                                           s.seed if s.HasField("seed") else None)
+        if bad:
+            raise requests.invalid(bad)
+        request_id = inputs.request_id(request.request_id)
         rec = await self._d.get(tenant, dep)
         # Only replicas of live slots: a retired replica may still look fresh for a few seconds.
         slots = rec.live_job_ids()
         registered = [r for r in await self._d.replicas(tenant, dep) if r.job_id in slots]
         replica = pick_replica(registered, self._inflight, time.time())
         if replica is None:
-            raise Unavailable(f"{request.deployment} has no ready replica yet; retry shortly")
+            raise Unavailable(f"{rec.name} has no ready replica yet; retry shortly")
         engine = await self._c.engine(replica.address)
         self._inflight[replica.address] = self._inflight.get(replica.address, 0) + 1
         try:
-            stream = engine.Generate(engine_pb2.GenerateRequest(request_id=request.request_id, prompt=request.prompt,
-                                                                sampling=s), timeout=remaining_timeout(context, 300))
-            async for piece in stream:
-                yield pb.GenerateResponse(text=piece.text, token_ids=piece.token_ids,
-                                          finish_reason=piece.finish_reason, usage=piece.usage, replica=replica.job_id)
+            with calling(f"replica {replica.job_id}"):
+                stream = engine.Generate(engine_pb2.GenerateRequest(request_id=request_id, prompt=request.prompt,
+                                                                    sampling=s), timeout=remaining_timeout(context, 300))
+                async for piece in stream:
+                    yield pb.GenerateResponse(text=piece.text, token_ids=piece.token_ids, finish_reason=piece.finish_reason,
+                                              usage=piece.usage, replica=replica.job_id)
         finally:
             self._inflight[replica.address] -= 1
+
+
+@contextlib.contextmanager
+def calling(service: str) -> Iterator[None]:
+    """Calls to another service inside: its errors pass on without internal details."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        raise inputs.passed_on(service, e) from None

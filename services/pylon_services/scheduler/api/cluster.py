@@ -3,27 +3,45 @@ UpdateQueue (a mixin of the servicer, kept apart to keep each file small)."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import grpc
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon_services.common.errors import FieldViolation, InvalidArgument, PermissionDenied
-from pylon_services.common.names import parse_name, parse_parent
 from pylon_services.runtime.context import principal
+from pylon_services.scheduler.api import inputs
 from pylon_services.scheduler.domain.job import JobState
 from pylon_services.scheduler.domain.ports import JobLedger, SchedulerState
 from pylon_services.scheduler.domain.scheduling import Node, QueueQuota
 from pylon_services.scheduler.domain.snapshot import ClusterView, free_nodes
+from pylon_services.scheduler.domain.spec import GPU_TYPE_RE, QUEUE_RE, QUEUE_RULE, invalid
+
+MAX_QUOTA_TYPES = 64
+MAX_GPUS = 1e9
 
 
 def _queue_from_pb(name: str, tenant: str, q: pb.Queue) -> QueueQuota:
-    bad = [FieldViolation(f"queue.{f}.{t}", "must not be negative")
-           for f in ("nominal_gpus", "borrowing_limit_gpus") for t, v in getattr(q, f).items() if v < 0]
-    if q.weight < 0:
-        bad.append(FieldViolation("queue.weight", "must not be negative"))
+    """The quota fields of ``q``: GPU types by the spec's rule, finite non-negative numbers."""
+    bad = []
+    for f in ("nominal_gpus", "borrowing_limit_gpus"):
+        quota = getattr(q, f)
+        if len(quota) > MAX_QUOTA_TYPES:
+            bad.append(FieldViolation(f"queue.{f}", f"at most {MAX_QUOTA_TYPES} GPU types"))
+            continue
+        for t, v in sorted(quota.items()):
+            where = f"queue.{f}.{t}" if GPU_TYPE_RE.fullmatch(t) else f"queue.{f}"
+            if not GPU_TYPE_RE.fullmatch(t):
+                bad.append(FieldViolation(where, "GPU types are 1-64 ASCII letters, digits, '.', '_' or '-'"))
+            elif not (math.isfinite(v) and 0 <= v <= MAX_GPUS):
+                bad.append(FieldViolation(where, "must be a finite number, not negative"))
+    if not (math.isfinite(q.weight) and 0 <= q.weight <= MAX_GPUS):
+        bad.append(FieldViolation("queue.weight", "must be a finite number, not negative"))
+    if q.cohort and not QUEUE_RE.fullmatch(q.cohort):
+        bad.append(FieldViolation("queue.cohort", QUEUE_RULE))
     if bad:
-        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
+        raise invalid(bad)
     return QueueQuota(name=name, tenant=tenant, nominal_gpus=dict(q.nominal_gpus), cohort=q.cohort,
                       borrowing_limit_gpus=dict(q.borrowing_limit_gpus), weight=q.weight or 1.0)
 
@@ -68,7 +86,7 @@ class ClusterViews:
 
     async def ListQueues(self, request: pb.ListQueuesRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ListQueuesResponse:
-        tenant = parse_parent("parent", request.parent, principal())
+        tenant = inputs.parent("parent", request.parent, principal())
         queues = {n: q for n, q in (await self._state.queues()).items() if q.tenant == tenant}
         usage = (await self._state.usage()).get(tenant, 0.0)
         used: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -99,9 +117,9 @@ class ClusterViews:
     async def CreateQueue(self, request: pb.CreateQueueRequest, context: grpc.aio.ServicerContext
                           ) -> pb.CreateQueueResponse:
         _require_admin()
-        tenant = parse_parent("parent", request.parent, principal())
-        if not request.queue_id or not request.queue_id.replace("-", "").isalnum() or len(request.queue_id) > 63:
-            raise InvalidArgument.field("queue_id", "must be 1-63 letters, digits or '-'")
+        tenant = inputs.parent("parent", request.parent, principal())
+        if not QUEUE_RE.fullmatch(request.queue_id):
+            raise InvalidArgument.field("queue_id", QUEUE_RULE)
         name = f"tenants/{tenant}/queues/{request.queue_id}"
         q = await self._state.create_queue(_queue_from_pb(name, tenant, request.queue))
         return pb.CreateQueueResponse(queue=_queue_pb(q))
@@ -109,7 +127,7 @@ class ClusterViews:
     async def UpdateQueue(self, request: pb.UpdateQueueRequest, context: grpc.aio.ServicerContext
                           ) -> pb.UpdateQueueResponse:
         _require_admin()
-        tenant, queue_id = parse_name("queue.name", request.queue.name, ("tenants", "queues"), principal())
+        tenant, queue_id = inputs.queue_name("queue.name", request.queue.name, principal())
         name = f"tenants/{tenant}/queues/{queue_id}"
         q = await self._state.update_queue(_queue_from_pb(name, tenant, request.queue))
         return pb.UpdateQueueResponse(queue=_queue_pb(q))

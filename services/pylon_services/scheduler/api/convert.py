@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon_services.common.errors import FieldViolation, InvalidArgument
 from pylon_services.runtime.protoconv import struct, ts
 from pylon_services.scheduler.domain.job import Job, JobState
 from pylon_services.scheduler.domain.spec import (
+    MAX_JSON_INT,
     Command,
     EngineReplica,
     JobSpec,
@@ -18,27 +19,36 @@ from pylon_services.scheduler.domain.spec import (
     Trainer,
     Workload,
     common_violations,
+    invalid,
 )
 
 _PLACEMENTS = {pb.PLACEMENT_STRATEGY_UNSPECIFIED: "pack", pb.PLACEMENT_STRATEGY_PACK: "pack",
                pb.PLACEMENT_STRATEGY_SPREAD: "spread"}
+MAX_STATES = 64
 _STATE_FROM_PB = {pb.JobState.Value(f"JOB_STATE_{s.name}"): s for s in JobState}
 
 
-def _plain(value: Any) -> Any:
-    """protobuf Struct has only doubles: give whole numbers back their int type."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _value(v: struct_pb2.Value) -> Any:
+    """A Struct value as plain Python. A Struct holds only doubles: whole numbers of safe size
+    become ints again; NaN and infinity stay floats for ``validate_spec`` to refuse (never an
+    error here: json_format raises on them, which was an INTERNAL)."""
+    kind = v.WhichOneof("kind")
+    if kind == "number_value":
+        x = v.number_value
+        return int(x) if x.is_integer() and abs(x) <= MAX_JSON_INT else x
+    if kind == "string_value":
+        return v.string_value
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return _struct_dict(v.struct_value)
+    if kind == "list_value":
+        return [_value(x) for x in v.list_value.values]
+    return None
 
 
 def _struct_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    out: dict[str, Any] = _plain(json_format.MessageToDict(s))
-    return out
+    return {k: _value(v) for k, v in s.fields.items()}
 
 
 def _workload_from_pb(spec: pb.JobSpec) -> Workload | None:
@@ -75,8 +85,8 @@ def spec_from_pb(spec: pb.JobSpec) -> JobSpec:
         preemptible=spec.preemptible, checkpoint_every_steps=spec.checkpoint_every_steps, labels=dict(spec.labels),
         display_name=spec.display_name, job_type=spec.job_type, total_steps=spec.total_steps)
     if workload is None:  # said together with everything else that is wrong
-        bad = [FieldViolation("spec.workload", "set one of trainer, command or engine"), *common_violations(out)]
-        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
+        raise invalid([FieldViolation("spec.workload", "set one of trainer, command or engine"),
+                       *common_violations(out)])
     return out
 
 
@@ -116,9 +126,11 @@ def job_to_pb(job: Job) -> pb.Job:
 
 def states_from_pb(values: Any) -> list[JobState]:
     """``ListJobsRequest.states``; an unknown or unspecified value is INVALID_ARGUMENT."""
+    if len(values) > MAX_STATES:
+        raise InvalidArgument.field("states", f"at most {MAX_STATES} states")
     out = []
-    for v in values:
+    for n, v in enumerate(values):
         if v not in _STATE_FROM_PB:
-            raise InvalidArgument.field("states", f"{v} is not a job state")
+            raise InvalidArgument.field(f"states[{n}]", "is not a job state (JOB_STATE_PENDING ... JOB_STATE_CANCELLED)")
         out.append(_STATE_FROM_PB[v])
     return out

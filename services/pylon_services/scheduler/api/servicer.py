@@ -1,14 +1,14 @@
 """SchedulerService transport: requests become domain calls on the ledger; no Ray, no leader.
 
 The API validates submits against the cluster view the leader publishes (``ClusterView``), so
-this process never joins Ray; decisions are the leader's (``orchestration/``).
+this process never joins Ray; decisions are the leader's (``orchestration/``). Every request field
+is checked here or in ``domain/spec.py`` before it reaches the ledger (``inputs.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -16,33 +16,43 @@ from pylon.registry.v1 import registry_pb2
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon.scheduler.v1 import scheduler_pb2_grpc
 from pylon_services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from pylon_services.common.names import parse_name, parse_parent
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, ts
+from pylon_services.scheduler.api import inputs
 from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.api.convert import job_to_pb, spec_from_pb, states_from_pb
-from pylon_services.scheduler.api.workdir import WorkdirUploads, workdir_prefix
+from pylon_services.scheduler.api.fanout import Fanout, PollingFanout
+from pylon_services.scheduler.api.streams import JobStreams
+from pylon_services.scheduler.api.workdir import WorkdirUploads
 from pylon_services.scheduler.domain.cancel import cancel_job
 from pylon_services.scheduler.domain.job import Job, JobState, new_job_id
 from pylon_services.scheduler.domain.placement import check_satisfiable
 from pylon_services.scheduler.domain.ports import JobLedger, SchedulerState
 from pylon_services.scheduler.domain.scheduling import Node
 from pylon_services.scheduler.domain.snapshot import ClusterView
-from pylon_services.scheduler.domain.spec import Command, JobSpec, Trainer, validate_spec
+from pylon_services.scheduler.domain.spec import JobSpec, Trainer, invalid, validate_spec
 from pylon_services.storage.base import ObjectStore
 
 _POLL_S = 0.25
 VIEW_MAX_AGE_S = 1.0  # the published cluster view is re-read at most this often
+# A ListJobs page ends once its jobs' stored documents reach this (a spec is at most a few
+# hundred KiB: domain/spec.py), so a page stays far below the message limit.
+LIST_MAX_BYTES = 4 << 20
+_PAGE_TOKEN_CHARS = 12
+# Registry answers to a base model's resolution that are the caller's to fix.
+_CALLER_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, jobs: JobLedger, state: SchedulerState, store: ObjectStore, peers: PlatformClients | None = None
-                 ) -> None:
+class SchedulerServicer(ClusterViews, WorkdirUploads, JobStreams, scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, jobs: JobLedger, state: SchedulerState, store: ObjectStore, peers: PlatformClients | None = None,
+                 feeds: Fanout | None = None) -> None:
         self._jobs = jobs
         self._state = state
         self._store = store
         self._peers = peers
+        # WatchJob and StreamLogs share one poller per job (a runtime-wide fan-out may be passed).
+        self._feeds: Fanout = feeds or PollingFanout(_POLL_S)
         self._view: tuple[float, ClusterView | None, tuple[Node, ...]] = (float("-inf"), None, ())
 
     async def cluster_view(self) -> tuple[ClusterView, tuple[Node, ...]]:
@@ -61,46 +71,58 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         return view, nodes
 
     async def _job(self, name: str) -> Job:
-        tenant, job_id = parse_name("name", name, ("tenants", "jobs"), principal())
+        tenant, job_id = inputs.job_name("name", name, principal())
         return await self._jobs.get(tenant, job_id)
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
                         ) -> pb.SubmitJobResponse:
         p = principal()
-        tenant = parse_parent("parent", request.parent, p)
+        tenant = inputs.parent("parent", request.parent, p)
+        request_id = inputs.request_id(request.request_id)
         if not request.HasField("spec"):
             raise InvalidArgument.field("spec", "is required")
         spec = spec_from_pb(request.spec)
-        validate_spec(spec)
+        bad = []
+        try:
+            validate_spec(spec)
+        except InvalidArgument as e:
+            bad = e.violations
+        try:
+            spec = inputs.in_tenant(spec, tenant, p)
+        except InvalidArgument as e:
+            bad += e.violations
+        if bad:
+            raise invalid(bad)
         _, nodes = await self.cluster_view()
         if why := check_satisfiable(spec.demand(), nodes):
             raise FailedPrecondition(why)
         w = spec.workload
-        if isinstance(w, Command) and w.working_dir_key and not w.working_dir_key.startswith(workdir_prefix(tenant)):
-            raise InvalidArgument.field("spec.command.working_dir_key", f"must be a key UploadWorkingDir returned "
-                                                                        f"for this tenant ({workdir_prefix(tenant)}...)")
         if isinstance(w, Trainer) and w.base_model:
-            spec = await self._pin_base_model(spec, w, context)
-        job = Job(id=new_job_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request.request_id)
+            spec = await self._pin_base_model(spec, w, tenant, context)
+        job = Job(id=new_job_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request_id)
         queue = f"tenants/{tenant}/queues/{spec.queue}" if spec.queue != "default" else ""
         job, _ = await self._jobs.create(job, queue)
         return pb.SubmitJobResponse(job=job_to_pb(job))
 
-    async def _pin_base_model(self, spec: JobSpec, trainer: Trainer, context: grpc.aio.ServicerContext) -> JobSpec:
+    async def _pin_base_model(self, spec: JobSpec, trainer: Trainer, tenant: str,
+                              context: grpc.aio.ServicerContext) -> JobSpec:
         """Resolve a fine-tune's base model through the registry (as the caller) and pin the exact
-        version and its artifact keys into the spec."""
+        version and its artifact keys into the spec; it must be in the job's tenant."""
         if self._peers is None:
             raise FailedPrecondition("this scheduler has no registry to resolve base models with")
-        registry = await self._peers.registry()
         uri = trainer.base_model
         try:
+            registry = await self._peers.registry()
             resp = await registry.ResolveModelUri(registry_pb2.ResolveModelUriRequest(uri=uri),
                                                   metadata=forward_metadata(), timeout=remaining_timeout(context))
         except grpc.aio.AioRpcError as e:
-            if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise InvalidArgument.field("spec.trainer.base_model", f"{uri}: {e.details()}") from None
-            raise
+            if e.code() in _CALLER_CODES:
+                raise InvalidArgument.field("spec.trainer.base_model", f"{uri}: {(e.details() or '')[:300]}") from None
+            # Anything else is the registry's trouble; its details may name internal addresses.
+            raise Unavailable(f"the registry could not resolve {uri} now ({e.code().name}); retry") from None
         v = resp.version
+        if not v.name.startswith(f"tenants/{tenant}/"):
+            raise InvalidArgument.field("spec.trainer.base_model", f"must be a model of the job's tenant ({tenant})")
         if v.format != registry_pb2.MODEL_FORMAT_PYLON_GPT:
             fmt = registry_pb2.ModelFormat.Name(v.format)
             raise InvalidArgument.field("spec.trainer.base_model", f"{uri} is {fmt}; tiny-gpt fine-tunes PYLON_GPT models")
@@ -114,51 +136,22 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, scheduler_pb2_grpc.Schedul
         return pb.GetJobResponse(job=job_to_pb(await self._job(request.name)))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
-        tenant = parse_parent("parent", request.parent, principal())
+        tenant = inputs.parent("parent", request.parent, principal())
         states = states_from_pb(request.states)
-        jobs, token = await self._jobs.list_jobs(tenant, page_size(request.page_size), request.page_token, states)
+        token = request.page_token
+        if len(token) > _PAGE_TOKEN_CHARS or (token and not token.isascii()):
+            raise InvalidArgument.field("page_token", "is not a token this server issued")
+        jobs, token = await self._jobs.list_jobs(tenant, page_size(request.page_size), token, states,
+                                                 max_bytes=LIST_MAX_BYTES)
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=token)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
         return pb.CancelJobResponse(job=job_to_pb(await cancel_job(self._jobs, await self._job(request.name))))
 
-    async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
-                       ) -> AsyncIterator[pb.WatchJobResponse]:
-        job = await self._job(request.name)
-        last = None
-        while True:
-            snapshot = (job.state, job.message, job.attempt)
-            if snapshot != last:
-                yield pb.WatchJobResponse(job=job_to_pb(job))
-                last = snapshot
-            if job.state.terminal:
-                return
-            await asyncio.sleep(_POLL_S)
-            job = await self._jobs.get(job.tenant, job.id)
-
-    async def StreamLogs(self, request: pb.StreamLogsRequest, context: grpc.aio.ServicerContext
-                         ) -> AsyncIterator[pb.StreamLogsResponse]:
-        job = await self._job(request.name)
-        if request.offset < 0:
-            raise InvalidArgument.field("offset", "must not be negative")
-        offset = request.offset
-        while True:
-            lines = await self._jobs.logs(job.tenant, job.id, offset)
-            if lines:
-                yield pb.StreamLogsResponse(lines=[
-                    pb.LogLine(index=offset + i, text=x["text"], attempt=x["attempt"], time=ts(x["t"]))
-                    for i, x in enumerate(lines)])
-                offset += len(lines)
-                continue
-            if not request.follow or job.state.terminal:
-                return
-            await asyncio.sleep(_POLL_S)
-            job = await self._jobs.get(job.tenant, job.id)
-
     async def ListJobMetrics(self, request: pb.ListJobMetricsRequest, context: grpc.aio.ServicerContext
                              ) -> pb.ListJobMetricsResponse:
+        keys = inputs.metric_keys(list(request.keys))
         job = await self._job(request.name)
-        keys = set(request.keys)
         points = [pb.MetricPoint(key=m["key"], step=m["step"], value=m["value"], time=ts(m["t"]))
                   for m in await self._jobs.metrics(job.tenant, job.id) if not keys or m["key"] in keys]
         return pb.ListJobMetricsResponse(points=points)

@@ -14,8 +14,8 @@ import grpc
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon_services.common.errors import InvalidArgument, ResourceExhausted
-from pylon_services.common.names import parse_parent
 from pylon_services.runtime.context import principal
+from pylon_services.scheduler.api import inputs
 from pylon_services.storage.base import ObjectStore
 
 MAX_WORKDIR_BYTES = 256 * 1024 * 1024
@@ -31,9 +31,10 @@ def _check_archive(path: str) -> None:
         with tarfile.open(path, "r:gz") as tar:
             for m in tar.getmembers():
                 if m.name.startswith("/") or ".." in m.name.split("/") or m.issym() or m.islnk():
-                    raise InvalidArgument.field("chunk", f"archive member {m.name!r} is a link or leaves the directory")
+                    raise InvalidArgument.field("chunk", f"archive member {m.name[:200]!r} is a link or leaves the "
+                                                           f"directory")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise InvalidArgument.field("chunk", f"not a tar.gz archive: {e}") from None
+        raise InvalidArgument.field("chunk", f"not a tar.gz archive: {str(e)[:200]}") from None
 
 
 class WorkdirUploads:
@@ -47,7 +48,7 @@ class WorkdirUploads:
             with os.fdopen(fd, "wb") as f:
                 async for req in request_iterator:
                     if tenant is None:
-                        tenant = parse_parent("parent", req.parent, principal())
+                        tenant = inputs.parent("parent", req.parent, principal())
                     size += len(req.chunk)
                     if size > MAX_WORKDIR_BYTES:
                         raise ResourceExhausted(f"working directory archive is over {MAX_WORKDIR_BYTES >> 20} MiB")

@@ -85,8 +85,9 @@ class JobLedger(Protocol):
         """What the workers of the job's current attempt reported, by rank."""
 
     async def list_jobs(self, tenant: str, page_size: int, page_token: str,
-                        states: Iterable[JobState] = ()) -> tuple[list[Job], str]:
-        """Newest first, only ``states`` when given; ("" when no more pages)."""
+                        states: Iterable[JobState] = (), max_bytes: int = 0) -> tuple[list[Job], str]:
+        """Newest first, only ``states`` when given, a page ending early once its stored jobs
+        reach ``max_bytes`` (0: no bound); ("" when no more pages)."""
 
     async def logs(self, tenant: str, job_id: str, offset: int) -> list[dict[str, Any]]:
         """Log lines from ``offset`` on (at most a thousand), as {"text", "attempt", "t"}."""

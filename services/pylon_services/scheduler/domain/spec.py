@@ -10,7 +10,8 @@ records written before this module existed still load with ``from_dict``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,37 @@ from pylon_services.workloads import REGISTRY, WorkloadKind, WorkloadRegistry
 # Priority classes (Kueue's WorkloadPriorityClass): higher admits first and may preempt lower.
 PRIORITY_CLASSES = {"low": 0, "normal": 100, "high": 1000}
 PLACEMENTS = ("pack", "spread")
+
+# Limits of a spec (docs in scheduler.proto). They bound a stored job to a few hundred KiB, so a
+# ListJobs page stays under the message limit, and they keep numbers where Redis, JSON (orjson:
+# 64-bit integers) and Ray take them.
 MAX_WORKERS = 1024
+MAX_GPUS_PER_WORKER = 64.0
+MAX_CPUS_PER_WORKER = 1024.0
+MAX_MEMORY_BYTES = 1 << 44  # 16 TiB per worker
+MAX_RETRIES = 100
+MAX_STEPS = 10**12  # total_steps and checkpoint_every_steps
+MAX_RUNTIME_S = 30 * 86400.0
+MAX_NAME_CHARS = 256  # display_name, label values, gpu types, job_type, resource names
+MAX_LABELS = 64
+MAX_GPU_TYPES = 16
+MAX_DATASETS = 64
+MAX_ARGV = 1024
+MAX_ARGV_BYTES = 128 * 1024  # all of argv together
+MAX_ENV = 256
+MAX_ENV_BYTES = 128 * 1024  # all of env together, keys and values
+MAX_PIP_REQUIREMENTS = 128
+MAX_PIP_REQUIREMENT_CHARS = 512
+MAX_CONFIG_BYTES = 64 * 1024  # a trainer's config or an engine's engine_config, as JSON
+MAX_CONFIG_DEPTH = 16
+MAX_JSON_INT = 2**53  # whole numbers beyond this stay floats (a Struct holds doubles)
+QUEUE_RE = re.compile(r"[A-Za-z0-9-]{1,63}")
+QUEUE_RULE = "must be 1-63 ASCII letters, digits or '-'"
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}")
+LABEL_KEY_RULE = "keys must be 1-128 ASCII letters, digits, '.', '_', '/' or '-'"
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+GPU_TYPE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -188,7 +219,13 @@ def validate_spec(spec: JobSpec, registry: WorkloadRegistry = REGISTRY) -> None:
     cluster can ever run it is ``placement.check_satisfiable``'s question, asked after this."""
     bad = common_violations(spec) + _workload_violations(spec, registry)
     if bad:
-        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad), bad)
+        raise invalid(bad)
+
+
+def invalid(bad: list[FieldViolation]) -> InvalidArgument:
+    """One InvalidArgument for several violations; the message lists them (bounded: each
+    description is short and never holds a whole input)."""
+    return InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in bad[:20]), bad[:100])
 
 
 def common_violations(spec: JobSpec) -> list[FieldViolation]:
@@ -197,44 +234,160 @@ def common_violations(spec: JobSpec) -> list[FieldViolation]:
     r = spec.resources
     if not 1 <= spec.workers <= MAX_WORKERS:
         bad.append(FieldViolation("spec.workers", f"must be between 1 and {MAX_WORKERS}"))
-    if not (_finite_non_negative(r.gpus) and _finite_non_negative(r.cpus)):
-        bad.append(FieldViolation("spec.resources", "gpus and cpus must be finite and not negative"))
-    if r.memory_bytes < 0:
-        bad.append(FieldViolation("spec.resources.memory_bytes", "must not be negative"))
+    if not (_finite_between(r.gpus, 0, MAX_GPUS_PER_WORKER) and _finite_between(r.cpus, 0, MAX_CPUS_PER_WORKER)):
+        bad.append(FieldViolation("spec.resources", f"gpus and cpus must be finite, gpus between 0 and "
+                                                    f"{MAX_GPUS_PER_WORKER:g}, cpus between 0 and {MAX_CPUS_PER_WORKER:g}"))
+    if not 0 <= r.memory_bytes <= MAX_MEMORY_BYTES:
+        bad.append(FieldViolation("spec.resources.memory_bytes", f"must be between 0 and {MAX_MEMORY_BYTES} (16 TiB)"))
+    bad += _list_violations("spec.resources.gpu_types", r.gpu_types, MAX_GPU_TYPES,
+                            lambda t: "" if GPU_TYPE_RE.fullmatch(t) else "must be 1-64 ASCII letters, digits, "
+                                                                          "'.', '_' or '-'")
     if spec.placement not in PLACEMENTS:
         bad.append(FieldViolation("spec.placement", f"must be one of {', '.join(PLACEMENTS)}"))
-    if spec.max_retries < 0:
-        bad.append(FieldViolation("spec.max_retries", "must not be negative"))
-    if not _finite_non_negative(spec.max_runtime_s):
-        bad.append(FieldViolation("spec.max_runtime", "must not be negative"))
+    if not 0 <= spec.max_retries <= MAX_RETRIES:
+        bad.append(FieldViolation("spec.max_retries", f"must be between 0 and {MAX_RETRIES}"))
+    if not _finite_between(spec.max_runtime_s, 0, MAX_RUNTIME_S):
+        bad.append(FieldViolation("spec.max_runtime", "must be between 0 (no limit) and 30 days"))
     if spec.priority_class not in PRIORITY_CLASSES:
         bad.append(FieldViolation("spec.priority_class", f"must be one of {', '.join(PRIORITY_CLASSES)}"))
-    if spec.total_steps < 0:
-        bad.append(FieldViolation("spec.total_steps", "must not be negative"))
-    if spec.checkpoint_every_steps < 0:
-        bad.append(FieldViolation("spec.checkpoint_every_steps", "must not be negative (0 = the trainer's default)"))
+    if not QUEUE_RE.fullmatch(spec.queue):
+        bad.append(FieldViolation("spec.queue", QUEUE_RULE))
+    if not 0 <= spec.total_steps <= MAX_STEPS:
+        bad.append(FieldViolation("spec.total_steps", f"must be between 0 and {MAX_STEPS}"))
+    if not 0 <= spec.checkpoint_every_steps <= MAX_STEPS:
+        bad.append(FieldViolation("spec.checkpoint_every_steps", f"must be between 0 (the trainer's default) and "
+                                                                 f"{MAX_STEPS}"))
+    for name, value in (("display_name", spec.display_name), ("job_type", spec.job_type)):
+        if why := _text_problem(value, MAX_NAME_CHARS):
+            bad.append(FieldViolation(f"spec.{name}", why))
+    return bad + _label_violations(spec.labels)
+
+
+def _label_violations(labels: Mapping[str, str]) -> list[FieldViolation]:
+    if len(labels) > MAX_LABELS:
+        return [FieldViolation("spec.labels", f"at most {MAX_LABELS} labels")]
+    bad = []
+    for n, (key, value) in enumerate(sorted(labels.items())):
+        if not LABEL_KEY_RE.fullmatch(key):
+            bad.append(FieldViolation(f"spec.labels[{n}]", LABEL_KEY_RULE))
+        elif why := _text_problem(value, MAX_NAME_CHARS):
+            bad.append(FieldViolation(f"spec.labels[{key}]", f"value {why}"))
     return bad
 
 
 def _workload_violations(spec: JobSpec, registry: WorkloadRegistry) -> list[FieldViolation]:
     w = spec.workload
     if isinstance(w, Command):
-        return [] if w.argv else [FieldViolation("spec.command.argv", "must not be empty")]
+        return command_violations(w)
     if isinstance(w, Trainer):
         kind, field_name, name, config, path = WorkloadKind.TRAINER, "trainer", w.trainer, w.config, "spec.trainer"
+        config_field = "config"
+        bad = _list_violations("spec.trainer.datasets", w.datasets, MAX_DATASETS, lambda d: _text_problem(d, 512))
+        if why := _text_problem(w.base_model, MAX_NAME_CHARS):
+            bad.append(FieldViolation("spec.trainer.base_model", why))
     else:
         kind, field_name, name, config, path = WorkloadKind.ENGINE, "engine", w.engine, w.engine_config, "spec.engine"
+        config_field = "engine_config"
+        bad = [FieldViolation(f"spec.engine.{f}", why) for f, v in (("deployment", w.deployment),
+                                                                   ("model_version", w.model_version))
+               if (why := _text_problem(v, MAX_NAME_CHARS))]
+    config_bad = config_violations(f"{path}.{config_field}", config)
     workload = registry.get(kind, name)
     if workload is None:
-        return [FieldViolation(f"{path}.{field_name}", f"must be one of {', '.join(registry.names(kind))}")]
-    bad = []
+        return [FieldViolation(f"{path}.{field_name}", f"must be one of {', '.join(registry.names(kind))}"),
+                *bad, *config_bad]
     if workload.max_workers is not None and spec.workers > workload.max_workers:
         bad.append(FieldViolation("spec.workers", f"the {name} {kind.value} runs on at most {workload.max_workers} "
                                                   f"worker(s)"))
-    config_field = "config" if isinstance(w, Trainer) else "engine_config"
-    bad.extend(FieldViolation(f"{path}.{config_field}.{f}", d) for f, d in workload.check_config(config))
+    if config_bad:  # the workload's own check sees only well-formed JSON
+        return bad + config_bad
+    return bad + [FieldViolation(f"{path}.{config_field}.{_clip(f, 64)}", _clip(d, 200))
+                  for f, d in workload.check_config(config)]
+
+
+def command_violations(c: Command) -> list[FieldViolation]:
+    """Sizes and characters of a command: argv and env end up in exec(), which refuses NUL."""
+    bad = []
+    if not c.argv:
+        bad.append(FieldViolation("spec.command.argv", "must not be empty"))
+    bad += _list_violations("spec.command.argv", c.argv, MAX_ARGV, lambda a: "must not contain NUL" if "\0" in a else "")
+    if sum(len(a.encode()) for a in c.argv) > MAX_ARGV_BYTES:
+        bad.append(FieldViolation("spec.command.argv", f"must be at most {MAX_ARGV_BYTES >> 10} KiB in all"))
+    bad += _list_violations("spec.command.pip_requirements", c.pip_requirements, MAX_PIP_REQUIREMENTS,
+                            lambda p: _text_problem(p, MAX_PIP_REQUIREMENT_CHARS) or ("" if p.strip() else "is empty"))
+    if len(c.env) > MAX_ENV:
+        bad.append(FieldViolation("spec.command.env", f"at most {MAX_ENV} variables"))
+    elif sum(len(k.encode()) + len(v.encode()) for k, v in c.env.items()) > MAX_ENV_BYTES:
+        bad.append(FieldViolation("spec.command.env", f"must be at most {MAX_ENV_BYTES >> 10} KiB in all"))
+    else:
+        for key, value in sorted(c.env.items()):
+            if not ENV_KEY_RE.fullmatch(key):
+                bad.append(FieldViolation("spec.command.env", "names must be ASCII letters, digits or '_', "
+                                                              "not starting with a digit, at most 256"))
+                break
+            if "\0" in value:
+                bad.append(FieldViolation(f"spec.command.env[{key}]", "must not contain NUL"))
+    if len(c.working_dir_key) > 1024:
+        bad.append(FieldViolation("spec.command.working_dir_key", "is not a key UploadWorkingDir returns"))
     return bad
 
 
-def _finite_non_negative(x: float) -> bool:
-    return math.isfinite(x) and x >= 0
+def config_violations(path: str, config: Mapping[str, Any]) -> list[FieldViolation]:
+    """A workload's JSON settings: finite numbers only, at most ``MAX_CONFIG_DEPTH`` levels and
+    ``MAX_CONFIG_BYTES`` (strings and keys counted in UTF-8, plus a few bytes per value)."""
+    bad: list[FieldViolation] = []
+    size = _json_walk(path, config, 1, bad)
+    if size > MAX_CONFIG_BYTES:
+        bad.append(FieldViolation(path, f"must be at most {MAX_CONFIG_BYTES >> 10} KiB as JSON"))
+    return bad[:10]
+
+
+def _json_walk(path: str, value: Any, depth: int, bad: list[FieldViolation]) -> int:
+    """The approximate JSON size of ``value``; appends what is wrong to ``bad`` (stops early)."""
+    if len(bad) >= 10:
+        return 0
+    if isinstance(value, Mapping) or isinstance(value, list | tuple):
+        if depth > MAX_CONFIG_DEPTH:
+            bad.append(FieldViolation(path, f"nests deeper than {MAX_CONFIG_DEPTH} levels"))
+            return 0
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        size = 2
+        for k, v in items:
+            key = _clip(str(k), 64)
+            size += (len(str(k).encode()) + 4 if isinstance(k, str) else 1) + _json_walk(
+                f"{path}.{key}" if isinstance(k, str) else f"{path}[{k}]", v, depth + 1, bad)
+            if size > MAX_CONFIG_BYTES or len(bad) >= 10:
+                break
+        return size
+    if isinstance(value, str):
+        return len(value.encode()) + 2
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(FieldViolation(path, "must be a finite number"))
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1:
+        bad.append(FieldViolation(path, "is out of the 64-bit integer range"))
+    return 8
+
+
+def _list_violations(path: str, values: Iterable[str], most: int, problem: Any) -> list[FieldViolation]:
+    """At most ``most`` items, each without a ``problem`` (a function returning "" when fine)."""
+    items = list(values)
+    if len(items) > most:
+        return [FieldViolation(path, f"at most {most} entries")]
+    return [FieldViolation(f"{path}[{n}]", why) for n, v in enumerate(items) if (why := problem(v))][:10]
+
+
+def _text_problem(value: str, most: int) -> str:
+    """Why ``value`` is not a short line of text ("" when it is)."""
+    if len(value) > most:
+        return f"must be at most {most} characters"
+    if _CONTROL.search(value):
+        return "must not contain control characters"
+    return ""
+
+
+def _clip(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most] + "..."
+
+
+def _finite_between(x: float, low: float, high: float) -> bool:
+    return math.isfinite(x) and low <= x <= high

@@ -2,7 +2,8 @@
 
 Ledger: ``pylon:job:{tenant}:{id}`` (JSON), ``pylon:jobs:{tenant}`` (zset by create time),
 ``pylon:jobreq:{tenant}:{request_id}`` (idempotent submit), ``pylon:pending`` (zset, FIFO by
-submit time), ``pylon:active`` (set of ``tenant/id`` holding resources). Per job:
+submit time), ``pylon:pending:{tenant}`` (the tenant's share of it: the per-tenant pending limit
+counts it), ``pylon:active`` (set of ``tenant/id`` holding resources). Per job:
 ``pylon:joblog:...`` (list of JSON lines), ``pylon:jobmetrics:...``,
 ``pylon:jobresults:{tenant}:{id}:{attempt}`` (hash rank -> result JSON, written by workers),
 ``pylon:jobstop:...`` / ``pylon:jobpreempt:...`` (flags workers poll).
@@ -18,6 +19,12 @@ EVENTS = "pylon:sched:events"
 # Streams are trimmed to about this many entries (acknowledged history is not needed).
 EVENTS_MAXLEN = 100_000
 LEASE = "pylon:scheduler:leader"
+
+
+def tenant_pending_key(tenant: str) -> str:
+    """The tenant's pending jobs (``tenant/id``): every write that moves a job in or out of
+    ``PENDING`` moves it here in the same transaction, so its size is the tenant's backlog."""
+    return f"pylon:pending:{tenant}"
 
 
 def job_key(tenant: str, job_id: str) -> str:

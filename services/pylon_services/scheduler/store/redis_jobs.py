@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from pylon_services.common.errors import InvalidArgument, NotFound, Unavailable
+from pylon_services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.domain.job import Job, JobState, new_job_id
 from pylon_services.scheduler.store.keys import (
     ACTIVE,
@@ -31,6 +32,7 @@ from pylon_services.scheduler.store.keys import (
     results_key,
     stop_key,
     tenant_jobs_key,
+    tenant_pending_key,
 )
 
 ID_TRIES = 5  # draws of a job id before a submit gives up (a repeat needs the same second)
@@ -41,20 +43,29 @@ _OFFSET_TOKEN = re.compile(r"[0-9]{1,12}")
 STOP_FLAG_TTL_S = 3600
 PREEMPT_FLAG_TTL_S = 86400
 
+# KEYS: request id, queue, job, tenant index, pending queue, events, tenant's pending set.
+# ARGV[11]: the most pending jobs a tenant may have (0: no limit). The limit is checked after the
+# request-id claim, so a retried submit of a queued job still answers with that job.
 _CREATE = """
 if ARGV[9] == '1' and redis.call('exists', KEYS[2]) == 0 then return {'noqueue'} end
 if ARGV[8] == '1' then
   local existing = redis.call('get', KEYS[1])
   if existing then return {'exists', redis.call('get', ARGV[10] .. existing)} end
 end
+local most = tonumber(ARGV[11])
+if most > 0 and redis.call('zcard', KEYS[7]) >= most then return {'full'} end
 if redis.call('exists', KEYS[3]) == 1 then return {'taken'} end
 if ARGV[8] == '1' then redis.call('set', KEYS[1], ARGV[1]) end
 redis.call('set', KEYS[3], ARGV[2])
 redis.call('zadd', KEYS[4], ARGV[3], ARGV[1])
 redis.call('zadd', KEYS[5], ARGV[4], ARGV[5])
+redis.call('zadd', KEYS[7], ARGV[4], ARGV[5])
 redis.call('xadd', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[6])
 return {'created'}
 """
+# A tenant at its pending limit is told to come back after about this long (its backlog drains
+# as the leader admits jobs).
+PENDING_FULL_RETRY_S = 30.0
 
 
 def parse_offset_token(token: str) -> int:
@@ -67,8 +78,12 @@ def parse_offset_token(token: str) -> int:
 
 
 class JobStore:
-    def __init__(self, redis: aioredis.Redis, track_changes: bool = False) -> None:
+    def __init__(self, redis: aioredis.Redis, track_changes: bool = False,
+                 max_pending_per_tenant: int | None = None) -> None:
         self.r = redis
+        # ``PYLON_SCHED_MAX_PENDING_PER_TENANT`` unless given; 0 turns the limit off.
+        self.max_pending_per_tenant = (SchedulerConfig().max_pending_per_tenant if max_pending_per_tenant is None
+                                       else max_pending_per_tenant)
         # redis-py's Script: EVALSHA, and EVAL again after a restarted Redis lost its script cache.
         self._create_script = redis.register_script(_CREATE)
         # Keys of jobs this process wrote (save_moved): the leader refreshes exactly these in its
@@ -88,23 +103,28 @@ class JobStore:
     async def create(self, job: Job, require_queue: str = "") -> tuple[Job, bool]:
         """Store a new job and queue it in one atomic script (one round trip): with a request_id,
         return the job that id already created instead of a second one; with ``require_queue``
-        (a queue name), refuse (NotFound) when that queue does not exist."""
+        (a queue name), refuse (NotFound) when that queue does not exist; refuse
+        (ResourceExhausted) a job that would take its tenant over ``max_pending_per_tenant``."""
         job.queued_at = job.queued_at or job.create_time
         rk = f"pylon:jobreq:{job.tenant}:{job.request_id}" if job.request_id else "pylon:jobreq:-"
         qk = queue_key(require_queue) if require_queue else "pylon:queue:-"
         for _ in range(ID_TRIES):
             event = orjson.dumps({"type": "submitted", "job": job.key})
             out = await self._create_script(
-                keys=[rk, qk, job_key(job.tenant, job.id), tenant_jobs_key(job.tenant), PENDING, EVENTS],
+                keys=[rk, qk, job_key(job.tenant, job.id), tenant_jobs_key(job.tenant), PENDING, EVENTS,
+                      tenant_pending_key(job.tenant)],
                 args=[job.id, orjson.dumps(job.to_dict()), repr(job.create_time), repr(job.queued_at), job.key, event,
                       EVENTS_MAXLEN, "1" if job.request_id else "0", "1" if require_queue else "0",
-                      f"pylon:job:{job.tenant}:"])
+                      f"pylon:job:{job.tenant}:", self.max_pending_per_tenant])
             if out[0] != b"taken":
                 break
             job.id = self.new_id()  # an id drawn twice in the same second: never overwrite a job
         else:
             raise Unavailable(f"could not draw an unused job id in {ID_TRIES} tries; retry")
         verdict = out[0].decode()
+        if verdict == "full":
+            raise ResourceExhausted(f"tenant {job.tenant} has {self.max_pending_per_tenant} pending jobs, the most "
+                                    f"it may queue; retry when some have started", retry_after_s=PENDING_FULL_RETRY_S)
         if verdict == "noqueue":
             raise NotFound(f"queue {require_queue} not found; an admin creates it with CreateQueue")
         if verdict == "exists":
@@ -133,9 +153,12 @@ class JobStore:
                 p.multi()
                 p.set(key, orjson.dumps(job.to_dict()))
                 if pending:
-                    p.zadd(PENDING, {job.key: job.queued_at or time.time()})
+                    queued_at = job.queued_at or time.time()
+                    p.zadd(PENDING, {job.key: queued_at})
+                    p.zadd(tenant_pending_key(job.tenant), {job.key: queued_at})
                 else:
                     p.zrem(PENDING, job.key)
+                    p.zrem(tenant_pending_key(job.tenant), job.key)
                 if active:
                     p.sadd(ACTIVE, job.key)
                 else:
@@ -182,28 +205,35 @@ class JobStore:
         return {int(k): orjson.loads(v) for k, v in raw.items()}
 
     async def list_jobs(self, tenant: str, page_size: int, page_token: str,
-                        states: Iterable[JobState] = ()) -> tuple[list[Job], str]:
+                        states: Iterable[JobState] = (), max_bytes: int = 0) -> tuple[list[Job], str]:
         """Newest first. With ``states``, the filter applies before paging: a page holds up to
-        ``page_size`` matching jobs found among the next ``LIST_SCAN_LIMIT``; the token is the
-        offset in the tenant's index where the next page starts."""
+        ``page_size`` matching jobs found among the next ``LIST_SCAN_LIMIT``; with ``max_bytes``,
+        a page ends early once its jobs' stored documents reach that size (never empty, since a
+        spec is bounded). The token is the offset in the tenant's index where the next page starts."""
         wanted = set(states)
         start = parse_offset_token(page_token)
         scan = page_size if not wanted else max(page_size, LIST_SCAN_LIMIT)
         out: list[Job] = []
-        pos = start
+        pos, size = start, 0
         index = tenant_jobs_key(tenant)
         while len(out) < page_size and pos - start < scan:
             chunk = min(scan - (pos - start), max(page_size, 200) if wanted else page_size - len(out))
             ids = [i.decode() for i in await self.r.zrevrange(index, pos, pos + chunk - 1)]
             if not ids:
                 return out, ""
-            by_id = {j.id: j for j in await self.get_many([f"{tenant}/{i}" for i in ids])}
-            for n, job_id in enumerate(ids, start=1):
-                job = by_id.get(job_id)
-                if job is not None and (not wanted or job.state in wanted):
-                    out.append(job)
-                    if len(out) == page_size:
-                        return out, str(pos + n)
+            raws = await self.r.mget([job_key(tenant, i) for i in ids])
+            for n, raw in enumerate(raws, start=1):
+                if raw is None:
+                    continue
+                job = Job.from_dict(orjson.loads(raw))
+                if wanted and job.state not in wanted:
+                    continue
+                if out and max_bytes and size + len(raw) > max_bytes:
+                    return out, str(pos + n - 1)
+                out.append(job)
+                size += len(raw)
+                if len(out) == page_size:
+                    return out, str(pos + n)
             pos += len(ids)
             if len(ids) < chunk:
                 return out, ""
@@ -217,7 +247,19 @@ class JobStore:
         return [orjson.loads(x)["text"] for x in await self.r.lrange(log_key(tenant, job_id), -n, -1)]
 
     async def metrics(self, tenant: str, job_id: str) -> list[dict[str, Any]]:
-        return [orjson.loads(x) for x in await self.r.lrange(metrics_key(tenant, job_id), 0, -1)]
+        """Every point a worker reported; one it could not have meant (a non-finite value, which
+        Python's json writes as NaN and orjson refuses, or a malformed entry) is skipped."""
+        out = []
+        for raw in await self.r.lrange(metrics_key(tenant, job_id), 0, -1):
+            try:
+                point = orjson.loads(raw)
+                if not -2**63 <= int(point["step"]) < 2**63:
+                    continue
+                out.append({"key": str(point["key"]), "step": int(point["step"]), "value": float(point["value"]),
+                            "t": float(point["t"])})
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+        return out
 
     async def request_stop(self, job: Job) -> None:
         await self.r.set(stop_key(job.tenant, job.id), "cancel", ex=STOP_FLAG_TTL_S)
