@@ -133,3 +133,40 @@ def test_a_failing_workload_leaves_its_reason_in_the_job_log_but_no_service_trac
     assert done.state == "failed" and "not found" in done.message
     assert "pylon: the worker failed: NotFound" in text
     assert "Traceback" not in text and 'File "/' not in text
+
+
+READER = r"""
+import json, sys
+from pylon.train import data_store, output_prefix
+store = data_store()
+name = sys.argv[1]
+t, d, n = name.split("/")[1], name.split("/")[3], int(name.split("/")[5])
+manifest = json.loads(store.get(f"tenants/{t}/datasets/{d}/versions/{n:010d}.json"))
+text = store.get(manifest["processed_files"][0]["object_key"])
+store.put(output_prefix() + "lines.txt", str(len(text.splitlines())).encode())
+try:
+    store.get(f"tenants/{t}/datasets/{d}/versions/{n + 1:010d}.json")
+    print("OTHER-READ")
+except PermissionError:
+    print("OTHER-DENIED")
+"""
+
+
+def test_a_command_reads_its_declared_dataset_and_writes_its_output_through_its_data_endpoint(tenant_clients, platform,
+                                                                                              tmp_path):
+    import sys
+
+    from pylon_services.storage.factory import open_store
+
+    acme = tenant_clients["acme"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i} of the declared dataset\n" for i in range(12)))
+    version = acme.datasets.upload(str(corpus), "iso-data")
+    job = acme.jobs.submit({"command": {"argv": [sys.executable, "-c", READER, version.name],
+                                        "datasets": [version.name]}})
+    done = acme.jobs.wait(job.name, timeout=180)
+    lines = list(acme.jobs.logs(job.name))
+    assert done.state == "succeeded", (done.message, lines)
+    assert "OTHER-DENIED" in lines
+    store = open_store(platform.base["object_store_url"])
+    assert store.get(f"{job.name}/output/lines.txt") == b"12"

@@ -105,6 +105,10 @@ def in_tenant(spec: JobSpec, tenant: str, p: Principal) -> JobSpec:
                                                                  "models:/<model>/versions/<n> or models:/<model>/latest"))
         w = dataclasses.replace(w, datasets=datasets)
     elif isinstance(w, Command):
+        w = dataclasses.replace(w, datasets=tuple(
+            resolve(f"spec.command.datasets[{n}]", _DATASET_VERSION, d,
+                    "must be tenants/{tenant}/datasets/{dataset}/versions/{n or latest}")
+            for n, d in enumerate(w.datasets)))
         m = _WORKDIR_KEY.fullmatch(w.working_dir_key)
         if w.working_dir_key and (m is None or m[1] != tenant):
             bad.append(FieldViolation("spec.command.working_dir_key", f"must be a key UploadWorkingDir returned for "

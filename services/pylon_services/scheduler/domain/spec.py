@@ -313,6 +313,7 @@ def command_violations(c: Command) -> list[FieldViolation]:
     bad += _list_violations("spec.command.argv", c.argv, MAX_ARGV, lambda a: "must not contain NUL" if "\0" in a else "")
     if sum(len(a.encode()) for a in c.argv) > MAX_ARGV_BYTES:
         bad.append(FieldViolation("spec.command.argv", f"must be at most {MAX_ARGV_BYTES >> 10} KiB in all"))
+    bad += _list_violations("spec.command.datasets", c.datasets, MAX_DATASETS, lambda d: _text_problem(d, 512))
     bad += _list_violations("spec.command.pip_requirements", c.pip_requirements, MAX_PIP_REQUIREMENTS,
                             lambda p: _text_problem(p, MAX_PIP_REQUIREMENT_CHARS) or ("" if p.strip() else "is empty"))
     if len(c.env) > MAX_ENV:
