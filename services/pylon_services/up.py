@@ -98,8 +98,8 @@ class Platform:
             addresses = {svc: f"127.0.0.1:{self._port(svc)}" for svc in SERVICES}
             self.env.update({f"PYLON_{svc.upper()}_ADDRESS": addresses[svc] for svc in SERVICES})
             for svc in SERVICES:
-                self.supervisor.launch(Child(svc, partial(self._spawn, svc, addresses[svc])))
-            self.supervisor.launch(Child(LEADER, partial(self._spawn, LEADER, "")))
+                self._launch(Child(svc, partial(self._spawn, svc, addresses[svc])))
+            self._launch(Child(LEADER, partial(self._spawn, LEADER, "")))
             self._wait_ready(addresses)
         except BaseException:
             self.stop()
@@ -112,6 +112,11 @@ class Platform:
         self.save_state()
         return self.state
 
+    def _launch(self, child: Child) -> None:
+        """Start and supervise ``child``; record its pid at once (``pylon down`` during startup)."""
+        self.supervisor.launch(child)
+        self.save_state()
+
     def save_state(self) -> None:
         """Record the processes' pids, states and restart counts in ``state.json``."""
         processes = self.supervisor.snapshot()
@@ -123,12 +128,12 @@ class Platform:
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("PYLON_") and k not in (*RAY_AUTH_VARS, "RAY_ADDRESS")}
         self.redis = RedisServer(os.path.join(self.home, "redis"), password=redis_password(self.home))
-        self.supervisor.launch(Child("redis", self._start_redis, lambda _: self._stop(self.redis)))
+        self._launch(Child("redis", self._start_redis, lambda _: self._stop(self.redis)))
         self.on_step(f"redis        127.0.0.1:{self.redis.port} (password in {self.home}/redis.password)")
         self.env["PYLON_REDIS_URL"] = self.redis.url
         self._forget_cluster_view()
         if self.s3:
-            self.supervisor.launch(Child("seaweed", self._start_seaweed, lambda _: self._stop(self.seaweed)))
+            self._launch(Child("seaweed", self._start_seaweed, lambda _: self._stop(self.seaweed)))
             self._ensure_bucket()
             self.on_step(f"object store {self.seaweed.endpoint_url} (SeaweedFS, bucket pylon)")
         else:
@@ -138,7 +143,7 @@ class Platform:
         temp_dir = tempfile.mkdtemp(prefix="pylon-ray-", dir="/tmp")  # short: Ray's unix sockets live there
         self.ray = RayHead(temp_dir, self.num_cpus, log_dir=self.logs, auth_token_path=ray_token_path(self.home),
                            umask=PRIVATE_UMASK)
-        self.supervisor.launch(Child("ray", self._start_ray, lambda _: self._stop(self.ray), dependents=RAY_DRIVERS))
+        self._launch(Child("ray", self._start_ray, lambda _: self._stop(self.ray), dependents=RAY_DRIVERS))
         self.env.update(self.ray.driver_env(), PYLON_RAY_ADDRESS=self.ray.address, PYLON_RAY_NODE_IP_ADDRESS="127.0.0.1")
         self.on_step(f"ray head     {self.ray.address} ({self.num_cpus} CPUs, token authentication)")
 
@@ -266,14 +271,14 @@ def down(home: str | None = None, grace_s: float = 30.0) -> list[str]:
     state = read_state(home)
     if not state:
         return []
-    if state.get("supervisor_pid"):
-        terminate_supervisor(state["supervisor_pid"], timeout_s=grace_s * 4 + 60)  # services drain in turn
+    supervised = bool(state.get("supervisor_pid")) and terminate_supervisor(
+        state["supervisor_pid"], timeout_s=grace_s * 4 + 60)  # services drain one after another
     pids: dict[str, int] = state.get("pids", {})
     for name in STOP_ORDER:
         if name in pids:
             stop_leftover(pids[name], grace_s)
     remove_state(home)
-    return [n for n in STOP_ORDER if n in pids]
+    return [n for n in STOP_ORDER if n in pids] + ["supervisor"] * supervised
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,10 +44,14 @@ def _pylon(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.
 
 def _up(home: Path, *flags: str) -> dict[str, Any]:
     up = _pylon(_env(home), "up", "--detach", "--random-ports", *flags)
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert "PYLON_TOKEN=" in up.stdout
-    state: dict[str, Any] = json.loads((home / "state.json").read_text())
-    assert state["admin_key"] in up.stdout and _redis_password(home) not in up.stdout
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "PYLON_TOKEN=" in up.stdout
+        state: dict[str, Any] = json.loads((home / "state.json").read_text())
+        assert state["admin_key"] in up.stdout and _redis_password(home) not in up.stdout
+    except BaseException:
+        _pylon(_env(home), "down")  # never leave a platform running behind a failed test
+        raise
     return state
 
 

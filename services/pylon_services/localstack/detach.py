@@ -42,6 +42,8 @@ def wait_ready(home: str, proc: Proc, log_path: str, offset: int, on_line: Calla
             return state
         if proc.poll() is not None:
             _relay(log_path, offset, on_line, partial_line=True)
+            if proc.returncode == 0:
+                raise RuntimeError("the platform was stopped before it was ready")
             raise RuntimeError(f"pylon up failed: its supervisor exited with code {proc.returncode} (log: {log_path})")
         if time.monotonic() > deadline:
             raise TimeoutError(f"the platform was not ready within {timeout_s:.0f}s (log: {log_path})")
@@ -59,16 +61,18 @@ def _relay(path: str, offset: int, on_line: Callable[[str], None], partial_line:
     return offset + end
 
 
-def terminate_supervisor(pid: int, timeout_s: float) -> None:
-    """SIGTERM the supervisor and wait while it stops its children; SIGKILL it after ``timeout_s``."""
+def terminate_supervisor(pid: int, timeout_s: float) -> bool:
+    """SIGTERM the supervisor and wait while it stops its children; SIGKILL it after
+    ``timeout_s``. True when it was running."""
     if pid == os.getpid() or not process_alive(pid):
-        return
+        return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process_alive(pid):
         time.sleep(0.1)
     if process_alive(pid):
         os.kill(pid, signal.SIGKILL)
+    return True
 
 
 def stop_leftover(pid: int, grace_s: float) -> bool:
