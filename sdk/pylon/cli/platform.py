@@ -4,7 +4,7 @@ list-keys, delete-key; whoami; reindex)."""
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -20,37 +20,51 @@ admin_app = typer.Typer(help="API keys and identity.", no_args_is_help=True)
 @app.command()
 def up(s3: bool = typer.Option(False, "--s3", help="Use a local SeaweedFS S3 server instead of a directory."),
        detach: bool = typer.Option(False, "--detach", "-d", help="Return once serving; stop later with `pylon down`."),
-       random_ports: bool = typer.Option(False, help="Pick free ports instead of 50051-50054.")) -> None:
-    """Run the whole platform on this machine (Redis, object store, Ray, four services)."""
-    import signal
-    import threading
+       random_ports: bool = typer.Option(False, help="Pick free ports (services and Ray) instead of 50051-50054.")
+       ) -> None:
+    """Run the whole platform on this machine (Redis, object store, Ray, four services) and
+    restart any of its processes that dies, until Ctrl-C or `pylon down`."""
+    from pylon_services.localstack.detach import process_alive
+    from pylon_services.up import Platform, pylon_home, read_state, wait_ready
+    from pylon_services.up import detach as start_detached
 
-    from pylon_services.up import Platform, read_state
-
-    if read_state():
-        err.print("a platform is already running here (see `pylon status`; stop it with `pylon down`)")
+    state = read_state()
+    if state:
+        supervisor = state.get("supervisor_pid")
+        if supervisor and process_alive(supervisor):
+            err.print("a platform is already running here (see `pylon status`; stop it with `pylon down`)")
+        else:
+            err.print("a platform's state is left from a `pylon up` that is gone: `pylon down` cleans it up")
         raise typer.Exit(1)
-    platform = Platform(s3=s3, fixed_ports=not random_ports, on_step=lambda m: console.print(f"  {m}"))
     console.print("Starting Pylon…")
-    state = platform.start()
+    if detach:
+        proc, log_path, offset = start_detached(s3=s3, random_ports=random_ports)
+        try:
+            _print_ready(wait_ready(pylon_home(), proc, log_path, offset, _step))
+        except (RuntimeError, TimeoutError) as e:
+            err.print(str(e))
+            raise typer.Exit(1) from None
+        return
+    platform = Platform(s3=s3, fixed_ports=not random_ports, on_step=_step)
+    platform.serve(on_ready=lambda st: _print_ready(st, "Ctrl-C stops everything."))
+
+
+def _step(line: str) -> None:
+    console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_ready(state: dict[str, Any], then: str = "") -> None:
     for svc, addr in state["addresses"].items():
         console.print(f"  {svc:<12} {addr}  SERVING")
     console.print(f"\nReady in {state['startup_s']}s.\n  export PYLON_ADDRESS={state['address']}\n"
                   f"  export PYLON_TOKEN={state['admin_key']}   # bootstrap admin key")
-    if detach:
-        return
-    console.print("Ctrl-C stops everything.")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    console.print("Stopping…")
-    platform.stop()
+    if then:
+        console.print(then)
 
 
 @app.command()
 def down() -> None:
-    """Stop the platform a detached `pylon up` started."""
+    """Stop the platform `pylon up` started (its supervisor stops every process in order)."""
     from pylon_services.up import down as stop_all
 
     stopped = stop_all()
@@ -59,7 +73,9 @@ def down() -> None:
 
 @app.command()
 def status(as_json: bool = JSON) -> None:
-    """Health of each service of the local platform (or of $PYLON_ADDRESS)."""
+    """Health of each service of the local platform (or of $PYLON_ADDRESS); for a local
+    `pylon up`, also each process's state and restarts."""
+    from pylon.client import local_platform_state
     from pylon.health import check_health
 
     c = client()
@@ -68,10 +84,32 @@ def status(as_json: bool = JSON) -> None:
     except PylonError as e:
         err.print(f"platform unreachable at {c.address}: {e}")
         raise typer.Exit(1) from None
-    rows = [{"service": s, "address": a, "health": check_health(a)} for s, a in sorted(endpoints.items())]
+    rows: list[dict[str, Any]] = [{"service": s, "address": a, "health": check_health(a)}
+                                  for s, a in sorted(endpoints.items())]
+    state = local_platform_state()
+    if state and c.address in state.get("addresses", {}).values():
+        rows = _with_processes(rows, state)
     emit(rows, as_json)
-    if any(r["health"] != "SERVING" for r in rows):
+    if any(r["health"] != "SERVING" for r in rows if r["address"]):
         raise typer.Exit(1)
+
+
+def _with_processes(rows: list[dict[str, Any]], state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add what the supervisor of a local `pylon up` recorded: pid, state and restarts of every
+    process it runs (rows without an address are processes without a gRPC port)."""
+    from pylon_services.localstack.detach import process_alive
+
+    procs: dict[str, dict[str, Any]] = state.get("processes", {})
+    by_name = {r["service"]: r for r in rows}
+    for name, p in procs.items():
+        row = by_name.get(name)
+        if row is None:
+            row = by_name[name] = {"service": name, "address": "", "health": "-"}
+        row.update(pid=p.get("pid"), state=p.get("state"), restarts=p.get("restarts", 0))
+    sup = state.get("supervisor_pid")
+    by_name["supervisor"] = {"service": "supervisor", "address": "", "health": "-", "pid": sup,
+                             "state": "running" if sup and process_alive(sup) else "gone", "restarts": 0}
+    return list(by_name.values())
 
 
 @app.command()

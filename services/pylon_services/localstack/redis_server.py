@@ -53,7 +53,8 @@ class RedisServer:
             # Given on stdin as a config file, not on the command line (which `ps` shows everyone).
             args.insert(1, "-")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if self.password else subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+                                     umask=0o077)  # the AOF and the log: this user only
         if self.password:
             assert self.proc.stdin is not None
             self.proc.stdin.write(f'requirepass "{self.password}"\n'.encode())

@@ -264,7 +264,8 @@ class SeaweedServer:
         # Some weed versions also read these for the default S3 identity; keep both in step.
         env["AWS_ACCESS_KEY_ID"] = self.access_key
         env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while weed runs
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._log = os.fdopen(fd, "ab")  # open while weed runs
         self._log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
         self._log.flush()
         self._proc = subprocess.Popen(
@@ -275,6 +276,7 @@ class SeaweedServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group, so stop() reaches every child
+            umask=0o077,  # volumes, filer store and logs: this user only
         )
 
     def _wait_until_ready(self) -> None:

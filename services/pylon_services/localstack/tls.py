@@ -34,7 +34,7 @@ def _name(cn: str) -> x509.Name:
 
 def make_local_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
     """Write ``ca.crt`` and a ``server`` and ``client`` key pair signed by it under ``directory``
-    (keys 0600; reused when already there). Returns the paths by name."""
+    (all 0600, like everything in a Pylon home; reused when already there). Returns the paths by name."""
     paths = {n: directory / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
     if all(p.exists() for p in paths.values()):
         return {k.replace(".", "_"): v for k, v in paths.items()}
@@ -59,6 +59,6 @@ def make_local_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "loca
                 .add_extension(x509.SubjectAlternativeName(sans), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         _write_private(paths[f"{role}.key"], _key_pem(key))
-        paths[f"{role}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        _write_private(paths[f"{role}.crt"], cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(paths["ca.crt"], ca.public_bytes(serialization.Encoding.PEM))
     return {k.replace(".", "_"): v for k, v in paths.items()}
