@@ -186,3 +186,37 @@ def test_a_page_that_matches_nothing_looks_at_a_bounded_number_of_entries() -> N
     assert page == [] and token is not None and index.looked <= listing.MAX_LOOKED_AT + 1000
     with pytest.raises(InvalidArgument):
         listing.native_page(index, "acme", "m", 10, token, lambda d, m: False, "another query")  # type: ignore[arg-type]
+
+
+def test_messages_leave_without_addresses_and_cut() -> None:
+    from pylon_services.runtime.errors import scrub
+
+    for text in ("failed to connect to all addresses; last error: ipv4:10.0.0.7:50051: refused",
+                 "Error 111 connecting to 10.1.2.3:6379.", "GET http://seaweed:8333/bucket/key failed",
+                 "peer [fe80::1]:443 closed"):
+        assert not any(a in scrub(text) for a in ("10.0.0.7", "10.1.2.3", "seaweed:8333", "fe80::1")), scrub(text)
+    kept = "parts[2]: stored bytes differ; version 1.2.3 of files[a:b]"
+    assert scrub(kept) == kept
+    assert len(scrub("x" * 100_000)) == 1024
+
+
+def test_a_task_a_call_starts_can_outlive_it() -> None:
+    """Tasks copy their creator's context, budget included; ``detach`` frees one (an operation
+    a commit hands to the runner must not stop when the commit's call ends)."""
+    import asyncio
+
+    async def main() -> None:
+        budget = deadline.begin(60)
+
+        async def background() -> None:
+            deadline.detach()
+            await asyncio.sleep(0.01)
+            deadline.check()  # the call below has ended; this task goes on
+
+        task = asyncio.create_task(background())
+        budget.end()
+        await task
+        with pytest.raises(DeadlineExceeded):
+            deadline.check()
+
+    asyncio.run(main())

@@ -7,7 +7,7 @@ handler's task but the thread runs on, holding a worker and the store. The inter
 so the same budget object is visible there, and every loop a request drives calls ``check()``
 between steps: past the deadline, or once the call has ended, it raises ``DeadlineExceeded``
 and the thread is free again. Code outside a call (start-up, sweeps) has no budget: ``check``
-does nothing there.
+does nothing there; a background task a call starts calls ``detach()`` first.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ def begin(timeout_s: float | None) -> CallBudget:
     budget = CallBudget(None if timeout_s is None else time.monotonic() + max(0.0, timeout_s))
     _current.set(budget)
     return budget
+
+
+def detach() -> None:
+    """Run the rest of the current task without a call's budget: for work a call starts that
+    must outlive it (an operation a commit hands to the runner). Tasks copy their creator's
+    context, budget included, so such a task calls this first; it changes only its own copy."""
+    _current.set(None)
 
 
 def current() -> CallBudget | None:

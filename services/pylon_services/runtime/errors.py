@@ -21,7 +21,7 @@ DOMAIN = "pylon.dev"
 MAX_MESSAGE = 1024
 MAX_VIOLATION = 512
 _ADDRESS = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|dns):[^\s,;)]+|\b(?:https?|grpcs?|rediss?|tcp)://[^\s,;)]+"
-                      r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\[[0-9a-fA-F:]+\](?::\d+)?")
+                      r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\[[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}\](?::\d+)?")
 
 
 def scrub(text: str, limit: int = MAX_MESSAGE) -> str:

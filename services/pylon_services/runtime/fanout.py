@@ -20,12 +20,15 @@ Use::
         ...
 
 ``watch`` is an async generator: leaving the ``async for`` (or the handler being cancelled)
-unsubscribes. No grpc, no Redis here: a source is any ``key -> AsyncIterator[V]``.
+unsubscribes. No grpc, no Redis here: a source is any ``key -> AsyncIterator[V]``. The source
+runs in a fresh context, not in the call of the watcher that started it: it must not rely on the
+caller's principal, request id or deadline (check visibility per watcher, on each value).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Generic, TypeVar
@@ -85,7 +88,10 @@ class Fanout(Generic[K, V]):
         feed = self._feeds.get(key)
         if feed is None or feed.ended:
             feed = self._feeds[key] = _Feed()
-            feed.task = asyncio.create_task(self._produce(key, feed), name=f"{self._name}:{key}")
+            # A fresh context: the producer serves every watcher, so it must not carry the first
+            # one's call (its deadline budget, principal and request id end with that call).
+            feed.task = asyncio.create_task(self._produce(key, feed), name=f"{self._name}:{key}",
+                                            context=contextvars.Context())
         feed.watchers += 1
         try:
             seen = 0
