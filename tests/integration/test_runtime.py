@@ -349,10 +349,22 @@ def test_undecodable_request_bytes_are_invalid_argument_after_auth_and_logged(pl
     line carrying the request id."""
     import logging
 
+    rpc_log = logging.getLogger("pylon.rpc")
+    before = rpc_log.level
+    rpc_log.setLevel(logging.INFO)
+    try:
+        _undecodable_calls(platform, data)
+    finally:
+        rpc_log.setLevel(before)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if '"undecodable-2"' in line]
+    assert lines and '"INVALID_ARGUMENT"' in lines[0] and "RegistryService/GetModel" in lines[0]
+
+
+def _undecodable_calls(platform, data):
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
-    logging.getLogger("pylon.rpc").setLevel(logging.INFO)
     with grpc.insecure_channel(platform.addresses["registry"]) as ch:
         raw = ch.unary_unary("/pylon.registry.v1.RegistryService/GetModel",
                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
@@ -371,6 +383,3 @@ def test_undecodable_request_bytes_are_invalid_argument_after_auth_and_logged(pl
         with pytest.raises(grpc.RpcError) as e:
             streamed(iter([data]), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if '"undecodable-2"' in line]
-    assert lines and '"INVALID_ARGUMENT"' in lines[0] and "RegistryService/GetModel" in lines[0]
