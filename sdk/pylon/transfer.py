@@ -440,13 +440,19 @@ def materialize(files: Iterable[tuple[str, str]], dest_dir: str, *, link: bool =
     directories: no copy, and cached blobs are read-only so an in-place edit fails instead of
     corrupting the cache); otherwise editable copies."""
     out = []
+    root = os.path.realpath(dest_dir)
     for rel, blob in files:
-        if rel.startswith("/") or ".." in rel.split("/"):
-            raise TransferError(f"refusing to write outside {dest_dir}: {rel!r}")
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or "\\" in rel or "\0" in rel or any(p in ("", ".", "..") for p in parts):
+            raise TransferError(f"refusing to write outside {dest_dir}: {rel[:80]!r}")
         target = os.path.join(dest_dir, rel)
+        # A directory on the way that is a symlink out of dest_dir would carry the write elsewhere.
+        parent = os.path.realpath(os.path.dirname(target))
+        if parent != root and not parent.startswith(root.rstrip(os.sep) + os.sep):
+            raise TransferError(f"refusing to write {rel[:80]!r}: {os.path.dirname(target)} leads outside {dest_dir}")
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        if os.path.exists(target):
-            os.remove(target)
+        if os.path.lexists(target):
+            os.remove(target)  # a file or a symlink: replaced by a regular file, never written through
         try:
             if not link:
                 raise OSError("copy requested")

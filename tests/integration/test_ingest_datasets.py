@@ -51,7 +51,7 @@ def test_create_rejects_bad_input_with_the_rule(acme, ingest):
         acme.datasets.create("1starts-with-digit")
     with pytest.raises(pylon.InvalidArgumentError, match="description"):
         acme.datasets.create("long-desc", description="x" * 2049)
-    with pytest.raises(pylon.InvalidArgumentError, match="label key"):
+    with pytest.raises(pylon.InvalidArgumentError, match="key"):
         acme.datasets.create("bad-label", labels={"Not OK": "v"})
     with pytest.raises(pylon.InvalidArgumentError, match="256"):
         acme.datasets.create("long-label", labels={"k": "v" * 257})

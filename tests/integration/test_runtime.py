@@ -140,7 +140,7 @@ def test_unreachable_redis_is_unavailable_not_internal(redis_server):
 
     class Down(engine_pb2_grpc.EngineServiceServicer):
         async def GetEngineInfo(self, request, context):  # noqa: N802 - the RPC's name
-            raise RedisConnectionError("connection to Redis lost")
+            raise RedisConnectionError("Error 111 connecting to 10.9.8.7:6379. Connection refused.")
 
     async def main() -> tuple[grpc.StatusCode, str]:
         r = aioredis.from_url(redis_server.url)
@@ -163,6 +163,7 @@ def test_unreachable_redis_is_unavailable_not_internal(redis_server):
 
     code, details = asyncio.run(main())
     assert code == grpc.StatusCode.UNAVAILABLE and "Redis is unreachable" in details, (code, details)
+    assert "10.9.8.7" not in details and "6379" not in details  # internal addresses stay in the server log
 
 
 def test_oversized_message_is_resource_exhausted(platform):
@@ -235,3 +236,150 @@ def test_sigterm_drains_an_in_flight_upload(redis_server, ray_cluster, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+_BUSY_SERVICE = """
+import asyncio, sys, time
+from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
+from pylon_services.runtime.server import ServiceParts, main
+
+class Busy(engine_pb2_grpc.EngineServiceServicer):
+    async def GetEngineInfo(self, request, context):
+        print("busy", file=sys.stderr, flush=True)
+        await asyncio.to_thread(time.sleep, 600)  # a worker thread that ignores every deadline
+        return engine_pb2.GetEngineInfoResponse()
+
+async def build(settings, redis):
+    return ServiceParts("busy", [(engine_pb2_grpc.add_EngineServiceServicer_to_server, Busy(),
+                                  "pylon.engine.v1.EngineService")])
+
+main(build)
+"""
+
+
+def test_sigterm_ends_the_process_within_its_grace_even_with_a_busy_worker_thread(redis_server):
+    """Python joins worker threads at exit; a thread stuck for ten minutes must not keep a
+    service alive after SIGTERM: it ends within its grace (2 s) plus the one-second margin."""
+    port = free_port()
+    env = {**os.environ, "PYLON_PORT": str(port), "PYLON_REDIS_URL": redis_server.url, "PYLON_METRICS_PORT": "-1",
+           "PYLON_ADMIN_KEY": ADMIN_KEY, "PYLON_SHUTDOWN_GRACE_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", _BUSY_SERVICE], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_until(lambda: check_health(address) == "SERVING", 60, "busy service", proc)
+        from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
+
+        ch = grpc.insecure_channel(address)
+        future = engine_pb2_grpc.EngineServiceStub(ch).GetEngineInfo.future(
+            engine_pb2.GetEngineInfoRequest(), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),))
+        time.sleep(1.0)  # the call is in its thread now
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+        elapsed = time.monotonic() - started
+        assert code == 0 and elapsed < 6.0, elapsed
+        assert future.exception(5) is not None  # the caller is told, not left hanging
+        output = proc.stdout.read().decode()
+        assert "worker threads still busy" in output, output[-2000:]
+        ch.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_work_in_a_thread_stops_when_its_callers_deadline_passes(redis_server):
+    """The interceptor gives each call a budget that follows it into worker threads: a loop
+    working for a caller whose deadline passed stops at its next step."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
+    from pylon_services.common import deadline
+    from pylon_services.runtime.server import PylonServer, ServiceParts
+    from pylon_services.runtime.settings import Settings
+
+    steps: list[float] = []
+
+    def walk() -> None:
+        for _ in range(3000):  # 30 s unless stopped
+            deadline.check("the walk")
+            steps.append(time.monotonic())
+            time.sleep(0.01)
+
+    class Walker(engine_pb2_grpc.EngineServiceServicer):
+        async def GetEngineInfo(self, request, context):  # noqa: N802 - the RPC's name
+            await asyncio.to_thread(walk)
+            return engine_pb2.GetEngineInfoResponse()
+
+    async def main() -> tuple[grpc.StatusCode, float]:
+        r = aioredis.from_url(redis_server.url)
+        parts = ServiceParts(name="walker", servicers=[
+            (engine_pb2_grpc.add_EngineServiceServicer_to_server, Walker(), "pylon.engine.v1.EngineService")])
+        server = PylonServer(Settings(port=0, metrics_port=-1, admin_key=ADMIN_KEY, redis_url=redis_server.url), r, parts)
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                try:
+                    await engine_pb2_grpc.EngineServiceStub(ch).GetEngineInfo(
+                        engine_pb2.GetEngineInfoRequest(), timeout=0.5,
+                        metadata=(("authorization", f"Bearer {ADMIN_KEY}"),))
+                    raise AssertionError("the call did not time out")
+                except grpc.aio.AioRpcError as e:
+                    code = e.code()
+            ended = time.monotonic()
+            await asyncio.sleep(1.0)
+            return code, ended
+        finally:
+            await server.stop(1.0)
+            await r.aclose()
+
+    code, ended = asyncio.run(main())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert steps and steps[-1] < ended + 0.3, (len(steps), steps[-1] - ended)  # stopped with the call, not 30 s on
+
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff\xff\xff", b"\x0a\x02\xff\xfe"], ids=["bad-varint", "bad-utf8"])
+def test_undecodable_request_bytes_are_invalid_argument_after_auth_and_logged(platform, capsys, data):
+    """Bytes that are not the method's message: INVALID_ARGUMENT naming the field ``request``
+    (not UNKNOWN with a Python class name), only for an authenticated caller, with an access-log
+    line carrying the request id."""
+    import logging
+
+    rpc_log = logging.getLogger("pylon.rpc")
+    before = rpc_log.level
+    rpc_log.setLevel(logging.INFO)
+    try:
+        _undecodable_calls(platform, data)
+    finally:
+        rpc_log.setLevel(before)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if '"undecodable-2"' in line]
+    assert lines and '"INVALID_ARGUMENT"' in lines[0] and "RegistryService/GetModel" in lines[0]
+
+
+def _undecodable_calls(platform, data):
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with grpc.insecure_channel(platform.addresses["registry"]) as ch:
+        raw = ch.unary_unary("/pylon.registry.v1.RegistryService/GetModel",
+                             request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as e:
+            raw(data, metadata=(("x-request-id", "undecodable-1"),))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED  # nothing said to a stranger about the bytes
+        with pytest.raises(grpc.RpcError) as e:
+            raw(data, metadata=(("authorization", f"Bearer {ADMIN_KEY}"), ("x-request-id", "undecodable-2")))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert "DecodeError" not in e.value.details() and "pylon.registry.v1.GetModelRequest" in e.value.details()
+        status = rpc_status.from_call(e.value)
+        bad = error_details_pb2.BadRequest()
+        assert any(d.Unpack(bad) for d in status.details) and bad.field_violations[0].field == "request"
+        streamed = ch.stream_unary("/pylon.registry.v1.RegistryService/UploadArtifact",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as e:
+            streamed(iter([data]), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

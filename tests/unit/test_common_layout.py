@@ -72,8 +72,11 @@ def test_missing_dataset_versions_are_not_found(store: LocalObjectStore) -> None
         layout.read_dataset_version(store, "acme", "d", 0)
     with pytest.raises(NotFound):
         layout.read_dataset_version(store, "other", "d", 1)  # tenants never see each other's keys
-    with pytest.raises(InvalidArgument, match="positive number or 'latest'"):
+    with pytest.raises(InvalidArgument, match="positive number .*or 'latest'"):
         layout.read_dataset_version(store, "acme", "d", "newest")
+    for odd in ("\u00b2", "1" * 11, "1" * 5000):  # '²' passes str.isdigit, int() refuses it; 5000 digits too
+        with pytest.raises(InvalidArgument):
+            layout.read_dataset_version(store, "acme", "d", odd)
 
 
 def test_a_soft_deleted_datasets_versions_still_read_from_the_store(store: LocalObjectStore) -> None:

@@ -24,19 +24,48 @@ UPFRONT_HASH_MAX = 1 << 30
 _HF_WEIGHTS = (".safetensors", ".bin")
 
 
-def local_files(path: str | list[str]) -> dict[str, str]:
-    """Relative path -> local path for a directory (recursively), one file, or a list of files."""
+class SymlinkError(ValueError):
+    """A model directory holds a symlink that points outside it (see ``local_files``)."""
+
+
+def _inside(target: str, root: str) -> bool:
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def local_files(path: str | list[str], *, follow_symlinks: bool = False) -> dict[str, str]:
+    """Relative path -> local path for a directory (recursively), one file, or a list of files.
+
+    Symlinks in a directory are followed only where they stay inside it, unless
+    ``follow_symlinks``: a link out of the directory (to ``/etc/hostname``, to a home
+    directory) raises ``SymlinkError`` instead of uploading what it points at. Pass
+    ``follow_symlinks=True`` for a Hugging Face cache snapshot, whose files are symlinks into
+    the cache's ``blobs`` directory. Linked directories are descended into only with
+    ``follow_symlinks`` (each real directory once, so a link cycle ends)."""
     if isinstance(path, list):
         return {os.path.basename(p): p for p in path}
     if os.path.isfile(path):
         return {os.path.basename(path): path}
     if not os.path.isdir(path):
         raise FileNotFoundError(path)
-    out = {}
-    for root, _, names in os.walk(path):
-        for n in names:
-            full = os.path.join(root, n)
-            out[os.path.relpath(full, path).replace(os.sep, "/")] = full
+    root = os.path.realpath(path)
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for here, dirs, names in os.walk(path, followlinks=follow_symlinks):
+        real_here = os.path.realpath(here)
+        if real_here in seen:  # reached again through a link: already listed
+            dirs[:] = []
+            continue
+        seen.add(real_here)
+        for name in list(dirs) + names:
+            full = os.path.join(here, name)
+            if os.path.islink(full) and not follow_symlinks and not _inside(os.path.realpath(full), root):
+                raise SymlinkError(f"{full} links to {os.path.realpath(full)}, outside {path}; pass "
+                                   "follow_symlinks=True to upload what links point at (e.g. a Hugging Face "
+                                   "cache snapshot)")
+        for name in names:
+            full = os.path.join(here, name)
+            if os.path.isfile(full):  # a dangling link or a socket is not a file to upload
+                out[os.path.relpath(full, path).replace(os.sep, "/")] = full
     if not out:
         raise FileNotFoundError(f"{path} holds no files")
     return out
@@ -64,11 +93,13 @@ class Models(_Resource):
                  job: str = "", datasets: list[str] | None = None, dataset_digests: list[str] | None = None,
                  base_model: str = "", request_id: str | None = None, part_size: int = DEFAULT_PART_SIZE,
                  concurrency: int = transfer.DEFAULT_CONCURRENCY,
-                 progress: Callable[[int, int], None] | None = None) -> ModelVersion:
+                 progress: Callable[[int, int], None] | None = None,
+                 follow_symlinks: bool = False) -> ModelVersion:
         """Register a new version from local files (``path``: a directory, a file or a list of
         files, uploaded straight to object storage in parallel) or from an object-store prefix the
         platform already holds (``source_uri``, e.g. a job's output: copied server-side).
-        ``progress(done_bytes, total_bytes)`` reports the upload."""
+        ``progress(done_bytes, total_bytes)`` reports the upload. A directory's symlinks that
+        point outside it are refused unless ``follow_symlinks`` (``local_files``)."""
         parent = _name("models", name)
         req = pb.CreateModelVersionRequest(
             parent=parent, metrics=metrics or {}, tags=tags or {}, description=description,
@@ -78,7 +109,7 @@ class Models(_Resource):
         if config:
             req.config.update(config)
         if path is not None:
-            files = local_files(path)
+            files = local_files(path, follow_symlinks=follow_symlinks)
             fmt = format or detect_format(files)
             req.upload, declared = self._upload(parent, files, part_size, concurrency, progress)
             req.files.extend(declared)

@@ -9,6 +9,7 @@ from typing import Any
 
 import google_crc32c
 
+from pylon_services.common import deadline, paging
 from pylon_services.storage.base import ObjectExists, ObjectNotFound, ObjectStore
 
 
@@ -104,6 +105,10 @@ def numbered_key(prefix: str, n: int) -> str:
     return f"{prefix}{n:010d}.json"
 
 
+_HINT_BACK = 1000  # how far below a (never expected) stale hint the probe looks
+MAX_GAP_PROBES = 1000  # unpublished numbers one page of ``page_numbered`` looks past
+
+
 def _hint_key(prefix: str) -> str:
     return f"{prefix}latest.json"
 
@@ -138,29 +143,43 @@ def latest_number(store: ObjectStore, prefix: str) -> int:
     hint = read_json_or_none(store, _hint_key(prefix))
     n = int(hint["n"]) if hint else 0
     while store.exists(numbered_key(prefix, n + 1)):
+        deadline.check("finding the latest number")
         n += 1
-    while n > 0 and not store.exists(numbered_key(prefix, n)):
+    for _ in range(_HINT_BACK):
+        if n <= 0 or store.exists(numbered_key(prefix, n)):
+            break
         n -= 1  # hint ahead of reality cannot happen, but never trust a hint blindly
     return n
 
 
 def read_numbered(store: ObjectStore, prefix: str, version: str) -> dict[str, Any] | None:
     """Document ``version`` (a number or "latest") under ``prefix``, or None."""
+    if version != "latest" and not (version.isascii() and version.isdigit() and len(version) <= 10):
+        return None
     n = latest_number(store, prefix) if version == "latest" else int(version)
     return read_json_or_none(store, numbered_key(prefix, n)) if n > 0 else None
 
 
 def page_numbered(store: ObjectStore, prefix: str, page_size: int, page_token: str | None,
                   read: Any) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first, ``page_size`` at a time; the token is the next number to return, so a page
-    costs ``page_size`` reads however many versions exist."""
-    if page_token is not None and not page_token.isdigit():
-        from pylon_services.common.errors import InvalidArgument
-
-        raise InvalidArgument.field("page_token", "is not a token this server issued")
-    n = int(page_token) if page_token else latest_number(store, prefix)
+    """Newest first, ``page_size`` at a time. The token holds the next number to look at, never
+    above the latest (a forged one cannot start a long walk). ``read(n)`` returns the document or
+    None for a number nobody published (explicit version numbers can leave gaps): a page looks
+    at most ``page_size + MAX_GAP_PROBES`` numbers and stops at ``paging.MAX_PAGE_BYTES``, so
+    its cost is bounded whatever the token or the numbering."""
+    latest = latest_number(store, prefix)
+    start = paging.decode_int_token(page_token or "", "numbered", prefix, hi=latest)
+    n = latest if start is None else start
     out: list[dict[str, Any]] = []
-    while n > 0 and len(out) < page_size:
-        out.append(read(n))
+    budget = paging.PageBudget()
+    probes = page_size + MAX_GAP_PROBES
+    while n > 0 and len(out) < page_size and probes > 0:
+        deadline.check("listing")
+        doc = read(n)
+        if doc is not None:
+            if not budget.take(doc):
+                break
+            out.append(doc)
         n -= 1
-    return out, (str(n) if n > 0 else None)
+        probes -= 1
+    return out, (paging.encode_token("numbered", n, prefix) if n > 0 else None)

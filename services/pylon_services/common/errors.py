@@ -87,3 +87,9 @@ class Unimplemented(PylonError):
 
 class Internal(PylonError):
     code_name = "INTERNAL"
+
+
+class DeadlineExceeded(PylonError):
+    """The call's deadline passed (or its caller went away) before its work was done."""
+
+    code_name = "DEADLINE_EXCEEDED"

@@ -31,6 +31,8 @@ from typing import Any
 
 from pylon_services.common import blobs
 from pylon_services.common.errors import InvalidArgument, NotFound
+from pylon_services.common.limits import quote
+from pylon_services.common.names import is_version_number
 from pylon_services.storage.base import ObjectStore
 
 # -- datasets (ingest) -------------------------------------------------------------------------
@@ -71,9 +73,10 @@ def _version_number(store: ObjectStore, tenant: str, dataset: str, version: int 
         return version
     if version == "latest":
         return blobs.latest_number(store, dataset_versions_prefix(tenant, dataset))
-    if isinstance(version, str) and version.isdigit():
+    if isinstance(version, str) and is_version_number(version):
         return int(version)
-    raise InvalidArgument.field("version", f"{version!r} must be a positive number or 'latest'")
+    raise InvalidArgument.field("version", f"{quote(version, 24)} must be a positive number of at most 10 digits "
+                                           "or 'latest'")
 
 
 def read_dataset_version(store: ObjectStore, tenant: str, dataset: str, version: int | str) -> dict[str, Any]:

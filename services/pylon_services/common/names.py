@@ -11,11 +11,16 @@ import re
 from dataclasses import dataclass
 
 from pylon_services.common.errors import FieldViolation, InvalidArgument, NotFound
+from pylon_services.common.limits import MAX_NAME, quote
 
 TENANT_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 ID_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 ID_RULE = "must be 1-63 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter"
 TENANT_RULE = "must be 1-63 characters: lowercase letters, digits or '-', starting with a letter"
+# A version in a name: a positive number in ASCII digits (``str.isdigit`` also accepts '²',
+# which ``int`` refuses), at most 10 of them, or "latest".
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,9}$")
+VERSION_RULE = "version must be a positive number of at most 10 digits, or 'latest'"
 
 
 @dataclass(frozen=True)
@@ -37,14 +42,28 @@ class Principal:
 def check_id(field: str, value: str) -> str:
     """Validate a resource id (dataset, model, deployment...)."""
     if not ID_RE.match(value or ""):
-        raise InvalidArgument(f"{field} {value!r} {ID_RULE}", [FieldViolation(field, ID_RULE)])
+        raise InvalidArgument(f"{field} {quote(value)} {ID_RULE}", [FieldViolation(field, ID_RULE)])
     return value
 
 
 def check_tenant(field: str, value: str) -> str:
     if not TENANT_RE.match(value or ""):
-        raise InvalidArgument(f"{field} {value!r} {TENANT_RULE}", [FieldViolation(field, TENANT_RULE)])
+        raise InvalidArgument(f"{field} {quote(value)} {TENANT_RULE}", [FieldViolation(field, TENANT_RULE)])
     return value
+
+
+def is_version_number(value: str) -> bool:
+    """True for a version number as a name may hold it (``VERSION_RE``)."""
+    return bool(VERSION_RE.match(value))
+
+
+def check_version(field: str, value: str, *, latest: bool = True) -> str:
+    """A version reference: a number (``VERSION_RE``), or "latest" when ``latest`` is allowed."""
+    if VERSION_RE.match(value) or (latest and value == "latest"):
+        return value
+    rule = VERSION_RULE if latest else "must be a positive version number of at most 10 digits"
+    raise InvalidArgument(f"{field}: version {quote(value, 24)} {rule.removeprefix('version ')}",
+                          [FieldViolation(field, rule)])
 
 
 def parse_name(field: str, name: str, pattern: tuple[str, ...], principal: Principal) -> list[str]:
@@ -53,22 +72,21 @@ def parse_name(field: str, name: str, pattern: tuple[str, ...], principal: Princ
     Returns the ids, with the tenant resolved ("-" -> caller's). Raises InvalidArgument when the
     shape is wrong and NotFound when the tenant is not the caller's (admins may cross tenants).
     """
-    parts = (name or "").split("/")
     expected = "/".join(f"{word}/{{{word[:-1]}}}" for word in pattern)
-    if len(parts) != 2 * len(pattern) or any(parts[2 * i] != w for i, w in enumerate(pattern)):
-        raise InvalidArgument(f"{field}: {name!r} is not of the form {expected}",
+    parts = (name or "").split("/", 2 * len(pattern))
+    if (len(name or "") > MAX_NAME or len(parts) != 2 * len(pattern)
+            or any(parts[2 * i] != w for i, w in enumerate(pattern))):
+        raise InvalidArgument(f"{field}: {quote(name)} is not of the form {expected}",
                               [FieldViolation(field, f"must be of the form {expected}")])
     ids = parts[1::2]
     if ids[0] == "-":
         ids[0] = principal.tenant
     check_tenant(field, ids[0])
     for word, value in zip(pattern[1:], ids[1:], strict=True):
-        if not (word == "versions" and (value.isdigit() or value == "latest")):
-            if word != "versions":
-                check_id(field, value)
-            else:
-                raise InvalidArgument(f"{field}: version {value!r} must be a positive number or 'latest'",
-                                      [FieldViolation(field, "version must be a positive number or 'latest'")])
+        if word == "versions":
+            check_version(field, value)
+        else:
+            check_id(field, value)
     if ids[0] != principal.tenant and not principal.is_admin:
         raise NotFound(f"{name} not found")
     return ids

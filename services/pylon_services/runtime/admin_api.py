@@ -8,6 +8,7 @@ import grpc
 
 from pylon.admin.v1 import admin_pb2, admin_pb2_grpc
 from pylon_services.common.errors import InvalidArgument
+from pylon_services.common.limits import check_description
 from pylon_services.common.names import check_tenant
 from pylon_services.runtime.auth import ApiKeyStore, StoredKey
 from pylon_services.runtime.context import principal
@@ -32,6 +33,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                            context: grpc.aio.ServicerContext) -> admin_pb2.CreateApiKeyResponse:
         if request.role not in _PROTO_TO_ROLE:
             raise InvalidArgument.field("role", "must be ROLE_VIEWER, ROLE_EDITOR, ROLE_MAINTAINER or ROLE_ADMIN")
+        check_description("description", request.description)
         key, token = await self._keys.create(request.tenant, _PROTO_TO_ROLE[request.role], request.description)
         return admin_pb2.CreateApiKeyResponse(api_key=_key(key), token=token)
 
@@ -51,8 +53,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def DeleteApiKey(self, request: admin_pb2.DeleteApiKeyRequest,
                            context: grpc.aio.ServicerContext) -> admin_pb2.DeleteApiKeyResponse:
-        if not request.name.startswith("apiKeys/"):
-            raise InvalidArgument.field("name", "must be of the form apiKeys/{key_id}")
+        if not (request.name.startswith("apiKeys/") and _KEY_ID.fullmatch(request.name[8:])):
+            raise InvalidArgument.field("name", "must be of the form apiKeys/{key_id} (hex digits)")
         await self._keys.delete(request.name.split("/", 1)[1])
         return admin_pb2.DeleteApiKeyResponse()
 

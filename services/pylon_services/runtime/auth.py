@@ -7,6 +7,8 @@ can create its first real keys. Lookups are cached for a few seconds per process
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -32,6 +34,7 @@ PUBLIC_SERVICES = frozenset({
     "pylon.common.v1.PlatformService",
 })
 _READ_PREFIXES = ("Get", "List", "Watch", "Stream", "Resolve", "Explain", "Preview", "WhoAmI")
+MAX_TOKEN_CHARS = 256  # real tokens are about 50; a longer one is refused without a lookup
 
 
 def hash_token(token: str) -> str:
@@ -70,6 +73,9 @@ class ApiKeyStore:
         self._bootstrap_hash = hash_token(bootstrap_admin_key) if bootstrap_admin_key else ""
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # Lookups in flight, by token: a burst of calls with one new key (500 watchers starting
+        # together) makes one Redis round trip, not one per call (and one pooled connection each).
+        self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def create(self, tenant: str, role: str, description: str = "") -> tuple[StoredKey, str]:
         check_tenant("tenant", tenant)
@@ -115,6 +121,8 @@ class ApiKeyStore:
         entry); None when ``authenticate`` must look it up. Raises for known-bad tokens."""
         if not token:
             raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' metadata")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Unauthenticated("invalid API key")
         cached = self._cache.get(token)
         if cached is not None and cached[0] > time.monotonic():
             if cached[1] is None:
@@ -131,7 +139,11 @@ class ApiKeyStore:
         if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
             principal = Principal(tenant="admin", role="admin", key_id="bootstrap")
         else:
-            principal = await self._lookup(token, digest)
+            lookup = self._inflight.get(token)
+            if lookup is None:  # the first caller starts it; it runs on if that caller goes away
+                lookup = self._inflight[token] = asyncio.ensure_future(self._lookup(token, digest))
+                lookup.add_done_callback(functools.partial(self._lookup_done, token))
+            principal = await asyncio.shield(lookup)
         if len(self._cache) > 10_000:
             self._cache.clear()
         # Keyed by the token itself: this dict lives only in this process's memory.
@@ -139,6 +151,9 @@ class ApiKeyStore:
         if principal is None:
             raise Unauthenticated("invalid API key")
         return principal
+
+    def _lookup_done(self, token: str, _done: asyncio.Future[Principal | None]) -> None:
+        self._inflight.pop(token, None)
 
     async def _lookup(self, token: str, digest: str) -> Principal | None:
         parts = token.split("_")

@@ -1,7 +1,18 @@
-"""One server interceptor for every service: request id, auth, roles, errors, logs, metrics.
+"""One server interceptor for every service: request id, auth, roles, errors, logs, metrics,
+undecodable requests and the call's budget of time.
 
 A single interceptor (not four) keeps the per-call overhead small: see
 benchmarks/rpc_overhead.py for the cost against a bare grpc.aio server.
+
+Request bytes that do not decode as the method's message are not left to grpc (which answers
+UNKNOWN naming a Python exception, before authentication and without a log line): the
+interceptor's deserializer hands the handler a marker instead, and the call is authenticated,
+refused as INVALID_ARGUMENT on field ``request`` and logged like any other.
+
+Each call gets a ``common.deadline`` budget: the caller's deadline, capped at
+``PYLON_MAX_CALL_S``. Work a call runs in threads checks it between steps and stops once the
+deadline passed or the call ended (answered, failed, cancelled), so a thread is never left
+working for a caller that is gone.
 """
 
 from __future__ import annotations
@@ -17,10 +28,11 @@ from prometheus_client import Counter, Histogram
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pylon_services.common.errors import PylonError, Unavailable, Unimplemented
+from pylon_services.common import deadline
+from pylon_services.common.errors import InvalidArgument, PylonError, Unavailable, Unimplemented
 from pylon_services.runtime import context as callctx
 from pylon_services.runtime.auth import ApiKeyStore, authorize, required_role
-from pylon_services.runtime.errors import grpc_code, internal_status, to_status
+from pylon_services.runtime.errors import grpc_code, internal_status, passthrough_details, to_status
 from pylon_services.runtime.jsonlog import ACCESS
 
 log = logging.getLogger("pylon.rpc")
@@ -57,6 +69,43 @@ class _Method:
 
 
 _METHODS: dict[str, _Method] = {}
+DEFAULT_MAX_CALL_S = 300.0
+
+
+class Undecodable:
+    """Stands in for a request message whose bytes did not decode (see the module docstring)."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns an ``Undecodable`` instead of raising."""
+    if deserializer is None:
+        return None
+    message = getattr(deserializer, "__self__", None)
+    type_name = getattr(getattr(message, "DESCRIPTOR", None), "full_name", "the request message")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any decoding failure is the caller's bad bytes
+            return Undecodable(type_name)
+    return parse
+
+
+def _refuse(request: Undecodable) -> InvalidArgument:
+    return InvalidArgument.field("request", f"the request bytes do not decode as {request.type_name}")
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream in which an undecodable message fails the call."""
+    async for item in requests:
+        if isinstance(item, Undecodable):
+            raise _refuse(item)
+        yield item
 
 
 def _method_info(full_method: str) -> _Method:
@@ -69,7 +118,7 @@ def _method_info(full_method: str) -> _Method:
 class _Call:
     """What one call carries through the interceptor."""
 
-    __slots__ = ("info", "service", "method", "request_id", "token", "needed", "code", "tenant", "start")
+    __slots__ = ("info", "service", "method", "request_id", "token", "needed", "code", "tenant", "start", "budget")
 
     def __init__(self, info: _Method, metadata: Any) -> None:
         self.info = info
@@ -81,18 +130,23 @@ class _Call:
                 request_id = value
             elif key == "authorization" and isinstance(value, str):
                 auth = value
-        # 16 hex characters, without building a UUID object.
+        # 16 hex characters, without building a UUID object. A caller's id is kept only when it
+        # is short and printable: it goes into logs and replies.
+        if len(request_id) > 128 or not request_id.isprintable():
+            request_id = ""
         self.request_id = request_id or os.urandom(8).hex()
         self.token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         self.needed = info.needed
         self.code = grpc.StatusCode.OK
         self.tenant = ""
         self.start = time.perf_counter()
+        self.budget: deadline.CallBudget | None = None
 
 
 class PylonInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, keys: ApiKeyStore | None) -> None:
+    def __init__(self, keys: ApiKeyStore | None, max_call_s: float = DEFAULT_MAX_CALL_S) -> None:
         self._keys = keys
+        self._max_call_s = max_call_s
         self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
@@ -110,24 +164,24 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: Any, full_method: str) -> Any:
         method = _method_info(full_method)
+        parse = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
-                handler.request_deserializer, handler.response_serializer)
+                self._unary(handler.unary_unary, method, False), parse, handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method),
-                handler.request_deserializer, handler.response_serializer)
+                self._stream(handler.unary_stream, method, False), parse, handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method),
-                handler.request_deserializer, handler.response_serializer)
+                self._unary(handler.stream_unary, method, True), parse, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method),
-            handler.request_deserializer, handler.response_serializer)
+            self._stream(handler.stream_stream, method, True), parse, handler.response_serializer)
 
-    async def _begin(self, call: _Call) -> None:
+    async def _begin(self, call: _Call, request: Any, context: grpc.aio.ServicerContext, streaming: bool) -> Any:
+        """Authenticate and authorize, start the call's budget; returns the request to hand on."""
         call.info.started.inc()
+        left = context.time_remaining()
+        call.budget = deadline.begin(self._max_call_s if left is None else min(left, self._max_call_s))
         principal = None
         if call.needed is not None:
             if self._keys is None:
@@ -136,12 +190,18 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
             authorize(principal, call.needed)
             call.tenant = principal.tenant
         callctx.set_call(principal, call.request_id, call.token)
+        if streaming:
+            return _checked(request)
+        if isinstance(request, Undecodable):
+            raise _refuse(request)
+        return request
 
-    def _unary(self, behaviour: Callable[..., Awaitable[Any]], method: _Method) -> Callable[..., Awaitable[Any]]:
+    def _unary(self, behaviour: Callable[..., Awaitable[Any]], method: _Method,
+               streaming: bool) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(method, context.invocation_metadata())
             try:
-                await self._begin(call)
+                request = await self._begin(call, request, context, streaming)
                 response = await behaviour(request, context)
                 context.set_trailing_metadata((("x-request-id", call.request_id),))
                 return response
@@ -151,11 +211,12 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
                 self._finish(call, context)
         return wrapped
 
-    def _stream(self, behaviour: Callable[..., AsyncIterator[Any]], method: _Method) -> Callable[..., AsyncIterator[Any]]:
+    def _stream(self, behaviour: Callable[..., AsyncIterator[Any]], method: _Method,
+                streaming: bool) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, context.invocation_metadata())
             try:
-                await self._begin(call)
+                request = await self._begin(call, request, context, streaming)
                 async for item in behaviour(request, context):
                     yield item
                 context.set_trailing_metadata((("x-request-id", call.request_id),))
@@ -170,8 +231,11 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, NotImplementedError):
             exc = Unimplemented(f"{call.service}/{call.method} is not implemented yet in this release")
         elif isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-            # The platform's Redis is down or restarting: a condition to retry, not a bug.
-            exc = Unavailable(f"the platform's Redis is unreachable ({exc}); retry (with the same request id)")
+            # The platform's Redis is down or restarting: a condition to retry, not a bug. Its
+            # address stays in the server log, out of the reply.
+            log.warning("redis unreachable", extra={"request_id": call.request_id, "method": call.method,
+                                                    "error": str(exc)})
+            exc = Unavailable("the platform's Redis is unreachable; retry (with the same request id)")
         if isinstance(exc, PylonError):
             call.code = grpc_code(exc)
             status = to_status(exc, call.request_id)
@@ -179,7 +243,8 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
             # A downstream service's error passes through with its code, message and details.
             call.code = exc.code()
             md = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if k == "grpc-status-details-bin")
-            await context.abort(exc.code(), exc.details() or "", md + (("x-request-id", call.request_id),))
+            await context.abort(exc.code(), passthrough_details(exc.code(), exc.details() or "", bool(md)),
+                                md + (("x-request-id", call.request_id),))
         elif isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError":
             call.code = context.code() or grpc.StatusCode.UNKNOWN
             raise exc
@@ -194,6 +259,8 @@ class PylonInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(status.code, status.details, md)
 
     def _finish(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+        if call.budget is not None:
+            call.budget.end()  # work still running for this call in a thread stops at its next check
         elapsed = time.perf_counter() - call.start
         call.info.handled_counter(call.code).inc()
         call.info.latency.observe(elapsed)

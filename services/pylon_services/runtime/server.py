@@ -3,6 +3,11 @@
 ``PylonServer`` wires settings -> Redis -> API keys -> interceptor -> grpc.aio server with health,
 reflection, the PlatformService (discovery) and Prometheus metrics, registers the service's
 address in Redis, and shuts down gracefully on SIGTERM: NOT_SERVING, drain in-flight calls, exit.
+
+The exit is bounded whatever the process's threads are doing: a servicer's work runs in worker
+threads, which Python joins at exit, and one stuck in a slow store call would otherwise keep
+the process alive forever after SIGTERM. A watchdog armed at SIGTERM ends the process
+(``os._exit``) ``EXIT_MARGIN_S`` after the grace if it has not exited by then.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +42,7 @@ log = logging.getLogger("pylon.server")
 VERSION = "0.1.0"
 ENDPOINTS_KEY = "pylon:endpoints"
 _REGISTRATION_PERIOD_S = 10.0
+EXIT_MARGIN_S = 1.0
 
 
 @dataclass
@@ -98,7 +107,7 @@ class PylonServer:
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        self.server = grpc.aio.server(interceptors=[PylonInterceptor(self.keys)], options=options)
+        self.server = grpc.aio.server(interceptors=[PylonInterceptor(self.keys, s.max_call_s)], options=options)
         names = [health.SERVICE_NAME, reflection.SERVICE_NAME, "pylon.common.v1.PlatformService"]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         common_pb2_grpc.add_PlatformServiceServicer_to_server(
@@ -148,6 +157,28 @@ class PylonServer:
         log.info("stopped", extra={"service": self.parts.name})
 
 
+def _exit_now(name: str) -> None:
+    """The watchdog's end: log which threads were still busy, flush, leave without joining them."""
+    busy = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon
+                  and t is not threading.main_thread())
+    log.warning("exiting with worker threads still busy", extra={"service": name, "threads": busy[:20]})
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+    os._exit(0)
+
+
+def arm_exit_watchdog(name: str, after_s: float) -> threading.Timer:
+    """End the process ``after_s`` from now unless it has exited (see the module docstring)."""
+    timer = threading.Timer(after_s, _exit_now, args=(name,))
+    timer.daemon = True
+    timer.name = "pylon-exit-watchdog"
+    timer.start()
+    return timer
+
+
 async def serve(settings: Settings, build: Callable[[Settings, aioredis.Redis], Awaitable[ServiceParts]]) -> None:
     """Run a service until SIGTERM/SIGINT, then shut down gracefully."""
     # Reconnect through a Redis restart instead of failing the calls that hit a stale pooled
@@ -167,8 +198,15 @@ async def serve(settings: Settings, build: Callable[[Settings, aioredis.Redis], 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    arm_exit_watchdog(parts.name, settings.shutdown_grace_s + EXIT_MARGIN_S)
     await server.stop()
     await redis.aclose()
+    # Calls still running in threads were ended by the drain (their budgets stop their loops);
+    # do not wait for them here: the watchdog bounds what is left of the exit.
+    executor = getattr(loop, "_default_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
+        loop._default_executor = None  # type: ignore[attr-defined]  # asyncio.run would join it
 
 
 def main(build: Callable[[Settings, aioredis.Redis], Awaitable[ServiceParts]]) -> None:

@@ -54,7 +54,12 @@ class Settings(BaseSettings):
     job_uid_base: int = 1_000_000
     # Limits and lifecycle.
     max_message_bytes: int = 16 * 1024 * 1024
+    # On SIGTERM: drain in-flight calls for this long; the process ends at most a second later
+    # whatever its worker threads are doing.
     shutdown_grace_s: float = 20.0
+    # Work a call drives in threads (list loops, scans) stops at the caller's deadline, and after
+    # this long when the caller set none or a longer one.
+    max_call_s: float = 300.0
     auth_cache_ttl_s: float = 5.0
     log_level: str = "INFO"
     # Registry: how long a deleted model version's artifacts are kept before they are purged.

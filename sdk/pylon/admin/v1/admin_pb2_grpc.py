@@ -65,7 +65,8 @@ class AdminServiceServicer:
 
     def CreateApiKey(self, request, context):
         """CreateApiKey issues a key for a tenant and role.
-        Errors: INVALID_ARGUMENT (bad tenant name or role), PERMISSION_DENIED (caller not admin).
+        Errors: INVALID_ARGUMENT (bad tenant name or role, description over 2048 characters),
+        PERMISSION_DENIED (caller not admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,7 +84,7 @@ class AdminServiceServicer:
     def DeleteApiKey(self, request, context):
         """DeleteApiKey revokes a key: the registry (which serves this RPC) refuses it at once, every
         other service once its cached lookup of the key expires (PYLON_AUTH_CACHE_TTL_S, 5 s by default).
-        Errors: NOT_FOUND (no such key), INVALID_ARGUMENT (name not "apiKeys/{key_id}"),
+        Errors: NOT_FOUND (no such key), INVALID_ARGUMENT (name not "apiKeys/{key_id}" with a hex key id),
         PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -29,6 +29,24 @@ class IngestServiceStub:
     """IngestService is the front door for training data: datasets with immutable, numbered,
     content-addressed versions; uploads direct to object storage or streamed through gRPC;
     validation, cleaning and tokenization as long-running operations.
+
+    Limits, checked on every request (INVALID_ARGUMENT naming the field; a message quotes at most
+    64 characters of a bad value): ids 1-63 characters, lowercase letters, digits, '-', '_', '.',
+    starting with a letter; resource names at most 512 characters; version numbers 1 to 9999999999
+    in ASCII digits (or "latest" where a version is read); descriptions at most 2048 characters;
+    at most 64 labels, keys like ids, values at most 256 characters; file names (UploadHeader.path,
+    the last name of an imported key) one name of 1-255 bytes, not "." or "..", not starting with
+    '.', no '/', backslash or control characters, the same rule on every upload path; request_id
+    1-128 characters [A-Za-z0-9._:-]; etag at most 128 characters; processing.schema at most 64 KiB
+    of JSON; recipe.max_chars at most 16777216, text_field at most 256 characters; at most 1000
+    source_uris of at most 1024 characters each; a tokenizer name at most 512 characters.
+    Undecodable request bytes are INVALID_ARGUMENT on field "request".
+
+    Lists: page_size 0 means 50, at most 1000. Page tokens are opaque and tied to the list that
+    returned them; any other token is INVALID_ARGUMENT on "page_token". A page may hold fewer
+    records than asked, with a next_page_token, when it reaches 4 MiB or has looked at its bound of
+    entries: follow tokens until next_page_token is empty. Work a call drives stops at the
+    caller's deadline (DEADLINE_EXCEEDED).
     """
 
     def __init__(self, channel):
@@ -133,6 +151,24 @@ class IngestServiceServicer:
     """IngestService is the front door for training data: datasets with immutable, numbered,
     content-addressed versions; uploads direct to object storage or streamed through gRPC;
     validation, cleaning and tokenization as long-running operations.
+
+    Limits, checked on every request (INVALID_ARGUMENT naming the field; a message quotes at most
+    64 characters of a bad value): ids 1-63 characters, lowercase letters, digits, '-', '_', '.',
+    starting with a letter; resource names at most 512 characters; version numbers 1 to 9999999999
+    in ASCII digits (or "latest" where a version is read); descriptions at most 2048 characters;
+    at most 64 labels, keys like ids, values at most 256 characters; file names (UploadHeader.path,
+    the last name of an imported key) one name of 1-255 bytes, not "." or "..", not starting with
+    '.', no '/', backslash or control characters, the same rule on every upload path; request_id
+    1-128 characters [A-Za-z0-9._:-]; etag at most 128 characters; processing.schema at most 64 KiB
+    of JSON; recipe.max_chars at most 16777216, text_field at most 256 characters; at most 1000
+    source_uris of at most 1024 characters each; a tokenizer name at most 512 characters.
+    Undecodable request bytes are INVALID_ARGUMENT on field "request".
+
+    Lists: page_size 0 means 50, at most 1000. Page tokens are opaque and tied to the list that
+    returned them; any other token is INVALID_ARGUMENT on "page_token". A page may hold fewer
+    records than asked, with a next_page_token, when it reaches 4 MiB or has looked at its bound of
+    entries: follow tokens until next_page_token is empty. Work a call drives stops at the
+    caller's deadline (DEADLINE_EXCEEDED).
     """
 
     def CreateDataset(self, request, context):
@@ -180,8 +216,9 @@ class IngestServiceServicer:
         """UploadDatasetVersion streams a file through gRPC: first an UploadHeader, then chunks, each
         with its CRC32C. The version is created (dataset too, if missing) once every byte is stored
         and the whole-file digest matches; until then nothing is visible.
-        Errors: INVALID_ARGUMENT (missing header, bad name, chunk checksum or digest mismatch,
-        unsupported format), RESOURCE_EXHAUSTED (file over the size limit), DATA_LOSS never.
+        Errors: INVALID_ARGUMENT (missing header, bad name, a header field over its limit, chunk
+        checksum or digest mismatch, unsupported format, bad processing options),
+        RESOURCE_EXHAUSTED (file over the size limit), DATA_LOSS never.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,7 +227,8 @@ class IngestServiceServicer:
     def CreateUploadSession(self, request, context):
         """CreateUploadSession opens a direct-to-object-storage multipart upload and returns
         presigned part URLs. Resumable: GetUploadSession lists the parts already stored.
-        Errors: INVALID_ARGUMENT, FAILED_PRECONDITION (object store has no presigned URLs).
+        Errors: INVALID_ARGUMENT (header fields, part size, part_md5s, processing options),
+        FAILED_PRECONDITION (object store has no presigned URLs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,8 +245,9 @@ class IngestServiceServicer:
     def CommitUploadSession(self, request, context):
         """CommitUploadSession verifies the digests and starts processing into a new version.
         Errors: NOT_FOUND, INVALID_ARGUMENT (digest mismatch, parts missing, part_md5s malformed,
-        of the wrong count or different from those given at creation), ALREADY_EXISTS (committed
-        already, different request_id), FAILED_PRECONDITION (aborted, or the dataset was deleted).
+        of the wrong count or different from those given at creation; request_id; a version more
+        than 1000 above the latest), ALREADY_EXISTS (committed already, different request_id),
+        FAILED_PRECONDITION (aborted, or the dataset was deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,7 +264,9 @@ class IngestServiceServicer:
     def ImportDatasetVersion(self, request, context):
         """ImportDatasetVersion creates a version from objects already in object storage
         (server-side copy, or by reference).
-        Errors: INVALID_ARGUMENT, NOT_FOUND (source object), PERMISSION_DENIED (source bucket).
+        Errors: INVALID_ARGUMENT (more than 1000 source_uris, a key against the path rule, a file
+        name against the file-name rule, description, request_id), NOT_FOUND (source object),
+        PERMISSION_DENIED (source bucket, or a key outside the caller's tenant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,7 +282,8 @@ class IngestServiceServicer:
 
     def ListDatasetVersions(self, request, context):
         """ListDatasetVersions pages through a dataset's versions, newest first.
-        Errors: NOT_FOUND (dataset), INVALID_ARGUMENT.
+        Errors: NOT_FOUND (dataset), INVALID_ARGUMENT (page_token: only tokens this list returned,
+        never above the latest version), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,7 +299,7 @@ class IngestServiceServicer:
 
     def ListRejects(self, request, context):
         """ListRejects pages through the records validation rejected, with line numbers and reasons.
-        Errors: NOT_FOUND, INVALID_ARGUMENT.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (page_token), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,7 +309,8 @@ class IngestServiceServicer:
         """TokenizeDatasetVersion trains (or reuses a stored) byte-level BPE tokenizer and writes token
         shards plus an index, linked to the version and the tokenizer; returns an operation whose
         result is the tokenization's name.
-        Errors: NOT_FOUND (version or named tokenizer of another vocabulary), INVALID_ARGUMENT.
+        Errors: NOT_FOUND (version or named tokenizer of another vocabulary), INVALID_ARGUMENT
+        (tokenizer, request_id, vocab_size, shard_tokens).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,7 +334,9 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchOperation(self, request, context):
-        """WatchOperation streams the operation each time it changes, ending when it is done.
+        """WatchOperation streams the operation each time it changes, ending when it is done. Every
+        watcher of an operation shares one reader in the service, so watchers are cheap; a slow
+        watcher skips intermediate states but always gets the newest and the final one.
         Errors: NOT_FOUND, DEADLINE_EXCEEDED (client deadline).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -403,6 +448,24 @@ class IngestService:
     """IngestService is the front door for training data: datasets with immutable, numbered,
     content-addressed versions; uploads direct to object storage or streamed through gRPC;
     validation, cleaning and tokenization as long-running operations.
+
+    Limits, checked on every request (INVALID_ARGUMENT naming the field; a message quotes at most
+    64 characters of a bad value): ids 1-63 characters, lowercase letters, digits, '-', '_', '.',
+    starting with a letter; resource names at most 512 characters; version numbers 1 to 9999999999
+    in ASCII digits (or "latest" where a version is read); descriptions at most 2048 characters;
+    at most 64 labels, keys like ids, values at most 256 characters; file names (UploadHeader.path,
+    the last name of an imported key) one name of 1-255 bytes, not "." or "..", not starting with
+    '.', no '/', backslash or control characters, the same rule on every upload path; request_id
+    1-128 characters [A-Za-z0-9._:-]; etag at most 128 characters; processing.schema at most 64 KiB
+    of JSON; recipe.max_chars at most 16777216, text_field at most 256 characters; at most 1000
+    source_uris of at most 1024 characters each; a tokenizer name at most 512 characters.
+    Undecodable request bytes are INVALID_ARGUMENT on field "request".
+
+    Lists: page_size 0 means 50, at most 1000. Page tokens are opaque and tied to the list that
+    returned them; any other token is INVALID_ARGUMENT on "page_token". A page may hold fewer
+    records than asked, with a next_page_token, when it reaches 4 MiB or has looked at its bound of
+    entries: follow tokens until next_page_token is empty. Work a call drives stops at the
+    caller's deadline (DEADLINE_EXCEEDED).
     """
 
     @staticmethod

@@ -29,6 +29,26 @@ class RegistryServiceStub:
     """RegistryService keeps models, their immutable numbered versions, aliases, artifacts and lineage.
     Object storage is the source of truth: version numbers are allocated with create-only writes
     and alias moves are compare-and-swap on an etag, so concurrent writers never collide.
+
+    Limits, checked on every request (INVALID_ARGUMENT naming the field; a message quotes at most
+    64 characters of a bad value): ids (model, alias) 1-63 characters, lowercase letters, digits,
+    '-', '_', '.', starting with a letter; resource names at most 512 characters; a version number
+    1 to 9999999999 written in ASCII digits (or "latest" where a version is read); descriptions at
+    most 2048 characters; at most 64 tags, keys like ids, values at most 256 characters; at most 256
+    metrics, names of 1-128 characters [A-Za-z0-9_.:/@-]; config and signature at most 64 KiB of
+    JSON, 32 levels deep; at most 64 lineage datasets (names at most 512 characters); at most 64
+    protected aliases; at most 10000 files per version, each path relative, at most 1024 bytes,
+    '/'-separated names of 1-255 bytes, no '.', '..', backslash or control characters; request_id 1-128
+    characters [A-Za-z0-9._:-]; etags at most 128 characters; filter at most 1024 characters and
+    32 terms; order_by at most 128 characters; presigned URL lifetimes (expires_s) 0 (an hour) to
+    604800 seconds. Undecodable request bytes are INVALID_ARGUMENT on field "request".
+
+    Lists: page_size 0 means 50, at most 1000. Page tokens are opaque and tied to the list and the
+    query that returned them (same parent, filter, order_by, show_deleted); any other token is
+    INVALID_ARGUMENT on "page_token". A page may hold fewer records than asked, with a
+    next_page_token, when it reaches 4 MiB or has looked at 10000 index entries: follow tokens
+    until next_page_token is empty. Work a call drives stops at the caller's deadline
+    (DEADLINE_EXCEEDED).
     """
 
     def __init__(self, channel):
@@ -153,11 +173,32 @@ class RegistryServiceServicer:
     """RegistryService keeps models, their immutable numbered versions, aliases, artifacts and lineage.
     Object storage is the source of truth: version numbers are allocated with create-only writes
     and alias moves are compare-and-swap on an etag, so concurrent writers never collide.
+
+    Limits, checked on every request (INVALID_ARGUMENT naming the field; a message quotes at most
+    64 characters of a bad value): ids (model, alias) 1-63 characters, lowercase letters, digits,
+    '-', '_', '.', starting with a letter; resource names at most 512 characters; a version number
+    1 to 9999999999 written in ASCII digits (or "latest" where a version is read); descriptions at
+    most 2048 characters; at most 64 tags, keys like ids, values at most 256 characters; at most 256
+    metrics, names of 1-128 characters [A-Za-z0-9_.:/@-]; config and signature at most 64 KiB of
+    JSON, 32 levels deep; at most 64 lineage datasets (names at most 512 characters); at most 64
+    protected aliases; at most 10000 files per version, each path relative, at most 1024 bytes,
+    '/'-separated names of 1-255 bytes, no '.', '..', backslash or control characters; request_id 1-128
+    characters [A-Za-z0-9._:-]; etags at most 128 characters; filter at most 1024 characters and
+    32 terms; order_by at most 128 characters; presigned URL lifetimes (expires_s) 0 (an hour) to
+    604800 seconds. Undecodable request bytes are INVALID_ARGUMENT on field "request".
+
+    Lists: page_size 0 means 50, at most 1000. Page tokens are opaque and tied to the list and the
+    query that returned them (same parent, filter, order_by, show_deleted); any other token is
+    INVALID_ARGUMENT on "page_token". A page may hold fewer records than asked, with a
+    next_page_token, when it reaches 4 MiB or has looked at 10000 index entries: follow tokens
+    until next_page_token is empty. Work a call drives stops at the caller's deadline
+    (DEADLINE_EXCEEDED).
     """
 
     def CreateModel(self, request, context):
         """CreateModel registers a model name.
-        Errors: INVALID_ARGUMENT (bad name), ALREADY_EXISTS (taken, different request_id).
+        Errors: INVALID_ARGUMENT (bad name, description, tags or request_id), ALREADY_EXISTS (taken,
+        different request_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,7 +222,8 @@ class RegistryServiceServicer:
 
     def UpdateModel(self, request, context):
         """UpdateModel changes description and tags; compare-and-swap when etag is set.
-        Errors: NOT_FOUND, ABORTED (stale etag), INVALID_ARGUMENT.
+        Errors: NOT_FOUND, ABORTED (stale etag), INVALID_ARGUMENT (update_mask, or a field over its
+        limit: model.description, model.tags, model.protected_aliases, model.etag).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,7 +242,10 @@ class RegistryServiceServicer:
         The model is created if missing. Artifacts come from an object-store prefix (a job's
         checkpoint: copied server-side) and are verified against the given digests; the version
         becomes visible only once complete. Idempotent on request_id.
-        Errors: INVALID_ARGUMENT (missing file, digest mismatch, bad name), NOT_FOUND (source).
+        Errors: INVALID_ARGUMENT (missing file, digest mismatch, bad name, a path against the path
+        rule, a field over its limit: description, tags, metrics, config, signature, lineage.*,
+        request_id, source_uri; more than 10000 objects under source_uri; unknown format),
+        NOT_FOUND (source).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,7 +253,7 @@ class RegistryServiceServicer:
 
     def GetModelVersion(self, request, context):
         """GetModelVersion returns one version; "latest" is accepted as the version id.
-        Errors: NOT_FOUND, INVALID_ARGUMENT.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (a version that is not 1-10 ASCII digits or "latest").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,7 +261,9 @@ class RegistryServiceServicer:
 
     def ListModelVersions(self, request, context):
         """ListModelVersions pages through versions, newest first.
-        Errors: NOT_FOUND (model), INVALID_ARGUMENT.
+        Errors: NOT_FOUND (model), INVALID_ARGUMENT (filter, order_by, page_token),
+        FAILED_PRECONDITION (an ordering other than "version desc" matching more than 100000
+        versions), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,7 +271,8 @@ class RegistryServiceServicer:
 
     def UpdateModelVersion(self, request, context):
         """UpdateModelVersion changes tags, description or lifecycle state (READY <-> ARCHIVED).
-        Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (bad transition).
+        Errors: NOT_FOUND, ABORTED (stale etag), FAILED_PRECONDITION (bad transition),
+        INVALID_ARGUMENT (update_mask, version.tags, version.description, version.state, etag).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,7 +292,8 @@ class RegistryServiceServicer:
         """SetAlias points an alias at a READY version; compare-and-swap when etag is set. Every move
         is kept in the alias history. Protected aliases need the maintainer role.
         Errors: NOT_FOUND (version), ABORTED (stale etag), PERMISSION_DENIED (protected alias),
-        INVALID_ARGUMENT (bad alias name), FAILED_PRECONDITION (version archived or deleted).
+        INVALID_ARGUMENT (bad alias name, version not 1 to 9999999999, etag over 128 characters),
+        FAILED_PRECONDITION (version archived or deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,7 +317,8 @@ class RegistryServiceServicer:
 
     def ListAliasHistory(self, request, context):
         """ListAliasHistory returns every move of an alias: who, when, from, to.
-        Errors: NOT_FOUND.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (page_token: only tokens this list returned for this
+        alias, never beyond its newest move), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,7 +326,8 @@ class RegistryServiceServicer:
 
     def ResolveModelUri(self, request, context):
         """ResolveModelUri turns "models:/name@alias" or "models:/name/versions/3" into a version.
-        Errors: INVALID_ARGUMENT (malformed URI), NOT_FOUND.
+        Errors: INVALID_ARGUMENT (malformed URI, over 512 characters, or a version that is not 1-10
+        ASCII digits), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,7 +338,8 @@ class RegistryServiceServicer:
         answers "present" (verified bytes with that digest are already stored: send nothing), a
         presigned PUT URL, presigned multipart part URLs, or "stream" (the store has no URLs: send
         the bytes with UploadArtifact). Pass the session name to CreateModelVersion.upload.
-        Errors: INVALID_ARGUMENT (bad path, digest, size or part size), NOT_FOUND (model's tenant).
+        Errors: INVALID_ARGUMENT (a path against the path rule, a path listed twice, bad digest, size
+        or part size, expires_s out of range, more than 10000 files), NOT_FOUND (model's tenant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -296,7 +348,8 @@ class RegistryServiceServicer:
     def UploadArtifact(self, request_iterator, context):
         """UploadArtifact streams file bytes into an upload session (for stores without presigned
         URLs, or clients that cannot reach the store). Each chunk carries its CRC32C.
-        Errors: INVALID_ARGUMENT (unknown path, bad chunk layout, checksum mismatch), NOT_FOUND (session).
+        Errors: INVALID_ARGUMENT (unknown path, bad chunk layout, an offset outside the file, chunks
+        naming different uploads, checksum mismatch), NOT_FOUND (session).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -304,7 +357,7 @@ class RegistryServiceServicer:
 
     def GetArtifactDownload(self, request, context):
         """GetArtifactDownload returns where to read a version's files (presigned URLs or keys).
-        Errors: NOT_FOUND, INVALID_ARGUMENT.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (bad name, expires_s out of range).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -467,6 +520,26 @@ class RegistryService:
     """RegistryService keeps models, their immutable numbered versions, aliases, artifacts and lineage.
     Object storage is the source of truth: version numbers are allocated with create-only writes
     and alias moves are compare-and-swap on an etag, so concurrent writers never collide.
+
+    Limits, checked on every request (INVALID_ARGUMENT naming the field; a message quotes at most
+    64 characters of a bad value): ids (model, alias) 1-63 characters, lowercase letters, digits,
+    '-', '_', '.', starting with a letter; resource names at most 512 characters; a version number
+    1 to 9999999999 written in ASCII digits (or "latest" where a version is read); descriptions at
+    most 2048 characters; at most 64 tags, keys like ids, values at most 256 characters; at most 256
+    metrics, names of 1-128 characters [A-Za-z0-9_.:/@-]; config and signature at most 64 KiB of
+    JSON, 32 levels deep; at most 64 lineage datasets (names at most 512 characters); at most 64
+    protected aliases; at most 10000 files per version, each path relative, at most 1024 bytes,
+    '/'-separated names of 1-255 bytes, no '.', '..', backslash or control characters; request_id 1-128
+    characters [A-Za-z0-9._:-]; etags at most 128 characters; filter at most 1024 characters and
+    32 terms; order_by at most 128 characters; presigned URL lifetimes (expires_s) 0 (an hour) to
+    604800 seconds. Undecodable request bytes are INVALID_ARGUMENT on field "request".
+
+    Lists: page_size 0 means 50, at most 1000. Page tokens are opaque and tied to the list and the
+    query that returned them (same parent, filter, order_by, show_deleted); any other token is
+    INVALID_ARGUMENT on "page_token". A page may hold fewer records than asked, with a
+    next_page_token, when it reaches 4 MiB or has looked at 10000 index entries: follow tokens
+    until next_page_token is empty. Work a call drives stops at the caller's deadline
+    (DEADLINE_EXCEEDED).
     """
 
     @staticmethod

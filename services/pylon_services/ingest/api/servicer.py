@@ -12,10 +12,12 @@ import grpc
 from pylon.ingest.v1 import ingest_pb2 as pb
 from pylon.ingest.v1 import ingest_pb2_grpc
 from pylon_services.common.errors import InvalidArgument, PylonError
+from pylon_services.common.limits import MAX_LABELS, quote
 from pylon_services.common.names import check_id, parse_name, parse_parent
 from pylon_services.ingest.api import convert as cv
+from pylon_services.ingest.domain.checks import check_header, processing_options
 from pylon_services.ingest.domain.datasets import Spool
-from pylon_services.ingest.domain.service import Ingest, check_file, processing_options
+from pylon_services.ingest.domain.service import Ingest
 from pylon_services.runtime.context import principal
 from pylon_services.runtime.protoconv import page_size
 
@@ -48,7 +50,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         tenant, dataset = parse_name("header.dataset", first.header.dataset, _DS, p)
         h = cv.header(first.header)
         check_id("header.dataset", dataset)
-        check_file("header", h["path"], h["format"], h["compression"])
+        check_header("header", h)
         h["processing"] = processing_options(h["processing"])
         if h["digest"] and not (h["digest"].startswith("sha256:") and len(h["digest"]) == 71):
             raise InvalidArgument.field("header.digest", "must be 'sha256:' followed by 64 hex digits")
@@ -62,7 +64,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 index += 1
             digest = spool.finish()
             if h["digest"] and h["digest"] != digest:
-                raise InvalidArgument.field("header.digest", f"expected {h['digest']}, received bytes hash to {digest}")
+                raise InvalidArgument.field("header.digest", f"expected {quote(h['digest'], 80)}, received bytes hash "
+                                                             f"to {digest}")
             if h["size"] and h["size"] != spool.size:
                 raise InvalidArgument.field("header.size_bytes", f"expected {h['size']} bytes, received {spool.size}")
             op, held = await self._i.upload_streamed(tenant, p.key_id, dataset, h, spool.path, digest, spool.size)
@@ -119,9 +122,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         p = principal()
         tenant = parse_parent("parent", request.parent, p)
         labels: dict[str, str] = {}
+        if len(request.labels) > MAX_LABELS:
+            raise InvalidArgument.field("labels", f"at most {MAX_LABELS} entries (got {len(request.labels)})")
         for i, label in enumerate(request.labels):
             if label.key in labels:
-                raise InvalidArgument.field(f"labels[{i}]", f"duplicate label key {label.key!r}")
+                raise InvalidArgument.field(f"labels[{i}]", f"duplicate label key {quote(label.key, 32)}")
             labels[label.key] = label.value
         doc = await self._i.create_dataset(tenant, p.key_id, request.dataset_id, request.description, labels,
                                            request.request_id)

@@ -19,7 +19,7 @@ from typing import Any
 
 import google_crc32c
 
-from pylon_services.common import blobs, layout
+from pylon_services.common import blobs, deadline, layout, paging
 from pylon_services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -28,7 +28,8 @@ from pylon_services.common.errors import (
     NotFound,
     ResourceExhausted,
 )
-from pylon_services.common.names import ID_RE, check_id
+from pylon_services.common.limits import check_description, check_labels, check_request_id
+from pylon_services.common.names import check_id
 from pylon_services.storage.base import ObjectExists, ObjectStore
 
 
@@ -63,22 +64,7 @@ class Spool:
             os.unlink(self.path)
 
 
-MAX_DESCRIPTION = 2048
-MAX_LABELS = 64
-MAX_LABEL_VALUE = 256
-LABEL_KEY_RULE = "must be 1-63 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter"
-
-
-def check_labels(labels: dict[str, str]) -> dict[str, str]:
-    """Labels are small user metadata: at most 64, keys like ids, values up to 256 characters."""
-    if len(labels) > MAX_LABELS:
-        raise InvalidArgument.field("labels", f"at most {MAX_LABELS} labels")
-    for key, value in labels.items():
-        if not ID_RE.match(key):
-            raise InvalidArgument.field(f"labels[{key!r}]", f"label key {LABEL_KEY_RULE}")
-        if len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgument.field(f"labels[{key!r}]", f"label value must be at most {MAX_LABEL_VALUE} characters")
-    return dict(sorted(labels.items()))
+MAX_LOOKED_AT = 10_000  # store keys one page of datasets may look at
 
 
 class Datasets:
@@ -102,10 +88,10 @@ class Datasets:
                        request_id: str) -> dict[str, Any]:
         """Create an empty dataset; the same ``request_id`` again returns it (a retried create)."""
         check_id("dataset_id", dataset)
-        if len(description) > MAX_DESCRIPTION:
-            raise InvalidArgument.field("description", f"must be at most {MAX_DESCRIPTION} characters")
+        check_description("description", description)
+        check_request_id("request_id", request_id)
         doc = {"name": f"tenants/{tenant}/datasets/{dataset}", "description": description,
-               "labels": check_labels(labels), "create_time": time.time(), "creator": creator,
+               "labels": check_labels("labels", labels), "create_time": time.time(), "creator": creator,
                "request_id": request_id}
         try:
             self.store.put(layout.dataset_key(tenant, dataset), blobs.dump(doc), if_none_match=True)
@@ -162,22 +148,36 @@ class Datasets:
         return doc
 
     def list_datasets(self, tenant: str, page_size: int, page_token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Datasets in name order. The token holds the last store key looked at, which must lie
+        under this tenant's datasets; a page looks at most ``MAX_LOOKED_AT`` keys (deleted
+        datasets and their objects are skipped) and stops at the call's deadline."""
+        prefix = layout.datasets_prefix(tenant)
+        token = paging.decode_str_token(page_token or "", "datasets", tenant)
+        if token is not None and not token.startswith(prefix):
+            raise InvalidArgument.field("page_token", "is not a page token this server issued for this list")
         out: list[dict[str, Any]] = []
-        token = page_token
-        while True:
-            page = self.store.list(layout.datasets_prefix(tenant), page_size=1000, page_token=token)
+        budget, looked = paging.PageBudget(), 0
+        while looked < MAX_LOOKED_AT:
+            deadline.check("listing datasets")
+            page = self.store.list(prefix, page_size=1000, page_token=token)
             for o in page.objects:
+                looked += 1
                 parts = o.key.split("/")
                 if len(parts) == 5 and o.key == layout.dataset_key(tenant, parts[3]):
                     try:
-                        out.append(self.get_dataset(tenant, parts[3]))
+                        doc = self.get_dataset(tenant, parts[3])
                     except NotFound:
+                        token = o.key
                         continue  # deleted
-                    if len(out) >= page_size:
-                        return out, o.key
+                    if not budget.take(doc):
+                        return out, paging.encode_token("datasets", token or prefix, tenant)
+                    out.append(doc)
+                token = o.key
+                if len(out) >= page_size:
+                    return out, paging.encode_token("datasets", token, tenant)
             if not page.next_page_token:
                 return out, None
-            token = page.next_page_token
+        return out, paging.encode_token("datasets", token or prefix, tenant)
 
     def visible_version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
         """A version as the API shows it: NOT_FOUND once its dataset was deleted."""
@@ -194,4 +194,5 @@ class Datasets:
                       ) -> tuple[list[dict[str, Any]], str | None]:
         self.get_dataset(tenant, dataset)
         return blobs.page_numbered(self.store, layout.dataset_versions_prefix(tenant, dataset), page_size, page_token,
-                                   lambda n: self.get_version(tenant, dataset, str(n)))
+                                   lambda n: blobs.read_json_or_none(self.store,
+                                                                     layout.dataset_version_key(tenant, dataset, n)))

@@ -12,20 +12,23 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from pylon_services.common import blobs, layout
+from pylon_services.common import blobs, deadline, layout, paging
 from pylon_services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from pylon_services.common.limits import MAX_NAME, check_description, check_etag, check_request_id, check_text, quote
 from pylon_services.common.names import check_id
 from pylon_services.ingest.domain import uploads, versions
+from pylon_services.ingest.domain.checks import (
+    check_file,
+    check_header,
+    check_object_key,
+    check_sources,
+    check_version_number,
+    processing_options,
+)
 from pylon_services.ingest.domain.datasets import Datasets
 from pylon_services.ingest.domain.operations import Operation, OperationStore, check_visible, new_operation
 from pylon_services.ingest.domain.uploads import UploadSession
 from pylon_services.storage.base import ObjectStore
-
-DEFAULT_MAX_REJECT_RATE = 0.1
-FORMATS = ("text", "jsonl", "csv", "parquet")
-COMPRESSIONS = ("", "gzip", "zstd")
-_RECIPE_DEFAULTS = {"text_field": "text", "normalize_unicode": "NFC", "normalize_whitespace": True, "min_chars": 1,
-                    "max_chars": 1_000_000, "dedupe": True, "scrub_email": False, "scrub_phone": False}
 
 
 class StateStore(OperationStore, Protocol):
@@ -33,39 +36,11 @@ class StateStore(OperationStore, Protocol):
     async def get_session(self, session_id: str) -> UploadSession | None: ...
     async def claim_commit(self, session_id: str, request_id: str) -> str | None: ...
     async def release_commit(self, session_id: str) -> None: ...
-    def changes(self, op_id: str, poll_s: float = 2.0) -> AsyncIterator[None]: ...
+    def watch(self, op_id: str) -> AsyncIterator[Operation | None]: ...
 
 
 class OperationRunner(Protocol):
     def submit(self, op: Operation) -> None: ...
-
-
-def processing_options(given: dict[str, Any]) -> dict[str, Any]:
-    """Fill defaults and validate ``{"schema", "recipe", "max_reject_rate"}``."""
-    recipe = {**_RECIPE_DEFAULTS, **{k: v for k, v in (given.get("recipe") or {}).items() if v is not None}}
-    if recipe["normalize_unicode"] == "none":
-        recipe["normalize_unicode"] = ""
-    if recipe["normalize_unicode"] not in ("", "NFC", "NFKC", "NFD", "NFKD"):
-        raise InvalidArgument.field("processing.recipe.normalize_unicode", "must be NFC, NFKC, NFD, NFKD or none")
-    if not 0 <= int(recipe["min_chars"]) <= int(recipe["max_chars"]):
-        raise InvalidArgument.field("processing.recipe.min_chars", "must be between 0 and max_chars")
-    rate = given.get("max_reject_rate")
-    rate = DEFAULT_MAX_REJECT_RATE if rate is None else float(rate)
-    if not 0 <= rate <= 1:
-        raise InvalidArgument.field("processing.max_reject_rate", "must be between 0 and 1")
-    schema = given.get("schema") or None
-    if schema is not None and not isinstance(schema, dict):
-        raise InvalidArgument.field("processing.schema", "must be an object")
-    return {"schema": schema, "recipe": recipe, "max_reject_rate": rate}
-
-
-def check_file(field: str, path: str, fmt: str, compression: str) -> None:
-    if not path or "/" in path or path.startswith("."):
-        raise InvalidArgument.field(f"{field}.path", "must be a plain file name")
-    if fmt not in FORMATS:
-        raise InvalidArgument.field(f"{field}.format", f"must be one of {', '.join(FORMATS)}")
-    if compression not in COMPRESSIONS:
-        raise InvalidArgument.field(f"{field}.compression", "must be none, gzip or zstd")
 
 
 class Ingest:
@@ -88,11 +63,12 @@ class Ingest:
         return check_visible(await self.state.get(op_id), tenant, op_id, admin)
 
     async def watch(self, tenant: str, op_id: str, admin: bool = False) -> AsyncIterator[Operation]:
-        """The operation now and after every change, until it is done."""
-        await self.get_operation(tenant, op_id, admin)
+        """The operation now and after every change, until it is done. The state store shares
+        one reader per operation among all its watchers (``StateStore.watch``): a watcher costs
+        no Redis call of its own, not even the first read (NOT_FOUND comes from the shared one)."""
         last: Any = None
-        async for _ in self.state.changes(op_id):
-            op = await self.get_operation(tenant, op_id, admin)
+        async for found in self.state.watch(op_id):
+            op = check_visible(found, tenant, op_id, admin)
             snapshot = (op.state, round(op.progress, 3), json.dumps(op.metadata, sort_keys=True))
             if snapshot != last:
                 last = snapshot
@@ -120,6 +96,7 @@ class Ingest:
     async def delete_dataset(self, tenant: str, dataset: str, etag: str) -> None:
         """Soft delete (``Datasets.delete_dataset``); refused while an operation writes to the
         dataset (an upload being processed, a tokenization): it would publish into a deleted one."""
+        check_etag("etag", etag)
         await asyncio.to_thread(self.datasets.get_dataset, tenant, dataset)
         target = f"tenants/{tenant}/datasets/{dataset}"
         for op_id in await self.state.active_ids():
@@ -133,7 +110,7 @@ class Ingest:
     async def create_session(self, tenant: str, creator: str, dataset: str, header: dict[str, Any],
                              part_size: int, part_md5s: list[str]) -> tuple[UploadSession, dict[int, str]]:
         check_id("header.dataset", dataset)
-        check_file("header", header["path"], header["format"], header["compression"])
+        check_header("header", header)
         await asyncio.to_thread(self.datasets.check_writable, tenant, dataset)
         part_size = uploads.check_plan(header["size"], header["digest"], part_size or self.default_part_size,
                                        part_md5s)
@@ -183,9 +160,11 @@ class Ingest:
         if s.state == uploads.OPEN and not s.already_stored:
             uploads.commit_md5s(s, list(part_md5s or []))
         await asyncio.to_thread(self.datasets.check_writable, tenant, s.dataset)
-        request_id = request_id or uuid.uuid4().hex
-        if version < 0:
-            raise InvalidArgument.field("version", "must be positive (or 0 for the next free number)")
+        request_id = check_request_id("request_id", request_id) or uuid.uuid4().hex
+        if version:
+            latest = await asyncio.to_thread(blobs.latest_number, self.store,
+                                             layout.dataset_versions_prefix(tenant, s.dataset))
+            check_version_number(version, latest)
         if version and await asyncio.to_thread(versions.version_exists, self.store, tenant, s.dataset, version):
             raise AlreadyExists(f"tenants/{tenant}/datasets/{s.dataset}/versions/{version} already exists")
         winner = await self.state.claim_commit(sid, request_id)
@@ -236,6 +215,8 @@ class Ingest:
                               spool_path: str, digest: str, size: int) -> tuple[Operation, bool]:
         """Store spooled bytes content-addressed (digest already verified) and process them;
         waits for the operation. Returns it and whether the bytes were already held."""
+        check_id("header.dataset", dataset)
+        check_header("header", header)
         await asyncio.to_thread(self.datasets.check_writable, tenant, dataset)
         key = blobs.blob_key(tenant, digest)
         held = await asyncio.to_thread(self.store.exists, key)
@@ -251,6 +232,7 @@ class Ingest:
     def _import_key(self, tenant: str, index: int, uri: str) -> str:
         """The store key an import URI names; only the platform's bucket, only the caller's area."""
         key = uri
+        field = f"source_uris[{index}]"
         if uri.startswith("s3://"):
             bucket, _, rest = uri[5:].partition("/")
             prefix = getattr(self.store, "prefix", "")
@@ -259,9 +241,10 @@ class Ingest:
                                        f"s3://{getattr(self.store, 'bucket', '?')}/{prefix}")
             key = rest[len(prefix):]
         elif "://" in uri:
-            raise InvalidArgument.field(f"source_uris[{index}]", "must be s3://bucket/key or an object key")
-        if not key.startswith(f"tenants/{tenant}/") or "/../" in key:
-            raise PermissionDenied(f"source_uris[{index}]: {uri} is outside tenants/{tenant}/")
+            raise InvalidArgument.field(field, "must be s3://bucket/key or an object key")
+        check_object_key(field, key)
+        if not key.startswith(f"tenants/{tenant}/"):
+            raise PermissionDenied(f"{field}: {quote(uri)} is outside tenants/{tenant}/")
         return key
 
     async def import_objects(self, tenant: str, creator: str, dataset: str, uris: list[str], fmt: str,
@@ -270,18 +253,20 @@ class Ingest:
         """Process objects already in the store into a version (copied server-side to their content
         address, or referenced in place)."""
         check_id("dataset", dataset)
+        check_sources(uris)
+        check_request_id("request_id", request_id)
+        check_description("description", description)
         await asyncio.to_thread(self.datasets.check_writable, tenant, dataset)
-        if not uris:
-            raise InvalidArgument.field("source_uris", "name at least one object")
         files = []
         for i, uri in enumerate(uris):
+            deadline.check("checking the import's sources")
             key = self._import_key(tenant, i, uri)
+            name = key.rsplit("/", 1)[-1]
+            check_file(f"source_uris[{i}]", name, fmt, compression)
             try:
                 info = await asyncio.to_thread(self.store.head, key)
             except NotFound:
-                raise NotFound(f"source_uris[{i}]: {uri} does not exist") from None
-            name = key.rsplit("/", 1)[-1]
-            check_file(f"source_uris[{i}]", name, fmt, compression)
+                raise NotFound(f"source_uris[{i}]: {quote(uri)} does not exist") from None
             files.append({"path": name, "format": fmt, "compression": compression, "digest": "", "size": info.size,
                           "src_key": key, "staging": False, "by_reference": by_reference})
         if len({f["path"] for f in files}) != len(files):
@@ -294,11 +279,15 @@ class Ingest:
     async def version(self, tenant: str, dataset: str, version: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.datasets.visible_version, tenant, dataset, version)
 
-    def _jsonl_page(self, files: list[dict[str, Any]], token: str, limit: int) -> tuple[list[tuple[int, bytes]], str]:
-        """Up to ``limit`` lines across ``files`` from ``token`` ("file:offset"); next token."""
-        fi, off = (int(x) for x in token.split(":")) if token else (0, 0)
+    def _jsonl_page(self, files: list[dict[str, Any]], at: tuple[int, int], limit: int
+                    ) -> tuple[list[tuple[int, bytes]], tuple[int, int] | None]:
+        """Up to ``limit`` lines across ``files`` from position ``at`` (file index, byte offset);
+        the position after them, or None at the end. Reads at most ``limit`` lines in 4 MiB
+        ranges and stops at the call's deadline."""
+        fi, off = at
         out: list[tuple[int, bytes]] = []
         while fi < len(files) and len(out) < limit:
+            deadline.check("reading records")
             f = files[fi]
             if off >= f["size_bytes"]:
                 fi, off = fi + 1, 0
@@ -315,34 +304,42 @@ class Ingest:
                 if len(out) >= limit:
                     break
         more = fi < len(files) and not (fi == len(files) - 1 and off >= files[fi]["size_bytes"])
-        return out, (f"{fi}:{off}" if more else "")
+        return out, ((fi, off) if more else None)
 
     async def preview(self, tenant: str, dataset: str, version: str, limit: int) -> list[Any]:
         """The first ``limit`` cleaned records of a version."""
         doc = await self.version(tenant, dataset, version)
         if "processed_files" not in doc:
             raise FailedPrecondition(f"{doc['name']} predates processing: it has no cleaned records")
-        lines, _ = await asyncio.to_thread(self._jsonl_page, doc["processed_files"], "", max(1, min(limit or 10, 1000)))
+        lines, _ = await asyncio.to_thread(self._jsonl_page, doc["processed_files"], (0, 0),
+                                           max(1, min(limit or 10, 1000)))
         return [json.loads(line) for _, line in lines]
 
     async def rejects(self, tenant: str, dataset: str, version: str, page_size: int, token: str
                       ) -> tuple[list[dict[str, Any]], str]:
-        """Rejected records with file, line and reason, a page at a time."""
+        """Rejected records with file, line and reason, a page at a time. The token holds a
+        position (file index, offset of a line start) inside this version's reject files."""
         doc = await self.version(tenant, dataset, version)
         files = doc.get("reject_files", [])
-        if token and (token.count(":") != 1 or not token.replace(":", "").isdigit()):
-            raise InvalidArgument.field("page_token", "is not a token this server issued")
-        lines, nxt = await asyncio.to_thread(self._jsonl_page, files, token, page_size)
+        at = _reject_position(token, doc["name"], files)
+        lines, nxt = await asyncio.to_thread(self._jsonl_page, files, at, page_size)
         out = []
         for fi, line in lines:
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                if token:  # a forged token can point into the middle of a line
+                    raise InvalidArgument.field("page_token", "does not point at a record") from None
+                raise
             out.append({"path": doc["files"][fi]["path"], "line": int(rec.get("line", 0)),
                         "reason": str(rec.get("reason", "")), "raw": str(rec.get("raw", ""))})
-        return out, nxt
+        return out, (paging.encode_token("rejects", f"{nxt[0]}:{nxt[1]}", doc["name"]) if nxt else "")
 
     # -- tokenization ---------------------------------------------------------------------------------
     async def tokenize(self, tenant: str, creator: str, dataset: str, version: str, tokenizer: str,
                        vocab_size: int, shard_tokens: int, request_id: str) -> Operation:
+        check_text("tokenizer", tokenizer, MAX_NAME)
+        check_request_id("request_id", request_id)
         doc = await self.version(tenant, dataset, version)
         if "processed_files" not in doc:
             raise FailedPrecondition(f"{doc['name']} predates processing: upload it again to tokenize it")
@@ -370,3 +367,18 @@ class Ingest:
     async def tokenization(self, tenant: str, dataset: str, version: str, tok_id: str) -> dict[str, Any]:
         doc = await self.version(tenant, dataset, version)  # NOT_FOUND once the dataset is deleted
         return await asyncio.to_thread(layout.read_tokenization, self.store, tenant, dataset, doc["version"], tok_id)
+
+
+def _reject_position(token: str, scope: str, files: list[dict[str, Any]]) -> tuple[int, int]:
+    """(file index, offset) a ListRejects token names, checked against the version's files."""
+    position = paging.decode_str_token(token, "rejects", scope)
+    if position is None:
+        return 0, 0
+    fi_text, _, off_text = position.partition(":")
+    if not (fi_text.isascii() and fi_text.isdigit() and off_text.isascii() and off_text.isdigit()
+            and len(fi_text) <= 6 and len(off_text) <= 15):
+        raise InvalidArgument.field("page_token", "is not a page token this server issued for this list")
+    fi, off = int(fi_text), int(off_text)
+    if fi >= len(files) or off > files[fi]["size_bytes"]:
+        raise InvalidArgument.field("page_token", "is not a page token this server issued for this list")
+    return fi, off

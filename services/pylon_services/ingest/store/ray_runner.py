@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from pylon_services.common import blobs
+from pylon_services.common import blobs, deadline
 from pylon_services.common.errors import InvalidArgument, PylonError
 from pylon_services.ingest import chunked, processing
 from pylon_services.ingest.domain import operations as ops_mod
@@ -92,6 +92,7 @@ class RayRunner:
             await asyncio.sleep(self.lease_s / 2)
 
     async def _run(self, op_id: str) -> None:
+        deadline.detach()  # started by a call (a commit, an upload), it outlives that call
         try:
             if not await self.state.acquire_lease(op_id, self.owner, self.lease_s):
                 return

@@ -6,21 +6,32 @@ Keys: ``pylon:ingest:op:{id}`` (JSON), ``pylon:ingest:ops:active`` (set of unfin
 (request id -> op id), ``pylon:ingest:upload:{id}`` (session JSON, expires with the session),
 ``pylon:ingest:upload:{id}:commit`` (the commit claim). Changes are published on
 ``pylon:ingest:opch:{id}`` so WatchOperation wakes at once instead of polling.
+
+Watchers share: ``OpWatch`` holds one pattern subscription per process for every operation's
+notices, and one reader per watched operation (``runtime.fanout.Fanout``), so 500 watchers of
+one operation cost one GET per change, not 500 subscriptions and 500 GETs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
 from pylon_services.ingest.domain.operations import Operation
 from pylon_services.ingest.domain.uploads import SESSION_TTL_S, UploadSession
+from pylon_services.runtime.fanout import Fanout
 
 _P = "pylon:ingest:"
 ACTIVE = _P + "ops:active"
 _OP_TTL_S = 30 * 86400
+_CHANNEL = _P + "opch:"
+POLL_S = 2.0  # a watched operation is read at least this often (a lost notice only delays)
+
+log = logging.getLogger("pylon.ingest")
 
 
 def _text(value: bytes | str) -> str:
@@ -32,6 +43,7 @@ class RedisState:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.r = redis
+        self._watch = OpWatch(redis, self.get)
 
     # -- operations -----------------------------------------------------------------------------
     async def create(self, op: Operation, request_key: str = "") -> Operation:
@@ -83,21 +95,10 @@ class RedisState:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         await self.r.eval(script, 1, _P + f"oplease:{op_id}", owner)
 
-    async def changes(self, op_id: str, poll_s: float = 2.0) -> AsyncIterator[None]:
-        """Yields whenever the operation may have changed: on its notification, or every
-        ``poll_s`` as a safety net (a missed message only delays, never loses, an update)."""
-        pubsub = self.r.pubsub()
-        await pubsub.subscribe(_P + f"opch:{op_id}")
-        try:
-            while True:
-                yield None
-                try:
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
-                except TimeoutError:
-                    pass
-        finally:
-            await pubsub.unsubscribe()
-            await pubsub.aclose()
+    def watch(self, op_id: str) -> AsyncIterator[Operation | None]:
+        """The operation now and after every change (None once it is gone), until it is done;
+        shared by every watcher of ``op_id`` in this process."""
+        return self._watch.watch(op_id)
 
     # -- upload sessions --------------------------------------------------------------------------
     async def put_session(self, s: UploadSession) -> None:
@@ -118,3 +119,71 @@ class RedisState:
 
     async def release_commit(self, session_id: str) -> None:
         await self.r.delete(_P + f"upload:{session_id}:commit")
+
+
+class OpWatch:
+    """Operation snapshots for watchers: one reader per operation, woken by one process-wide
+    pattern subscription, with a ``POLL_S`` read as a safety net."""
+
+    def __init__(self, redis: aioredis.Redis, get: Callable[[str], Awaitable[Operation | None]],
+                 poll_s: float = POLL_S) -> None:
+        self.r = redis
+        self._get = get
+        self._poll_s = poll_s
+        self._wake: dict[str, asyncio.Event] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._fanout: Fanout[str, Operation | None] = Fanout(self._follow, name="ingest-operation")
+
+    def watch(self, op_id: str) -> AsyncIterator[Operation | None]:
+        return self._fanout.watch(op_id)
+
+    def readers(self) -> int:
+        """Operations read for watchers now (one each, whatever the number of watchers)."""
+        return self._fanout.producers()
+
+    async def _follow(self, op_id: str) -> AsyncIterator[Operation | None]:
+        wake = self._wake[op_id] = asyncio.Event()
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="ingest-operation-notices")
+        try:
+            while True:
+                wake.clear()  # before the read: a notice published after it wakes the next wait
+                op = await self._get(op_id)
+                yield op
+                if op is None or op.done:
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(), self._poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            if self._wake.get(op_id) is wake:
+                del self._wake[op_id]
+            if not self._wake and self._listener is not None:
+                self._listener.cancel()
+                self._listener = None
+
+    async def _listen(self) -> None:
+        """Route change notices to the readers that wait for them; reconnect after a failure
+        (meanwhile the readers' polls carry on)."""
+        while True:
+            pubsub = self.r.pubsub()
+            try:
+                await pubsub.psubscribe(_CHANNEL + "*")
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg and msg.get("type") == "pmessage":
+                        channel = msg["channel"]
+                        op_id = (channel.decode() if isinstance(channel, bytes) else channel)[len(_CHANNEL):]
+                        if (event := self._wake.get(op_id)) is not None:
+                            event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis blips: the polls cover until it is back
+                log.warning("operation notices: subscription lost; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await asyncio.shield(pubsub.aclose())
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass

@@ -13,7 +13,8 @@ import grpc
 from pylon.registry.v1 import registry_pb2 as pb
 from pylon.registry.v1 import registry_pb2_grpc
 from pylon_services.common.errors import InvalidArgument, NotFound, PermissionDenied
-from pylon_services.common.names import Principal, parse_name, parse_parent
+from pylon_services.common.limits import check_enum, check_int, quote
+from pylon_services.common.names import Principal, check_version, is_version_number, parse_name, parse_parent
 from pylon_services.registry.api.convert import alias_pb, model_pb, version_pb
 from pylon_services.registry.domain import artifacts, rebuild
 from pylon_services.registry.domain.artifacts import DeclaredFile
@@ -32,6 +33,7 @@ _ALIAS = ("tenants", "models", "aliases")
 _UPLOAD = ("tenants", "models", "uploads")
 _STREAM_CHUNK = 1 << 20
 _STATE_NAMES = {pb.MODEL_VERSION_STATE_READY: "ready", pb.MODEL_VERSION_STATE_ARCHIVED: "archived"}
+_MAX_VERSION = 9_999_999_999  # the largest number a version name can hold (10 digits)
 
 
 def _need(p: Principal, role: str, what: str) -> None:
@@ -40,17 +42,16 @@ def _need(p: Principal, role: str, what: str) -> None:
 
 
 def _number(field: str, ref: str) -> int:
-    if not ref.isdigit():
-        raise InvalidArgument.field(field, "must name an exact version number")
-    return int(ref)
+    return int(check_version(field, ref, latest=False))
 
 
 def _mask(paths: list[str], allowed: tuple[str, ...]) -> list[str]:
     if not paths:
         raise InvalidArgument.field("update_mask", f"must list the fields to change: {', '.join(allowed)}")
     bad = [x for x in paths if x not in allowed]
-    if bad:
-        raise InvalidArgument.field("update_mask", f"unknown or immutable fields {bad}; allowed: {', '.join(allowed)}")
+    if bad or len(paths) > len(allowed):
+        raise InvalidArgument.field("update_mask", f"unknown, immutable or repeated fields {quote(bad)}; allowed: "
+                                                   f"{', '.join(allowed)}")
     return paths
 
 
@@ -61,7 +62,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def _version(self, tenant: str, model: str, ref: str) -> dict[str, Any]:
         """The hot read path: exact numbers straight from the index on the event loop."""
-        if not ref.isdigit():
+        if not is_version_number(ref):
             return await self._do(self._r.get_version, tenant, model, ref)
         doc, aliases, deps = await self._reader.version_view(tenant, model, int(ref))
         if doc is None:
@@ -122,8 +123,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 raise InvalidArgument.field("upload", "belongs to another model")
         if bool(source) == bool(upload):
             raise InvalidArgument.field("source_uri", "give exactly one of source_uri and upload")
-        if request.format >= len(FORMATS):
-            raise InvalidArgument.field("format", f"unknown format {request.format}")
+        check_enum("format", request.format, range(len(FORMATS)))
         lin = request.lineage
         spec = VersionSpec(
             source_prefix=source, upload=upload,
@@ -159,7 +159,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         tenant, model, version = parse_name("version.name", request.version.name, _VERSION, p)
         fields = _mask(list(request.update_mask), ("tags", "description", "state"))
         v = request.version
-        if "state" in fields and v.state not in _STATE_NAMES:
+        if "state" in fields and v.state not in _STATE_NAMES:  # READY or ARCHIVED; anything else refused
             raise InvalidArgument.field("version.state", "may be set to READY or ARCHIVED (use DeleteModelVersion)")
         values = {"tags": dict(v.tags), "description": v.description, "state": _STATE_NAMES.get(v.state, "")}
         doc = await self._do(self._r.update_version, tenant, model, _number("version.name", version),
@@ -178,8 +178,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.SetAliasResponse:
         p = principal()
         tenant, model, alias = parse_name("name", request.name, _ALIAS, p)
-        if request.version <= 0:
-            raise InvalidArgument.field("version", "must be a positive version number")
+        check_int("version", request.version, 1, _MAX_VERSION)
         doc = await self._do(self._r.set_alias, tenant, model, alias, request.version, request.etag, p.key_id,
                              may_move_protected=role_allows(p.role, "maintainer"))
         return pb.SetAliasResponse(alias=alias_pb(doc))
@@ -222,9 +221,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         tenant, model = parse_name("parent", request.parent, _MODEL, p)
         files = [DeclaredFile(f.path, f.digest, f.size_bytes) for f in request.files]
         part = request.part_size or 16 << 20
+        expires = artifacts.check_expires("expires_s", request.expires_s)
         session, plan = await self._do(artifacts.create_upload, self._r.store, tenant, files, part,
-                                       self._r.known_blob(tenant), request.expires_s or 3600,
-                                       self._r.verified_put_max)
+                                       self._r.known_blob(tenant), expires, self._r.verified_put_max)
         targets = [pb.ArtifactUploadTarget(path=path, present=t.get("present", False), url=t.get("url", ""),
                                            part_urls=t.get("parts", {}), stream=t.get("stream", False),
                                            headers=t.get("headers", {}))
@@ -235,11 +234,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def UploadArtifact(self, request_iterator: AsyncIterator[pb.UploadArtifactRequest],
                              context: grpc.aio.ServicerContext) -> pb.UploadArtifactResponse:
         p = principal()
-        received, session = 0, None
+        received, session, first = 0, None, ""
         async for chunk in request_iterator:
             if session is None:
                 tenant, _, upload = parse_name("upload", chunk.upload, _UPLOAD, p)
                 session = await self._do(artifacts.load_upload, self._r.store, tenant, upload)
+                first = chunk.upload
+            elif chunk.upload and chunk.upload != first:
+                raise InvalidArgument.field("upload", "every chunk of a stream must name the same upload")
             if google_crc32c.value(chunk.data) != chunk.crc32c:
                 raise InvalidArgument.field("crc32c", f"chunk of {chunk.path} at offset {chunk.offset} arrived damaged")
             await self._do(artifacts.write_streamed, self._r.store, session, chunk.path, chunk.data, chunk.offset)
@@ -254,7 +256,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         doc = await self._do(self._r.get_version, tenant, model, version)
         if doc["state"] == "deleted":
             raise NotFound(f"{request.name} is deleted")
-        plan = await self._do(artifacts.download_plan, self._r.store, tenant, doc["files"], request.expires_s or 3600)
+        expires = artifacts.check_expires("expires_s", request.expires_s)
+        plan = await self._do(artifacts.download_plan, self._r.store, tenant, doc["files"], expires)
         return pb.GetArtifactDownloadResponse(files=[pb.ArtifactLocation(file=pb.ArtifactFile(**f), url=url)
                                                      for f, url in plan])
 
@@ -264,7 +267,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         doc = await self._do(self._r.get_version, tenant, model, version)
         f = next((f for f in doc["files"] if f["path"] == request.path), None)
         if f is None or doc["state"] == "deleted":
-            raise NotFound(f"{request.name} has no file {request.path!r}")
+            raise NotFound(f"{request.name} has no file {quote(request.path)}")
         if not 0 <= request.offset <= f["size_bytes"]:
             raise InvalidArgument.field("offset", f"must be between 0 and {f['size_bytes']}")
         offset = request.offset

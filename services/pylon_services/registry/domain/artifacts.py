@@ -14,6 +14,7 @@ bytes through the ``UploadArtifact`` stream into the same staging keys.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -23,11 +24,16 @@ from typing import Any
 
 from pylon_services.common import blobs
 from pylon_services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from pylon_services.common.limits import quote
+from pylon_services.common.paths import check_path as _check_path
 from pylon_services.storage.base import CompletedPart, ObjectExists, ObjectNotFound, ObjectStore
 
 MAX_FILES = 10_000
+MAX_FILE_BYTES = 5 << 40  # S3's largest object
 MIN_PART = 5 << 20
 MAX_PART = 5 << 30
+MAX_EXPIRES_S = 7 * 24 * 3600  # the longest a presigned S3 URL may live
+_UPLOAD_ID = re.compile(r"^u[0-9a-f]{32}$")
 _VERIFY_THREADS = 4
 # Files with a declared sha256 up to this size go in one PUT the object store verifies
 # (``create_upload``); settable with PYLON_REGISTRY_VERIFIED_PUT_MAX_BYTES.
@@ -62,12 +68,9 @@ class UploadSession:
 KnownBlob = Callable[[str], "str | None"]  # digest -> object key of verified bytes, or None
 
 
-def check_path(path: str) -> str:
-    """Relative POSIX paths only: no absolute paths, no '..', no empty segments."""
-    parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in path or len(path) > 1024:
-        raise InvalidArgument.field(f"files[{path}]", "must be a relative path without '.', '..' or empty segments")
-    return path
+def check_path(path: str, field: str = "") -> str:
+    """An artifact path: the platform's one rule (``common.paths.check_path``)."""
+    return _check_path(field or f"files[{quote(path, 32)}]", path)
 
 
 def check_digest(path: str, digest: str) -> str:
@@ -75,6 +78,22 @@ def check_digest(path: str, digest: str) -> str:
     if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
         raise InvalidArgument.field(f"files[{path}].digest", "must be 'sha256:' followed by 64 lowercase hex digits")
     return digest
+
+
+def check_size(path: str, size: int, *, required: bool) -> int:
+    """A declared size: -1 (unknown) unless ``required``, else 0 to ``MAX_FILE_BYTES``."""
+    if size == -1 and not required:
+        return size
+    if not 0 <= size <= MAX_FILE_BYTES:
+        raise InvalidArgument.field(f"files[{path}].size_bytes", f"must be between 0 and {MAX_FILE_BYTES} bytes")
+    return size
+
+
+def check_expires(field: str, expires_s: int) -> int:
+    """Lifetime of presigned URLs: 0 means the default of an hour; at most 7 days (S3's limit)."""
+    if not 0 <= expires_s <= MAX_EXPIRES_S:
+        raise InvalidArgument.field(field, f"must be between 1 and {MAX_EXPIRES_S} seconds (0: 3600)")
+    return expires_s or 3600
 
 
 def _session_key(tenant: str, upload_id: str) -> str:
@@ -104,8 +123,7 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
         check_path(f.path)
         if f.digest:  # empty: the client hashes while it uploads and declares it at registration
             check_digest(f.path, f.digest)
-        if f.size < 0:
-            raise InvalidArgument.field(f"files[{f.path}].size", "must be given (bytes)")
+        check_size(f.path, f.size, required=True)
         if f.path in plan:
             raise InvalidArgument.field(f"files[{f.path}]", "is listed twice")
         if f.digest and known(f.digest):
@@ -139,7 +157,7 @@ def create_upload(store: ObjectStore, tenant: str, files: list[DeclaredFile], pa
 
 
 def load_upload(store: ObjectStore, tenant: str, upload_id: str) -> UploadSession:
-    if not upload_id.isalnum():
+    if not _UPLOAD_ID.match(upload_id):
         raise InvalidArgument.field("upload", "is not an upload id this server issued")
     doc = blobs.read_json_or_none(store, _session_key(tenant, upload_id))
     if doc is None:
@@ -152,7 +170,10 @@ def write_streamed(store: ObjectStore, session: UploadSession, path: str, data: 
     file is published when its last byte arrives."""
     entry = session.files.get(path)
     if entry is None:
-        raise InvalidArgument.field("path", f"{path!r} is not part of upload {session.id} (or is already present)")
+        raise InvalidArgument.field("path", f"{quote(path)} is not part of upload {session.id} (or is already present)")
+    if not 0 <= offset <= entry["size"] or offset + len(data) > entry["size"]:
+        raise InvalidArgument.field("offset", f"chunk of {len(data)} bytes at {offset} is outside the file's "
+                                              f"{entry['size']} bytes")
     if offset == 0 and len(data) == entry["size"]:
         store.put(entry["key"], data)
         return
@@ -179,10 +200,15 @@ def finish_upload(store: ObjectStore, session: UploadSession) -> None:
 def _check_declared(declared: list[DeclaredFile]) -> None:
     if len(declared) > MAX_FILES:
         raise InvalidArgument.field("files", f"at most {MAX_FILES} files per version")
+    seen: set[str] = set()
     for f in declared:
         check_path(f.path)
         if f.digest:
             check_digest(f.path, f.digest)
+        check_size(f.path, f.size, required=False)
+        if f.path in seen:
+            raise InvalidArgument.field(f"files[{quote(f.path, 32)}]", "is listed twice")
+        seen.add(f.path)
 
 
 def _verify(store: ObjectStore, key: str, f: DeclaredFile) -> tuple[str, int, int]:
@@ -219,7 +245,12 @@ def collect_from_prefix(store: ObjectStore, tenant: str, source_prefix: str, dec
     checked against declared digests, copied server-side to content-addressed keys. A declared
     file whose verified bytes are already stored needs no source object."""
     src = source_prefix.rstrip("/") + "/"
-    present = {o.key[len(src):]: o for o in store.iter_all(src)}
+    present = {}
+    for o in store.iter_all(src):
+        present[o.key[len(src):]] = o
+        if len(present) > MAX_FILES:
+            raise InvalidArgument.field("source_uri", f"holds more than {MAX_FILES} objects; a version has at most "
+                                                      f"{MAX_FILES} files")
     wanted = declared or [DeclaredFile(p) for p in sorted(present)]
     if not wanted:
         raise InvalidArgument.field("source_uri", f"no files under {source_prefix!r}")

@@ -19,10 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pylon_services.common.errors import InvalidArgument
+from pylon_services.common.limits import MAX_FILTER, MAX_ORDER_BY, quote
 
 _TERM = re.compile(r"^\s*(?P<field>[A-Za-z_][\w.\-]*)\s*(?P<op><=|>=|!=|=|<|>|:)\s*(?P<value>.+?)\s*$")
 _FIELDS = ("alias", "state", "format", "create_time", "version", "name", "creator", "description")
 _ORDER_FIELDS = ("version", "create_time", "name")
+MAX_TERMS = 32
+_VERSION = re.compile(r"^[0-9]{1,10}$")
 FILTER_RULE = ("terms 'field op value' joined by AND; fields: tags.<key>, metrics.<name>, "
                f"{', '.join(_FIELDS)}; ops: = != < <= > >= :")
 
@@ -42,27 +45,39 @@ def _time(value: str) -> float:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as e:
-        raise InvalidArgument.field("filter", f"create_time value {value!r} is not an ISO time or unix seconds") from e
+        raise InvalidArgument.field("filter", f"create_time value {quote(value, 32)} is not an ISO time or unix "
+                                              "seconds") from e
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def parse_filter(text: str) -> list[Term]:
     """Parse a filter; raises InvalidArgument naming the bad term and the rule."""
+    if len(text) > MAX_FILTER:
+        raise InvalidArgument.field("filter", f"must be at most {MAX_FILTER} characters (got {len(text)})")
     if not text.strip():
         return []
     terms = []
-    for raw in re.split(r"\s+AND\s+", text.strip()):
+    raws = re.split(r"\s+AND\s+", text.strip())
+    if len(raws) > MAX_TERMS:
+        raise InvalidArgument.field("filter", f"at most {MAX_TERMS} terms")
+    for raw in raws:
         m = _TERM.match(raw)
         if not m:
-            raise InvalidArgument.field("filter", f"cannot parse {raw!r}: {FILTER_RULE}")
+            raise InvalidArgument.field("filter", f"cannot parse {quote(raw)}: {FILTER_RULE}")
         field, op, value = m["field"], m["op"], m["value"].strip().strip('"')
         if not (field in _FIELDS or field.startswith(("tags.", "metrics.")) or (op == ":" and field == "tags")):
-            raise InvalidArgument.field("filter", f"unknown field {field!r}: {FILTER_RULE}")
+            raise InvalidArgument.field("filter", f"unknown field {quote(field, 32)}: {FILTER_RULE}")
         if field.startswith("metrics.") and op != ":":
             try:
                 float(value)
             except ValueError:
-                raise InvalidArgument.field("filter", f"{field} compares with a number, not {value!r}") from None
+                raise InvalidArgument.field("filter", f"{quote(field, 32)} compares with a number, not "
+                                                      f"{quote(value, 32)}") from None
+        if field == "version" and op != ":" and not _VERSION.match(value):
+            raise InvalidArgument.field("filter", f"version compares with a number of 1-10 ASCII digits, not "
+                                                  f"{quote(value, 32)}")
+        if field == "create_time":
+            _time(value)
         terms.append(Term(field, op, value))
     return terms
 
@@ -91,7 +106,7 @@ def _matches(doc: dict[str, Any], t: Term) -> bool:
     if f == "create_time":
         return _cmp(float(doc.get("create_time", 0)), op, _time(v))
     if f == "version":
-        return _cmp(int(doc.get("version", 0)), op, int(v) if v.isdigit() else -1)
+        return _cmp(int(doc.get("version", 0)), op, int(v) if _VERSION.match(v) else -1)
     got = doc.get(f, "")
     return v in str(got) if op == ":" else _cmp(str(got), op, v)
 
@@ -114,6 +129,8 @@ class Order:
 
 
 def parse_order(text: str, default: str = "version desc") -> Order:
+    if len(text) > MAX_ORDER_BY:
+        raise InvalidArgument.field("order_by", f"must be at most {MAX_ORDER_BY} characters")
     parts = (text or default).split()
     if not parts or len(parts) > 2 or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc")):
         raise InvalidArgument.field("order_by", "must be '<field> [asc|desc]'")

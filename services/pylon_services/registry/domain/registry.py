@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pylon_services.common import blobs
+from pylon_services.common import blobs, deadline, paging
 from pylon_services.common import layout as shared
 from pylon_services.common.errors import (
     Aborted,
@@ -28,8 +28,9 @@ from pylon_services.common.errors import (
     PermissionDenied,
     PylonError,
 )
+from pylon_services.common.limits import check_etag, check_request_id, quote
 from pylon_services.common.names import check_id
-from pylon_services.registry.domain import artifacts, layout, rebuild
+from pylon_services.registry.domain import artifacts, checks, layout, listing, rebuild
 from pylon_services.registry.domain.artifacts import DeclaredFile
 from pylon_services.registry.domain.ports import RegistryIndex
 from pylon_services.registry.domain.query import compile_filter, parse_order, sort_key
@@ -38,7 +39,7 @@ from pylon_services.storage.base import EtagMismatch, ObjectExists, ObjectNotFou
 log = logging.getLogger("pylon.registry")
 
 FORMATS = layout.FORMATS
-MAX_SCAN = 100_000  # versions a non-native ordering may sort in memory
+MAX_SCAN = listing.MAX_SCAN
 
 
 @dataclass
@@ -98,8 +99,9 @@ class Registry:
                      protected_aliases: list[str] | None = None, creator: str = "", request_id: str = "",
                      exist_ok: bool = False) -> dict[str, Any]:
         check_id("model_id", model)
-        for a in protected_aliases or []:
-            check_id("protected_aliases", a)
+        check_request_id("request_id", request_id)
+        checks.model_fields({"description": description, "tags": tags or {},
+                             "protected_aliases": protected_aliases or []})
         doc = {"name": f"tenants/{tenant}/models/{model}", "description": description, "tags": tags or {},
                "protected_aliases": sorted(set(protected_aliases if protected_aliases is not None
                                                else layout.DEFAULT_PROTECTED)),
@@ -135,21 +137,10 @@ class Registry:
 
     def list_models(self, tenant: str, page_size: int, page_token: str | None, filter_text: str = ""
                     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Models in name order; the token is the last name returned."""
+        """Models in name order (``listing.models_page``)."""
         keep = compile_filter(filter_text)
-        out: list[dict[str, Any]] = []
-        after = page_token or ""
-        while len(out) < page_size:
-            batch = self.index.list_models(tenant, after, max(page_size, 100))
-            if not batch:
-                return out, None
-            for doc in batch:
-                after = doc["name"].rsplit("/", 1)[1]
-                if keep(doc):
-                    out.append(self.get_model(tenant, after))
-                    if len(out) == page_size:
-                        return out, after
-        return out, after
+        return listing.models_page(self.index, tenant, page_size, page_token, keep, filter_text,
+                                   lambda m: self.get_model(tenant, m))
 
     def update_model(self, tenant: str, model: str, changes: dict[str, Any], etag: str) -> dict[str, Any]:
         """Change description, tags or protected aliases; compare-and-swap when ``etag`` is set."""
@@ -157,8 +148,8 @@ class Registry:
         if unknown:
             raise InvalidArgument.field("update_mask", f"cannot update {sorted(unknown)}: only description, tags, "
                                                        "protected_aliases")
-        for a in changes.get("protected_aliases", []):
-            check_id("protected_aliases", a)
+        checks.model_fields(changes, "model.")
+        check_etag("model.etag", etag)
         key = layout.model_key(tenant, model)
         with self._writing(tenant, model):
             try:
@@ -166,7 +157,7 @@ class Registry:
             except ObjectNotFound:
                 raise _not_found(f"tenants/{tenant}/models/{model}") from None
             if etag and etag != current.etag:
-                raise Aborted(f"model {model} changed since etag {etag}; re-read it and retry")
+                raise Aborted(f"model {model} changed since etag {quote(etag)}; re-read it and retry")
             doc = {**blobs.read_json(self.store, key), **changes, "update_time": time.time()}
             try:
                 info = self.store.put(key, blobs.dump(doc), if_match=current.etag)
@@ -191,6 +182,7 @@ class Registry:
         manifest write: the version is invisible until complete. Idempotent on request_id."""
         if spec.format not in FORMATS:
             raise InvalidArgument.field("format", f"must be one of {', '.join(FORMATS)}")
+        checks.version_spec(spec)
         if self.index.get_model(tenant, model) is None:
             self.create_model(tenant, model, creator=creator, exist_ok=True)
         if spec.request_id:
@@ -262,9 +254,10 @@ class Registry:
     def _number(self, tenant: str, model: str, ref: str) -> int:
         """A version reference ("3" or "latest": the newest version not deleted) as a number."""
         if ref != "latest":
-            return int(ref)
+            return int(ref) if ref.isascii() and ref.isdigit() and len(ref) <= 10 else 0
         below = None
         while True:
+            deadline.check("resolving latest")
             batch = self.index.scan_versions(tenant, model, below, 100)
             for d in batch:
                 if d["state"] != "deleted":
@@ -281,16 +274,14 @@ class Registry:
         return decorate(doc, aliases, deps)
 
     def _scan_all(self, tenant: str, model: str) -> Iterator[dict[str, Any]]:
-        below = None
-        while batch := self.index.scan_versions(tenant, model, below, 1000):
-            yield from batch
-            below = batch[-1]["version"]
+        return listing.scan_all(self.index, tenant, model)
 
     def list_versions(self, tenant: str, model: str, page_size: int, page_token: str | None, *,
                       filter_text: str = "", order_by: str = "", show_deleted: bool = False
                       ) -> tuple[list[dict[str, Any]], str | None]:
         """Versions of one model, or of every model when ``model`` is "-". Newest-first pages of
-        one model cost O(page) whatever the model's size; other orderings sort the matches."""
+        one model cost O(page) whatever the model's size; other orderings sort the matches
+        (``listing``: every page is bounded in records, bytes, entries looked at and time)."""
         keep = compile_filter(filter_text)
         order = parse_order(order_by)
         models = [model] if model != "-" else [m["name"].rsplit("/", 1)[1] for m in self._all_models(tenant)]
@@ -302,52 +293,14 @@ class Registry:
             doc.update(decorate(doc, alias_maps[m], []))  # fresh from the index: filled in place
             return (show_deleted or doc["state"] != "deleted") and keep(doc)
 
+        scope = f"{tenant}|{model}|{filter_text}|{order_by}|{show_deleted}"
         if order.is_native and order.field == "version" and model != "-":
-            return self._native_page(tenant, model, page_size, page_token, wanted)
-        matches = [d for m in models for d in self._scan_all(tenant, m) if wanted(d, m)]
-        if len(matches) > MAX_SCAN:
-            raise FailedPrecondition(f"{len(matches)} versions match; narrow the filter or order by version desc")
-        matches.sort(key=sort_key(order), reverse=order.descending and not order.field.startswith("metrics."))
-        start = self._offset(page_token)
-        page = matches[start:start + page_size]
-        for d in page:
-            d["deployments"] = self.index.deployments(tenant, d["name"].split("/")[3], d["version"])
-        return page, (f"o{start + page_size}" if start + page_size < len(matches) else None)
-
-    def _native_page(self, tenant: str, model: str, page_size: int, page_token: str | None, wanted: Any
-                     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first from the index; the token is the last version number looked at."""
-        if page_token is not None and not page_token.isdigit():
-            raise InvalidArgument.field("page_token", "is not a token this server issued for this ordering")
-        below = int(page_token) if page_token else None
-        chunk = max(page_size, 50)
-        out: list[dict[str, Any]] = []
-        while True:
-            batch = self.index.scan_versions(tenant, model, below, chunk)
-            for d in batch:
-                below = d["version"]
-                if wanted(d, model):
-                    d["deployments"] = self.index.deployments(tenant, model, d["version"])
-                    out.append(d)
-                    if len(out) == page_size:
-                        more = bool(self.index.scan_versions(tenant, model, below, 1))
-                        return out, (str(below) if more else None)
-            if len(batch) < chunk:
-                return out, None
-
-    @staticmethod
-    def _offset(token: str | None) -> int:
-        if not token:
-            return 0
-        if not (token.startswith("o") and token[1:].isdigit()):
-            raise InvalidArgument.field("page_token", "is not a token this server issued for this ordering")
-        return int(token[1:])
+            return listing.native_page(self.index, tenant, model, page_size, page_token, wanted, scope)
+        return listing.sorted_page(self.index, tenant, models, page_size, page_token, wanted, sort_key(order),
+                                   order.descending and not order.field.startswith("metrics."), scope)
 
     def _all_models(self, tenant: str) -> Iterator[dict[str, Any]]:
-        after = ""
-        while batch := self.index.list_models(tenant, after, 1000):
-            yield from batch
-            after = batch[-1]["name"].rsplit("/", 1)[1]
+        return listing.all_models(self.index, tenant)
 
     def update_version(self, tenant: str, model: str, n: int, changes: dict[str, Any], etag: str, actor: str
                        ) -> dict[str, Any]:
@@ -358,15 +311,17 @@ class Registry:
                                                        "except tags, description and state")
         if "state" in changes and changes["state"] not in ("ready", "archived"):
             raise InvalidArgument.field("version.state", "may be set to READY or ARCHIVED (use DeleteModelVersion)")
+        checks.version_meta(changes)
         return self._write_meta(tenant, model, n, changes, etag, actor)
 
     def _write_meta(self, tenant: str, model: str, n: int, changes: dict[str, Any], etag: str, actor: str
                     ) -> dict[str, Any]:
+        check_etag("etag", etag)
         current = self.get_version(tenant, model, str(n))
         if current["state"] == "deleted":
             raise FailedPrecondition(f"version {n} of {model} is deleted")
         if etag and etag != current["etag"]:
-            raise Aborted(f"version {n} of {model} changed since etag {etag}; re-read it and retry")
+            raise Aborted(f"version {n} of {model} changed since etag {quote(etag)}; re-read it and retry")
         key = shared.model_meta_key(tenant, model, n)
         meta = {k: current[k] for k in ("state", "tags", "description")}
         meta.update(changes, update_time=time.time(), updated_by=actor)
@@ -407,6 +362,7 @@ class Registry:
         return self._move_alias(tenant, model, alias, version, etag, actor)
 
     def _move_alias(self, tenant: str, model: str, alias: str, version: int, etag: str, actor: str) -> dict[str, Any]:
+        check_etag("etag", etag)
         key = layout.alias_key(tenant, model, alias)
         for _ in range(20):  # unconditional moves retry on a concurrent change; CAS moves do not
             try:
@@ -417,7 +373,7 @@ class Registry:
             live = old if old and old.get("version") else None
             if etag and (cur is None or live is None or cur.etag != etag):
                 raise Aborted(f"alias {alias} of {model} is at etag {cur.etag if live and cur else 'none'}, "
-                              f"not {etag}; re-read it and retry")
+                              f"not {quote(etag)}; re-read it and retry")
             if version == 0 and live is None:
                 raise _not_found(f"tenants/{tenant}/models/{model}/aliases/{alias}")
             doc = {"version": version, "previous": live["version"] if live else 0,
@@ -458,16 +414,18 @@ class Registry:
 
     def alias_history(self, tenant: str, model: str, alias: str, page_size: int, page_token: str | None
                       ) -> tuple[list[dict[str, Any]], str | None]:
-        """Moves newest first; the token is the next sequence number to read."""
+        """Moves newest first; the token holds the next sequence number to read, never above the
+        alias's current one (checked: a forged token cannot start a longer walk than a page)."""
         self.get_model(tenant, model)
         head = blobs.read_json_or_none(self.store, layout.alias_key(tenant, model, alias))
         if head is None:
             raise _not_found(f"tenants/{tenant}/models/{model}/aliases/{alias}")
-        if page_token is not None and not page_token.isdigit():
-            raise InvalidArgument.field("page_token", "is not a token this server issued")
-        seq = int(page_token) if page_token else int(head["seq"])
+        scope = f"{tenant}/{model}/{alias}"
+        start = paging.decode_int_token(page_token or "", "alias-history", scope, hi=int(head["seq"]))
+        seq = int(head["seq"]) if start is None else start
         out: list[dict[str, Any]] = []
         while seq > 0 and len(out) < page_size:
+            deadline.check("listing alias history")
             entry = blobs.read_json_or_none(self.store, layout.history_key(tenant, model, alias, seq))
             if entry is None and seq == head["seq"]:  # writer died before recording it: rebuild it
                 self._write_history(tenant, model, alias, head)
@@ -475,7 +433,7 @@ class Registry:
             if entry is not None:
                 out.append(entry)
             seq -= 1
-        return out, (str(seq) if seq > 0 else None)
+        return out, (paging.encode_token("alias-history", seq, scope) if seq > 0 else None)
 
     # -- deployments and lineage ---------------------------------------------------------------
     def record_deployment(self, tenant: str, model: str, n: int, deployment: str, removed: bool) -> dict[str, Any]:
