@@ -102,7 +102,10 @@ def start_scheduler(tmp: str, redis_url: str, ray_address: str) -> tuple[list[su
     port = free_port()
     env = {**os.environ, "PYLON_REDIS_URL": redis_url, "PYLON_RAY_ADDRESS": ray_address, "PYLON_PORT": str(port),
            "PYLON_RAY_NODE_IP_ADDRESS": "127.0.0.1", "PYLON_METRICS_PORT": "-1", "PYLON_ADMIN_KEY": ADMIN_KEY,
-           "PYLON_OBJECT_STORE_URL": f"file://{tmp}/objects", "PYLON_SCHED_INSTANCE": "pylonbench"}
+           "PYLON_OBJECT_STORE_URL": f"file://{tmp}/objects", "PYLON_SCHED_INSTANCE": "pylonbench",
+           # The backlog grows past the default per-tenant pending limit (10,000) on purpose; a
+           # limit it never reaches keeps the check's cost in the price.
+           "PYLON_SCHED_MAX_PENDING_PER_TENANT": "10000000"}
     procs = []
     for module in ("pylon_services.scheduler", "pylon_services.scheduler.leader"):
         log = open(os.path.join(tmp, f"{module}.log"), "wb")
