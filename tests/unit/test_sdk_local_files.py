@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,19 @@ def test_materialize_never_writes_through_a_link_out_of_dest(tmp_path: Path) -> 
     os.symlink(outside / "target", dest / "f.bin")  # an existing link at the target is replaced, not followed
     materialize([("f.bin", str(blob))], str(dest))
     assert not (outside / "target").exists() and (dest / "f.bin").read_bytes() == b"data"
+
+
+def test_the_cli_refuses_a_link_out_of_a_model_directory_and_names_the_flag(tmp_path: Path) -> None:
+    """`pylon models register` exits 2 with the reason and the flag, before it reaches any server."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the registry")
+    os.symlink(secret, model / "weights.bin")
+    for verb in (["register", "m", str(model)], ["import", "m", str(model)]):
+        done = subprocess.run([sys.executable, "-c", "from pylon.cli import main; main()", "--address", "127.0.0.1:9",
+                               "--token", "pyl_x_y", "models", *verb], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "outside" in done.stderr and "--follow-symlinks" in done.stderr
+        assert "Traceback" not in done.stderr

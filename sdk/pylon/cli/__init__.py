@@ -15,6 +15,7 @@ import typer
 from pylon.cli import cluster, datasets, deployments, jobs, models, platform
 from pylon.cli._common import _opts, err
 from pylon.errors import PylonError
+from pylon.resources.models import SymlinkError
 
 app = typer.Typer(help="Pylon: datasets, jobs, models and deployments on one ML platform.", no_args_is_help=True)
 platform.register(app)
@@ -38,4 +39,8 @@ def main() -> None:
         err.print(f"error: {e}", markup=False)
         for v in e.violations:
             err.print(f"  {v.field}: {v.description}", markup=False)
+        sys.exit(2)
+    except SymlinkError as e:
+        err.print(f"error: {e}", markup=False)
+        err.print("  (on the command line: --follow-symlinks)", markup=False)
         sys.exit(2)

@@ -43,6 +43,10 @@ def _bar(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]
         yield lambda done, total: bar.update(task, completed=done, total=total or None)
 
 
+FOLLOW = typer.Option(False, help="Upload what symlinks out of the directory point at (a Hugging Face cache "
+                                   "snapshot); without it such a link is refused.")
+
+
 @models_app.command("register")
 def models_register(
     name: str = typer.Argument(..., help="Model id (created if new)."),
@@ -54,6 +58,7 @@ def models_register(
     tag: list[str] = typer.Option([], help="KEY=VALUE, repeatable."),
     description: str = "", job: str = typer.Option("", help="Job that produced it (lineage)."),
     base_model: str = typer.Option("", help="Version it was fine-tuned from (lineage)."),
+    follow_symlinks: bool = FOLLOW,
     as_json: bool = JSON,
 ) -> None:
     """Register a new version from local files (uploaded in parallel, straight to object storage)
@@ -63,15 +68,17 @@ def models_register(
     with _bar("uploading", as_json or not path) as progress:
         v = client().models.register(name, path, source_uri=source_uri, format=format, metrics=_pairs(metric, "--metric", float),
                                      tags=_pairs(tag, "--tag"), description=description, job=job, base_model=base_model,
-                                     progress=progress)
+                                     progress=progress, follow_symlinks=follow_symlinks)
     emit(v, as_json, ["name", "version", "format", "digest"])
 
 
 @models_app.command("import")
-def models_import(name: str, directory: str, description: str = "", as_json: bool = JSON) -> None:
+def models_import(name: str, directory: str, description: str = "", follow_symlinks: bool = FOLLOW,
+                  as_json: bool = JSON) -> None:
     """Import a local Hugging Face-format model directory (config.json + weights) as a new version."""
     with _bar("importing", as_json) as progress:
-        v = client().models.register(name, directory, format="hf_transformers", description=description, progress=progress)
+        v = client().models.register(name, directory, format="hf_transformers", description=description, progress=progress,
+                                     follow_symlinks=follow_symlinks)
     emit(v, as_json, ["name", "version", "format", "digest"])
 
 

@@ -22,7 +22,6 @@ from pylon_services.runtime.protoconv import page_size, ts
 from pylon_services.scheduler.api import inputs
 from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.api.convert import job_to_pb, spec_from_pb, states_from_pb
-from pylon_services.scheduler.api.fanout import Fanout, PollingFanout
 from pylon_services.scheduler.api.streams import JobStreams
 from pylon_services.scheduler.api.workdir import WorkdirUploads
 from pylon_services.scheduler.domain.cancel import cancel_job
@@ -34,7 +33,6 @@ from pylon_services.scheduler.domain.snapshot import ClusterView
 from pylon_services.scheduler.domain.spec import JobSpec, Trainer, invalid, validate_spec
 from pylon_services.storage.base import ObjectStore
 
-_POLL_S = 0.25
 VIEW_MAX_AGE_S = 1.0  # the published cluster view is re-read at most this often
 # A ListJobs page ends once its jobs' stored documents reach this (a spec is at most a few
 # hundred KiB: domain/spec.py), so a page stays far below the message limit.
@@ -45,14 +43,13 @@ _CALLER_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class SchedulerServicer(ClusterViews, WorkdirUploads, JobStreams, scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, jobs: JobLedger, state: SchedulerState, store: ObjectStore, peers: PlatformClients | None = None,
-                 feeds: Fanout | None = None) -> None:
+    def __init__(self, jobs: JobLedger, state: SchedulerState, store: ObjectStore, peers: PlatformClients | None = None
+                 ) -> None:
         self._jobs = jobs
         self._state = state
         self._store = store
         self._peers = peers
-        # WatchJob and StreamLogs share one poller per job (a runtime-wide fan-out may be passed).
-        self._feeds: Fanout = feeds or PollingFanout(_POLL_S)
+        self._init_streams()  # WatchJob and StreamLogs share one poller per job
         self._view: tuple[float, ClusterView | None, tuple[Node, ...]] = (float("-inf"), None, ())
 
     async def cluster_view(self) -> tuple[ClusterView, tuple[Node, ...]]:

@@ -1,28 +1,31 @@
 """WatchJob and StreamLogs (a mixin of the servicer): server streams over shared pollers.
 
-Every stream of one job in this process shares one poller (``fanout.py``): 500 watchers of a job
-cost one Redis read per period, not 500. A log follower first reads what it missed from its own
-offset, then takes the lines the shared poller read; it reads directly again only when it fell
-behind (a slow client skips intermediate publications).
+Every stream of one job in this process shares one poller (``runtime.fanout.Fanout``, as ingest's
+WatchOperation does): 500 watchers of a job cost one Redis read per period, not 500. A log
+follower first reads what it missed from its own offset, then takes the lines the shared poller
+read; it reads directly again only when it fell behind (a slow client skips intermediate
+publications).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon_services.runtime.context import principal
+from pylon_services.runtime.fanout import Fanout
 from pylon_services.runtime.protoconv import ts
 from pylon_services.scheduler.api import inputs
 from pylon_services.scheduler.api.convert import job_to_pb
-from pylon_services.scheduler.api.fanout import Fanout
 from pylon_services.scheduler.domain.job import Job
 from pylon_services.scheduler.domain.ports import JobLedger
 
+POLL_S = 0.25  # how often a shared poller reads a watched job
 LOG_PAGE = 1000  # lines one ``JobLedger.logs`` call returns at most
 LOG_READS_PER_POLL = 10
 MAX_LOG_RESPONSE_BYTES = 1 << 20  # text per StreamLogsResponse, well under the message limit
@@ -61,17 +64,30 @@ def log_responses(offset: int, lines: list[dict[str, Any]] | tuple[dict[str, Any
         yield pb.StreamLogsResponse(lines=batch)
 
 
+@dataclass(frozen=True)
+class LogKey:
+    """The key of a job's shared log poller. ``start`` (where the poller begins reading) is the
+    first follower's offset and takes no part in equality: later followers share that poller
+    and read any gap before it directly."""
+
+    tenant: str
+    job_id: str
+    start: int = field(compare=False, hash=False)
+
+
 class JobStreams:
     _jobs: JobLedger
-    _feeds: Fanout
+
+    def _init_streams(self, poll_s: float = POLL_S) -> None:
+        self._poll_s = poll_s
+        self._job_feeds: Fanout[tuple[str, str], Job] = Fanout(self._job_source, name="watch-job")
+        self._log_feeds: Fanout[LogKey, LogTick] = Fanout(self._log_source, name="follow-logs")
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[pb.WatchJobResponse]:
         tenant, job_id = inputs.job_name("name", request.name, principal())
         last = None
-        async for job in self._feeds.subscribe(
-                f"job:{tenant}/{job_id}", lambda: self._jobs.get(tenant, job_id),
-                changed=lambda a, b: _watched(a) != _watched(b), final=lambda j: j.state.terminal):
+        async for job in self._job_feeds.watch((tenant, job_id)):
             if _watched(job) != last:
                 last = _watched(job)
                 yield pb.WatchJobResponse(job=job_to_pb(job))
@@ -87,9 +103,7 @@ class JobStreams:
             offset += len(lines)
         if not request.follow or job.state.terminal:
             return
-        async for tick in self._feeds.subscribe(
-                f"logs:{tenant}/{job_id}", self._log_poll(tenant, job_id, offset),
-                changed=lambda a, b: bool(b.lines) or a.job.state != b.job.state, final=lambda t: t.job.state.terminal):
+        async for tick in self._log_feeds.watch(LogKey(tenant, job_id, offset)):
             while offset < tick.start:  # fell behind the shared poller: read the gap directly
                 lines = (await self._jobs.logs(tenant, job_id, offset))[:tick.start - offset]
                 if not lines:
@@ -107,22 +121,35 @@ class JobStreams:
                 yield resp
             offset += len(lines)
 
-    def _log_poll(self, tenant: str, job_id: str, start: int) -> Callable[[], Awaitable[LogTick]]:
-        """A poll function that reads the job, then the lines after the last it saw (the job
-        first: once it reads terminal, the lines read after it are the last ones)."""
-        count = start
+    async def _job_source(self, key: tuple[str, str]) -> AsyncIterator[Job]:
+        """The job each time what a watcher sees of it changes; ends once it is terminal."""
+        last = None
+        while True:
+            job = await self._jobs.get(*key)
+            if _watched(job) != last:
+                last = _watched(job)
+                yield job
+            if job.state.terminal:
+                return
+            await asyncio.sleep(self._poll_s)
 
-        async def poll() -> LogTick:
-            nonlocal count
-            job = await self._jobs.get(tenant, job_id)
+    async def _log_source(self, key: LogKey) -> AsyncIterator[LogTick]:
+        """Reads the job, then the lines after the last it saw (the job first: once it reads
+        terminal, the lines read after it are the last ones); yields a tick when lines came or
+        the state changed, and ends once the job is terminal."""
+        count, state = key.start, None
+        while True:
+            job = await self._jobs.get(key.tenant, key.job_id)
             lines: list[dict[str, Any]] = []
             for _ in range(LOG_READS_PER_POLL):
-                got = await self._jobs.logs(tenant, job_id, count + len(lines))
+                got = await self._jobs.logs(key.tenant, key.job_id, count + len(lines))
                 lines += got
                 if len(got) < LOG_PAGE:
                     break
-            tick = LogTick(job, count, tuple(lines))
+            if lines or job.state != state:
+                state = job.state
+                yield LogTick(job, count, tuple(lines))
             count += len(lines)
-            return tick
-
-        return poll
+            if job.state.terminal:
+                return
+            await asyncio.sleep(self._poll_s)
