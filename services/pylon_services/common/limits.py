@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pylon_services.common.errors import InvalidArgument
+from pylon_services.common.errors import FieldViolation, InvalidArgument
 
 MAX_DESCRIPTION = 2048  # characters: descriptions of models, versions, datasets, uploads, jobs
 MAX_DISPLAY_NAME = 256  # characters
@@ -134,6 +134,45 @@ def check_json(field: str, value: Any, *, max_bytes: int = MAX_JSON_BYTES, max_d
     if size > max_bytes:
         raise InvalidArgument.field(field, f"must be at most {max_bytes} bytes as JSON (got {size})")
     return value
+
+
+def json_violations(path: str, value: Any, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH,
+                    most: int = 10) -> list[FieldViolation]:
+    """What is wrong with a JSON value taken from a request (a workload's config, an engine's
+    settings), each naming its path: NaN or infinity, a whole number beyond 64 bits, nesting
+    beyond ``max_depth``, a size beyond ``max_bytes`` (strings and keys counted in UTF-8, a few
+    bytes per value). At most ``most`` violations; the walk stops early on a huge value."""
+    bad: list[FieldViolation] = []
+    if _json_walk(path, value, 1, bad, max_bytes, max_depth, most) > max_bytes:
+        bad.append(FieldViolation(path, f"must be at most {max_bytes >> 10} KiB as JSON"))
+    return bad[:most]
+
+
+def _json_walk(path: str, value: Any, depth: int, bad: list[FieldViolation], max_bytes: int, max_depth: int,
+               most: int) -> int:
+    """The approximate JSON size of ``value``; appends what is wrong to ``bad``."""
+    if len(bad) >= most:
+        return 0
+    if isinstance(value, Mapping | list | tuple):
+        if depth > max_depth:
+            bad.append(FieldViolation(path, f"nests deeper than {max_depth} levels"))
+            return 0
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        size = 2
+        for k, v in items:
+            child = f"{path}.{str(k)[:64]}" if isinstance(k, str) else f"{path}[{k}]"
+            size += (len(str(k).encode()) + 4 if isinstance(k, str) else 1) + _json_walk(
+                child, v, depth + 1, bad, max_bytes, max_depth, most)
+            if size > max_bytes or len(bad) >= most:
+                break
+        return size
+    if isinstance(value, str):
+        return len(value.encode()) + 2
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(FieldViolation(path, "must be a finite number"))
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1:
+        bad.append(FieldViolation(path, "is out of the 64-bit integer range"))
+    return 8
 
 
 def _check_depth(field: str, value: Any, max_depth: int) -> None:

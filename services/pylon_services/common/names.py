@@ -66,6 +66,13 @@ def check_version(field: str, value: str, *, latest: bool = True) -> str:
                           [FieldViolation(field, rule)])
 
 
+def shape_error(field: str, expected: str) -> InvalidArgument:
+    """``field`` is not of the form ``expected``, worded as ``parse_name`` words it but without
+    echoing the value (for checks that run before a name is parsed)."""
+    return InvalidArgument(f"{field}: is not of the form {expected}",
+                           [FieldViolation(field, f"must be of the form {expected}")])
+
+
 def parse_name(field: str, name: str, pattern: tuple[str, ...], principal: Principal) -> list[str]:
     """Split ``name`` by a pattern of collection words, e.g. ("tenants", "models", "versions").
 

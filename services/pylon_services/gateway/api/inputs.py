@@ -6,24 +6,21 @@ gateway calls, passed on without what would reveal internal addresses.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
-from pylon_services.common.errors import FieldViolation, Internal, InvalidArgument, PylonError, Unavailable
-from pylon_services.common.names import Principal, parse_name, parse_parent
+from pylon_services.common.errors import Internal, InvalidArgument, PylonError, Unavailable
+from pylon_services.common.limits import check_request_id
+from pylon_services.common.names import Principal, parse_name, parse_parent, shape_error
 
 _TENANT = r"(?:[a-z][a-z0-9-]{0,62}|-)"
 ID = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
 ID_RULE = "must be 1-63 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter"
 _PARENT = re.compile(rf"tenants/{_TENANT}")
 _DEPLOYMENT = re.compile(rf"tenants/{_TENANT}/deployments/[a-z][a-z0-9_.-]{{0,62}}")
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _ETAG = re.compile(r"[A-Za-z0-9-]{1,64}")
 MODEL_URI = re.compile(r"models:/[a-z][a-z0-9_.-]{0,62}(?:@[a-z][a-z0-9_.-]{0,62}|/versions/[1-9][0-9]{0,17}|/latest)")
 MODEL_URI_RULE = "must be models:/<model>@<alias>, models:/<model>/versions/<n> or models:/<model>/latest"
-MAX_JSON_INT = 2**53
 _DEPLOYMENT_PATTERN = ("tenants", "deployments")
 # Codes a called service answers about the caller's request: passed on as they are.
 CALLER_CODES = frozenset({
@@ -42,14 +39,14 @@ class Cancelled(PylonError):
 
 def parent(value: str, p: Principal) -> str:
     if value and not _PARENT.fullmatch(value):
-        raise _shape("parent", "tenants/{tenant} (or tenants/- for your own)")
+        raise shape_error("parent", "tenants/{tenant} (or tenants/- for your own)")
     return parse_parent("parent", value, p)
 
 
 def deployment_name(field: str, value: str, p: Principal) -> tuple[str, str]:
     """(tenant, deployment id) of ``tenants/{t}/deployments/{d}``."""
     if not _DEPLOYMENT.fullmatch(value):
-        raise _shape(field, "tenants/{tenant}/deployments/{deployment}")
+        raise shape_error(field, "tenants/{tenant}/deployments/{deployment}")
     tenant, dep = parse_name(field, value, _DEPLOYMENT_PATTERN, p)
     return tenant, dep
 
@@ -60,16 +57,8 @@ def deployment_id(value: str) -> str:
     return value
 
 
-def _shape(field: str, expected: str) -> InvalidArgument:
-    """As ``common/names.py`` words it, without echoing the value."""
-    return InvalidArgument(f"{field}: is not of the form {expected}",
-                           [FieldViolation(field, f"must be of the form {expected}")])
-
-
 def request_id(value: str) -> str:
-    if value and not _REQUEST_ID.fullmatch(value):
-        raise InvalidArgument.field("request_id", "must be 1-128 printable ASCII characters without spaces")
-    return value
+    return check_request_id("request_id", value)
 
 
 def etag(value: str) -> str:
@@ -91,26 +80,6 @@ def model_uri(value: str) -> str:
     return value
 
 
-def _value(v: struct_pb2.Value) -> Any:
-    """A Struct value as plain Python without json_format (which raises on NaN and infinity);
-    whole numbers of safe size become ints, as a JSON reader would give them."""
-    kind = v.WhichOneof("kind")
-    if kind == "number_value":
-        x = v.number_value
-        return int(x) if x.is_integer() and abs(x) <= MAX_JSON_INT else x
-    if kind == "string_value":
-        return v.string_value
-    if kind == "bool_value":
-        return v.bool_value
-    if kind == "struct_value":
-        return struct_dict(v.struct_value)
-    if kind == "list_value":
-        return [_value(x) for x in v.list_value.values]
-    return None
-
-
-def struct_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    return {k: _value(v) for k, v in s.fields.items()}
 
 
 def passed_on(service: str, e: grpc.aio.AioRpcError) -> BaseException:

@@ -27,7 +27,7 @@ from pylon_services.gateway.domain.ports import DeploymentRecords
 from pylon_services.gateway.domain.routing import deployment_state, pick_replica
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
-from pylon_services.runtime.protoconv import page_size, struct, ts
+from pylon_services.runtime.protoconv import page_size, plain_struct, struct, ts
 from pylon_services.workloads import REGISTRY, WorkloadKind
 
 MAX_REPLICAS = records.MAX_REPLICAS
@@ -77,7 +77,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         bad = requests.resource_violations(d.gpus_per_replica, list(d.gpu_types))
         if workload is None:
             bad.append(FieldViolation("deployment.engine", f"must be one of {', '.join(REGISTRY.names(WorkloadKind.ENGINE))}"))
-        config = inputs.struct_dict(d.engine_config)
+        config = plain_struct(d.engine_config)
         config_bad = requests.config_violations("deployment.engine_config", config)
         bad += config_bad
         if workload is not None and not config_bad:

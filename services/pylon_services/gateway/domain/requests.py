@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pylon_services.common.errors import FieldViolation, InvalidArgument
+from pylon_services.common.limits import json_violations
 
 MAX_GPUS_PER_REPLICA = 64.0
 MAX_GPU_TYPES = 16
@@ -47,32 +48,7 @@ def resource_violations(gpus: float, gpu_types: Sequence[str]) -> list[FieldViol
 def config_violations(path: str, config: Mapping[str, Any]) -> list[FieldViolation]:
     """An engine's JSON settings: finite numbers, at most ``MAX_CONFIG_DEPTH`` levels and about
     ``MAX_CONFIG_BYTES`` (the scheduler checks a replica job's ``engine_config`` the same way)."""
-    bad: list[FieldViolation] = []
-    if _walk(path, config, 1, bad) > MAX_CONFIG_BYTES:
-        bad.append(FieldViolation(path, f"must be at most {MAX_CONFIG_BYTES >> 10} KiB as JSON"))
-    return bad[:10]
-
-
-def _walk(path: str, value: Any, depth: int, bad: list[FieldViolation]) -> int:
-    if len(bad) >= 10:
-        return 0
-    if isinstance(value, Mapping | list | tuple):
-        if depth > MAX_CONFIG_DEPTH:
-            bad.append(FieldViolation(path, f"nests deeper than {MAX_CONFIG_DEPTH} levels"))
-            return 0
-        size = 2
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
-        for k, v in items:
-            child = f"{path}.{str(k)[:64]}" if isinstance(k, str) else f"{path}[{k}]"
-            size += len(str(k).encode()) + 4 + _walk(child, v, depth + 1, bad)
-            if size > MAX_CONFIG_BYTES or len(bad) >= 10:
-                break
-        return size
-    if isinstance(value, str):
-        return len(value.encode()) + 2
-    if isinstance(value, float) and not math.isfinite(value):
-        bad.append(FieldViolation(path, "must be a finite number"))
-    return 8
+    return json_violations(path, config, max_bytes=MAX_CONFIG_BYTES, max_depth=MAX_CONFIG_DEPTH)
 
 
 def sampling_violations(prompt: str, max_tokens: int, temperature: float, top_p: float, top_k: int,

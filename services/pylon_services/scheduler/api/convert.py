@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from pylon.scheduler.v1 import scheduler_pb2 as pb
 from pylon_services.common.errors import FieldViolation, InvalidArgument
-from pylon_services.runtime.protoconv import struct, ts
+from pylon_services.runtime.protoconv import plain_struct, struct, ts
 from pylon_services.scheduler.domain.job import Job, JobState
 from pylon_services.scheduler.domain.spec import (
-    MAX_JSON_INT,
     Command,
     EngineReplica,
     JobSpec,
@@ -28,34 +25,13 @@ MAX_STATES = 64
 _STATE_FROM_PB = {pb.JobState.Value(f"JOB_STATE_{s.name}"): s for s in JobState}
 
 
-def _value(v: struct_pb2.Value) -> Any:
-    """A Struct value as plain Python. A Struct holds only doubles: whole numbers of safe size
-    become ints again; NaN and infinity stay floats for ``validate_spec`` to refuse (never an
-    error here: json_format raises on them, which was an INTERNAL)."""
-    kind = v.WhichOneof("kind")
-    if kind == "number_value":
-        x = v.number_value
-        return int(x) if x.is_integer() and abs(x) <= MAX_JSON_INT else x
-    if kind == "string_value":
-        return v.string_value
-    if kind == "bool_value":
-        return v.bool_value
-    if kind == "struct_value":
-        return _struct_dict(v.struct_value)
-    if kind == "list_value":
-        return [_value(x) for x in v.list_value.values]
-    return None
-
-
-def _struct_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    return {k: _value(v) for k, v in s.fields.items()}
 
 
 def _workload_from_pb(spec: pb.JobSpec) -> Workload | None:
     which = spec.WhichOneof("workload")
     if which == "trainer":
         t = spec.trainer
-        return Trainer(trainer=t.trainer, config=_struct_dict(t.config), datasets=tuple(t.datasets),
+        return Trainer(trainer=t.trainer, config=plain_struct(t.config), datasets=tuple(t.datasets),
                        base_model=t.base_model)
     if which == "command":
         c = spec.command
@@ -64,7 +40,7 @@ def _workload_from_pb(spec: pb.JobSpec) -> Workload | None:
     if which == "engine":
         e = spec.engine
         return EngineReplica(deployment=e.deployment, model_version=e.model_version, engine=e.engine or "torch",
-                             engine_config=_struct_dict(e.engine_config))
+                             engine_config=plain_struct(e.engine_config))
     return None
 
 

@@ -10,11 +10,11 @@ import dataclasses
 import re
 
 from pylon_services.common.errors import FieldViolation, InvalidArgument
-from pylon_services.common.names import Principal, parse_name, parse_parent
+from pylon_services.common.limits import check_request_id
+from pylon_services.common.names import Principal, parse_name, parse_parent, shape_error
 from pylon_services.scheduler.domain.spec import Command, EngineReplica, JobSpec, Trainer, invalid
 
 MAX_NAME_CHARS = 256
-MAX_REQUEST_ID_CHARS = 128
 MAX_LOG_OFFSET = 10**12
 MAX_METRIC_KEYS = 256
 _TENANT = r"(?:[a-z][a-z0-9-]{0,62}|-)"
@@ -22,7 +22,6 @@ _ID = r"[a-z][a-z0-9_.-]{0,62}"
 _JOB_NAME = re.compile(rf"tenants/{_TENANT}/jobs/{_ID}")
 _PARENT = re.compile(rf"tenants/{_TENANT}")
 _QUEUE_NAME = re.compile(rf"tenants/{_TENANT}/queues/[A-Za-z0-9-]{{1,63}}")
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
 _DATASET_VERSION = re.compile(rf"tenants/({_TENANT})/datasets/({_ID})/versions/([1-9][0-9]{{0,17}}|latest)")
 _MODEL_VERSION = re.compile(rf"tenants/({_TENANT})/models/({_ID})/versions/([1-9][0-9]{{0,17}})")
 _DEPLOYMENT = re.compile(rf"tenants/({_TENANT})/deployments/({_ID})")
@@ -34,7 +33,7 @@ _WORKDIR_KEY = re.compile(r"tenants/([a-z][a-z0-9-]{0,62})/workdirs/sha256-[0-9a
 def job_name(field: str, name: str, p: Principal) -> tuple[str, str]:
     """(tenant, job id) of ``tenants/{t}/jobs/{id}``."""
     if len(name) > MAX_NAME_CHARS or not _JOB_NAME.fullmatch(name):
-        raise _shape(field, "tenants/{tenant}/jobs/{job}")
+        raise shape_error(field, "tenants/{tenant}/jobs/{job}")
     tenant, job_id = parse_name(field, name, ("tenants", "jobs"), p)
     return tenant, job_id
 
@@ -42,28 +41,20 @@ def job_name(field: str, name: str, p: Principal) -> tuple[str, str]:
 def parent(field: str, value: str, p: Principal) -> str:
     """The tenant of ``tenants/{t}`` (empty: the caller's)."""
     if value and (len(value) > MAX_NAME_CHARS or not _PARENT.fullmatch(value)):
-        raise _shape(field, "tenants/{tenant} (or tenants/- for your own)")
+        raise shape_error(field, "tenants/{tenant} (or tenants/- for your own)")
     return parse_parent(field, value, p)
 
 
 def queue_name(field: str, name: str, p: Principal) -> tuple[str, str]:
     """(tenant, queue id) of ``tenants/{t}/queues/{q}``."""
     if len(name) > MAX_NAME_CHARS or not _QUEUE_NAME.fullmatch(name):
-        raise _shape(field, "tenants/{tenant}/queues/{queue}")
+        raise shape_error(field, "tenants/{tenant}/queues/{queue}")
     tenant, queue = parse_name(field, name, ("tenants", "queues"), p)
     return tenant, queue
 
 
-def _shape(field: str, expected: str) -> InvalidArgument:
-    """As ``common/names.py`` words it, without echoing the value."""
-    return InvalidArgument(f"{field}: is not of the form {expected}",
-                           [FieldViolation(field, f"must be of the form {expected}")])
-
-
 def request_id(value: str) -> str:
-    if value and not _REQUEST_ID.fullmatch(value):
-        raise InvalidArgument.field("request_id", "must be 1-128 printable ASCII characters without spaces")
-    return value
+    return check_request_id("request_id", value)
 
 
 def log_offset(value: int) -> int:

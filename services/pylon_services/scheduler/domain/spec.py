@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylon_services.common.errors import FieldViolation, InvalidArgument
+from pylon_services.common.limits import json_violations
 from pylon_services.scheduler.domain.scheduling import Demand
 from pylon_services.workloads import REGISTRY, WorkloadKind, WorkloadRegistry
 
@@ -45,7 +46,6 @@ MAX_PIP_REQUIREMENTS = 128
 MAX_PIP_REQUIREMENT_CHARS = 512
 MAX_CONFIG_BYTES = 64 * 1024  # a trainer's config or an engine's engine_config, as JSON
 MAX_CONFIG_DEPTH = 16
-MAX_JSON_INT = 2**53  # whole numbers beyond this stay floats (a Struct holds doubles)
 QUEUE_RE = re.compile(r"[A-Za-z0-9-]{1,63}")
 QUEUE_RULE = "must be 1-63 ASCII letters, digits or '-'"
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}")
@@ -335,38 +335,8 @@ def command_violations(c: Command) -> list[FieldViolation]:
 
 def config_violations(path: str, config: Mapping[str, Any]) -> list[FieldViolation]:
     """A workload's JSON settings: finite numbers only, at most ``MAX_CONFIG_DEPTH`` levels and
-    ``MAX_CONFIG_BYTES`` (strings and keys counted in UTF-8, plus a few bytes per value)."""
-    bad: list[FieldViolation] = []
-    size = _json_walk(path, config, 1, bad)
-    if size > MAX_CONFIG_BYTES:
-        bad.append(FieldViolation(path, f"must be at most {MAX_CONFIG_BYTES >> 10} KiB as JSON"))
-    return bad[:10]
-
-
-def _json_walk(path: str, value: Any, depth: int, bad: list[FieldViolation]) -> int:
-    """The approximate JSON size of ``value``; appends what is wrong to ``bad`` (stops early)."""
-    if len(bad) >= 10:
-        return 0
-    if isinstance(value, Mapping) or isinstance(value, list | tuple):
-        if depth > MAX_CONFIG_DEPTH:
-            bad.append(FieldViolation(path, f"nests deeper than {MAX_CONFIG_DEPTH} levels"))
-            return 0
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
-        size = 2
-        for k, v in items:
-            key = _clip(str(k), 64)
-            size += (len(str(k).encode()) + 4 if isinstance(k, str) else 1) + _json_walk(
-                f"{path}.{key}" if isinstance(k, str) else f"{path}[{k}]", v, depth + 1, bad)
-            if size > MAX_CONFIG_BYTES or len(bad) >= 10:
-                break
-        return size
-    if isinstance(value, str):
-        return len(value.encode()) + 2
-    if isinstance(value, float) and not math.isfinite(value):
-        bad.append(FieldViolation(path, "must be a finite number"))
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1:
-        bad.append(FieldViolation(path, "is out of the 64-bit integer range"))
-    return 8
+    ``MAX_CONFIG_BYTES`` (``common.limits.json_violations``)."""
+    return json_violations(path, config, max_bytes=MAX_CONFIG_BYTES, max_depth=MAX_CONFIG_DEPTH)
 
 
 def _list_violations(path: str, values: Iterable[str], most: int, problem: Any) -> list[FieldViolation]:
