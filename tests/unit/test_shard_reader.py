@@ -127,3 +127,39 @@ def test_too_little_data_for_one_batch_is_an_error(tmp_path):
     write_shards(tmp_path, [SEQ * 3])
     with pytest.raises(ValueError, match="no full batch"):
         next(iter(ShardReader(LocalSource(tmp_path), seq_len=SEQ, batch_size=2, rank=1, world_size=2)))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_interleaved_ranks_together_see_what_one_reader_of_the_whole_batch_sees(shards, world):
+    """Batch k of N interleaved ranks holds the windows of batch k of one reader with N times the
+    batch: a data-parallel run matches a 1-worker run of the same global batch."""
+    bs = 4
+    one = [sorted(row[0] for row in b) for b in ShardReader(shards, seq_len=SEQ, batch_size=bs * world, seed=3)]
+    ranks = [list(ShardReader(shards, seq_len=SEQ, batch_size=bs, seed=3, rank=r, world_size=world,
+                              layout="interleaved")) for r in range(world)]
+    assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == len(one)
+    for k, expected in enumerate(one):
+        assert sorted(row[0] for r in ranks for row in r[k]) == expected
+    per_rank = [set(starts(r)) for r in ranks]
+    assert all(not (a & b) for a, b in itertools.combinations(per_rank, 2))  # disjoint
+
+
+def test_an_interleaved_reader_resumes_exactly(shards):
+    original = ShardReader(shards, seq_len=SEQ, batch_size=3, seed=1, rank=1, world_size=2, layout="interleaved")
+    it = iter(original)
+    head = [next(it) for _ in range(5)]
+    state = original.state_dict()
+    rest = [b.tolist() for b in it]
+    resumed = ShardReader(shards, seq_len=SEQ, batch_size=3, seed=1, rank=1, world_size=2, layout="interleaved",
+                          state=state)
+    assert [b.tolist() for b in resumed] == rest and head
+    with pytest.raises(ValueError, match="layout"):
+        ShardReader(shards, seq_len=SEQ, batch_size=3, seed=1, rank=1, world_size=2, state=state)
+
+
+def test_holdout_splits_each_shard_into_disjoint_train_and_eval_windows(shards):
+    train = set(starts(ShardReader(shards, seq_len=SEQ, seed=2, holdout=0.1)))
+    held = set(starts(ShardReader(shards, seq_len=SEQ, seed=2, holdout=0.1, split="eval")))
+    assert train and held and not (train & held)
+    assert len(train) + len(held) == 171 and len(held) == 5 + 5 + 5 + 2  # int(10% of 50, 50, 50, 21)
+    assert sorted(held)[:5] == [SEQ * w for w in range(45, 50)]  # each shard's last windows

@@ -7,11 +7,19 @@ and every restart computes the same plan without talking to anyone):
 1. each shard of ``t`` tokens holds ``t // seq_len`` non-overlapping windows (the tail is unused);
 2. shards are put in a seeded random order, and the windows inside each shard in a seeded
    random order of their own; concatenated, that is the epoch's global sequence of windows;
-3. rank ``r`` of ``world_size`` takes one contiguous slice of that sequence: slices are
-   disjoint, cover the sequence (with ``even=True``, the default, up to ``world_size - 1``
-   windows are left out so every rank has the same number of batches, which data-parallel
-   training needs), and touch few shards each, so a rank reads only its own shards;
+3. rank ``r`` of ``world_size`` takes one contiguous slice of that sequence (``layout=
+   "contiguous"``, the default: slices touch few shards each, so a rank reads only its own
+   shards), or every ``world_size``-th window starting at ``r`` (``layout="interleaved"``: batch
+   ``k`` of all ranks together holds the same windows whatever the world size, so a run on N
+   workers sees the data a 1-worker run of N times the batch sees; each rank then reads every
+   shard). Either way slices are disjoint and cover the sequence (with ``even=True``, the
+   default, up to ``world_size - 1`` windows are left out so every rank has the same number of
+   batches, which data-parallel training needs);
 4. windows are grouped into batches of ``batch_size`` (a last partial batch is dropped).
+
+``holdout`` keeps the last fraction of each shard's windows out of the ``split="train"`` reader
+and gives exactly those to a ``split="eval"`` reader: a held-out set that never trains, with no
+second copy of the data.
 
 The reader's position is the number of windows this rank has yielded in the current epoch;
 ``state_dict()`` saves it and ``load_state_dict()`` (or ``ShardReader(..., state=...)``)
@@ -62,9 +70,14 @@ class ShardReader:
     def __init__(self, source: ObjectSource, prefix: str = "", *, seq_len: int, batch_size: int = 1,
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True, even: bool = True,
                  prefetch: int = 2, output: str = "numpy", verify: bool = True,
-                 state: dict[str, Any] | None = None, index: dict[str, Any] | None = None) -> None:
+                 state: dict[str, Any] | None = None, index: dict[str, Any] | None = None,
+                 layout: str = "contiguous", holdout: float = 0.0, split: str = "train") -> None:
         if seq_len < 1 or batch_size < 1 or prefetch < 1:
             raise ValueError("seq_len, batch_size and prefetch must be positive")
+        if layout not in ("contiguous", "interleaved"):
+            raise ValueError("layout must be 'contiguous' or 'interleaved'")
+        if not 0.0 <= holdout < 1.0 or split not in ("train", "eval"):
+            raise ValueError("holdout must be in [0, 1) and split 'train' or 'eval'")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank} world_size={world_size}")
         if output not in ("numpy", "torch"):
@@ -73,10 +86,18 @@ class ShardReader:
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size, self.shuffle, self.even = rank, world_size, shuffle, even
         self.prefetch, self.output, self.verify = prefetch, output, verify
+        self.layout, self.holdout, self.split = layout, holdout, split
         self.index = index if index is not None else json.loads(source.get(_join(prefix, "index.json")))
         self.dtype = np.dtype(_DTYPES[self.index["dtype"]]).newbyteorder("<")
         self.shards = self.index["shards"]
-        self.windows_per_shard = [s["tokens"] // seq_len for s in self.shards]
+        # Per shard: the first window this split uses and how many (holdout splits each shard).
+        self.first_window, self.windows_per_shard = [], []
+        for s in self.shards:
+            n = s["tokens"] // seq_len
+            held = int(n * holdout)
+            first, count = (0, n - held) if split == "train" else (n - held, held)
+            self.first_window.append(first)
+            self.windows_per_shard.append(count)
         self.epoch, self.position = 0, 0
         if state is not None:
             self.load_state_dict(state)
@@ -84,8 +105,11 @@ class ShardReader:
     # -- plan -------------------------------------------------------------------------------
 
     def _slice(self) -> tuple[int, int]:
-        """[lo, hi) of this rank in the epoch's global window sequence."""
+        """[lo, hi) of this rank in the epoch's global window sequence (contiguous layout)."""
         total, w, r = sum(self.windows_per_shard), self.world_size, self.rank
+        if self.layout == "interleaved":
+            limit = total - total % w if self.even else total
+            return 0, len(range(r, limit, w))
         if self.even:
             per = total // w
             return r * per, (r + 1) * per
@@ -101,24 +125,47 @@ class ShardReader:
 
     def plan(self, epoch: int) -> list[Segment]:
         """This rank's windows for ``epoch``, as per-shard segments in yield order."""
-        rng = np.random.default_rng([self.seed, epoch])
-        n = len(self.shards)
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.layout == "interleaved":
+            return self._plan_interleaved(epoch)
         lo, hi = self._slice()
         segments, start = [], 0
-        for s in order:
+        for s in self._order(epoch):
             count = self.windows_per_shard[s]
             end = start + count
             if end > lo and start < hi and count:
-                if self.shuffle:
-                    perm = np.random.default_rng([self.seed, epoch, int(s)]).permutation(count)
-                else:
-                    perm = np.arange(count)
+                perm = self._windows_of(epoch, s)
                 segments.append(Segment(int(s), perm[max(lo - start, 0):min(hi, end) - start]))
             start = end
             if start >= hi:
                 break
         return segments
+
+    def _plan_interleaved(self, epoch: int) -> list[Segment]:
+        """Global positions ``rank, rank + W, ...`` below the even limit, per shard in order."""
+        total, w = sum(self.windows_per_shard), self.world_size
+        limit = total - total % w if self.even else total
+        segments, start = [], 0
+        for s in self._order(epoch):
+            count = self.windows_per_shard[s]
+            end = min(start + count, limit)
+            first = start + (self.rank - start) % w  # the first position of this rank at or after start
+            if first < end:
+                segments.append(Segment(int(s), self._windows_of(epoch, s)[first - start:end - start:w]))
+            start += count
+            if start >= limit:
+                break
+        return segments
+
+    def _order(self, epoch: int) -> np.ndarray:
+        n = len(self.shards)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def _windows_of(self, epoch: int, shard: int) -> np.ndarray:
+        """The window numbers of this split in ``shard``, in the epoch's order."""
+        count = self.windows_per_shard[shard]
+        perm = (np.random.default_rng([self.seed, epoch, int(shard)]).permutation(count) if self.shuffle
+                else np.arange(count))
+        return perm + self.first_window[shard]
 
     # -- state ------------------------------------------------------------------------------
 
@@ -127,11 +174,13 @@ class ShardReader:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.seed,
                 "rank": self.rank, "world_size": self.world_size, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "shuffle": self.shuffle, "even": self.even,
-                "total_tokens": self.index.get("total_tokens")}
+                "total_tokens": self.index.get("total_tokens"), "layout": self.layout, "holdout": self.holdout,
+                "split": self.split}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position; the plan inputs must match or the windows would not."""
-        for key in ("seed", "world_size", "rank", "seq_len", "shuffle", "even", "total_tokens"):
+        for key in ("seed", "world_size", "rank", "seq_len", "shuffle", "even", "total_tokens", "layout", "holdout",
+                    "split"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise ValueError(f"cannot resume: saved {key}={state[key]!r} but this reader has {mine!r}")
