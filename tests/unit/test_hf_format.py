@@ -147,6 +147,12 @@ def test_writing_refuses_tokens_the_tokenizer_lacks(tmp_path: Path, tokenizer_js
         _write(tmp_path, Llama(LlamaSpec(**{**SPEC.__dict__, "vocab_size": 100})), tokenizer_json)
 
 
+def test_a_compiled_model_is_written_under_hf_names(tmp_path: Path, tokenizer_json: str) -> None:
+    model = _model()
+    _write(tmp_path, torch.compile(model), tokenizer_json)  # type: ignore[arg-type]
+    assert set(load_file(tmp_path / "model.safetensors")) == set(model.state_dict())
+
+
 def test_greedy_generate_matches_transformers(tmp_path: Path, tokenizer_json: str) -> None:
     model = _model(seed=4)
     _write(tmp_path, model, tokenizer_json)

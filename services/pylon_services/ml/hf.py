@@ -61,10 +61,13 @@ def write_hf_model(
     Weights are cast to ``dtype`` and split into shards above ``max_shard_bytes``; stale weight
     files from an earlier write are removed. ``eos_token``/``bos_token`` must be tokens of the
     tokenizer: their ids go into config.json and generation_config.json. ``generation`` adds
-    default sampling settings (e.g. temperature) to generation_config.json.
+    default sampling settings (e.g. temperature) to generation_config.json. A
+    ``torch.compile``-wrapped model is written under its original parameter names.
     """
     from huggingface_hub import save_torch_state_dict
 
+    # torch.compile's wrapper prefixes every state-dict name with "_orig_mod."; HF wants none.
+    model = getattr(model, "_orig_mod", model)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_str(tokenizer_json)
