@@ -216,9 +216,9 @@ class CommandCheckpoints:
     def _uploaded(self, future: concurrent.futures.Future[None], step: int, folder: str, ack: bool) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         ok = not future.cancelled() and future.exception() is None
-        if ok:
-            self.ctx.log(f"pylon: checkpoint of step {step} uploaded")
-        if ack:
+        if ack:  # (the upload at exit said so when it began; a failure is logged by the writer)
+            if ok:
+                self.ctx.log(f"pylon: checkpoint of step {step} uploaded")
             _write_nofollow(self.mark + ".done", str(step) if ok else f"!{step}")
 
     def finish(self) -> None:
