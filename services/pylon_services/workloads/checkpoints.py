@@ -13,7 +13,9 @@ A checkpoint is visible only once ``manifest.json`` exists, so a crash at any po
 never makes a partial checkpoint the latest; it is valid when every file its part manifests list
 has its size and sha256, so a corrupt or truncated one is skipped and the one before it is used.
 Each rank writes only under its own ``rank-<r>/``, so ranks never coordinate except through the
-store: rank 0 polls for the part manifests. The module is torch-free: trainers hand it bytes or
+store: rank 0 polls for the part manifests. Each rank checks its own files when it loads, so a
+rank whose part is damaged falls back alone; a trainer that must resume every rank at one step
+agrees on the smallest step its ranks found (an all-reduce MIN). The module is torch-free: trainers hand it bytes or
 paths of files they wrote themselves.
 """
 

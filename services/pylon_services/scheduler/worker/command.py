@@ -46,6 +46,8 @@ from pylon_services.workloads.checkpoints import CheckpointWriter, restore_check
 CHECKPOINT_POLL_S = 0.2
 KILL_AFTER_TERM_S = 10.0
 CHECKPOINT_KEEP = 3
+# How long ranks other than 0 wait for rank 0's address (its worker may start minutes later).
+RENDEZVOUS_TIMEOUT_S = 600.0
 # How long rank 0 waits for the other ranks' parts of a checkpoint left at exit (each rank
 # decides alone whether it left one, so a part may never come).
 EXIT_PART_TIMEOUT_S = 30.0
@@ -66,6 +68,9 @@ def run_command(ctx: WorkerContext) -> WorkloadResult:
     proxy = DataProxy(ctx.store, scope)
     data_url, data_token = proxy.start()
     try:
+        # Before the slow parts (restore, unpack, pip install): rank 0 publishes at once, and the
+        # others have the address whenever they get here.
+        master_addr, master_port = ctx.rendezvous(RENDEZVOUS_TIMEOUT_S)
         with tempfile.TemporaryDirectory(prefix="pylon-job-") as work, \
                 tempfile.TemporaryDirectory(prefix="pylon-ckpt-") as staging:
             ckpt_dir, flag = os.path.join(work, "checkpoint"), os.path.join(work, "preempt")
@@ -79,11 +84,9 @@ def run_command(ctx: WorkerContext) -> WorkloadResult:
             cwd = _unpack(ctx, command, work)
             give_to(work, run_as)
             _install(ctx, command, work, run_as)
-            master_addr, master_port = ctx.rendezvous()
             contract = {"PYLON_CHECKPOINT_DIR": ckpt_dir, "PYLON_PREEMPT_FILE": flag,
                         "PYLON_CHECKPOINT_EVERY": str(ctx.checkpoint_every_steps),
                         "PYLON_CHECKPOINT_SAVED_FILE": mark,
-                        "PYLON_CHECKPOINT_STEP": "" if restored is None else str(restored),
                         "PYLON_JOB": ctx.job_name, "PYLON_ATTEMPT": str(ctx.attempt), "PYLON_RANK": str(ctx.rank),
                         "PYLON_WORLD_SIZE": str(ctx.world_size), "PYLON_GPUS": f"{command_gpus(ctx):g}",
                         "PYLON_DATA_URL": data_url, "PYLON_DATA_TOKEN": data_token,
