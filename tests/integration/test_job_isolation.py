@@ -119,8 +119,10 @@ def test_links_planted_in_the_checkpoint_dir_are_not_uploaded(tenant_clients, pl
     job = acme.jobs.submit({"command": {"argv": ["/bin/sh", "-c", script]}})
     assert acme.jobs.wait(job.name, timeout=120).state == "succeeded"
     store = open_store(platform.base["object_store_url"])
-    keys = sorted(o.key.rsplit("/", 1)[1] for o in store.iter_all(f"{job.name}/checkpoint/"))
-    assert keys == ["real"]
+    keys = sorted(o.key.split("/checkpoint/", 1)[1] for o in store.iter_all(f"{job.name}/checkpoint/"))
+    # Left at exit, unmarked: checkpoint "step 0" of the one rank, with the real file only.
+    assert keys == ["step-000000000000/manifest.json", "step-000000000000/rank-0.json",
+                    "step-000000000000/rank-0/real"]
     assert not any("uploaded" in line for line in acme.jobs.logs(job.name))  # the planted mark was not read
 
 

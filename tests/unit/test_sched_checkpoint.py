@@ -44,16 +44,19 @@ def test_no_periodic_checkpoint_when_every_is_zero():
     assert calls == []
 
 
-def test_job_checkpoint_layout_keeps_one_latest(tmp_path: Path):
+def test_job_checkpoint_layout_keeps_the_newest_whole_checkpoints(tmp_path: Path):
     store = LocalObjectStore(str(tmp_path))
     job = Job(id="j1", tenant="acme", spec=JobSpec(Command(("true",))))
     ctx = WorkerContext(Settings(), job, attempt=1, store=store)  # checkpoints never touch Redis
-    assert ctx.load_checkpoint() == {}
-    ctx.save_checkpoint(10, {"model.safetensors": b"m10", "trainer_state.json": b"s10"})
-    ctx.save_checkpoint(20, {"model.safetensors": b"m20", "trainer_state.json": b"s20"})
-    assert ctx.load_checkpoint() == {"model.safetensors": b"m20", "trainer_state.json": b"s20"}
+    ctx.log = ctx.lines.append  # type: ignore[method-assign]
+    assert ctx.load_checkpoint() == {} and ctx.load_latest_checkpoint() is None
+    for step in (10, 20, 30, 40):
+        ctx.save_checkpoint(step, {"model.safetensors": b"m%d" % step, "trainer_state.json": b"s%d" % step})
+    assert ctx.load_checkpoint() == {"model.safetensors": b"m40", "trainer_state.json": b"s40"}
+    assert ctx.load_latest_checkpoint() == (40, {"model.safetensors": b"m40", "trainer_state.json": b"s40"})
     keys = sorted(o.key for o in store.iter_all("tenants/acme/jobs/j1/checkpoint/"))
-    assert all("step-000000000010" not in k for k in keys)  # older steps are dropped
+    assert all("step-000000000010" not in k for k in keys)  # beyond the newest 3: dropped
+    assert "tenants/acme/jobs/j1/checkpoint/step-000000000040/manifest.json" in keys
 
 
 def test_checkpoint_every_reads_the_int64_field_of_stored_specs():

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # the API imports this module: only types here, nothing of the runtime
     from pylon_services.runtime.settings import Settings
     from pylon_services.storage.base import ObjectStore
+    from pylon_services.workloads.checkpoints import CheckpointWriter
 
 # Exit code of a workload that stopped because it was preempted, after checkpointing
 # (EX_TEMPFAIL): the scheduler requeues it and the next attempt resumes.
@@ -66,11 +67,31 @@ class WorkloadContext(Protocol):
     def preempt_requested(self) -> bool:
         """True once the scheduler asked the job to yield its resources (requeued afterwards)."""
 
+    def report_progress(self, step: int, total_steps: int, metrics: Mapping[str, float]) -> None:
+        """Report a step's metrics (as ``metrics``) and, at most every few seconds and always at
+        the final step, the job's live status: step of ``total_steps`` and a summary of the
+        metrics (loss, lr, grad_norm, tokens_per_s, mfu, eta_s)."""
+
+    def checkpoints(self, keep: int = 3) -> CheckpointWriter:
+        """This rank's background checkpoint writer on the job's checkpoint prefix (one per worker;
+        see ``pylon_services.workloads.checkpoints``): every rank saves its own
+        files at the same steps, rank 0 makes each save visible once all parts are in, and the
+        newest ``keep`` whole checkpoints are kept."""
+
+    def load_latest_checkpoint(self) -> tuple[int, dict[str, bytes]] | None:
+        """(step, this rank's files) of the newest whole, valid checkpoint, or None."""
+
+    def rendezvous(self, timeout_s: float = 120.0) -> tuple[str, int]:
+        """(master_addr, master_port) for ``torch.distributed`` across the job's workers: rank 0
+        picks them and publishes them for this attempt, the other ranks wait for them (up to
+        ``timeout_s``, then TimeoutError)."""
+
     def save_checkpoint(self, step: int, files: Mapping[str, bytes]) -> None:
-        """Store a whole checkpoint of ``step``; a crash mid-write never makes it the latest."""
+        """Store a whole checkpoint of ``step`` and return once it is visible (``checkpoints()``
+        without the background: every rank of a gang must call it at the same step)."""
 
     def load_checkpoint(self) -> dict[str, bytes]:
-        """The latest checkpoint an earlier attempt left, or {}."""
+        """This rank's files of the latest whole checkpoint an earlier attempt left, or {}."""
 
     def output_prefix(self) -> str:
         """Where the job's final output goes in the object store."""

@@ -6,7 +6,8 @@ submit time), ``pylon:pending:{tenant}`` (the tenant's share of it: the per-tena
 counts it), ``pylon:active`` (set of ``tenant/id`` holding resources). Per job:
 ``pylon:joblog:...`` (list of JSON lines), ``pylon:jobmetrics:...``,
 ``pylon:jobresults:{tenant}:{id}:{attempt}`` (hash rank -> result JSON, written by workers),
-``pylon:jobstop:...`` / ``pylon:jobpreempt:...`` (flags workers poll).
+``pylon:jobstop:...`` / ``pylon:jobpreempt:...`` (flags workers poll),
+``pylon:rdzv:{tenant}:{id}:{attempt}`` (rank 0's ``addr:port`` for torch.distributed, a day's TTL).
 Beside it (``redis_sched.py``): queues, usage, throughput, explanations, the cluster view and the
 dispatch stream ``pylon:sched:events``; the leader lease ``pylon:scheduler:leader``.
 """
@@ -53,6 +54,15 @@ def stop_key(tenant: str, job_id: str) -> str:
 
 def preempt_key(tenant: str, job_id: str) -> str:
     return f"pylon:jobpreempt:{tenant}:{job_id}"
+
+
+def rendezvous_key(tenant: str, job_id: str, attempt: int) -> str:
+    """Where rank 0 of one job attempt publishes ``addr:port`` for the gang's torch.distributed
+    (per attempt: a retried gang never dials the address of the attempt before)."""
+    return f"pylon:rdzv:{tenant}:{job_id}:{attempt}"
+
+
+RENDEZVOUS_TTL_S = 86_400
 
 
 def queue_key(name: str) -> str:

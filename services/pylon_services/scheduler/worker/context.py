@@ -1,16 +1,19 @@
-"""One worker's link to the platform: its log, metrics, result and control flags in Redis, and
-its checkpoints in the object store. ``WorkerContext`` is what trainers and engines get (it
+"""One worker's link to the platform: its log, metrics, result and control flags in Redis, its
+gang's rendezvous, and its checkpoints in the object store. ``WorkerContext`` is what trainers and engines get (it
 implements ``pylon_services.workloads.WorkloadContext``).
 
 Log lines and metrics go to Redis as they happen (``StreamLogs`` follows them); the result is
 written where a (possibly new) leader finds it, plus a ``result`` event on the dispatch stream.
 A watcher thread polls the job's stop and preempt flags: preempt sets ``preempt`` (user code
 polls ``pylon.train.should_preempt()``) and tells the grace period; stop (cancel) sets ``stop``.
+Checkpoints use the whole-or-nothing layout of ``pylon_services.workloads.checkpoints``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -27,18 +30,23 @@ from pylon_services.scheduler.domain.spec import Command, EngineReplica, Trainer
 from pylon_services.scheduler.store.keys import (
     EVENTS,
     EVENTS_MAXLEN,
+    RENDEZVOUS_TTL_S,
     log_key,
     metrics_key,
     preempt_key,
+    rendezvous_key,
     results_key,
     stop_key,
 )
 from pylon_services.storage.base import ObjectStore
+from pylon_services.workloads.checkpoints import CheckpointWriter, latest_checkpoint
 
 METRICS_PREFIX = "##pylon-metrics "
 RATE_EVERY_S = 2.0
 FLAG_POLL_S = 0.3
-LATEST_CHECKPOINT = "latest"
+RENDEZVOUS_POLL_S = 0.1
+# What a progress event carries of a step's metrics (the job's live status; kept small).
+STATUS_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "eta_s")
 
 
 def checkpoint_prefix(job: Job) -> str:
@@ -73,7 +81,9 @@ class WorkerContext:
         self.preempt = threading.Event()
         self.stop = threading.Event()
         self.preempt_grace_s = 0.0
+        self.last_step = -1  # the highest step metrics were reported for
         self._rate_at: tuple[float, int] | None = None
+        self._writer: CheckpointWriter | None = None
 
     @property
     def job_name(self) -> str:
@@ -112,27 +122,43 @@ class WorkerContext:
             self.log(f"pylon: ignored a malformed metrics report ({e})")
 
     def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        self._push_metrics(step, values)
+        self._report_rate(step)
+
+    def report_progress(self, step: int, total_steps: int, metrics: Mapping[str, float]) -> None:
+        """A step's metrics, plus the job's live status on the progress event (rank 0)."""
+        self._push_metrics(step, metrics)
+        self._report_rate(step, total_steps, status_metrics(metrics), final=0 < total_steps <= step)
+
+    def _push_metrics(self, step: int, values: Mapping[str, float]) -> None:
         pipe = self.r.pipeline()
         for k, v in values.items():
             pipe.rpush(metrics_key(self.tenant, self.job_id), json.dumps({"key": k, "step": step, "value": v,
                                                                          "t": time.time()}))
         pipe.execute()
-        self._report_rate(step)
+        self.last_step = max(self.last_step, step)
 
-    def _report_rate(self, step: int) -> None:
-        """Every few seconds, tell the scheduler this worker's step rate (throughput table) and
-        step (remaining work). Rank 0 speaks for the gang."""
+    def _report_rate(self, step: int, total_steps: int = 0, status: Mapping[str, float] | None = None,
+                     final: bool = False) -> None:
+        """At most every few seconds (and at the final step), tell the scheduler this worker's
+        step rate (throughput table), step (remaining work) and, when known, the total steps and
+        a metrics summary (live status). Rank 0 speaks for the gang."""
         now = time.time()
         if self.rank != 0:
             return
         if self._rate_at is None or step < self._rate_at[1]:
             self._rate_at = (now, step)
-            return
+            if not final:
+                return
         t0, s0 = self._rate_at
-        if now - t0 >= RATE_EVERY_S:
-            event = {"type": "progress", "job": self.job.key, "attempt": self.attempt, "step": step,
-                     "rate": (step - s0) / (now - t0), "gpu_type": self.rate_gpu_type,
-                     "job_type": self.job.spec.effective_job_type}
+        if now - t0 >= RATE_EVERY_S or final:
+            event: dict[str, Any] = {"type": "progress", "job": self.job.key, "attempt": self.attempt, "step": step,
+                                     "rate": (step - s0) / (now - t0) if now > t0 else 0.0,
+                                     "gpu_type": self.rate_gpu_type, "job_type": self.job.spec.effective_job_type}
+            if total_steps > 0:
+                event["total_steps"] = total_steps
+            if status:
+                event["metrics"] = dict(status)
             self.r.xadd(EVENTS, {"e": json.dumps(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
             self._rate_at = (now, step)
 
@@ -170,25 +196,95 @@ class WorkerContext:
 
     # --- checkpoints and output -------------------------------------------------------------------
 
+    def checkpoints(self, keep: int = 3) -> CheckpointWriter:
+        """This rank's writer on the job's checkpoint prefix (one per worker; ``keep`` updates it)."""
+        if self._writer is None:
+            self._writer = CheckpointWriter(self.store, checkpoint_prefix(self.job), rank=self.rank,
+                                            world_size=self.world_size, keep=keep, log=self.log)
+        self._writer.keep = keep
+        return self._writer
+
+    def close_checkpoints(self) -> None:
+        """Wait for this worker's pending checkpoint uploads (an error is logged, not raised: the
+        workload's own result stands; the previous whole checkpoint stays the latest)."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+        except Exception as e:  # noqa: BLE001 - logged by the writer; the result is the workload's
+            self.log(f"pylon: a checkpoint upload failed: {type(e).__name__}")
+        self._writer = None
+
+    def load_latest_checkpoint(self) -> tuple[int, dict[str, bytes]] | None:
+        return latest_checkpoint(self.store, checkpoint_prefix(self.job), rank=self.rank, log=self.log)
+
     def save_checkpoint(self, step: int, files: Mapping[str, bytes]) -> None:
-        """Write a whole checkpoint under ``checkpoint/step-N/``, then point ``checkpoint/latest``
-        at it, then drop older steps: a crash mid-write never leaves a mix of two steps as the
-        latest."""
-        prefix, folder = checkpoint_prefix(self.job), f"step-{step:012d}/"
-        for name, data in files.items():
-            self.store.put(prefix + folder + name, data)
-        self.store.put(prefix + LATEST_CHECKPOINT, folder.encode())
-        for o in list(self.store.iter_all(prefix + "step-")):
-            if not o.key.startswith(prefix + folder):
-                self.store.delete(o.key)
+        """A whole checkpoint of ``step``, returning once it is visible (every rank calls it)."""
+        self.checkpoints().save(step, files).result()
 
     def load_checkpoint(self) -> dict[str, bytes]:
-        """The latest checkpoint an earlier attempt left (periodic or on preemption), else {}."""
-        prefix = checkpoint_prefix(self.job)
-        if not self.store.exists(prefix + LATEST_CHECKPOINT):
-            return {}
-        folder = prefix + self.store.get(prefix + LATEST_CHECKPOINT).decode()
-        return {o.key[len(folder):]: self.store.get(o.key) for o in self.store.iter_all(folder)}
+        """This rank's files of the latest whole checkpoint, else {}."""
+        found = self.load_latest_checkpoint()
+        return found[1] if found else {}
+
+    # --- rendezvous -------------------------------------------------------------------------------
+
+    def rendezvous(self, timeout_s: float = 120.0) -> tuple[str, int]:
+        """(master_addr, master_port) for torch.distributed: rank 0 picks a free port on its node's
+        address and publishes it under the attempt's key; other ranks wait for it."""
+        if self.world_size <= 1:
+            return "127.0.0.1", free_port()
+        key = rendezvous_key(self.tenant, self.job_id, self.attempt)
+        if self.rank == 0:
+            addr, port = node_address(self.settings), free_port()
+            self.r.set(key, f"{addr}:{port}", ex=RENDEZVOUS_TTL_S)
+            return addr, port
+        deadline = time.monotonic() + timeout_s
+        while True:
+            raw = self.r.get(key)
+            if raw is not None:
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                host, _, number = text.rpartition(":")
+                return host, int(number)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"rank {self.rank} waited {timeout_s:g}s for rank 0 of attempt {self.attempt} "
+                                   "to publish its rendezvous address (did rank 0 start?)")
+            time.sleep(RENDEZVOUS_POLL_S)
 
     def output_prefix(self) -> str:
         return f"tenants/{self.tenant}/jobs/{self.job_id}/output"
+
+
+def status_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """The live-status summary of a step's metrics: the known keys, finite, 6 significant digits."""
+    out = {}
+    for k in STATUS_METRICS:
+        v = values.get(k)
+        if isinstance(v, int | float) and math.isfinite(v):
+            out[k] = float(f"{float(v):.6g}")
+    return out
+
+
+def free_port() -> int:
+    """A TCP port free on every interface now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def node_address(settings: Settings) -> str:
+    """The address other nodes reach this worker by: Ray's node IP inside a Ray worker, else the
+    configured addresses, else the host name's address."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.util.get_node_ip_address())
+    except ImportError:
+        pass
+    if settings.ray_node_ip_address:
+        return settings.ray_node_ip_address
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

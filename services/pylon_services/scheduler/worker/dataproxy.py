@@ -40,10 +40,13 @@ _COPY_CHUNK = 1 << 20
 class Scope:
     """What a job may read and write: key prefixes (and exact keys for reads)."""
 
-    def __init__(self, read_prefixes: Iterable[str], read_keys: Iterable[str], write_prefixes: Iterable[str]) -> None:
+    def __init__(self, read_prefixes: Iterable[str], read_keys: Iterable[str], write_prefixes: Iterable[str],
+                 datasets: dict[str, int] | None = None) -> None:
         self.read_prefixes = tuple(read_prefixes)
         self.read_keys = frozenset(read_keys)
         self.write_prefixes = tuple(write_prefixes)
+        # The job's dataset versions as it named them -> the version number read ("latest" resolved).
+        self.datasets = dict(datasets or {})
 
     def can_read(self, key: str) -> bool:
         return key in self.read_keys or key.startswith(self.read_prefixes)
@@ -59,12 +62,13 @@ def job_scope(store: ObjectStore, tenant: str, job_id: str, datasets: Iterable[s
     """A job's scope: read its own prefix and the named dataset versions (their manifest, the
     files it names, their tokenizations and shards); write its ``output/`` and ``checkpoint/``."""
     own = f"tenants/{tenant}/jobs/{job_id}/"
-    prefixes, keys = [own], []
+    prefixes, keys, versions = [own], [], {}
     for name in datasets:
         _, t, _, dataset, _, version = name.split("/")
         owner = tenant if t == "-" else t  # another tenant's only for an admin's job (checked at submit)
         manifest = layout.read_dataset_version(store, owner, dataset, version)
         n = int(manifest["version"])
+        versions[name] = n
         keys.append(layout.dataset_version_key(owner, dataset, n))
         for group in ("files", "processed_files", "reject_files"):
             keys.extend(f["object_key"] for f in manifest.get(group, []) if f.get("object_key"))
@@ -74,7 +78,7 @@ def job_scope(store: ObjectStore, tenant: str, job_id: str, datasets: Iterable[s
             doc = blobs.read_json_or_none(store, info.key) or {}
             if doc.get("shard_prefix"):
                 prefixes.append(doc["shard_prefix"])
-    return Scope(prefixes, keys, [own + "output/", own + "checkpoint/"])
+    return Scope(prefixes, keys, [own + "output/", own + "checkpoint/"], versions)
 
 
 def valid_key(key: str) -> bool:

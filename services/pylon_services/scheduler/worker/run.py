@@ -42,6 +42,7 @@ def run_workload(job_dict: dict[str, Any], settings_dict: dict[str, Any], attemp
         ctx.log(f"pylon: the worker failed: {result.error}")
     finally:
         try:
+            ctx.close_checkpoints()  # pending background uploads finish before the result is told
             ctx.archive_log()
         finally:
             ctx.report(result.to_dict())
