@@ -63,8 +63,10 @@ class LocalTrainerContext:
         return CheckpointWriter(self.store, self._prefix(), rank=self.rank, world_size=self.world_size, keep=keep,
                                 log=self.log)
 
-    def load_latest_checkpoint(self, rank: int | None = None) -> tuple[int, dict[str, bytes]] | None:
-        return latest_checkpoint(self.store, self._prefix(), rank=self.rank if rank is None else rank, log=self.log)
+    def load_latest_checkpoint(self, rank: int | None = None, at_most: int | None = None
+                               ) -> tuple[int, dict[str, bytes]] | None:
+        return latest_checkpoint(self.store, self._prefix(), rank=self.rank if rank is None else rank, log=self.log,
+                                 at_most=at_most)
 
     def rendezvous(self, timeout_s: float = 120.0) -> tuple[str, int]:
         return "127.0.0.1", self.rendezvous_port

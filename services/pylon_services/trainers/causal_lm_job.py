@@ -65,7 +65,7 @@ def _train(ctx: WorkloadContext, s: Settings, spec: Mapping[str, Any], device: t
     except Diverged as exc:
         kept = _latest_step(ctx)
         return WorkloadResult(exit_code=1, error=f"{exc}; the last good checkpoint (step {kept}) is kept",
-                              step=trainer.step, metrics={"permanent": 1.0})
+                              step=trainer.step, retryable=False)
     if outcome.stopped:
         ctx.log(f"stopped at step {outcome.step}; checkpoint saved for resume")
         return WorkloadResult(exit_code=PREEMPTED_EXIT_CODE, error="preempted", step=outcome.step)
@@ -200,14 +200,46 @@ def _hooks(ctx: WorkloadContext, s: Settings) -> Hooks:
 
 
 def _resume(ctx: WorkloadContext, trainer: Trainer) -> int:
-    """Restore the newest whole checkpoint an earlier attempt left; returns its step (0: none)."""
-    own = ctx.load_latest_checkpoint()
-    if own is None:
-        return 0
-    step, files = own
-    shared = files if ctx.rank == 0 else ctx.load_latest_checkpoint(rank=0)[1]  # type: ignore[index]
-    trainer.restore(shared, files)
-    return step
+    """Restore the newest checkpoint every rank of the gang holds whole (its own part and rank 0's
+    model and optimizer); returns its step (0: start fresh). Each rank proposes the newest it can
+    read, the gang takes the smallest, and ranks that proposed more read that one instead."""
+    limit: int | None = None
+    while True:
+        found = _readable(ctx, limit)
+        step = found[0] if found else 0
+        agreed = _gang_min(step)
+        if agreed == 0:
+            return 0
+        if step == agreed:
+            break
+        limit = agreed
+    assert found is not None
+    trainer.restore(found[2], found[1])
+    return agreed
+
+
+def _readable(ctx: WorkloadContext, limit: int | None) -> tuple[int, dict[str, bytes], dict[str, bytes]] | None:
+    """(step, own part, rank 0's part) of the newest checkpoint <= ``limit`` this rank can read."""
+    while True:
+        own = ctx.load_latest_checkpoint(at_most=limit)
+        if own is None:
+            return None
+        if ctx.rank == 0:
+            return own[0], own[1], own[1]
+        shared = ctx.load_latest_checkpoint(rank=0, at_most=own[0])
+        if shared is None:
+            return None
+        if shared[0] == own[0]:
+            return own[0], own[1], shared[1]
+        limit = shared[0]
+
+
+def _gang_min(value: int) -> int:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def _latest_step(ctx: WorkloadContext) -> int:

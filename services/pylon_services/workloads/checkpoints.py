@@ -131,12 +131,16 @@ def _check_checkpoint(store: ObjectStore, prefix: str, step: int, rank: int) -> 
 
 
 def _find(store: ObjectStore, prefix: str, rank: int, log: Callable[[str], None],
-          fetch: Callable[[int, dict[str, dict[str, Any]]], Any]) -> tuple[int, Any] | None:
-    """The newest whole checkpoint ``fetch`` accepts (it raises ValueError on a bad file), with
-    one log line per newer one skipped, naming the step used instead."""
+          fetch: Callable[[int, dict[str, dict[str, Any]]], Any], at_most: int | None = None
+          ) -> tuple[int, Any] | None:
+    """The newest whole checkpoint (of a step <= ``at_most``, when given) ``fetch`` accepts (it
+    raises ValueError on a bad file), with one log line per newer one skipped, naming the step
+    used instead."""
     skipped: list[tuple[int, str]] = []
     found: tuple[int, Any] | None = None
     for step in checkpoint_steps(store, prefix):
+        if at_most is not None and step > at_most:
+            continue
         try:
             found = step, fetch(step, _check_checkpoint(store, prefix, step, rank))
             break
@@ -148,10 +152,11 @@ def _find(store: ObjectStore, prefix: str, rank: int, log: Callable[[str], None]
     return found
 
 
-def latest_checkpoint(store: ObjectStore, prefix: str, *, rank: int, log: Callable[[str], None] = _noop
-                      ) -> tuple[int, dict[str, bytes]] | None:
+def latest_checkpoint(store: ObjectStore, prefix: str, *, rank: int, log: Callable[[str], None] = _noop,
+                      at_most: int | None = None) -> tuple[int, dict[str, bytes]] | None:
     """This rank's files of the newest whole, valid checkpoint under ``prefix`` (name -> bytes),
-    or None when there is none. A corrupt or truncated checkpoint is skipped with a log line."""
+    or None when there is none. A corrupt or truncated checkpoint is skipped with a log line.
+    ``at_most`` ignores newer steps (a gang that agreed on an older one)."""
     def fetch(step: int, files: dict[str, dict[str, Any]]) -> dict[str, bytes]:
         out = {}
         for name, info in files.items():
@@ -160,7 +165,7 @@ def latest_checkpoint(store: ObjectStore, prefix: str, *, rank: int, log: Callab
             out[name] = data
         return out
 
-    return _find(store, prefix, rank, log, fetch)
+    return _find(store, prefix, rank, log, fetch, at_most)
 
 
 def restore_checkpoint(store: ObjectStore, prefix: str, directory: str, *, rank: int,

@@ -31,10 +31,13 @@ class WorkloadResult:
     output_uri: str = ""
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    # False when another attempt would fail the same way (a diverged loss): the job fails at once
+    # instead of spending its retries.
+    retryable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"exit_code": self.exit_code, "error": self.error, "output_uri": self.output_uri,
-                "step": self.step, "metrics": dict(self.metrics)}
+                "step": self.step, "metrics": dict(self.metrics), "retryable": self.retryable}
 
 
 class WorkloadContext(Protocol):
@@ -78,8 +81,11 @@ class WorkloadContext(Protocol):
         files at the same steps, rank 0 makes each save visible once all parts are in, and the
         newest ``keep`` whole checkpoints are kept."""
 
-    def load_latest_checkpoint(self) -> tuple[int, dict[str, bytes]] | None:
-        """(step, this rank's files) of the newest whole, valid checkpoint, or None."""
+    def load_latest_checkpoint(self, rank: int | None = None, at_most: int | None = None
+                               ) -> tuple[int, dict[str, bytes]] | None:
+        """(step, this rank's files) of the newest whole, valid checkpoint, or None; ``rank``
+        reads another rank's part (a gang reads rank 0's model and optimizer), ``at_most`` skips
+        newer steps."""
 
     def rendezvous(self, timeout_s: float = 120.0) -> tuple[str, int]:
         """(master_addr, master_port) for ``torch.distributed`` across the job's workers: rank 0

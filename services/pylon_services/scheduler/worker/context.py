@@ -215,8 +215,10 @@ class WorkerContext:
             self.log(f"pylon: a checkpoint upload failed: {type(e).__name__}")
         self._writer = None
 
-    def load_latest_checkpoint(self) -> tuple[int, dict[str, bytes]] | None:
-        return latest_checkpoint(self.store, checkpoint_prefix(self.job), rank=self.rank, log=self.log)
+    def load_latest_checkpoint(self, rank: int | None = None, at_most: int | None = None
+                               ) -> tuple[int, dict[str, bytes]] | None:
+        return latest_checkpoint(self.store, checkpoint_prefix(self.job), rank=self.rank if rank is None else rank,
+                                 log=self.log, at_most=at_most)
 
     def save_checkpoint(self, step: int, files: Mapping[str, bytes]) -> None:
         """A whole checkpoint of ``step``, returning once it is visible (every rank calls it)."""
