@@ -95,7 +95,8 @@ _MODEL_FIELDS: dict[str, Check] = {
 
 
 def config_violations(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Every problem of a causal-lm config as ``(field, description)``; [] when it is valid."""
+    """Every problem of a causal-lm config as ``(field, description)``; [] when it is valid. A
+    rule between fields is checked whenever each field it involves is itself valid."""
     if not isinstance(config, Mapping):
         return [("config", "must be a mapping of field -> value")]
     bad = [(k, "unknown field") for k in sorted(set(config) - set(_FIELDS) - {"model"})]
@@ -105,28 +106,36 @@ def config_violations(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [*bad, ("model", "must be a mapping of architecture overrides")]
     bad += [(f"model.{k}", "unknown field") for k in sorted(set(model) - set(_MODEL_FIELDS))]
     bad += [(f"model.{k}", why) for k, check in _MODEL_FIELDS.items() if k in model and (why := check(model[k]))]
-    if bad:  # the relations below need well-typed values
-        return bad
-    return _relations(resolve(config))
+    broken = {f for f, _ in bad}
+    if "preset" in broken:  # the architecture it names is unknown: no rule about it can be checked
+        broken |= {f"model.{k}" for k in _MODEL_FIELDS}
+    valid = {k: v for k, v in config.items() if k in _FIELDS and k not in broken}
+    valid["model"] = {k: v for k, v in model.items() if k in _MODEL_FIELDS and f"model.{k}" not in broken}
+    return bad + [(f, why) for involved, f, why in _relations(resolve(valid)) if not involved & broken]
 
 
-def _relations(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The rules between fields of a config whose every value is of the right type and range."""
+def _relations(cfg: Mapping[str, Any]) -> list[tuple[set[str], str, str]]:
+    """The rules between fields that ``cfg`` breaks: (the fields involved, the field to blame, why)."""
     bad = []
     m = cfg["model"]
-    if m["hidden_size"] % m["num_attention_heads"]:
-        bad.append(("model.hidden_size", f"must be divisible by num_attention_heads ({m['num_attention_heads']})"))
-    if m["num_attention_heads"] % m["num_key_value_heads"]:
-        bad.append(("model.num_attention_heads",
-                    f"must be divisible by num_key_value_heads ({m['num_key_value_heads']})"))
-    if (m["hidden_size"] // m["num_attention_heads"]) % 2:
-        bad.append(("model.hidden_size", "hidden_size / num_attention_heads must be even (rotary embeddings)"))
+    hidden, heads, kv = m["hidden_size"], m["num_attention_heads"], m["num_key_value_heads"]
+    if hidden % heads:
+        bad.append(({"model.hidden_size", "model.num_attention_heads"}, "model.hidden_size",
+                    f"must be divisible by num_attention_heads ({heads})"))
+    elif (hidden // heads) % 2:
+        bad.append(({"model.hidden_size", "model.num_attention_heads"}, "model.hidden_size",
+                    "hidden_size / num_attention_heads must be even (rotary embeddings)"))
+    if heads % kv:
+        bad.append(({"model.num_attention_heads", "model.num_key_value_heads"}, "model.num_attention_heads",
+                    f"must be divisible by num_key_value_heads ({kv})"))
     if cfg["seq_len"] > m["max_position_embeddings"]:
-        bad.append(("seq_len", f"must be at most max_position_embeddings ({m['max_position_embeddings']})"))
+        bad.append(({"seq_len", "model.max_position_embeddings"}, "seq_len",
+                    f"must be at most max_position_embeddings ({m['max_position_embeddings']})"))
     if cfg["warmup"] > cfg["steps"]:
-        bad.append(("warmup", f"must be at most steps ({cfg['steps']})"))
+        bad.append(({"warmup", "steps"}, "warmup", f"must be at most steps ({cfg['steps']})"))
     if cfg["eval_every"] and cfg["eval_fraction"] == 0:
-        bad.append(("eval_fraction", "must be > 0 when eval_every is set (nothing is held out to evaluate on)"))
+        bad.append(({"eval_every", "eval_fraction"}, "eval_fraction",
+                    "must be > 0 when eval_every is set (nothing is held out to evaluate on)"))
     return bad
 
 
