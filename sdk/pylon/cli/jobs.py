@@ -79,9 +79,11 @@ def jobs_submit(
     if argv:
         if spec_file is not None:
             raise typer.BadParameter("give either a spec file or a command after --, not both")
-        job = c.jobs.submit_command(argv, working_dir=working_dir, workers=workers, gpus=gpus, gpu_types=gpu_type,
-                                    cpus=cpus, memory_bytes=memory_bytes(memory) if memory else 0, env=_env(env),
-                                    pip_requirements=pip, datasets=dataset, display_name=name)
+        command: dict[str, Any] = {"argv": argv, "env": _env(env), "pip_requirements": pip, "datasets": dataset}
+        if working_dir:
+            command["working_dir"] = working_dir  # the SDK uploads it
+        job = c.jobs.submit({"workers": workers, "display_name": name, "command": command, "resources": {
+            "gpus": gpus, "gpu_types": gpu_type, "cpus": cpus, "memory_bytes": memory_bytes(memory) if memory else 0}})
     else:
         if spec_file is None:
             raise typer.BadParameter("give a spec file, or the command to run after --")

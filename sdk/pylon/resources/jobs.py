@@ -35,20 +35,6 @@ class Jobs(_Resource):
         req = scheduler_pb2.SubmitJobRequest(spec=pb_spec, request_id=request_id or os.urandom(8).hex())
         return Job.from_proto(self._c.call(self._c.scheduler.SubmitJob, req).job)
 
-    def submit_command(self, argv: Sequence[str], *, working_dir: str | None = None, workers: int = 1,
-                       gpus: float = 0.0, gpu_types: Sequence[str] = (), cpus: float = 0.0, memory_bytes: int = 0,
-                       env: dict[str, str] | None = None, pip_requirements: Sequence[str] = (),
-                       datasets: Sequence[str] = (), display_name: str = "", request_id: str | None = None) -> Job:
-        """Queue a command without a spec file (what ``pylon jobs submit ... -- ARGV`` does): run
-        ``argv`` on ``workers`` workers of ``gpus`` GPUs each, in a copy of ``working_dir``."""
-        command: dict[str, Any] = {"argv": list(argv), "env": dict(env or {}),
-                                   "pip_requirements": list(pip_requirements), "datasets": list(datasets)}
-        if working_dir:
-            command["working_dir"] = working_dir
-        spec = {"workers": workers, "display_name": display_name, "command": command,
-                "resources": {"gpus": gpus, "gpu_types": list(gpu_types), "cpus": cpus, "memory_bytes": memory_bytes}}
-        return self.submit(spec, request_id=request_id)
-
     def upload_working_dir(self, path: str) -> str:
         """Archive a local directory (tar.gz) and upload it; returns its object key."""
         import io
