@@ -96,6 +96,25 @@ class Dataset:
 
 
 @dataclass
+class TrainerStatus:
+    """A running job's live progress (Kubeflow Trainer's ``trainerStatus``): percent done and the
+    estimated seconds left (None while unknown), the latest metrics, when they were reported."""
+
+    progress_percentage: int | None
+    estimated_remaining_seconds: int | None
+    metrics: dict[str, float]
+    last_update: datetime | None
+    step: int = 0
+    total_steps: int = 0
+
+    @classmethod
+    def from_proto(cls, t: scheduler_pb2.TrainerStatus) -> TrainerStatus:
+        return cls(t.progress_percentage if t.HasField("progress_percentage") else None,
+                   t.estimated_remaining_seconds if t.HasField("estimated_remaining_seconds") else None,
+                   dict(t.metrics), _time(t.last_update_time), t.step, t.total_steps)
+
+
+@dataclass
 class Job:
     name: str
     state: str
@@ -113,6 +132,8 @@ class Job:
     retries: int = 0
     preemptions: int = 0
     step: int = 0
+    # Live progress from the job's workers; None before their first report.
+    trainer_status: TrainerStatus | None = None
 
     @property
     def done(self) -> bool:
@@ -124,7 +145,8 @@ class Job:
         return cls(j.name, _enum_suffix(scheduler_pb2.JobState, s.state, "JOB_STATE_"), s.message, s.attempt,
                    s.exit_code, s.gpu_type, s.output_uri, json_format.MessageToDict(s.latest_metrics),
                    list(s.last_log_lines), json_format.MessageToDict(j.spec, preserving_proto_field_name=True),
-                   _time(j.create_time), _time(s.start_time), _time(s.end_time), s.retries, s.preemptions, s.step)
+                   _time(j.create_time), _time(s.start_time), _time(s.end_time), s.retries, s.preemptions, s.step,
+                   TrainerStatus.from_proto(s.trainer_status) if s.HasField("trainer_status") else None)
 
 
 @dataclass

@@ -260,3 +260,131 @@ def test_a_stopping_leader_ends_its_loop_even_when_a_cancellation_is_swallowed()
         assert w.lease.holder is None
 
     run(body())
+
+
+async def _running(w: World, stall_s: float, retries: int = 0) -> Job:
+    spec = JobSpec(Command(("sleep", "1000")), resources=Resources(gpus=1), stall_timeout_s=stall_s,
+                   max_retries=retries)
+    job, _ = await w.jobs.create(Job(id="j-stall", tenant="acme", spec=spec))
+    await w.turns(2)
+    running = await w.job(job)
+    assert running.state == JobState.RUNNING
+    return running
+
+
+def _progress(w: World, job: Job, step: int, **more: Any) -> None:
+    """What a rank-0 worker sends every few seconds (worker/context.py)."""
+    w.state.publish({"type": "progress", "job": job.key, "attempt": job.attempt, "step": step, "rate": 2.0,
+                     "gpu_type": "V100", "job_type": "command", **more})
+
+
+def test_a_running_attempt_without_progress_past_its_stall_timeout_fails():
+    async def body() -> None:
+        w = world()
+        job = await _running(w, stall_s=30)
+        await w.until(w.clock.now + 25)
+        assert (await w.job(job)).state == JobState.RUNNING  # not yet: 30 s from its admission
+        await w.until(w.clock.now + 10)
+        failed = await w.job(job)
+        assert failed.state == JobState.FAILED and "(stalled)" in failed.message, failed.message
+        assert failed.message.startswith("no step progress for 3") and w.executor.released
+
+    run(body())
+
+
+def test_progress_reports_keep_a_job_alive_and_a_stall_is_retried_within_max_retries():
+    async def body() -> None:
+        w = world()
+        job = await _running(w, stall_s=30, retries=1)
+        for step in range(1, 6):  # a report every 20 s: 100 s in all, never 30 s without one
+            _progress(w, job, step * 10)
+            await w.until(w.clock.now + 20)
+        alive = await w.job(job)
+        assert (alive.state, alive.step, alive.attempt) == (JobState.RUNNING, 50, 1)
+        await w.until(w.clock.now + 15)  # 35 s since the last report: stalled, and nothing else went wrong
+        retried = await w.job(job)
+        assert retried.retries == 1 and retried.attempt == 2, retried.message
+
+    run(body())
+
+
+def test_a_new_leader_counts_a_stall_from_when_it_took_over():
+    async def body() -> None:
+        w = world()
+        job = await _running(w, stall_s=30)
+        await w.until(w.clock.now + 20)
+        await w.leader.stop()
+        w.clock.advance(60)  # nobody led for a minute: the job's reports went unread
+        w.leader = Leader(w.jobs, w.state, w.executor, w.lease, SchedulerConfig(instance="t"), clock=w.clock,
+                          identity="leader-b")
+        await w.until(w.clock.now + 20)
+        assert (await w.job(job)).state == JobState.RUNNING  # 100 s since admission, 20 s since take-over
+        await w.until(w.clock.now + 15)
+        assert (await w.job(job)).state == JobState.FAILED
+
+    run(body())
+
+
+def test_a_leader_away_from_a_job_does_not_count_that_time_as_a_stall():
+    async def body() -> None:
+        w = world()
+        job = await _running(w, stall_s=30)
+        await w.until(w.clock.now + 20)
+        w.clock.advance(60)  # this leader did not look (it had lost the lease) for a minute
+        await w.turns(1)
+        assert (await w.job(job)).state == JobState.RUNNING
+
+    run(body())
+
+
+def test_progress_reports_become_the_jobs_trainer_status():
+    async def body() -> None:
+        from pylon_services.scheduler.api.convert import job_to_pb
+
+        w = world()
+        job = await _running(w, stall_s=0)
+        assert (await w.job(job)).trainer_status() is None
+        _progress(w, job, 25, total_steps=200, metrics={"loss": 2.5, "tokens_per_s": 1e4, "mfu": 0.31,
+                                                        "bad": float("nan"), "x" * 65: 1.0})
+        await w.turns(1)
+        t = (await w.job(job)).trainer_status()
+        assert t is not None and (t.progress_percentage, t.step, t.total_steps) == (12, 25, 200)
+        assert t.estimated_remaining_seconds == (200 - 25) // 2  # from the step rate (2 steps/s)
+        assert dict(t.metrics) == {"loss": 2.5, "tokens_per_s": 1e4, "mfu": 0.31}  # finite, short keys only
+        _progress(w, job, 100, total_steps=200, metrics={"loss": 1.5, "eta_s": 42.0})
+        await w.turns(1)
+        status = job_to_pb(await w.job(job)).status.trainer_status
+        assert status.progress_percentage == 50 and status.estimated_remaining_seconds == 42  # the trainer's own
+        assert dict(status.metrics) == {"loss": 1.5, "eta_s": 42.0} and status.last_update_time.seconds > 0
+
+    run(body())
+
+
+def test_a_report_that_does_not_move_the_step_writes_nothing():
+    async def body() -> None:
+        w = world()
+        job = await _running(w, stall_s=0)
+        _progress(w, job, 10, total_steps=100)
+        await w.turns(1)
+        version = (await w.job(job)).version
+        _progress(w, job, 10, total_steps=100, metrics={"loss": 1.0})
+        await w.turns(1)
+        assert (await w.job(job)).version == version
+
+    run(body())
+
+
+def test_without_a_total_the_percentage_and_estimate_are_absent():
+    async def body() -> None:
+        from pylon_services.scheduler.api.convert import job_to_pb
+
+        w = world()
+        job = await _running(w, stall_s=0)
+        _progress(w, job, 10, metrics={"loss": 3.0})
+        await w.turns(1)
+        status = job_to_pb(await w.job(job)).status
+        assert status.HasField("trainer_status") and status.trainer_status.step == 10
+        assert not status.trainer_status.HasField("progress_percentage")
+        assert not status.trainer_status.HasField("estimated_remaining_seconds")
+
+    run(body())

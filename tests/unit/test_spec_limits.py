@@ -94,3 +94,29 @@ def test_errors_of_called_services_pass_on_without_internal_addresses():
     assert isinstance(err, Internal) and "10.1.2.3" not in err.message
     mine = _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "no pool fits")
     assert passed_on("scheduler", mine) is mine  # the caller's own mistake passes on as it is
+
+
+@pytest.mark.parametrize("seconds, ok", [(0.0, True), (60.0, True), (7 * 86400.0, True), (7 * 86400.0 + 1, False),
+                                         (-1.0, False), (math.inf, False)])
+def test_stall_timeout_is_off_or_up_to_seven_days(seconds, ok):
+    spec = JobSpec(Command(("x",)), stall_timeout_s=seconds)
+    if ok:
+        validate_spec(spec)
+    else:
+        assert _fields(spec) == {"spec.stall_timeout"}
+
+
+def test_stall_timeout_and_pinned_tokens_survive_the_ledger_and_the_proto():
+    from pylon_services.scheduler.api.convert import spec_from_pb, spec_to_pb
+    from pylon_services.scheduler.domain.spec import TokenData
+
+    tokens = TokenData("tenants/acme/datasets/d/versions/2", "tenants/acme/datasets/d/versions/2/tokenizations/bpe",
+                       "bpe", "tenants/acme/tokenizers/bpe.json", "sha256:ab", "p/index.json", "p/", 1000, 1, 600,
+                       "uint16")
+    spec = JobSpec(Trainer("causal-lm", datasets=(tokens.dataset_version,), token_data=(tokens,),
+                           register_model="m", register_alias="prod"), stall_timeout_s=90.0)
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    pb = spec_to_pb(spec)
+    assert pb.stall_timeout.seconds == 90 and pb.trainer.token_data[0].total_tokens == 1000
+    back = spec_from_pb(pb)  # token_data is output only: a request cannot set it
+    assert back.stall_timeout_s == 90.0 and back.workload.token_data == () and back.workload.register_alias == "prod"

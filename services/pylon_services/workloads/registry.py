@@ -48,6 +48,13 @@ class Workload:
     check_config: ConfigCheck = no_config
     # Most workers one job of this workload may ask for (None: no limit).
     max_workers: int | None = None
+    # Most GPUs one worker may ask for (None: no limit): a workload that runs one process per GPU
+    # would leave the rest idle, so the API refuses more at submit.
+    max_gpus_per_worker: float | None = None
+    # Its datasets must be tokenized: the API pins each one's tokenization at submit.
+    needs_tokens: bool = False
+    # The registry formats (``ModelFormat`` names) a base model may have; empty: it takes none.
+    base_model_formats: tuple[str, ...] = ()
 
     def load(self) -> Entrypoint:
         """Import the workload's code (in the worker only: it may import torch or vLLM)."""

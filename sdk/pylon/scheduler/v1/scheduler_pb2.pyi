@@ -55,18 +55,56 @@ class WorkerResources(_message.Message):
     def __init__(self, gpus: _Optional[float] = ..., gpu_types: _Optional[_Iterable[str]] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class BuiltinTrainer(_message.Message):
-    __slots__ = ("trainer", "config", "datasets", "base_model", "base_model_version")
+    __slots__ = ("trainer", "config", "datasets", "base_model", "base_model_version", "token_data", "register_model")
     TRAINER_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_DATA_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_MODEL_FIELD_NUMBER: _ClassVar[int]
     trainer: str
     config: _struct_pb2.Struct
     datasets: _containers.RepeatedScalarFieldContainer[str]
     base_model: str
     base_model_version: str
-    def __init__(self, trainer: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., base_model_version: _Optional[str] = ...) -> None: ...
+    token_data: _containers.RepeatedCompositeFieldContainer[PinnedTokens]
+    register_model: RegisterModel
+    def __init__(self, trainer: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., base_model_version: _Optional[str] = ..., token_data: _Optional[_Iterable[_Union[PinnedTokens, _Mapping]]] = ..., register_model: _Optional[_Union[RegisterModel, _Mapping]] = ...) -> None: ...
+
+class PinnedTokens(_message.Message):
+    __slots__ = ("dataset_version", "tokenization", "tokenizer", "tokenizer_object_key", "tokenizer_digest", "index_object_key", "shard_prefix", "total_tokens", "shard_count", "vocab_size", "dtype")
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZATION_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    INDEX_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    dataset_version: str
+    tokenization: str
+    tokenizer: str
+    tokenizer_object_key: str
+    tokenizer_digest: str
+    index_object_key: str
+    shard_prefix: str
+    total_tokens: int
+    shard_count: int
+    vocab_size: int
+    dtype: str
+    def __init__(self, dataset_version: _Optional[str] = ..., tokenization: _Optional[str] = ..., tokenizer: _Optional[str] = ..., tokenizer_object_key: _Optional[str] = ..., tokenizer_digest: _Optional[str] = ..., index_object_key: _Optional[str] = ..., shard_prefix: _Optional[str] = ..., total_tokens: _Optional[int] = ..., shard_count: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class RegisterModel(_message.Message):
+    __slots__ = ("model", "alias")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    alias: str
+    def __init__(self, model: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("argv", "working_dir_key", "pip_requirements", "env", "datasets")
@@ -102,7 +140,7 @@ class EngineReplica(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., engine_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("queue", "priority_class", "workers", "resources", "gang", "placement", "trainer", "command", "engine", "max_runtime", "max_retries", "preemptible", "checkpoint_every_steps", "labels", "display_name", "job_type", "total_steps")
+    __slots__ = ("queue", "priority_class", "workers", "resources", "gang", "placement", "trainer", "command", "engine", "max_runtime", "max_retries", "preemptible", "checkpoint_every_steps", "labels", "display_name", "job_type", "total_steps", "stall_timeout")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +165,7 @@ class JobSpec(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     queue: str
     priority_class: str
     workers: int
@@ -144,10 +183,11 @@ class JobSpec(_message.Message):
     display_name: str
     job_type: str
     total_steps: int
-    def __init__(self, queue: _Optional[str] = ..., priority_class: _Optional[str] = ..., workers: _Optional[int] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., gang: _Optional[bool] = ..., placement: _Optional[_Union[PlacementStrategy, str]] = ..., trainer: _Optional[_Union[BuiltinTrainer, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., engine: _Optional[_Union[EngineReplica, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_retries: _Optional[int] = ..., preemptible: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ..., job_type: _Optional[str] = ..., total_steps: _Optional[int] = ...) -> None: ...
+    stall_timeout: _duration_pb2.Duration
+    def __init__(self, queue: _Optional[str] = ..., priority_class: _Optional[str] = ..., workers: _Optional[int] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., gang: _Optional[bool] = ..., placement: _Optional[_Union[PlacementStrategy, str]] = ..., trainer: _Optional[_Union[BuiltinTrainer, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., engine: _Optional[_Union[EngineReplica, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_retries: _Optional[int] = ..., preemptible: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ..., job_type: _Optional[str] = ..., total_steps: _Optional[int] = ..., stall_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("state", "message", "gpu_type", "attempt", "exit_code", "last_log_lines", "output_uri", "start_time", "end_time", "latest_metrics", "retries", "preemptions", "step")
+    __slots__ = ("state", "message", "gpu_type", "attempt", "exit_code", "last_log_lines", "output_uri", "start_time", "end_time", "latest_metrics", "retries", "preemptions", "step", "trainer_status")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     GPU_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +201,7 @@ class JobStatus(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_STATUS_FIELD_NUMBER: _ClassVar[int]
     state: JobState
     message: str
     gpu_type: str
@@ -174,7 +215,31 @@ class JobStatus(_message.Message):
     retries: int
     preemptions: int
     step: int
-    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., gpu_type: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., last_log_lines: _Optional[_Iterable[str]] = ..., output_uri: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retries: _Optional[int] = ..., preemptions: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+    trainer_status: TrainerStatus
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., gpu_type: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., last_log_lines: _Optional[_Iterable[str]] = ..., output_uri: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retries: _Optional[int] = ..., preemptions: _Optional[int] = ..., step: _Optional[int] = ..., trainer_status: _Optional[_Union[TrainerStatus, _Mapping]] = ...) -> None: ...
+
+class TrainerStatus(_message.Message):
+    __slots__ = ("progress_percentage", "estimated_remaining_seconds", "metrics", "last_update_time", "step", "total_steps")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROGRESS_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REMAINING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    progress_percentage: int
+    estimated_remaining_seconds: int
+    metrics: _containers.ScalarMap[str, float]
+    last_update_time: _timestamp_pb2.Timestamp
+    step: int
+    total_steps: int
+    def __init__(self, progress_percentage: _Optional[int] = ..., estimated_remaining_seconds: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., last_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("name", "spec", "status", "create_time", "creator", "request_id")

@@ -117,11 +117,22 @@ class SchedulerServiceServicer:
         spec refers to must be in the job's tenant ("tenants/-/..." is the caller's tenant; an admin
         submitting for another tenant names that tenant). A tenant may have at most
         PYLON_SCHED_MAX_PENDING_PER_TENANT (default 10000) PENDING jobs at once.
-        Errors: INVALID_ARGUMENT (bad spec, with field violations; a reference outside the job's
-        tenant; a base model that does not resolve), FAILED_PRECONDITION (no pool can ever satisfy
-        the request; a base model that is not READY), NOT_FOUND (the queue), RESOURCE_EXHAUSTED (the
-        tenant's pending-job limit, with a RetryInfo delay), UNAVAILABLE (no scheduler leader has
-        reported the cluster yet, or the registry cannot resolve a base model now; retry).
+        A trainer's and a command's dataset versions are pinned at submit: "latest" becomes the
+        version number it is now, so retries, resumes and lineage read the same data. A trainer
+        that reads tokens (causal-lm) also gets each version's tokenization pinned (token_data), and
+        a base model's format and tokenizer are checked against the trainer and the datasets.
+        INVALID_ARGUMENT names every bad field, among them each bad field of a trainer's config, a
+        reference outside the job's tenant, a base model that does not resolve or is of a format the
+        trainer does not take, more GPUs per worker than the workload uses. FAILED_PRECONDITION also
+        says: a dataset version that does not exist; for a trainer on tokens, a version that is not
+        tokenized, one with several tokenizations of which config.tokenizer names none, datasets
+        tokenized with different tokenizers, a base model without tokenizer.json or whose tokenizer
+        differs from the datasets'.
+        Errors: INVALID_ARGUMENT (bad spec, with field violations), FAILED_PRECONDITION (no pool can
+        ever satisfy the request; a base model that is not READY; the data problems above),
+        NOT_FOUND (the queue), RESOURCE_EXHAUSTED (the tenant's pending-job limit, with a RetryInfo
+        delay), UNAVAILABLE (no scheduler leader has reported the cluster yet, or the registry cannot
+        resolve a base model now; retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -13,6 +13,7 @@ from pylon_services.scheduler.domain.spec import (
     EngineReplica,
     JobSpec,
     Resources,
+    TokenData,
     Trainer,
     Workload,
     common_violations,
@@ -25,14 +26,14 @@ MAX_STATES = 64
 _STATE_FROM_PB = {pb.JobState.Value(f"JOB_STATE_{s.name}"): s for s in JobState}
 
 
-
-
 def _workload_from_pb(spec: pb.JobSpec) -> Workload | None:
     which = spec.WhichOneof("workload")
     if which == "trainer":
         t = spec.trainer
+        # token_data and base_model_version are output only: whatever the request says is dropped.
         return Trainer(trainer=t.trainer, config=plain_struct(t.config), datasets=tuple(t.datasets),
-                       base_model=t.base_model)
+                       base_model=t.base_model, register_model=t.register_model.model,
+                       register_alias=t.register_model.alias)
     if which == "command":
         c = spec.command
         return Command(argv=tuple(c.argv), working_dir_key=c.working_dir_key,
@@ -57,13 +58,22 @@ def spec_from_pb(spec: pb.JobSpec) -> JobSpec:
         resources=Resources(gpus=r.gpus, cpus=r.cpus or 1.0, memory_bytes=r.memory_bytes,
                             gpu_types=tuple(t for t in r.gpu_types if t)),
         gang=spec.gang if spec.HasField("gang") else True, placement=_PLACEMENTS[spec.placement],
-        max_runtime_s=spec.max_runtime.seconds + spec.max_runtime.nanos / 1e9, max_retries=spec.max_retries,
+        max_runtime_s=_seconds(spec.max_runtime), stall_timeout_s=_seconds(spec.stall_timeout),
+        max_retries=spec.max_retries,
         preemptible=spec.preemptible, checkpoint_every_steps=spec.checkpoint_every_steps, labels=dict(spec.labels),
         display_name=spec.display_name, job_type=spec.job_type, total_steps=spec.total_steps)
     if workload is None:  # said together with everything else that is wrong
         raise invalid([FieldViolation("spec.workload", "set one of trainer, command or engine"),
                        *common_violations(out)])
     return out
+
+
+def _seconds(d: Any) -> float:
+    return float(d.seconds + d.nanos / 1e9)
+
+
+def _tokens_to_pb(t: TokenData) -> pb.PinnedTokens:
+    return pb.PinnedTokens(**t.to_dict())
 
 
 def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
@@ -76,10 +86,16 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         labels=dict(spec.labels), display_name=spec.display_name, job_type=spec.job_type, total_steps=spec.total_steps)
     if spec.max_runtime_s:
         out.max_runtime.FromNanoseconds(int(spec.max_runtime_s * 1e9))
+    if spec.stall_timeout_s:
+        out.stall_timeout.FromNanoseconds(int(spec.stall_timeout_s * 1e9))
     w = spec.workload
     if isinstance(w, Trainer):
+        register = (pb.RegisterModel(model=w.register_model, alias=w.register_alias)
+                    if w.register_model or w.register_alias else None)
         out.trainer.CopyFrom(pb.BuiltinTrainer(trainer=w.trainer, config=struct(dict(w.config)), datasets=list(w.datasets),
-                                               base_model=w.base_model, base_model_version=w.base_model_version))
+                                               base_model=w.base_model, base_model_version=w.base_model_version,
+                                               token_data=[_tokens_to_pb(t) for t in w.token_data],
+                                               register_model=register))
     elif isinstance(w, Command):
         out.command.CopyFrom(pb.Command(argv=list(w.argv), working_dir_key=w.working_dir_key,
                                         pip_requirements=list(w.pip_requirements), env=dict(w.env),
@@ -96,6 +112,10 @@ def job_to_pb(job: Job) -> pb.Job:
         exit_code=job.exit_code, last_log_lines=job.last_log_lines, retries=job.retries,
         preemptions=job.preemptions, step=job.step, output_uri=job.output_uri, start_time=ts(job.start_time),
         end_time=ts(job.end_time), latest_metrics=struct(job.latest_metrics))
+    if (t := job.trainer_status()) is not None:
+        status.trainer_status.CopyFrom(pb.TrainerStatus(
+            progress_percentage=t.progress_percentage, estimated_remaining_seconds=t.estimated_remaining_seconds,
+            metrics=dict(t.metrics), last_update_time=ts(t.last_update_time), step=t.step, total_steps=t.total_steps))
     return pb.Job(name=job.name, spec=spec_to_pb(job.spec), status=status, create_time=ts(job.create_time),
                   creator=job.creator, request_id=job.request_id)
 

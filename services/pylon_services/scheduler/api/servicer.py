@@ -19,7 +19,7 @@ from pylon_services.common.errors import FailedPrecondition, InvalidArgument, Un
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, ts
-from pylon_services.scheduler.api import inputs
+from pylon_services.scheduler.api import inputs, pinning
 from pylon_services.scheduler.api.cluster import ClusterViews
 from pylon_services.scheduler.api.convert import job_to_pb, spec_from_pb, states_from_pb
 from pylon_services.scheduler.api.streams import JobStreams
@@ -32,6 +32,7 @@ from pylon_services.scheduler.domain.scheduling import Node
 from pylon_services.scheduler.domain.snapshot import ClusterView
 from pylon_services.scheduler.domain.spec import JobSpec, Trainer, invalid, validate_spec
 from pylon_services.storage.base import ObjectStore
+from pylon_services.workloads import REGISTRY, Workload, WorkloadKind
 
 VIEW_MAX_AGE_S = 1.0  # the published cluster view is re-read at most this often
 # A ListJobs page ends once its jobs' stored documents reach this (a spec is at most a few
@@ -93,18 +94,33 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, JobStreams, scheduler_pb2_
         _, nodes = await self.cluster_view()
         if why := check_satisfiable(spec.demand(), nodes):
             raise FailedPrecondition(why)
-        w = spec.workload
-        if isinstance(w, Trainer) and w.base_model:
-            spec = await self._pin_base_model(spec, w, tenant, context)
+        spec = await self._pin(spec, tenant, context)
         job = Job(id=new_job_id(), tenant=tenant, spec=spec, creator=p.key_id, request_id=request_id)
         queue = f"tenants/{tenant}/queues/{spec.queue}" if spec.queue != "default" else ""
         job, _ = await self._jobs.create(job, queue)
         return pb.SubmitJobResponse(job=job_to_pb(job))
 
-    async def _pin_base_model(self, spec: JobSpec, trainer: Trainer, tenant: str,
-                              context: grpc.aio.ServicerContext) -> JobSpec:
+    async def _pin(self, spec: JobSpec, tenant: str, context: grpc.aio.ServicerContext) -> JobSpec:
+        """Pin what the spec refers to (``pinning.py``): dataset versions by number, a token-reading
+        trainer's tokenizations, a base model's exact version, after checking its format and
+        tokenizer."""
+        spec = await pinning.pin_datasets(self._store, spec)
+        w = spec.workload
+        if not isinstance(w, Trainer):
+            return spec
+        workload = REGISTRY.get(WorkloadKind.TRAINER, w.trainer)
+        assert workload is not None  # validate_spec refused unknown trainers
+        if workload.needs_tokens:
+            w = await pinning.pin_tokens(self._store, w)
+        if w.base_model:
+            w = await self._pin_base_model(w, workload, tenant, context)
+        return dataclasses.replace(spec, workload=w)
+
+    async def _pin_base_model(self, trainer: Trainer, workload: Workload, tenant: str,
+                              context: grpc.aio.ServicerContext) -> Trainer:
         """Resolve a fine-tune's base model through the registry (as the caller) and pin the exact
-        version and its artifact keys into the spec; it must be in the job's tenant."""
+        version and its artifact keys; it must be in the job's tenant, of a format the trainer
+        takes, and (for a trainer on tokens) have the datasets' tokenizer."""
         if self._peers is None:
             raise FailedPrecondition("this scheduler has no registry to resolve base models with")
         uri = trainer.base_model
@@ -120,14 +136,13 @@ class SchedulerServicer(ClusterViews, WorkdirUploads, JobStreams, scheduler_pb2_
         v = resp.version
         if not v.name.startswith(f"tenants/{tenant}/"):
             raise InvalidArgument.field("spec.trainer.base_model", f"must be a model of the job's tenant ({tenant})")
-        if v.format != registry_pb2.MODEL_FORMAT_PYLON_GPT:
-            fmt = registry_pb2.ModelFormat.Name(v.format)
-            raise InvalidArgument.field("spec.trainer.base_model", f"{uri} is {fmt}; tiny-gpt fine-tunes PYLON_GPT models")
+        pinning.check_base_model_format(workload, uri, registry_pb2.ModelFormat.Name(v.format))
         if v.state != registry_pb2.MODEL_VERSION_STATE_READY:
             raise FailedPrecondition(f"{v.name} is {registry_pb2.ModelVersionState.Name(v.state)}, not READY")
-        pinned = dataclasses.replace(trainer, base_model_version=v.name,
-                                     base_model_files={f.path: f.object_key for f in v.files})
-        return dataclasses.replace(spec, workload=pinned)
+        files = {f.path: f.object_key for f in v.files}
+        if workload.needs_tokens and trainer.token_data:
+            await pinning.check_base_model_tokenizer(self._store, v.name, files, trainer.token_data[0])
+        return dataclasses.replace(trainer, base_model_version=v.name, base_model_files=files)
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
         return pb.GetJobResponse(job=job_to_pb(await self._job(request.name)))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -41,6 +43,40 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 # Exit code a preempted workload uses after checkpointing (EX_TEMPFAIL): "requeue me".
 PREEMPTED_EXIT_CODE = 75
+# A progress report's metrics kept on the job: a few keys of bounded length (a worker's report
+# is not trusted to be small: a user command's code may feed it).
+MAX_PROGRESS_METRICS = 32
+MAX_METRIC_KEY_CHARS = 64
+MAX_ETA_S = 10**12  # an estimate beyond this (a rate near 0) is said as this
+
+
+@dataclass(frozen=True)
+class TrainerStatus:
+    """A running job's progress as its workers last reported it (Kubeflow Trainer's
+    ``trainerStatus``); None where unknown."""
+
+    progress_percentage: int | None
+    estimated_remaining_seconds: int | None
+    metrics: Mapping[str, float]
+    last_update_time: float
+    step: int
+    total_steps: int
+
+
+def progress_metrics(raw: Any) -> dict[str, float]:
+    """The finite numeric values of a reported metrics dict, at most ``MAX_PROGRESS_METRICS`` keys
+    of at most ``MAX_METRIC_KEY_CHARS`` characters; anything else is left out."""
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, float] = {}
+    for k, v in raw.items():
+        if len(out) >= MAX_PROGRESS_METRICS:
+            break
+        if (isinstance(k, str) and 0 < len(k) <= MAX_METRIC_KEY_CHARS and k.isascii() and k.isprintable()
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool) and math.isfinite(v)):
+            out[k] = float(v)
+    return out
 
 
 def new_job_id() -> str:
@@ -88,6 +124,13 @@ class Job:
     queued_at: float = 0.0
     # Unix time by which a preempted job must have exited.
     preempt_deadline: float = 0.0
+    # The latest progress report (``TrainerStatus``): the trainer's total steps (0: unknown), its
+    # metrics, the step rate, its own remaining-time estimate (-1: none), and when it came.
+    progress_total_steps: int = 0
+    progress_metrics: dict[str, float] = field(default_factory=dict)
+    progress_rate: float = 0.0
+    progress_eta_s: float = -1.0
+    progress_time: float = 0.0
 
     @property
     def name(self) -> str:
@@ -119,6 +162,42 @@ class Job:
         """The GPU type worker ``rank`` of the current attempt runs on."""
         return self.worker_gpu_types[rank] if rank < len(self.worker_gpu_types) else self.gpu_type
 
+    def note_progress(self, event: Mapping[str, Any], now: float) -> bool:
+        """Take a worker's progress report (step, total_steps, rate, metrics); True when the
+        step moved forward, the only change worth a ledger write (a report comes every few
+        seconds; its other fields ride along with the next step's write)."""
+        step = _int(event.get("step"))
+        total = _int(event.get("total_steps"))
+        if total > 0:
+            self.progress_total_steps = total
+        metrics = progress_metrics(event.get("metrics"))
+        if metrics:
+            self.progress_metrics = metrics
+        eta = metrics.get("eta_s", -1.0)
+        self.progress_eta_s = eta if eta >= 0 else -1.0
+        rate = event.get("rate")
+        if isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0:
+            self.progress_rate = float(rate)
+        first = not self.progress_time
+        self.progress_time = now
+        if step > self.step:
+            self.step = step
+            return True
+        return first
+
+    def trainer_status(self) -> TrainerStatus | None:
+        """The job's progress for JobStatus; None before its first report."""
+        if not self.progress_time:
+            return None
+        total = self.progress_total_steps or self.spec.total_steps
+        pct = max(0, min(100, int(100 * self.step / total))) if total > 0 else None
+        remaining: int | None = None
+        if self.progress_eta_s >= 0:
+            remaining = int(min(self.progress_eta_s, MAX_ETA_S))
+        elif total > 0 and self.progress_rate > 0:
+            remaining = int(min(max(0, total - self.step) / self.progress_rate, MAX_ETA_S))
+        return TrainerStatus(pct, remaining, dict(self.progress_metrics), self.progress_time, self.step, total)
+
     def transition(self, new: JobState, message: str) -> None:
         """Move to ``new`` or raise FailedPrecondition if the state machine forbids it."""
         if new not in TRANSITIONS[self.state]:
@@ -146,3 +225,10 @@ class Job:
         kw["state"] = JobState(kw["state"])
         kw["spec"] = JobSpec.from_dict(kw["spec"])
         return cls(**kw)
+
+
+def _int(value: Any) -> int:
+    """A reported whole number, or 0 for anything that is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0
+    return int(value)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pylon_services.common.errors import FieldViolation, InvalidArgument
 from pylon_services.common.limits import json_violations
+from pylon_services.common.names import ID_RE, ID_RULE
 from pylon_services.scheduler.domain.scheduling import Demand
 from pylon_services.workloads import REGISTRY, WorkloadKind, WorkloadRegistry
 
@@ -34,6 +35,7 @@ MAX_MEMORY_BYTES = 1 << 44  # 16 TiB per worker
 MAX_RETRIES = 100
 MAX_STEPS = 10**12  # total_steps and checkpoint_every_steps
 MAX_RUNTIME_S = 30 * 86400.0
+MAX_STALL_TIMEOUT_S = 7 * 86400.0
 MAX_NAME_CHARS = 256  # display_name, label values, gpu types, job_type, resource names
 MAX_LABELS = 64
 MAX_GPU_TYPES = 16
@@ -67,17 +69,51 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class TokenData:
+    """One dataset version's tokenization, pinned at submit for a trainer that reads tokens:
+    what it needs to read the shards and the tokenizer without another lookup (the stored form
+    is the proto's ``PinnedTokens`` with its JSON names, ``to_dict``)."""
+
+    dataset_version: str  # tenants/{t}/datasets/{d}/versions/{n}
+    tokenization: str  # .../versions/{n}/tokenizations/{tokenizer}
+    tokenizer: str  # the tokenizer's id
+    tokenizer_object_key: str
+    tokenizer_digest: str
+    index_object_key: str
+    shard_prefix: str
+    total_tokens: int = 0
+    shard_count: int = 0
+    vocab_size: int = 0
+    dtype: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TokenData:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
 class Trainer:
     """A registered trainer (``workloads`` registry) on dataset versions, maybe from a base model."""
 
     trainer: str
     config: Mapping[str, Any] = field(default_factory=dict)
+    # Pinned at submit: each "tenants/{t}/datasets/{d}/versions/{n}" with its number, never "latest".
     datasets: tuple[str, ...] = ()
     base_model: str = ""
     # Set at submit: the exact version ``base_model`` resolved to and its files' object keys,
     # so retries and resumes use them even if the alias moves.
     base_model_version: str = ""
     base_model_files: Mapping[str, str] = field(default_factory=dict)
+    # Set at submit for a workload that reads tokens: each dataset's tokenization, in order.
+    token_data: tuple[TokenData, ...] = ()
+    # Where the trainer registers what it trained on success (model id in the job's tenant, and an
+    # alias to point at the new version); empty: nothing is registered.
+    register_model: str = ""
+    register_alias: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +162,8 @@ class JobSpec:
     display_name: str = ""
     job_type: str = ""  # keys the throughput table; empty = the workload kind
     total_steps: int = 0  # when known: remaining work = total_steps - reported step
+    # A running attempt without step progress for this long is ended as stalled; 0 = off.
+    stall_timeout_s: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -157,6 +195,8 @@ class JobSpec:
             "total_steps": self.total_steps, self.kind: _workload_dict(self.workload)}
         if self.max_runtime_s:
             d["max_runtime"] = f"{self.max_runtime_s:g}s"
+        if self.stall_timeout_s:
+            d["stall_timeout"] = f"{self.stall_timeout_s:g}s"
         return d
 
     @classmethod
@@ -175,7 +215,7 @@ class JobSpec:
             preemptible=bool(d.get("preemptible", False)),
             checkpoint_every_steps=int(d.get("checkpoint_every_steps") or 0), labels=dict(d.get("labels") or {}),
             display_name=d.get("display_name") or "", job_type=d.get("job_type") or "",
-            total_steps=int(d.get("total_steps") or 0))
+            total_steps=int(d.get("total_steps") or 0), stall_timeout_s=duration_seconds(d.get("stall_timeout")))
 
 
 def _workload_dict(w: Workload) -> dict[str, Any]:
@@ -184,6 +224,10 @@ def _workload_dict(w: Workload) -> dict[str, Any]:
                                "base_model": w.base_model, "base_model_version": w.base_model_version}
         if w.base_model_files:
             out["base_model_files"] = dict(w.base_model_files)
+        if w.token_data:
+            out["token_data"] = [t.to_dict() for t in w.token_data]
+        if w.register_model or w.register_alias:
+            out["register_model"] = {"model": w.register_model, "alias": w.register_alias}
         return out
     if isinstance(w, Command):
         return {"argv": list(w.argv), "working_dir_key": w.working_dir_key,
@@ -197,7 +241,10 @@ def _workload_from(d: Mapping[str, Any]) -> Workload:
         return Trainer(trainer=t.get("trainer", ""), config=dict(t.get("config") or {}),
                        datasets=tuple(t.get("datasets") or ()), base_model=t.get("base_model") or "",
                        base_model_version=t.get("base_model_version") or "",
-                       base_model_files=dict(t.get("base_model_files") or {}))
+                       base_model_files=dict(t.get("base_model_files") or {}),
+                       token_data=tuple(TokenData.from_dict(x) for x in t.get("token_data") or ()),
+                       register_model=(t.get("register_model") or {}).get("model") or "",
+                       register_alias=(t.get("register_model") or {}).get("alias") or "")
     if c := d.get("command"):
         return Command(argv=tuple(c.get("argv") or ()), working_dir_key=c.get("working_dir_key") or "",
                        pip_requirements=tuple(c.get("pip_requirements") or ()), env=dict(c.get("env") or {}),
@@ -248,6 +295,8 @@ def common_violations(spec: JobSpec) -> list[FieldViolation]:
         bad.append(FieldViolation("spec.max_retries", f"must be between 0 and {MAX_RETRIES}"))
     if not _finite_between(spec.max_runtime_s, 0, MAX_RUNTIME_S):
         bad.append(FieldViolation("spec.max_runtime", "must be between 0 (no limit) and 30 days"))
+    if not _finite_between(spec.stall_timeout_s, 0, MAX_STALL_TIMEOUT_S):
+        bad.append(FieldViolation("spec.stall_timeout", "must be between 0 (off) and 7 days"))
     if spec.priority_class not in PRIORITY_CLASSES:
         bad.append(FieldViolation("spec.priority_class", f"must be one of {', '.join(PRIORITY_CLASSES)}"))
     if not QUEUE_RE.fullmatch(spec.queue):
@@ -285,6 +334,7 @@ def _workload_violations(spec: JobSpec, registry: WorkloadRegistry) -> list[Fiel
         bad = _list_violations("spec.trainer.datasets", w.datasets, MAX_DATASETS, lambda d: _text_problem(d, 512))
         if why := _text_problem(w.base_model, MAX_NAME_CHARS):
             bad.append(FieldViolation("spec.trainer.base_model", why))
+        bad += register_violations(w)
     else:
         kind, field_name, name, config, path = WorkloadKind.ENGINE, "engine", w.engine, w.engine_config, "spec.engine"
         config_field = "engine_config"
@@ -299,10 +349,31 @@ def _workload_violations(spec: JobSpec, registry: WorkloadRegistry) -> list[Fiel
     if workload.max_workers is not None and spec.workers > workload.max_workers:
         bad.append(FieldViolation("spec.workers", f"the {name} {kind.value} runs on at most {workload.max_workers} "
                                                   f"worker(s)"))
+    if isinstance(w, Trainer) and w.base_model and not workload.base_model_formats:
+        bad.append(FieldViolation("spec.trainer.base_model", f"the {name} trainer fine-tunes no base model"))
+    most_gpus = workload.max_gpus_per_worker
+    if most_gpus is not None and math.isfinite(spec.resources.gpus) and spec.resources.gpus > most_gpus:
+        bad.append(FieldViolation("spec.resources.gpus_per_worker", f"{name} runs one process per GPU: ask for "
+                                                                    f"more workers instead"))
     if config_bad:  # the workload's own check sees only well-formed JSON
         return bad + config_bad
     return bad + [FieldViolation(f"{path}.{config_field}.{_clip(f, 64)}", _clip(d, 200))
                   for f, d in workload.check_config(config)]
+
+
+def register_violations(t: Trainer) -> list[FieldViolation]:
+    """Where a trainer registers its model: ids by the registry's rules (checked here so a job
+    never trains for hours to fail at registering)."""
+    bad = []
+    if t.register_model and not ID_RE.fullmatch(t.register_model):
+        bad.append(FieldViolation("spec.trainer.register_model.model", ID_RULE))
+    if t.register_alias and not t.register_model:
+        bad.append(FieldViolation("spec.trainer.register_model.model", "is required when an alias is given"))
+    if t.register_alias and not ID_RE.fullmatch(t.register_alias):
+        bad.append(FieldViolation("spec.trainer.register_model.alias", ID_RULE))
+    elif t.register_alias == "latest":
+        bad.append(FieldViolation("spec.trainer.register_model.alias", "'latest' is reserved"))
+    return bad
 
 
 def command_violations(c: Command) -> list[FieldViolation]:

@@ -22,6 +22,10 @@ LOST_AFTER_CHECKS = 2
 HOLDING = (JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING)
 PREEMPT_KILL_AFTER_S = 15.0
 TAIL_LINES = 20  # log lines kept on a failed job
+# A running job this leader has not looked at for this long (it was not leading: a restart, a
+# takeover, a lease lost and won back) counts its stall time from now: progress reports went to
+# another leader meanwhile, and a leader change must never fail a job.
+STALL_WATCH_GAP_S = 30.0
 
 
 class Attempts:
@@ -31,6 +35,7 @@ class Attempts:
         self.progress_times: dict[str, float] = {}
         self._checked: dict[str, float] = {}
         self._suspect: dict[str, int] = {}  # job key -> failed liveness checks in a row
+        self._watched: dict[str, tuple[float, float]] = {}  # job key -> (watched since, last looked)
         self._table: ThroughputTable | None = None
 
     async def table(self) -> ThroughputTable:
@@ -66,14 +71,16 @@ class Attempts:
             await self.jobs.request_preempt(job, self.cfg.preempt_grace_s)
 
     async def progress(self, job: Job, event: dict[str, Any]) -> None:
-        """A worker's step rate: fold it into the throughput table and note the job's step."""
+        """A worker's progress report: fold its step rate into the throughput table and note the
+        job's step and trainer status (stored only when the step moved: at most one ledger write
+        per report, as before the status existed)."""
         table = await self.table()
         if event.get("gpu_type") and float(event.get("rate", 0)) > 0:
             table.observe(event.get("job_type", ""), event["gpu_type"], float(event["rate"]))
             await self.state.save_throughput(table)
-        self.progress_times[job.key] = self.clock.time()
-        if int(event.get("step", 0)) > job.step and job.state in HOLDING:
-            job.step = int(event["step"])
+        now = self.clock.time()
+        self.progress_times[job.key] = now
+        if job.state in HOLDING and job.note_progress(event, now):
             await self.jobs.save_moved(job, pending=False, active=True)
 
     async def track(self, job: Job) -> None:
@@ -122,6 +129,9 @@ class Attempts:
         if job.state == JobState.PREEMPTING and now > job.preempt_deadline + PREEMPT_KILL_AFTER_S:
             await self.finish(job, {0: {"exit_code": -9, "error": "did not exit after preemption", "preempted": True}})
             return
+        if (idle := self._stalled_for(job, now)) is not None:
+            await self.finish(job, {0: {"exit_code": -1, "error": f"no step progress for {idle:.0f}s (stalled)"}})
+            return
         if now - self._checked.get(job.key, 0.0) < LIVENESS_EVERY_S:
             return
         self._checked[job.key] = now
@@ -143,11 +153,27 @@ class Attempts:
                 for r in range(job.workers) if r not in results}
         await self.finish(job, {**results, **lost})
 
+    def _stalled_for(self, job: Job, now: float) -> float | None:
+        """Seconds a RUNNING attempt has gone without a progress report, when that is past its
+        spec's stall_timeout; else None. Counted from the attempt's admission, the job's last
+        report to this leader, or when this leader began watching it, whichever is latest."""
+        limit = job.spec.stall_timeout_s
+        if not limit or job.state != JobState.RUNNING:
+            self._watched.pop(job.key, None)
+            return None
+        since, looked = self._watched.get(job.key, (now, now))
+        if now - looked > STALL_WATCH_GAP_S:
+            since = now  # this leader was away: reports went elsewhere
+        self._watched[job.key] = (since, now)
+        idle = now - max(job.admit_time, self.progress_times.get(job.key, 0.0), since)
+        return idle if idle > limit else None
+
     async def finish(self, job: Job, results: dict[int, dict[str, Any]]) -> None:
         """End the attempt: free Ray, then SUCCEEDED, requeued (preempted or retrying) or FAILED."""
         await self.executor.release(job)
         self._checked.pop(job.key, None)
         self._suspect.pop(job.key, None)
+        self._watched.pop(job.key, None)
         ranked = [results[r] for r in sorted(results)]
         bad = next((r for r in ranked if r.get("exit_code")), None)
         result = bad or ranked[0]
