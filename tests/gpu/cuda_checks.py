@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from pylon_services.engines.torch_engine import ModelRunner
-from pylon_services.ml import load_model, load_trainer_state
+from pylon_services.ml.checkpoint import load_model, load_trainer_state
 from pylon_services.trainers.tiny_gpt import TrainConfig, train
 
 CORPUS = (

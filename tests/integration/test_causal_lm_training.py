@@ -49,8 +49,8 @@ def workload(**config: Any) -> dict[str, Any]:
             "warmup": 2, "log_every": 1, "eval_fraction": 0.05, "seed": 7}
     return {"trainer": "causal-lm", "config": {**base, **config},
             "datasets": ["tenants/acme/datasets/docs/versions/1"],
-            "token_data": [{"dataset_version": "tenants/acme/datasets/docs/versions/1", "tokenizer_key": TOKENIZER_KEY,
-                            "index_key": INDEX_KEY}]}
+            "token_data": [{"dataset_version": "tenants/acme/datasets/docs/versions/1", "tokenizer_object_key": TOKENIZER_KEY,
+                            "index_object_key": INDEX_KEY}]}
 
 
 def run_in(root: Path, name: str, wl: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -128,8 +128,10 @@ def test_links_planted_in_the_checkpoint_dir_are_not_uploaded(tenant_clients, pl
 
 def test_a_failing_workload_leaves_its_reason_in_the_job_log_but_no_service_traceback(tenant_clients):
     acme = tenant_clients["acme"]
-    job = acme.jobs.submit({"trainer": {"trainer": "tiny-gpt", "datasets": ["tenants/acme/datasets/nope/versions/1"],
-                                        "config": {"steps": 1, "warmup": 0}}})
+    # A replica of a model version that does not exist fails in the worker (a missing dataset is
+    # refused at submit now, so it cannot reach one).
+    job = acme.jobs.submit({"engine": {"deployment": "tenants/acme/deployments/nope", "engine": "torch",
+                                       "model_version": "tenants/acme/models/nope/versions/1"}})
     done = acme.jobs.wait(job.name, timeout=120)
     text = "\n".join(acme.jobs.logs(job.name))
     assert done.state == "failed" and "not found" in done.message

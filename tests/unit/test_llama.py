@@ -55,8 +55,12 @@ def test_num_params_matches_every_preset_and_flops_follow_the_convention() -> No
     one_b = preset("1b", 128256)
     assert one_b.tie_word_embeddings and round(one_b.num_params() / 1e9, 2) == 1.24  # Llama-3.2-1B
     small = preset("124m", 32000)
-    n = small.num_params() - 32000 * 768  # the lookup table does no matmul; lm_head does
-    assert small.flops_per_token(1024) == 6 * n + 12 * 12 * 12 * 64 * 1024
+    assert small.tie_word_embeddings  # GPT-2's shape: the one table is also the lm_head's matmul
+    assert small.flops_per_token(1024) == 6 * small.num_params() + 12 * 12 * 12 * 64 * 1024
+    untied = preset("124m", 32000, tie_word_embeddings=False)
+    n = untied.num_params() - 32000 * 768  # the input lookup table does no matmul; lm_head does
+    assert untied.flops_per_token(1024) == 6 * n + 12 * 12 * 12 * 64 * 1024
+    assert round(preset("124m", 50257).num_params() / 1e6) == 124  # GPT-2 small's count
     n_tied = one_b.num_params()  # tied: the one table is the lm_head's matmul
     assert one_b.flops_per_token(2048) == 6 * n_tied + 12 * 16 * 32 * 64 * 2048
 

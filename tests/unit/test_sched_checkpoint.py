@@ -11,7 +11,7 @@ import torch
 
 import pylon.train as pt
 from pylon_services.common.errors import InvalidArgument
-from pylon_services.ml import load_model, load_trainer_state
+from pylon_services.ml.checkpoint import load_model, load_trainer_state
 from pylon_services.runtime.settings import Settings
 from pylon_services.scheduler.domain.job import Job
 from pylon_services.scheduler.domain.spec import Command, JobSpec, validate_spec

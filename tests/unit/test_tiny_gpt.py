@@ -9,17 +9,14 @@ import pytest
 import torch
 
 from pylon_services.engines.torch_engine import GeneratedPiece, ModelRunner
-from pylon_services.ml import (
-    GPT,
-    ByteTokenizer,
+from pylon_services.ml.checkpoint import (
     CheckpointError,
-    GPTConfig,
-    StreamDecoder,
     load_model,
     load_trainer_state,
     read_checkpoint_dir,
     write_checkpoint_dir,
 )
+from pylon_services.ml.gpt import GPT, ByteTokenizer, GPTConfig, StreamDecoder
 from pylon_services.trainers.tiny_gpt import train
 from pylon_services.trainers.tiny_gpt_config import InvalidTrainConfig, TrainConfig
 

@@ -1,39 +1,5 @@
-"""The tiny GPT shared by Pylon's trainers and engines: model, tokenizer, checkpoints."""
-
-from pylon_services.ml.checkpoint import (
-    CheckpointError,
-    checkpoint_files,
-    load_config,
-    load_model,
-    load_optimizer_state,
-    load_trainer_state,
-    read_checkpoint_dir,
-    write_checkpoint_dir,
-)
-from pylon_services.ml.gpt import (
-    GPT,
-    ByteTokenizer,
-    GPTConfig,
-    KVCache,
-    StreamDecoder,
-    autocast,
-    resolve_device,
-)
-
-__all__ = [
-    "GPT",
-    "ByteTokenizer",
-    "CheckpointError",
-    "GPTConfig",
-    "KVCache",
-    "StreamDecoder",
-    "autocast",
-    "checkpoint_files",
-    "load_config",
-    "load_model",
-    "load_optimizer_state",
-    "load_trainer_state",
-    "read_checkpoint_dir",
-    "resolve_device",
-    "write_checkpoint_dir",
-]
+"""Models and their file formats, shared by Pylon's trainers and engines: the Llama-architecture
+decoder and Hugging Face directories (``llama.py``, ``hf.py``), the presets (``presets.py``,
+torch-free), throughput accounting (``perf.py``), and the byte-level tiny GPT (``gpt.py``,
+``checkpoint.py``). Import the submodules: this package imports nothing, so the API can read the
+presets without loading torch."""

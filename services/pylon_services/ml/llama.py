@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pylon_services.ml.presets import PRESETS
+
 _SUPPORTED_MODEL_TYPES = ("llama", "mistral")  # mistral only without a sliding window
 
 
@@ -196,20 +198,6 @@ def _rope_theta(config: Mapping[str, Any]) -> Any:
     if isinstance(parameters, Mapping) and parameters.get("rope_theta") is not None:
         return parameters["rope_theta"]
     return 10000.0
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # A CPU demo that trains in minutes.
-    "tiny": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256},
-    # GPT-2-small scale with grouped-query attention.
-    "124m": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
-             "num_attention_heads": 12, "num_key_value_heads": 4, "max_position_embeddings": 1024},
-    # Llama-3.2-1B's shape (without its long-context RoPE scaling).
-    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-           "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 2048,
-           "rope_theta": 500000.0, "tie_word_embeddings": True},
-}
 
 
 def preset(name: str, vocab_size: int, **overrides: Any) -> LlamaSpec:

@@ -14,19 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# Architectures (Hugging Face ``LlamaConfig`` names). "tiny" trains on a CPU in minutes; "124m"
-# is GPT-2 small's size; "1b" is Llama 3.2 1B's shape.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 4, "max_position_embeddings": 1024, "rope_theta": 10000.0,
-             "tie_word_embeddings": True},
-    "124m": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "num_key_value_heads": 12, "max_position_embeddings": 2048, "rope_theta": 10000.0,
-             "tie_word_embeddings": True},
-    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
-           "tie_word_embeddings": True},
-}
+from pylon_services.ml.presets import PRESETS
 
 # Every field with its default; ``model`` holds overrides of the preset's architecture.
 DEFAULTS: dict[str, Any] = {

@@ -105,8 +105,8 @@ def combined_index(store: ObjectStore, token_data: list[Mapping[str, Any]]) -> d
         raise ValueError("the job has no tokenized dataset (trainer.token_data is empty)")
     merged: dict[str, Any] | None = None
     for part in token_data:
-        index = json.loads(store.get(part["index_key"]))
-        prefix = part["index_key"].rsplit("/", 1)[0] + "/"
+        index = json.loads(store.get(part["index_object_key"]))
+        prefix = part["index_object_key"].rsplit("/", 1)[0] + "/"
         shards = [{**sh, "name": prefix + sh.get("name", f"shard-{sh['index']:06d}.bin")} for sh in index["shards"]]
         if merged is None:
             merged = {**index, "shards": shards}
@@ -164,7 +164,7 @@ def _model(ctx: WorkloadContext, s: Settings, spec: Mapping[str, Any], index: di
             template = _chat_template(d)
         ctx.log(f"causal-lm: fine-tuning {spec.get('base_model_version')}; the config's architecture is ignored")
         return model, tokenizer_json, template
-    tokenizer_json = ctx.store.get(spec["token_data"][0]["tokenizer_key"]).decode()
+    tokenizer_json = ctx.store.get(spec["token_data"][0]["tokenizer_object_key"]).decode()
     llama = preset(s.preset, vocab_size=int(index["vocab_size"]), eos_token_id=int(index["eos_id"]), **dict(s.model))
     model = Llama(llama)
     model.reset_parameters(torch.Generator().manual_seed(s.seed))

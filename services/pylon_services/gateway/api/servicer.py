@@ -77,6 +77,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         bad = requests.resource_violations(d.gpus_per_replica, list(d.gpu_types))
         if workload is None:
             bad.append(FieldViolation("deployment.engine", f"must be one of {', '.join(REGISTRY.names(WorkloadKind.ENGINE))}"))
+        elif workload.max_gpus_per_worker is not None and d.gpus_per_replica > workload.max_gpus_per_worker:
+            bad.append(FieldViolation("deployment.gpus_per_replica", f"the {engine} engine uses at most "
+                                      f"{workload.max_gpus_per_worker:g} GPU per replica: ask for more replicas instead"))
         config = plain_struct(d.engine_config)
         config_bad = requests.config_violations("deployment.engine_config", config)
         bad += config_bad
