@@ -134,6 +134,8 @@ class Job:
     step: int = 0
     # Live progress from the job's workers; None before their first report.
     trainer_status: TrainerStatus | None = None
+    # The model version the job's output was registered as (trainer.register_model), if any.
+    registered_model_version: str = ""
 
     @property
     def done(self) -> bool:
@@ -146,7 +148,8 @@ class Job:
                    s.exit_code, s.gpu_type, s.output_uri, json_format.MessageToDict(s.latest_metrics),
                    list(s.last_log_lines), json_format.MessageToDict(j.spec, preserving_proto_field_name=True),
                    _time(j.create_time), _time(s.start_time), _time(s.end_time), s.retries, s.preemptions, s.step,
-                   TrainerStatus.from_proto(s.trainer_status) if s.HasField("trainer_status") else None)
+                   TrainerStatus.from_proto(s.trainer_status) if s.HasField("trainer_status") else None,
+                   s.registered_model_version)
 
 
 @dataclass

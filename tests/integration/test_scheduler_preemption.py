@@ -1,6 +1,7 @@
 """Preemption that keeps progress, end to end on the Ray cluster with fake GPU nodes: a
 high-priority job preempts a low-priority one on V100; the low one sees should_preempt(),
-checkpoints, is requeued, resumes from its checkpoint step (not step 0) and finishes."""
+checkpoints, is requeued, resumes from its checkpoint step (not step 0) and finishes. (The
+built-in causal-lm trainer's preemption: test_causal_lm_jobs.py.)"""
 
 from __future__ import annotations
 
@@ -62,29 +63,3 @@ def test_high_priority_job_preempts_low_which_resumes_from_its_checkpoint(tenant
     # The high job ran while the low one was off the GPUs: between its checkpoint and its resume.
     steps = [p.step for p in acme.jobs.metrics(low.name) if p.key == "loss"]
     assert steps == list(range(1, saved + 1)) + list(range(saved + 1, 81))
-
-
-def test_builtin_trainer_checkpoints_on_preemption_and_resumes(tenant_clients, tmp_path):
-    from pylon.demo import build_corpus
-
-    acme = tenant_clients["acme"]
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(build_corpus()[:200_000])
-    ds = acme.datasets.upload(str(corpus), "preempt-corpus", format="text")
-    cfg = {"steps": 400, "batch_size": 8, "block_size": 64, "log_every": 10}
-    low = acme.jobs.submit({"priority_class": "low", "preemptible": True, "total_steps": 400,
-                            "resources": {"gpus": 2, "gpu_types": ["V100"]},
-                            "trainer": {"trainer": "tiny-gpt", "datasets": [ds.name], "config": cfg}})
-    _wait_for(lambda: any(p.step >= 30 for p in acme.jobs.metrics(low.name)), 120, "the trainer to make progress")
-    high = acme.jobs.submit({"priority_class": "high", "resources": {"gpus": 2, "gpu_types": ["V100"]},
-                             "command": {"argv": ["true"]}})
-    assert acme.jobs.wait(high.name, timeout=120).state == "succeeded"
-    low = acme.jobs.wait(low.name, timeout=300)
-    assert low.state == "succeeded" and low.preemptions == 1 and low.step == 400, low.message
-    logs = "\n".join(acme.jobs.logs(low.name))
-    stopped = int(re.search(r"stopped at step (\d+); checkpoint saved", logs).group(1))
-    assert stopped >= 30 and "(resuming from checkpoint)" in logs
-    steps = [p.step for p in acme.jobs.metrics(low.name) if p.key == "loss"]
-    resumed = steps[steps.index(stopped) + 1:] if stopped in steps else [s for s in steps if s > stopped]
-    assert resumed and min(resumed) > stopped  # the second attempt did not start again from step 0
-    assert steps[-1] == 400

@@ -14,7 +14,7 @@ from pylon_services.scheduler.domain.cancel import cancel_job
 from pylon_services.scheduler.domain.job import Job, JobState
 from pylon_services.scheduler.domain.scheduling import QueueQuota
 from pylon_services.scheduler.domain.snapshot import ClusterNode
-from pylon_services.scheduler.domain.spec import Command, JobSpec, Resources
+from pylon_services.scheduler.domain.spec import Command, JobSpec, Resources, Trainer
 from pylon_services.scheduler.orchestration.leader import Leader
 from tests.unit.sched_fakes import FakeClock, FakeExecutor, FakeLease, MemoryLedger, MemoryState
 
@@ -61,13 +61,29 @@ class World:
         return await self.jobs.get(job.tenant, job.id)
 
 
-def world(nodes: list[ClusterNode] | None = None, identity: str = "leader-a", **cfg: Any) -> World:
+class FakeRegistrar:
+    """The registry as the leader sees it: records what it registers; fails the first
+    ``failures`` calls."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures, self.calls = failures, []  # type: ignore[var-annotated]
+
+    async def register(self, job: Job) -> str:
+        self.calls.append(job.name)
+        if len(self.calls) <= self.failures:
+            raise ConnectionError("registry unreachable")
+        return f"tenants/{job.tenant}/models/{job.spec.workload.register_model}/versions/1"  # type: ignore[union-attr]
+
+
+def world(nodes: list[ClusterNode] | None = None, identity: str = "leader-a", registrar: Any = None,
+          **cfg: Any) -> World:
     clock = FakeClock()
     state = MemoryState(clock)
     jobs = MemoryLedger(state)
     executor = FakeExecutor(list(nodes if nodes is not None else [V100, CPU]))
     lease = FakeLease()
-    leader = Leader(jobs, state, executor, lease, SchedulerConfig(instance="t", **cfg), clock=clock, identity=identity)
+    leader = Leader(jobs, state, executor, lease, SchedulerConfig(instance="t", **cfg), clock=clock, identity=identity,
+                    registrar=registrar)
     return World(clock, state, jobs, executor, lease, leader)
 
 
@@ -386,5 +402,73 @@ def test_without_a_total_the_percentage_and_estimate_are_absent():
         assert status.HasField("trainer_status") and status.trainer_status.step == 10
         assert not status.trainer_status.HasField("progress_percentage")
         assert not status.trainer_status.HasField("estimated_remaining_seconds")
+
+    run(body())
+
+
+def _trainer_job(register: str = "lm", alias: str = "prod", retries: int = 2) -> Job:
+    spec = JobSpec(Trainer("causal-lm", datasets=("tenants/acme/datasets/d/versions/1",), register_model=register,
+                           register_alias=alias), resources=Resources(gpus=1), max_retries=retries)
+    return Job(id="t1", tenant="acme", spec=spec)
+
+
+async def _succeed(w: World, job: Job) -> Job:
+    job, _ = await w.jobs.create(job)
+    await w.turns(2)
+    w.jobs.report(await w.job(job), output_uri="tenants/acme/jobs/t1/output", metrics={"loss": 2.5})
+    await w.turns(1)
+    return await w.job(job)
+
+
+def test_a_succeeded_trainer_is_registered_and_the_version_recorded_on_the_job():
+    async def body() -> None:
+        w = world(registrar=FakeRegistrar())
+        done = await _succeed(w, _trainer_job())
+        assert done.state == JobState.SUCCEEDED and "registering its output as models:/lm@prod" in done.message
+        await asyncio.gather(*w.leader.attempts._registering)
+        after = await w.job(done)
+        assert after.registered_model_version == "tenants/acme/models/lm/versions/1"
+        assert after.message == "succeeded; registered as tenants/acme/models/lm/versions/1"
+        assert after.state == JobState.SUCCEEDED
+
+    run(body())
+
+
+def test_a_registry_that_stays_down_leaves_the_job_succeeded_with_the_reason(monkeypatch):
+    from pylon_services.scheduler.orchestration import attempts
+
+    monkeypatch.setattr(attempts, "REGISTER_RETRY_DELAYS_S", (0.0, 0.0))
+    async def body() -> None:
+        registrar = FakeRegistrar(failures=5)
+        w = world(registrar=registrar)
+        done = await _succeed(w, _trainer_job(alias=""))
+        await asyncio.gather(*w.leader.attempts._registering)
+        after = await w.job(done)
+        assert len(registrar.calls) == 2 and after.state == JobState.SUCCEEDED and not after.registered_model_version
+        assert "registering its output as models:/lm failed (registry unreachable)" in after.message
+        assert "tenants/acme/jobs/t1/output" in after.message
+
+    run(body())
+
+
+def test_a_job_without_register_model_or_a_failed_one_is_not_registered():
+    async def body() -> None:
+        registrar = FakeRegistrar()
+        w = world(registrar=registrar)
+        done = await _succeed(w, _trainer_job(register="", alias=""))
+        assert done.message == "succeeded" and not w.leader.attempts._registering and not registrar.calls
+
+    run(body())
+
+
+def test_a_result_that_is_not_retryable_fails_the_job_without_spending_its_retries():
+    async def body() -> None:
+        w = world()
+        job, _ = await w.jobs.create(_trainer_job(register=""))
+        await w.turns(2)
+        w.jobs.report(await w.job(job), exit_code=1, error="the loss became nan at step 7", retryable=False)
+        await w.turns(1)
+        failed = await w.job(job)
+        assert failed.state == JobState.FAILED and failed.retries == 0 and "nan" in failed.message
 
     run(body())

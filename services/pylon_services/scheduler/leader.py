@@ -29,6 +29,7 @@ from pylon_services.runtime.loop import run as run_loop
 from pylon_services.runtime.settings import Settings
 from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.orchestration.leader import Leader
+from pylon_services.scheduler.registrar import RegistryRegistrar
 from pylon_services.scheduler.store.ray_exec import RayExecutor
 from pylon_services.scheduler.store.redis_jobs import JobStore
 from pylon_services.scheduler.store.redis_lease import RedisLease
@@ -50,7 +51,8 @@ def executor_for(settings: Settings, cfg: SchedulerConfig) -> RayExecutor:
 
 
 def build_leader(settings: Settings, cfg: SchedulerConfig, redis: aioredis.Redis, executor: RayExecutor) -> Leader:
-    return Leader(JobStore(redis, track_changes=True), SchedState(redis), executor, RedisLease(redis), cfg)
+    return Leader(JobStore(redis, track_changes=True), SchedState(redis), executor, RedisLease(redis), cfg,
+                  registrar=RegistryRegistrar(settings, redis))
 
 
 async def _export_metrics(leader: Leader) -> None:

@@ -195,8 +195,12 @@ def _hooks(ctx: WorkloadContext, s: Settings) -> Hooks:
         minutes = s.checkpoint_every_minutes
         return minutes > 0 and time.monotonic() - last_save[0] >= minutes * 60
 
+    def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        if ctx.rank == 0:  # the gang's figures (every rank holds the same): reported once
+            ctx.report_progress(step, total, metrics)
+
     return Hooks(log=ctx.log, stop_requested=ctx.stop_requested, save_checkpoint=save, checkpoint_due_by_time=time_due,
-                 progress=lambda step, total, m: ctx.report_progress(step, total, m))
+                 progress=progress)
 
 
 def _resume(ctx: WorkloadContext, trainer: Trainer) -> int:

@@ -12,13 +12,13 @@ def register(registry: WorkloadRegistry) -> None:
         WorkloadKind.TRAINER, "tiny-gpt", "pylon_services.trainers.tiny_gpt_job:run",
         "the demo's byte-level GPT, trained on raw dataset text on one worker",
         check_config=tiny_gpt_config, max_workers=1, max_gpus_per_worker=1,
-        base_model_formats=("MODEL_FORMAT_PYLON_GPT",)))
+        base_model_formats=("MODEL_FORMAT_PYLON_GPT",), output_format="MODEL_FORMAT_PYLON_GPT"))
     registry.register(Workload(
         WorkloadKind.TRAINER, "causal-lm", "pylon_services.trainers.causal_lm_job:run",
         "a Llama-architecture causal LM on tokenized dataset versions, data-parallel over the gang "
         "(one process per GPU), optionally fine-tuning a Hugging Face model",
         check_config=causal_lm_config, max_gpus_per_worker=1, needs_tokens=True,
-        base_model_formats=("MODEL_FORMAT_HF_TRANSFORMERS",)))
+        base_model_formats=("MODEL_FORMAT_HF_TRANSFORMERS",), output_format="MODEL_FORMAT_HF_TRANSFORMERS"))
     registry.register(Workload(
         WorkloadKind.ENGINE, "torch", "pylon_services.engines.torch_engine.server:run",
         "Pylon's PyTorch engine: serves a registered model version over EngineService",

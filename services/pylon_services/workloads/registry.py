@@ -55,6 +55,9 @@ class Workload:
     needs_tokens: bool = False
     # The registry formats (``ModelFormat`` names) a base model may have; empty: it takes none.
     base_model_formats: tuple[str, ...] = ()
+    # The registry format (a ``ModelFormat`` name) of a trainer's output, registered as a model
+    # version when its spec names one (``register_model``); empty: its output is not a model.
+    output_format: str = ""
 
     def load(self) -> Entrypoint:
         """Import the workload's code (in the worker only: it may import torch or vLLM)."""

@@ -187,7 +187,7 @@ class JobSpec(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., priority_class: _Optional[str] = ..., workers: _Optional[int] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., gang: _Optional[bool] = ..., placement: _Optional[_Union[PlacementStrategy, str]] = ..., trainer: _Optional[_Union[BuiltinTrainer, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., engine: _Optional[_Union[EngineReplica, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_retries: _Optional[int] = ..., preemptible: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ..., job_type: _Optional[str] = ..., total_steps: _Optional[int] = ..., stall_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("state", "message", "gpu_type", "attempt", "exit_code", "last_log_lines", "output_uri", "start_time", "end_time", "latest_metrics", "retries", "preemptions", "step", "trainer_status")
+    __slots__ = ("state", "message", "gpu_type", "attempt", "exit_code", "last_log_lines", "output_uri", "start_time", "end_time", "latest_metrics", "retries", "preemptions", "step", "trainer_status", "registered_model_version")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     GPU_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +202,7 @@ class JobStatus(_message.Message):
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TRAINER_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     state: JobState
     message: str
     gpu_type: str
@@ -216,7 +217,8 @@ class JobStatus(_message.Message):
     preemptions: int
     step: int
     trainer_status: TrainerStatus
-    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., gpu_type: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., last_log_lines: _Optional[_Iterable[str]] = ..., output_uri: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retries: _Optional[int] = ..., preemptions: _Optional[int] = ..., step: _Optional[int] = ..., trainer_status: _Optional[_Union[TrainerStatus, _Mapping]] = ...) -> None: ...
+    registered_model_version: str
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., gpu_type: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., last_log_lines: _Optional[_Iterable[str]] = ..., output_uri: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., retries: _Optional[int] = ..., preemptions: _Optional[int] = ..., step: _Optional[int] = ..., trainer_status: _Optional[_Union[TrainerStatus, _Mapping]] = ..., registered_model_version: _Optional[str] = ...) -> None: ...
 
 class TrainerStatus(_message.Message):
     __slots__ = ("progress_percentage", "estimated_remaining_seconds", "metrics", "last_update_time", "step", "total_steps")

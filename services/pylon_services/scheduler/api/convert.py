@@ -111,7 +111,8 @@ def job_to_pb(job: Job) -> pb.Job:
         state=f"JOB_STATE_{job.state.name}", message=job.message, gpu_type=job.gpu_type, attempt=job.attempt,
         exit_code=job.exit_code, last_log_lines=job.last_log_lines, retries=job.retries,
         preemptions=job.preemptions, step=job.step, output_uri=job.output_uri, start_time=ts(job.start_time),
-        end_time=ts(job.end_time), latest_metrics=struct(job.latest_metrics))
+        end_time=ts(job.end_time), latest_metrics=struct(job.latest_metrics),
+        registered_model_version=job.registered_model_version)
     if (t := job.trainer_status()) is not None:
         status.trainer_status.CopyFrom(pb.TrainerStatus(
             progress_percentage=t.progress_percentage, estimated_remaining_seconds=t.estimated_remaining_seconds,

@@ -131,6 +131,8 @@ class Job:
     progress_rate: float = 0.0
     progress_eta_s: float = -1.0
     progress_time: float = 0.0
+    # The model version a succeeded trainer's output was registered as (``register_model``).
+    registered_model_version: str = ""
 
     @property
     def name(self) -> str:

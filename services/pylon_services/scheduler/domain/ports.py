@@ -184,6 +184,15 @@ class ClusterExecutor(Protocol):
         """Ask the autoscaler for room for ``bundles`` (replaces the last request)."""
 
 
+class ModelRegistrar(Protocol):
+    """Registers a succeeded trainer job's output as a model version (the registry, as the
+    platform). Idempotent per job: a repeated call returns the version the first one made."""
+
+    async def register(self, job: Job) -> str:
+        """The new version's name; raises when the registry refuses or cannot be reached."""
+        ...
+
+
 class Lease(Protocol):
     """Who leads: a lease with a time to live that only its holder may renew or give back."""
 

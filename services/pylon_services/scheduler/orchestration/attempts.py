@@ -6,14 +6,17 @@ what lets a new leader pick up any job in any state (adoption) without running i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.domain.job import PREEMPTED_EXIT_CODE, Job, JobState
-from pylon_services.scheduler.domain.ports import Clock, ClusterExecutor, JobLedger, SchedulerState
+from pylon_services.scheduler.domain.ports import Clock, ClusterExecutor, JobLedger, ModelRegistrar, SchedulerState
 from pylon_services.scheduler.domain.scheduling import Admit, Preempt
+from pylon_services.scheduler.domain.spec import Trainer
 from pylon_services.scheduler.domain.throughput import ThroughputTable
+from pylon_services.workloads import REGISTRY, WorkloadKind
 
 log = logging.getLogger("pylon.scheduler")
 LIVENESS_EVERY_S = 2.0
@@ -22,6 +25,7 @@ LOST_AFTER_CHECKS = 2
 HOLDING = (JobState.ADMITTED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING)
 PREEMPT_KILL_AFTER_S = 15.0
 TAIL_LINES = 20  # log lines kept on a failed job
+REGISTER_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # a registry that is down is tried 5 times
 # A running job this leader has not looked at for this long (it was not leading: a restart, a
 # takeover, a lease lost and won back) counts its stall time from now: progress reports went to
 # another leader meanwhile, and a leader change must never fail a job.
@@ -30,8 +34,10 @@ STALL_WATCH_GAP_S = 30.0
 
 class Attempts:
     def __init__(self, jobs: JobLedger, state: SchedulerState, executor: ClusterExecutor, cfg: SchedulerConfig,
-                 clock: Clock) -> None:
+                 clock: Clock, registrar: ModelRegistrar | None = None) -> None:
         self.jobs, self.state, self.executor, self.cfg, self.clock = jobs, state, executor, cfg, clock
+        self.registrar = registrar
+        self._registering: set[asyncio.Task[None]] = set()
         self.progress_times: dict[str, float] = {}
         self._checked: dict[str, float] = {}
         self._suspect: dict[str, int] = {}  # job key -> failed liveness checks in a row
@@ -182,12 +188,14 @@ class Attempts:
         job.step = max(job.step, int(result.get("step", 0) or 0))
         job.latest_metrics = {k: float(v) for k, v in result.get("metrics", {}).items()} or job.latest_metrics
         preempted = job.state == JobState.PREEMPTING or (result.get("preempted") and job.exit_code == PREEMPTED_EXIT_CODE)
+        register = self._registration(job) if job.exit_code == 0 else ""
         if job.exit_code == 0:
-            job.transition(JobState.SUCCEEDED, "succeeded")
+            job.transition(JobState.SUCCEEDED, f"succeeded; registering its output as models:/{register}" if register
+                           else "succeeded")
         elif preempted:
             job.preemptions += 1
             job.transition(JobState.PENDING, f"preempted at step {job.step}; requeued to resume from its checkpoint")
-        elif job.retries < job.spec.max_retries:
+        elif job.retries < job.spec.max_retries and result.get("retryable", True):
             job.retries += 1
             job.last_log_lines = await self.jobs.tail(job.tenant, job.id, TAIL_LINES)
             job.transition(JobState.PENDING, f"attempt {job.attempt} failed ({result.get('error', '')}); "
@@ -199,3 +207,42 @@ class Attempts:
         if await self.jobs.save_moved(job, pending=requeued, active=False):
             await self.jobs.clear_preempt(job)
             log.info("job %s attempt %d ended: %s (%s)", job.name, job.attempt, job.state.value, job.message)
+            if register:
+                task = asyncio.create_task(self._register(job, register))
+                self._registering.add(task)
+                task.add_done_callback(self._registering.discard)
+
+    def _registration(self, job: Job) -> str:
+        """``model`` (or ``model@alias``) a succeeded job's output is to be registered as; "" for
+        none (not a trainer, no register_model, no registrar, or an output that is no model)."""
+        w = job.spec.workload
+        if self.registrar is None or not isinstance(w, Trainer) or not w.register_model:
+            return ""
+        workload = REGISTRY.get(WorkloadKind.TRAINER, w.trainer)
+        if workload is None or not workload.output_format:
+            return ""
+        return w.register_model + (f"@{w.register_alias}" if w.register_alias else "")
+
+    async def _register(self, job: Job, what: str) -> None:
+        """Register the output (retrying a registry that is down), then record the version on
+        the job; a failure is said in the job's message, the output stays where it is."""
+        assert self.registrar is not None
+        version, error = "", ""
+        for delay in REGISTER_RETRY_DELAYS_S:
+            try:
+                version = await self.registrar.register(job)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, then reported on the job
+                error = str(exc)[:300] or type(exc).__name__
+                log.warning("registering job %s's output failed: %s", job.name, error)
+                await asyncio.sleep(delay)
+        for _ in range(5):  # compare-and-swap: re-read on a concurrent change
+            fresh = await self.jobs.get(job.tenant, job.id)
+            if version:
+                fresh.registered_model_version = version
+                fresh.message = f"succeeded; registered as {version}"
+            else:
+                fresh.message = (f"succeeded; registering its output as models:/{what} failed ({error}); the model "
+                                 f"files stay at {fresh.output_uri}")
+            if await self.jobs.save_moved(fresh, pending=False, active=False):
+                return

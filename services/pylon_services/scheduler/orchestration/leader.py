@@ -25,7 +25,15 @@ import uuid
 from pylon_services.scheduler.config import SchedulerConfig
 from pylon_services.scheduler.domain.pacing import Backlog as BacklogState
 from pylon_services.scheduler.domain.pacing import Chore, Pacer, PassKind
-from pylon_services.scheduler.domain.ports import Clock, ClusterExecutor, JobLedger, Lease, SchedulerState, SystemClock
+from pylon_services.scheduler.domain.ports import (
+    Clock,
+    ClusterExecutor,
+    JobLedger,
+    Lease,
+    ModelRegistrar,
+    SchedulerState,
+    SystemClock,
+)
 from pylon_services.scheduler.domain.snapshot import ClusterNode, ClusterView
 from pylon_services.scheduler.orchestration.apply import DecisionApplier
 from pylon_services.scheduler.orchestration.attempts import Attempts
@@ -45,13 +53,14 @@ def new_identity() -> str:
 
 class Leader:
     def __init__(self, jobs: JobLedger, state: SchedulerState, executor: ClusterExecutor, lease: Lease,
-                 cfg: SchedulerConfig, clock: Clock | None = None, identity: str = "") -> None:
+                 cfg: SchedulerConfig, clock: Clock | None = None, identity: str = "",
+                 registrar: ModelRegistrar | None = None) -> None:
         self.jobs, self.state, self.executor, self.lease, self.cfg = jobs, state, executor, lease, cfg
         self.clock = clock or SystemClock()
         self.identity = identity or new_identity()
         self.pacer = Pacer(cfg.pacing())
         self.backlog = Backlog(jobs, cfg.backlog_resync_s, self.clock)
-        self.attempts = Attempts(jobs, state, executor, cfg, self.clock)
+        self.attempts = Attempts(jobs, state, executor, cfg, self.clock, registrar)
         self.applier = DecisionApplier(state, executor, self.attempts, self.backlog, cfg.declared_pools(), self.clock)
         self.passes = Passes(jobs, state, executor, self.backlog, self.attempts, self.applier, cfg, self.clock)
         self.dispatcher = Dispatcher(jobs, state, self.backlog, self.attempts)

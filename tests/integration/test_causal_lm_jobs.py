@@ -1,0 +1,111 @@
+"""The causal-lm trainer through the real platform: a 2-worker gang on the Ray cluster trains on a
+tokenized dataset version, shows live progress as its trainer status, and its output is
+registered with lineage and an alias; a higher-priority job preempts a training run, which
+checkpoints, is requeued and resumes where it stopped; a killed worker restarts the job from its
+last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+MODEL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2}
+
+
+def _wait_for(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tenant_clients: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tokenized dataset version of acme (its name)."""
+    from pylon.demo_corpus import build_corpus
+
+    acme = tenant_clients["acme"]
+    path = tmp_path_factory.mktemp("lm") / "docs.jsonl"
+    with open(path, "w") as f:
+        for line in build_corpus(max_bytes=120_000).split("\n"):
+            if line.strip():
+                f.write(json.dumps({"text": line}) + "\n")
+    ds = acme.datasets.upload(str(path), "lm-docs")
+    acme.datasets.tokenize("lm-docs", ds.version, tokenizer="lm-bpe", vocab_size=512, shard_tokens=4096)
+    return f"tenants/acme/datasets/lm-docs/versions/{ds.version}"
+
+
+def _spec(dataset: str, **config: Any) -> dict[str, Any]:
+    cfg = {"model": MODEL, "seq_len": 32, "batch_size": 4, "steps": 30, "lr": 3e-3, "warmup": 2, "log_every": 2,
+           "eval_fraction": 0.05, **config}
+    return {"trainer": {"trainer": "causal-lm", "datasets": [dataset], "config": cfg}, "resources": {"cpus": 1},
+            "checkpoint_every_steps": 5}
+
+
+def test_a_gang_trains_reports_progress_and_its_output_is_registered_with_lineage(tenant_clients, corpus):
+    acme = tenant_clients["acme"]
+    spec = _spec(corpus.replace(corpus.rsplit("/", 1)[1], "latest"))
+    spec["workers"] = 2
+    spec["trainer"]["register_model"] = {"model": "lm-docs", "alias": "prod"}
+    job = acme.jobs.submit(spec)
+    assert job.spec["trainer"]["datasets"] == [corpus]  # latest pinned at submit
+    done = acme.jobs.wait(job.name, timeout=300)
+    assert done.state == "succeeded", (done.message, done.last_log_lines)
+    status = done.trainer_status
+    assert status is not None and status.progress_percentage == 100 and status.step == status.total_steps == 30
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(status.metrics)
+    logs = list(acme.jobs.logs(done.name))
+    assert any(line.startswith("step 30/30 loss=") for line in logs)
+    assert sum("joined the gloo group of 2" in line for line in logs) == 2
+    registered = _wait_for(lambda: acme.jobs.get(job.name).registered_model_version, 60, "the registration")
+    version = acme.models.resolve("models:/lm-docs@prod")
+    assert version.name == registered and version.format == "hf_transformers"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+            "loss_curve.png"} <= {f["path"] for f in version.files}
+    lineage = acme.models.lineage("lm-docs", version.version)
+    names = {n.name for n in lineage.nodes}
+    assert {job.name, corpus, version.name} <= names
+    assert version.metrics["loss"] == pytest.approx(done.metrics["loss"])
+
+
+def test_a_preempted_run_checkpoints_and_its_loss_curve_continues_where_it_stopped(tenant_clients, corpus):
+    acme = tenant_clients["acme"]
+    spec = {**_spec(corpus, steps=200, log_every=5), "priority_class": "low", "preemptible": True,
+            "resources": {"gpus": 1, "gpu_types": ["V100"]}}
+    low = acme.jobs.submit(spec)
+    _wait_for(lambda: any(p.step >= 20 for p in acme.jobs.metrics(low.name)), 180, "the trainer to make progress")
+    high = acme.jobs.submit({"priority_class": "high", "resources": {"gpus": 2, "gpu_types": ["V100"]},
+                             "command": {"argv": ["true"]}})
+    assert acme.jobs.wait(high.name, timeout=180).state == "succeeded"
+    low = acme.jobs.wait(low.name, timeout=420)
+    assert low.state == "succeeded" and low.preemptions == 1 and low.retries == 0, low.message
+    logs = "\n".join(acme.jobs.logs(low.name))
+    stopped = int(re.search(r"stopped at step (\d+); checkpoint saved", logs).group(1))
+    assert stopped >= 20 and f"resumed at step {stopped}" in logs
+    steps = [p.step for p in acme.jobs.metrics(low.name) if p.key == "loss"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == 200  # no step twice
+    assert any(s > stopped for s in steps) and max(s for s in steps if s <= stopped) <= stopped
+
+
+def test_a_killed_worker_restarts_the_job_from_its_last_checkpoint(tenant_clients, corpus):
+    acme = tenant_clients["acme"]
+    job = acme.jobs.submit({**_spec(corpus, steps=400, log_every=5), "max_retries": 1})
+    _wait_for(lambda: any(p.step >= 15 for p in acme.jobs.metrics(job.name)), 180, "progress past a checkpoint")
+    pid = int(re.search(r"\(pid (\d+),", "\n".join(acme.jobs.logs(job.name))).group(1))
+    os.kill(pid, signal.SIGKILL)
+    done = acme.jobs.wait(job.name, timeout=420)
+    assert done.state == "succeeded" and done.retries == 1 and done.attempt == 2, done.message
+    logs = "\n".join(acme.jobs.logs(done.name))
+    resumed = int(re.search(r"resumed at step (\d+)", logs).group(1))
+    assert resumed >= 5 and resumed % 5 == 0  # a periodic checkpoint, not step 0
