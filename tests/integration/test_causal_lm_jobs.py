@@ -109,3 +109,23 @@ def test_a_killed_worker_restarts_the_job_from_its_last_checkpoint(tenant_client
     logs = "\n".join(acme.jobs.logs(done.name))
     resumed = int(re.search(r"resumed at step (\d+)", logs).group(1))
     assert resumed >= 5 and resumed % 5 == 0  # a periodic checkpoint, not step 0
+
+
+def test_a_registered_model_is_fine_tuned_with_its_own_tokenizer(tenant_clients, corpus):
+    acme = tenant_clients["acme"]
+    base = acme.jobs.submit({**_spec(corpus, steps=6), "trainer": {
+        **_spec(corpus, steps=6)["trainer"], "register_model": {"model": "lm-base", "alias": "base"}}})
+    assert acme.jobs.wait(base.name, timeout=300).state == "succeeded"
+    _wait_for(lambda: acme.jobs.get(base.name).registered_model_version, 60, "the base model's registration")
+    spec = _spec(corpus, steps=4, lr=1e-3)
+    spec["trainer"]["base_model"] = "models:/lm-base@base"
+    tuned = acme.jobs.submit(spec)
+    assert tuned.spec["trainer"]["base_model_version"] == acme.models.resolve("models:/lm-base@base").name
+    done = acme.jobs.wait(tuned.name, timeout=300)
+    assert done.state == "succeeded", (done.message, done.last_log_lines)
+    logs = "\n".join(acme.jobs.logs(done.name))
+    assert "fine-tuning tenants/acme/models/lm-base/versions/1" in logs
+    # It continued from the base's weights: its first loss is the base's last, not a fresh model's.
+    first = min((p for p in acme.jobs.metrics(done.name) if p.key == "loss"), key=lambda p: p.step).value
+    fresh = min((p for p in acme.jobs.metrics(base.name) if p.key == "loss"), key=lambda p: p.step).value
+    assert first < fresh
