@@ -169,8 +169,8 @@ class HfRunner:
         limit = self.spec.max_position_embeddings
         if len(ids) < limit:
             return ids
-        room = max(1, min(max_tokens, limit // 2))
-        return ids[-(limit - room) :] if limit > room else ids[-1:]
+        room = max(1, min(max_tokens, limit // 2))  # limit >= 2, so at least one token stays
+        return ids[-(limit - room) :]
 
     @torch.inference_mode()
     def _cache(self, length: int) -> KVCache:
