@@ -1,6 +1,6 @@
 """Deployments through the real gateway, scheduler, registry and Ray: scaling replica jobs up and
-down (with compare-and-swap on the etag), and a deployment whose replicas cannot load its model
-turning FAILED instead of pending forever."""
+down (with compare-and-swap on the etag), a Hugging Face Llama version served and streamed, and a
+deployment whose replicas cannot load its model turning FAILED instead of pending forever."""
 
 from __future__ import annotations
 
@@ -29,6 +29,25 @@ def _tiny_model(directory: Path) -> str:
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32)
     write_checkpoint_dir(checkpoint_files(GPT(cfg), cfg, {"step": 0}), directory)
+    return str(directory)
+
+
+def _tiny_llama(directory: Path) -> str:
+    """A randomly initialised tiny HF Llama directory, its BPE tokenizer trained as ingest trains one."""
+    import torch
+
+    from pylon.demo_corpus import build_corpus
+    from pylon_services.ingest.domain.tokenize import EOS_TOKEN, train_tokenizer
+    from pylon_services.ml.hf import write_hf_model
+    from pylon_services.ml.llama import Llama, preset
+
+    lines = [line for line in build_corpus(30_000).splitlines() if line.strip()][:300]
+    tokenizer = train_tokenizer([*lines, *["café → thé"] * 50], vocab_size=320)
+    spec = preset("tiny", vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=1, max_position_embeddings=64, initializer_range=0.5)
+    model = Llama(spec)
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    write_hf_model(directory, model, tokenizer_json=tokenizer.to_str(), eos_token=EOS_TOKEN)
     return str(directory)
 
 
@@ -72,6 +91,30 @@ def test_scale_up_and_down_through_the_scheduler(tenant_clients, platform, tmp_p
     assert all(acme.jobs.get(j).state == "cancelled" for j in [first, *_jobs(again)[1:]])
     with pytest.raises(pylon.NotFoundError):
         acme.deployments.get("gw-scale")
+
+
+def test_a_hugging_face_llama_version_streams_through_the_gateway(tenant_clients, tmp_path):
+    from pylon_services.engines.torch_engine import HfRunner
+
+    acme = tenant_clients["acme"]
+    directory = _tiny_llama(tmp_path / "llama")
+    mv = acme.models.register("gw-llama", directory)  # the format is detected from the files
+    assert mv.format == "hf_transformers"
+    dep = acme.deployments.deploy("gw-llama", f"models:/gw-llama/versions/{mv.version}", timeout=240)
+    try:
+        assert dep.state == "ready"
+        prompt = "The café →"
+        pieces = list(acme.generate_stream("gw-llama", prompt, max_tokens=12, temperature=0))
+        expected = list(HfRunner.from_directory(directory, "cpu").generate(prompt, max_tokens=12, temperature=0))
+        assert [t for p in pieces for t in p.token_ids] == [t for p in expected for t in p.token_ids]
+        assert "".join(p.text for p in pieces) == "".join(p.text for p in expected)
+        last = pieces[-1]
+        assert (last.finish_reason, last.completion_tokens) == (expected[-1].finish_reason, expected[-1].completion_tokens)
+        assert last.prompt_tokens == expected[-1].prompt_tokens > 0
+        sampled = acme.generate("gw-llama", prompt, max_tokens=8, temperature=1.0, seed=3)
+        assert sampled.text == acme.generate("gw-llama", prompt, max_tokens=8, temperature=1.0, seed=3).text
+    finally:
+        acme.deployments.delete("gw-llama")
 
 
 def test_viewer_cannot_scale(tenant_clients):

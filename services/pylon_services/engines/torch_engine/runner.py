@@ -1,4 +1,8 @@
-"""Streaming text generation with the tiny GPT: the compute core of the torch engine.
+"""Streaming text generation: the compute core of the torch engine, and the tiny GPT's runner.
+
+``Runner`` is what the engine's server drives; ``ModelRunner`` (here, the byte-level tiny GPT)
+and ``HfRunner`` (``hf_runner.py``, Hugging Face Llama directories) implement it and share this
+module's argument validation, sampling, stop-string matching and ``GeneratedPiece`` stream.
 
 ``ModelRunner.generate`` yields one ``GeneratedPiece`` per sampled token, using the model's
 key/value cache so each step costs one token of compute. Once the context reaches the model's
@@ -11,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -66,8 +71,32 @@ class SamplingParams:
     stop: tuple[str, ...]
 
 
+class Runner(Protocol):
+    """One loaded model that streams completions; what the engine's server serves."""
+
+    device: torch.device
+    # What is served, for logs: e.g. "pylon-tiny-gpt" or "LlamaForCausalLM".
+    architecture: str
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | str = (),
+    ) -> Iterator[GeneratedPiece]:
+        """Validate the arguments now (ValueError), then stream the completion lazily."""
+        ...
+
+
 class ModelRunner:
     """Holds one model on one device and serves any number of concurrent ``generate`` streams."""
+
+    architecture = "pylon-tiny-gpt"
 
     def __init__(self, model: GPT, device: torch.device, *, use_kv_cache: bool = True) -> None:
         self.model = model.eval()
@@ -124,11 +153,7 @@ class ModelRunner:
         prompt_ids = self.tokenizer.encode(prompt)
         context = prompt_ids or self.tokenizer.encode(EMPTY_PROMPT_START)
         context = context[-self.config.block_size :]
-        generator = torch.Generator()
-        if params.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(params.seed)
+        generator = sampling_generator(params)
         decoder = StreamDecoder()
         matcher = StopMatcher(params.stop)
         logits, cache = self._forward(context, None)
@@ -168,6 +193,16 @@ class ModelRunner:
         with autocast(self.device), sdpa_kernel(DECODE_SDPA_BACKENDS):
             logits, new_cache = self.model(idx, past, use_cache=keep_cache)
         return logits[0, -1].float().cpu(), new_cache
+
+
+def sampling_generator(params: SamplingParams) -> torch.Generator:
+    """A CPU generator for one request: seeded when asked, so a seed reproduces its sample."""
+    generator = torch.Generator()
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    return generator
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
