@@ -1,12 +1,14 @@
 """``pylon demo``: the walking skeleton, every step real.
 
-Upload a corpus -> dataset version; train a tiny GPT through the scheduler on Ray; register the
-checkpoint as a model version with lineage; alias it ``prod``; deploy it; stream generated text
-from the gateway. Each step prints what it did and how long it took.
+Upload a corpus -> dataset version; tokenize it into BPE token shards; train a Llama-architecture
+model (the ``tiny`` preset of the ``causal-lm`` trainer) through the scheduler on Ray, which
+registers its Hugging Face output as a model version with lineage and aliases it ``prod``; deploy
+it; stream generated text from the gateway. Each step prints what it did and how long it took.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -18,6 +20,8 @@ from pylon.client import Client
 from pylon.demo_corpus import build_corpus
 
 Out = Callable[[str], None]
+MODEL = "stdlib-lm"
+VOCAB_SIZE = 1024
 
 
 @contextmanager
@@ -36,39 +40,52 @@ def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", o
     timings: list[tuple[str, float]] = []
     result: dict[str, Any] = {}
     with step(out, "Upload a corpus (Python standard-library docstrings) as a dataset version", timings):
-        corpus = build_corpus()
+        # One record per docstring: the tokenizer ends each document with its EOS token, so the
+        # model learns whole docstrings, not single lines.
+        docs = build_corpus().strip().split("\n\n")
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "stdlib-docs.txt")
+            path = os.path.join(d, "stdlib-docs.jsonl")
             with open(path, "w") as f:
-                f.write(corpus)
-            ds = client.datasets.upload(path, "stdlib-docs", format="text", description="Python docstrings")
-        out(f"  {ds.name}: {ds.record_count} lines, {ds.size_bytes} bytes, {ds.digest[:19]}…"
+                f.writelines(json.dumps({"text": doc}) + "\n" for doc in docs)
+            ds = client.datasets.upload(path, "stdlib-docs", format="jsonl", description="Python docstrings")
+        out(f"  {ds.name}: {ds.record_count} docstrings, {ds.size_bytes} bytes, {ds.digest[:19]}…"
             + (" (bytes already stored: deduplicated)" if ds.deduplicated else ""))
         result["dataset_version"] = ds
-    with step(out, f"Train a tiny GPT for {steps} steps on CPU, scheduled on Ray", timings):
+    with step(out, "Tokenize it: a byte-level BPE trained on it, token shards", timings):
+        tok = client.datasets.tokenize(ds.name.split("/")[3], ds.version, tokenizer="stdlib-bpe",
+                                       vocab_size=VOCAB_SIZE, shard_tokens=1 << 16)
+        out(f"  {tok.name}: {tok.total_tokens} tokens in {tok.shard_count} shard(s), vocabulary {tok.vocab_size}")
+        result["tokenization"] = tok
+    with step(out, f"Train a Llama-architecture model (preset tiny) for {steps} steps on CPU, scheduled on Ray", timings):
         job = client.jobs.submit({
-            "display_name": "demo tiny-gpt", "workers": 1, "resources": {"cpus": 1},
-            "trainer": {"trainer": "tiny-gpt", "datasets": [ds.name],
-                        "config": {"steps": steps, "batch_size": 16, "block_size": 128, "log_every": 50}}})
+            "display_name": "demo causal-lm", "workers": 1, "resources": {"cpus": 2}, "checkpoint_every_steps": 100,
+            "total_steps": steps,
+            "trainer": {"trainer": "causal-lm", "datasets": [ds.name],
+                        "config": {"preset": "tiny", "seq_len": 128, "batch_size": 16, "steps": steps, "lr": 3e-3,
+                                   "warmup": min(20, steps // 5), "log_every": max(1, min(50, steps // 6)),
+                                   "eval_fraction": 0.05},
+                        "register_model": {"model": MODEL, "alias": "prod"}}})
         out(f"  submitted {job.name}")
         for line in client.jobs.logs(job.name, follow=True):
             out(f"  │ {line}")
         job = client.jobs.wait(job.name)
         if job.state != "succeeded":
             raise RuntimeError(f"training job {job.state}: {job.message}\n" + "\n".join(job.last_log_lines))
-        out(f"  {job.name} {job.state} on pool {job.gpu_type}; checkpoint {job.output_uri}")
+        out(f"  {job.name} {job.state} on pool {job.gpu_type}; Hugging Face model files at {job.output_uri}")
         result["job"] = job
-    with step(out, "Register the checkpoint as a model version with lineage, alias it prod", timings):
-        digests = job.spec.get("trainer", {}).get("dataset_digests") or [ds.digest]
-        mv = client.models.register("tiny-gpt", source_uri=job.output_uri, metrics={"loss": float(job.metrics.get("loss", 0))},
-                                    job=job.name, datasets=[ds.name], dataset_digests=digests,
-                                    description="pylon demo")
-        alias = client.models.set_alias("tiny-gpt", "prod", mv.version)
-        out(f"  {mv.name} ({len(mv.files)} files, {mv.digest[:19]}…); prod -> v{alias.version}")
+    with step(out, "Registered on success: a model version with lineage, alias prod", timings):
+        deadline = time.time() + 120
+        while not job.registered_model_version and "failed" not in job.message and time.time() < deadline:
+            time.sleep(0.5)
+            job = client.jobs.get(job.name)
+        if not job.registered_model_version:
+            raise RuntimeError(f"the job's output was not registered: {job.message}")
+        mv = client.models.resolve(f"models:/{MODEL}@prod")
+        out(f"  {mv.name} ({mv.format}, {len(mv.files)} files, {mv.digest[:19]}…); prod -> v{mv.version}")
         result["model_version"] = mv
-    with step(out, "Deploy models:/tiny-gpt@prod (an engine replica runs as a scheduler job)", timings):
-        dep_id = f"tiny-gpt-{int(time.time()) % 100000}"
-        dep = client.deployments.deploy(dep_id, "models:/tiny-gpt@prod", replicas=1)
+    with step(out, f"Deploy models:/{MODEL}@prod (an engine replica runs as a scheduler job)", timings):
+        dep_id = f"{MODEL}-{int(time.time()) % 100000}"
+        dep = client.deployments.deploy(dep_id, f"models:/{MODEL}@prod", replicas=1)
         out(f"  {dep.name}: {dep.state} ({dep.message}), serving {dep.model_version}")
         result["deployment"] = dep
     with step(out, f"Stream generated text from the gateway (prompt {prompt!r})", timings):
@@ -85,7 +102,7 @@ def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", o
         result["completion"] = "".join(pieces)
         out(f"  first token after {first_token_s or 0:.2f}s, {len(''.join(pieces))} characters")
     with step(out, "Lineage of the served version", timings):
-        graph = client.models.lineage("tiny-gpt", mv.version)
+        graph = client.models.lineage(MODEL, mv.version)
         for e in graph.edges:
             out(f"  {e.source}  →  {e.target}")
         result["lineage"] = graph

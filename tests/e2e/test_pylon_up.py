@@ -213,7 +213,8 @@ def test_demo_runs_the_whole_path(tmp_path):
                             text=True, timeout=900)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    for expected in ("datasets/stdlib-docs/versions/1", "succeeded on pool cpu", "models/tiny-gpt/versions/1",
+    for expected in ("datasets/stdlib-docs/versions/1", "tokenizations/stdlib-bpe", "succeeded on pool cpu",
+                     "models/stdlib-lm/versions/1",
                      "prod -> v1", "replica(s) ready", "first token after", "→", "Timings:"):
         assert expected in out, f"{expected!r} missing from demo output:\n{out}"
     assert not (tmp_path / "state.json").exists()  # the platform the demo started is stopped again

@@ -138,3 +138,21 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_previous_one(data_root: Path) -
     assert any("corrupt" in line for line in second["lines"]), second["lines"][:10]
     assert any("resumed at step 8" in line for line in second["lines"])
 
+
+
+def test_gradient_accumulation_trains_what_one_larger_batch_trains(data_root: Path) -> None:
+    """Two micro-batches of 4 make one step of the windows a batch of 8 holds."""
+    big = losses(run_in(data_root, "big", workload(batch_size=8, steps=6)))
+    accum = losses(run_in(data_root, "accum", workload(batch_size=4, grad_accum=2, steps=6)))
+    assert sorted(accum) == sorted(big)
+    for step in big:
+        assert accum[step] == pytest.approx(big[step], rel=DDP_TOL), step
+
+
+def test_checkpoints_are_also_written_every_few_minutes(data_root: Path) -> None:
+    from pylon_services.workloads.checkpoints import checkpoint_steps
+
+    run = run_in(data_root, "timed", workload(steps=12, checkpoint_every_minutes=0.0005), checkpoint_every_steps=10**6)
+    assert run["result"]["exit_code"] == 0
+    steps = checkpoint_steps(LocalObjectStore(data_root / "store"), "tenants/acme/jobs/timed/checkpoint/")
+    assert steps and all(0 < s < 12 for s in steps)  # time-based only: no step-based one was due

@@ -87,3 +87,13 @@ def test_the_cli_refuses_a_link_out_of_a_model_directory_and_names_the_flag(tmp_
         assert done.returncode == 2, done.stderr
         assert "outside" in done.stderr and "--follow-symlinks" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_directory_is_registered_as_hugging_face_unless_its_config_is_the_tiny_gpt(tmp_path: Path) -> None:
+    from pylon.resources.models import detect_format
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert detect_format(local_files(str(tmp_path))) == "hf_transformers"
+    (tmp_path / "config.json").write_text('{"model_type": "pylon-tiny-gpt"}')
+    assert detect_format(local_files(str(tmp_path))) == "pylon_gpt"

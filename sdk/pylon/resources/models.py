@@ -4,6 +4,7 @@ download (verified, resumable, cached by digest), archive, delete, lineage."""
 from __future__ import annotations
 
 import builtins
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +76,7 @@ def detect_format(files: dict[str, str]) -> str:
     """Guess the artifact format from file names (HF transformers: config.json + weights)."""
     names = set(files)
     if "config.json" in names and any(n.endswith(_HF_WEIGHTS) for n in names):
-        return "hf_transformers"
+        return "pylon_gpt" if _model_type(files["config.json"]) == "pylon-tiny-gpt" else "hf_transformers"
     if any(n.endswith(".onnx") for n in names):
         return "onnx"
     if any(n.endswith(".safetensors") for n in names):
@@ -83,6 +84,16 @@ def detect_format(files: dict[str, str]) -> str:
     if any(n.endswith((".pt", ".pth")) for n in names):
         return "torch"
     return "other"
+
+
+def _model_type(config_path: str) -> str:
+    """``model_type`` of a config.json ("" when unreadable): Pylon's byte-level GPT writes one too."""
+    try:
+        with open(config_path, "rb") as f:
+            value = json.loads(f.read(1 << 20)).get("model_type", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 class Models(_Resource):
