@@ -33,6 +33,9 @@ from pylon_services.workloads.contract import PREEMPTED_EXIT_CODE, WorkloadConte
 
 log = logging.getLogger("pylon.trainer")
 RENDEZVOUS_TIMEOUT_S = 300.0
+# How long a collective may wait for a slow rank: the end-of-run barrier waits while rank 0
+# writes and uploads the model (minutes for the 1b preset).
+COLLECTIVE_TIMEOUT_S = 1800.0
 
 
 def run(ctx: WorkloadContext) -> WorkloadResult:
@@ -92,7 +95,7 @@ def _join_gang(ctx: WorkloadContext, device: torch.device) -> None:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=ctx.rank, world_size=ctx.world_size,
-                            timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+                            timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     ctx.log(f"rank {ctx.rank} joined the {backend} group of {ctx.world_size} at {addr}:{port}")
 
 
