@@ -157,4 +157,4 @@ def test_demo_path_end_to_end(tenant_clients):
     metrics = tenant_clients["acme"].jobs.metrics(job.name)
     assert any(m.key == "loss" for m in metrics)
     # the demo deleted its deployment: the registry no longer lists it on the version
-    assert tenant_clients["acme"].models.get("tiny-gpt", mv.version).deployments == []
+    assert tenant_clients["acme"].models.get("stdlib-lm", mv.version).deployments == []

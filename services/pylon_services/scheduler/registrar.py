@@ -53,7 +53,9 @@ class RegistryRegistrar:
         fmt = workload.output_format if workload else ""
         metadata = (("authorization", f"Bearer {self._settings.admin_key}"),)
         model = f"tenants/{job.tenant}/models/{w.register_model}"
+        digests = [t.dataset_digest for t in w.token_data]
         lineage = pb.Lineage(job=job.name, datasets=list(w.datasets), base_model=w.base_model_version,
+                             dataset_digests=digests if digests and all(digests) else [],
                              checkpoint=f"{job.name}/checkpoint/")
         req = pb.CreateModelVersionRequest(
             parent=model, source_uri=job.output_uri, format=pb.ModelFormat.Value(fmt),

@@ -73,7 +73,7 @@ class BuiltinTrainer(_message.Message):
     def __init__(self, trainer: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., base_model_version: _Optional[str] = ..., token_data: _Optional[_Iterable[_Union[PinnedTokens, _Mapping]]] = ..., register_model: _Optional[_Union[RegisterModel, _Mapping]] = ...) -> None: ...
 
 class PinnedTokens(_message.Message):
-    __slots__ = ("dataset_version", "tokenization", "tokenizer", "tokenizer_object_key", "tokenizer_digest", "index_object_key", "shard_prefix", "total_tokens", "shard_count", "vocab_size", "dtype")
+    __slots__ = ("dataset_version", "tokenization", "tokenizer", "tokenizer_object_key", "tokenizer_digest", "index_object_key", "shard_prefix", "total_tokens", "shard_count", "vocab_size", "dtype", "dataset_digest")
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOKENIZATION_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class PinnedTokens(_message.Message):
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_DIGEST_FIELD_NUMBER: _ClassVar[int]
     dataset_version: str
     tokenization: str
     tokenizer: str
@@ -96,7 +97,8 @@ class PinnedTokens(_message.Message):
     shard_count: int
     vocab_size: int
     dtype: str
-    def __init__(self, dataset_version: _Optional[str] = ..., tokenization: _Optional[str] = ..., tokenizer: _Optional[str] = ..., tokenizer_object_key: _Optional[str] = ..., tokenizer_digest: _Optional[str] = ..., index_object_key: _Optional[str] = ..., shard_prefix: _Optional[str] = ..., total_tokens: _Optional[int] = ..., shard_count: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    dataset_digest: str
+    def __init__(self, dataset_version: _Optional[str] = ..., tokenization: _Optional[str] = ..., tokenizer: _Optional[str] = ..., tokenizer_object_key: _Optional[str] = ..., tokenizer_digest: _Optional[str] = ..., index_object_key: _Optional[str] = ..., shard_prefix: _Optional[str] = ..., total_tokens: _Optional[int] = ..., shard_count: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., dataset_digest: _Optional[str] = ...) -> None: ...
 
 class RegisterModel(_message.Message):
     __slots__ = ("model", "alias")

@@ -112,7 +112,7 @@ def token_data(doc: Mapping[str, Any], version: str, tokenizer: str) -> TokenDat
         tokenizer_digest=str(doc.get("tokenizer_digest", "")), index_object_key=str(doc["index_object_key"]),
         shard_prefix=str(doc["shard_prefix"]), total_tokens=int(doc.get("total_tokens", 0)),
         shard_count=int(doc.get("shard_count", 0)), vocab_size=int(doc.get("vocab_size", 0)),
-        dtype=str(doc.get("dtype", "")))
+        dtype=str(doc.get("dtype", "")), dataset_digest=str(doc.get("dataset_digest", "")))
 
 
 def check_base_model_format(workload: Workload, uri: str, fmt: str) -> None:

@@ -85,6 +85,7 @@ class TokenData:
     shard_count: int = 0
     vocab_size: int = 0
     dtype: str = ""
+    dataset_digest: str = ""  # the tokenized version's content digest (lineage)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
