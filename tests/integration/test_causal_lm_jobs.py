@@ -10,24 +10,17 @@ import json
 import os
 import re
 import signal
-import time
 from typing import Any
 
 import pytest
+
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 MODEL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2}
 
 
-def _wait_for(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +61,7 @@ def test_a_gang_trains_reports_progress_and_its_output_is_registered_with_lineag
     logs = list(acme.jobs.logs(done.name))
     assert any(line.startswith("step 30/30 loss=") for line in logs)
     assert sum("joined the gloo group of 2" in line for line in logs) == 2
-    registered = _wait_for(lambda: acme.jobs.get(job.name).registered_model_version, 60, "the registration")
+    registered = wait_for(lambda: acme.jobs.get(job.name).registered_model_version, 60, "the registration")
     version = acme.models.resolve("models:/lm-docs@prod")
     assert version.name == registered and version.format == "hf_transformers"
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
@@ -84,7 +77,7 @@ def test_a_preempted_run_checkpoints_and_its_loss_curve_continues_where_it_stopp
     spec = {**_spec(corpus, steps=200, log_every=5), "priority_class": "low", "preemptible": True,
             "resources": {"gpus": 1, "gpu_types": ["V100"]}}
     low = acme.jobs.submit(spec)
-    _wait_for(lambda: any(p.step >= 20 for p in acme.jobs.metrics(low.name)), 180, "the trainer to make progress")
+    wait_for(lambda: any(p.step >= 20 for p in acme.jobs.metrics(low.name)), 180, "the trainer to make progress")
     high = acme.jobs.submit({"priority_class": "high", "resources": {"gpus": 2, "gpu_types": ["V100"]},
                              "command": {"argv": ["true"]}})
     assert acme.jobs.wait(high.name, timeout=180).state == "succeeded"
@@ -95,13 +88,13 @@ def test_a_preempted_run_checkpoints_and_its_loss_curve_continues_where_it_stopp
     assert stopped >= 20 and f"resumed at step {stopped}" in logs
     steps = [p.step for p in acme.jobs.metrics(low.name) if p.key == "loss"]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == 200  # no step twice
-    assert any(s > stopped for s in steps) and max(s for s in steps if s <= stopped) <= stopped
+    assert any(s > stopped for s in steps)
 
 
 def test_a_killed_worker_restarts_the_job_from_its_last_checkpoint(tenant_clients, corpus):
     acme = tenant_clients["acme"]
     job = acme.jobs.submit({**_spec(corpus, steps=400, log_every=5), "max_retries": 1})
-    _wait_for(lambda: any(p.step >= 15 for p in acme.jobs.metrics(job.name)), 180, "progress past a checkpoint")
+    wait_for(lambda: any(p.step >= 15 for p in acme.jobs.metrics(job.name)), 180, "progress past a checkpoint")
     pid = int(re.search(r"\(pid (\d+),", "\n".join(acme.jobs.logs(job.name))).group(1))
     os.kill(pid, signal.SIGKILL)
     done = acme.jobs.wait(job.name, timeout=420)
@@ -116,7 +109,7 @@ def test_a_registered_model_is_fine_tuned_with_its_own_tokenizer(tenant_clients,
     base = acme.jobs.submit({**_spec(corpus, steps=6), "trainer": {
         **_spec(corpus, steps=6)["trainer"], "register_model": {"model": "lm-base", "alias": "base"}}})
     assert acme.jobs.wait(base.name, timeout=300).state == "succeeded"
-    _wait_for(lambda: acme.jobs.get(base.name).registered_model_version, 60, "the base model's registration")
+    wait_for(lambda: acme.jobs.get(base.name).registered_model_version, 60, "the base model's registration")
     spec = _spec(corpus, steps=4, lr=1e-3)
     spec["trainer"]["base_model"] = "models:/lm-base@base"
     tuned = acme.jobs.submit(spec)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 
 import pytest
+
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +33,6 @@ print("finished at step", step, flush=True)
 """
 
 
-def _wait_for(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_high_priority_job_preempts_low_which_resumes_from_its_checkpoint(tenant_clients):
@@ -47,7 +40,7 @@ def test_high_priority_job_preempts_low_which_resumes_from_its_checkpoint(tenant
     low = acme.jobs.submit({"priority_class": "low", "preemptible": True, "total_steps": 80,
                             "resources": {"gpus": 2, "gpu_types": ["V100"]},
                             "command": {"argv": [sys.executable, "-c", LOW]}})
-    _wait_for(lambda: len(acme.jobs.metrics(low.name)) >= 10, 90, "the low job to make progress")
+    wait_for(lambda: len(acme.jobs.metrics(low.name)) >= 10, 90, "the low job to make progress")
     high = acme.jobs.submit({"priority_class": "high", "resources": {"gpus": 2, "gpu_types": ["V100"]},
                              "command": {"argv": ["sh", "-c", "echo high ran"]}})
     high = acme.jobs.wait(high.name, timeout=120)

@@ -451,7 +451,7 @@ def test_a_registry_that_stays_down_leaves_the_job_succeeded_with_the_reason(mon
     run(body())
 
 
-def test_a_job_without_register_model_or_a_failed_one_is_not_registered():
+def test_a_job_without_register_model_is_not_registered():
     async def body() -> None:
         registrar = FakeRegistrar()
         w = world(registrar=registrar)

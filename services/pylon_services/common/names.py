@@ -21,6 +21,11 @@ TENANT_RULE = "must be 1-63 characters: lowercase letters, digits or '-', starti
 # which ``int`` refuses), at most 10 of them, or "latest".
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,9}$")
 VERSION_RULE = "version must be a positive number of at most 10 digits, or 'latest'"
+# Fragments for whole-name patterns checked before parsing: an id, and a tenant or "-".
+ID_PATTERN = r"[a-z][a-z0-9_.-]{0,62}"
+TENANT_PATTERN = r"(?:[a-z][a-z0-9-]{0,62}|-)"
+MODEL_URI_RE = re.compile(rf"models:/{ID_PATTERN}(?:@{ID_PATTERN}|/versions/[1-9][0-9]{{0,17}}|/latest)")
+MODEL_URI_RULE = "must be models:/<model>@<alias>, models:/<model>/versions/<n> or models:/<model>/latest"
 
 
 @dataclass(frozen=True)

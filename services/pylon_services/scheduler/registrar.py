@@ -10,15 +10,12 @@ the spec is then moved to it.
 
 from __future__ import annotations
 
-import json
 import math
 
-import grpc
 import redis.asyncio as aioredis
 
 from pylon.registry.v1 import registry_pb2 as pb
-from pylon.registry.v1 import registry_pb2_grpc
-from pylon_services.runtime.server import ENDPOINTS_KEY
+from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.settings import Settings
 from pylon_services.scheduler.domain.job import Job
 from pylon_services.scheduler.domain.spec import Trainer
@@ -29,22 +26,8 @@ CALL_TIMEOUT_S = 600.0  # a server-side copy of a large model's files
 
 class RegistryRegistrar:
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
-        self._settings, self._redis = settings, redis
-        self._channel: grpc.aio.Channel | None = None
-        self._address = ""
-
-    async def _stub(self) -> registry_pb2_grpc.RegistryServiceStub:
-        address = self._settings.registry_address
-        if not address:
-            raw = await self._redis.hget(ENDPOINTS_KEY, "registry")
-            if raw is None:
-                raise RuntimeError("the registry is not registered; is it running?")
-            address = json.loads(raw)["address"]
-        if self._channel is None or address != self._address:
-            if self._channel is not None:
-                await self._channel.close()
-            self._channel, self._address = grpc.aio.insecure_channel(address), address
-        return registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._settings = settings
+        self._peers = PlatformClients(settings, redis)  # finds the registry as every service does
 
     async def register(self, job: Job) -> str:
         w = job.spec.workload
@@ -61,7 +44,7 @@ class RegistryRegistrar:
             parent=model, source_uri=job.output_uri, format=pb.ModelFormat.Value(fmt),
             metrics={k: v for k, v in job.latest_metrics.items() if math.isfinite(v)}, lineage=lineage,
             tags={"trainer": w.trainer}, description=f"trained by {job.name}", request_id=f"{job.id}-register")
-        stub = await self._stub()
+        stub = await self._peers.registry()
         version = (await stub.CreateModelVersion(req, metadata=metadata, timeout=CALL_TIMEOUT_S)).version
         if w.register_alias:
             await stub.SetAlias(pb.SetAliasRequest(name=f"{model}/aliases/{w.register_alias}", version=version.version),
@@ -69,5 +52,4 @@ class RegistryRegistrar:
         return str(version.name)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+        await self._peers.close()

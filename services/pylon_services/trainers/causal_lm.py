@@ -68,7 +68,6 @@ class Outcome:
     tokens_per_s: float
     history: list[tuple[int, float]] = field(default_factory=list)
     val_history: list[tuple[int, float]] = field(default_factory=list)
-    last_checkpoint: int = 0
 
 
 def lr_at(step: int, s: Settings) -> float:
@@ -150,7 +149,7 @@ class Trainer:
         window: list[float] = []
         t_window, tokens_window = time.perf_counter(), 0
         t_start, steps_run = time.perf_counter(), 0
-        last_ckpt, stopped, pending = 0, False, None
+        stopped, pending = False, None
         val_loss = self.val_history[-1][1] if self.val_history else None
         every = self.s.checkpoint_every_steps
         while self.step < self.s.steps:
@@ -178,16 +177,14 @@ class Trainer:
                 break
             if self.hooks.save_checkpoint and not last and ((every and self.step % every == 0) or time_due):
                 pending = self.hooks.save_checkpoint(self.step, self.checkpoint_files(), {"loss": loss})
-                last_ckpt = self.step
         if stopped and self.hooks.save_checkpoint:
             pending = self.hooks.save_checkpoint(self.step, self.checkpoint_files(), {"preempted": True})
-            last_ckpt = self.step
         if pending is not None:
             pending.result()
         elapsed = time.perf_counter() - t_start
         final = self.history[-1][1] if self.history else math.nan
         return Outcome(self.step, stopped, final, val_loss, steps_run * self.tokens_per_step / max(elapsed, 1e-9),
-                       self.history, self.val_history, last_ckpt)
+                       self.history, self.val_history)
 
     def _wrap(self) -> torch.nn.Module:
         net: torch.nn.Module = self.model

@@ -9,7 +9,6 @@ weights, AdamW state and the step, and then sees the very batches the uninterrup
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ from pylon_services.ml.checkpoint import (
     load_trainer_state,
 )
 from pylon_services.ml.gpt import GPT, autocast, resolve_device
+from pylon_services.trainers.output import configure_threads
 from pylon_services.trainers.tiny_gpt_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
-THREADS_ENV = "PYLON_TORCH_THREADS"
 EVAL_BATCHES = 4
 _STEP_SEED_STRIDE = 1_000_003  # a prime, so (seed, step) pairs map to distinct batch seeds
 
@@ -60,20 +59,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup) / span)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def configure_threads() -> None:
-    """Honour ``PYLON_TORCH_THREADS`` (a worker shares its host; torch would grab every core)."""
-    raw = os.environ.get(THREADS_ENV)
-    if raw is None or raw.strip() == "":
-        return
-    try:
-        threads = int(raw)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ValueError(f"{THREADS_ENV} must be an integer >= 1, got {raw!r}")
-    torch.set_num_threads(threads)
 
 
 class _Batches:

@@ -11,16 +11,22 @@ import grpc
 
 from pylon_services.common.errors import Internal, InvalidArgument, PylonError, Unavailable
 from pylon_services.common.limits import check_request_id
-from pylon_services.common.names import Principal, parse_name, parse_parent, shape_error
+from pylon_services.common.names import (
+    ID_PATTERN,
+    ID_RULE,
+    MODEL_URI_RE,
+    MODEL_URI_RULE,
+    TENANT_PATTERN,
+    Principal,
+    parse_name,
+    parse_parent,
+    shape_error,
+)
 
-_TENANT = r"(?:[a-z][a-z0-9-]{0,62}|-)"
-ID = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
-ID_RULE = "must be 1-63 characters: lowercase letters, digits, '-', '_' or '.', starting with a letter"
-_PARENT = re.compile(rf"tenants/{_TENANT}")
-_DEPLOYMENT = re.compile(rf"tenants/{_TENANT}/deployments/[a-z][a-z0-9_.-]{{0,62}}")
+ID = re.compile(ID_PATTERN)
+_PARENT = re.compile(rf"tenants/{TENANT_PATTERN}")
+_DEPLOYMENT = re.compile(rf"tenants/{TENANT_PATTERN}/deployments/{ID_PATTERN}")
 _ETAG = re.compile(r"[A-Za-z0-9-]{1,64}")
-MODEL_URI = re.compile(r"models:/[a-z][a-z0-9_.-]{0,62}(?:@[a-z][a-z0-9_.-]{0,62}|/versions/[1-9][0-9]{0,17}|/latest)")
-MODEL_URI_RULE = "must be models:/<model>@<alias>, models:/<model>/versions/<n> or models:/<model>/latest"
 _DEPLOYMENT_PATTERN = ("tenants", "deployments")
 # Codes a called service answers about the caller's request: passed on as they are.
 CALLER_CODES = frozenset({
@@ -75,7 +81,7 @@ def page_token(value: str) -> str:
 
 
 def model_uri(value: str) -> str:
-    if not MODEL_URI.fullmatch(value):
+    if not MODEL_URI_RE.fullmatch(value):
         raise InvalidArgument.field("deployment.model_uri", MODEL_URI_RULE)
     return value
 

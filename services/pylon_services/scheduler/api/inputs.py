@@ -11,22 +11,28 @@ import re
 
 from pylon_services.common.errors import FieldViolation, InvalidArgument
 from pylon_services.common.limits import check_request_id
-from pylon_services.common.names import Principal, parse_name, parse_parent, shape_error
+from pylon_services.common.names import (
+    ID_PATTERN,
+    MODEL_URI_RE,
+    MODEL_URI_RULE,
+    TENANT_PATTERN,
+    Principal,
+    parse_name,
+    parse_parent,
+    shape_error,
+)
 from pylon_services.scheduler.domain.spec import Command, EngineReplica, JobSpec, Trainer, invalid
 
 MAX_NAME_CHARS = 256
 MAX_LOG_OFFSET = 10**12
 MAX_METRIC_KEYS = 256
-_TENANT = r"(?:[a-z][a-z0-9-]{0,62}|-)"
-_ID = r"[a-z][a-z0-9_.-]{0,62}"
-_JOB_NAME = re.compile(rf"tenants/{_TENANT}/jobs/{_ID}")
-_PARENT = re.compile(rf"tenants/{_TENANT}")
-_QUEUE_NAME = re.compile(rf"tenants/{_TENANT}/queues/[A-Za-z0-9-]{{1,63}}")
-_DATASET_VERSION = re.compile(rf"tenants/({_TENANT})/datasets/({_ID})/versions/([1-9][0-9]{{0,17}}|latest)")
-_MODEL_VERSION = re.compile(rf"tenants/({_TENANT})/models/({_ID})/versions/([1-9][0-9]{{0,17}})")
-_DEPLOYMENT = re.compile(rf"tenants/({_TENANT})/deployments/({_ID})")
+_JOB_NAME = re.compile(rf"tenants/{TENANT_PATTERN}/jobs/{ID_PATTERN}")
+_PARENT = re.compile(rf"tenants/{TENANT_PATTERN}")
+_QUEUE_NAME = re.compile(rf"tenants/{TENANT_PATTERN}/queues/[A-Za-z0-9-]{{1,63}}")
+_DATASET_VERSION = re.compile(rf"tenants/({TENANT_PATTERN})/datasets/({ID_PATTERN})/versions/([1-9][0-9]{{0,17}}|latest)")
+_MODEL_VERSION = re.compile(rf"tenants/({TENANT_PATTERN})/models/({ID_PATTERN})/versions/([1-9][0-9]{{0,17}})")
+_DEPLOYMENT = re.compile(rf"tenants/({TENANT_PATTERN})/deployments/({ID_PATTERN})")
 # What ResolveModelUri accepts, in ASCII: checked here so a malformed URI never reaches the registry.
-MODEL_URI = re.compile(rf"models:/{_ID}(?:@{_ID}|/versions/[1-9][0-9]{{0,17}}|/latest)")
 _WORKDIR_KEY = re.compile(r"tenants/([a-z][a-z0-9-]{0,62})/workdirs/sha256-[0-9a-f]{64}\.tar\.gz")
 
 
@@ -91,9 +97,8 @@ def in_tenant(spec: JobSpec, tenant: str, p: Principal) -> JobSpec:
         datasets = tuple(resolve(f"spec.trainer.datasets[{n}]", _DATASET_VERSION, d,
                                  "must be tenants/{tenant}/datasets/{dataset}/versions/{n or latest}")
                          for n, d in enumerate(w.datasets))
-        if w.base_model and not MODEL_URI.fullmatch(w.base_model):
-            bad.append(FieldViolation("spec.trainer.base_model", "must be models:/<model>@<alias>, "
-                                                                 "models:/<model>/versions/<n> or models:/<model>/latest"))
+        if w.base_model and not MODEL_URI_RE.fullmatch(w.base_model):
+            bad.append(FieldViolation("spec.trainer.base_model", MODEL_URI_RULE))
         w = dataclasses.replace(w, datasets=datasets)
     elif isinstance(w, Command):
         w = dataclasses.replace(w, datasets=tuple(
