@@ -50,7 +50,8 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     state = RedisState(redis)
     runner = RayRunner(state, store, store_connection(settings), settings.redis_url, ray_address=settings.ray_address,
                        node_ip=settings.ray_node_ip_address, lease_s=own.op_lease_s, task_cpus=own.task_cpus,
-                       chunk_bytes=own.chunk_bytes, chunk_min_cpus=own.chunk_min_cpus)
+                       chunk_bytes=own.chunk_bytes, chunk_min_cpus=own.chunk_min_cpus,
+                       connect_timeout_s=settings.ray_connect_timeout_s)
     ingest = Ingest(store, state, runner, own.default_part_size)
     servicer = IngestServicer(ingest, own.max_streamed_upload_bytes)
     return ServiceParts("ingest", [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer,

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     ray_address: str = ""
     # IP this process uses as a Ray driver; empty lets Ray choose (set to 127.0.0.1 on one machine).
     ray_node_ip_address: str = ""
+    # How long a service keeps retrying to join the Ray cluster at start before it exits (the
+    # head may come up after it: pylon up on a busy machine, compose, Kubernetes).
+    ray_connect_timeout_s: float = 180.0
     # Who a job's user code runs as (scheduler/worker/isolation.py): "auto" (its own unprivileged
     # uid when the worker is root and Python is readable by other users, else the worker's user,
     # said in the job's log), "isolated" (its own uid or the job fails), "same" (the worker's user).

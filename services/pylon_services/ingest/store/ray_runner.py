@@ -28,6 +28,7 @@ from pylon_services.ingest.domain import versions
 from pylon_services.ingest.domain.datasets import Datasets
 from pylon_services.ingest.domain.operations import Operation
 from pylon_services.ingest.store.redis_state import RedisState
+from pylon_services.runtime import ray_connect
 from pylon_services.storage.base import ObjectExists, ObjectStore
 
 log = logging.getLogger("pylon.ingest.runner")
@@ -44,10 +45,11 @@ class RayRunner:
 
     def __init__(self, state: RedisState, store: ObjectStore, conn: dict[str, Any], redis_url: str, *,
                  ray_address: str, node_ip: str = "", lease_s: float = 15.0, task_cpus: float = 1.0,
-                 chunk_bytes: int = 64 << 20, chunk_min_cpus: float = 4) -> None:
+                 chunk_bytes: int = 64 << 20, chunk_min_cpus: float = 4, connect_timeout_s: float = 180.0) -> None:
         self.state, self.store, self.conn, self.redis_url = state, store, conn, redis_url
         self.ray_address, self.node_ip, self.lease_s, self.task_cpus = ray_address, node_ip, lease_s, task_cpus
         self.chunk_bytes, self.chunk_min_cpus = chunk_bytes, chunk_min_cpus
+        self.connect_timeout_s = connect_timeout_s
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._reconciler: asyncio.Task[None] | None = None
@@ -57,9 +59,7 @@ class RayRunner:
         self._reconciler = asyncio.create_task(self._reconcile_loop())
 
     def _connect(self) -> None:
-        extra: dict[str, Any] = {"_node_ip_address": self.node_ip} if self.node_ip else {}
-        ray.init(address=self.ray_address or None, namespace="pylon", log_to_driver=False,
-                 ignore_reinit_error=True, include_dashboard=False if not self.ray_address else None, **extra)
+        ray_connect.connect(self.ray_address, "pylon", self.node_ip, self.connect_timeout_s)
         self._process = ray.remote(processing.process_file).options(num_cpus=self.task_cpus, max_retries=1)
         self._tokenize = ray.remote(processing.tokenize_version).options(num_cpus=self.task_cpus, max_retries=1)
         self._dedupe = ray.remote(processing.dedupe_across_files).options(num_cpus=self.task_cpus, max_retries=1)

@@ -24,6 +24,7 @@ import ray
 from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pylon_services.runtime import ray_connect
 from pylon_services.scheduler.domain.job import Job
 from pylon_services.scheduler.domain.snapshot import ClusterNode
 
@@ -85,9 +86,8 @@ class RayExecutor:
     # --- blocking implementation ----------------------------------------------------------------
 
     def connect(self) -> None:
-        extra = {"_node_ip_address": self.node_ip_address} if self.node_ip_address else {}
-        ray.init(address=self.address or None, namespace=self.instance, log_to_driver=False,
-                 ignore_reinit_error=True, include_dashboard=False if not self.address else None, **extra)
+        ray_connect.connect(self.address, self.instance, self.node_ip_address,
+                            float(self.settings.get("ray_connect_timeout_s", 180.0)))
         for node in self.list_nodes(max_age_s=0.0):  # start every node's launcher now, not on its first job
             if node.alive:
                 self._launcher_on(node.id)
