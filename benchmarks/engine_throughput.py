@@ -123,7 +123,8 @@ def hf_generate_batch(directory: Path, batch: list[list[int]], n: int) -> dict[s
 def pylon(directory: Path, batch: list[list[int]], n: int) -> dict[str, Any]:
     from pylon_services.engines.contract import EngineRequest, SamplingOptions
     from pylon_services.engines.torch_engine.engine import TorchEngine
-    from pylon_services.engines.torch_engine.model import TorchEngineConfig, load_model
+    from pylon_services.engines.torch_engine.model import load_model
+    from pylon_services.engines.torch_engine.settings import TorchEngineConfig
 
     cfg = TorchEngineConfig(max_num_seqs=64, max_num_batched_tokens=512, kv_cache_memory_bytes=512 << 20)
     engine = TorchEngine(load_model(directory, cfg), cfg)

@@ -1,7 +1,7 @@
-"""The trainer's and the torch engine's CUDA paths (see ``cuda_checks``); skipped without a GPU.
+"""The torch engine's CUDA path (see ``cuda_checks``); skipped without a GPU.
 
-CI machines have no GPU, so these are skipped there; they were run on an H100 through the
-session's device tool (``python -m tests.gpu.cuda_checks``), figures in docs/benchmarks.md.
+CI machines have no GPU, so these are skipped there; on a GPU machine run them with pytest or
+``python -m tests.gpu.cuda_checks``.
 """
 
 from __future__ import annotations

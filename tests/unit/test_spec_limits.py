@@ -9,6 +9,7 @@ import pytest
 
 from pylon_services.common.errors import Internal, InvalidArgument, Unavailable
 from pylon_services.common.names import Principal
+from pylon_services.engines.contract import SamplingOptions
 from pylon_services.gateway.api.inputs import passed_on
 from pylon_services.gateway.domain.requests import config_violations, sampling_violations
 from pylon_services.scheduler.api.inputs import in_tenant
@@ -76,10 +77,12 @@ def test_references_stay_in_the_jobs_tenant():
 
 
 def test_sampling_is_checked_like_the_engines_do():
-    assert sampling_violations("hi", 0, 0.0, 0.0, 0, [], None) == []
-    bad = sampling_violations("", -1, math.nan, 1.5, -1, [""], -1)
+    assert sampling_violations("hi", SamplingOptions()) == []
+    bad = sampling_violations("", SamplingOptions(max_tokens=-1, temperature=math.nan, top_p=1.5, top_k=-1, stop=("",),
+                                                  seed=-1, n=0, min_p=-0.5, presence_penalty=3.0))
     assert {v.field for v in bad} == {"prompt", "sampling.max_tokens", "sampling.temperature", "sampling.top_p",
-                                      "sampling.top_k", "sampling.stop", "sampling.seed"}
+                                      "sampling.top_k", "sampling.stop", "sampling.seed", "sampling.n",
+                                      "sampling.min_p", "sampling.presence_penalty"}
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

@@ -20,7 +20,8 @@ from pylon_services.common.errors import InvalidArgument
 from pylon_services.engines.contract import EngineRequest, RequestOutput, SamplingOptions
 from pylon_services.engines.torch_engine.detokenize import IncrementalDecoder
 from pylon_services.engines.torch_engine.engine import TorchEngine
-from pylon_services.engines.torch_engine.model import TorchEngineConfig, load_model
+from pylon_services.engines.torch_engine.model import load_model
+from pylon_services.engines.torch_engine.settings import TorchEngineConfig
 from tests.support.hf_models import EOS, build_model_dir
 
 PROMPTS = [[5, 9, 33, 7, 100, 20, 3, 8, 9, 10, 11, 12, 13, 14, 40, 41, 42, 43, 44][:n] for n in (3, 19, 7, 1, 9, 12)]

@@ -155,9 +155,10 @@ class InferenceEngine(Protocol):
 
     info: EngineInfo
 
-    def check_request(self, request: EngineRequest) -> None:
-        """Raise ``InvalidArgument`` naming the field when the engine cannot serve ``request``
-        (bad sampling values, a prompt longer than the context); cheap, before any queuing."""
+    def check_request(self, request: EngineRequest) -> int:
+        """The prompt's length in tokens; ``InvalidArgument`` naming the field when the engine
+        cannot serve ``request`` (bad sampling values, a prompt longer than the context). Cheap,
+        before any queuing."""
         ...
 
     def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:

@@ -24,27 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpylon/engine/v1/engine.proto\x12\x0fpylon.engine.v1\"\x81\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"h\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x31\n\x08sampling\x18\x03 \x01(\x0b\x32\x1f.pylon.engine.v1.SamplingParams\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x90\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x34\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1d.pylon.engine.v1.FinishReason\x12%\n\x05usage\x18\x04 \x01(\x0b\x32\x16.pylon.engine.v1.Usage\"\x16\n\x14GetEngineInfoRequest\"\x9a\x01\n\x15GetEngineInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x18\n\x10running_requests\x18\x04 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x05 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x03\x32\xc2\x01\n\rEngineService\x12Q\n\x08Generate\x12 .pylon.engine.v1.GenerateRequest\x1a!.pylon.engine.v1.GenerateResponse0\x01\x12^\n\rGetEngineInfo\x12%.pylon.engine.v1.GetEngineInfoRequest\x1a&.pylon.engine.v1.GetEngineInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpylon/engine/v1/engine.proto\x12\x0fpylon.engine.v1\"\xbc\x02\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05min_p\x18\x07 \x01(\x01\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x01\x12\x18\n\x10presence_penalty\x18\t \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x01\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\x05\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\t\n\x01n\x18\r \x01(\x05\x12\x15\n\x08logprobs\x18\x0e \x01(\x05H\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"\x82\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x31\n\x08sampling\x18\x03 \x01(\x0b\x32\x1f.pylon.engine.v1.SamplingParams\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\x05\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"[\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12(\n\x03top\x18\x03 \x03(\x0b\x32\x1b.pylon.engine.v1.TopLogprob\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"\xd0\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x34\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1d.pylon.engine.v1.FinishReason\x12%\n\x05usage\x18\x04 \x01(\x0b\x32\x16.pylon.engine.v1.Usage\x12\r\n\x05index\x18\x05 \x01(\x05\x12/\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1d.pylon.engine.v1.TokenLogprob\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xfb\x02\n\x10GetStatsResponse\x12\x0f\n\x07waiting\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x16\n\x0ekv_blocks_used\x18\x03 \x01(\x05\x12\x17\n\x0fkv_blocks_total\x18\x04 \x01(\x05\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x1c\n\x14prefix_cache_queries\x18\x06 \x01(\x03\x12\x19\n\x11prefix_cache_hits\x18\x07 \x01(\x03\x12\x1d\n\x15prefix_cache_hit_rate\x18\x08 \x01(\x01\x12\x15\n\rprompt_tokens\x18\t \x01(\x03\x12\x19\n\x11generation_tokens\x18\n \x01(\x03\x12\x13\n\x0bpreemptions\x18\x0b \x01(\x03\x12\x14\n\x0ctokens_per_s\x18\x0c \x01(\x01\x12\x17\n\x0fqueued_requests\x18\r \x01(\x05\x12\x1c\n\x14queued_prompt_tokens\x18\x0e \x01(\x03\x12\x10\n\x08\x64raining\x18\x0f \x01(\x08\"\x16\n\x14GetEngineInfoRequest\"\xc7\x01\n\x15GetEngineInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x18\n\x10running_requests\x18\x04 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x05 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x14\n\x0c\x61rchitecture\x18\x07 \x01(\t\x12\x15\n\rmax_model_len\x18\x08 \x01(\x05*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x03\x32\xdb\x02\n\rEngineService\x12Q\n\x08Generate\x12 .pylon.engine.v1.GenerateRequest\x1a!.pylon.engine.v1.GenerateResponse0\x01\x12\x46\n\x05\x41\x62ort\x12\x1d.pylon.engine.v1.AbortRequest\x1a\x1e.pylon.engine.v1.AbortResponse\x12O\n\x08GetStats\x12 .pylon.engine.v1.GetStatsRequest\x1a!.pylon.engine.v1.GetStatsResponse\x12^\n\rGetEngineInfo\x12%.pylon.engine.v1.GetEngineInfoRequest\x1a&.pylon.engine.v1.GetEngineInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pylon.engine.v1.engine_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=674
-  _globals['_FINISHREASON']._serialized_end=796
+  _globals['_FINISHREASON']._serialized_start=1631
+  _globals['_FINISHREASON']._serialized_end=1753
   _globals['_SAMPLINGPARAMS']._serialized_start=50
-  _globals['_SAMPLINGPARAMS']._serialized_end=179
-  _globals['_GENERATEREQUEST']._serialized_start=181
-  _globals['_GENERATEREQUEST']._serialized_end=285
-  _globals['_USAGE']._serialized_start=287
-  _globals['_USAGE']._serialized_end=344
-  _globals['_GENERATERESPONSE']._serialized_start=347
-  _globals['_GENERATERESPONSE']._serialized_end=491
-  _globals['_GETENGINEINFOREQUEST']._serialized_start=493
-  _globals['_GETENGINEINFOREQUEST']._serialized_end=515
-  _globals['_GETENGINEINFORESPONSE']._serialized_start=518
-  _globals['_GETENGINEINFORESPONSE']._serialized_end=672
-  _globals['_ENGINESERVICE']._serialized_start=799
-  _globals['_ENGINESERVICE']._serialized_end=993
+  _globals['_SAMPLINGPARAMS']._serialized_end=366
+  _globals['_GENERATEREQUEST']._serialized_start=369
+  _globals['_GENERATEREQUEST']._serialized_end=499
+  _globals['_USAGE']._serialized_start=501
+  _globals['_USAGE']._serialized_end=581
+  _globals['_TOKENLOGPROB']._serialized_start=583
+  _globals['_TOKENLOGPROB']._serialized_end=674
+  _globals['_TOPLOGPROB']._serialized_start=676
+  _globals['_TOPLOGPROB']._serialized_end=723
+  _globals['_GENERATERESPONSE']._serialized_start=726
+  _globals['_GENERATERESPONSE']._serialized_end=934
+  _globals['_ABORTREQUEST']._serialized_start=936
+  _globals['_ABORTREQUEST']._serialized_end=970
+  _globals['_ABORTRESPONSE']._serialized_start=972
+  _globals['_ABORTRESPONSE']._serialized_end=1002
+  _globals['_GETSTATSREQUEST']._serialized_start=1004
+  _globals['_GETSTATSREQUEST']._serialized_end=1021
+  _globals['_GETSTATSRESPONSE']._serialized_start=1024
+  _globals['_GETSTATSRESPONSE']._serialized_end=1403
+  _globals['_GETENGINEINFOREQUEST']._serialized_start=1405
+  _globals['_GETENGINEINFOREQUEST']._serialized_end=1427
+  _globals['_GETENGINEINFORESPONSE']._serialized_start=1430
+  _globals['_GETENGINEINFORESPONSE']._serialized_end=1629
+  _globals['_ENGINESERVICE']._serialized_start=1756
+  _globals['_ENGINESERVICE']._serialized_end=2103
 # @@protoc_insertion_point(module_scope)

@@ -27,8 +27,9 @@ if _version_not_supported:
 
 class EngineServiceStub:
     """EngineService is the internal API between the gateway and model replicas (the built-in torch
-    engine or vLLM). Replicas register their address in Redis; the gateway routes to them.
-    Not exposed to users; authenticated with the platform's internal key.
+    engine or vLLM), in the spirit of vLLM's own gRPC engine API. Replicas register their address
+    in Redis; the gateway routes to them. Not exposed to users: every call but the health check
+    needs the platform's internal key (UNAUTHENTICATED otherwise).
     """
 
     def __init__(self, channel):
@@ -42,6 +43,16 @@ class EngineServiceStub:
                 request_serializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/pylon.engine.v1.EngineService/Abort',
+                request_serializer=pylon_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
+                response_deserializer=pylon_dot_engine_dot_v1_dot_engine__pb2.AbortResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/pylon.engine.v1.EngineService/GetStats',
+                request_serializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
         self.GetEngineInfo = channel.unary_unary(
                 '/pylon.engine.v1.EngineService/GetEngineInfo',
                 request_serializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GetEngineInfoRequest.SerializeToString,
@@ -51,14 +62,35 @@ class EngineServiceStub:
 
 class EngineServiceServicer:
     """EngineService is the internal API between the gateway and model replicas (the built-in torch
-    engine or vLLM). Replicas register their address in Redis; the gateway routes to them.
-    Not exposed to users; authenticated with the platform's internal key.
+    engine or vLLM), in the spirit of vLLM's own gRPC engine API. Replicas register their address
+    in Redis; the gateway routes to them. Not exposed to users: every call but the health check
+    needs the platform's internal key (UNAUTHENTICATED otherwise).
     """
 
     def Generate(self, request, context):
-        """Generate streams the completion of one prompt, piece by piece.
-        Errors: INVALID_ARGUMENT (bad sampling parameters, empty prompt), RESOURCE_EXHAUSTED
-        (replica queue full, with retry delay), CANCELLED (client went away), UNAVAILABLE (draining).
+        """Generate streams the completion(s) of one prompt: one response per completion per step that
+        produced something; the last response has every completion's finish_reason and the usage.
+        Errors: INVALID_ARGUMENT naming the field (bad sampling values, neither or both of prompt and
+        prompt_token_ids, a prompt plus max_tokens beyond the model's context, a request_id already
+        running), RESOURCE_EXHAUSTED with a RetryInfo delay (the replica's queue is full),
+        UNAVAILABLE (draining, or the engine failed). Cancelling the call aborts the request and frees
+        its KV memory at the engine's next step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Abort ends a running or queued request; its stream ends with FINISH_REASON_ABORTED.
+        Errors: UNAUTHENTICATED without the internal key; an unknown id answers found=false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """GetStats is the replica's load: queues, KV cache, prefix cache, throughput.
+        Errors: UNAUTHENTICATED without the internal key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,7 +98,7 @@ class EngineServiceServicer:
 
     def GetEngineInfo(self, request, context):
         """GetEngineInfo returns the model served and the replica's load.
-        Errors: none beyond transport errors.
+        Errors: UNAUTHENTICATED without the internal key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +111,16 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.FromString,
                     response_serializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=pylon_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.FromString,
+                    response_serializer=pylon_dot_engine_dot_v1_dot_engine__pb2.AbortResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GetStatsRequest.FromString,
+                    response_serializer=pylon_dot_engine_dot_v1_dot_engine__pb2.GetStatsResponse.SerializeToString,
             ),
             'GetEngineInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEngineInfo,
@@ -95,8 +137,9 @@ def add_EngineServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class EngineService:
     """EngineService is the internal API between the gateway and model replicas (the built-in torch
-    engine or vLLM). Replicas register their address in Redis; the gateway routes to them.
-    Not exposed to users; authenticated with the platform's internal key.
+    engine or vLLM), in the spirit of vLLM's own gRPC engine API. Replicas register their address
+    in Redis; the gateway routes to them. Not exposed to users: every call but the health check
+    needs the platform's internal key (UNAUTHENTICATED otherwise).
     """
 
     @staticmethod
@@ -116,6 +159,60 @@ class EngineService:
             '/pylon.engine.v1.EngineService/Generate',
             pylon_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
             pylon_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.engine.v1.EngineService/Abort',
+            pylon_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
+            pylon_dot_engine_dot_v1_dot_engine__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.engine.v1.EngineService/GetStats',
+            pylon_dot_engine_dot_v1_dot_engine__pb2.GetStatsRequest.SerializeToString,
+            pylon_dot_engine_dot_v1_dot_engine__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,15 +1,3 @@
-"""The PyTorch serving engine: streams tokens from a tiny-GPT checkpoint or a Hugging Face Llama
-directory, on CPU or one GPU."""
-
-from pylon_services.engines.torch_engine.hf_runner import HfRunner, IncrementalDecoder
-from pylon_services.engines.torch_engine.runner import (
-    FINISH_LENGTH,
-    FINISH_STOP,
-    GeneratedPiece,
-    ModelRunner,
-    Runner,
-    SamplingParams,
-)
-
-__all__ = ["FINISH_LENGTH", "FINISH_STOP", "GeneratedPiece", "HfRunner", "IncrementalDecoder", "ModelRunner",
-           "Runner", "SamplingParams"]
+"""The built-in PyTorch engine: continuous batching over a paged KV cache inside transformers'
+own model code (``engine.TorchEngine``; docs/design/engine.md). Importing this package imports
+nothing: ``settings`` is torch-free and the API reads it."""

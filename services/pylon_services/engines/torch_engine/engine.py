@@ -37,10 +37,11 @@ from pylon_services.engines.contract import (
 )
 from pylon_services.engines.torch_engine.blocks import BlockPool
 from pylon_services.engines.torch_engine.detokenize import IncrementalDecoder, StopMatcher
-from pylon_services.engines.torch_engine.model import LoadedModel, TorchEngineConfig
+from pylon_services.engines.torch_engine.model import LoadedModel
 from pylon_services.engines.torch_engine.paged import KVCache, build_step
 from pylon_services.engines.torch_engine.sampler import SamplingRow, new_generator, sample
 from pylon_services.engines.torch_engine.scheduler import Chunk, Scheduler, Sequence, Status
+from pylon_services.engines.torch_engine.settings import TorchEngineConfig
 
 log = logging.getLogger("pylon.engine.torch")
 RATE_WINDOW_S = 10.0
@@ -105,8 +106,8 @@ class TorchEngine:
 
     # --- the port ------------------------------------------------------------------------------
 
-    def check_request(self, request: EngineRequest) -> None:
-        self._prompt_ids(request)
+    def check_request(self, request: EngineRequest) -> int:
+        return len(self._prompt_ids(request))
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
         ids = self._prompt_ids(request)

@@ -18,6 +18,7 @@ from pylon.gateway.v1 import gateway_pb2 as pb
 from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon.registry.v1 import registry_pb2
 from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Unavailable
+from pylon_services.engines import wire
 from pylon_services.gateway.api import inputs
 from pylon_services.gateway.api.replicas import ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
@@ -159,9 +160,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         tenant, dep = inputs.deployment_name("deployment", request.deployment, principal())
-        s = request.sampling
-        bad = requests.sampling_violations(request.prompt, s.max_tokens, s.temperature, s.top_p, s.top_k, list(s.stop),
-                                           s.seed if s.HasField("seed") else None)
+        s = engine_pb2.SamplingParams()
+        s.CopyFrom(request.sampling)
+        s.max_tokens = s.max_tokens or requests.DEFAULT_MAX_TOKENS
+        bad = requests.sampling_violations(request.prompt, wire.sampling_options(s))
         if bad:
             raise requests.invalid(bad)
         request_id = inputs.request_id(request.request_id)
