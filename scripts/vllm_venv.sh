@@ -19,7 +19,10 @@ fail() {
   echo "vllm_venv: step '$STEP' failed; last lines of $LOG:" >&2
   tail -n 25 "$LOG" >&2 || true
   # One line for `make test-vllm` to report why the vLLM tests are skipped.
-  mkdir -p "$VENV" && echo "step '$STEP' failed (log: $LOG)" > "$VENV/.failed" || true
+  local why
+  why="$(grep -E 'ERROR|Error' "$LOG" | tail -n 1 || true)"
+  [ -n "$why" ] || why="$(grep -v '^\s*$' "$LOG" | tail -n 1 || true)"
+  mkdir -p "$VENV" && echo "step '$STEP' failed: ${why} (log: $LOG)" > "$VENV/.failed" || true
   exit 1
 }
 trap fail ERR

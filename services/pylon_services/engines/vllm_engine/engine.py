@@ -83,7 +83,11 @@ class VllmEngine:
             raise AlreadyExists(f"request {request.request_id!r} is already running")
         params = sampling_params(request.sampling, self.info.max_model_len - len(ids))
         self._active.add(request.request_id)
-        stream = llm.generate({"prompt_token_ids": list(ids)}, params, request.request_id)
+        from vllm.inputs import tokens_input
+
+        # Already tokenized and checked: vLLM takes the ids as they are, without re-rendering.
+        prompt = tokens_input(list(ids), prompt=request.prompt or None)
+        stream = llm.generate(prompt, params, request.request_id)
         generated = [0] * request.sampling.n
         try:
             async for out in stream:
