@@ -27,7 +27,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed in this venv (make tes
 
 import pytest_asyncio  # noqa: E402
 
-from pylon_services.common.errors import InvalidArgument, Unavailable  # noqa: E402
+from pylon_services.common.errors import AlreadyExists, InvalidArgument, Unavailable  # noqa: E402
 from pylon_services.engines.contract import (  # noqa: E402
     FINISH_ABORT,
     FINISH_STOP,
@@ -197,21 +197,30 @@ async def test_stop_strings_and_stop_tokens_end_the_output_without_leaking(engin
 async def test_abort_mid_stream_ends_it_and_frees_the_engine(engine: VllmEngine) -> None:
     req = request(SamplingOptions(max_tokens=400, temperature=0.0, ignore_eos=True))
     outs: list[RequestOutput] = []
-    async for out in engine.generate(req):
-        outs.append(out)
-        if len(outs) == 3:
-            assert engine.stats().running == 1
-            assert await engine.abort(req.request_id) is True
+    stream = engine.generate(req)
+    try:
+        async for out in stream:
+            outs.append(out)
+            if len(outs) == 3:
+                assert engine.stats().running == 1
+                assert await engine.abort(req.request_id) is True
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]  # on a failure, frees the engine for the next test
     assert outs[-1].finished and outs[-1].deltas[-1].finish_reason == FINISH_ABORT
     assert outs[-1].completion_tokens < 400
     await eventually(lambda: engine.stats().running == 0)
     assert await engine.abort(req.request_id) is False
 
-    # Leaving the iterator early aborts the request too.
-    stream = engine.generate(request(SamplingOptions(max_tokens=400, temperature=0.0, ignore_eos=True)))
-    await stream.__anext__()
-    await eventually(lambda: engine.stats().running == 1)
-    await stream.aclose()  # type: ignore[attr-defined]
+    # Leaving the iterator early aborts the request too; while it runs, its id is taken.
+    long = request(SamplingOptions(max_tokens=400, temperature=0.0, ignore_eos=True))
+    stream = engine.generate(long)
+    try:
+        await anext(stream)
+        await eventually(lambda: engine.stats().running == 1)
+        with pytest.raises(AlreadyExists):
+            await anext(engine.generate(long))
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
     await eventually(lambda: engine.stats().running == 0)
 
 

@@ -51,7 +51,11 @@ def load_vllm_engine(model_dir: str, config: Mapping[str, Any]) -> VllmEngine:
     sink = StatsSink()
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(sink)])
     sink.kv_blocks_total = llm.vllm_config.cache_config.num_gpu_blocks or 0
-    return VllmEngine(llm, sink)
+    engine = VllmEngine(llm, sink)
+    # A traceback that vLLM's lazy imports keep holds this frame: without the del, its local would
+    # keep the AsyncLLM alive after shutdown, to be finalized at interpreter exit (and fail there).
+    del llm
+    return engine
 
 
 class VllmEngine:
