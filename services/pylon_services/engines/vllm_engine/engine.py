@@ -85,17 +85,20 @@ class VllmEngine:
         llm = self._running()
         if request.request_id in self._active:
             raise AlreadyExists(f"request {request.request_id!r} is already running")
-        params = sampling_params(request.sampling, self.info.max_model_len - len(ids))
-        self._active.add(request.request_id)
         from vllm.inputs import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError
 
+        params = sampling_params(request.sampling, self.info.max_model_len - len(ids))
         # Already tokenized and checked: vLLM takes the ids as they are, without re-rendering.
         prompt = tokens_input(list(ids), prompt=request.prompt or None)
         stream = llm.generate(prompt, params, request.request_id)
         generated = [0] * request.sampling.n
+        self._active.add(request.request_id)
         try:
             async for out in stream:
                 yield convert_output(request.request_id, out, len(ids), generated, request.sampling.logprobs or 0)
+        except EngineDeadError as err:
+            raise Unavailable(f"the vLLM engine died: {err}") from err
         finally:
             # Leaving early (aclose, cancellation) closes vLLM's stream, which aborts the request.
             await stream.aclose()
