@@ -53,7 +53,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(model_dir: Path) -> AsyncIterator[VllmEngine]:
     started = time.monotonic()
-    eng = load_vllm_engine(str(model_dir), ENGINE_CONFIG)
+    # In a worker thread, as the replica server loads it (vLLM's loop task starts on first use).
+    eng = await asyncio.to_thread(load_vllm_engine, str(model_dir), ENGINE_CONFIG)
     print(f"vLLM cold start: {time.monotonic() - started:.1f} s")
     yield eng
     await eng.shutdown()
@@ -132,7 +133,7 @@ async def test_greedy_output_equals_transformers_greedy_while_sharing_the_batch(
         assert ids == hf_greedy(model_dir, prompt, 12), prompt
         assert text == tokenizer.decode(ids, skip_special_tokens=True)
         assert finish in ("length", "stop")
-        assert outs[-1].prompt_tokens == len(tokenizer.encode(prompt))
+        assert outs[-1].prompt_tokens == len(tokenizer.encode(prompt)) == engine.check_request(request(greedy, prompt))
         assert outs[-1].completion_tokens == len(ids)
 
 

@@ -77,8 +77,9 @@ class VllmEngine:
             max_num_seqs=llm.vllm_config.scheduler_config.max_num_seqs,
         )
 
-    def check_request(self, request: EngineRequest) -> None:
-        self._prompt_ids(request)
+    def check_request(self, request: EngineRequest) -> int:
+        """The prompt's length in tokens (vLLM's tokenizer); ``InvalidArgument`` naming the field."""
+        return len(self._prompt_ids(request))
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
         ids = self._prompt_ids(request)
