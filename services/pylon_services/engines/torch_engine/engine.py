@@ -211,9 +211,8 @@ class TorchEngine:
             return
         for index in range(r.sampling.n):
             seq = Sequence(r.request_id, index, list(ids), len(ids))
-            seq.state = Completion(SamplingRow(r.sampling, new_generator(r.sampling.seed, index), ids, seq.tokens),
+            seq.state = Completion(SamplingRow(r.sampling, new_generator(r.sampling.seed, index), ids, []),
                                    IncrementalDecoder(self.m.tokenizer, ids), StopMatcher(r.sampling.stop))
-            seq.state.row.output_ids = seq.tokens[len(ids):]
             state.seqs.append(seq)
         first, *rest = state.seqs
         for sib in rest:
@@ -231,7 +230,7 @@ class TorchEngine:
         for seq in state.seqs:
             if seq.state.finish_reason is None:
                 seq.state.finish_reason = FINISH_ABORT
-        self._emit(state, force=True)
+        self._emit(state)
 
     def step(self, chunks: list[Chunk]) -> None:
         """One forward pass over ``chunks``, then sampling and delivery."""
@@ -258,7 +257,7 @@ class TorchEngine:
         c: Completion = seq.state
         o = c.row.options
         seq.tokens.append(token)
-        c.row.output_ids = seq.tokens[seq.prompt_len:]
+        c.row.output_ids.append(token)
         c.new_ids.append(token)
         if logprob is not None:
             c.new_logprobs.append(logprob)
@@ -276,13 +275,13 @@ class TorchEngine:
         if c.finish_reason is not None:
             self.scheduler.finish(seq)
 
-    def _emit(self, state: RequestState, force: bool = False) -> None:
+    def _emit(self, state: RequestState) -> None:
         """Send what the request's completions produced since the last output."""
         deltas = []
         for seq in state.seqs:
             c: Completion = seq.state
             newly_done = c.finish_reason is not None and not c.reported
-            if c.new_ids or c.new_text or newly_done or force:
+            if c.new_ids or c.new_text or newly_done:
                 deltas.append(CompletionDelta(seq.index, c.new_text, tuple(c.new_ids), tuple(c.new_logprobs),
                                               c.finish_reason))
                 c.new_ids, c.new_text, c.new_logprobs = [], "", []

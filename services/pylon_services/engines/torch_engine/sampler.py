@@ -25,7 +25,7 @@ class SamplingRow:
     options: SamplingOptions
     generator: torch.Generator
     prompt_ids: Sequence[int]
-    output_ids: Sequence[int]
+    output_ids: list[int]  # appended to as the completion grows
 
 
 def new_generator(seed: int | None, index: int) -> torch.Generator:
