@@ -19,19 +19,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-def _tiny_model(directory: Path) -> str:
-    """A randomly initialised tiny GPT checkpoint the torch engine loads: no training needed."""
-    import torch
-
-    from pylon_services.ml.checkpoint import checkpoint_files, write_checkpoint_dir
-    from pylon_services.ml.gpt import GPT, GPTConfig
-
-    torch.manual_seed(0)
-    cfg = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32)
-    write_checkpoint_dir(checkpoint_files(GPT(cfg), cfg, {"step": 0}), directory)
-    return str(directory)
-
-
 def _tiny_llama(directory: Path) -> str:
     """A randomly initialised tiny HF Llama directory, its BPE tokenizer trained as ingest trains one."""
     import torch
@@ -57,7 +44,7 @@ def _jobs(dep: Any) -> list[str]:
 
 def test_scale_up_and_down_through_the_scheduler(tenant_clients, platform, tmp_path):
     acme = tenant_clients["acme"]
-    mv = acme.models.register("gw-scale", _tiny_model(tmp_path / "m"), format="pylon_gpt")
+    mv = acme.models.register("gw-scale", _tiny_llama(tmp_path / "m"))
     dep = acme.deployments.deploy("gw-scale", f"models:/gw-scale/versions/{mv.version}", timeout=240)
     try:
         assert (dep.state, dep.replicas, len(_jobs(dep))) == ("ready", 1, 1)
@@ -130,7 +117,7 @@ def test_replicas_that_cannot_load_the_model_turn_the_deployment_failed(tenant_c
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
     (bad / "config.json").write_text("{}")
-    mv = acme.models.register("gw-garbage", str(bad), format="pylon_gpt")
+    mv = acme.models.register("gw-garbage", str(bad), format="hf_transformers")
     t0 = time.monotonic()
     with pytest.raises(pylon.FailedPreconditionError) as e:
         acme.deployments.deploy("gw-garbage", f"models:/gw-garbage/versions/{mv.version}", replicas=2, timeout=240)

@@ -86,11 +86,11 @@ def test_engine_replicas_refuse_calls_without_the_platforms_internal_key(tenant_
 
     from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
     from pylon_services.runtime.settings import Settings
-    from tests.integration.test_gateway_deployments import _tiny_model
+    from tests.integration.test_gateway_deployments import _tiny_llama
     from tests.support.platform import ADMIN_KEY
 
     acme = tenant_clients["acme"]
-    mv = acme.models.register("iso-engine", _tiny_model(tmp_path / "m"), format="pylon_gpt")
+    mv = acme.models.register("iso-engine", _tiny_llama(tmp_path / "m"))
     dep = acme.deployments.deploy("iso-engine", f"models:/iso-engine/versions/{mv.version}", timeout=240)
     try:
         address = dep.replica_status[0].address
