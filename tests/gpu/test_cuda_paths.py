@@ -1,7 +1,8 @@
-"""The trainer's and the torch engine's CUDA paths (see ``cuda_checks``); skipped without a GPU.
+"""The causal-lm trainer's CUDA paths and its Hugging Face output on CUDA (see ``cuda_checks``);
+skipped without a GPU.
 
-CI machines have no GPU, so these are skipped there; they were run on an H100 through the
-session's device tool (``python -m tests.gpu.cuda_checks``), figures in docs/benchmarks.md.
+CI machines have no GPU, so these are skipped there; on a GPU machine run
+``python -m tests.gpu.cuda_checks`` (what ran where is recorded in docs/benchmarks.md).
 """
 
 from __future__ import annotations

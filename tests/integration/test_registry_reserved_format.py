@@ -27,7 +27,7 @@ def stored(tenant_clients: dict[str, Any], admin_client: Any, platform: Any,
 
     acme = tenant_clients["acme"]
     d = tmp_path_factory.mktemp("stored")
-    (d / "config.json").write_text('{"model_type": "pylon-tiny-gpt"}')
+    (d / "config.json").write_text('{"model_type": "my-own-arch"}')
     (d / "model.safetensors").write_bytes(b"\0" * 64)
     v = acme.models.register("fmt-stored", str(d))
     store = open_store(platform.base["object_store_url"])
@@ -44,7 +44,7 @@ def test_a_stored_version_in_the_reserved_format_reads_as_other(tenant_clients, 
     assert [(v.version, v.format) for v in acme.models.versions("fmt-stored")] == [(stored.version, "other")]
     assert acme.models.resolve("models:/fmt-stored/latest").digest == stored.digest
     out = acme.models.download("fmt-stored", str(tmp_path / "out"), version=stored.version)
-    assert (Path(out) / "config.json").read_text() == '{"model_type": "pylon-tiny-gpt"}'
+    assert (Path(out) / "config.json").read_text() == '{"model_type": "my-own-arch"}'
 
 
 def test_a_fine_tune_of_it_is_refused_as_a_format_the_trainer_does_not_take(tenant_clients, stored):

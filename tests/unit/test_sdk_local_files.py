@@ -93,7 +93,7 @@ def test_a_directory_of_config_json_and_safetensors_is_registered_as_hugging_fac
     from pylon.resources.models import detect_format
 
     (tmp_path / "model.safetensors").write_bytes(b"x")
-    for model_type in ("llama", "qwen2", "pylon-tiny-gpt"):  # whatever the config says
+    for model_type in ("llama", "qwen2", "my-own-arch"):  # whatever the config says
         (tmp_path / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
         assert detect_format(local_files(str(tmp_path))) == "hf_transformers"
     (tmp_path / "config.json").unlink()
