@@ -43,6 +43,15 @@ class Batches:
         return {"pos": self.pos}
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Train on one thread (the machine's cores are shared), then restore torch's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _trainer(every: int, saved: dict[int, dict[str, bytes]]) -> Trainer:
     """A causal-lm trainer of a tiny seeded model on CPU, its checkpoints kept in ``saved``."""
     torch.manual_seed(0)
@@ -54,7 +63,7 @@ def _trainer(every: int, saved: dict[int, dict[str, bytes]]) -> Trainer:
     return Trainer(dataclasses.replace(s, checkpoint_every_steps=every), model, Batches, None, hooks)
 
 
-def test_periodic_checkpoints_resume_to_the_same_model_as_an_uninterrupted_run():
+def test_periodic_checkpoints_resume_to_the_same_model_as_an_uninterrupted_run(one_thread: None) -> None:
     saved: dict[int, dict[str, bytes]] = {}
     whole = _trainer(10, saved)
     assert whole.run().step == 30
@@ -66,7 +75,7 @@ def test_periodic_checkpoints_resume_to_the_same_model_as_an_uninterrupted_run()
         assert torch.allclose(x, y, atol=1e-6), name
 
 
-def test_no_periodic_checkpoint_when_every_is_zero():
+def test_no_periodic_checkpoint_when_every_is_zero(one_thread: None) -> None:
     saved: dict[int, dict[str, bytes]] = {}
     assert _trainer(0, saved).run().step == 30
     assert saved == {}
