@@ -1,4 +1,5 @@
-"""The torch engine's CUDA path (see ``cuda_checks``); skipped without a GPU.
+"""The causal-lm trainer's and the torch engine's CUDA paths (see ``cuda_checks``); skipped
+without a GPU.
 
 CI machines have no GPU, so these are skipped there; on a GPU machine run them with pytest or
 ``python -m tests.gpu.cuda_checks``.

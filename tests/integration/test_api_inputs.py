@@ -37,11 +37,11 @@ def _nan_struct(key: str, value: float) -> struct_pb2.Struct:
 
 BAD_SPECS: list[tuple[str, spb.JobSpec, str]] = [
     ("unicode digit in a dataset version", spb.JobSpec(trainer=spb.BuiltinTrainer(
-        trainer="tiny-gpt", datasets=["tenants/-/datasets/d/versions/\u00b2"])), "spec.trainer.datasets[0]"),
+        trainer="causal-lm", datasets=["tenants/-/datasets/d/versions/\u00b2"])), "spec.trainer.datasets[0]"),
     ("5,000-digit dataset version", spb.JobSpec(trainer=spb.BuiltinTrainer(
-        trainer="tiny-gpt", datasets=["tenants/-/datasets/d/versions/" + "9" * 5000])), "spec.trainer.datasets[0]"),
+        trainer="causal-lm", datasets=["tenants/-/datasets/d/versions/" + "9" * 5000])), "spec.trainer.datasets[0]"),
     ("another tenant's dataset", spb.JobSpec(trainer=spb.BuiltinTrainer(
-        trainer="tiny-gpt", datasets=["tenants/globex/datasets/d/versions/1"])), "spec.trainer.datasets[0]"),
+        trainer="causal-lm", datasets=["tenants/globex/datasets/d/versions/1"])), "spec.trainer.datasets[0]"),
     ("working_dir_key with ..", spb.JobSpec(command=spb.Command(
         argv=["true"], working_dir_key="tenants/acme/workdirs/../../globex/workdirs/sha256-" + "0" * 64 + ".tar.gz")),
      "spec.command.working_dir_key"),
@@ -51,8 +51,8 @@ BAD_SPECS: list[tuple[str, spb.JobSpec, str]] = [
     ("max_runtime past Duration's range", _command(max_runtime=duration_pb2.Duration(seconds=400_000_000_000)),
      "spec.max_runtime"),
     ("max_runtime over 30 days", _command(max_runtime=duration_pb2.Duration(seconds=31 * 86400)), "spec.max_runtime"),
-    ("NaN in trainer.config", spb.JobSpec(trainer=spb.BuiltinTrainer(trainer="tiny-gpt",
-                                                                      config=_nan_struct("lr", math.nan))),
+    ("NaN in trainer.config", spb.JobSpec(trainer=spb.BuiltinTrainer(trainer="causal-lm",
+                                                                       config=_nan_struct("lr", math.nan))),
      "spec.trainer.config.lr"),
     ("infinity in engine_config", spb.JobSpec(engine=spb.EngineReplica(
         deployment="tenants/-/deployments/d", model_version="tenants/-/models/m/versions/1",
@@ -220,10 +220,10 @@ def _garbage_model(tmp_path: Path) -> str:
 def test_models_of_another_tenant_are_refused(admin_client, tmp_path):
     """An admin's URI resolves in the admin's tenant: a job or deployment it creates for acme
     must not pin (and so read) that tenant's model files."""
-    admin_client.models.register("cross-model", _garbage_model(tmp_path), format="pylon_gpt")
+    admin_client.models.register("cross-model", _garbage_model(tmp_path), format="hf_transformers")
     err = _fails(admin_client, admin_client.scheduler.SubmitJob, spb.SubmitJobRequest(
         parent="tenants/acme", spec=spb.JobSpec(trainer=spb.BuiltinTrainer(
-            trainer="tiny-gpt", base_model="models:/cross-model/latest"))), pylon.InvalidArgumentError)
+            trainer="causal-lm", base_model="models:/cross-model/latest"))), pylon.InvalidArgumentError)
     assert [v.field for v in err.violations] == ["spec.trainer.base_model"]
     err = _fails(admin_client, admin_client.gateway.CreateDeployment, gateway_pb2.CreateDeploymentRequest(
         parent="tenants/acme", deployment_id="cross", deployment=gateway_pb2.Deployment(

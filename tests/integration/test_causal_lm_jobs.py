@@ -6,7 +6,6 @@ last checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -19,24 +18,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration
 MODEL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2}
-
-
-
-
-@pytest.fixture(scope="module")
-def corpus(tenant_clients: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tokenized dataset version of acme (its name)."""
-    from pylon.demo_corpus import build_corpus
-
-    acme = tenant_clients["acme"]
-    path = tmp_path_factory.mktemp("lm") / "docs.jsonl"
-    with open(path, "w") as f:
-        for line in build_corpus(max_bytes=120_000).split("\n"):
-            if line.strip():
-                f.write(json.dumps({"text": line}) + "\n")
-    ds = acme.datasets.upload(str(path), "lm-docs")
-    acme.datasets.tokenize("lm-docs", ds.version, tokenizer="lm-bpe", vocab_size=512, shard_tokens=4096)
-    return f"tenants/acme/datasets/lm-docs/versions/{ds.version}"
 
 
 def _spec(dataset: str, **config: Any) -> dict[str, Any]:

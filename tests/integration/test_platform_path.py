@@ -86,8 +86,17 @@ def test_bad_trainer_config_is_rejected_with_fields(tenant_clients):
     acme = tenant_clients["acme"]
     for config, field in (({"steps": -5}, "steps"), ({"bogus": 1}, "bogus"), ({"lr": "fast"}, "lr")):
         with pytest.raises(pylon.InvalidArgumentError) as e:
-            acme.jobs.submit({"trainer": {"trainer": "tiny-gpt", "config": config}})
+            acme.jobs.submit({"trainer": {"trainer": "causal-lm", "config": config}})
         assert f"spec.trainer.config.{field}" in {v.field for v in e.value.violations}
+
+
+def test_a_trainer_that_does_not_exist_is_refused_naming_the_ones_that_do(tenant_clients):
+    acme = tenant_clients["acme"]
+    before = len(list(acme.jobs.list(page_size=500)))
+    with pytest.raises(pylon.InvalidArgumentError) as e:
+        acme.jobs.submit({"trainer": {"trainer": "tiny-gpt", "config": {"steps": 10}}})
+    assert [(v.field, v.description) for v in e.value.violations] == [("spec.trainer.trainer", "must be one of causal-lm")]
+    assert len(list(acme.jobs.list(page_size=500))) == before  # nothing was stored
 
 
 def test_crashing_job_is_retried_then_failed_with_exit_code_and_logs(tenant_clients):

@@ -1,7 +1,7 @@
 """checkpoint_every_steps end to end on the Ray cluster: a job whose worker process dies after a
 periodic checkpoint is retried (max_retries) and its second attempt resumes at that checkpoint's
 step, not at step 0 - for a user command (pylon.train.should_checkpoint / checkpoint_saved) and
-for the built-in trainer. A negative value is rejected at submit."""
+for the causal-lm trainer. A negative value is rejected at submit."""
 
 from __future__ import annotations
 
@@ -68,32 +68,29 @@ def test_crashed_command_is_retried_from_its_latest_periodic_checkpoint(tenant_c
     assert split >= 10 and steps[:split] == list(range(1, split + 1)) and steps[split:] == list(range(11, 41)), steps
 
 
-def test_crashed_trainer_is_retried_from_its_latest_periodic_checkpoint(tenant_clients, tmp_path):
-    from pylon.demo import build_corpus
+def test_crashed_trainer_is_retried_from_its_latest_periodic_checkpoint(tenant_clients, platform, corpus):
+    from pylon_services.storage.factory import open_store
+    from pylon_services.workloads.checkpoints import checkpoint_steps
 
     acme = tenant_clients["acme"]
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(build_corpus()[:100_000])
-    ds = acme.datasets.upload(str(corpus), "ckpt-corpus", format="text")
-    cfg = {"steps": 3000, "batch_size": 4, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32,
-           "eval_every": 0, "log_every": 50}
-    job = acme.jobs.submit({"max_retries": 1, "checkpoint_every_steps": 100, "total_steps": 3000,
-                            "trainer": {"trainer": "tiny-gpt", "datasets": [ds.name], "config": cfg}})
-    text = wait_for(lambda: (t := "\n".join(acme.jobs.logs(job.name))) and "checkpoint of step 100 saved" in t and t,
-                 180, "the first periodic checkpoint")
+    cfg = {"seq_len": 32, "batch_size": 4, "steps": 300, "warmup": 0, "log_every": 10}  # the tiny preset
+    job = acme.jobs.submit({"max_retries": 1, "checkpoint_every_steps": 10,
+                            "trainer": {"trainer": "causal-lm", "datasets": [corpus], "config": cfg}})
+    store = open_store(platform.base["object_store_url"])
+    saved = wait_for(lambda: checkpoint_steps(store, f"{job.name}/checkpoint/"), 180, "the first periodic checkpoint")
+    text = "\n".join(acme.jobs.logs(job.name))
     pid = int(re.search(r"attempt 1 worker 0 started on .* \(pid (\d+),", text).group(1))
     os.kill(pid, signal.SIGKILL)  # the worker process dies: no result, no checkpoint at exit
     job = acme.jobs.wait(job.name, timeout=300)
-    assert (job.state, job.attempt, job.retries, job.step) == ("succeeded", 2, 1, 3000), job.message
+    assert (job.state, job.attempt, job.retries, job.step) == ("succeeded", 2, 1, 300), job.message
     logs = list(acme.jobs.logs(job.name))
     second = next(i for i, line in enumerate(logs) if line.startswith("attempt 2 worker 0 started"))
-    saved = [int(m.group(1)) for line in logs[:second] if (m := re.match(r"pylon: checkpoint of step (\d+) saved", line))]
-    assert saved and saved == sorted(saved) and saved[0] == 100
-    assert f"pylon: resuming at step {saved[-1]}" in logs[second:]
-    assert any("checkpoint every 100 steps" in line for line in logs)
-    # Metrics (every 50 steps): attempt 1 up to where it died, attempt 2 from the checkpoint on.
+    resumed = int(re.search(r"; resumed at step (\d+)", "\n".join(logs[second:])).group(1))
+    assert resumed % 10 == 0 and resumed >= max(saved)  # a periodic checkpoint, at least the one seen
+    assert not any("resumed at step" in line for line in logs[:second])  # attempt 1 started from step 0
+    # Metrics (every 10 steps): attempt 1 up to where it died, attempt 2 from the checkpoint on.
     steps = [p.step for p in acme.jobs.metrics(job.name) if p.key == "loss"]
     drops = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
-    assert len(drops) <= 1 and steps[-1] == 3000
+    assert len(drops) <= 1 and steps[-1] == 300
     if drops:
-        assert steps[drops[0]] == saved[-1] + 50
+        assert steps[drops[0]] == resumed + 10

@@ -192,12 +192,12 @@ def test_a_base_model_without_tokenizer_json_is_refused(tenant_clients, data, tm
 
 def test_a_base_model_of_another_format_is_refused(tenant_clients, data, platform, tmp_path):
     acme = tenant_clients["acme"]
-    acme.models.register("sub-base-gpt", _hf_model_dir(tmp_path / "m", _dataset_tokenizer(platform, data, acme)),
-                         format="pylon_gpt")
-    err = _refused(acme, _causal_lm([data["sub-b"]], base_model="models:/sub-base-gpt/latest"),
+    acme.models.register("sub-base-st", _hf_model_dir(tmp_path / "m", _dataset_tokenizer(platform, data, acme)),
+                         format="safetensors")
+    err = _refused(acme, _causal_lm([data["sub-b"]], base_model="models:/sub-base-st/latest"),
                    pylon.InvalidArgumentError)
     assert [v.field for v in err.violations] == ["spec.trainer.base_model"]
-    assert "is PYLON_GPT; causal-lm fine-tunes HF_TRANSFORMERS" in str(err)
+    assert "is SAFETENSORS; causal-lm fine-tunes HF_TRANSFORMERS" in str(err)
 
 
 def test_a_command_without_progress_past_its_stall_timeout_fails_as_stalled(tenant_clients):

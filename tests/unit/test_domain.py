@@ -20,6 +20,7 @@ from pylon_services.scheduler.domain.job import Job, JobState
 from pylon_services.scheduler.domain.placement import check_satisfiable
 from pylon_services.scheduler.domain.scheduling import Node
 from pylon_services.scheduler.domain.spec import Command, EngineReplica, JobSpec, Resources, Trainer, validate_spec
+from pylon_services.workloads import REGISTRY, Workload, WorkloadKind, WorkloadRegistry
 
 ACME = Principal("acme", "editor", "k1")
 ADMIN = Principal("admin", "admin", "bootstrap")
@@ -61,13 +62,32 @@ def test_validate_spec_names_every_bad_field():
         validate_spec(JobSpec(Trainer("nope"), workers=0))
     assert {v.field for v in e.value.violations} == {"spec.workers", "spec.trainer.trainer"}
     with pytest.raises(InvalidArgument) as e:
-        validate_spec(JobSpec(Trainer("tiny-gpt", config={"steps": 0, "bogus": 1}), workers=2))
-    assert {v.field for v in e.value.violations} == {"spec.workers", "spec.trainer.config.bogus"}
+        validate_spec(JobSpec(Trainer("causal-lm", config={"steps": 0, "bogus": 1}), workers=0))
+    assert {v.field for v in e.value.violations} == {"spec.workers", "spec.trainer.config.bogus",
+                                                     "spec.trainer.config.steps"}
     with pytest.raises(InvalidArgument) as e:
-        validate_spec(JobSpec(Trainer("tiny-gpt", config={"steps": 0})))
+        validate_spec(JobSpec(Trainer("causal-lm", config={"steps": 0})))
     assert {v.field for v in e.value.violations} == {"spec.trainer.config.steps"}
     with pytest.raises(InvalidArgument, match="must be one of torch"):
         validate_spec(JobSpec(EngineReplica("tenants/a/deployments/d", "tenants/a/models/m/versions/1", engine="x")))
+
+
+def test_a_trainer_name_that_is_not_registered_is_refused_with_the_names_that_are():
+    with pytest.raises(InvalidArgument) as e:
+        validate_spec(JobSpec(Trainer("tiny-gpt", config={"steps": 5})))
+    assert [(v.field, v.description) for v in e.value.violations] == [
+        ("spec.trainer.trainer", f"must be one of {', '.join(REGISTRY.names(WorkloadKind.TRAINER))}")]
+    assert REGISTRY.names(WorkloadKind.TRAINER) == ["causal-lm"]
+
+
+def test_a_workload_with_a_worker_limit_refuses_more_workers():
+    registry = WorkloadRegistry()
+    registry.register(Workload(WorkloadKind.TRAINER, "solo", "m:f", "one worker only", max_workers=1))
+    validate_spec(JobSpec(Trainer("solo")), registry)
+    with pytest.raises(InvalidArgument) as e:
+        validate_spec(JobSpec(Trainer("solo"), workers=2), registry)
+    assert [(v.field, v.description) for v in e.value.violations] == [
+        ("spec.workers", "the solo trainer runs on at most 1 worker(s)")]
 
 
 def test_satisfiable_names_unknown_types_and_nodes_too_small():
@@ -80,7 +100,7 @@ def test_satisfiable_names_unknown_types_and_nodes_too_small():
 
 
 def test_stored_specs_round_trip_and_old_records_still_load():
-    spec = JobSpec(Trainer("tiny-gpt", config={"steps": 5}, datasets=("tenants/a/datasets/d/versions/1",)),
+    spec = JobSpec(Trainer("causal-lm", config={"steps": 5}, datasets=("tenants/a/datasets/d/versions/1",)),
                    workers=1, resources=Resources(gpus=1, gpu_types=("V100",)), gang=False, max_runtime_s=90,
                    checkpoint_every_steps=25, labels={"team": "nlp"})
     assert JobSpec.from_dict(spec.to_dict()) == spec

@@ -1,47 +1,84 @@
-"""checkpoint_every_steps: the built-in trainer's periodic checkpoints resume exactly, the job's
+"""checkpoint_every_steps: the causal-lm trainer's periodic checkpoints resume exactly, the job's
 checkpoint layout always names one whole checkpoint as the latest, and the SDK helpers user
 commands call read the setting the scheduler passes them."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import pylon.train as pt
 from pylon_services.common.errors import InvalidArgument
-from pylon_services.ml.checkpoint import load_model, load_trainer_state
+from pylon_services.ml.llama import Llama, preset
 from pylon_services.runtime.settings import Settings
 from pylon_services.scheduler.domain.job import Job
 from pylon_services.scheduler.domain.spec import Command, JobSpec, validate_spec
 from pylon_services.scheduler.worker.context import WorkerContext
 from pylon_services.storage.local import LocalObjectStore
-from pylon_services.trainers.tiny_gpt import TrainConfig, train
+from pylon_services.trainers.causal_lm import Hooks, Trainer
+from pylon_services.trainers.causal_lm_settings import Settings as TrainSettings
 
-CORPUS = ("the quick brown fox jumps over the lazy dog.\n" * 80).encode()
-TINY = {"batch_size": 4, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32}
+VOCAB = 64
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "max_position_embeddings": 64}
 
 
-def test_periodic_checkpoints_resume_to_the_same_model_as_an_uninterrupted_run():
-    cfg = TrainConfig(steps=30, warmup=5, eval_every=0, device="cpu", **TINY)
+class Batches:
+    """Seeded token batches whose position a checkpoint records (what the shard reader does)."""
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        self.pos = state["pos"] if state else 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            self.pos += 1
+            yield torch.randint(0, VOCAB, (4, 17), generator=torch.Generator().manual_seed(self.pos))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pos": self.pos}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Train on one thread (the machine's cores are shared), then restore torch's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _trainer(every: int, saved: dict[int, dict[str, bytes]]) -> Trainer:
+    """A causal-lm trainer of a tiny seeded model on CPU, its checkpoints kept in ``saved``."""
+    torch.manual_seed(0)
+    s = TrainSettings.from_config({"model": TINY, "seq_len": 16, "batch_size": 4, "steps": 30, "warmup": 5,
+                                   "lr": 3e-3, "device": "cpu"})
+    model = Llama(preset("tiny", vocab_size=VOCAB, **TINY))
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    hooks = Hooks(log=lambda line: None, save_checkpoint=lambda step, files, meta: saved.__setitem__(step, files))
+    return Trainer(dataclasses.replace(s, checkpoint_every_steps=every), model, Batches, None, hooks)
+
+
+def test_periodic_checkpoints_resume_to_the_same_model_as_an_uninterrupted_run(one_thread: None) -> None:
     saved: dict[int, dict[str, bytes]] = {}
-    whole = train(CORPUS, cfg, checkpoint_every=10, on_checkpoint=lambda step, files: saved.__setitem__(step, files))
-    assert sorted(saved) == [10, 20]  # not at the last step: the run's own result is that one
-    assert load_trainer_state(saved[20])["step"] == 20
-    resumed = train(CORPUS, cfg, resume_from=saved[20])
-    assert resumed.steps_done == 30
-    a, _ = load_model(whole.files)
-    b, _ = load_model(resumed.files)
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+    whole = _trainer(10, saved)
+    assert whole.run().step == 30
+    assert sorted(saved) == [10, 20]  # not at the last step: the run's own output is that one
+    resumed = _trainer(10, {})
+    resumed.restore(saved[20], saved[20])
+    assert resumed.step == 20 and resumed.run().step == 30
+    for (name, x), (_, y) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.allclose(x, y, atol=1e-6), name
 
 
-def test_no_periodic_checkpoint_when_every_is_zero():
-    cfg = TrainConfig(steps=12, warmup=2, eval_every=0, device="cpu", **TINY)
-    calls: list[int] = []
-    train(CORPUS, cfg, checkpoint_every=0, on_checkpoint=lambda step, _: calls.append(step))
-    assert calls == []
+def test_no_periodic_checkpoint_when_every_is_zero(one_thread: None) -> None:
+    saved: dict[int, dict[str, bytes]] = {}
+    assert _trainer(0, saved).run().step == 30
+    assert saved == {}
 
 
 def test_job_checkpoint_layout_keeps_the_newest_whole_checkpoints(tmp_path: Path):

@@ -89,11 +89,26 @@ def test_the_cli_refuses_a_link_out_of_a_model_directory_and_names_the_flag(tmp_
         assert "Traceback" not in done.stderr
 
 
-def test_a_directory_is_registered_as_hugging_face_unless_its_config_is_the_tiny_gpt(tmp_path: Path) -> None:
+def test_a_directory_of_config_json_and_safetensors_is_registered_as_hugging_face(tmp_path: Path) -> None:
     from pylon.resources.models import detect_format
 
     (tmp_path / "model.safetensors").write_bytes(b"x")
-    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    assert detect_format(local_files(str(tmp_path))) == "hf_transformers"
-    (tmp_path / "config.json").write_text('{"model_type": "pylon-tiny-gpt"}')
-    assert detect_format(local_files(str(tmp_path))) == "pylon_gpt"
+    for model_type in ("llama", "qwen2", "my-own-arch"):  # whatever the config says
+        (tmp_path / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+        assert detect_format(local_files(str(tmp_path))) == "hf_transformers"
+    (tmp_path / "config.json").unlink()
+    assert detect_format(local_files(str(tmp_path))) == "safetensors"
+
+
+def test_a_format_the_protos_do_not_name_is_refused_before_any_upload(tmp_path: Path) -> None:
+    from pylon.resources.models import format_label
+
+    assert format_label("hf_transformers") == format_label("HF_TRANSFORMERS") == "MODEL_FORMAT_HF_TRANSFORMERS"
+    with pytest.raises(ValueError, match="unknown model format 'pylon_gpt': one of hf_transformers, .*other"):
+        format_label("pylon_gpt")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    done = subprocess.run([sys.executable, "-c", "from pylon.cli import main; main()", "--address", "127.0.0.1:9",
+                           "--token", "pyl_x_y", "models", "register", "m", str(tmp_path), "--format", "pylon_gpt"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr  # a usage error: no connection was tried
+    assert "unknown model format 'pylon_gpt'" in done.stderr and "Traceback" not in done.stderr

@@ -49,23 +49,23 @@ def test_configs_hold_finite_numbers_of_bounded_depth_and_size():
     deep: dict = {"x": 1}
     for _ in range(20):
         deep = {"x": deep}
-    assert _fields(JobSpec(Trainer("tiny-gpt", config={"lr": math.inf}))) == {"spec.trainer.config.lr"}
-    assert _fields(JobSpec(Trainer("tiny-gpt", config=deep))) == {"spec.trainer.config" + ".x" * 16}
-    assert _fields(JobSpec(Trainer("tiny-gpt", config={"k": "v" * 70_000}))) == {"spec.trainer.config"}
+    assert _fields(JobSpec(Trainer("causal-lm", config={"lr": math.inf}))) == {"spec.trainer.config.lr"}
+    assert _fields(JobSpec(Trainer("causal-lm", config=deep))) == {"spec.trainer.config" + ".x" * 16}
+    assert _fields(JobSpec(Trainer("causal-lm", config={"k": "v" * 70_000}))) == {"spec.trainer.config"}
     assert config_violations("c", {"x": [math.nan]})[0].field == "c.x[0]"
 
 
 def test_references_stay_in_the_jobs_tenant():
-    ok = in_tenant(JobSpec(Trainer("tiny-gpt", datasets=("tenants/-/datasets/d/versions/3",))), "acme", ACME)
+    ok = in_tenant(JobSpec(Trainer("causal-lm", datasets=("tenants/-/datasets/d/versions/3",))), "acme", ACME)
     assert ok.workload.datasets == ("tenants/acme/datasets/d/versions/3",)
     for datasets in (("tenants/globex/datasets/d/versions/1",), ("tenants/-/datasets/d/versions/\u00b2",),
                      ("tenants/-/datasets/d/versions/" + "9" * 5000,)):
         with pytest.raises(InvalidArgument):
-            in_tenant(JobSpec(Trainer("tiny-gpt", datasets=datasets)), "acme", ACME)
+            in_tenant(JobSpec(Trainer("causal-lm", datasets=datasets)), "acme", ACME)
     # An admin submitting for acme names acme: "-" would be the admin's own tenant.
     with pytest.raises(InvalidArgument):
-        in_tenant(JobSpec(Trainer("tiny-gpt", datasets=("tenants/-/datasets/d/versions/1",))), "acme", ADMIN)
-    in_tenant(JobSpec(Trainer("tiny-gpt", datasets=("tenants/acme/datasets/d/versions/1",))), "acme", ADMIN)
+        in_tenant(JobSpec(Trainer("causal-lm", datasets=("tenants/-/datasets/d/versions/1",))), "acme", ADMIN)
+    in_tenant(JobSpec(Trainer("causal-lm", datasets=("tenants/acme/datasets/d/versions/1",))), "acme", ADMIN)
     key = "tenants/acme/workdirs/sha256-" + "a" * 64 + ".tar.gz"
     in_tenant(JobSpec(Command(("x",), working_dir_key=key)), "acme", ACME)
     for bad in ("tenants/acme/workdirs/../x", "tenants/globex/workdirs/sha256-" + "a" * 64 + ".tar.gz", key + "x"):

@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from pylon.cli._common import JSON, LIMIT, client, console, emit, err, limit_of
+from pylon.resources.models import format_label
 
 models_app = typer.Typer(help="Register models, versions and aliases; download artifacts.", no_args_is_help=True)
 alias_app = typer.Typer(help="Aliases (prod, canary, ...) that point at a version.", no_args_is_help=True)
@@ -52,8 +53,8 @@ def models_register(
     name: str = typer.Argument(..., help="Model id (created if new)."),
     path: Optional[str] = typer.Argument(None, help="Local directory or file to upload."),
     source_uri: str = typer.Option("", help="Instead of PATH: an object prefix the platform holds (a job's output)."),
-    format: Optional[str] = typer.Option(None, help="hf_transformers, safetensors, torch, onnx, pylon_gpt, other "
-                                                    "(default: detected from the files)."),
+    format: Optional[str] = typer.Option(None, help="hf_transformers, safetensors, torch, onnx, other (default: "
+                                                    "detected from the files; hf_transformers for --source-uri)."),
     metric: list[str] = typer.Option([], help="KEY=NUMBER, repeatable."),
     tag: list[str] = typer.Option([], help="KEY=VALUE, repeatable."),
     description: str = "", job: str = typer.Option("", help="Job that produced it (lineage)."),
@@ -65,6 +66,11 @@ def models_register(
     or from an object prefix already on the platform (copied server-side)."""
     if bool(path) == bool(source_uri):
         raise typer.BadParameter("give exactly one of PATH and --source-uri")
+    if format is not None:
+        try:
+            format_label(format)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--format") from None
     with _bar("uploading", as_json or not path) as progress:
         v = client().models.register(name, path, source_uri=source_uri, format=format, metrics=_pairs(metric, "--metric", float),
                                      tags=_pairs(tag, "--tag"), description=description, job=job, base_model=base_model,

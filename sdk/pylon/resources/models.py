@@ -4,7 +4,6 @@ download (verified, resumable, cached by digest), archive, delete, lineage."""
 from __future__ import annotations
 
 import builtins
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +75,7 @@ def detect_format(files: dict[str, str]) -> str:
     """Guess the artifact format from file names (HF transformers: config.json + weights)."""
     names = set(files)
     if "config.json" in names and any(n.endswith(_HF_WEIGHTS) for n in names):
-        return "pylon_gpt" if _model_type(files["config.json"]) == "pylon-tiny-gpt" else "hf_transformers"
+        return "hf_transformers"
     if any(n.endswith(".onnx") for n in names):
         return "onnx"
     if any(n.endswith(".safetensors") for n in names):
@@ -86,14 +85,14 @@ def detect_format(files: dict[str, str]) -> str:
     return "other"
 
 
-def _model_type(config_path: str) -> str:
-    """``model_type`` of a config.json ("" when unreadable): Pylon's byte-level GPT writes one too."""
-    try:
-        with open(config_path, "rb") as f:
-            value = json.loads(f.read(1 << 20)).get("model_type", "")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    return value if isinstance(value, str) else ""
+def format_label(name: str) -> str:
+    """The ``ModelFormat`` label of a format name ("hf_transformers" -> "MODEL_FORMAT_HF_TRANSFORMERS");
+    ValueError naming the known formats."""
+    label = f"MODEL_FORMAT_{name.upper()}"
+    if label not in pb.ModelFormat.keys():
+        known = [n.removeprefix("MODEL_FORMAT_").lower() for n in pb.ModelFormat.keys()[1:]]  # not UNSPECIFIED
+        raise ValueError(f"unknown model format {name!r}: one of {', '.join(known)}")
+    return label
 
 
 class Models(_Resource):
@@ -109,6 +108,8 @@ class Models(_Resource):
         """Register a new version from local files (``path``: a directory, a file or a list of
         files, uploaded straight to object storage in parallel) or from an object-store prefix the
         platform already holds (``source_uri``, e.g. a job's output: copied server-side).
+        ``format`` defaults to what the local files look like (``detect_format``), and to
+        ``hf_transformers`` (what the causal-lm trainer writes) for a ``source_uri``.
         ``progress(done_bytes, total_bytes)`` reports the upload. A directory's symlinks that
         point outside it are refused unless ``follow_symlinks`` (``local_files``)."""
         parent = _name("models", name)
@@ -119,15 +120,14 @@ class Models(_Resource):
                                base_model=base_model))
         if config:
             req.config.update(config)
-        if path is not None:
-            files = local_files(path, follow_symlinks=follow_symlinks)
-            fmt = format or detect_format(files)
+        files = local_files(path, follow_symlinks=follow_symlinks) if path is not None else {}
+        label = format_label(format or (detect_format(files) if files else "hf_transformers"))  # before uploading
+        req.MergeFrom(pb.CreateModelVersionRequest(format=label))
+        if files:
             req.upload, declared = self._upload(parent, files, part_size, concurrency, progress)
             req.files.extend(declared)
         else:
-            fmt = format or "pylon_gpt"
             req.source_uri = source_uri
-        req.MergeFrom(pb.CreateModelVersionRequest(format=f"MODEL_FORMAT_{fmt.upper()}"))  # by name: a typo is a ValueError
         return ModelVersion.from_proto(self._c.call(self._c.registry.CreateModelVersion, req).version)
 
     def _upload(self, parent: str, files: dict[str, str], part_size: int, concurrency: int,

@@ -5,16 +5,10 @@ from __future__ import annotations
 from pylon_services.engines.queue_limits import queue_violations
 from pylon_services.engines.torch_engine.settings import config_violations as torch_engine_config
 from pylon_services.trainers.causal_lm_config import config_violations as causal_lm_config
-from pylon_services.trainers.tiny_gpt_config import config_violations as tiny_gpt_config
 from pylon_services.workloads.registry import Workload, WorkloadKind, WorkloadRegistry
 
 
 def register(registry: WorkloadRegistry) -> None:
-    registry.register(Workload(
-        WorkloadKind.TRAINER, "tiny-gpt", "pylon_services.trainers.tiny_gpt_job:run",
-        "the demo's byte-level GPT, trained on raw dataset text on one worker",
-        check_config=tiny_gpt_config, max_workers=1, max_gpus_per_worker=1,
-        base_model_formats=("MODEL_FORMAT_PYLON_GPT",), output_format="MODEL_FORMAT_PYLON_GPT"))
     registry.register(Workload(
         WorkloadKind.TRAINER, "causal-lm", "pylon_services.trainers.causal_lm_job:run",
         "a Llama-architecture causal LM on tokenized dataset versions, data-parallel over the gang "

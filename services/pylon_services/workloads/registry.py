@@ -1,6 +1,6 @@
 """One registry of the built-in workloads a job can name: trainers and serving engines.
 
-A job spec names its workload by kind and name (``trainer: tiny-gpt``, ``engine: torch``). Each
+A job spec names its workload by kind and name (``trainer: causal-lm``, ``engine: torch``). Each
 registration carries what the API needs at submit, a torch-free check of the workload's config
 and its worker limits, and where a worker finds the code: a ``module:function`` string that only
 the Ray worker running the job imports. So validating a spec never loads torch (or vLLM) into

@@ -19,7 +19,6 @@ class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_FORMAT_TORCH: _ClassVar[ModelFormat]
     MODEL_FORMAT_ONNX: _ClassVar[ModelFormat]
     MODEL_FORMAT_OTHER: _ClassVar[ModelFormat]
-    MODEL_FORMAT_PYLON_GPT: _ClassVar[ModelFormat]
 
 class ModelVersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,7 +32,6 @@ MODEL_FORMAT_SAFETENSORS: ModelFormat
 MODEL_FORMAT_TORCH: ModelFormat
 MODEL_FORMAT_ONNX: ModelFormat
 MODEL_FORMAT_OTHER: ModelFormat
-MODEL_FORMAT_PYLON_GPT: ModelFormat
 MODEL_VERSION_STATE_UNSPECIFIED: ModelVersionState
 MODEL_VERSION_STATE_READY: ModelVersionState
 MODEL_VERSION_STATE_ARCHIVED: ModelVersionState

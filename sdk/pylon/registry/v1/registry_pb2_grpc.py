@@ -244,8 +244,8 @@ class RegistryServiceServicer:
         becomes visible only once complete. Idempotent on request_id.
         Errors: INVALID_ARGUMENT (missing file, digest mismatch, bad name, a path against the path
         rule, a field over its limit: description, tags, metrics, config, signature, lineage.*,
-        request_id, source_uri; more than 10000 objects under source_uri; unknown format),
-        NOT_FOUND (source).
+        request_id, source_uri; more than 10000 objects under source_uri; unknown format or the
+        reserved 6), NOT_FOUND (source).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -12,7 +12,7 @@ _STATES = {"ready": pb.MODEL_VERSION_STATE_READY, "archived": pb.MODEL_VERSION_S
 # The names ``registry.domain.layout.FORMATS`` stores, in enum order (requests index FORMATS).
 _FORMATS = {"unspecified": pb.MODEL_FORMAT_UNSPECIFIED, "hf_transformers": pb.MODEL_FORMAT_HF_TRANSFORMERS,
             "safetensors": pb.MODEL_FORMAT_SAFETENSORS, "torch": pb.MODEL_FORMAT_TORCH, "onnx": pb.MODEL_FORMAT_ONNX,
-            "other": pb.MODEL_FORMAT_OTHER, "pylon_gpt": pb.MODEL_FORMAT_PYLON_GPT}
+            "other": pb.MODEL_FORMAT_OTHER}
 _LINEAGE = ("datasets", "dataset_digests", "job", "checkpoint", "base_model")
 
 
@@ -26,7 +26,9 @@ def model_pb(d: dict[str, Any]) -> pb.Model:
 def version_pb(d: dict[str, Any]) -> pb.ModelVersion:
     lin = d.get("lineage", {})
     return pb.ModelVersion(
-        name=d["name"], version=d["version"], state=_STATES[d["state"]], format=_FORMATS[d["format"]],
+        name=d["name"], version=d["version"], state=_STATES[d["state"]],
+        # A stored name without an enum value (``layout.RESERVED_FORMATS``) reads as OTHER.
+        format=_FORMATS.get(d["format"], pb.MODEL_FORMAT_OTHER),
         files=[pb.ArtifactFile(**f) for f in d["files"]], config=struct(d.get("config")),
         signature=struct(d.get("signature")), metrics=d.get("metrics", {}), tags=d.get("tags", {}),
         description=d.get("description", ""), lineage=pb.Lineage(**{k: lin[k] for k in _LINEAGE if k in lin}),

@@ -18,8 +18,9 @@ from pylon_services.common.names import Principal, check_version, is_version_num
 from pylon_services.registry.api.convert import alias_pb, model_pb, version_pb
 from pylon_services.registry.domain import artifacts, rebuild
 from pylon_services.registry.domain.artifacts import DeclaredFile
+from pylon_services.registry.domain.layout import FORMAT_NUMBERS
 from pylon_services.registry.domain.ports import AsyncIndexReads
-from pylon_services.registry.domain.registry import FORMATS, Registry, VersionSpec, decorate
+from pylon_services.registry.domain.registry import Registry, VersionSpec, decorate
 from pylon_services.registry.domain.uris import parse_model_uri
 from pylon_services.runtime.auth import role_allows
 from pylon_services.runtime.context import principal
@@ -123,12 +124,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 raise InvalidArgument.field("upload", "belongs to another model")
         if bool(source) == bool(upload):
             raise InvalidArgument.field("source_uri", "give exactly one of source_uri and upload")
-        check_enum("format", request.format, range(len(FORMATS)))
+        fmt = FORMAT_NUMBERS[check_enum("format", request.format, FORMAT_NUMBERS)]
         lin = request.lineage
         spec = VersionSpec(
             source_prefix=source, upload=upload,
             files=[DeclaredFile(f.path, f.digest, f.size_bytes if f.size_bytes else -1) for f in request.files],
-            format=FORMATS[request.format], config=from_struct(request.config), signature=from_struct(request.signature),
+            format=fmt, config=from_struct(request.config), signature=from_struct(request.signature),
             metrics=dict(request.metrics), tags=dict(request.tags), description=request.description,
             request_id=request.request_id,
             lineage={"datasets": list(lin.datasets), "dataset_digests": list(lin.dataset_digests), "job": lin.job,

@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from pylon_services.common.layout import model_prefix
 
-FORMATS = ("unspecified", "hf_transformers", "safetensors", "torch", "onnx", "other", "pylon_gpt")
+# ``ModelFormat`` names by enum number: requests carry the number, manifests store the name.
+FORMATS = ("unspecified", "hf_transformers", "safetensors", "torch", "onnx", "other")
+# Names under a reserved enum number that stored manifests may hold: such versions stay readable
+# (the API shows them as "other", a format Pylon does not interpret), and no new version is
+# registered in one of them.
+RESERVED_FORMATS = {6: "pylon_gpt"}
+# Every number a request may carry, to its stored name (a reserved one is refused by name).
+FORMAT_NUMBERS: dict[int, str] = {**dict(enumerate(FORMATS)), **RESERVED_FORMATS}
 STATES = ("ready", "archived", "deleted")
 DEFAULT_PROTECTED: tuple[str, ...] = ()  # opt-in per model: UpdateModel(protected_aliases=[...])
 

@@ -180,6 +180,10 @@ class Registry:
     def create_version(self, tenant: str, model: str, spec: VersionSpec, creator: str) -> dict[str, Any]:
         """Verify and store the artifacts, then claim the next number with one create-only
         manifest write: the version is invisible until complete. Idempotent on request_id."""
+        if spec.format in layout.RESERVED_FORMATS.values():
+            raise InvalidArgument.field("format", f"{spec.format} (a reserved format) is not accepted for new versions: "
+                                                  "register the model as a Hugging Face directory (config.json and "
+                                                  "safetensors weights) in format hf_transformers")
         if spec.format not in FORMATS:
             raise InvalidArgument.field("format", f"must be one of {', '.join(FORMATS)}")
         checks.version_spec(spec)
