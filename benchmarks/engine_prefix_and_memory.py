@@ -112,9 +112,10 @@ def memory_claim(directory: Path, pool_mib: int, requests: int, prompt_len: int,
     async def one(i: int) -> int:
         prompt = tuple(rng.randrange(2, 384) for _ in range(prompt_len))
         options = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-        return sum(len(d.token_ids) async for o in engine.generate(EngineRequest(f"m{i}", prompt_token_ids=prompt,
-                                                                                   sampling=options))
-                   for d in o.deltas)
+        count = 0
+        async for out in engine.generate(EngineRequest(f"m{i}", prompt_token_ids=prompt, sampling=options)):
+            count += sum(len(d.token_ids) for d in out.deltas)
+        return count
 
     async def main() -> list[int]:
         try:

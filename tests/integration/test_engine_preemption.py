@@ -35,7 +35,7 @@ def test_a_preempted_replica_finishes_its_streams_then_is_requeued(tenant_client
     r = redis.Redis.from_url(redis_server.url)
     key = replicas_key("acme", "preempt-probe")
     try:
-        address = wait_for(lambda: _address(r, key, low.name), 240, "the replica to register")
+        address = wait_for(lambda: _address(r, key) or _ended(acme, low.name), 240, "the replica to register")
         internal = Settings(admin_key=ADMIN_KEY).internal_key
         with grpc.insecure_channel(address) as channel:
             stub = engine_pb2_grpc.EngineServiceStub(channel)
@@ -57,6 +57,13 @@ def test_a_preempted_replica_finishes_its_streams_then_is_requeued(tenant_client
         acme.jobs.cancel(low.name)
 
 
-def _address(r: redis.Redis, key: str, job: str) -> str | None:
-    raw = r.hget(key, job)
-    return str(json.loads(raw)["address"]) if raw else None
+def _ended(acme: Any, job: str) -> None:
+    j = acme.jobs.get(job)
+    if j.state in ("failed", "cancelled", "succeeded"):
+        raise AssertionError(f"the replica job ended {j.state}: {j.message}\n" + "\n".join(acme.jobs.logs(job)))
+
+
+def _address(r: redis.Redis, key: str) -> str | None:
+    """The one registered replica's address (registrations are keyed by job id)."""
+    found = r.hvals(key)
+    return str(json.loads(found[0])["address"]) if found else None

@@ -109,6 +109,8 @@ INTERNAL: dict[str, str] = {
     "PlatformService.GetPlatform": "Client discovers the services' addresses (`pylon status` shows them)",
     "EngineService.Generate": "the gateway calls its engine replicas",
     "EngineService.GetEngineInfo": "the gateway and operators ask a replica about itself",
+    "EngineService.Abort": "the gateway ends a request on the replica serving it",
+    "EngineService.GetStats": "the gateway and routers read a replica's load",
 }
 
 # Public SDK methods with no RPC of their own: conveniences over verbs mapped above.
