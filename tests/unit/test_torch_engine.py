@@ -314,3 +314,19 @@ def test_bad_engine_settings_are_refused_naming_the_key() -> None:
 def test_the_eos_token_of_the_tokenizer_is_known(llama_dir: Path) -> None:
     loaded = load_model(llama_dir, TorchEngineConfig())
     assert loaded.tokenizer.token_to_id(EOS) == 0 and 0 in loaded.eos_ids
+
+
+def test_shutting_down_ends_open_streams_with_unavailable(llama_dir: Path) -> None:
+    from pylon_services.common.errors import Unavailable
+
+    engine = engine_for(llama_dir)
+
+    async def main() -> None:
+        stream = engine.generate(EngineRequest("s", prompt_token_ids=(1, 2, 3), sampling=greedy(400)))
+        await stream.__anext__()
+        await engine.shutdown()
+        with pytest.raises(Unavailable, match="shut down"):
+            async for _ in stream:
+                pass
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -182,6 +182,8 @@ class TorchEngine:
                     chunks = self.scheduler.schedule()
                     if chunks:
                         self.step(chunks)
+            for state in list(self._requests.values()):  # shut down with requests still open
+                self._deliver(state, Unavailable("the engine shut down"))
         except BaseException as exc:  # noqa: BLE001 - every waiting request learns why
             log.exception("the engine loop failed")
             self._error = exc
