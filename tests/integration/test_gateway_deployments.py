@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import pylon
 from pylon.cli import app
+from tests.support.hf_models import trained_format_dir
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -21,21 +22,8 @@ pytestmark = pytest.mark.integration
 
 def _tiny_llama(directory: Path) -> str:
     """A randomly initialised tiny HF Llama directory, its BPE tokenizer trained as ingest trains one."""
-    import torch
-
-    from pylon.demo_corpus import build_corpus
-    from pylon_services.ingest.domain.tokenize import EOS_TOKEN, train_tokenizer
-    from pylon_services.ml.hf import write_hf_model
-    from pylon_services.ml.llama import Llama, preset
-
-    lines = [line for line in build_corpus(30_000).splitlines() if line.strip()][:300]
-    tokenizer = train_tokenizer([*lines, *["café → thé"] * 50], vocab_size=320)
-    spec = preset("tiny", vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=1, max_position_embeddings=64, initializer_range=0.5)
-    model = Llama(spec)
-    model.reset_parameters(torch.Generator().manual_seed(0))
-    write_hf_model(directory, model, tokenizer_json=tokenizer.to_str(), eos_token=EOS_TOKEN)
-    return str(directory)
+    return trained_format_dir(directory, extra_line="café → thé", vocab_size=320, corpus_chars=30_000, lines=300,
+                              hidden_size=32, layers=1)
 
 
 def _jobs(dep: Any) -> list[str]:

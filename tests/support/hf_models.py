@@ -57,3 +57,26 @@ def build_model_dir(directory: Path, arch: str = "llama", *, seed: int = 0, toke
         (directory / "tokenizer_config.json").write_text(json.dumps(
             {"eos_token": EOS, "bos_token": BOS, "tokenizer_class": "PreTrainedTokenizerFast"}))
     return directory
+
+
+def trained_format_dir(directory: Path, *, extra_line: str, vocab_size: int, corpus_chars: int, lines: int,
+                       hidden_size: int, layers: int) -> str:
+    """A directory in the causal-lm trainer's output format (our Llama written by
+    ``ml.hf.write_hf_model``, ingest's BPE tokenizer trained on demo text plus ``extra_line``),
+    with random weights of a wide init so greedy choices do not hinge on rounding."""
+    import torch
+
+    from pylon.demo_corpus import build_corpus
+    from pylon_services.ingest.domain.tokenize import EOS_TOKEN, train_tokenizer
+    from pylon_services.ml.hf import write_hf_model
+    from pylon_services.ml.llama import Llama, preset
+
+    text = [line for line in build_corpus(corpus_chars).splitlines() if line.strip()][:lines]
+    tokenizer = train_tokenizer([*text, *[extra_line] * 50], vocab_size=vocab_size)
+    spec = preset("tiny", vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden_size,
+                  intermediate_size=2 * hidden_size, num_hidden_layers=layers, max_position_embeddings=64,
+                  initializer_range=0.5)
+    model = Llama(spec)
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    write_hf_model(directory, model, tokenizer_json=tokenizer.to_str(), eos_token=EOS_TOKEN)
+    return str(directory)

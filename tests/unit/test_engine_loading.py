@@ -15,31 +15,21 @@ from typing import Any
 import pytest
 import torch
 
-from pylon.demo_corpus import build_corpus
 from pylon_services.common import blobs
 from pylon_services.common.layout import model_version_key
 from pylon_services.engines.contract import EngineRequest, SamplingOptions
 from pylon_services.engines.replica import download_version, load_engine
-from pylon_services.ingest.domain.tokenize import EOS_TOKEN, train_tokenizer
-from pylon_services.ml.hf import write_hf_model
-from pylon_services.ml.llama import Llama, preset
 from pylon_services.storage.local import LocalObjectStore
+from tests.support.hf_models import trained_format_dir
 
 TENANT = "acme"
 
 
 @pytest.fixture(scope="module")
-def trained_format_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory in the trainer's output format: our Llama, ingest's BPE tokenizer, chat template."""
-    lines = [line for line in build_corpus(60_000).splitlines() if line.strip()][:400]
-    tokenizer = train_tokenizer([*lines, *["naïve café → résumé"] * 50], vocab_size=400)
-    spec = preset("tiny", vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, max_position_embeddings=64, initializer_range=0.5)
-    model = Llama(spec)
-    model.reset_parameters(torch.Generator().manual_seed(0))
-    directory = tmp_path_factory.mktemp("trained")
-    write_hf_model(directory, model, tokenizer_json=tokenizer.to_str(), eos_token=EOS_TOKEN)
-    return directory
+    return Path(trained_format_dir(tmp_path_factory.mktemp("trained"), extra_line="naïve café → résumé",
+                                   vocab_size=400, corpus_chars=60_000, lines=400, hidden_size=64, layers=2))
 
 
 def register(store: LocalObjectStore, model: str, directory: Path, fmt: str,
@@ -59,7 +49,7 @@ def register(store: LocalObjectStore, model: str, directory: Path, fmt: str,
     return str(manifest["name"])
 
 
-def test_the_trainers_output_is_served_as_transformers_generates_it(trained_format_dir: Path,
+def test_the_trainers_output_is_served_as_transformers_generates_it(trained_dir: Path,
                                                                      tmp_path: Path) -> None:
     import transformers
     from tokenizers import Tokenizer
@@ -68,7 +58,7 @@ def test_the_trainers_output_is_served_as_transformers_generates_it(trained_form
     store = LocalObjectStore(tmp_path / "store")
     out = tmp_path / "served"
     out.mkdir()
-    download_version(store, TENANT, register(store, "trained", trained_format_dir, "hf_transformers"), out)
+    download_version(store, TENANT, register(store, "trained", trained_dir, "hf_transformers"), out)
     engine = load_engine("torch", str(out), {"block_size": 4})
     prompt = "naïve café"
     ids = Tokenizer.from_file(str(out / "tokenizer.json")).encode(prompt).ids
@@ -86,17 +76,17 @@ def test_the_trainers_output_is_served_as_transformers_generates_it(trained_form
     assert engine.info.max_model_len == 64
 
 
-def test_versions_an_engine_cannot_serve_are_refused_with_the_reason(trained_format_dir: Path, tmp_path: Path) -> None:
+def test_versions_an_engine_cannot_serve_are_refused_with_the_reason(trained_dir: Path, tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path / "store")
     with pytest.raises(ValueError, match="engines serve Hugging Face model directories; .* format 'onnx'"):
-        download_version(store, TENANT, register(store, "an-onnx", trained_format_dir, "onnx"), tmp_path / "a")
+        download_version(store, TENANT, register(store, "an-onnx", trained_dir, "onnx"), tmp_path / "a")
     with pytest.raises(ValueError, match="leaves the model directory"):
-        download_version(store, TENANT, register(store, "escape", trained_format_dir, "hf_transformers",
+        download_version(store, TENANT, register(store, "escape", trained_dir, "hf_transformers",
                                                  paths={"config.json": "../config.json"}), tmp_path / "b")
     with pytest.raises(ValueError, match="is not in tenant acme"):
         download_version(store, TENANT, "tenants/globex/models/m/versions/1", tmp_path / "c")
     other = tmp_path / "classifier"
-    shutil.copytree(trained_format_dir, other)
+    shutil.copytree(trained_dir, other)
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForSequenceClassification"]}))
     with pytest.raises(ValueError, match="cannot serve architecture .*LlamaForSequenceClassification"):

@@ -30,6 +30,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch.nn import functional as F
 
+from pylon_services.ml.device import resolve_device
 from pylon_services.ml.llama import Llama, LlamaSpec
 from pylon_services.ml.perf import mfu, peak_flops
 from pylon_services.trainers.causal_lm_settings import Settings
@@ -77,12 +78,6 @@ def lr_at(step: int, s: Settings) -> float:
     progress = min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup))
     floor = s.lr * s.min_lr_ratio
     return floor + (s.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
 
 
 class Trainer:

@@ -23,10 +23,11 @@ import torch
 import torch.distributed as dist
 
 from pylon.data import ShardReader
+from pylon_services.ml.device import resolve_device
 from pylon_services.ml.hf import DEFAULT_CHAT_TEMPLATE, load_hf_model, write_hf_model
 from pylon_services.ml.llama import Llama, generate, preset
 from pylon_services.storage.base import ObjectStore
-from pylon_services.trainers.causal_lm import Diverged, Hooks, Outcome, Trainer, resolve_device
+from pylon_services.trainers.causal_lm import Diverged, Hooks, Outcome, Trainer
 from pylon_services.trainers.causal_lm_settings import Settings
 from pylon_services.trainers.output import configure_threads, loss_curve_png
 from pylon_services.workloads.contract import PREEMPTED_EXIT_CODE, WorkloadContext, WorkloadResult

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 
 from pylon_services.engines.torch_engine.paged import ATTN_IMPLEMENTATION
 from pylon_services.engines.torch_engine.settings import TorchEngineConfig
+from pylon_services.ml.device import resolve_device
 from pylon_services.ml.hf import CONFIG_FILE, TOKENIZER_CONFIG_FILE, eos_token_ids, load_tokenizer, weight_files
 
 SERVED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel")
@@ -39,12 +40,6 @@ class LoadedModel:
     kv_heads: int
     head_dim: int
     chat_template: str | None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def served_architecture(config: Mapping[str, Any], directory: str | os.PathLike[str]) -> str:
