@@ -11,7 +11,8 @@ decodes alike, and the weights' numerics are transformers' own.
 Attention per step: the decoding sequences (one new token each) go in one batched call over
 their gathered blocks with a padding mask; a prefill chunk with no cached context attends to
 itself causally without touching the pool; a chunk after cached tokens (a later chunk, a prefix
-hit) gathers its context and uses an offset causal mask.
+hit) gathers its context and uses an offset causal mask. Gathers copy whole blocks through the
+sequences' block tables.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ class KVCache:
 @dataclass
 class PrefillPart:
     """A chunk of more than one token: its rows in the packed step and, when it continues
-    cached tokens, its context's slots and mask."""
+    cached tokens, its context's blocks and mask."""
 
     start: int
     count: int
-    context_slots: torch.Tensor | None
+    context_blocks: torch.Tensor | None  # [n] the blocks holding positions 0 .. start + count
+    context_len: int
     mask: torch.Tensor | None
 
 
@@ -61,8 +63,8 @@ class StepMetadata:
     cache: KVCache
     slots: torch.Tensor  # [T] the slot each new token's key and value go to
     decode_rows: torch.Tensor | None  # [B] rows of the single-token sequences
-    decode_slots: torch.Tensor | None  # [B, L] their context's slots (padded)
-    decode_mask: torch.Tensor | None  # [B, 1, 1, L] True where a slot is real
+    decode_blocks: torch.Tensor | None  # [B, N] their block tables (padded)
+    decode_mask: torch.Tensor | None  # [B, 1, 1, N * block_size] True where a slot is real
     prefills: list[PrefillPart]
 
 
@@ -77,7 +79,7 @@ def build_step(chunks: list[Chunk], cache: KVCache, device: torch.device
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
-    decodes: list[tuple[int, list[int]]] = []
+    decodes: list[tuple[int, list[int], int]] = []
     prefills: list[PrefillPart] = []
     sample_rows: list[int] = []
     for chunk in chunks:
@@ -87,31 +89,36 @@ def build_step(chunks: list[Chunk], cache: KVCache, device: torch.device
         positions += span
         slots += [slot_of(seq.blocks, p, bs) for p in span]
         end = chunk.start + chunk.count
+        used = seq.blocks[:(end + bs - 1) // bs]
         if chunk.count == 1:
-            decodes.append((row, [slot_of(seq.blocks, p, bs) for p in range(end)]))
+            decodes.append((row, used, end))
         elif chunk.start == 0:
-            prefills.append(PrefillPart(row, chunk.count, None, None))
+            prefills.append(PrefillPart(row, chunk.count, None, 0, None))
         else:
-            context = torch.tensor([slot_of(seq.blocks, p, bs) for p in range(end)], device=device)
             # Query i (position start + i) sees keys 0 .. start + i.
             mask = torch.arange(end, device=device)[None, :] <= torch.arange(chunk.start, end, device=device)[:, None]
-            prefills.append(PrefillPart(row, chunk.count, context, mask))
+            prefills.append(PrefillPart(row, chunk.count, torch.tensor(used, device=device), end, mask))
         if chunk.samples:
             sample_rows.append(row + chunk.count - 1)
     meta = StepMetadata(cache, torch.tensor(slots, dtype=torch.long, device=device), None, None, None, prefills)
     if decodes:
-        longest = max(len(s) for _, s in decodes)
-        table = torch.zeros((len(decodes), longest), dtype=torch.long)
-        valid = torch.zeros((len(decodes), longest), dtype=torch.bool)
-        for i, (_, context_slots) in enumerate(decodes):
-            table[i, :len(context_slots)] = torch.tensor(context_slots)
-            valid[i, :len(context_slots)] = True
-        meta.decode_rows = torch.tensor([r for r, _ in decodes], device=device)
-        meta.decode_slots = table.to(device)
-        meta.decode_mask = valid.to(device)[:, None, None, :]
+        widest = max(len(b) for _, b, _ in decodes)
+        table = torch.tensor([b + [0] * (widest - len(b)) for _, b, _ in decodes], dtype=torch.long, device=device)
+        lengths = torch.tensor([n for _, _, n in decodes], device=device)
+        meta.decode_rows = torch.tensor([r for r, _, _ in decodes], device=device)
+        meta.decode_blocks = table
+        meta.decode_mask = (torch.arange(widest * bs, device=device)[None, :] < lengths[:, None])[:, None, None, :]
     return (torch.tensor(ids, dtype=torch.long, device=device)[None],
             torch.tensor(positions, dtype=torch.long, device=device)[None], meta,
             torch.tensor(sample_rows, dtype=torch.long, device=device))
+
+
+def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The keys (or values) of ``blocks`` [..., N] as [..., N * block_size, KVH, D]: whole blocks
+    copied with ``index_select`` (about twice as fast as indexing slot by slot on CPU)."""
+    per_block = cache.view(-1, block_size * cache.shape[1] * cache.shape[2])
+    rows = per_block.index_select(0, blocks.reshape(-1))
+    return rows.view(*blocks.shape[:-1], blocks.shape[-1] * block_size, cache.shape[1], cache.shape[2])
 
 
 def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -122,28 +129,29 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     if pylon_step is None:
         raise RuntimeError("pylon_paged attention runs only inside the torch engine's steps")
     meta, layer = pylon_step, int(module.layer_idx)  # type: ignore[arg-type]
-    k_cache, v_cache = meta.cache.k[layer], meta.cache.v[layer]
+    k_cache, v_cache, bs = meta.cache.k[layer], meta.cache.v[layer], meta.cache.block_size
     k_new, v_new = key[0].transpose(0, 1), value[0].transpose(0, 1)  # [T, KVH, D]
     k_cache.index_copy_(0, meta.slots, k_new)
     v_cache.index_copy_(0, meta.slots, v_new)
     q = query[0].transpose(0, 1)  # [T, H, D]
     out = torch.empty_like(q)
     if meta.decode_rows is not None:
-        assert meta.decode_slots is not None and meta.decode_mask is not None
-        kd = k_cache[meta.decode_slots].transpose(1, 2)  # [B, KVH, L, D]
-        vd = v_cache[meta.decode_slots].transpose(1, 2)
+        assert meta.decode_blocks is not None and meta.decode_mask is not None
+        kd = gather_blocks(k_cache, meta.decode_blocks, bs).transpose(1, 2)  # [B, KVH, L, D]
+        vd = gather_blocks(v_cache, meta.decode_blocks, bs).transpose(1, 2)
         qd = q[meta.decode_rows].unsqueeze(2)  # [B, H, 1, D]
         o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scaling, enable_gqa=True)
         out[meta.decode_rows] = o.squeeze(2)
     for part in meta.prefills:
         rows = slice(part.start, part.start + part.count)
         qp = q[rows].transpose(0, 1)[None]  # [1, H, n, D]
-        if part.context_slots is None:
+        if part.context_blocks is None:
             kp, vp = k_new[rows].transpose(0, 1)[None], v_new[rows].transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scaling, enable_gqa=True)
         else:
-            kp = k_cache[part.context_slots].transpose(0, 1)[None]
-            vp = v_cache[part.context_slots].transpose(0, 1)[None]
+            n = part.context_len
+            kp = gather_blocks(k_cache, part.context_blocks, bs)[:n].transpose(0, 1)[None]
+            vp = gather_blocks(v_cache, part.context_blocks, bs)[:n].transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=part.mask, scale=scaling, enable_gqa=True)
         out[rows] = o[0].transpose(0, 1)
     return out[None], None
