@@ -140,3 +140,30 @@ def test_a_client_that_hangs_up_mid_stream_aborts_the_request(tenant_clients, se
     after = wait_for(lambda: (s := engine_stats(acme, DEPLOYMENT)).running == 0 and s.kv_blocks_used == 0 and s,
                      30, "the replica to drop the abandoned request")
     assert after.generation_tokens - before.generation_tokens < 4000
+
+
+def test_the_http_server_starts_and_stops_with_the_gateways_hooks(platform, tenant_clients):
+    import redis.asyncio as aioredis
+
+    from pylon_services.gateway.server import build
+    from pylon_services.runtime.settings import Settings
+
+    settings = Settings(**{**platform.base, "shutdown_grace_s": 1.0}, port=0)
+
+    async def start() -> Any:
+        redis = aioredis.from_url(settings.redis_url)
+        parts = await build(settings, redis)
+        await parts.on_start()
+        return parts, redis
+
+    parts, redis = platform.lt.run(start())
+    base = f"http://127.0.0.1:{parts.extra['http'].port}/v1"
+    try:
+        status, headers, body = raw(base, "/models", None, tenant_clients["acme"].token)
+        assert status == 200 and body["object"] == "list" and headers.get("x-request-id")
+        assert raw(base, "/no-such-route", None, tenant_clients["acme"].token)[0] == 404
+    finally:
+        platform.lt.run(parts.on_stop())
+        platform.lt.run(redis.aclose())
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(base + "/models", timeout=5)

@@ -29,6 +29,7 @@ from pylon_services.gateway.api import inputs, openai_map
 from pylon_services.gateway.api.inference import Inference, Piece, checked_sampling
 from pylon_services.runtime.auth import ApiKeyStore, authorize
 from pylon_services.runtime.context import principal, set_call
+from pylon_services.runtime.context import request_id as current_request_id
 from pylon_services.runtime.errors import scrub
 from pylon_services.runtime.jsonlog import ACCESS
 from pylon_services.runtime.settings import Settings
@@ -161,6 +162,8 @@ class OpenAIHttpServer:
             set_call(p, request_id, token)
             response = await handler(request)
             status = response.status
+            if not response.prepared:  # a stream set its own before it started
+                response.headers["x-request-id"] = request_id
             return response
         except ConnectionResetError:  # the client went away mid-stream: nothing to answer
             status = 499
@@ -236,7 +239,8 @@ class OpenAIHttpServer:
         (no replica, the engine's refusal) still gets its own status code; one after it ends
         the stream with an error event."""
         first_piece = await anext(pieces, None)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "x-request-id": current_request_id()})
         await resp.prepare(request)
         rid, started = openai_map.new_id(chat), set()
         usage = engine_pb2.Usage()
