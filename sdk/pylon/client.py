@@ -23,7 +23,7 @@ from pylon.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from pylon.ingest.v1 import ingest_pb2_grpc
 from pylon.registry.v1 import registry_pb2_grpc
 from pylon.scheduler.v1 import scheduler_pb2_grpc
-from pylon.types import Completion, CompletionChunk
+from pylon.types import Choice, Completion, CompletionChunk
 
 T = TypeVar("T")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -129,27 +129,42 @@ class Client:
     # -- serving --------------------------------------------------------------------------------
     def generate_stream(self, deployment: str, prompt: str, *, max_tokens: int = 64, temperature: float = 0.8,
                         top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                        timeout: float | None = 300) -> Iterator[CompletionChunk]:
-        """Stream the completion piece by piece: text, token ids; the last piece also carries the
-        finish reason and token counts."""
-        sampling = engine_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                             top_p=top_p, stop=stop or [])
-        if seed is not None:
-            sampling.seed = seed
-        req = gateway_pb2.GenerateRequest(deployment=_deployment_name(deployment), prompt=prompt, sampling=sampling,
-                                          request_id=new_request_id())
+                        n: int = 1, ignore_eos: bool = False, timeout: float | None = 300,
+                        request_id: str | None = None) -> Iterator[CompletionChunk]:
+        """Stream the completion(s) piece by piece: text, token ids and which of the ``n``
+        completions (``index``); a completion's last piece carries its finish reason and the
+        request's token counts. ``deployment`` is a deployment's id or name, or a model as
+        "name@alias" (served by a deployment of that version)."""
+        req = gateway_pb2.GenerateRequest(prompt=prompt, request_id=request_id or new_request_id(),
+                                          sampling=_sampling(max_tokens, temperature, top_k, top_p, stop, seed, n,
+                                                             ignore_eos), **_target(deployment))
         for piece in self.stream(self.gateway.Generate, req, timeout=timeout):
             yield CompletionChunk.from_proto(piece)
 
-    def generate(self, deployment: str, prompt: str, **kwargs: Any) -> Completion:
-        """The whole completion at once (see ``generate_stream`` for the arguments)."""
-        text, last = [], None
-        for piece in self.generate_stream(deployment, prompt, **kwargs):
-            text.append(piece.text)
-            last = piece
-        if last is None:
-            raise PylonError("the gateway closed the stream without a response")
-        return Completion("".join(text), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.replica)
+    def generate(self, deployment: str, prompt: str, *, max_tokens: int = 64, temperature: float = 0.8,
+                 top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
+                 n: int = 1, ignore_eos: bool = False, timeout: float | None = 300) -> Completion:
+        """The whole completion(s) at once, in one call (see ``generate_stream``)."""
+        req = gateway_pb2.GenerateRequest(prompt=prompt, request_id=new_request_id(), **_target(deployment),
+                                          sampling=_sampling(max_tokens, temperature, top_k, top_p, stop, seed, n,
+                                                             ignore_eos))
+        return Completion.from_proto(self.call(self.gateway.Complete, req, timeout=timeout))
+
+    def chat_stream(self, deployment: str, messages: list[dict[str, str]], *, max_tokens: int = 64,
+                    temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None,
+                    seed: int | None = None, n: int = 1, timeout: float | None = 300) -> Iterator[CompletionChunk]:
+        """Stream the reply to ``messages`` ({"role", "content"} each), rendered by the model's
+        chat template on the gateway; pieces as ``generate_stream``'s."""
+        req = gateway_pb2.ChatRequest(
+            messages=[gateway_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+            sampling=_sampling(max_tokens, temperature, top_k, top_p, stop, seed, n, False),
+            request_id=new_request_id(), **_target(deployment))
+        for piece in self.stream(self.gateway.Chat, req, timeout=timeout):
+            yield CompletionChunk.from_proto(piece)
+
+    def chat(self, deployment: str, messages: list[dict[str, str]], **kwargs: Any) -> Completion:
+        """The whole reply to ``messages`` (see ``chat_stream`` for the arguments)."""
+        return _gather(self.chat_stream(deployment, messages, **kwargs))
 
     def close(self) -> None:
         for ch in self._channels.values():
@@ -165,3 +180,37 @@ class Client:
 
 def _deployment_name(name: str) -> str:
     return name if name.startswith("tenants/") else f"tenants/-/deployments/{name}"
+
+
+def _target(name: str) -> dict[str, str]:
+    """GenerateRequest's deployment or model field for ``name``: a model reference has an "@",
+    a "/versions/", a "/latest" or "models:/"; anything else names a deployment."""
+    if name.startswith("models:/") or "@" in name or (not name.startswith("tenants/") and "/" in name):
+        return {"model": name}
+    return {"deployment": _deployment_name(name)}
+
+
+def _sampling(max_tokens: int, temperature: float, top_k: int, top_p: float, stop: list[str] | None,
+              seed: int | None, n: int, ignore_eos: bool) -> engine_pb2.SamplingParams:
+    s = engine_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  stop=stop or [], n=n, ignore_eos=ignore_eos)
+    if seed is not None:
+        s.seed = seed
+    return s
+
+
+def _gather(pieces: Iterator[CompletionChunk]) -> Completion:
+    """A stream's pieces as one Completion, every completion by index."""
+    choices: dict[int, Choice] = {}
+    last: CompletionChunk | None = None
+    for p in pieces:
+        c = choices.setdefault(p.index, Choice(p.index, "", [], ""))
+        c.text += p.text
+        c.token_ids += p.token_ids
+        c.finish_reason = p.finish_reason or c.finish_reason
+        last = p
+    if last is None:
+        raise PylonError("the gateway closed the stream without a response")
+    ordered = [choices[i] for i in sorted(choices)]
+    return Completion(ordered[0].text, ordered[0].finish_reason, last.prompt_tokens, last.completion_tokens,
+                      last.replica, ordered, deployment=last.deployment)

@@ -263,19 +263,47 @@ class Deployment:
                    d.gpus_per_replica, list(d.gpu_types), _time(d.create_time), d.etag)
 
 
+def _finish(reason: int) -> str:
+    return "" if not reason else _enum_suffix(engine_pb2.FinishReason, reason, "FINISH_REASON_")
+
+
+@dataclass
+class Choice:
+    """One of a request's ``n`` completions, whole."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
 @dataclass
 class Completion:
+    """A whole answer: the first completion's text and finish reason, every completion in
+    ``choices``, and the request's token counts."""
+
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
     replica: str
+    choices: list[Choice] = field(default_factory=list)
+    cached_tokens: int = 0
+    deployment: str = ""
+
+    @classmethod
+    def from_proto(cls, r: gateway_pb2.CompleteResponse) -> Completion:
+        choices = [Choice(c.index, c.text, list(c.token_ids), _finish(c.finish_reason)) for c in r.completions]
+        first = choices[0] if choices else Choice(0, "", [], "")
+        return cls(first.text, first.finish_reason, r.usage.prompt_tokens, r.usage.completion_tokens, r.replica,
+                   choices, r.usage.cached_tokens, r.deployment)
 
 
 @dataclass
 class CompletionChunk:
-    """One streamed piece of a completion; the last one carries ``finish_reason`` ("length",
-    "stop" or "aborted") and the request's token counts."""
+    """One streamed piece of one completion (``index`` of the ``n``); a completion's last piece
+    carries its ``finish_reason`` ("length", "stop" or "aborted"); the token counts are the
+    request's so far."""
 
     text: str
     token_ids: list[int]
@@ -283,11 +311,28 @@ class CompletionChunk:
     prompt_tokens: int
     completion_tokens: int
     replica: str
+    index: int = 0
+    deployment: str = ""
 
     @classmethod
     def from_proto(cls, r: gateway_pb2.GenerateResponse) -> CompletionChunk:
-        reason = "" if not r.finish_reason else _enum_suffix(engine_pb2.FinishReason, r.finish_reason, "FINISH_REASON_")
-        return cls(r.text, list(r.token_ids), reason, r.usage.prompt_tokens, r.usage.completion_tokens, r.replica)
+        return cls(r.text, list(r.token_ids), _finish(r.finish_reason), r.usage.prompt_tokens,
+                   r.usage.completion_tokens, r.replica, r.index, r.deployment)
+
+
+@dataclass
+class ServedModel:
+    """A deployment a request may name, the version it serves and whether a replica is ready."""
+
+    deployment: str
+    model_uri: str
+    model_version: str
+    ready: bool
+    create_time: datetime | None = None
+
+    @classmethod
+    def from_proto(cls, m: gateway_pb2.ServedModel) -> ServedModel:
+        return cls(m.deployment, m.model_uri, m.model_version, m.ready, _time(m.create_time))
 
 
 # -- scheduler views ------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ def deployments_list(limit: int = LIMIT, as_json: bool = JSON) -> None:
     emit(client().deployments.list(limit=limit_of(limit)), as_json, _COLUMNS)
 
 
+@deploy_app.command("models")
+def deployments_models(as_json: bool = JSON) -> None:
+    """What requests may name: each deployment, the version it serves, whether it is ready."""
+    emit(client().deployments.models(), as_json, ["deployment", "model_uri", "model_version", "ready"])
+
+
 @deploy_app.command("get")
 def deployments_get(name: str, as_json: bool = JSON) -> None:
     """Show a deployment and its replicas."""

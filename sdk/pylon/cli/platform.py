@@ -180,8 +180,19 @@ def whoami(as_json: bool = JSON) -> None:
 @app.command()
 def generate(deployment: str, prompt: str, max_tokens: int = 64, temperature: float = 0.8,
              seed: Optional[int] = None) -> None:
-    """Stream a completion from a deployment."""
+    """Stream a completion from a deployment (or a model as NAME@ALIAS)."""
     for piece in client().generate_stream(deployment, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed):
+        sys.stdout.write(piece.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command()
+def chat(deployment: str, message: str, system: str = typer.Option("", help="A system message first."),
+         max_tokens: int = 64, temperature: float = 0.8, seed: Optional[int] = None) -> None:
+    """Stream the reply to MESSAGE through the model's chat template (DEPLOYMENT, or a model as NAME@ALIAS)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    for piece in client().chat_stream(deployment, messages, max_tokens=max_tokens, temperature=temperature, seed=seed):
         sys.stdout.write(piece.text)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -10,7 +10,7 @@ from pylon.errors import FailedPreconditionError, UnavailableError
 from pylon.gateway.v1 import gateway_pb2
 from pylon.paging import Paged
 from pylon.resources._base import _name, _Resource
-from pylon.types import Deployment
+from pylon.types import Deployment, ServedModel
 
 
 class Deployments(_Resource):
@@ -39,6 +39,12 @@ class Deployments(_Resource):
             if time.monotonic() > deadline:
                 raise UnavailableError(f"deployment {name} not ready after {timeout:.0f}s: {dep.message}")
             time.sleep(0.5)
+
+    def models(self) -> list[ServedModel]:
+        """What the tenant can send requests to: its deployments, each with the version it
+        serves and whether a replica is ready (the OpenAI API's /v1/models lists the same)."""
+        resp = self._c.call(self._c.gateway.ListModels, gateway_pb2.ListModelsRequest())
+        return [ServedModel.from_proto(m) for m in resp.models]
 
     def get(self, name: str) -> Deployment:
         req = gateway_pb2.GetDeploymentRequest(name=_name("deployments", name))

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     advertise_address: str = ""
     # Prometheus metrics HTTP port; 0 picks a free port, -1 disables.
     metrics_port: int = 0
+    # The gateway's OpenAI-compatible HTTP API (on PYLON_HOST, beside its gRPC port); 0 picks a
+    # free port, -1 disables. Other services ignore it.
+    gateway_http_port: int = 0
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # "file:///var/lib/pylon" or "s3://bucket/prefix".

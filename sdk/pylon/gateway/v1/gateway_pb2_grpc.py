@@ -66,6 +66,21 @@ class GatewayServiceStub:
                 request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/pylon.gateway.v1.GatewayService/Complete',
+                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteResponse.FromString,
+                _registered_method=True)
+        self.Chat = channel.unary_stream(
+                '/pylon.gateway.v1.GatewayService/Chat',
+                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatRequest.SerializeToString,
+                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/pylon.gateway.v1.GatewayService/ListModels',
+                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -128,11 +143,47 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """Generate streams a completion from a deployment, served by its least-loaded ready replica.
-        Errors: NOT_FOUND (deployment), INVALID_ARGUMENT (bad name, empty prompt or one over 64 KiB,
-        bad sampling parameters: see SamplingParams), UNAVAILABLE (no ready replica yet, or the
-        replica went away; retry shortly), DEADLINE_EXCEEDED; an engine's refusal passes through
-        (INVALID_ARGUMENT, RESOURCE_EXHAUSTED); an engine's failure is INTERNAL without details.
+        """Generate streams the completion(s) of one prompt from a deployment, served by its
+        least-loaded ready replica: one response per completion per step (index says which of the
+        sampling.n completions); the last response carries the usage. The request names a deployment,
+        or a model ("name@alias", "name/versions/3"), which resolves through the registry to a
+        deployment of the caller's tenant serving that version. A caller that cancels the stream
+        aborts the request on the replica, which frees its KV blocks.
+        Errors: NOT_FOUND (deployment, model or alias; another tenant's deployment; no deployment
+        serves the model's version), INVALID_ARGUMENT (bad name, neither or both of deployment and
+        model, empty prompt or one over 64 KiB, bad sampling parameters: see SamplingParams, each
+        named "sampling.<field>"), UNAVAILABLE (no ready replica yet, or the replica went away; retry
+        shortly), DEADLINE_EXCEEDED; an engine's refusal passes through (INVALID_ARGUMENT,
+        RESOURCE_EXHAUSTED); an engine's failure is INTERNAL without details.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Complete(self, request, context):
+        """Complete is Generate answered once: every completion whole, with the usage.
+        Errors: those of Generate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Chat(self, request, context):
+        """Chat streams the reply to a conversation: the messages go through the chat template of the
+        model version the deployment serves (its tokenizer_config.json), with the generation prompt
+        added, and the rendered prompt is tokenized by the model's tokenizer; responses as Generate's.
+        Errors: those of Generate, and INVALID_ARGUMENT when messages is empty or over its limits, a
+        role is not one of system, user, assistant, tool or developer, or the model has no chat template
+        (field "messages"), or the template refuses the conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """ListModels lists what the caller's tenant can send requests to: its deployments, each with
+        the model version it serves and whether a replica is ready.
+        Errors: INVALID_ARGUMENT (bad parent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +221,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.FromString,
                     response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.FromString,
+                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Chat': grpc.unary_stream_rpc_method_handler(
+                    servicer.Chat,
+                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatRequest.FromString,
+                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.FromString,
+                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -336,6 +402,87 @@ class GatewayService:
             '/pylon.gateway.v1.GatewayService/Generate',
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.gateway.v1.GatewayService/Complete',
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pylon.gateway.v1.GatewayService/Chat',
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatRequest.SerializeToString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.gateway.v1.GatewayService/ListModels',
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,5 @@
-"""GatewayService: deployments (engine replicas run as scheduler jobs) and streaming Generate.
+"""GatewayService: deployments (engine replicas run as scheduler jobs), and Generate, Complete,
+Chat and ListModels over ``inference.py`` (which the OpenAI-compatible HTTP server shares).
 
 Every request field is checked before anything is stored or called (``inputs.py``,
 ``domain/requests.py``); errors of the services called pass on without internal addresses.
@@ -6,10 +7,9 @@ Every request field is checked before anything is stored or called (``inputs.py`
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -17,15 +17,16 @@ from pylon.engine.v1 import engine_pb2
 from pylon.gateway.v1 import gateway_pb2 as pb
 from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon.registry.v1 import registry_pb2
-from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Unavailable
-from pylon_services.engines import wire
+from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
 from pylon_services.gateway.api import inputs
+from pylon_services.gateway.api.inference import Inference, Piece, calling, checked_sampling
 from pylon_services.gateway.api.replicas import ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
 from pylon_services.gateway.domain import requests
+from pylon_services.gateway.domain.chat import ChatMessage
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.ports import DeploymentRecords
-from pylon_services.gateway.domain.routing import deployment_state, pick_replica
+from pylon_services.gateway.domain.routing import deployment_state
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, plain_struct, struct, ts
@@ -39,11 +40,12 @@ LIST_MAX_BYTES = 4 << 20
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients) -> None:
+    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
+                 serve: Inference | None = None) -> None:
         self._d = deployments
         self._c = clients
         self._jobs = ReplicaJobs(deployments, clients)
-        self._inflight: dict[str, int] = {}
+        self._serve = serve or Inference(deployments, clients)
 
     async def _view(self, rec: DeploymentRecord, context: grpc.aio.ServicerContext) -> pb.Deployment:
         """The deployment as the API shows it. Replicas that do not serve have their jobs' states
@@ -159,38 +161,50 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
-        tenant, dep = inputs.deployment_name("deployment", request.deployment, principal())
-        s = engine_pb2.SamplingParams()
-        s.CopyFrom(request.sampling)
-        s.max_tokens = s.max_tokens or requests.DEFAULT_MAX_TOKENS
-        bad = requests.sampling_violations(request.prompt, wire.sampling_options(s))
-        if bad:
-            raise requests.invalid(bad)
+        sampling = checked_sampling(request.sampling, request.prompt)
         request_id = inputs.request_id(request.request_id)
-        rec = await self._d.get(tenant, dep)
-        # Only replicas of live slots: a retired replica may still look fresh for a few seconds.
-        slots = rec.live_job_ids()
-        registered = [r for r in await self._d.replicas(tenant, dep) if r.job_id in slots]
-        replica = pick_replica(registered, self._inflight, time.time())
-        if replica is None:
-            raise Unavailable(f"{rec.name} has no ready replica yet; retry shortly")
-        engine = await self._c.engine(replica.address)
-        self._inflight[replica.address] = self._inflight.get(replica.address, 0) + 1
-        try:
-            with calling(f"replica {replica.job_id}"):
-                stream = engine.Generate(engine_pb2.GenerateRequest(request_id=request_id, prompt=request.prompt,
-                                                                    sampling=s), timeout=remaining_timeout(context, 300))
-                async for piece in stream:
-                    yield pb.GenerateResponse(text=piece.text, token_ids=piece.token_ids, finish_reason=piece.finish_reason,
-                                              usage=piece.usage, replica=replica.job_id)
-        finally:
-            self._inflight[replica.address] -= 1
+        rec = await self._serve.resolve(request.deployment, request.model, remaining_timeout(context))
+        engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt=request.prompt, sampling=sampling)
+        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
+            yield _response(piece)
+
+    async def Complete(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+        """Generate, gathered: every completion's pieces joined, by index."""
+        out = pb.CompleteResponse()
+        by_index: dict[int, pb.Completion] = {}
+        async for piece in self.Generate(request, context):
+            c = by_index.get(piece.index)
+            if c is None:
+                c = by_index[piece.index] = pb.Completion(index=piece.index)
+            c.text += piece.text
+            c.token_ids.extend(piece.token_ids)
+            c.logprobs.extend(piece.logprobs)
+            c.finish_reason = piece.finish_reason or c.finish_reason
+            out.usage.CopyFrom(piece.usage)
+            out.replica, out.deployment = piece.replica, piece.deployment
+        out.completions.extend(by_index[i] for i in sorted(by_index))
+        return out
+
+    async def Chat(self, request: pb.ChatRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        sampling = checked_sampling(request.sampling, None)
+        request_id = inputs.request_id(request.request_id)
+        rec = await self._serve.resolve(request.deployment, request.model, remaining_timeout(context))
+        messages = [ChatMessage(m.role, m.content) for m in request.messages]
+        ids = await self._serve.chat_prompt(rec, messages, remaining_timeout(context))
+        engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt_token_ids=ids, sampling=sampling)
+        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
+            yield _response(piece)
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        tenant = inputs.parent(request.parent, principal())
+        return pb.ListModelsResponse(models=[
+            pb.ServedModel(deployment=rec.name, model_uri=rec.model_uri, model_version=rec.model_version, ready=ready,
+                           create_time=ts(rec.create_time)) for rec, ready in await self._serve.list_models(tenant)])
 
 
-@contextlib.contextmanager
-def calling(service: str) -> Iterator[None]:
-    """Calls to another service inside: its errors pass on without internal details."""
-    try:
-        yield
-    except grpc.aio.AioRpcError as e:
-        raise inputs.passed_on(service, e) from None
+def _response(piece: Piece) -> pb.GenerateResponse:
+    r = piece.response
+    return pb.GenerateResponse(text=r.text, token_ids=r.token_ids, finish_reason=r.finish_reason, usage=r.usage,
+                               replica=piece.replica, index=r.index, logprobs=r.logprobs, deployment=piece.deployment)
