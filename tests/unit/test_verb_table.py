@@ -86,6 +86,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "GatewayService.ScaleDeployment": ("deployments.scale", "deployments scale"),
     "GatewayService.DeleteDeployment": ("deployments.delete", "deployments delete"),
     "GatewayService.Generate": ("generate_stream", "generate"),
+    "GatewayService.Complete": ("generate", "generate"),
+    "GatewayService.Chat": ("chat_stream", "chat"),
+    "GatewayService.ListModels": ("deployments.models", "deployments models"),
     # API keys and identity
     "AdminService.CreateApiKey": ("admin.create_key", "admin create-key"),
     "AdminService.ListApiKeys": ("admin.list_keys", "admin list-keys"),
@@ -120,7 +123,7 @@ SDK_EXTRAS: dict[str, str] = {
     "jobs.upload_working_dir": "jobs submit",
     "models.export": "models export",
     "deployments.wait_ready": "deployments deploy",
-    "generate": "generate",
+    "chat": "chat",
 }
 
 # CLI commands that run the platform itself rather than call a resource's RPC.
@@ -138,6 +141,8 @@ NAME_EXCEPTIONS: dict[str, str] = {
     "datasets.watch": "the CLI follows an operation with `operation --wait`",
     "jobs.cluster": "the cluster is a top-level view, `pylon cluster`",
     "generate_stream": "top-level `pylon generate` streams, like client.generate_stream",
+    "chat_stream": "top-level `pylon chat` streams, like client.chat_stream",
+    "generate": "top-level `pylon generate` (client.generate is its unary form, Complete)",
     "models.set_alias": "aliases are a sub-group: `models alias set`",
     "models.get_alias": "`models alias get`",
     "models.delete_alias": "`models alias delete`",
