@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pylon.types import Deployment
-from pylon_operator.conditions import summarize
+from pylon_operator.conditions import Progress, summarize
 
 Action = Literal["create", "scale", "wait", "none"]
 
@@ -53,6 +53,7 @@ def observed_status(prev: dict[str, Any], spec: dict[str, Any], dep: Deployment,
     want = int(spec.get("replicas", 1))
     ready = sum(r.ready for r in dep.replica_status)
     caught_up = dep.replicas == want
+    progress: Progress
     if dep.state == "failed":
         phase, progress, reason = "Failed", "stalled", "DeploymentFailed"
     elif dep.state == "deleting":

@@ -290,7 +290,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     """Put every handler on ``registry`` with the intervals from ``settings``."""
     from pylon_operator.kube import GROUP, VERSION
 
-    sync = {"interval": settings.operator_sync_interval_s, "registry": registry}
+    interval = settings.operator_sync_interval_s
     for plural, create, timer, delete in (
         (TRAININGJOBS, training_job_create, training_job_sync, training_job_delete),
         (MODELDEPLOYMENTS, model_deployment_reconcile, model_deployment_sync, model_deployment_delete),
@@ -298,7 +298,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     ):
         kopf.on.create(GROUP, VERSION, plural, registry=registry)(create)
         kopf.on.resume(GROUP, VERSION, plural, registry=registry)(create)
-        kopf.timer(GROUP, VERSION, plural, **sync)(timer)
+        kopf.timer(GROUP, VERSION, plural, interval=interval, registry=registry)(timer)
         kopf.on.delete(GROUP, VERSION, plural, registry=registry)(delete)
     kopf.on.update(GROUP, VERSION, MODELDEPLOYMENTS, field="spec.replicas", registry=registry)(
         model_deployment_reconcile)

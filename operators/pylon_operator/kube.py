@@ -80,7 +80,7 @@ class KubernetesKube:
             if e.status == 404:
                 return None
             raise
-        return dict(obj)
+        return dict(obj) if isinstance(obj, dict) else None
 
     def patch_status(self, ref: ObjectRef, status: dict[str, Any]) -> None:
         self._custom.patch_namespaced_custom_object_status(
@@ -103,6 +103,8 @@ class KubernetesKube:
             "regarding": {"apiVersion": f"{ref.group}/{ref.version}", "kind": ref.kind, "namespace": ref.namespace,
                           "name": ref.name, "uid": ref.uid},
         })
+        if event is None:
+            return
         try:
             self._events.create_namespaced_event(ref.namespace, event)
         except ApiException:

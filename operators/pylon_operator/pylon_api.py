@@ -98,7 +98,8 @@ class PylonApi:
 
     def pending_jobs(self, tenant: str, page_size: int = 500) -> list[Job]:
         """Every PENDING job of the tenant, all pages."""
-        out, token = [], ""
+        out: list[Job] = []
+        token = ""
         while True:
             req = scheduler_pb2.ListJobsRequest(parent=f"tenants/{tenant}", page_size=page_size, page_token=token,
                                                 states=[scheduler_pb2.JOB_STATE_PENDING])
