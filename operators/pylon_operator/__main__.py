@@ -26,7 +26,12 @@ def main() -> None:
         sys.exit("pylon-operator: set PYLON_ADDRESS (any service) or PYLON_SCHEDULER_ADDRESS, "
                  "PYLON_GATEWAY_ADDRESS and PYLON_INGEST_ADDRESS")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    registry, runtime = build(settings)
+    from kubernetes.config import ConfigException
+
+    try:
+        registry, runtime = build(settings)
+    except ConfigException as e:  # neither in a pod nor with a kubeconfig
+        sys.exit(f"pylon-operator: no Kubernetes credentials: {e}")
     namespaces = settings.namespaces
     kopf.run(registry=registry, memo=kopf.Memo(runtime=runtime), standalone=True,
              clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint="http://0.0.0.0:8080/healthz")
