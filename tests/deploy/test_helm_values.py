@@ -214,3 +214,16 @@ def test_notes_say_what_to_do_next() -> None:
                  "port-forward svc/pylon-gateway 50051", "pylon status", "No GPU pools are declared"):
         assert text in notes
     assert "a100: accelerator A100, 8 GPU(s) per node, 0..4 nodes" in render_notes({"gpuPools": GPU_POOLS})
+
+
+def test_the_operator_watches_the_release_namespace_and_scales_the_labelled_raycluster(default: list[Obj]) -> None:
+    (c,) = named(default, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["python", "-m", "pylon_operator"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["PYLON_OPERATOR_NAMESPACES"]["value"] == "ml"
+    assert env["PYLON_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "admin-key"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    (cluster,) = of_kind(default, "RayCluster")
+    assert cluster["metadata"]["labels"]["pylon.dev/gpu-pools"] == "true"
+    (cluster,) = of_kind(render({"ray": {"inTreeAutoscaling": True}}), "RayCluster")
+    assert "pylon.dev/gpu-pools" not in cluster["metadata"]["labels"]
