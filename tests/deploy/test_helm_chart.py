@@ -84,7 +84,7 @@ def test_raycluster_passes_the_kuberay_crd_schema_and_its_pods_pass_kubernetes_v
     (cluster,) = of_kind(objects, "RayCluster")
     assert cluster["apiVersion"] == "ray.io/v1"
     jsonschema.validate(cluster, raycluster_schema())
-    for where, template in pod_templates([cluster]):
+    for _, template in pod_templates([cluster]):
         kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
                                       "template": template}, K8S_VERSION, strict=True)
 

@@ -59,7 +59,8 @@ def test_invalid_values_are_refused_with_the_schemas_message(values: dict[str, A
     ({"gpuPools": [{"name": "a", "accelerator": "A100"}, {"name": "b", "accelerator": "A100"}]},
      'the accelerator "A100" has two pools'),
     ({"gpuPools": [{"name": "a", "accelerator": "A100"}, {"name": "a", "accelerator": "L4"}]}, 'the name "a" is used twice'),
-    ({"gpuPools": [{"name": "a", "accelerator": "A100", "minReplicas": 3, "maxReplicas": 2}]}, "minReplicas is above maxReplicas"),
+    ({"gpuPools": [{"name": "a", "accelerator": "A100", "minReplicas": 3, "maxReplicas": 2}]},
+     "minReplicas is above maxReplicas"),
     ({"redis": {"enabled": False}}, "set external.redis.url"),
     ({"minio": {"enabled": False}}, "set external.s3.bucket"),
 ])

@@ -32,11 +32,12 @@ def check_service(name: str, address: str, timeout: float) -> list[str]:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             if reply.status != health_pb2.HealthCheckResponse.SERVING:
-                failures.append(f"{name} ({address}): health is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                failures.append(f"{name} ({address}): health is {status}")
         except grpc.RpcError as err:
             failures.append(f"{name} ({address}): health check failed: {err.code().name} {err.details()}")
             return failures
-        call = channel.unary_unary(AUTHENTICATED_RPC[name])
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(AUTHENTICATED_RPC[name])
         try:
             call(b"", timeout=timeout, metadata=(("authorization", f"Bearer {BAD_KEY}"),))
             failures.append(f"{name} ({address}): a bad API key was accepted")
