@@ -5,12 +5,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck protos clean test-vllm
 
-$(STAMP): sdk/pyproject.toml services/pyproject.toml requirements-dev.txt
+$(STAMP): sdk/pyproject.toml services/pyproject.toml operators/pyproject.toml requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ./sdk -e ./services -r requirements-dev.txt
+	$(PY) -m pip install -q -e ./sdk -e ./services -e ./operators -r requirements-dev.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,16 +19,19 @@ demo: $(STAMP)
 	$(VENV)/bin/pylon demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdk/pylon services tests benchmarks scripts
+	$(VENV)/bin/ruff check sdk/pylon services operators tests benchmarks scripts
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --config operators/pyproject.toml
 	# buf STANDARD lint of the API contract (buf ships on npm; skipped where there is no npm).
 	if command -v npx >/dev/null 2>&1; then npx --yes @bufbuild/buf@1 lint protos; \
 	else echo "npx not found: skipping buf lint"; fi
 
-# mypy on every domain/, api/, the scheduler's orchestration, the shared packages and the SDK.
+# mypy on every domain/, api/, the scheduler's orchestration, the shared packages, the SDK and the
+# operator.
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy sdk/pylon services/pylon_services/*/domain services/pylon_services/*/api \
-		services/pylon_services/scheduler/orchestration services/pylon_services/workloads services/pylon_services/common
+		services/pylon_services/scheduler/orchestration services/pylon_services/workloads services/pylon_services/common \
+		operators/pylon_operator
 
 test: lint typecheck
 	$(PY) -m pytest -q

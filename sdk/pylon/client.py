@@ -145,7 +145,7 @@ class Client:
                  top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
                  n: int = 1, ignore_eos: bool = False, timeout: float | None = 300) -> Completion:
         """The whole completion(s) at once, in one call (see ``generate_stream``)."""
-        req = gateway_pb2.GenerateRequest(prompt=prompt, request_id=new_request_id(), **_target(deployment),
+        req = gateway_pb2.CompleteRequest(prompt=prompt, request_id=new_request_id(), **_target(deployment),
                                           sampling=_sampling(max_tokens, temperature, top_k, top_p, stop, seed, n,
                                                              ignore_eos))
         return Completion.from_proto(self.call(self.gateway.Complete, req, timeout=timeout))
@@ -183,7 +183,7 @@ def _deployment_name(name: str) -> str:
 
 
 def _target(name: str) -> dict[str, str]:
-    """GenerateRequest's deployment or model field for ``name``: a model reference has an "@",
+    """A request's deployment or model field for ``name``: a model reference has an "@",
     a "/versions/", a "/latest" or "models:/"; anything else names a deployment."""
     if name.startswith("models:/") or "@" in name or (not name.startswith("tenants/") and "/" in name):
         return {"model": name}

@@ -129,7 +129,7 @@ def test_bad_requests_are_refused_naming_the_field(tenant_clients, served, platf
             acme.generate(DEPLOYMENT, "hi", **kwargs)
         assert [v.field for v in e.value.violations] == [field]
     with pytest.raises(pylon.InvalidArgumentError) as e:
-        acme.call(acme.gateway.Complete, gateway_pb2.GenerateRequest(
+        acme.call(acme.gateway.Complete, gateway_pb2.CompleteRequest(
             deployment=served["dep"].name, model=f"{DEPLOYMENT}@prod", prompt="hi"))
     assert [v.field for v in e.value.violations] == ["deployment"]
     with pytest.raises(pylon.NotFoundError):  # another tenant's deployment reads as missing

@@ -175,6 +175,20 @@ class GenerateResponse(_message.Message):
     deployment: str
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_engine_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_engine_pb2.Usage, _Mapping]] = ..., replica: _Optional[str] = ..., index: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[_engine_pb2.TokenLogprob, _Mapping]]] = ..., deployment: _Optional[str] = ...) -> None: ...
 
+class CompleteRequest(_message.Message):
+    __slots__ = ("deployment", "prompt", "sampling", "request_id", "model")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    prompt: str
+    sampling: _engine_pb2.SamplingParams
+    request_id: str
+    model: str
+    def __init__(self, deployment: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[_engine_pb2.SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
 class Completion(_message.Message):
     __slots__ = ("index", "text", "token_ids", "finish_reason", "logprobs")
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +236,26 @@ class ChatRequest(_message.Message):
     sampling: _engine_pb2.SamplingParams
     request_id: str
     def __init__(self, deployment: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_engine_pb2.SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ChatResponse(_message.Message):
+    __slots__ = ("text", "token_ids", "finish_reason", "usage", "replica", "index", "logprobs", "deployment")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    finish_reason: _engine_pb2.FinishReason
+    usage: _engine_pb2.Usage
+    replica: str
+    index: int
+    logprobs: _containers.RepeatedCompositeFieldContainer[_engine_pb2.TokenLogprob]
+    deployment: str
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_engine_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_engine_pb2.Usage, _Mapping]] = ..., replica: _Optional[str] = ..., index: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[_engine_pb2.TokenLogprob, _Mapping]]] = ..., deployment: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("parent",)

@@ -68,13 +68,13 @@ class GatewayServiceStub:
                 _registered_method=True)
         self.Complete = channel.unary_unary(
                 '/pylon.gateway.v1.GatewayService/Complete',
-                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
+                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteResponse.FromString,
                 _registered_method=True)
         self.Chat = channel.unary_stream(
                 '/pylon.gateway.v1.GatewayService/Chat',
                 request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatRequest.SerializeToString,
-                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
+                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/pylon.gateway.v1.GatewayService/ListModels',
@@ -224,13 +224,13 @@ def add_GatewayServiceServicer_to_server(servicer, server):
             ),
             'Complete': grpc.unary_unary_rpc_method_handler(
                     servicer.Complete,
-                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.FromString,
+                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteRequest.FromString,
                     response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteResponse.SerializeToString,
             ),
             'Chat': grpc.unary_stream_rpc_method_handler(
                     servicer.Chat,
                     request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatRequest.FromString,
-                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.SerializeToString,
+                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -427,7 +427,7 @@ class GatewayService:
             request,
             target,
             '/pylon.gateway.v1.GatewayService/Complete',
-            pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteRequest.SerializeToString,
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.CompleteResponse.FromString,
             options,
             channel_credentials,
@@ -455,7 +455,7 @@ class GatewayService:
             target,
             '/pylon.gateway.v1.GatewayService/Chat',
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatRequest.SerializeToString,
-            pylon_dot_gateway_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.ChatResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 
@@ -31,6 +32,8 @@ from pylon_services.runtime.context import forward_metadata, principal, remainin
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, plain_struct, struct, ts
 from pylon_services.workloads import REGISTRY, WorkloadKind
+
+_Piece = TypeVar("_Piece", pb.GenerateResponse, pb.ChatResponse)
 
 MAX_REPLICAS = records.MAX_REPLICAS
 _STATES = {"pending": pb.DEPLOYMENT_STATE_PENDING, "ready": pb.DEPLOYMENT_STATE_READY,
@@ -161,32 +164,38 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        async for piece in self._generate(request, context):
+            yield _response(piece, pb.GenerateResponse)
+
+    async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+        """Generate, gathered: every completion's pieces joined, by index."""
+        out = pb.CompleteResponse()
+        by_index: dict[int, pb.Completion] = {}
+        async for piece in self._generate(request, context):
+            r = piece.response
+            c = by_index.get(r.index)
+            if c is None:
+                c = by_index[r.index] = pb.Completion(index=r.index)
+            c.text += r.text
+            c.token_ids.extend(r.token_ids)
+            c.logprobs.extend(r.logprobs)
+            c.finish_reason = r.finish_reason or c.finish_reason
+            out.usage.CopyFrom(r.usage)
+            out.replica, out.deployment = piece.replica, piece.deployment
+        out.completions.extend(by_index[i] for i in sorted(by_index))
+        return out
+
+    async def _generate(self, request: pb.GenerateRequest | pb.CompleteRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[Piece]:
         sampling = checked_sampling(request.sampling, request.prompt)
         request_id = inputs.request_id(request.request_id)
         rec = await self._serve.resolve(request.deployment, request.model, remaining_timeout(context))
         engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt=request.prompt, sampling=sampling)
         async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
-            yield _response(piece)
-
-    async def Complete(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
-        """Generate, gathered: every completion's pieces joined, by index."""
-        out = pb.CompleteResponse()
-        by_index: dict[int, pb.Completion] = {}
-        async for piece in self.Generate(request, context):
-            c = by_index.get(piece.index)
-            if c is None:
-                c = by_index[piece.index] = pb.Completion(index=piece.index)
-            c.text += piece.text
-            c.token_ids.extend(piece.token_ids)
-            c.logprobs.extend(piece.logprobs)
-            c.finish_reason = piece.finish_reason or c.finish_reason
-            out.usage.CopyFrom(piece.usage)
-            out.replica, out.deployment = piece.replica, piece.deployment
-        out.completions.extend(by_index[i] for i in sorted(by_index))
-        return out
+            yield piece
 
     async def Chat(self, request: pb.ChatRequest,
-                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatResponse]:
         sampling = checked_sampling(request.sampling, None)
         request_id = inputs.request_id(request.request_id)
         rec = await self._serve.resolve(request.deployment, request.model, remaining_timeout(context))
@@ -194,7 +203,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         ids = await self._serve.chat_prompt(rec, messages, remaining_timeout(context))
         engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt_token_ids=ids, sampling=sampling)
         async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
-            yield _response(piece)
+            yield _response(piece, pb.ChatResponse)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
@@ -204,7 +213,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                            create_time=ts(rec.create_time)) for rec, ready in await self._serve.list_models(tenant)])
 
 
-def _response(piece: Piece) -> pb.GenerateResponse:
+def _response(piece: Piece, cls: type[_Piece]) -> _Piece:
     r = piece.response
-    return pb.GenerateResponse(text=r.text, token_ids=r.token_ids, finish_reason=r.finish_reason, usage=r.usage,
-                               replica=piece.replica, index=r.index, logprobs=r.logprobs, deployment=piece.deployment)
+    return cls(text=r.text, token_ids=r.token_ids, finish_reason=r.finish_reason, usage=r.usage,
+               replica=piece.replica, index=r.index, logprobs=r.logprobs, deployment=piece.deployment)
