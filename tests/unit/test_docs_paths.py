@@ -19,11 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TOP = ("services", "sdk", "docs", "tests", "benchmarks", "protos", "deploy", "operators", "examples",
        "scripts", ".ci")
-# Where a bare ``foo.py`` or ``store/foo.py`` may live: the two packages, the benchmarks, tests, scripts.
-PACKAGES = (ROOT / "services" / "pylon_services", ROOT / "sdk" / "pylon", ROOT / "benchmarks", ROOT / "tests",
-            ROOT / "scripts")
+# Where a bare ``foo.py`` or ``store/foo.py`` may live: the three packages, the benchmarks, tests, scripts.
+PACKAGES = (ROOT / "services" / "pylon_services", ROOT / "sdk" / "pylon", ROOT / "operators" / "pylon_operator",
+            ROOT / "benchmarks", ROOT / "tests", ROOT / "scripts")
 # Top-level packages a ``python -m`` module may start with, and the folder each lives in.
-MODULE_ROOTS = {"pylon_services": ROOT / "services", "pylon": ROOT / "sdk", "tests": ROOT,
+MODULE_ROOTS = {"pylon_services": ROOT / "services", "pylon": ROOT / "sdk", "pylon_operator": ROOT / "operators",
+                "tests": ROOT,
                 "benchmarks": ROOT, "scripts": ROOT}
 
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
