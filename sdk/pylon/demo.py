@@ -3,7 +3,8 @@
 Upload a corpus -> dataset version; tokenize it into BPE token shards; train a Llama-architecture
 model (the ``tiny`` preset of the ``causal-lm`` trainer) through the scheduler on Ray, which
 registers its Hugging Face output as a model version with lineage and aliases it ``prod``; deploy
-it; stream generated text from the gateway. Each step prints what it did and how long it took.
+it; stream generated text from the gateway over gRPC and, with the stock ``openai`` client, over
+its OpenAI-compatible HTTP API. Each step prints what it did and how long it took.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def step(out: Out, title: str, timings: list[tuple[str, float]]) -> Iterator[Non
 
 
 def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", out: Out = print,
-             max_tokens: int = 120) -> dict[str, Any]:
-    """Run the whole path against a running platform; returns what it created."""
+             max_tokens: int = 120, openai_base_url: str = "") -> dict[str, Any]:
+    """Run the whole path against a running platform; returns what it created. With
+    ``openai_base_url`` (the gateway's ``http://host:port/v1``) the last step streams through the
+    ``openai`` client too."""
     timings: list[tuple[str, float]] = []
     result: dict[str, Any] = {}
     with step(out, "Upload a corpus (Python standard-library docstrings) as a dataset version", timings):
@@ -101,6 +104,10 @@ def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", o
         out("  " + text_line.replace("\n", "\n  "))
         result["completion"] = "".join(pieces)
         out(f"  first token after {first_token_s or 0:.2f}s, {len(''.join(pieces))} characters")
+    if openai_base_url:
+        with step(out, f"The same through the OpenAI-compatible API with the openai client ({openai_base_url})",
+                  timings):
+            result["openai_completion"] = _openai_stream(client, openai_base_url, dep.name, prompt, max_tokens, out)
     with step(out, "Lineage of the served version", timings):
         graph = client.models.lineage(MODEL, mv.version)
         for e in graph.edges:
@@ -111,3 +118,20 @@ def run_demo(client: Client, *, steps: int = 300, prompt: str = "Return the ", o
         + f"; total {sum(d for _, d in timings):.1f}s")
     result["timings"] = timings
     return result
+
+
+def _openai_stream(client: Client, base_url: str, deployment: str, prompt: str, max_tokens: int, out: Out) -> str:
+    """Stream a chat-free completion with the stock ``openai`` client (not a dependency of the SDK:
+    the step says so and is skipped where it is not installed)."""
+    try:
+        from openai import OpenAI
+    except ImportError:
+        out("  skipped: the openai package is not installed (pip install openai)")
+        return ""
+    oa = OpenAI(base_url=base_url, api_key=client.token, max_retries=0)
+    text = ""
+    for chunk in oa.completions.create(model=deployment.rsplit("/", 1)[-1], prompt=prompt, max_tokens=max_tokens,
+                                       temperature=0.8, seed=0, stream=True):
+        text += chunk.choices[0].text if chunk.choices else ""
+    out("  " + (prompt + text).replace("\n", "\n  "))
+    return text

@@ -49,6 +49,7 @@ from pylon_services.localstack.supervise import Child, Proc, Supervisor
 SERVICES = ("registry", "ingest", "scheduler", "gateway")
 LEADER = "scheduler-leader"  # python -m pylon_services.scheduler.leader: no port, found through Redis
 DEFAULT_PORTS = {"gateway": 50051, "ingest": 50052, "scheduler": 50053, "registry": 50054}
+DEFAULT_HTTP_PORT = 8000  # the gateway's OpenAI-compatible API, as vLLM's server
 STOP_ORDER = (*reversed(SERVICES), LEADER, "ray", "seaweed", "redis")  # services drain first
 RAY_DRIVERS = (LEADER, "ingest")  # processes that join Ray, restarted with a restarted head
 CLUSTER_KEY = "pylon:sched:cluster"  # the leader's cluster view: published once it runs
@@ -96,6 +97,8 @@ class Platform:
             self._start_backends()
             self.env["PYLON_ADMIN_KEY"] = key
             addresses = {svc: f"127.0.0.1:{self._port(svc)}" for svc in SERVICES}
+            http_port = DEFAULT_HTTP_PORT if self.fixed_ports else free_port()
+            self.env["PYLON_GATEWAY_HTTP_PORT"] = str(http_port)  # only the gateway reads it
             self.env.update({f"PYLON_{svc.upper()}_ADDRESS": addresses[svc] for svc in SERVICES})
             for svc in SERVICES:
                 self._launch(Child(svc, partial(self._spawn, svc, addresses[svc])))
@@ -106,6 +109,7 @@ class Platform:
             raise
         assert self.ray is not None
         self.state.update(phase="ready", addresses=addresses, address=addresses["gateway"], admin_key=key,
+                          openai_base_url=f"http://127.0.0.1:{http_port}/v1",
                           redis_url=self.env["PYLON_REDIS_URL"], object_store_url=self.env["PYLON_OBJECT_STORE_URL"],
                           ray_address=self.ray.address, ray_ports=self.ray.ports,
                           startup_s=round(time.monotonic() - t0, 2))

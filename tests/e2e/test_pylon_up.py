@@ -215,6 +215,7 @@ def test_demo_runs_the_whole_path(tmp_path):
     assert result.returncode == 0, out + result.stderr
     for expected in ("datasets/stdlib-docs/versions/1", "tokenizations/stdlib-bpe", "succeeded on pool cpu",
                      "models/stdlib-lm/versions/1",
-                     "prod -> v1", "replica(s) ready", "first token after", "→", "Timings:"):
+                     "prod -> v1", "replica(s) ready", "first token after", "with the openai client (http://127.0.0.1:8000/v1)",
+                     "→", "Timings:"):
         assert expected in out, f"{expected!r} missing from demo output:\n{out}"
     assert not (tmp_path / "state.json").exists()  # the platform the demo started is stopped again

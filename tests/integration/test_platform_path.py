@@ -149,18 +149,21 @@ def test_alias_compare_and_swap(tenant_clients):
         acme.models.resolve("racey@prod")
 
 
-def test_demo_path_end_to_end(tenant_clients):
-    """Upload -> train on Ray -> register with lineage -> deploy -> stream tokens -> lineage."""
+def test_demo_path_end_to_end(tenant_clients, platform):
+    """Upload -> train on Ray -> register with lineage -> deploy -> stream tokens over gRPC and
+    through the openai client -> lineage."""
     from pylon.demo import run_demo
 
     lines: list[str] = []
-    result = run_demo(tenant_clients["acme"], steps=40, max_tokens=40, out=lines.append)
+    base_url = f"http://127.0.0.1:{platform.servers['gateway'].parts.extra['http'].port}/v1"
+    result = run_demo(tenant_clients["acme"], steps=40, max_tokens=40, out=lines.append, openai_base_url=base_url)
     job, mv = result["job"], result["model_version"]
     assert job.state == "succeeded" and job.output_uri.endswith("/output")
     assert {f["path"] for f in mv.files} >= {"model.safetensors", "config.json"}
     assert mv.lineage["job"] == job.name
     assert mv.lineage["dataset_digests"] == [result["dataset_version"].digest]
     assert len(result["completion"]) > 0
+    assert len(result["openai_completion"]) > 0  # the stock openai client streamed from the HTTP API
     kinds = {n.kind for n in result["lineage"].nodes}
     assert kinds == {"dataset_version", "job", "checkpoint", "model_version", "deployment"}
     metrics = tenant_clients["acme"].jobs.metrics(job.name)

@@ -3,6 +3,7 @@ list-keys, delete-key; whoami; reindex)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional
 
@@ -56,6 +57,8 @@ def _step(line: str) -> None:
 def _print_ready(state: dict[str, Any], then: str = "") -> None:
     for svc, addr in state["addresses"].items():
         console.print(f"  {svc:<12} {addr}  SERVING")
+    if state.get("openai_base_url"):
+        console.print(f"  {'openai':<12} {state['openai_base_url']}  (the gateway's OpenAI-compatible API)")
     console.print(f"\nReady in {state['startup_s']}s.\n  export PYLON_ADDRESS={state['address']}\n"
                   f"  export PYLON_TOKEN={state['admin_key']}   # bootstrap admin key")
     if then:
@@ -120,11 +123,14 @@ def demo(steps: int = typer.Option(300, help="Training steps."),
     from pylon_services.up import Platform, read_state
 
     platform = None
-    if not read_state() and not _opts.get("address"):
+    state = read_state()
+    if not state and not _opts.get("address"):
         platform = Platform(on_step=lambda m: console.print(f"  {m}", soft_wrap=True))
         console.print("No platform running: starting one (`pylon up`)…")
         state = platform.start()
         console.print(f"  platform ready in {state['startup_s']}s")
+    # The gateway's HTTP API of the local platform (another platform's: PYLON_OPENAI_BASE_URL).
+    openai_base_url = os.environ.get("PYLON_OPENAI_BASE_URL") or (state or {}).get("openai_base_url", "")
     try:
         with client() as admin:
             if admin.admin.whoami().role == "admin":  # work as a tenant, like a user would
@@ -133,7 +139,8 @@ def demo(steps: int = typer.Option(300, help="Training steps."),
             else:
                 token = admin.token
         with Client(_opts.get("address"), token) as c:
-            run_demo(c, steps=steps, prompt=prompt, out=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
+            run_demo(c, steps=steps, prompt=prompt, openai_base_url=openai_base_url,
+                     out=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     finally:
         if platform:
             console.print("Stopping the platform the demo started…")

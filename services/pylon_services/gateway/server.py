@@ -25,10 +25,6 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     keys = ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)
     http = OpenAIHttpServer(serve, keys, settings)
 
-    async def stop() -> None:
-        await http.stop()
-        await clients.close()
-
     return ServiceParts("gateway", [(gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer,
                                      "pylon.gateway.v1.GatewayService")],
-                        on_start=http.start, on_stop=stop, extra={"http": http}, keys=keys)
+                        on_start=http.start, on_drain=http.stop, on_stop=clients.close, extra={"http": http}, keys=keys)

@@ -54,6 +54,9 @@ class ServiceParts:
     servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]]
     on_start: Callable[[], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
+    # Drains the service's other listeners (the gateway's HTTP server) alongside the gRPC drain,
+    # within the same grace, before on_stop.
+    on_drain: Callable[[], Awaitable[None]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # The API key store the interceptor authenticates with; a service that also manages keys
     # (the registry's AdminService) passes its own, so a revocation clears the cache it reads.
@@ -148,8 +151,10 @@ class PylonServer:
         await self.health.enter_graceful_shutdown()
         if self._register_task:
             self._register_task.cancel()
-        if self.server:
-            await self.server.stop(grace)
+        drains = [self.server.stop(grace)] if self.server else []
+        if self.parts.on_drain:
+            drains.append(self.parts.on_drain())
+        await asyncio.gather(*drains)
         if self.parts.on_stop:
             await self.parts.on_stop()
         if self._metrics_httpd:
