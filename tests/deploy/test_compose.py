@@ -190,10 +190,11 @@ def test_ray_drivers_join_as_a_node_with_the_token(default: dict[str, Any]) -> N
 # ---- starting the services' commands ------------------------------------------------------------
 
 
-# The Ray head's address: a loopback address of its own, as if on another host. Processes started
-# here reach it from 127.0.0.1, which Ray takes as their node's IP, so a driver finds only a raylet
-# its own command started (as in a container), never the head's.
+# Each container has an IP of its own; here each Ray node gets a loopback address of its own: the
+# head, and the "container" of each Ray driver (own_network), so a driver finds only a raylet its
+# own command started, never the head's.
 HEAD_IP = "127.0.0.2"
+DRIVER_IPS = {"ingest": "127.0.0.3", "scheduler-leader": "127.0.0.4"}
 
 
 def ray_env(token: str) -> dict[str, str]:
@@ -377,16 +378,18 @@ NODE_PORT_FLAGS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "
                    "metrics-export-port", "node-manager-port", "object-manager-port")
 
 
-def own_network(env: dict[str, str], directory: Path) -> dict[str, str]:
-    """``env`` with a `ray` first on PATH that gives `ray start` free ports: what the container's
-    own network namespace gives it (the command runs unchanged; only the ports differ)."""
+def own_network(env: dict[str, str], directory: Path, ip: str) -> dict[str, str]:
+    """``env`` as in a container with its own network namespace, the command unchanged: a `ray`
+    first on PATH gives `ray start` the container's IP and free ports, and the driver is told the
+    same IP (in a container Ray finds it from the route to the head)."""
     directory.mkdir()
-    flags = " ".join(f"--{f}={p}" for f, p in zip(NODE_PORT_FLAGS, free_ports(len(NODE_PORT_FLAGS)), strict=True))
+    ports = zip(NODE_PORT_FLAGS, free_ports(len(NODE_PORT_FLAGS)), strict=True)
+    flags = " ".join([f"--node-ip-address={ip}", *(f"--{f}={p}" for f, p in ports)])
     shim = directory / "ray"
     real = Path(sys.executable).with_name("ray")
     shim.write_text(f'#!/bin/sh\nif [ "$1" = start ]; then exec "{real}" "$@" {flags}; fi\nexec "{real}" "$@"\n')
     shim.chmod(0o755)
-    return {**env, "PATH": f"{directory}{os.pathsep}{env['PATH']}"}
+    return {**env, "PATH": f"{directory}{os.pathsep}{env['PATH']}", "PYLON_RAY_NODE_IP_ADDRESS": ip}
 
 
 def test_every_service_command_starts_and_becomes_healthy(redis_server: RedisServer, seaweed: SeaweedServer,
@@ -406,7 +409,7 @@ def test_every_service_command_starts_and_becomes_healthy(redis_server: RedisSer
                 svc = cfg["services"][name]
                 env = {**ray_env(REQUIRED["PYLON_RAY_AUTH_TOKEN"]), **svc["environment"],
                        "PYLON_METRICS_PORT": str(free_ports(1)[0])}
-                envs[name] = own_network(env, tmp_path / f"{name}-bin")
+                envs[name] = own_network(env, tmp_path / f"{name}-bin", DRIVER_IPS.get(name, "127.0.0.1"))
                 with open(tmp_path / f"{name}.log", "wb") as log:
                     procs[name] = subprocess.Popen(argv(svc), env=envs[name], stdout=log,
                                                    stderr=subprocess.STDOUT, start_new_session=True)
