@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # "file:///var/lib/pylon" or "s3://bucket/prefix".
     object_store_url: str = "file:///tmp/pylon-objects"
     s3_endpoint_url: str = ""
+    # The endpoint presigned URLs name, for clients outside the services' network (compose: the
+    # host's published MinIO port, where the services reach MinIO as minio:9000). Used only for
+    # presigning; empty: s3_endpoint_url.
+    s3_public_endpoint_url: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
     s3_region: str = "us-east-1"

@@ -23,6 +23,7 @@ def open_store(
     access_key: str | None = None,
     secret_key: str | None = None,
     region: str = "us-east-1",
+    public_endpoint_url: str | None = None,
 ) -> ObjectStore:
     """The store ``url`` names; raises InvalidArgument for an unknown scheme or a bad URL."""
     if not url or not url.strip():
@@ -42,6 +43,7 @@ def open_store(
             access_key=access_key,
             secret_key=secret_key,
             region=region,
+            public_endpoint_url=public_endpoint_url,
         )
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):

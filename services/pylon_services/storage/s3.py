@@ -88,6 +88,13 @@ def _latest_parts(entries: list[dict[str, Any]]) -> list[CompletedPart]:
     return parts
 
 
+def _unpickle(bucket: str, prefix: str, endpoint_url: str | None, access_key: str | None, secret_key: str | None,
+              region: str, max_pool_connections: int, public_endpoint_url: str | None) -> S3ObjectStore:
+    """Rebuild a pickled ``S3ObjectStore`` (its keyword-only arguments cannot ride in a reduce tuple)."""
+    return S3ObjectStore(bucket, prefix, endpoint_url, access_key, secret_key, region,
+                         max_pool_connections=max_pool_connections, public_endpoint_url=public_endpoint_url)
+
+
 class S3ObjectStore(PagedListing):
     """``ObjectStore`` over one bucket (and optional key prefix); share one instance freely."""
 
@@ -101,6 +108,7 @@ class S3ObjectStore(PagedListing):
         region: str = "us-east-1",
         *,
         max_pool_connections: int = 32,
+        public_endpoint_url: str | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -109,6 +117,7 @@ class S3ObjectStore(PagedListing):
         self._access_key = access_key
         self._secret_key = secret_key
         self._max_pool_connections = max_pool_connections
+        self.public_endpoint_url = public_endpoint_url
         config = Config(
             region_name=region,
             signature_version="s3v4",
@@ -131,6 +140,17 @@ class S3ObjectStore(PagedListing):
             region_name=region,
             config=config,
         )
+        # Presigned URLs are for clients elsewhere (the host, behind compose's port mapping): sign
+        # them for the endpoint those clients dial. SigV4 signs the Host header, so a URL signed
+        # for one endpoint cannot be rewritten to another afterwards. Signing needs no connection.
+        self._presigner = self._client if not public_endpoint_url else boto3.session.Session().client(
+            "s3",
+            endpoint_url=public_endpoint_url,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=config,
+        )
         self._transfer = TransferConfig(multipart_threshold=16 * 1024**2, multipart_chunksize=16 * 1024**2)
 
     def __repr__(self) -> str:
@@ -138,8 +158,9 @@ class S3ObjectStore(PagedListing):
 
     def __reduce__(self) -> tuple[Callable[..., S3ObjectStore], tuple[Any, ...]]:
         """Pickle as constructor arguments (boto3 clients do not pickle), e.g. for Ray tasks."""
-        args = (self.bucket, self.prefix, self.endpoint_url, self._access_key, self._secret_key, self.region)
-        return (S3ObjectStore, args)
+        args = (self.bucket, self.prefix, self.endpoint_url, self._access_key, self._secret_key, self.region,
+                self._max_pool_connections, self.public_endpoint_url)
+        return (_unpickle, args)
 
     def ensure_bucket(self) -> None:
         """Create the bucket unless it exists (idempotent; safe when several callers race)."""
@@ -314,7 +335,7 @@ class S3ObjectStore(PagedListing):
             params.update(UploadId=upload_id, PartNumber=part_number)
         else:
             raise InvalidArgument.field("method", "must be GET, PUT, or PUT with upload_id and part_number")
-        return str(self._client.generate_presigned_url(operation, Params=params, ExpiresIn=expires_s))
+        return str(self._presigner.generate_presigned_url(operation, Params=params, ExpiresIn=expires_s))
 
     def presign_put(self, key: str, *, expires_s: int = 3600, sha256: str = "") -> tuple[str, dict[str, str]] | None:
         # Parameters that map to headers become signed headers: a PUT without them, or with
@@ -325,7 +346,7 @@ class S3ObjectStore(PagedListing):
         if sha256:
             b64 = base64.b64encode(bytes.fromhex(sha256.split(":", 1)[1])).decode()
             params["ChecksumSHA256"] = headers["x-amz-checksum-sha256"] = b64
-        url = self._client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
+        url = self._presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
         return str(url), headers
 
     def stored_sha256(self, key: str) -> str | None:
