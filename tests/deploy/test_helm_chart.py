@@ -48,7 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                  "secrets": {"existingSecret": "byo-secrets"},
                  "external": {"redis": {"url": "rediss://redis.example.com:6380/2"},
                               "s3": {"endpoint": "https://s3.example.com", "bucket": "ml-data",
-                                     "prefix": "/pylon/", "region": "eu-west-1"}}},
+                                     "prefix": "/pylon/", "region": "eu-west-1",
+                                     "publicEndpoint": "https://files.example.com"}}},
     "gpu-pools": {"gpuPools": GPU_POOLS},
     "gpu-pools-rayStartParams": {"gpuPools": GPU_POOLS, "ray": {"declareGroupResources": False}},
     "monitoring": {"monitoring": {"enabled": True, "labels": {"release": "prometheus"}}},
@@ -165,7 +166,18 @@ def test_service_environment_parses_into_settings(rendered: dict[str, list[Obj]]
         assert settings.scheduler_address == f"{RELEASE}-scheduler.ml.svc:50053"
         assert settings.redis_url.startswith(("redis://:pw@", "rediss://:pw@"))
         assert settings.object_store_url.startswith("s3://")
+        assert env.get("PYLON_GATEWAY_HTTP_PORT") == ("8000" if svc == "gateway" else None)
         SchedulerConfig().pool_bounds()
+
+
+def test_the_gateway_serves_its_openai_http_port_on_its_service(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["default"]
+    (c,) = named(objects, "Deployment", f"{RELEASE}-gateway")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in c["ports"]
+    ports = named(objects, "Service", f"{RELEASE}-gateway")["spec"]["ports"]
+    assert [p["port"] for p in ports if p["name"] == "http"] == [8000]
+    policy = named(objects, "NetworkPolicy", f"{RELEASE}-services")
+    assert {"port": 8000, "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
 
 
 def test_external_redis_and_s3_replace_the_bundled_ones(rendered: dict[str, list[Obj]]) -> None:
@@ -176,6 +188,8 @@ def test_external_redis_and_s3_replace_the_bundled_ones(rendered: dict[str, list
     assert env["PYLON_REDIS_URL"] == "rediss://:pw@redis.example.com:6380/2"
     assert env["PYLON_OBJECT_STORE_URL"] == "s3://ml-data/pylon"
     assert env["PYLON_S3_ENDPOINT_URL"] == "https://s3.example.com" and env["PYLON_S3_REGION"] == "eu-west-1"
+    assert env["PYLON_S3_PUBLIC_ENDPOINT_URL"] == "https://files.example.com"  # what presigned URLs name
+    assert "PYLON_S3_PUBLIC_ENDPOINT_URL" not in _platform_env(rendered["default"], f"{RELEASE}-registry")
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for _, pod in pod_templates(objects) for c in containers(pod)
             for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
     assert refs == {"byo-secrets"}
@@ -205,7 +219,8 @@ def test_services_probe_grpc_health_on_their_own_port(rendered: dict[str, list[O
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == port, f"{svc} {probe}"
         service = named(objects, "Service", f"{RELEASE}-{svc}")
-        assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": port, "metrics": 9090}
+        http = {"http": 8000} if svc == "gateway" else {}
+        assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": port, "metrics": 9090, **http}
 
 
 def test_leader_and_ingest_join_ray_as_nodes_then_exec_their_process(rendered: dict[str, list[Obj]]) -> None:
