@@ -103,8 +103,9 @@ def test_scales_up_on_load_down_to_min_then_to_zero_and_a_held_request_wakes_it(
         assert out.completion_tokens == 4
         woke = acme.deployments.get("as-load")
         assert woke.replicas == 1 and woke.scale_events[-1].by == "request"
+        assert woke.replica_status[0].job not in gone and out.replica == woke.replica_status[0].job.rsplit("/", 1)[1]
         assert 0 < woke.last_cold_start_s <= waited
-        print(f"cold start (request held at zero replicas): {woke.last_cold_start_s:.1f}s")
+        print(f"cold start (request held at zero replicas): {woke.last_cold_start_s:.1f}s, request {waited:.1f}s")
     finally:
         acme.deployments.delete("as-load")
 
