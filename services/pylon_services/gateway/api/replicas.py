@@ -11,7 +11,6 @@ also carry the internal key, which the registry requires of them (only the gatew
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -136,8 +135,3 @@ class ReplicaJobs:
             return f"replica job {job} {_ENDED[s.state]}: {s.message}" if s.state in _ENDED else ""
 
         return [line for line in await asyncio.gather(*(state(j) for j in jobs)) if line]
-
-    async def job_states(self, jobs: list[str], by: Acting) -> Mapping[str, str]:
-        """Job name -> "ended" for the jobs of ``jobs`` that are over (see ``ended``)."""
-        lines = await self.ended(jobs, by)
-        return {job: "ended" for job in jobs if any(line.startswith(f"replica job {job} ") for line in lines)}
