@@ -228,16 +228,93 @@ class AliasMove:
 @dataclass
 class Replica:
     """One engine replica: the scheduler job running it, its address once registered, whether
-    it serves now, and its requests in flight."""
+    it serves now, its requests in flight, the version it runs and whether it is a canary."""
 
     job: str
     address: str
     ready: bool
     running_requests: int
+    model_version: str = ""
+    canary: bool = False
 
     @classmethod
     def from_proto(cls, r: gateway_pb2.Replica) -> Replica:
-        return cls(r.job, r.address, r.ready, r.running_requests)
+        return cls(r.job, r.address, r.ready, r.running_requests, r.model_version, r.canary)
+
+
+@dataclass
+class Autoscaling:
+    """A deployment's autoscaling (``max_replicas == 0``: off). See ``AutoscalingPolicy`` in
+    gateway.proto for what each target means."""
+
+    min_replicas: int = 1
+    max_replicas: int = 0
+    target_queue: float = 4.0
+    target_kv_usage: float = 0.8
+    target_ttft_ms: float = 0.0
+    scale_down_delay_s: float = 60.0
+    scale_to_zero_after_s: float = 300.0
+
+    def to_proto(self) -> gateway_pb2.AutoscalingPolicy:
+        return gateway_pb2.AutoscalingPolicy(**self.__dict__)
+
+    @classmethod
+    def from_proto(cls, m: gateway_pb2.AutoscalingPolicy) -> Autoscaling:
+        return cls(m.min_replicas, m.max_replicas, m.target_queue, m.target_kv_usage, m.target_ttft_ms,
+                   m.scale_down_delay_s, m.scale_to_zero_after_s)
+
+
+@dataclass
+class Rollout:
+    """How a deployment of ``models:/name@alias`` follows the alias with canaries (see
+    ``RolloutPolicy`` in gateway.proto)."""
+
+    follow_alias: bool = True
+    canary_percent: float = 10.0
+    canary_replicas: int = 1
+    min_requests: int = 20
+    max_error_rate: float = 0.05
+    max_ttft_ms: float = 0.0
+    bake_s: float = 30.0
+    start_timeout_s: float = 600.0
+
+    def to_proto(self) -> gateway_pb2.RolloutPolicy:
+        return gateway_pb2.RolloutPolicy(**self.__dict__)
+
+    @classmethod
+    def from_proto(cls, m: gateway_pb2.RolloutPolicy) -> Rollout:
+        return cls(m.follow_alias, m.canary_percent, m.canary_replicas, m.min_requests, m.max_error_rate,
+                   m.max_ttft_ms, m.bake_s, m.start_timeout_s)
+
+
+@dataclass
+class CanaryStatus:
+    """The rollout in progress: the version on trial and what its requests did so far."""
+
+    model_version: str
+    start_time: datetime | None
+    ready: bool
+    requests: int
+    errors: int
+    mean_ttft_ms: float
+
+
+@dataclass
+class RolloutEvent:
+    time: datetime | None
+    from_version: str
+    to_version: str
+    outcome: str  # "started", "promoted", "rolled_back"
+    reason: str
+
+
+@dataclass
+class ScaleEvent:
+    time: datetime | None
+    from_replicas: int
+    to_replicas: int
+    by: str  # "autoscaler", "user", "request"
+    reason: str
 
 
 @dataclass
@@ -254,13 +331,28 @@ class Deployment:
     gpu_types: list[str] = field(default_factory=list)
     create_time: datetime | None = None
     etag: str = ""
+    autoscaling: Autoscaling | None = None
+    rollout: Rollout | None = None
+    canary: CanaryStatus | None = None
+    rollout_history: list[RolloutEvent] = field(default_factory=list)
+    scale_events: list[ScaleEvent] = field(default_factory=list)
+    last_cold_start_s: float = 0.0
 
     @classmethod
     def from_proto(cls, d: gateway_pb2.Deployment) -> Deployment:
+        c = d.canary
         return cls(d.name, d.model_uri, d.model_version, d.engine, d.replicas,
                    _enum_suffix(gateway_pb2.DeploymentState, d.state, "DEPLOYMENT_STATE_"), d.message,
                    [Replica.from_proto(r) for r in d.replica_status],
-                   d.gpus_per_replica, list(d.gpu_types), _time(d.create_time), d.etag)
+                   d.gpus_per_replica, list(d.gpu_types), _time(d.create_time), d.etag,
+                   Autoscaling.from_proto(d.autoscaling) if d.autoscaling.max_replicas else None,
+                   Rollout.from_proto(d.rollout) if d.rollout.follow_alias else None,
+                   CanaryStatus(c.model_version, _time(c.start_time), c.ready, c.requests, c.errors, c.mean_ttft_ms)
+                   if d.HasField("canary") else None,
+                   [RolloutEvent(_time(e.time), e.from_version, e.to_version, e.outcome, e.reason)
+                    for e in d.rollout_history],
+                   [ScaleEvent(_time(e.time), e.from_replicas, e.to_replicas, e.by, e.reason) for e in d.scale_events],
+                   d.last_cold_start_s)
 
 
 def _finish(reason: int) -> str:

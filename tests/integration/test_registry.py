@@ -18,6 +18,8 @@ import redis
 from pylon import transfer
 from pylon.errors import PylonError
 from pylon.registry.v1 import registry_pb2 as pb
+from pylon_services.runtime.internal_auth import internal_header
+from pylon_services.runtime.settings import Settings
 from pylon_services.storage.factory import open_store
 from tests.conftest import TEST_BUCKET, s3_connection
 from tests.support.registry import InProcessRegistry, RegistryEnv, flush_db, registry_settings
@@ -398,6 +400,11 @@ def test_tenants_are_isolated(reg: RegistryEnv, tmp_path: Any) -> None:
 
 
 # -- lifecycle ---------------------------------------------------------------------------------------
+def _internal_key(reg: RegistryEnv) -> str:
+    """The internal key the registry derives from its admin key (what the gateway holds)."""
+    return Settings(admin_key=reg.settings["admin_key"]).internal_key
+
+
 def test_delete_refused_while_aliased_or_deployed_and_numbers_never_reused(reg: RegistryEnv) -> None:
     reg.store.put("tenants/acme/src/life/w", b"w")
     with reg.client() as c, reg.client(role="maintainer") as maint:
@@ -407,14 +414,22 @@ def test_delete_refused_while_aliased_or_deployed_and_numbers_never_reused(reg: 
         with pytest.raises(PylonError) as err:
             maint.models.delete_version("life", 3)
         assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION and "prod" in str(err.value)
-        c.call(c.registry.RecordDeployment, pb.RecordDeploymentRequest(
-            name="tenants/acme/models/life/versions/2", deployment="tenants/acme/deployments/chat"))
+        record = pb.RecordDeploymentRequest(name="tenants/acme/models/life/versions/2",
+                                            deployment="tenants/acme/deployments/chat")
+        with pytest.raises(PylonError) as err:  # only the gateway (the internal key) records deployments
+            c.call(c.registry.RecordDeployment, record)
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as wrong:  # a made-up internal key is no better
+            c.registry.RecordDeployment(record, metadata=[*c.metadata(), internal_header("pyl_internal_guess")])
+        assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        c.registry.RecordDeployment(record, metadata=[*c.metadata(), internal_header(_internal_key(reg))])
         with pytest.raises(PylonError) as err:
             maint.models.delete_version("life", 2)
         assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION and "chat" in str(err.value)
         assert c.models.lineage("life", 2).edges[-1].target == "tenants/acme/deployments/chat"
-        c.call(c.registry.RecordDeployment, pb.RecordDeploymentRequest(
-            name="tenants/acme/models/life/versions/2", deployment="tenants/acme/deployments/chat", removed=True))
+        c.registry.RecordDeployment(pb.RecordDeploymentRequest(name=record.name, deployment=record.deployment,
+                                                               removed=True),
+                                    metadata=[*c.metadata(), internal_header(_internal_key(reg))])
         maint.models.delete_version("life", 2)
         assert [v.version for v in list(c.models.versions("life"))] == [3, 1]
         assert [v.state for v in list(c.models.versions("life", show_deleted=True))] == ["ready", "deleted", "ready"]

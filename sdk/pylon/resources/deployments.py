@@ -10,17 +10,25 @@ from pylon.errors import FailedPreconditionError, UnavailableError
 from pylon.gateway.v1 import gateway_pb2
 from pylon.paging import Paged
 from pylon.resources._base import _name, _Resource
-from pylon.types import Deployment, ServedModel
+from pylon.types import Autoscaling, Deployment, Rollout, ServedModel
 
 
 class Deployments(_Resource):
-    def deploy(self, name: str, model_uri: str, *, replicas: int = 1, engine: str = "torch", gpus: float = 0,
+    def deploy(self, name: str, model_uri: str, *, replicas: int = 0, engine: str = "torch", gpus: float = 0,
                gpu_types: list[str] | None = None, wait: bool = True, timeout: float = 600,
-               request_id: str | None = None) -> Deployment:
+               request_id: str | None = None, autoscaling: Autoscaling | None = None,
+               rollout: Rollout | None = None) -> Deployment:
         """Deploy ``models:/name@alias`` (or a version); with ``wait``, return once a replica
-        serves (raises FailedPreconditionError as soon as every replica job has failed)."""
+        serves (raises FailedPreconditionError as soon as every replica job has failed).
+        ``replicas`` 0 means 1, or the autoscaling minimum (at least 1). ``autoscaling`` scales
+        between its bounds on load (to zero when min_replicas is 0); ``rollout`` makes a
+        deployment of an alias roll its later moves out as canaries."""
         dep = gateway_pb2.Deployment(model_uri=model_uri, replicas=replicas, engine=engine, gpus_per_replica=gpus,
                                      gpu_types=gpu_types or [])
+        if autoscaling is not None:
+            dep.autoscaling.CopyFrom(autoscaling.to_proto())
+        if rollout is not None:
+            dep.rollout.CopyFrom(rollout.to_proto())
         req = gateway_pb2.CreateDeploymentRequest(deployment_id=name, deployment=dep,
                                                   request_id=request_id or os.urandom(8).hex())
         out = Deployment.from_proto(self._c.call(self._c.gateway.CreateDeployment, req).deployment)
@@ -32,7 +40,7 @@ class Deployments(_Resource):
         deadline = time.monotonic() + timeout
         while True:
             dep = self.get(name)
-            if dep.state == "ready":
+            if dep.state in ("ready", "idle"):
                 return dep
             if dep.state == "failed":
                 raise FailedPreconditionError(f"deployment {name} failed: {dep.message}")
@@ -59,11 +67,15 @@ class Deployments(_Resource):
 
         return Paged(page, page_size=page_size, limit=limit)
 
-    def scale(self, name: str, replicas: int, *, etag: str = "") -> Deployment:
+    def scale(self, name: str, replicas: int = 0, *, etag: str = "", autoscaling: Autoscaling | None = None
+              ) -> Deployment:
         """Set the replica count (new replicas start as scheduler jobs, the highest-numbered ones
-        are cancelled); with ``etag`` (from ``get``), only if the deployment is unchanged since,
-        else AbortedError."""
+        are cancelled) and, with ``autoscaling``, the autoscaling policy (``Autoscaling()`` with
+        max_replicas 0 turns it off); with ``etag`` (from ``get``), only if the deployment is
+        unchanged since, else AbortedError."""
         req = gateway_pb2.ScaleDeploymentRequest(name=_name("deployments", name), replicas=replicas, etag=etag)
+        if autoscaling is not None:
+            req.autoscaling.CopyFrom(autoscaling.to_proto())
         return Deployment.from_proto(self._c.call(self._c.gateway.ScaleDeployment, req).deployment)
 
     def delete(self, name: str) -> None:

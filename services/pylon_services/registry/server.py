@@ -75,7 +75,7 @@ async def build(settings: Settings, redis_async: aioredis.Redis) -> ServiceParts
                 await task
 
     return ServiceParts("registry", [
-        (registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(registry, reader),
+        (registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(registry, reader, settings.internal_key),
          "pylon.registry.v1.RegistryService"),
         (admin_pb2_grpc.add_AdminServiceServicer_to_server, AdminServicer(keys), "pylon.admin.v1.AdminService"),
     ], on_start=start, on_stop=stop, keys=keys)

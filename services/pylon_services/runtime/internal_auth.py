@@ -77,3 +77,21 @@ class _AddKeyStream(_AddKey, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
                                      request: Any) -> Any:
         return await continuation(self._with_key(client_call_details), request)
+
+
+# A service acting as the platform on a user's behalf (the gateway recording which deployment
+# serves a version) sends the caller's own key in ``authorization`` and proves it is a platform
+# process with the internal key in this header; user code never holds that key.
+INTERNAL_HEADER = "x-pylon-internal-key"
+
+
+def internal_header(key: str) -> tuple[str, str]:
+    return (INTERNAL_HEADER, key)
+
+
+def carries_internal_key(metadata: Any, key: str) -> bool:
+    """Whether call ``metadata`` carries the internal key in ``INTERNAL_HEADER`` (never with no
+    key configured)."""
+    got = next((v for k, v in metadata or () if k == INTERNAL_HEADER), "")
+    raw = got.encode() if isinstance(got, str) else bytes(got)
+    return bool(key) and hmac.compare_digest(raw, key.encode())

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     # The gateway's OpenAI-compatible HTTP API (on PYLON_HOST, beside its gRPC port); 0 picks a
     # free port, -1 disables. Other services ignore it.
     gateway_http_port: int = 0
+    # Gateway autoscaling and rollouts (gateway/api/controller.py): how often the gateway that
+    # holds the controller lease looks at every deployment, and how long a request to a
+    # deployment with no ready replica (scaled to zero, or starting) is held for one at most.
+    gateway_controller_interval_s: float = 2.0
+    gateway_cold_start_wait_s: float = 300.0
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # "file:///var/lib/pylon" or "s3://bucket/prefix".

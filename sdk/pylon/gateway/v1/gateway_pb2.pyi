@@ -19,26 +19,32 @@ class DeploymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_STATE_READY: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_FAILED: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_DELETING: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_IDLE: _ClassVar[DeploymentState]
 DEPLOYMENT_STATE_UNSPECIFIED: DeploymentState
 DEPLOYMENT_STATE_PENDING: DeploymentState
 DEPLOYMENT_STATE_READY: DeploymentState
 DEPLOYMENT_STATE_FAILED: DeploymentState
 DEPLOYMENT_STATE_DELETING: DeploymentState
+DEPLOYMENT_STATE_IDLE: DeploymentState
 
 class Replica(_message.Message):
-    __slots__ = ("job", "address", "ready", "running_requests")
+    __slots__ = ("job", "address", "ready", "running_requests", "model_version", "canary")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
     job: str
     address: str
     ready: bool
     running_requests: int
-    def __init__(self, job: _Optional[str] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., running_requests: _Optional[int] = ...) -> None: ...
+    model_version: str
+    canary: bool
+    def __init__(self, job: _Optional[str] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., running_requests: _Optional[int] = ..., model_version: _Optional[str] = ..., canary: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model_uri", "model_version", "engine", "replicas", "gpus_per_replica", "gpu_types", "engine_config", "state", "message", "replica_status", "create_time", "etag")
+    __slots__ = ("name", "model_uri", "model_version", "engine", "replicas", "gpus_per_replica", "gpu_types", "engine_config", "state", "message", "replica_status", "create_time", "etag", "autoscaling", "rollout", "canary", "rollout_history", "scale_events", "last_cold_start_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +58,12 @@ class Deployment(_message.Message):
     REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    SCALE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_COLD_START_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_uri: str
     model_version: str
@@ -65,7 +77,95 @@ class Deployment(_message.Message):
     replica_status: _containers.RepeatedCompositeFieldContainer[Replica]
     create_time: _timestamp_pb2.Timestamp
     etag: str
-    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., replicas: _Optional[int] = ..., gpus_per_replica: _Optional[float] = ..., gpu_types: _Optional[_Iterable[str]] = ..., engine_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., message: _Optional[str] = ..., replica_status: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    autoscaling: AutoscalingPolicy
+    rollout: RolloutPolicy
+    canary: CanaryStatus
+    rollout_history: _containers.RepeatedCompositeFieldContainer[RolloutEvent]
+    scale_events: _containers.RepeatedCompositeFieldContainer[ScaleEvent]
+    last_cold_start_s: float
+    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., replicas: _Optional[int] = ..., gpus_per_replica: _Optional[float] = ..., gpu_types: _Optional[_Iterable[str]] = ..., engine_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., message: _Optional[str] = ..., replica_status: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalingPolicy, _Mapping]] = ..., rollout: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ..., rollout_history: _Optional[_Iterable[_Union[RolloutEvent, _Mapping]]] = ..., scale_events: _Optional[_Iterable[_Union[ScaleEvent, _Mapping]]] = ..., last_cold_start_s: _Optional[float] = ...) -> None: ...
+
+class AutoscalingPolicy(_message.Message):
+    __slots__ = ("min_replicas", "max_replicas", "target_queue", "target_kv_usage", "target_ttft_ms", "scale_down_delay_s", "scale_to_zero_after_s")
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KV_USAGE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    SCALE_TO_ZERO_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    min_replicas: int
+    max_replicas: int
+    target_queue: float
+    target_kv_usage: float
+    target_ttft_ms: float
+    scale_down_delay_s: float
+    scale_to_zero_after_s: float
+    def __init__(self, min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_queue: _Optional[float] = ..., target_kv_usage: _Optional[float] = ..., target_ttft_ms: _Optional[float] = ..., scale_down_delay_s: _Optional[float] = ..., scale_to_zero_after_s: _Optional[float] = ...) -> None: ...
+
+class RolloutPolicy(_message.Message):
+    __slots__ = ("follow_alias", "canary_percent", "canary_replicas", "min_requests", "max_error_rate", "max_ttft_ms", "bake_s", "start_timeout_s")
+    FOLLOW_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    START_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    follow_alias: bool
+    canary_percent: float
+    canary_replicas: int
+    min_requests: int
+    max_error_rate: float
+    max_ttft_ms: float
+    bake_s: float
+    start_timeout_s: float
+    def __init__(self, follow_alias: _Optional[bool] = ..., canary_percent: _Optional[float] = ..., canary_replicas: _Optional[int] = ..., min_requests: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_ttft_ms: _Optional[float] = ..., bake_s: _Optional[float] = ..., start_timeout_s: _Optional[float] = ...) -> None: ...
+
+class CanaryStatus(_message.Message):
+    __slots__ = ("model_version", "start_time", "ready", "requests", "errors", "mean_ttft_ms")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    start_time: _timestamp_pb2.Timestamp
+    ready: bool
+    requests: int
+    errors: int
+    mean_ttft_ms: float
+    def __init__(self, model_version: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready: _Optional[bool] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., mean_ttft_ms: _Optional[float] = ...) -> None: ...
+
+class RolloutEvent(_message.Message):
+    __slots__ = ("time", "from_version", "to_version", "outcome", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    from_version: str
+    to_version: str
+    outcome: str
+    reason: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ScaleEvent(_message.Message):
+    __slots__ = ("time", "from_replicas", "to_replicas", "by", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    FROM_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TO_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    from_replicas: int
+    to_replicas: int
+    by: str
+    reason: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_replicas: _Optional[int] = ..., to_replicas: _Optional[int] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("parent", "deployment_id", "deployment", "request_id")
@@ -116,14 +216,16 @@ class ListDeploymentsResponse(_message.Message):
     def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ScaleDeploymentRequest(_message.Message):
-    __slots__ = ("name", "replicas", "etag")
+    __slots__ = ("name", "replicas", "etag", "autoscaling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     name: str
     replicas: int
     etag: str
-    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    autoscaling: AutoscalingPolicy
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., etag: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalingPolicy, _Mapping]] = ...) -> None: ...
 
 class ScaleDeploymentResponse(_message.Message):
     __slots__ = ("deployment",)

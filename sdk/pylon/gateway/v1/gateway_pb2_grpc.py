@@ -91,10 +91,12 @@ class GatewayServiceServicer:
     def CreateDeployment(self, request, context):
         """CreateDeployment deploys "models:/name@alias" (or an exact version) with N replicas, each
         a scheduler job. Idempotent on request_id (a retry also submits replica jobs a failed
-        attempt left unsubmitted).
+        attempt left unsubmitted). A create whose replica jobs the scheduler refuses leaves no
+        deployment behind. With autoscaling, replicas starts between min and max (at least 1); with
+        a rollout policy following the alias, later moves of the alias roll out as canaries.
         The model must be in the deployment's tenant.
         Errors: INVALID_ARGUMENT (bad parent or deployment_id, replicas outside 1..16, unknown
-        engine, malformed model_uri, a field over its limit, a model of another tenant), NOT_FOUND
+        engine, an autoscaling or rollout field out of range (named), malformed model_uri, a field over its limit, a model of another tenant), NOT_FOUND
         (model, version or alias), ALREADY_EXISTS (name taken, different request_id),
         PERMISSION_DENIED (viewer key); a replica job the scheduler refuses passes its code through
         (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED: the tenant's pending-job limit);
@@ -126,7 +128,9 @@ class GatewayServiceServicer:
         """ScaleDeployment sets the desired replica count: new replicas are submitted as scheduler
         jobs, the highest-numbered ones are cancelled. With etag, only if the deployment is
         unchanged since (compare-and-swap).
-        Errors: INVALID_ARGUMENT (bad name; replicas outside 1..16), NOT_FOUND, ABORTED (stale
+        With autoscaling on, the autoscaler moves the count on from there.
+        Errors: INVALID_ARGUMENT (bad name; replicas outside 1..16 or the autoscaling range; a bad
+        autoscaling field), NOT_FOUND, ABORTED (stale
         etag, or too many concurrent writes), FAILED_PRECONDITION (deployment being deleted),
         PERMISSION_DENIED (viewer key); scheduler refusals of a new replica job pass through.
         """

@@ -380,8 +380,12 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordDeployment(self, request, context):
-        """RecordDeployment records which deployment serves which version (called by the gateway).
-        Errors: NOT_FOUND (version), INVALID_ARGUMENT, FAILED_PRECONDITION (version deleted).
+        """RecordDeployment records which deployment serves which version. Only the gateway calls it:
+        besides the caller's key, the call must carry the platform's internal key in the
+        "x-pylon-internal-key" header, which user code never holds (a recorded deployment blocks
+        the version's deletion).
+        Errors: NOT_FOUND (version), INVALID_ARGUMENT, FAILED_PRECONDITION (version deleted),
+        PERMISSION_DENIED (a call without the internal key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,6 +26,7 @@ from pylon_services.engines import wire
 from pylon_services.engines.contract import sampling_violations as engine_sampling_violations
 from pylon_services.gateway.api import inputs
 from pylon_services.gateway.api.chat_models import ChatModels
+from pylon_services.gateway.api.serving import ServingHooks
 from pylon_services.gateway.domain import chat, requests
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.ports import DeploymentRecords
@@ -70,9 +71,11 @@ def checked_sampling(s: engine_pb2.SamplingParams, prompt: str | None) -> engine
 
 
 class Inference:
-    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients) -> None:
+    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
+                 hooks: ServingHooks | None = None) -> None:
         self._d = deployments
         self._c = clients
+        self.hooks = hooks or ServingHooks()  # autoscaling and canaries (api/serving.py)
         self._chat = ChatModels(clients)
         self._inflight: dict[str, int] = {}
         self._aborts: set[asyncio.Task[None]] = set()
@@ -126,7 +129,8 @@ class Inference:
         """Stream ``request`` from the least-loaded ready replica of ``rec``. Leaving early (the
         caller went away) cancels the engine call and calls the replica's Abort, which frees the
         request's KV blocks at once."""
-        replica = pick_replica(await self._ready_replicas(rec), self._inflight, time.time())
+        ready = await self._ready_replicas(rec) or await self.hooks.hold(rec, self._ready_replicas, timeout)
+        replica = pick_replica(self.hooks.pool(rec, ready), self._inflight, time.time())
         if replica is None:
             raise Unavailable(f"{rec.name} has no ready replica yet; retry shortly")
         engine = await self._c.engine(replica.address)
@@ -138,11 +142,19 @@ class Inference:
         self._inflight[replica.address] = self._inflight.get(replica.address, 0) + 1
         call = engine.Generate(engine_request, timeout=timeout)
         finished = False
+        started, ttft = time.monotonic(), None
         try:
             with calling(f"replica {replica.job_id}"):
-                async for response in call:
-                    yield Piece(response, replica.job_id, rec.name)
+                try:
+                    async for response in call:
+                        ttft = time.monotonic() - started if ttft is None else ttft
+                        yield Piece(response, replica.job_id, rec.name)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.CANCELLED:
+                        self.hooks.served(rec, replica.job_id, ttft, False)
+                    raise
             finished = True
+            self.hooks.served(rec, replica.job_id, ttft, True)
         finally:
             self._inflight[replica.address] -= 1
             if not finished and not call.done():

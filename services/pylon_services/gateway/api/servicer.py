@@ -7,6 +7,8 @@ Every request field is checked before anything is stored or called (``inputs.py`
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,36 +21,40 @@ from pylon.gateway.v1 import gateway_pb2 as pb
 from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon.registry.v1 import registry_pb2
 from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
-from pylon_services.gateway.api import inputs
+from pylon_services.gateway.api import inputs, policies
 from pylon_services.gateway.api.inference import Inference, Piece, calling, checked_sampling
-from pylon_services.gateway.api.replicas import ReplicaJobs
+from pylon_services.gateway.api.replicas import Acting, ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
 from pylon_services.gateway.domain import requests
 from pylon_services.gateway.domain.chat import ChatMessage
 from pylon_services.gateway.domain.deployments import DeploymentRecord
-from pylon_services.gateway.domain.ports import DeploymentRecords
+from pylon_services.gateway.domain.ports import DeploymentRecords, ServingCounts, ServingView
 from pylon_services.gateway.domain.routing import deployment_state
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, plain_struct, struct, ts
 from pylon_services.workloads import REGISTRY, WorkloadKind
 
+log = logging.getLogger("pylon.gateway")
 _Piece = TypeVar("_Piece", pb.GenerateResponse, pb.ChatResponse)
 
 MAX_REPLICAS = records.MAX_REPLICAS
 _STATES = {"pending": pb.DEPLOYMENT_STATE_PENDING, "ready": pb.DEPLOYMENT_STATE_READY,
-           "failed": pb.DEPLOYMENT_STATE_FAILED, "deleting": pb.DEPLOYMENT_STATE_DELETING}
+           "failed": pb.DEPLOYMENT_STATE_FAILED, "deleting": pb.DEPLOYMENT_STATE_DELETING,
+           "idle": pb.DEPLOYMENT_STATE_IDLE}
 # A ListDeployments page ends once its deployments reach this, far below the message limit.
 LIST_MAX_BYTES = 4 << 20
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
-                 serve: Inference | None = None) -> None:
+                 serve: Inference | None = None, jobs: ReplicaJobs | None = None,
+                 counters: ServingCounts | None = None) -> None:
         self._d = deployments
         self._c = clients
-        self._jobs = ReplicaJobs(deployments, clients)
+        self._jobs = jobs or ReplicaJobs(deployments, clients)
         self._serve = serve or Inference(deployments, clients)
+        self._counters = counters
 
     async def _view(self, rec: DeploymentRecord, context: grpc.aio.ServicerContext) -> pb.Deployment:
         """The deployment as the API shows it. Replicas that do not serve have their jobs' states
@@ -56,19 +62,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         now = time.time()
         live = {r.job_id: r for r in await self._d.replicas(rec.tenant, rec.deployment_id)}
         status = []
-        for slot in rec.slots:
+        for slot, canary in [(s, False) for s in rec.slots] + [(s, True) for s in rec.canary_slots]:
             reg = live.get(slot.job_id) if slot.job else None
             status.append(pb.Replica(job=slot.job, address=reg.address if reg else "",
-                                     ready=bool(reg and reg.fresh(now)), running_requests=reg.running if reg else 0))
-        waiting = [r.job for r in status if r.job and not r.ready]
-        ready = sum(r.ready for r in status)
-        ended = await self._jobs.ended(waiting, context) if not ready else []
-        state, message = deployment_state(ready, rec.replicas, ended, len(status), rec.deleting)
+                                     ready=bool(reg and reg.fresh(now)), running_requests=reg.running if reg else 0,
+                                     model_version=slot.version or rec.model_version, canary=canary))
+        stable = status[:len(rec.slots)]
+        waiting = [r.job for r in stable if r.job and not r.ready]
+        ready = sum(r.ready for r in stable)
+        ended = await self._jobs.ended(waiting, Acting.caller(context)) if not ready else []
+        state, message = deployment_state(ready, rec.replicas, ended, len(stable), rec.deleting)
+        if not rec.replicas and not rec.deleting:
+            state, message = "idle", "scaled to zero: the next request starts a replica"
+        view = await self._counters.read(rec.tenant, rec.deployment_id) if self._counters else ServingView()
         return pb.Deployment(name=rec.name, model_uri=rec.model_uri, model_version=rec.model_version,
                              engine=rec.engine, replicas=rec.replicas, gpus_per_replica=rec.gpus,
                              gpu_types=list(rec.gpu_types), engine_config=struct(dict(rec.engine_config)),
                              state=_STATES[state], message=message, replica_status=status,
-                             create_time=ts(rec.create_time), etag=rec.etag)
+                             create_time=ts(rec.create_time), etag=rec.etag,
+                             **policies.history_fields(rec, view))  # type: ignore[arg-type]
 
     async def CreateDeployment(self, request: pb.CreateDeploymentRequest,
                                context: grpc.aio.ServicerContext) -> pb.CreateDeploymentResponse:
@@ -76,8 +88,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         dep_id = inputs.deployment_id(request.deployment_id)
         request_id = inputs.request_id(request.request_id)
         d = request.deployment
-        replicas = records.check_replicas("deployment.replicas", d.replicas or 1)
         uri = inputs.model_uri(d.model_uri)
+        scaling = policies.autoscaling_from_pb(d.autoscaling, "deployment.autoscaling")
+        rollout = policies.rollout_from_pb(d.rollout, "deployment.rollout", uri)
+        if scaling.enabled:
+            replicas = records.check_replicas("deployment.replicas", d.replicas or max(scaling.min_replicas, 1),
+                                              max(scaling.min_replicas, 1), scaling.max_replicas)
+        else:
+            replicas = records.check_replicas("deployment.replicas", d.replicas or 1)
         engine = d.engine or "torch"
         workload = REGISTRY.get(WorkloadKind.ENGINE, engine)
         bad = requests.resource_violations(d.gpus_per_replica, list(d.gpu_types))
@@ -102,18 +120,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         rec = records.new_record(
             f"tenants/{tenant}/deployments/{dep_id}", uuid.uuid4().hex[:10], replicas, model_uri=uri,
             model_version=resolved.version.name, engine=engine, gpus=d.gpus_per_replica,
-            gpu_types=tuple(d.gpu_types), engine_config=config, create_time=time.time(), request_id=request_id)
+            gpu_types=tuple(d.gpu_types), engine_config=config, create_time=time.time(), request_id=request_id,
+            autoscaling=scaling, rollout=rollout)
         if not await self._d.create(rec):
             existing = await self._d.get(tenant, dep_id)
             if not request_id or existing.request_id != request_id:
                 raise AlreadyExists(f"{rec.name} already exists")
-        with calling("scheduler"):
-            rec = await self._jobs.settle(tenant, dep_id, context)  # also finishes a retried create
-        with calling("registry"):
-            await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
-                name=rec.model_version, deployment=rec.name), metadata=forward_metadata(),
-                timeout=remaining_timeout(context))
+        by = Acting.caller(context)
+        try:
+            with calling("scheduler"):
+                rec = await self._jobs.settle(tenant, dep_id, by)  # also finishes a retried create
+            with calling("registry"):
+                await self._jobs.record_deployment(rec, rec.model_version, by)
+        except BaseException:
+            await self._undo_create(tenant, dep_id, by)
+            raise
         return pb.CreateDeploymentResponse(deployment=await self._view(rec, context))
+
+    async def _undo_create(self, tenant: str, dep_id: str, by: Acting) -> None:
+        """A create the scheduler or the registry refused leaves nothing behind: the jobs it
+        submitted are cancelled and the record removed, so the name is free again."""
+        try:
+            rec = await self._d.get(tenant, dep_id)
+            await self._jobs.cancel_all(rec, by)
+            await self._d.delete(tenant, dep_id)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("undoing a failed create", extra={"deployment": f"tenants/{tenant}/deployments/{dep_id}"})
 
     async def GetDeployment(self, request: pb.GetDeploymentRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetDeploymentResponse:
@@ -141,24 +173,39 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         """Change the desired replica count (compare-and-swap, optionally against ``etag``),
         then submit the new slots' jobs and cancel the retired ones."""
         tenant, dep = inputs.deployment_name("name", request.name, principal())
-        replicas = records.check_replicas("replicas", request.replicas)
         etag = inputs.etag(request.etag)
-        await self._d.update(tenant, dep, lambda r: records.resize(r, replicas, etag))
+        scaling = (policies.autoscaling_from_pb(request.autoscaling, "autoscaling")
+                   if request.HasField("autoscaling") else None)
+        if scaling is None and not request.replicas:
+            records.check_replicas("replicas", request.replicas)
+        now = time.time()
+
+        def change(r: DeploymentRecord) -> DeploymentRecord:
+            policy = scaling or r.autoscaling
+            if policy.enabled:
+                n = request.replicas or min(max(r.replicas, policy.min_replicas), policy.max_replicas)
+                n = records.check_replicas("replicas", n, policy.min_replicas, policy.max_replicas)
+            else:
+                n = records.check_replicas("replicas", request.replicas or max(r.replicas, 1))
+            r = dataclasses.replace(records.resize(r, r.replicas, etag), autoscaling=policy)
+            return records.autoscale_to(r, n, "user", "ScaleDeployment", now)
+
+        await self._d.update(tenant, dep, change)
         with calling("scheduler"):
-            rec = await self._jobs.settle(tenant, dep, context)
+            rec = await self._jobs.settle(tenant, dep, Acting.caller(context))
         return pb.ScaleDeploymentResponse(deployment=await self._view(rec, context))
 
     async def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
                                context: grpc.aio.ServicerContext) -> pb.DeleteDeploymentResponse:
         tenant, dep = inputs.deployment_name("name", request.name, principal())
+        before = await self._d.get(tenant, dep)
         await self._d.update(tenant, dep, records.retire_all)
+        by = Acting.caller(context)
         with calling("scheduler"):
-            rec = await self._jobs.settle(tenant, dep, context)
+            rec = await self._jobs.settle(tenant, dep, by)
         with calling("registry"):
-            registry = await self._c.registry()
-            await registry.RecordDeployment(registry_pb2.RecordDeploymentRequest(
-                name=rec.model_version, deployment=rec.name, removed=True), metadata=forward_metadata(),
-                timeout=remaining_timeout(context))
+            for version in sorted({rec.model_version} | ({before.canary.version} if before.canary else set())):
+                await self._jobs.record_deployment(rec, version, by, removed=True)
         await self._d.delete(tenant, dep)
         return pb.DeleteDeploymentResponse()
 

@@ -7,6 +7,10 @@ instead of a second one. Scaling down moves the highest-index slots to ``retired
 cancelled and the slots dropped afterwards. A slot whose job is not known yet has ``job == ""``:
 the next settle submits it (or, when retired, submits and cancels it, so a job started by a
 concurrent writer cannot leak).
+
+A slot runs the record's ``model_version`` unless it names its own ``version``: the canary slots
+of a rollout (``domain/rollouts.py``) run the version on trial, beside the stable slots, and
+become ordinary slots when it is promoted.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pylon_services.common.errors import Aborted, FailedPrecondition, InvalidArgument
+from pylon_services.gateway.domain.autoscale import AutoscalePolicy
+from pylon_services.gateway.domain.rollouts import Canary, RolloutEvent, RolloutPolicy, with_event
 
 MAX_REPLICAS = 16
+SCALE_EVENTS_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class Slot:
 
     index: int
     job: str = ""
+    version: str = ""  # "" = the record's model_version
 
     @property
     def job_id(self) -> str:
@@ -51,6 +59,13 @@ class DeploymentRecord:
     retired: tuple[Slot, ...] = ()
     deleting: bool = False
     version: int = 0  # bumped by every stored write (compare-and-swap)
+    autoscaling: AutoscalePolicy = field(default_factory=AutoscalePolicy)
+    rollout: RolloutPolicy = field(default_factory=RolloutPolicy)
+    canary: Canary | None = None
+    canary_slots: tuple[Slot, ...] = ()
+    rejected_version: str = ""  # rolled back: not tried again until the alias moves elsewhere
+    history: tuple[RolloutEvent, ...] = ()
+    scale_events: tuple[ScaleEvent, ...] = ()
 
     @property
     def tenant(self) -> str:
@@ -70,7 +85,15 @@ class DeploymentRecord:
         return f"{self.uid}-r{index}"
 
     def live_job_ids(self) -> set[str]:
-        return {s.job_id for s in self.slots if s.job}
+        return {s.job_id for s in self.slots + self.canary_slots if s.job}
+
+    def canary_job_ids(self) -> set[str]:
+        return {s.job_id for s in self.canary_slots if s.job}
+
+    def version_of(self, index: int) -> str:
+        """The model version slot ``index`` runs."""
+        slot = next((s for s in self.slots + self.canary_slots + self.retired if s.index == index), None)
+        return slot.version if slot and slot.version else self.model_version
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -88,19 +111,38 @@ class DeploymentRecord:
         else:
             slots = tuple(Slot(i, j) for i, j in enumerate(d.get("jobs", [])))
             next_index = len(slots)
+        canary = d.get("canary")
         return cls(name=d["name"], uid=d["uid"], model_uri=d.get("model_uri", ""),
                    model_version=d.get("model_version", ""), engine=d.get("engine", "torch"),
                    replicas=int(d["replicas"]), gpus=float(d.get("gpus", 0.0)),
                    gpu_types=tuple(d.get("gpu_types", ())), engine_config=dict(d.get("engine_config") or {}),
                    create_time=float(d.get("create_time", 0.0)), request_id=d.get("request_id", ""),
                    next_index=next_index, slots=slots, retired=tuple(Slot(**s) for s in d.get("retired", [])),
-                   deleting=bool(d.get("deleting", False)), version=int(d.get("version") or 0))
+                   deleting=bool(d.get("deleting", False)), version=int(d.get("version") or 0),
+                   autoscaling=AutoscalePolicy.from_dict(d.get("autoscaling")),
+                   rollout=RolloutPolicy.from_dict(d.get("rollout")),
+                   canary=Canary(**canary) if canary else None,
+                   canary_slots=tuple(Slot(**s) for s in d.get("canary_slots", [])),
+                   rejected_version=d.get("rejected_version", ""),
+                   history=tuple(RolloutEvent(**e) for e in d.get("history", [])),
+                   scale_events=tuple(ScaleEvent(**e) for e in d.get("scale_events", [])))
 
 
-def check_replicas(field_name: str, replicas: int) -> int:
-    """``replicas`` if within 1..MAX_REPLICAS, else InvalidArgument naming ``field_name``."""
-    if not 1 <= replicas <= MAX_REPLICAS:
-        raise InvalidArgument.field(field_name, f"must be between 1 and {MAX_REPLICAS}, got {replicas}")
+@dataclass(frozen=True)
+class ScaleEvent:
+    """One change of the replica count: by whom (``autoscaler`` or ``user``) and why."""
+
+    time: float
+    from_replicas: int
+    to_replicas: int
+    by: str
+    reason: str
+
+
+def check_replicas(field_name: str, replicas: int, low: int = 1, high: int = MAX_REPLICAS) -> int:
+    """``replicas`` if within low..high, else InvalidArgument naming ``field_name``."""
+    if not low <= replicas <= high:
+        raise InvalidArgument.field(field_name, f"must be between {low} and {high}, got {replicas}")
     return replicas
 
 
@@ -130,29 +172,87 @@ def resize(rec: DeploymentRecord, replicas: int, expected_etag: str = "") -> Dep
 
 def retire_all(rec: DeploymentRecord) -> DeploymentRecord:
     """The record marked for deletion: every slot retired."""
-    return dataclasses.replace(rec, slots=(), retired=rec.retired + rec.slots, deleting=True)
+    return dataclasses.replace(rec, slots=(), canary_slots=(), retired=rec.retired + rec.slots + rec.canary_slots,
+                               deleting=True)
 
 
 def unsubmitted(rec: DeploymentRecord) -> list[int]:
-    """Indexes of slots (live or retired) whose job is not known yet."""
-    return [s.index for s in rec.slots + rec.retired if not s.job]
+    """Indexes of slots (live, canary or retired) whose job is not known yet."""
+    return [s.index for s in rec.slots + rec.canary_slots + rec.retired if not s.job]
 
 
 def record_jobs(rec: DeploymentRecord, jobs: Mapping[int, str]) -> DeploymentRecord:
     """The record with the submitted jobs' names filled into their slots (where still empty)."""
     def fill(slots: Iterable[Slot]) -> tuple[Slot, ...]:
-        return tuple(Slot(s.index, jobs[s.index]) if not s.job and s.index in jobs else s for s in slots)
+        return tuple(dataclasses.replace(s, job=jobs[s.index]) if not s.job and s.index in jobs else s for s in slots)
 
-    return dataclasses.replace(rec, slots=fill(rec.slots), retired=fill(rec.retired))
+    return dataclasses.replace(rec, slots=fill(rec.slots), canary_slots=fill(rec.canary_slots),
+                               retired=fill(rec.retired))
 
 
 def to_cancel(rec: DeploymentRecord, submitted: Mapping[int, str]) -> set[str]:
     """Jobs that must stop: those of retired slots, and any just submitted that no live slot
     holds (its slot was retired and dropped by a concurrent writer meanwhile)."""
-    live = {s.job for s in rec.slots}
+    live = {s.job for s in rec.slots + rec.canary_slots}
     return {s.job for s in rec.retired if s.job} | (set(submitted.values()) - live)
 
 
 def drop_retired(rec: DeploymentRecord, jobs: set[str]) -> DeploymentRecord:
     """The record without the retired slots whose jobs were cancelled."""
     return dataclasses.replace(rec, retired=tuple(s for s in rec.retired if not s.job or s.job not in jobs))
+
+
+def autoscale_to(rec: DeploymentRecord, replicas: int, by: str, reason: str, now: float) -> DeploymentRecord:
+    """``resize`` to ``replicas`` with the change in the record's scale events (none when the
+    count stays)."""
+    if replicas == rec.replicas:
+        return rec
+    event = ScaleEvent(now, rec.replicas, replicas, by, reason[:200])
+    out = resize(rec, replicas)
+    return dataclasses.replace(out, scale_events=(rec.scale_events + (event,))[-SCALE_EVENTS_KEPT:])
+
+
+def start_canary(rec: DeploymentRecord, canary: Canary, reason: str) -> DeploymentRecord:
+    """The record with ``rollout.canary_replicas`` new slots running ``canary.version``."""
+    if rec.deleting or rec.canary is not None:
+        return rec
+    n = rec.rollout.canary_replicas
+    slots = tuple(Slot(rec.next_index + i, version=canary.version) for i in range(n))
+    event = RolloutEvent(canary.start_time, rec.model_version, canary.version, "started", reason[:200])
+    return dataclasses.replace(rec, canary=canary, canary_slots=slots, next_index=rec.next_index + n,
+                               history=with_event(rec.history, event))
+
+
+def mark_canary_ready(rec: DeploymentRecord, now: float) -> DeploymentRecord:
+    if rec.canary is None or rec.canary.ready_time:
+        return rec
+    return dataclasses.replace(rec, canary=dataclasses.replace(rec.canary, ready_time=now))
+
+
+def promote(rec: DeploymentRecord, reason: str, now: float) -> DeploymentRecord:
+    """The canary's version becomes the deployment's: its slots stay, the stable slots retire,
+    and new slots of the new version make up the replica count."""
+    if rec.canary is None:
+        return rec
+    new = rec.canary.version
+    keep = tuple(Slot(s.index, s.job) for s in rec.canary_slots)[:rec.replicas]
+    extra = rec.canary_slots[len(keep):]
+    slots, next_index = list(keep), rec.next_index
+    while len(slots) < rec.replicas:
+        slots.append(Slot(next_index))
+        next_index += 1
+    event = RolloutEvent(now, rec.model_version, new, "promoted", reason[:200])
+    return dataclasses.replace(rec, model_version=new, slots=tuple(slots), next_index=next_index, canary=None,
+                               canary_slots=(), retired=rec.retired + rec.slots + extra,
+                               history=with_event(rec.history, event), rejected_version="")
+
+
+def roll_back(rec: DeploymentRecord, reason: str, now: float, reject: bool = True) -> DeploymentRecord:
+    """The canary's slots retired; its version is not tried again (``reject``) until the alias
+    moves elsewhere."""
+    if rec.canary is None:
+        return rec
+    event = RolloutEvent(now, rec.model_version, rec.canary.version, "rolled_back", reason[:200])
+    return dataclasses.replace(rec, canary=None, canary_slots=(), retired=rec.retired + rec.canary_slots,
+                               rejected_version=rec.canary.version if reject else rec.rejected_version,
+                               history=with_event(rec.history, event))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from pylon_services.gateway.domain.autoscale import ReplicaLoad
 from pylon_services.gateway.domain.deployments import DeploymentRecord
+from pylon_services.gateway.domain.rollouts import VersionCounters
 from pylon_services.gateway.domain.routing import ReplicaView
 
 
@@ -32,3 +35,37 @@ class DeploymentRecords(Protocol):
         """Drop the registrations of stopped replicas (a killed engine cannot remove its own)."""
 
     async def replicas(self, tenant: str, dep: str) -> list[ReplicaView]: ...
+
+    async def replica_loads(self, tenant: str, dep: str) -> list[ReplicaLoad]:
+        """The replicas' last heartbeats as the autoscaler reads them."""
+
+    async def all_deployments(self) -> list[tuple[str, str]]:
+        """(tenant, deployment) of every deployment: what the controller visits."""
+
+
+@dataclass(frozen=True)
+class ServingView:
+    """What the gateways counted of a deployment's requests, summed over them."""
+
+    versions: Mapping[str, VersionCounters] = field(default_factory=dict)
+    held: int = 0  # requests held now for want of a ready replica
+    last_request: float = 0.0
+    cold_start_s: float = 0.0  # the last cold start's wait
+
+
+class ServingCounts(Protocol):
+    """Per-deployment request counts shared by the gateways, and the controller's lease."""
+
+    async def add(self, tenant: str, dep: str, counts: Mapping[str, Mapping[str, float]],
+                  last_request: float) -> None: ...
+
+    async def set_held(self, tenant: str, dep: str, held: int) -> None: ...
+
+    async def set_cold_start(self, tenant: str, dep: str, seconds: float) -> None: ...
+
+    async def read(self, tenant: str, dep: str) -> ServingView: ...
+
+    async def hold_lease(self, holder: str, ttl_s: float) -> bool:
+        """Take or renew the controller lease; False while another gateway holds it."""
+
+    async def release_lease(self, holder: str) -> None: ...

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from pylon_services.common.errors import Aborted, NotFound
 from pylon_services.engines.registration import replicas_key
+from pylon_services.gateway.domain.autoscale import ReplicaLoad
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.routing import ReplicaView
 
@@ -33,6 +34,12 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 CAS_TRIES = 16
+ALL_KEY = "pylon:deployments:all"  # "tenant/deployment" of every deployment: what the controller visits
+
+
+def serving_key(tenant: str, dep: str) -> str:
+    """Redis hash of what the gateways counted of a deployment's requests (``store/serving.py``)."""
+    return f"pylon:gw:serving:{tenant}:{dep}"
 
 
 def _text(raw: bytes | str) -> str:
@@ -57,6 +64,7 @@ class DeploymentStore:
         if not await self.r.set(self._key(tenant, dep), json.dumps(doc), nx=True):
             return False
         await self.r.zadd(f"pylon:deployments:{tenant}", {dep: 0})
+        await self.r.sadd(ALL_KEY, f"{tenant}/{dep}")
         return True
 
     async def replace(self, tenant: str, dep: str, rec: DeploymentRecord, expected_version: int) -> bool:
@@ -89,8 +97,13 @@ class DeploymentStore:
         return DeploymentRecord.from_dict(json.loads(raw))
 
     async def delete(self, tenant: str, dep: str) -> None:
-        await self.r.delete(self._key(tenant, dep), replicas_key(tenant, dep))
+        await self.r.delete(self._key(tenant, dep), replicas_key(tenant, dep), serving_key(tenant, dep))
         await self.r.zrem(f"pylon:deployments:{tenant}", dep)
+        await self.r.srem(ALL_KEY, f"{tenant}/{dep}")
+
+    async def all_deployments(self) -> list[tuple[str, str]]:
+        """(tenant, deployment) of every deployment created since the index existed."""
+        return sorted(tuple(_text(m).split("/", 1)) for m in await self.r.smembers(ALL_KEY))  # type: ignore[misc]
 
     async def list_deployments(self, tenant: str, page_size: int, after: str) -> tuple[list[DeploymentRecord], str]:
         """One page of records by id after ``after``, and the token of the next page ("" at the end)."""
@@ -115,4 +128,14 @@ class DeploymentStore:
         for job_id, value in raw.items():
             v = json.loads(value)
             out.append(ReplicaView(_text(job_id), v["address"], v["ts"], v.get("running", 0)))
+        return out
+
+    async def replica_loads(self, tenant: str, dep: str) -> list[ReplicaLoad]:
+        """The replicas' last heartbeats: requests on them and KV-cache use (the autoscaler's signals)."""
+        raw: dict[Any, Any] = await self.r.hgetall(replicas_key(tenant, dep))
+        out = []
+        for job_id, value in raw.items():
+            v = json.loads(value)
+            out.append(ReplicaLoad(_text(job_id), float(v["ts"]), int(v.get("running", 0)),
+                                   float(v.get("kv_cache_usage", 0.0))))
         return out

@@ -24,6 +24,7 @@ from pylon_services.registry.domain.registry import Registry, VersionSpec, decor
 from pylon_services.registry.domain.uris import parse_model_uri
 from pylon_services.runtime.auth import role_allows
 from pylon_services.runtime.context import principal
+from pylon_services.runtime.internal_auth import carries_internal_key
 from pylon_services.runtime.protoconv import from_struct, page_size, struct, ts
 
 _P = ParamSpec("_P")
@@ -57,9 +58,10 @@ def _mask(paths: list[str], allowed: tuple[str, ...]) -> list[str]:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry, reader: AsyncIndexReads) -> None:
+    def __init__(self, registry: Registry, reader: AsyncIndexReads, internal_key: str = "") -> None:
         self._r = registry
         self._reader = reader
+        self._internal_key = internal_key  # only the gateway, which holds it, records deployments
 
     async def _version(self, tenant: str, model: str, ref: str) -> dict[str, Any]:
         """The hot read path: exact numbers straight from the index on the event loop."""
@@ -290,7 +292,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         p = principal()
         tenant, model, version = parse_name("name", request.name, _VERSION, p)
         parse_name("deployment", request.deployment, ("tenants", "deployments"), p)
-        doc = await self._do(self._r.record_deployment, tenant, model, _number("name", version),
+        number = _number("name", version)
+        if not carries_internal_key(context.invocation_metadata(), self._internal_key):
+            # A recorded deployment blocks the version's deletion: a user's key alone may not.
+            raise PermissionDenied("only the gateway records deployments (it does so when a deployment is created, "
+                                   "rolled out or deleted)")
+        doc = await self._do(self._r.record_deployment, tenant, model, number,
                              request.deployment, request.removed)
         return pb.RecordDeploymentResponse(version=version_pb(doc))
 
