@@ -151,7 +151,7 @@ class PylonServer:
         await self.health.enter_graceful_shutdown()
         if self._register_task:
             self._register_task.cancel()
-        drains = [self.server.stop(grace)] if self.server else []
+        drains: list[Awaitable[None]] = [self.server.stop(grace)] if self.server else []
         if self.parts.on_drain:
             drains.append(self.parts.on_drain())
         await asyncio.gather(*drains)
