@@ -6,10 +6,12 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from pylon.gateway.v1 import gateway_pb2_grpc
+from pylon_services.gateway.api.admission import Admission
 from pylon_services.gateway.api.inference import Inference
 from pylon_services.gateway.api.openai_http import OpenAIHttpServer
 from pylon_services.gateway.api.servicer import GatewayServicer
 from pylon_services.gateway.store.deployments import DeploymentStore
+from pylon_services.gateway.store.quotas import QuotaStore
 from pylon_services.runtime.auth import ApiKeyStore
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.server import ServiceParts
@@ -20,11 +22,15 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     clients = PlatformClients(settings, redis)
     store = DeploymentStore(redis)
     serve = Inference(store, clients)
-    servicer = GatewayServicer(store, clients, serve)
+    # Quotas in the platform's Redis (shared by every gateway); the fair queue in this process.
+    admission = Admission(QuotaStore(redis), settings)
+    servicer = GatewayServicer(store, clients, serve, admission)
     # One key store for both transports: one cache, so a revoked key stops working on both at once.
     keys = ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)
-    http = OpenAIHttpServer(serve, keys, settings)
+    http = OpenAIHttpServer(serve, keys, settings, admission)
 
     return ServiceParts("gateway", [(gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer,
                                      "pylon.gateway.v1.GatewayService")],
-                        on_start=http.start, on_drain=http.stop, on_stop=clients.close, extra={"http": http}, keys=keys)
+                        on_start=http.start, on_drain=http.stop, on_stop=clients.close,
+                        extra={"http": http, "admission": admission},
+                        keys=keys)
