@@ -102,7 +102,7 @@ def test_bounds_per_deployment_and_per_tenant():
     q: FairQueue[str] = FairQueue(3, 2)
     q.push("a", 1, "a0", 1)
     q.push("a", 1, "a1", 1)
-    with pytest.raises(QueueFull, match="tenant a has 2"):
+    with pytest.raises(QueueFull, match="a has 2 requests waiting"):
         q.push("a", 1, "a2", 1)
     q.push("b", 1, "b0", 1)
     with pytest.raises(QueueFull, match="deployment's queue is full"):
@@ -137,3 +137,12 @@ def test_reservations_and_limits():
     bad = limit_violations({"tokens_per_min": -1, "max_concurrent": True, "priority": "x", "weight": 0})
     assert [v.field for v in bad] == ["limits.tokens_per_min", "limits.max_concurrent", "limits.priority",
                                       "limits.weight"]
+
+
+def test_clients_at_their_share_of_the_slots_are_skipped():
+    q: FairQueue[str] = FairQueue(10, 10)
+    q.push("heavy", 1, "h0", cost=1)
+    q.push("light", 1, "l0", cost=5)
+    assert q.pop(skip={"light"}) == "h0"
+    assert q.pop(skip={"light"}) is None and len(q) == 1
+    assert q.pop() == "l0"

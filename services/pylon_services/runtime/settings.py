@@ -93,11 +93,14 @@ class Settings(BaseSettings):
     gateway_priority: str = "normal"
     gateway_weight: float = 1.0
     # Requests one gateway sends each replica of a deployment at once; the rest wait in this
-    # gateway's fair queue (virtual token counter), at most gateway_max_queued per deployment,
-    # gateway_max_queued_per_tenant of them one tenant's, for gateway_max_queue_wait_s.
+    # gateway's fair queue (virtual token counter, one client per API key), at most
+    # gateway_max_queued per deployment, gateway_max_queued_per_client of them one key's, for
+    # gateway_max_queue_wait_s. One key holds at most gateway_max_inflight_share of the slots,
+    # so a caller that arrives during another's flood finds one free.
     gateway_max_inflight_per_replica: int = 16
+    gateway_max_inflight_share: float = 0.75
     gateway_max_queued: int = 256
-    gateway_max_queued_per_tenant: int = 64
+    gateway_max_queued_per_client: int = 64
     gateway_max_queue_wait_s: float = 30.0
     # False serves the queue first come, first served (the fairness benchmark's baseline).
     gateway_fair_queuing: bool = True

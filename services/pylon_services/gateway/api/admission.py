@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -59,13 +60,24 @@ def defaults(settings: Settings) -> Limits:
                   s.gateway_key_tokens_per_min, s.gateway_max_concurrent, s.gateway_priority, s.gateway_weight)
 
 
+_Waiter = tuple[str, asyncio.Future[None]]  # (client, resolved when dispatched)
+
+
 @dataclass
 class _Lane:
     """One deployment's dispatch slots in this gateway and the fair queue waiting for them."""
 
-    queue: FairQueue[asyncio.Future[None]]
+    queue: FairQueue[_Waiter]
     limit: int
+    share: float
     inflight: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)  # slots held, by caller
+
+    def full(self) -> set[str]:
+        """Callers at their share of the slots: they wait even while slots are free, so a caller
+        that arrives finds one at once instead of behind another's whole flood."""
+        cap = max(1, math.ceil(self.share * self.limit))
+        return {c for c, n in self.by_client.items() if n >= cap}
 
 
 class Admission:
@@ -113,7 +125,9 @@ class Admission:
         try:
             w_in, w_out = self._s.gateway_vtc_input_weight, self._s.gateway_vtc_output_weight
             estimate = w_in * prompt / limits.weight
-            async with self._slot(rec, p.tenant, priority, estimate) as charge:
+            # The fair queue's client is the API key: every key is one tenant's, and a tenant's
+            # applications (one key each) are served fairly among themselves too.
+            async with self._slot(rec, f"{p.tenant}/{p.key_id}", priority, estimate) as charge:
                 charged = estimate
                 async for piece in relay():
                     u = piece.response.usage
@@ -156,36 +170,38 @@ class Admission:
             log.warning("settlement failed: the reservation stays taken", extra={"tenant": tenant, "error": str(e)})
 
     @contextlib.asynccontextmanager
-    async def _slot(self, rec: DeploymentRecord, tenant: str, priority: int,
+    async def _slot(self, rec: DeploymentRecord, client: str, priority: int,
                     cost: float) -> AsyncIterator[Callable[[float], None]]:
         """Hold one of the deployment's dispatch slots, waiting in its fair queue for it; yields
-        what charges the tenant's counter as tokens are served."""
+        what charges the client's counter as tokens are served."""
+        s = self._s
+        limit = max(1, rec.replicas) * s.gateway_max_inflight_per_replica
         lane = self._lanes.get(rec.name)
-        limit = max(1, rec.replicas) * self._s.gateway_max_inflight_per_replica
         if lane is None:
-            lane = self._lanes[rec.name] = _Lane(FairQueue(self._s.gateway_max_queued, self._s.gateway_max_queued_per_tenant,
-                                                           self._s.gateway_fair_queuing), limit)
+            queue: FairQueue[_Waiter] = FairQueue(s.gateway_max_queued, s.gateway_max_queued_per_client,
+                                                  s.gateway_fair_queuing)
+            lane = self._lanes[rec.name] = _Lane(queue, limit, s.gateway_max_inflight_share)
         lane.limit = limit  # follows the deployment's scale
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            entry = lane.queue.push(tenant, priority, ready, cost)
+            entry = lane.queue.push(client, priority, (client, ready), cost)
         except QueueFull as e:
             raise ResourceExhausted(f"{e.message}; retry later", retry_after_s=QUEUE_RETRY_S) from None
         _dispatch(lane)
         try:
-            await asyncio.wait_for(asyncio.shield(ready), self._s.gateway_max_queue_wait_s)
+            await asyncio.wait_for(asyncio.shield(ready), s.gateway_max_queue_wait_s)
         except (TimeoutError, asyncio.CancelledError) as e:
             if not lane.queue.remove(entry):  # dispatched meanwhile: give the slot on
-                _release(lane)
+                _release(lane, client)
             if isinstance(e, TimeoutError):
                 raise ResourceExhausted(f"{rec.name} is busy: no dispatch slot within "
-                                        f"{self._s.gateway_max_queue_wait_s:g}s; retry later",
+                                        f"{s.gateway_max_queue_wait_s:g}s; retry later",
                                         retry_after_s=QUEUE_RETRY_S) from None
             raise
         try:
-            yield lambda amount: lane.queue.charge(tenant, amount)
+            yield lambda amount: lane.queue.charge(client, amount)
         finally:
-            _release(lane)
+            _release(lane, client)
 
     async def get_limits(self, tenant: str) -> pb.GetServingLimitsResponse:
         limits, overridden = await self.limits(tenant)
@@ -211,18 +227,22 @@ class Admission:
 
 
 def _dispatch(lane: _Lane) -> None:
-    """Give free slots to the queue's next requests (callers that went away are skipped)."""
+    """Give free slots to the queue's next requests."""
     while lane.inflight < lane.limit:
-        ready = lane.queue.pop()
-        if ready is None:
+        waiter = lane.queue.pop(lane.full())
+        if waiter is None:
             return
-        if not ready.done():
-            lane.inflight += 1
-            ready.set_result(None)
+        client, ready = waiter
+        lane.inflight += 1
+        lane.by_client[client] = lane.by_client.get(client, 0) + 1
+        ready.set_result(None)
 
 
-def _release(lane: _Lane) -> None:
+def _release(lane: _Lane, client: str) -> None:
     lane.inflight -= 1
+    held = lane.by_client.pop(client, 0) - 1
+    if held > 0:
+        lane.by_client[client] = held
     _dispatch(lane)
 
 

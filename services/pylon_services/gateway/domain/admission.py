@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, TypeVar
 
@@ -88,7 +88,7 @@ def text_prompt_tokens(prompt: str) -> int:
 
 
 class QueueFull(Exception):
-    """The deployment's queue, or the tenant's share of it, is at its bound."""
+    """The deployment's queue, or the client's share of it, is at its bound."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -97,7 +97,7 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)  # compared by identity: two requests are never the same entry
 class _Entry(Generic[T]):
-    tenant: str
+    client: str
     priority: int
     seq: int
     item: T
@@ -106,16 +106,18 @@ class _Entry(Generic[T]):
 
 @dataclass
 class FairQueue(Generic[T]):
-    """Requests waiting for a deployment, ordered by priority and then, among tenants with a
+    """Requests waiting for a deployment, ordered by priority and then, among clients with a
     backlog, by the smallest virtual token counter (fair=True) or by arrival (fair=False, FIFO).
+    A client is whoever the caller is counted as (the gateway uses the API key, so tenants and
+    the applications of one tenant are served fairly alike).
 
-    A tenant's counter grows by its served tokens over its weight; a tenant that joins the
+    A client's counter grows by its served tokens over its weight; a client that joins the
     backlog has its counter lifted to the smallest counter of those already backlogged (or,
-    none being, to that of the last tenant served), so idle time is not banked as credit.
+    none being, to that of the last client served), so idle time is not banked as credit.
     """
 
     max_queued: int
-    max_per_tenant: int
+    max_per_client: int
     fair: bool = True
     counters: dict[str, float] = field(default_factory=dict)
     _waiting: dict[str, deque[_Entry[T]]] = field(default_factory=dict)
@@ -126,56 +128,57 @@ class FairQueue(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
-    def queued(self, tenant: str) -> int:
-        return len(self._waiting.get(tenant, ()))
+    def queued(self, client: str) -> int:
+        return len(self._waiting.get(client, ()))
 
-    def push(self, tenant: str, priority: int, item: T, cost: float) -> _Entry[T]:
+    def push(self, client: str, priority: int, item: T, cost: float) -> _Entry[T]:
         """Queue ``item``; raises QueueFull at either bound."""
         if self._size >= self.max_queued:
             raise QueueFull(f"the deployment's queue is full ({self._size} requests waiting)")
-        backlog = self._waiting.get(tenant)
-        if backlog is not None and len(backlog) >= self.max_per_tenant:
-            raise QueueFull(f"tenant {tenant} has {len(backlog)} requests waiting, the most it may")
+        backlog = self._waiting.get(client)
+        if backlog is not None and len(backlog) >= self.max_per_client:
+            raise QueueFull(f"{client} has {len(backlog)} requests waiting, the most one caller may")
         if not backlog:
             floor = min((self.counters[t] for t, q in self._waiting.items() if q), default=self._last_served)
-            self.counters[tenant] = max(self.counters.get(tenant, 0.0), floor)
-        entry = _Entry(tenant, priority, next(self._seq), item, cost)
-        self._waiting.setdefault(tenant, deque()).append(entry)
+            self.counters[client] = max(self.counters.get(client, 0.0), floor)
+        entry = _Entry(client, priority, next(self._seq), item, cost)
+        self._waiting.setdefault(client, deque()).append(entry)
         self._size += 1
         return entry
 
-    def pop(self) -> T | None:
-        """The next request to dispatch (its tenant charged its cost), or None when none waits."""
-        # A tenant's head: its highest priority, then its earliest.
-        heads = [min(q, key=lambda e: (-e.priority, e.seq)) for q in self._waiting.values() if q]
+    def pop(self, skip: Collection[str] = ()) -> T | None:
+        """The next request to dispatch (its client charged its cost), or None when none waits;
+        clients in ``skip`` (at their share of the slots) wait."""
+        # A client's head: its highest priority, then its earliest.
+        heads = [min(q, key=lambda e: (-e.priority, e.seq)) for t, q in self._waiting.items() if q and t not in skip]
         if not heads:
             return None
         top = max(e.priority for e in heads)
         heads = [e for e in heads if e.priority == top]
         if self.fair:
-            entry = min(heads, key=lambda e: (self.counters.get(e.tenant, 0.0), e.seq))
+            entry = min(heads, key=lambda e: (self.counters.get(e.client, 0.0), e.seq))
         else:
             entry = min(heads, key=lambda e: e.seq)
         self._take(entry)
-        self.charge(entry.tenant, entry.cost)
-        self._last_served = self.counters[entry.tenant]
+        self.charge(entry.client, entry.cost)
+        self._last_served = self.counters[entry.client]
         return entry.item
 
     def remove(self, entry: _Entry[T]) -> bool:
         """Take a request out unserved (its caller went away); False if it was already dispatched."""
-        q = self._waiting.get(entry.tenant)
+        q = self._waiting.get(entry.client)
         if not q or entry not in q:
             return False
         self._take(entry)
         return True
 
-    def charge(self, tenant: str, amount: float) -> None:
-        """Advance (or, for an estimate corrected down, move back) the tenant's counter."""
-        self.counters[tenant] = self.counters.get(tenant, 0.0) + amount
+    def charge(self, client: str, amount: float) -> None:
+        """Advance (or, for an estimate corrected down, move back) the client's counter."""
+        self.counters[client] = self.counters.get(client, 0.0) + amount
 
     def _take(self, entry: _Entry[T]) -> None:
-        q = self._waiting[entry.tenant]
+        q = self._waiting[entry.client]
         q.remove(entry)
         self._size -= 1
         if not q:
-            del self._waiting[entry.tenant]
+            del self._waiting[entry.client]
