@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -81,7 +82,12 @@ def main() -> None:
     ap.add_argument("--heavy-tokens", type=int, default=64)
     ap.add_argument("--samples", type=int, default=9)
     args = ap.parse_args()
+    # One-machine Ray on loopback with token authentication, as the tests run it (tests/conftest.py);
+    # Ray reads these once, at import, and the leader and ingest processes inherit them.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import torch
 
     torch.set_num_threads(1)
