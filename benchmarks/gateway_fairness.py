@@ -122,11 +122,15 @@ def main() -> None:
                 results[name] = side(light, heavy, "fair", args)
             platform.lt.run(server.stop(grace=1.0))
             print(name, json.dumps({k: round(v, 2) for k, v in results[name].items()}), flush=True)
+        print(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "results": results}, indent=2),
+              flush=True)
     finally:
+        import ray
+
         platform.stop()
+        ray.shutdown()  # the driver's connection first: Ray refuses to remove the head under it
         cluster.shutdown()
         redis.stop()
-    print(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":
