@@ -612,3 +612,26 @@ class Identity:
     @classmethod
     def from_proto(cls, r: admin_pb2.WhoAmIResponse) -> Identity:
         return cls(r.tenant, _role(r.role), r.api_key)
+
+
+@dataclass
+class ServingLimits:
+    """A tenant's serving limits in effect (0: unlimited), and which are its own overrides
+    (the others are the gateway's defaults)."""
+
+    tenant: str
+    requests_per_min: int
+    tokens_per_min: int
+    key_requests_per_min: int
+    key_tokens_per_min: int
+    max_concurrent: int
+    priority: str
+    weight: float
+    overridden: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_proto(cls, tenant: str, r: gateway_pb2.GetServingLimitsResponse | gateway_pb2.SetServingLimitsResponse
+                   ) -> ServingLimits:
+        m = r.limits
+        return cls(tenant, m.requests_per_min, m.tokens_per_min, m.key_requests_per_min, m.key_tokens_per_min,
+                   m.max_concurrent, m.priority, m.weight, list(r.overridden))

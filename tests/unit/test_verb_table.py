@@ -95,6 +95,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "AdminService.DeleteApiKey": ("admin.delete_key", "admin delete-key"),
     "AdminService.WhoAmI": ("admin.whoami", "admin whoami"),
     "RegistryService.RebuildIndex": ("admin.reindex", "admin reindex"),
+    # serving limits (the gateway's quotas), admin-managed
+    "GatewayService.SetServingLimits": ("admin.set_serving_limits", "admin set-serving-limits"),
+    "GatewayService.GetServingLimits": ("admin.get_serving_limits", "admin get-serving-limits"),
 }
 
 # RPCs no user calls by name: steps inside an SDK verb, or calls between services.

@@ -1,5 +1,6 @@
 """Platform commands: up, down, status, demo, generate, and admin (API keys: create-key,
-list-keys, delete-key; whoami; reindex)."""
+list-keys, delete-key; whoami; reindex; tenants' serving limits: set-serving-limits,
+get-serving-limits)."""
 
 from __future__ import annotations
 
@@ -182,6 +183,37 @@ def reindex(as_json: bool = JSON) -> None:
 def whoami(as_json: bool = JSON) -> None:
     """Tenant and role of the key in use."""
     emit(client().admin.whoami(), as_json)
+
+
+_LIMIT_COLUMNS = ["tenant", "requests_per_min", "tokens_per_min", "key_requests_per_min", "key_tokens_per_min",
+                  "max_concurrent", "priority", "weight", "overridden"]
+
+
+@admin_app.command("set-serving-limits")
+def set_serving_limits(
+        tenant: str,
+        requests_per_min: Optional[int] = typer.Option(None, help="The tenant's requests a minute (0: unlimited)."),
+        tokens_per_min: Optional[int] = typer.Option(None, help="Its prompt plus completion tokens a minute."),
+        key_requests_per_min: Optional[int] = typer.Option(None, help="Each of its API keys' requests a minute."),
+        key_tokens_per_min: Optional[int] = typer.Option(None, help="Each of its API keys' tokens a minute."),
+        max_concurrent: Optional[int] = typer.Option(None, help="Its requests queued or running at once."),
+        priority: Optional[str] = typer.Option(None, help="low, normal or high: the default and the most it may ask."),
+        weight: Optional[float] = typer.Option(None, help="Its share of a deployment's fair queue."),
+        as_json: bool = JSON) -> None:
+    """Replace a tenant's serving limits (admin key): the options given override the gateway's
+    defaults, the others follow them; none given returns the tenant to the defaults."""
+    given = {k: v for k, v in (("requests_per_min", requests_per_min), ("tokens_per_min", tokens_per_min),
+                               ("key_requests_per_min", key_requests_per_min),
+                               ("key_tokens_per_min", key_tokens_per_min), ("max_concurrent", max_concurrent),
+                               ("priority", priority), ("weight", weight)) if v is not None}
+    emit(client().admin.set_serving_limits(tenant, **given), as_json, _LIMIT_COLUMNS)
+
+
+@admin_app.command("get-serving-limits")
+def get_serving_limits(tenant: str = typer.Argument("", help="Default: the key's own tenant."),
+                       as_json: bool = JSON) -> None:
+    """A tenant's serving limits in effect, and which are its own overrides."""
+    emit(client().admin.get_serving_limits(tenant), as_json, _LIMIT_COLUMNS)
 
 
 @app.command()

@@ -1,14 +1,17 @@
-"""Admin: API keys (create, list, delete), identity, and the registry's index rebuild."""
+"""Admin: API keys (create, list, delete), identity, the registry's index rebuild, and tenants'
+serving limits (the gateway's quotas)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pylon.admin.v1 import admin_pb2
+from pylon.gateway.v1 import gateway_pb2
 from pylon.paging import Paged
 from pylon.registry.v1 import registry_pb2
 from pylon.resources._base import _Resource
-from pylon.types import ApiKey, Identity, IndexCounts
+from pylon.types import ApiKey, Identity, IndexCounts, ServingLimits
 
 
 def _key_name(name: str) -> str:
@@ -47,3 +50,18 @@ class Admin(_Resource):
         """Rebuild the registry's index from object storage (admin role)."""
         resp = self._c.call(self._c.registry.RebuildIndex, registry_pb2.RebuildIndexRequest(), timeout=3600)
         return IndexCounts.from_proto(resp)
+
+    def set_serving_limits(self, tenant: str, **limits: Any) -> ServingLimits:
+        """Replace ``tenant``'s serving limits (admin key): ``requests_per_min``,
+        ``tokens_per_min``, ``key_requests_per_min``, ``key_tokens_per_min``, ``max_concurrent``
+        (0: unlimited), ``priority`` ("low", "normal", "high") and ``weight``. Those given
+        override the gateway's defaults; none given returns the tenant to the defaults."""
+        req = gateway_pb2.SetServingLimitsRequest(parent=f"tenants/{tenant}",
+                                                  limits=gateway_pb2.ServingLimits(**limits))
+        return ServingLimits.from_proto(tenant, self._c.call(self._c.gateway.SetServingLimits, req))
+
+    def get_serving_limits(self, tenant: str = "") -> ServingLimits:
+        """A tenant's serving limits in effect (default: the key's own tenant)."""
+        req = gateway_pb2.GetServingLimitsRequest(parent=f"tenants/{tenant}" if tenant else "")
+        resp = self._c.call(self._c.gateway.GetServingLimits, req)
+        return ServingLimits.from_proto(tenant or self.whoami().tenant, resp)

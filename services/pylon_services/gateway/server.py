@@ -9,6 +9,7 @@ import uuid
 import redis.asyncio as aioredis
 
 from pylon.gateway.v1 import gateway_pb2_grpc
+from pylon_services.gateway.api.admission import Admission
 from pylon_services.gateway.api.controller import Controller
 from pylon_services.gateway.api.inference import Inference
 from pylon_services.gateway.api.openai_http import OpenAIHttpServer
@@ -16,6 +17,7 @@ from pylon_services.gateway.api.replicas import ReplicaJobs
 from pylon_services.gateway.api.servicer import GatewayServicer
 from pylon_services.gateway.api.serving import AutoscaleHooks
 from pylon_services.gateway.store.deployments import DeploymentStore
+from pylon_services.gateway.store.quotas import QuotaStore
 from pylon_services.gateway.store.serving import ServingCounters
 from pylon_services.runtime.auth import ApiKeyStore
 from pylon_services.runtime.peers import PlatformClients
@@ -30,12 +32,14 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     counters = ServingCounters(redis, uuid.uuid4().hex[:12])
     hooks = AutoscaleHooks(store, counters, jobs, settings.admin_key, settings.gateway_cold_start_wait_s)
     serve = Inference(store, clients, hooks)
-    servicer = GatewayServicer(store, clients, serve, jobs, counters)
+    # Quotas in the platform's Redis (shared by every gateway); the fair queue in this process.
+    admission = Admission(QuotaStore(redis), settings)
+    servicer = GatewayServicer(store, clients, serve, jobs, counters, admission)
     controller = Controller(store, counters, jobs, clients, hooks, settings.admin_key,
                             settings.gateway_controller_interval_s)
     # One key store for both transports: one cache, so a revoked key stops working on both at once.
     keys = ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)
-    http = OpenAIHttpServer(serve, keys, settings)
+    http = OpenAIHttpServer(serve, keys, settings, admission)
 
     async def start() -> None:
         await http.start()
@@ -48,4 +52,4 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     return ServiceParts("gateway", [(gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer,
                                      "pylon.gateway.v1.GatewayService")],
                         on_start=start, on_drain=http.stop, on_stop=stop,
-                        extra={"http": http, "controller": controller}, keys=keys)
+                        extra={"http": http, "controller": controller, "admission": admission}, keys=keys)

@@ -88,6 +88,38 @@ class Settings(BaseSettings):
     # the development machine; to a distant cloud store one stream is slower, so lower it there.
     registry_verified_put_max_bytes: int = 1 << 30
 
+    # Gateway admission (gateway/api/admission.py). Per-minute token buckets in Redis, shared
+    # by every gateway replica; 0 is unlimited. These are the defaults of every tenant; an admin
+    # overrides them per tenant with SetServingLimits. key_* apply to each API key of a tenant;
+    # max_concurrent counts a tenant's requests queued or running, across gateways.
+    gateway_requests_per_min: int = 0
+    gateway_tokens_per_min: int = 0
+    gateway_key_requests_per_min: int = 0
+    gateway_key_tokens_per_min: int = 0
+    gateway_max_concurrent: int = 0
+    # Priority a tenant's requests get by default and may ask for at most (low, normal, high),
+    # and its share of the fair queue.
+    gateway_priority: str = "normal"
+    gateway_weight: float = 1.0
+    # Requests one gateway sends each replica of a deployment at once; the rest wait in this
+    # gateway's fair queue (virtual token counter, one client per API key), at most
+    # gateway_max_queued per deployment, gateway_max_queued_per_client of them one key's, for
+    # gateway_max_queue_wait_s. One key holds at most gateway_max_inflight_share of the slots,
+    # so a caller that arrives during another's flood finds one free.
+    gateway_max_inflight_per_replica: int = 16
+    gateway_max_inflight_share: float = 0.75
+    gateway_max_queued: int = 256
+    gateway_max_queued_per_client: int = 64
+    gateway_max_queue_wait_s: float = 30.0
+    # False serves the queue first come, first served (the fairness benchmark's baseline).
+    gateway_fair_queuing: bool = True
+    # What a served token adds to its tenant's virtual counter: output tokens cost more, as in
+    # the VTC paper (w_p=1, w_q=2).
+    gateway_vtc_input_weight: float = 1.0
+    gateway_vtc_output_weight: float = 2.0
+    # How long a gateway uses a tenant's limits read from Redis before reading them again.
+    gateway_limits_cache_s: float = 2.0
+
     @model_validator(mode="after")
     def _derive_internal_key(self) -> Settings:
         if not self.internal_key and self.admin_key:

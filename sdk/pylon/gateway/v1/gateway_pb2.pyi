@@ -384,3 +384,51 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ServedModel]
     def __init__(self, models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ...) -> None: ...
+
+class ServingLimits(_message.Message):
+    __slots__ = ("requests_per_min", "tokens_per_min", "key_requests_per_min", "key_tokens_per_min", "max_concurrent", "priority", "weight")
+    REQUESTS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_REQUESTS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_TOKENS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    requests_per_min: int
+    tokens_per_min: int
+    key_requests_per_min: int
+    key_tokens_per_min: int
+    max_concurrent: int
+    priority: str
+    weight: float
+    def __init__(self, requests_per_min: _Optional[int] = ..., tokens_per_min: _Optional[int] = ..., key_requests_per_min: _Optional[int] = ..., key_tokens_per_min: _Optional[int] = ..., max_concurrent: _Optional[int] = ..., priority: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class SetServingLimitsRequest(_message.Message):
+    __slots__ = ("parent", "limits")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    limits: ServingLimits
+    def __init__(self, parent: _Optional[str] = ..., limits: _Optional[_Union[ServingLimits, _Mapping]] = ...) -> None: ...
+
+class SetServingLimitsResponse(_message.Message):
+    __slots__ = ("limits", "overridden")
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDDEN_FIELD_NUMBER: _ClassVar[int]
+    limits: ServingLimits
+    overridden: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, limits: _Optional[_Union[ServingLimits, _Mapping]] = ..., overridden: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetServingLimitsRequest(_message.Message):
+    __slots__ = ("parent",)
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    def __init__(self, parent: _Optional[str] = ...) -> None: ...
+
+class GetServingLimitsResponse(_message.Message):
+    __slots__ = ("limits", "overridden")
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDDEN_FIELD_NUMBER: _ClassVar[int]
+    limits: ServingLimits
+    overridden: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, limits: _Optional[_Union[ServingLimits, _Mapping]] = ..., overridden: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -81,6 +81,16 @@ class GatewayServiceStub:
                 request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.SetServingLimits = channel.unary_unary(
+                '/pylon.gateway.v1.GatewayService/SetServingLimits',
+                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.SetServingLimitsRequest.SerializeToString,
+                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.SetServingLimitsResponse.FromString,
+                _registered_method=True)
+        self.GetServingLimits = channel.unary_unary(
+                '/pylon.gateway.v1.GatewayService/GetServingLimits',
+                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GetServingLimitsRequest.SerializeToString,
+                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GetServingLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -193,6 +203,27 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetServingLimits(self, request, context):
+        """SetServingLimits replaces a tenant's serving limits (admin key): the fields given override
+        the gateway's defaults (PYLON_GATEWAY_*), the others fall back to them; none given removes
+        the tenant's overrides. Every gateway replica applies them within PYLON_GATEWAY_LIMITS_CACHE_S.
+        Errors: PERMISSION_DENIED (not an admin key), INVALID_ARGUMENT (bad parent; a limit below
+        0 or above 2^40, an unknown priority, a weight outside 0.01..100, each named
+        "limits.<field>"), UNAVAILABLE (Redis unreachable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServingLimits(self, request, context):
+        """GetServingLimits returns a tenant's limits in effect and which of them are its own
+        overrides. A key reads its own tenant's; an admin key any tenant's.
+        Errors: INVALID_ARGUMENT (bad parent), PERMISSION_DENIED (another tenant, not admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +271,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.FromString,
                     response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SetServingLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServingLimits,
+                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.SetServingLimitsRequest.FromString,
+                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.SetServingLimitsResponse.SerializeToString,
+            ),
+            'GetServingLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServingLimits,
+                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GetServingLimitsRequest.FromString,
+                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.GetServingLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +528,60 @@ class GatewayService:
             '/pylon.gateway.v1.GatewayService/ListModels',
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServingLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.gateway.v1.GatewayService/SetServingLimits',
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.SetServingLimitsRequest.SerializeToString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.SetServingLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServingLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.gateway.v1.GatewayService/GetServingLimits',
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.GetServingLimitsRequest.SerializeToString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.GetServingLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from pylon.engine.v1 import engine_pb2
 from pylon_services.common.errors import InvalidArgument, PylonError, ResourceExhausted
 from pylon_services.gateway.api import inputs, openai_map
+from pylon_services.gateway.api.admission import PRIORITY_HEADER, Admission
 from pylon_services.gateway.api.inference import Inference, Piece, checked_sampling
 from pylon_services.runtime.auth import ApiKeyStore, authorize
 from pylon_services.runtime.context import principal, set_call
@@ -115,8 +116,10 @@ class OpenAIHttpServer:
     """The HTTP server; ``start`` binds ``PYLON_HOST:PYLON_GATEWAY_HTTP_PORT`` (0: a free port,
     -1: off) and ``port`` says where it listens."""
 
-    def __init__(self, serve: Inference, keys: ApiKeyStore, settings: Settings) -> None:
+    def __init__(self, serve: Inference, keys: ApiKeyStore, settings: Settings,
+                 admission: Admission | None = None) -> None:
         self._serve = serve
+        self._admission = admission
         self._keys = keys
         self._settings = settings
         self.port = 0
@@ -212,7 +215,9 @@ class OpenAIHttpServer:
             engine_request.prompt_token_ids.extend(await self._serve.chat_prompt(rec, req.messages, timeout))
         else:
             engine_request.prompt_token_ids.extend(req.prompt_token_ids)
-        pieces = self._serve.relay(rec, engine_request, timeout)
+        pieces = self._serve.relay(rec, engine_request, timeout) if self._admission is None else \
+            self._admission.serve(rec, engine_request, request.headers.get(PRIORITY_HEADER, ""),
+                                  lambda: self._serve.relay(rec, engine_request, timeout))
         try:
             if req.stream:
                 return await self._sse(request, pieces, req, chat)

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
 
 import grpc
@@ -20,8 +20,9 @@ from pylon.engine.v1 import engine_pb2
 from pylon.gateway.v1 import gateway_pb2 as pb
 from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon.registry.v1 import registry_pb2
-from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
+from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Unimplemented
 from pylon_services.gateway.api import inputs, policies
+from pylon_services.gateway.api.admission import Admission, grpc_priority
 from pylon_services.gateway.api.inference import Inference, Piece, calling, checked_sampling
 from pylon_services.gateway.api.replicas import Acting, ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
@@ -49,8 +50,9 @@ LIST_MAX_BYTES = 4 << 20
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
                  serve: Inference | None = None, jobs: ReplicaJobs | None = None,
-                 counters: ServingCounts | None = None) -> None:
+                 counters: ServingCounts | None = None, admission: Admission | None = None) -> None:
         self._d = deployments
+        self._admission = admission
         self._c = clients
         self._jobs = jobs or ReplicaJobs(deployments, clients)
         self._serve = serve or Inference(deployments, clients)
@@ -238,7 +240,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_id = inputs.request_id(request.request_id)
         rec = await self._serve.resolve(request.deployment, request.model, remaining_timeout(context))
         engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt=request.prompt, sampling=sampling)
-        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
+        async for piece in self._admitted(rec, engine_request, context):
             yield piece
 
     async def Chat(self, request: pb.ChatRequest,
@@ -249,8 +251,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         messages = [ChatMessage(m.role, m.content) for m in request.messages]
         ids = await self._serve.chat_prompt(rec, messages, remaining_timeout(context))
         engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt_token_ids=ids, sampling=sampling)
-        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
+        async for piece in self._admitted(rec, engine_request, context):
             yield _response(piece, pb.ChatResponse)
+
+    def _admitted(self, rec: DeploymentRecord, engine_request: engine_pb2.GenerateRequest,
+                  context: grpc.aio.ServicerContext) -> AsyncGenerator[Piece, None]:
+        """The relay of ``engine_request`` behind admission (quotas, the fair queue); its
+        deadline is what is left of the call's once it is dispatched."""
+        def relay() -> AsyncGenerator[Piece, None]:
+            return self._serve.relay(rec, engine_request, remaining_timeout(context, 300))
+
+        if self._admission is None:
+            return relay()
+        return self._admission.serve(rec, engine_request, grpc_priority(context), relay)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
@@ -258,6 +271,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return pb.ListModelsResponse(models=[
             pb.ServedModel(deployment=rec.name, model_uri=rec.model_uri, model_version=rec.model_version, ready=ready,
                            create_time=ts(rec.create_time)) for rec, ready in await self._serve.list_models(tenant)])
+
+    async def SetServingLimits(self, request: pb.SetServingLimitsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.SetServingLimitsResponse:
+        tenant = inputs.parent(request.parent, principal())
+        return await self._limits().set_limits(request, tenant)
+
+    async def GetServingLimits(self, request: pb.GetServingLimitsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetServingLimitsResponse:
+        return await self._limits().get_limits(inputs.parent(request.parent, principal()))
+
+    def _limits(self) -> Admission:
+        if self._admission is None:
+            raise Unimplemented("this gateway runs without admission")
+        return self._admission
 
 
 def _response(piece: Piece, cls: type[_Piece]) -> _Piece:

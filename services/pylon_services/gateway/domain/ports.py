@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from pylon_services.gateway.domain.admission import Bucket, Verdict
 from pylon_services.gateway.domain.autoscale import ReplicaLoad
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.rollouts import VersionCounters
@@ -69,3 +70,20 @@ class ServingCounts(Protocol):
         """Take or renew the controller lease; False while another gateway holds it."""
 
     async def release_lease(self, holder: str) -> None: ...
+
+
+class Quotas(Protocol):
+    """Serving quotas shared by every gateway (the Redis adapter is ``store/quotas.py``)."""
+
+    async def acquire(self, tenant: str, buckets: list[Bucket], max_concurrent: int, lease: str,
+                      lease_ttl_s: float) -> Verdict:
+        """Take every bucket's cost and a concurrency lease (when ``max_concurrent``), or nothing."""
+
+    async def settle(self, tenant: str, refunds: list[tuple[Bucket, int]], lease: str) -> None:
+        """Give back each bucket's unused reservation (negative: take the excess) and end the lease."""
+
+    async def limits(self, tenant: str) -> dict[str, Any]:
+        """The fields an admin set for ``tenant`` (none: the defaults apply)."""
+
+    async def set_limits(self, tenant: str, overrides: dict[str, Any]) -> None:
+        """Replace ``tenant``'s overrides; empty removes them."""

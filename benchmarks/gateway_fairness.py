@@ -1,0 +1,137 @@
+"""Fairness of the gateway's admission: a light caller's time to first token on a deployment,
+alone and while a heavy caller floods the same deployment, through three gateway replicas of one
+platform run, one after another on the same engine replica:
+
+* ``fifo``: first come, first served (``PYLON_GATEWAY_FAIR_QUEUING=false``) and one key may hold
+  every dispatch slot (``PYLON_GATEWAY_MAX_INFLIGHT_SHARE=1``): the baseline, no fairness;
+* ``vtc``: the virtual token counter orders the queue, one key may still hold every slot;
+* ``vtc+share``: the default, VTC and one key holding at most 75% of the slots.
+
+Each gateway sends the replica at most ``--slots`` requests at once. The heavy caller keeps
+``--flood`` streams of ``--heavy-tokens`` tokens going; the light caller sends ``--samples``
+requests of 2 tokens one after another. No quotas: this measures queueing alone. The claim
+(issue 15): under the flood, the light caller's median TTFT stays <= 1.5x its unloaded value.
+Real Redis, Ray, services and torch engine replica (a random-init 2-layer Llama). Not a test: it
+never fails on the figures.
+
+    .venv/bin/python benchmarks/gateway_fairness.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+for p in (ROOT, os.path.join(ROOT, "services"), os.path.join(ROOT, "sdk")):
+    sys.path.insert(0, p)
+
+SIDES = {"fifo": {"gateway_fair_queuing": False, "gateway_max_inflight_share": 1.0},
+         "vtc": {"gateway_fair_queuing": True, "gateway_max_inflight_share": 1.0},
+         "vtc+share": {"gateway_fair_queuing": True, "gateway_max_inflight_share": 0.75}}
+PROMPT = "The quick brown fox"
+
+
+def ttft(client: Any, dep: str) -> float:
+    start = time.perf_counter()
+    for _ in client.generate_stream(dep, PROMPT, max_tokens=2, temperature=0):
+        return time.perf_counter() - start
+    raise RuntimeError("no piece")
+
+
+def side(light: Any, heavy: Any, dep: str, args: argparse.Namespace) -> dict[str, float]:
+    """Median light TTFT alone, then under the heavy flood; the heavy requests served meanwhile."""
+    for _ in range(2):
+        ttft(light, dep)
+    alone = statistics.median(ttft(light, dep) for _ in range(args.samples))
+    stop, served = threading.Event(), [0]
+
+    def flood() -> None:
+        while not stop.is_set():
+            for _ in heavy.generate_stream(dep, PROMPT, max_tokens=args.heavy_tokens, ignore_eos=True):
+                pass
+            served[0] += 1
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(args.flood)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)  # the queue fills
+    start = time.perf_counter()
+    loaded = statistics.median(ttft(light, dep) for _ in range(args.samples))
+    elapsed = time.perf_counter() - start
+    stop.set()
+    for t in threads:
+        t.join(120)
+    return {"alone_ms": alone * 1000, "loaded_ms": loaded * 1000, "ratio": loaded / alone,
+            "heavy_per_s": served[0] / (elapsed + 2.0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slots", type=int, default=4, help="dispatch slots per replica (each gateway)")
+    ap.add_argument("--flood", type=int, default=12, help="heavy streams kept going")
+    ap.add_argument("--heavy-tokens", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=9)
+    args = ap.parse_args()
+    # One-machine Ray on loopback with token authentication, as the tests run it (tests/conftest.py);
+    # Ray reads these once, at import, and the leader and ingest processes inherit them.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    import torch
+
+    torch.set_num_threads(1)
+    from ray.cluster_utils import Cluster
+
+    import pylon
+    from pylon_services.localstack.procs import free_port
+    from pylon_services.localstack.redis_server import RedisServer
+    from pylon_services.runtime.settings import Settings
+    from tests.support.hf_models import build_model_dir
+    from tests.support.platform import ADMIN_KEY, InProcessPlatform
+
+    tmp = tempfile.mkdtemp(prefix="gw-fair-")
+    redis = RedisServer(os.path.join(tmp, "redis")).start()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False,
+                                                           "node_ip_address": "127.0.0.1"})
+    platform = InProcessPlatform(redis.url, f"file://{tmp}/objects", cluster.address).start()
+    results: dict[str, Any] = {}
+    try:
+        with pylon.Client(platform.addresses["gateway"], ADMIN_KEY) as admin:
+            _, light_token = admin.admin.create_key("acme", "editor", "light")
+            _, heavy_token = admin.admin.create_key("acme", "editor", "heavy")
+        with pylon.Client(platform.addresses["gateway"], light_token) as acme:
+            mv = acme.models.register("fair", str(build_model_dir(Path(tmp) / "m")))
+            acme.deployments.deploy("fair", f"models:/fair/versions/{mv.version}", timeout=300)
+        for name, overrides in SIDES.items():
+            settings = Settings(**{**platform.base, "port": free_port(), "gateway_http_port": -1,
+                                   "gateway_max_inflight_per_replica": args.slots, **overrides})
+            server = platform.lt.run(platform._start("gateway", settings))
+            address = f"127.0.0.1:{settings.port}"
+            with pylon.Client(address, light_token) as light, pylon.Client(address, heavy_token) as heavy:
+                results[name] = side(light, heavy, "fair", args)
+            platform.lt.run(server.stop(grace=1.0))
+            print(name, json.dumps({k: round(v, 2) for k, v in results[name].items()}), flush=True)
+        print(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "results": results}, indent=2),
+              flush=True)
+    finally:
+        import ray
+
+        platform.stop()
+        ray.shutdown()  # the driver's connection first: Ray refuses to remove the head under it
+        cluster.shutdown()
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Gateway admission against a real Redis: the Lua token buckets (refusal with a retry delay,
+settlement's refund, a cost above the whole limit, buckets shared by two gateways), concurrency
+leases, the fair queue's bounds and dispatch order through the glue, and a Redis that stops
+(fail closed: UNAVAILABLE, and serving again once it is back).
+
+The relay behind admission is a stand-in generator here (our own port: ``Admission.serve`` takes
+any relay); tests/integration/test_gateway_admission.py runs the real gateway and replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from pylon.engine.v1 import engine_pb2
+from pylon_services.common.errors import ResourceExhausted, Unavailable
+from pylon_services.common.names import Principal
+from pylon_services.gateway.api.admission import Admission
+from pylon_services.gateway.api.inference import Piece
+from pylon_services.gateway.domain.deployments import new_record
+from pylon_services.gateway.store.quotas import Bucket, QuotaStore, bucket_key, lease_key
+from pylon_services.localstack.redis_server import RedisServer
+from pylon_services.runtime.context import set_call
+from pylon_services.runtime.settings import Settings
+
+pytestmark = pytest.mark.integration
+REC = new_record("tenants/acme/deployments/d", "u1", 1)
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[QuotaStore]:
+    r = aioredis.from_url(redis_server.url)
+    await r.flushdb()
+    yield QuotaStore(r)
+    await r.aclose()
+
+
+def tpm(tenant: str, limit: int, cost: int) -> Bucket:
+    return Bucket("tenant tokens/min", bucket_key(tenant, "tenant", "tpm"), limit, cost)
+
+
+async def test_a_bucket_refuses_beyond_its_limit_with_the_time_to_refill(store: QuotaStore):
+    assert (await store.acquire("t", [tpm("t", 600, 400)], 0, "l1", 60)).admitted
+    refused = await store.acquire("t", [tpm("t", 600, 400)], 0, "l2", 60)
+    # 200 left, 400 needed: 200 more at 10 tokens a second is about 20 s.
+    assert not refused.admitted and refused.refused_by == "tenant tokens/min" and 19 < refused.wait_s <= 20.1
+    never = await store.acquire("t", [tpm("t", 600, 601)], 0, "l3", 60)
+    assert never.never and not never.admitted
+
+
+async def test_a_request_takes_from_every_bucket_or_from_none(store: QuotaStore):
+    rpm = Bucket("API key requests/min", bucket_key("t", "key:k", "rpm"), 1, 1)
+    assert (await store.acquire("t", [tpm("t", 1000, 10), rpm], 0, "l1", 60)).admitted
+    refused = await store.acquire("t", [tpm("t", 1000, 10), rpm], 0, "l2", 60)
+    assert refused.refused_by == "API key requests/min" and 59 < refused.wait_s <= 60.1
+    assert 989 < (await store.level(bucket_key("t", "tenant", "tpm")) or 0) <= 990.1  # untouched by the refusal
+
+
+async def test_settlement_gives_back_the_unused_reservation(store: QuotaStore):
+    b = tpm("t", 1000, 900)
+    assert (await store.acquire("t", [b], 0, "l1", 60)).admitted
+    assert not (await store.acquire("t", [tpm("t", 1000, 500)], 0, "l2", 60)).admitted
+    await store.settle("t", [(b, 900 - 120)], "l1")  # it used 120 of its 900
+    assert 879 < (await store.level(b.key) or 0) <= 881
+    assert (await store.acquire("t", [tpm("t", 1000, 500)], 0, "l3", 60)).admitted
+
+
+async def test_concurrency_leases_cap_and_expire(store: QuotaStore):
+    assert (await store.acquire("t", [], 2, "a", 60)).admitted
+    assert (await store.acquire("t", [], 2, "b", 0.3)).admitted
+    refused = await store.acquire("t", [], 2, "c", 60)
+    assert refused.refused_by == "concurrency" and refused.wait_s > 0
+    await store.settle("t", [], "a")
+    assert (await store.acquire("t", [], 2, "c", 60)).admitted
+    await asyncio.sleep(0.4)  # "b" (its gateway died holding it) expires
+    assert (await store.acquire("t", [], 2, "d", 60)).admitted
+    assert await store._redis.zcard(lease_key("t")) == 2
+
+
+async def test_two_gateways_share_the_buckets(redis_server: RedisServer, store: QuotaStore):
+    other = aioredis.from_url(redis_server.url)
+    try:
+        assert (await store.acquire("t", [tpm("t", 100, 60)], 0, "l1", 60)).admitted
+        assert not (await QuotaStore(other).acquire("t", [tpm("t", 100, 60)], 0, "l2", 60)).admitted
+    finally:
+        await other.aclose()
+
+
+def relay_of(prompt_tokens: int, completion_tokens: int, hold: asyncio.Event | None = None,
+             log: list[str] | None = None, name: str = "") -> Any:
+    """A stand-in relay: one piece with the usage, after ``hold`` is set."""
+    async def relay() -> AsyncGenerator[Piece, None]:
+        if log is not None:
+            log.append(name)
+        if hold is not None:
+            await hold.wait()
+        usage = engine_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        yield Piece(engine_pb2.GenerateResponse(text="x", usage=usage), "job", REC.name)
+    return lambda: relay()
+
+
+def call(admission: Admission, key: str, request: engine_pb2.GenerateRequest, relay: Any,
+         priority: str = "") -> asyncio.Task[list[Piece]]:
+    async def run() -> list[Piece]:
+        set_call(Principal("acme", "editor", key), "r", "")
+        return [p async for p in admission.serve(REC, request, priority, relay)]
+    return asyncio.ensure_future(run())
+
+
+def request(prompt_tokens: int = 10, max_tokens: int = 50) -> engine_pb2.GenerateRequest:
+    return engine_pb2.GenerateRequest(prompt_token_ids=list(range(prompt_tokens)),
+                                      sampling=engine_pb2.SamplingParams(max_tokens=max_tokens))
+
+
+async def test_serve_reserves_up_front_and_refunds_at_the_end(store: QuotaStore):
+    admission = Admission(store, Settings(gateway_tokens_per_min=100, gateway_requests_per_min=10))
+    await call(admission, "k1", request(10, 50), relay_of(10, 5))  # reserved 60, used 15
+    assert 84 < (await store.level(bucket_key("acme", "tenant", "tpm")) or 0) <= 86
+    assert 8.9 < (await store.level(bucket_key("acme", "tenant", "rpm")) or 0) <= 9.1  # a request is not refunded
+    await call(admission, "k1", request(10, 50), relay_of(10, 50))
+    with pytest.raises(ResourceExhausted) as e:
+        await call(admission, "k1", request(10, 50), relay_of(10, 50))
+    assert "tenant tokens/min" in e.value.message and e.value.retry_after_s and e.value.retry_after_s > 1
+
+
+async def test_the_queue_is_bounded_and_serves_the_lighter_client_first(store: QuotaStore):
+    s = Settings(gateway_max_inflight_per_replica=1, gateway_max_queued=3, gateway_max_queued_per_client=2)
+    admission = Admission(store, s)
+    hold, order = asyncio.Event(), []
+    running = call(admission, "heavy", request(), relay_of(10, 40, hold, order, "h0"))
+    await asyncio.sleep(0.05)
+    waiting = [call(admission, "heavy", request(), relay_of(10, 40, hold, order, f"h{i}")) for i in (1, 2)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(ResourceExhausted, match="acme/heavy has 2 requests waiting") as e:
+        await call(admission, "heavy", request(), relay_of(10, 40))
+    assert e.value.retry_after_s == 1.0
+    light = call(admission, "light", request(), relay_of(10, 1, hold, order, "l0"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ResourceExhausted, match="deployment's queue is full"):
+        await call(admission, "other", request(), relay_of(10, 1))
+    assert admission.queue_depth(REC.name) == 3
+    hold.set()
+    await asyncio.gather(running, light, *waiting)
+    assert order == ["h0", "l0", "h1", "h2"]  # the light key overtakes the heavy one's backlog
+
+
+async def test_a_caller_that_leaves_the_queue_frees_its_place(store: QuotaStore):
+    admission = Admission(store, Settings(gateway_max_inflight_per_replica=1, gateway_max_concurrent=5))
+    hold = asyncio.Event()
+    running = call(admission, "k", request(), relay_of(1, 1, hold))
+    await asyncio.sleep(0.05)
+    gone = call(admission, "k", request(), relay_of(1, 1, hold))
+    await asyncio.sleep(0.05)
+    assert admission.queue_depth(REC.name) == 1
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    assert admission.queue_depth(REC.name) == 0
+    hold.set()
+    await running
+    assert await store._redis.zcard(lease_key("acme")) == 0  # both leases given back
+
+
+async def test_redis_unreachable_fails_closed_then_recovers(tmp_path: Path):
+    server = RedisServer(str(tmp_path / "redis")).start()
+    r = aioredis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
+    admission = Admission(QuotaStore(r), Settings(gateway_tokens_per_min=1000, gateway_limits_cache_s=0))
+    try:
+        await call(admission, "k", request(), relay_of(1, 1))
+        server.stop()
+        start = time.monotonic()
+        with pytest.raises(Unavailable, match="quota store"):
+            await call(admission, "k", request(), relay_of(1, 1))
+        assert time.monotonic() - start < 10
+        server.start()
+        await call(admission, "k", request(), relay_of(1, 1))
+    finally:
+        await r.aclose()
+        server.stop()
