@@ -19,7 +19,7 @@ from pylon_services.runtime.settings import Settings
 async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     clients = PlatformClients(settings, redis)
     store = DeploymentStore(redis)
-    serve = Inference(store, clients)
+    serve = Inference(store, clients, settings)
     servicer = GatewayServicer(store, clients, serve)
     # One key store for both transports: one cache, so a revoked key stops working on both at once.
     keys = ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)

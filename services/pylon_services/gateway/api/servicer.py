@@ -20,7 +20,14 @@ from pylon.gateway.v1 import gateway_pb2_grpc
 from pylon.registry.v1 import registry_pb2
 from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
 from pylon_services.gateway.api import inputs
-from pylon_services.gateway.api.inference import Inference, Piece, calling, checked_sampling
+from pylon_services.gateway.api.inference import (
+    SESSION_HEADER,
+    Inference,
+    Piece,
+    calling,
+    checked_sampling,
+    session_id,
+)
 from pylon_services.gateway.api.replicas import ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
 from pylon_services.gateway.domain import requests
@@ -191,7 +198,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_id = inputs.request_id(request.request_id)
         rec = await self._serve.resolve(request.deployment, request.model, remaining_timeout(context))
         engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt=request.prompt, sampling=sampling)
-        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
+        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300), _session(context)):
             yield piece
 
     async def Chat(self, request: pb.ChatRequest,
@@ -202,7 +209,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         messages = [ChatMessage(m.role, m.content) for m in request.messages]
         ids = await self._serve.chat_prompt(rec, messages, remaining_timeout(context))
         engine_request = engine_pb2.GenerateRequest(request_id=request_id, prompt_token_ids=ids, sampling=sampling)
-        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300)):
+        async for piece in self._serve.relay(rec, engine_request, remaining_timeout(context, 300), _session(context)):
             yield _response(piece, pb.ChatResponse)
 
     async def ListModels(self, request: pb.ListModelsRequest,
@@ -211,6 +218,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return pb.ListModelsResponse(models=[
             pb.ServedModel(deployment=rec.name, model_uri=rec.model_uri, model_version=rec.model_version, ready=ready,
                            create_time=ts(rec.create_time)) for rec, ready in await self._serve.list_models(tenant)])
+
+
+def _session(context: grpc.aio.ServicerContext) -> str:
+    """The caller's session (``x-session-id`` metadata) for session affinity."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_HEADER and isinstance(value, str):
+            return session_id(value)
+    return ""
 
 
 def _response(piece: Piece, cls: type[_Piece]) -> _Piece:
