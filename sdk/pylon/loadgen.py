@@ -130,15 +130,16 @@ def _sender(target: Target, max_tokens: int) -> Any:
                                              sampling=_sampling(engine_pb2, max_tokens))
             return _counts(engine.Generate(req, metadata=md_base, timeout=600))
         return engine_call
+    from pylon.client import _target
     from pylon.engine.v1 import engine_pb2
     from pylon.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
     gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
-    name_field = "deployment" if target.deployment.startswith("tenants/") else "model"
+    names = _target(target.deployment)  # a deployment's id or name, or a model reference, as the SDK reads it
 
     def gateway_call(prompt: str, session: str, i: int) -> AsyncIterator[int]:
         req = gateway_pb2.GenerateRequest(prompt=prompt, sampling=_sampling(engine_pb2, max_tokens),
-                                          **{name_field: target.deployment})
+                                          **names)
         md = md_base + ([("x-session-id", session)] if session else [])
         return _counts(gateway.Generate(req, metadata=md, timeout=600))
     return gateway_call

@@ -6,6 +6,7 @@ requests are served by the other replica and the scheduler restarts the killed o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -118,7 +119,8 @@ def test_a_replica_killed_mid_stream_ends_only_its_streams_and_is_restarted(tena
         list(victim)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     reader.join(120)
-    assert survived and survived[-1].finish_reason == engine_pb2.FINISH_REASON_LENGTH and survived[-1].usage.completion_tokens == 150
+    last = survived[-1]
+    assert last.finish_reason == engine_pb2.FINISH_REASON_LENGTH and last.usage.completion_tokens == 150
     # Its registration still looks fresh for a few seconds: requests retry on the other replica.
     for i in range(3):
         pieces = list(stream(acme, served, SHARED + f"After the kill {i}.", 3))
@@ -132,3 +134,27 @@ def test_a_replica_killed_mid_stream_ends_only_its_streams_and_is_restarted(tena
     both = {next(busy).replica, replica_of(acme, served, "Something new for the other replica. " * 3)}
     assert both == {doomed, survived[-1].replica}  # the restarted replica serves again
     busy.cancel()
+
+
+def test_pylon_bench_serve_loads_the_gateway_over_grpc_and_http_and_one_engine(tenant_clients, served, platform):
+    from typer.testing import CliRunner
+
+    from pylon.cli import app
+    from pylon_services.runtime.settings import Settings
+    from tests.support.platform import ADMIN_KEY
+
+    acme = tenant_clients["acme"]
+    http = f"http://127.0.0.1:{platform.servers['gateway'].parts.extra['http'].port}/v1"
+    replica = acme.deployments.get(DEPLOYMENT).replica_status[0].address
+    internal = Settings(admin_key=ADMIN_KEY).internal_key
+    common = ["--num-prompts", "6", "--max-tokens", "4", "--prompt-words", "8", "--goodput", "ttft:60000 tpot:60000",
+              "--json"]
+    for target, token, extra in (("grpc", acme.token, ["--rate", "20"]), ("http", acme.token, ["--url", http]),
+                                 ("engine", internal, ["--url", replica, "--concurrency", "2"])):
+        res = CliRunner().invoke(app, ["--address", platform.addresses["gateway"], "--token", token, "bench", "serve",
+                                       DEPLOYMENT, "--target", target, *common, *extra])
+        assert res.exit_code == 0, (target, res.output)
+        out = json.loads(res.stdout)
+        assert (out["completed"], out["failed"]) == (6, 0), (target, out)
+        assert out["output_throughput"] > 0 and out["goodput"] == out["request_throughput"]  # every SLO met
+        assert 0 < out["ttft_ms"]["p50"] <= out["e2el_ms"]["p50"] and out["itl_ms"]["p50"] > 0
