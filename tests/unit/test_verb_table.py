@@ -133,6 +133,7 @@ CLI_ONLY: dict[str, str] = {
     "status": "health of each service",
     "demo": "the walking skeleton",
     "models import": "models register of a Hugging Face directory (format hf_transformers)",
+    "bench serve": "the serving load generator over the gateway or an engine (pylon.loadgen, no RPC of its own)",
 }
 
 # Where the CLI word cannot be the SDK method's name.
