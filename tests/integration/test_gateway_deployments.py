@@ -120,5 +120,6 @@ def test_replicas_that_cannot_load_the_model_turn_the_deployment_failed(tenant_c
     assert dep.state == "failed" and len(_jobs(dep)) == 2
     jobs = [acme.jobs.get(j) for j in _jobs(dep)]
     assert all(j.state == "failed" and j.message for j in jobs)
+    assert all(j.retries == 0 for j in jobs)  # a model that cannot load spends no retries
     assert any(j.message in dep.message for j in jobs), dep.message  # the reason, not just "failed"
     acme.deployments.delete("gw-garbage")

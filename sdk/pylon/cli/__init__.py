@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from pylon.cli import cluster, datasets, deployments, jobs, models, platform
+from pylon.cli import bench, cluster, datasets, deployments, jobs, models, platform
 from pylon.cli._common import _opts, err
 from pylon.errors import PylonError
 from pylon.resources.models import SymlinkError
@@ -22,7 +22,7 @@ platform.register(app)
 cluster.register(app)
 # One group per resource, named like the SDK's collection (client.datasets -> `pylon datasets`).
 for sub, name in ((datasets.datasets_app, "datasets"), (jobs.jobs_app, "jobs"), (models.models_app, "models"),
-                  (deployments.deploy_app, "deployments"), (platform.admin_app, "admin")):
+                  (deployments.deploy_app, "deployments"), (platform.admin_app, "admin"), (bench.bench_app, "bench")):
     app.add_typer(sub, name=name)
 
 

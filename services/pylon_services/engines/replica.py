@@ -209,7 +209,11 @@ async def _serve(ctx: WorkloadContext) -> WorkloadResult:
     directory = Path(tempfile.mkdtemp(prefix="pylon-model-"))
     try:
         await asyncio.to_thread(download_version, ctx.store, tenant, spec["model_version"], directory)
-        engine = await asyncio.to_thread(load_engine, spec.get("engine") or "torch", str(directory), config)
+        try:
+            engine = await asyncio.to_thread(load_engine, spec.get("engine") or "torch", str(directory), config)
+        except ValueError as exc:  # a model or setting this engine cannot serve: a retry fails the same way
+            ctx.log(f"engine failed to start: {exc}")
+            return WorkloadResult(exit_code=1, error=str(exc), retryable=False)
         try:
             await warm_up(engine)
             return await _serve_engine(ctx, engine, limits, tenant, deployment_id, ray.util.get_node_ip_address())

@@ -31,7 +31,7 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     jobs = ReplicaJobs(store, clients, settings.internal_key)
     counters = ServingCounters(redis, uuid.uuid4().hex[:12])
     hooks = AutoscaleHooks(store, counters, jobs, settings.admin_key, settings.gateway_cold_start_wait_s)
-    serve = Inference(store, clients, hooks)
+    serve = Inference(store, clients, settings, hooks)
     # Quotas in the platform's Redis (shared by every gateway); the fair queue in this process.
     admission = Admission(QuotaStore(redis), settings)
     servicer = GatewayServicer(store, clients, serve, jobs, counters, admission)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,12 @@ class Settings(BaseSettings):
     # deployment with no ready replica (scaled to zero, or starting) is held for one at most.
     gateway_controller_interval_s: float = 2.0
     gateway_cold_start_wait_s: float = 300.0
+    # Gateway routing (gateway/domain/routing.py): "prefix" (session, then prompt-prefix affinity
+    # with a load bound, then least outstanding tokens), "least_load" or "round_robin"; how many
+    # outstanding tokens more than the least-loaded replica a replica holding the prefix may have
+    # and still win.
+    gateway_routing_policy: Literal["prefix", "least_load", "round_robin"] = "prefix"
+    gateway_prefix_load_bound_tokens: float = 2048.0
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # "file:///var/lib/pylon" or "s3://bucket/prefix".

@@ -20,23 +20,36 @@ import grpc
 
 from pylon.engine.v1 import engine_pb2
 from pylon.registry.v1 import registry_pb2
-from pylon_services.common.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from pylon_services.common.errors import FieldViolation, InvalidArgument, NotFound, PylonError, Unavailable
 from pylon_services.common.names import MODEL_URI_RE, MODEL_URI_RULE
 from pylon_services.engines import wire
 from pylon_services.engines.contract import sampling_violations as engine_sampling_violations
-from pylon_services.gateway.api import inputs
+from pylon_services.gateway.api import inputs, metrics
 from pylon_services.gateway.api.chat_models import ChatModels
 from pylon_services.gateway.api.serving import ServingHooks
 from pylon_services.gateway.domain import chat, requests
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.ports import DeploymentRecords
-from pylon_services.gateway.domain.routing import ReplicaView, pick_replica
-from pylon_services.runtime.context import forward_metadata, principal
+from pylon_services.gateway.domain.routing import (
+    STALE_AFTER_S,
+    ReplicaView,
+    Router,
+    RoutingConfig,
+    Ticket,
+    prefix_hashes,
+)
+from pylon_services.runtime.context import forward_metadata, principal, request_id
 from pylon_services.runtime.peers import PlatformClients
+from pylon_services.runtime.settings import Settings
 
 log = logging.getLogger("pylon.gateway")
 ABORT_TIMEOUT_S = 5.0
 MAX_LISTED = 1000  # ListModels and /v1/models stop after this many deployments
+MAX_ATTEMPTS = 3  # replicas tried for one request before its first token
+# A replica that answers these before the first token is down, draining or full: try another.
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+SESSION_HEADER = "x-session-id"  # session affinity: HTTP header or gRPC metadata
+MAX_SESSION_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -72,12 +85,13 @@ def checked_sampling(s: engine_pb2.SamplingParams, prompt: str | None) -> engine
 
 class Inference:
     def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
-                 hooks: ServingHooks | None = None) -> None:
+                 settings: Settings | None = None, hooks: ServingHooks | None = None) -> None:
         self._d = deployments
         self._c = clients
         self.hooks = hooks or ServingHooks()  # autoscaling and canaries (api/serving.py)
         self._chat = ChatModels(clients)
-        self._inflight: dict[str, int] = {}
+        self._router = Router(routing_config(settings) if settings is not None else RoutingConfig())
+        self._down: dict[str, float] = {}  # replica address -> when a call to it failed
         self._aborts: set[asyncio.Task[None]] = set()
 
     async def resolve(self, deployment: str, model: str, timeout: float,
@@ -125,43 +139,94 @@ class Inference:
         return await asyncio.to_thread(model.encode, messages, field)
 
     async def relay(self, rec: DeploymentRecord, request: engine_pb2.GenerateRequest,
-                    timeout: float) -> AsyncGenerator[Piece, None]:
-        """Stream ``request`` from the least-loaded ready replica of ``rec``. Leaving early (the
-        caller went away) cancels the engine call and calls the replica's Abort, which frees the
-        request's KV blocks at once."""
-        ready = await self._ready_replicas(rec) or await self.hooks.hold(rec, self._ready_replicas, timeout)
-        replica = pick_replica(self.hooks.pool(rec, ready), self._inflight, time.time())
-        if replica is None:
-            raise Unavailable(f"{rec.name} has no ready replica yet; retry shortly")
-        engine = await self._c.engine(replica.address)
+                    timeout: float, session: str = "") -> AsyncGenerator[Piece, None]:
+        """Stream ``request`` from the replica the router picks (``domain/routing.py``) among the
+        deployment's ready ones (none ready: the autoscaling hooks may hold the request while one
+        starts). A replica that fails before the first token (down, draining, its queue full) is
+        left for another, up to ``MAX_ATTEMPTS``; after it, the error ends this stream only
+        (UNAVAILABLE for a replica that died). Leaving early (the caller went away) cancels the
+        engine call and calls the replica's Abort, which frees the request's KV blocks at once."""
         engine_request = engine_pb2.GenerateRequest()
         engine_request.CopyFrom(request)
-        # Unique on the replica whatever callers send (two tenants may pick the same request id).
+        # Unique on the replica whatever callers send (two tenants may pick the same request id);
+        # it starts with the caller's request id, so the replica's logs carry the trace id.
         suffix = uuid.uuid4().hex[:16]
         engine_request.request_id = f"{request.request_id[:100]}.{suffix}" if request.request_id else f"gw.{suffix}"
-        self._inflight[replica.address] = self._inflight.get(replica.address, 0) + 1
+        span = _Span(rec.name, principal().tenant, request)
+        hashes = prefix_hashes(request.prompt_token_ids, request.prompt, self._router.cfg)
+        ready = await self._ready_replicas(rec) or await self.hooks.hold(rec, self._ready_replicas, timeout)
+        replicas = self._routable(self.hooks.pool(rec, ready))
+        tried: list[str] = []
+        try:
+            while True:
+                decision = self._router.choose(replicas, hashes, session, tried)
+                if decision is None:
+                    raise Unavailable(f"{rec.name} has no ready replica{' left' if tried else ' yet'}; retry shortly")
+                metrics.routed(rec.name, decision.reason if not tried else "retry")
+                ticket = self._router.start(decision, hashes, session, span.prompt_estimate, span.max_new)
+                try:
+                    async with contextlib.aclosing(self._stream(decision.replica, engine_request, rec, ticket,
+                                                                span, timeout)) as pieces:
+                        async for piece in pieces:
+                            yield piece
+                    span.code = "OK"
+                    return
+                except grpc.aio.AioRpcError as e:
+                    if span.first is None and e.code() in RETRY_CODES and len(tried) + 1 < MAX_ATTEMPTS:
+                        tried.append(decision.replica.address)
+                        log.warning("replica failed before the first token; trying another", extra={
+                            "request_id": request_id(), "replica": decision.replica.job_id, "code": e.code().name})
+                        continue
+                    raise inputs.passed_on(f"replica {decision.replica.job_id}", e) from None
+                finally:
+                    self._router.finish(ticket)
+        except BaseException as e:
+            span.code = _code(e)
+            raise
+        finally:
+            span.end()
+
+    async def _stream(self, replica: ReplicaView, engine_request: engine_pb2.GenerateRequest, rec: DeploymentRecord,
+                      ticket: Ticket, span: _Span, timeout: float) -> AsyncGenerator[Piece, None]:
+        """One attempt on one replica; a failure of the replica marks it down until it heartbeats
+        again. The autoscaling hooks learn each attempt's outcome and TTFT (canary verdicts)."""
+        engine = await self._c.engine(replica.address)
         call = engine.Generate(engine_request, timeout=timeout)
         finished = False
         started, ttft = time.monotonic(), None
         try:
-            with calling(f"replica {replica.job_id}"):
-                try:
-                    async for response in call:
-                        ttft = time.monotonic() - started if ttft is None else ttft
-                        yield Piece(response, replica.job_id, rec.name)
-                except grpc.aio.AioRpcError as e:
-                    if e.code() != grpc.StatusCode.CANCELLED:
-                        self.hooks.served(rec, replica.job_id, ttft, False)
-                    raise
+            async for response in call:
+                ttft = time.monotonic() - started if ttft is None else ttft
+                n = len(response.token_ids)
+                if n:
+                    span.tokens(n)
+                    self._router.progress(ticket, n)
+                span.usage = response.usage
+                yield Piece(response, replica.job_id, rec.name)
             finished = True
             self.hooks.served(rec, replica.job_id, ttft, True)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                self.hooks.served(rec, replica.job_id, ttft, False)
+            if e.code() in RETRY_CODES and e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self._down[replica.address] = time.time()
+            raise
         finally:
-            self._inflight[replica.address] -= 1
             if not finished and not call.done():
                 call.cancel()
                 task = asyncio.ensure_future(self._abort(replica, engine_request.request_id))
                 self._aborts.add(task)
                 task.add_done_callback(self._aborts.discard)
+
+    def _routable(self, replicas: list[ReplicaView]) -> list[ReplicaView]:
+        """Without the replicas that failed a call since their last heartbeat (a killed replica's
+        registration looks fresh for a few seconds more)."""
+        if not self._down:
+            return replicas
+        out = [r for r in replicas if r.last_seen > self._down.get(r.address, 0.0)]
+        for address in [a for a, t in self._down.items() if time.time() - t > STALE_AFTER_S]:
+            del self._down[address]
+        return out
 
     async def _abort(self, replica: ReplicaView, engine_request_id: str) -> None:
         """Abort on the replica; cancelling the call alone frees the request only when the
@@ -170,7 +235,8 @@ class Inference:
             engine = await self._c.engine(replica.address)
             await engine.Abort(engine_pb2.AbortRequest(request_id=engine_request_id), timeout=ABORT_TIMEOUT_S)
         except grpc.aio.AioRpcError as e:
-            log.warning("abort failed", extra={"replica": replica.job_id, "code": e.code().name})
+            log.warning("abort failed", extra={"request_id": engine_request_id, "replica": replica.job_id,
+                                               "code": e.code().name})
 
     async def list_models(self, tenant: str) -> list[tuple[DeploymentRecord, bool]]:
         """The tenant's deployments by id (at most ``MAX_LISTED``), each with whether it serves."""
@@ -192,3 +258,58 @@ def calling(service: str) -> Iterator[None]:
         yield
     except grpc.aio.AioRpcError as e:
         raise inputs.passed_on(service, e) from None
+
+
+def session_id(value: str | None) -> str:
+    """The session a request belongs to (``x-session-id``), bounded; "" for none."""
+    return (value or "")[:MAX_SESSION_CHARS]
+
+
+def routing_config(settings: Settings) -> RoutingConfig:
+    return RoutingConfig(policy=settings.gateway_routing_policy,
+                         load_bound_tokens=settings.gateway_prefix_load_bound_tokens)
+
+
+def _code(e: BaseException) -> str:
+    """How a request ended, for the requests counter: a status code's name."""
+    if isinstance(e, PylonError):
+        return e.code_name
+    if isinstance(e, grpc.aio.AioRpcError):
+        return e.code().name
+    if isinstance(e, (GeneratorExit, asyncio.CancelledError)):
+        return "CANCELLED"
+    return "INTERNAL"
+
+
+class _Span:
+    """One request's timings and token counts as the caller sees them, reported at its end."""
+
+    __slots__ = ("metrics", "start", "first", "last", "generated", "usage", "code", "prompt_estimate", "max_new", "n")
+
+    def __init__(self, deployment: str, tenant: str, request: engine_pb2.GenerateRequest) -> None:
+        self.metrics = metrics.for_request(deployment, tenant)
+        self.start = self.last = time.perf_counter()
+        self.first: float | None = None
+        self.generated = 0
+        self.usage: engine_pb2.Usage | None = None
+        self.code = "UNKNOWN"
+        # Text prompts: about 4 characters a token, until the engine's usage says exactly.
+        self.prompt_estimate = len(request.prompt_token_ids) or len(request.prompt) // 4 + 1
+        self.n = max(1, request.sampling.n)
+        self.max_new = (request.sampling.max_tokens or requests.DEFAULT_MAX_TOKENS) * self.n
+
+    def tokens(self, n: int) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+            self.metrics.ttft.observe(now - self.start)
+        else:
+            self.metrics.itl.observe(now - self.last)
+        self.last = now
+        self.generated += n
+
+    def end(self) -> None:
+        prompt = self.usage.prompt_tokens if self.usage is not None else 0
+        per_sequence = self.generated // self.n
+        self.metrics.ended(self.code, self.start, self.first, time.perf_counter(), prompt, self.generated,
+                           per_sequence)

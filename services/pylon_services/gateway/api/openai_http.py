@@ -27,7 +27,7 @@ from pylon.engine.v1 import engine_pb2
 from pylon_services.common.errors import InvalidArgument, PylonError, ResourceExhausted
 from pylon_services.gateway.api import inputs, openai_map
 from pylon_services.gateway.api.admission import PRIORITY_HEADER, Admission
-from pylon_services.gateway.api.inference import Inference, Piece, checked_sampling
+from pylon_services.gateway.api.inference import SESSION_HEADER, Inference, Piece, checked_sampling, session_id
 from pylon_services.runtime.auth import ApiKeyStore, authorize
 from pylon_services.runtime.context import principal, set_call
 from pylon_services.runtime.context import request_id as current_request_id
@@ -215,9 +215,10 @@ class OpenAIHttpServer:
             engine_request.prompt_token_ids.extend(await self._serve.chat_prompt(rec, req.messages, timeout))
         else:
             engine_request.prompt_token_ids.extend(req.prompt_token_ids)
-        pieces = self._serve.relay(rec, engine_request, timeout) if self._admission is None else \
+        session = session_id(request.headers.get(SESSION_HEADER))
+        pieces = self._serve.relay(rec, engine_request, timeout, session) if self._admission is None else \
             self._admission.serve(rec, engine_request, request.headers.get(PRIORITY_HEADER, ""),
-                                  lambda: self._serve.relay(rec, engine_request, timeout))
+                                  lambda: self._serve.relay(rec, engine_request, timeout, session))
         try:
             if req.stream:
                 return await self._sse(request, pieces, req, chat)

@@ -25,6 +25,10 @@ from pylon_services.runtime.internal_auth import internal_header
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import struct
 
+# A replica job whose attempt fails (its process killed, its node lost) is restarted by the
+# scheduler this many times: the new attempt registers under the same job, so the slot is
+# replaced without the gateway doing anything. A model that cannot load fails every attempt.
+REPLICA_MAX_RETRIES = 3
 _ENDED = {spb.JOB_STATE_FAILED: "failed", spb.JOB_STATE_CANCELLED: "cancelled", spb.JOB_STATE_SUCCEEDED: "exited"}
 # A cancel of a job that is already over, or gone, has nothing left to do.
 _ALREADY_OVER = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
@@ -64,7 +68,8 @@ class ReplicaJobs:
         """Submit (or, with the slot's request id, find again) the job of replica ``index``."""
         version = rec.version_of(index)
         spec = spb.JobSpec(
-            workers=1, priority_class=REPLICA_PRIORITY, display_name=f"{rec.name} replica {index}",
+            workers=1, priority_class=REPLICA_PRIORITY, max_retries=REPLICA_MAX_RETRIES,
+            display_name=f"{rec.name} replica {index}",
             resources=spb.WorkerResources(gpus=rec.gpus, gpu_types=list(rec.gpu_types), cpus=1),
             engine=spb.EngineReplica(deployment=rec.name, model_version=version, engine=rec.engine,
                                      engine_config=struct(dict(rec.engine_config))),

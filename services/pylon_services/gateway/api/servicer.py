@@ -23,7 +23,14 @@ from pylon.registry.v1 import registry_pb2
 from pylon_services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, Unimplemented
 from pylon_services.gateway.api import inputs, policies
 from pylon_services.gateway.api.admission import Admission, grpc_priority
-from pylon_services.gateway.api.inference import Inference, Piece, calling, checked_sampling
+from pylon_services.gateway.api.inference import (
+    SESSION_HEADER,
+    Inference,
+    Piece,
+    calling,
+    checked_sampling,
+    session_id,
+)
 from pylon_services.gateway.api.replicas import Acting, ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
 from pylon_services.gateway.domain import requests
@@ -259,7 +266,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         """The relay of ``engine_request`` behind admission (quotas, the fair queue); its
         deadline is what is left of the call's once it is dispatched."""
         def relay() -> AsyncGenerator[Piece, None]:
-            return self._serve.relay(rec, engine_request, remaining_timeout(context, 300))
+            return self._serve.relay(rec, engine_request, remaining_timeout(context, 300), _session(context))
 
         if self._admission is None:
             return relay()
@@ -285,6 +292,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if self._admission is None:
             raise Unimplemented("this gateway runs without admission")
         return self._admission
+
+
+def _session(context: grpc.aio.ServicerContext) -> str:
+    """The caller's session (``x-session-id`` metadata) for session affinity."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_HEADER and isinstance(value, str):
+            return session_id(value)
+    return ""
 
 
 def _response(piece: Piece, cls: type[_Piece]) -> _Piece:

@@ -126,8 +126,7 @@ class DeploymentStore:
         raw: dict[Any, Any] = await self.r.hgetall(replicas_key(tenant, dep))
         out = []
         for job_id, value in raw.items():
-            v = json.loads(value)
-            out.append(ReplicaView(_text(job_id), v["address"], v["ts"], v.get("running", 0)))
+            out.append(ReplicaView.from_heartbeat(_text(job_id), json.loads(value)))
         return out
 
     async def replica_loads(self, tenant: str, dep: str) -> list[ReplicaLoad]:
