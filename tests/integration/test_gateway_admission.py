@@ -27,6 +27,16 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 DEPLOYMENT = "gw-admit"
+THROTTLE_REASONS = ("key_tokens_per_min", "queue_full", "queue_wait")
+
+
+def _throttled(reason: str) -> float:
+    """pylon_gateway_throttled_requests_total of acme's deployment for ``reason``."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("pylon_gateway_throttled_requests_total", {
+        "deployment": f"tenants/acme/deployments/{DEPLOYMENT}", "tenant": "acme", "reason": reason})
+    return value or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +158,7 @@ def test_a_key_over_its_budget_is_throttled_while_anothers_ttft_stays(gateway, l
     absorbs a few decode steps of that batch on this 2-core machine shared with other work."""
     limits(key_tokens_per_min=1500)
     light, heavy = gateway["light"], gateway["heavy"]
+    before = {r: _throttled(r) for r in THROTTLE_REASONS}
     ttft(light)
     alone = statistics.median(ttft(light) for _ in range(7))
     stop, refused, served = threading.Event(), [], []
@@ -174,6 +185,9 @@ def test_a_key_over_its_budget_is_throttled_while_anothers_ttft_stays(gateway, l
         for t in threads:
             t.join(60)
     assert refused and all(r is not None and r > 0 for r in refused)  # throttled, with a retry delay
+    # Every refusal is counted on the gateway's metrics, by reason (this gateway runs in-process).
+    counted = {r: _throttled(r) - before[r] for r in THROTTLE_REASONS}
+    assert counted["key_tokens_per_min"] >= 1 and sum(counted.values()) >= len(refused), counted
     print(f"light TTFT alone {alone * 1000:.1f} ms, under the flood {loaded * 1000:.1f} ms; "
           f"heavy served {len(served)}, refused {len(refused)}")
     assert loaded <= 1.5 * alone + 0.1

@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pylon.engine.v1 import engine_pb2
 from pylon.gateway.v1 import gateway_pb2 as pb
 from pylon_services.common.errors import PermissionDenied, ResourceExhausted, Unavailable
+from pylon_services.gateway.api import metrics
 from pylon_services.gateway.api.inference import Piece
 from pylon_services.gateway.domain import admission, requests
 from pylon_services.gateway.domain.admission import Bucket, FairQueue, Limits, QueueFull, bucket_key
@@ -113,6 +114,7 @@ class Admission:
         try:
             limits = await self._cached_limits(p.tenant)
         except _REDIS_DOWN as e:
+            metrics.throttled(rec.name, p.tenant, "redis_unavailable")
             raise _unavailable(e) from None
         priority = admission.request_priority(asked_priority, limits)
         prompt = len(request.prompt_token_ids) or admission.text_prompt_tokens(request.prompt)
@@ -120,14 +122,14 @@ class Admission:
         buckets = _buckets(p.tenant, p.key_id, limits, reserved)
         lease = uuid.uuid4().hex
         if buckets or limits.max_concurrent:
-            await self._acquire(p.tenant, buckets, limits.max_concurrent, lease)
+            await self._acquire(rec.name, p.tenant, buckets, limits.max_concurrent, lease)
         used = 0
         try:
             w_in, w_out = self._s.gateway_vtc_input_weight, self._s.gateway_vtc_output_weight
             estimate = w_in * prompt / limits.weight
             # The fair queue's client is the API key: every key is one tenant's, and a tenant's
             # applications (one key each) are served fairly among themselves too.
-            async with self._slot(rec, f"{p.tenant}/{p.key_id}", priority, estimate) as charge:
+            async with self._slot(rec, p.tenant, f"{p.tenant}/{p.key_id}", priority, estimate) as charge:
                 charged = estimate
                 async for piece in relay():
                     u = piece.response.usage
@@ -146,13 +148,17 @@ class Admission:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(task)  # a caller gone away does not stop the settlement
 
-    async def _acquire(self, tenant: str, buckets: list[Bucket], max_concurrent: int, lease: str) -> None:
+    async def _acquire(self, deployment: str, tenant: str, buckets: list[Bucket], max_concurrent: int,
+                       lease: str) -> None:
         try:
             verdict = await self._q.acquire(tenant, buckets, max_concurrent, lease, self._s.max_call_s + 60)
         except _REDIS_DOWN as e:
+            metrics.throttled(deployment, tenant, "redis_unavailable")
             raise _unavailable(e) from None
         if verdict.admitted:
             return
+        # "tenant tokens/min" -> "tenant_tokens_per_min", the counter's reason label.
+        metrics.throttled(deployment, tenant, verdict.refused_by.replace("/", " per ").replace(" ", "_"))
         if verdict.never:
             b = next(b for b in buckets if b.name == verdict.refused_by)
             raise ResourceExhausted(f"the request needs {b.cost} tokens, above the {verdict.refused_by} limit "
@@ -170,7 +176,7 @@ class Admission:
             log.warning("settlement failed: the reservation stays taken", extra={"tenant": tenant, "error": str(e)})
 
     @contextlib.asynccontextmanager
-    async def _slot(self, rec: DeploymentRecord, client: str, priority: int,
+    async def _slot(self, rec: DeploymentRecord, tenant: str, client: str, priority: int,
                     cost: float) -> AsyncIterator[Callable[[float], None]]:
         """Hold one of the deployment's dispatch slots, waiting in its fair queue for it; yields
         what charges the client's counter as tokens are served."""
@@ -186,6 +192,7 @@ class Admission:
         try:
             entry = lane.queue.push(client, priority, (client, ready), cost)
         except QueueFull as e:
+            metrics.throttled(rec.name, tenant, "queue_full")
             raise ResourceExhausted(f"{e.message}; retry later", retry_after_s=QUEUE_RETRY_S) from None
         _dispatch(lane)
         try:
@@ -194,6 +201,7 @@ class Admission:
             if not lane.queue.remove(entry):  # dispatched meanwhile: give the slot on
                 _release(lane, client)
             if isinstance(e, TimeoutError):
+                metrics.throttled(rec.name, tenant, "queue_wait")
                 raise ResourceExhausted(f"{rec.name} is busy: no dispatch slot within "
                                         f"{s.gateway_max_queue_wait_s:g}s; retry later",
                                         retry_after_s=QUEUE_RETRY_S) from None

@@ -88,8 +88,9 @@ def _counter(metric: Counter, labels: tuple[str, ...]) -> Any:
 
 
 def throttled(deployment: str, tenant: str, reason: str) -> None:
-    """Count a request that admission refused or held (``reason``: e.g. "requests_per_minute",
-    "tokens_per_minute", "concurrency", "queue_full", "redis_unavailable"). ``deployment`` is
+    """Count a request that admission refused (``reason``: "tenant_requests_per_min",
+    "tenant_tokens_per_min", "key_requests_per_min", "key_tokens_per_min", "concurrency",
+    "queue_full", "queue_wait" or "redis_unavailable"). ``deployment`` is
     the deployment's name (``tenants/{t}/deployments/{d}``) or the model reference the request
     gave when it was refused before resolution."""
     _counter(THROTTLED, (deployment, tenant, reason)).inc()
