@@ -77,3 +77,26 @@ def test_a_stale_version_is_refused_and_old_records_read_as_version_zero(redis_s
             await s.update("t", "old", refuse)
 
     _run(redis_server, body)
+
+
+def test_the_controller_lease_is_held_by_one_gateway_and_released_only_by_its_holder(redis_server):
+    from pylon_services.gateway.store.serving import LEASE_KEY, ServingCounters
+
+    async def main() -> None:
+        r = aioredis.from_url(redis_server.url)
+        try:
+            await r.delete(LEASE_KEY)
+            a, b = ServingCounters(r, "gw-a"), ServingCounters(r, "gw-b")
+            assert await a.hold_lease("gw-a", 5.0) and await a.hold_lease("gw-a", 5.0)  # taken, then renewed
+            assert not await b.hold_lease("gw-b", 5.0)
+            await b.release_lease("gw-b")  # not its lease: left alone
+            assert not await b.hold_lease("gw-b", 5.0)
+            await a.release_lease("gw-a")
+            assert await b.hold_lease("gw-b", 5.0)
+            await a.release_lease("gw-a")  # a late release after another took it frees nothing
+            assert await r.get(LEASE_KEY) == b"gw-b"
+        finally:
+            await r.delete(LEASE_KEY)
+            await r.aclose()
+
+    asyncio.run(main())

@@ -35,6 +35,13 @@ if holder == ARGV[1] then
 end
 return 0
 """
+# KEYS[1] lease; ARGV[1] holder. Frees the lease only if this holder still has it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def _text(raw: bytes | str) -> str:
@@ -46,6 +53,7 @@ class ServingCounters:
         self.r = redis
         self.gateway_id = gateway_id
         self._lease = redis.register_script(_LEASE)
+        self._release = redis.register_script(_RELEASE)
 
     async def add(self, tenant: str, dep: str, counts: Mapping[str, Mapping[str, float]], last_request: float) -> None:
         """Add per-version counts ({version: {"req", "err", "ttft_ms_sum", "ttft_n"}})."""
@@ -89,5 +97,6 @@ class ServingCounters:
         return bool(await self._lease(keys=[LEASE_KEY], args=[holder, int(ttl_s * 1000)]))
 
     async def release_lease(self, holder: str) -> None:
-        if _text(await self.r.get(LEASE_KEY) or b"") == holder:
-            await self.r.delete(LEASE_KEY)
+        """Free the lease if ``holder`` still has it (one script: a lease that expired and was
+        taken by another gateway meanwhile is left alone)."""
+        await self._release(keys=[LEASE_KEY], args=[holder])
