@@ -212,7 +212,8 @@ def test_helm_test_hooks_check_every_service_and_carry_no_secret(default: list[O
 def test_notes_say_what_to_do_next() -> None:
     notes = render_notes({})
     for text in ("helm test pylon -n ml", "get secret pylon -o jsonpath='{.data.admin-key}'",
-                 "port-forward svc/pylon-gateway 50051", "pylon status", "No GPU pools are declared"):
+                 "port-forward svc/pylon-gateway 50051", "pylon status", "No GPU pools are declared",
+                 "port-forward svc/pylon-gateway 8000", "http://127.0.0.1:8000/v1/models"):
         assert text in notes
     assert "a100: accelerator A100, 8 GPU(s) per node, 0..4 nodes" in render_notes({"gpuPools": GPU_POOLS})
 
