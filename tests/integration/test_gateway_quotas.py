@@ -35,9 +35,17 @@ REC = new_record("tenants/acme/deployments/d", "u1", 1)
 
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[QuotaStore]:
+    """Quotas on the session's Redis, which the shared platform also uses: only the quota keys are
+    cleared (never the whole database: the platform's keys, jobs and streams live there too)."""
     r = aioredis.from_url(redis_server.url)
-    await r.flushdb()
+
+    async def clear() -> None:
+        keys = [k async for k in r.scan_iter("pylon:quota:*")]
+        await r.delete("pylon:gateway:limits", *keys)
+
+    await clear()
     yield QuotaStore(r)
+    await clear()
     await r.aclose()
 
 

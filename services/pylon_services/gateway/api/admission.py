@@ -45,6 +45,10 @@ PRIORITY_HEADER = "x-pylon-priority"
 QUEUE_RETRY_S = 1.0  # what a refusal for a full queue suggests: about one request's time
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _LIMIT_FIELDS = [f for f in Limits().as_dict()]
+# What refused a request (a bucket's name, or "concurrency") as the throttled counter's reason.
+_REASONS = {"tenant requests/min": "tenant_requests_per_min", "tenant tokens/min": "tenant_tokens_per_min",
+            "API key requests/min": "key_requests_per_min", "API key tokens/min": "key_tokens_per_min",
+            "concurrency": "concurrency"}
 
 
 def grpc_priority(context: grpc.aio.ServicerContext) -> str:
@@ -157,8 +161,7 @@ class Admission:
             raise _unavailable(e) from None
         if verdict.admitted:
             return
-        # "tenant tokens/min" -> "tenant_tokens_per_min", the counter's reason label.
-        metrics.throttled(deployment, tenant, verdict.refused_by.replace("/", " per ").replace(" ", "_"))
+        metrics.throttled(deployment, tenant, _REASONS.get(verdict.refused_by, "other"))
         if verdict.never:
             b = next(b for b in buckets if b.name == verdict.refused_by)
             raise ResourceExhausted(f"the request needs {b.cost} tokens, above the {verdict.refused_by} limit "
