@@ -122,6 +122,8 @@ def test_routing_prefers_least_loaded_fresh_replica():
         "failed", "every replica job ended without serving; job a failed: boom")
     assert deployment_state(1, 2, ["job a failed: boom"], 2)[0] == "ready"
     assert deployment_state(0, 1, [], 0, deleting=True)[0] == "deleting"
+    assert deployment_state(0, 0, [], 0)[0] == "idle"  # scaled to zero
+    assert deployment_state(1, 0, [], 1)[0] == "idle"  # a replica still draining after the scale-down
 
 
 def test_roles():

@@ -81,8 +81,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         ready = sum(r.ready for r in stable)
         ended = await self._jobs.ended(waiting, Acting.caller(context)) if not ready else []
         state, message = deployment_state(ready, rec.replicas, ended, len(stable), rec.deleting)
-        if not rec.replicas and not rec.deleting:
-            state, message = "idle", "scaled to zero: the next request starts a replica"
         view = await self._counters.read(rec.tenant, rec.deployment_id) if self._counters else ServingView()
         return pb.Deployment(name=rec.name, model_uri=rec.model_uri, model_version=rec.model_version,
                              engine=rec.engine, replicas=rec.replicas, gpus_per_replica=rec.gpus,

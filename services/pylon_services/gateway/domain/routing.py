@@ -194,9 +194,12 @@ def deployment_state(ready: int, desired: int, ended: list[str], slots: int, del
                      ) -> tuple[str, str]:
     """(state, message) of a deployment: ``ready`` replicas serve, ``ended`` holds one line per
     replica job that is over (failed, cancelled or exited) out of ``slots`` replica jobs.
-    FAILED once every replica job is over and none serves, with the first job's reason."""
+    FAILED once every replica job is over and none serves, with the first job's reason; IDLE when
+    none is wanted (scaled to zero)."""
     if deleting:
         return "deleting", "stopping the replicas"
+    if not desired:  # the autoscaler took it to zero
+        return "idle", "scaled to zero: the next request starts a replica"
     if ready:
         return "ready", f"{ready}/{desired} replica(s) ready"
     if slots and len(ended) >= slots:
