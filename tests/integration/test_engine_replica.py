@@ -22,7 +22,7 @@ from pylon.engine.v1 import engine_pb2_grpc
 from pylon_services.engines.metrics import EngineMetrics
 from pylon_services.engines.queue_limits import QueueLimits
 from pylon_services.engines.replica import EngineServicer, load_engine
-from pylon_services.runtime.internal_auth import RequireInternalKey, with_internal_key
+from pylon_services.runtime.internal_auth import EngineStub, RequireInternalKey
 from tests.support.hf_models import build_model_dir
 
 KEY = "pyl_internal_test-key"
@@ -37,8 +37,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Replica:
     def __init__(self, servicer: EngineServicer, server: grpc.aio.Server, address: str, metrics_url: str) -> None:
         self.servicer, self.server, self.address, self.metrics_url = servicer, server, address, metrics_url
-        self.channel = grpc.aio.insecure_channel(address, interceptors=with_internal_key(KEY))
-        self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = EngineStub(self.channel, KEY)
 
 
 async def start(model_dir: Path, limits: QueueLimits = QueueLimits(), **config: Any) -> Replica:
@@ -119,7 +119,7 @@ async def test_abort_and_a_client_that_leaves_free_the_blocks(replica: Replica) 
                                                     sampling=greedy(400)))
     await call.read()
     assert (await replica.stub.Abort(pb.AbortRequest(request_id="long-1"))).found
-    rest = [r async for r in call]
+    rest = await rest_of(call)
     assert rest[-1].finish_reason == pb.FINISH_REASON_ABORTED
     assert not (await replica.stub.Abort(pb.AbortRequest(request_id="long-1"))).found
     gone = replica.stub.Generate(pb.GenerateRequest(prompt_token_ids=[1, 2, 3], sampling=greedy(400)))
@@ -127,6 +127,14 @@ async def test_abort_and_a_client_that_leaves_free_the_blocks(replica: Replica) 
     assert (await replica.stub.GetStats(pb.GetStatsRequest())).running == 1
     gone.cancel()  # the client went away mid-stream
     await wait_stats(replica, lambda s: s.running == 0 and s.kv_blocks_used == 0)
+
+
+async def rest_of(call: Any) -> list[pb.GenerateResponse]:
+    """The pieces left on a stream begun with ``read()`` (grpc.aio forbids iterating it then)."""
+    out = []
+    while (piece := await call.read()) is not grpc.aio.EOF:
+        out.append(piece)
+    return out
 
 
 async def wait_stats(replica: Replica, ok: Any, timeout_s: float = 10) -> pb.GetStatsResponse:
@@ -171,7 +179,7 @@ async def test_draining_refuses_new_calls_and_lets_running_streams_finish(replic
     with pytest.raises(grpc.aio.AioRpcError) as e:
         [x async for x in replica.stub.Generate(pb.GenerateRequest(prompt="hi", sampling=greedy(2)))]
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-    rest = [x async for x in running]
+    rest = await rest_of(running)
     assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH  # finished, not cut off
     await drained
     assert (await replica.stub.GetStats(pb.GetStatsRequest())).draining
@@ -181,7 +189,7 @@ async def test_a_drain_past_its_grace_aborts_what_is_left(replica: Replica) -> N
     running = replica.stub.Generate(pb.GenerateRequest(prompt_token_ids=[1, 2], sampling=greedy(400)))
     await running.read()
     await replica.servicer.drain(0.2)
-    rest = [x async for x in running]
+    rest = await rest_of(running)
     assert rest[-1].finish_reason == pb.FINISH_REASON_ABORTED
 
 

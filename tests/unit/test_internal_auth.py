@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
-from pylon_services.runtime.internal_auth import RequireInternalKey, with_internal_key
+from pylon_services.runtime.internal_auth import EngineStub, RequireInternalKey
 from pylon_services.runtime.settings import Settings
 
 
@@ -26,8 +27,8 @@ class _Engine(engine_pb2_grpc.EngineServiceServicer):
 
 async def _calls(port: int, key: str | None) -> tuple[str, str]:
     """(unary outcome, streaming outcome) of a channel that sends ``key`` (None: no header)."""
-    ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=with_internal_key(key) if key else None)
-    stub = engine_pb2_grpc.EngineServiceStub(ch)
+    ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub: Any = EngineStub(ch, key) if key else engine_pb2_grpc.EngineServiceStub(ch)
     out = []
     for call in (lambda: stub.GetEngineInfo(engine_pb2.GetEngineInfoRequest()),
                  lambda: _collect(stub.Generate(engine_pb2.GenerateRequest(prompt="x")))):

@@ -5,11 +5,14 @@ exempt so probes work."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from pylon.engine.v1 import engine_pb2_grpc
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -51,32 +54,19 @@ def _refusal(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(deny)
 
 
-def with_internal_key(key: str) -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors adding the internal key to every call on a channel (to engine replicas). One
-    object per call kind: grpc.aio files an interceptor under the first kind it implements only."""
-    return [_AddKeyUnary(key), _AddKeyStream(key)]
+class EngineStub:
+    """EngineService's calls on one replica's channel, each with the internal key in its metadata.
+    The key goes on each call rather than through a client interceptor: grpc.aio runs an
+    intercepted call through extra tasks, about 0.3 ms a call on the dev box, on every request the
+    gateway relays."""
 
-
-class _AddKey:
-    def __init__(self, key: str) -> None:
-        self._header = bearer(key)
-
-    def _with_key(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add(*self._header)
-        return details._replace(metadata=metadata)  # type: ignore[attr-defined]
-
-
-class _AddKeyUnary(_AddKey, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
-        return await continuation(self._with_key(client_call_details), request)
-
-
-class _AddKeyStream(_AddKey, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
-                                     request: Any) -> Any:
-        return await continuation(self._with_key(client_call_details), request)
+    def __init__(self, channel: grpc.aio.Channel, key: str) -> None:
+        stub = engine_pb2_grpc.EngineServiceStub(channel)
+        metadata = (bearer(key),)
+        self.Generate: Any = functools.partial(stub.Generate, metadata=metadata)
+        self.Abort: Any = functools.partial(stub.Abort, metadata=metadata)
+        self.GetStats: Any = functools.partial(stub.GetStats, metadata=metadata)
+        self.GetEngineInfo: Any = functools.partial(stub.GetEngineInfo, metadata=metadata)
 
 
 # A service acting as the platform on a user's behalf (the gateway recording which deployment

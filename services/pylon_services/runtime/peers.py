@@ -10,11 +10,10 @@ import json
 import grpc
 import redis.asyncio as aioredis
 
-from pylon.engine.v1 import engine_pb2_grpc
 from pylon.registry.v1 import registry_pb2_grpc
 from pylon.scheduler.v1 import scheduler_pb2_grpc
 from pylon_services.common.errors import Unavailable
-from pylon_services.runtime.internal_auth import with_internal_key
+from pylon_services.runtime.internal_auth import EngineStub
 from pylon_services.runtime.server import ENDPOINTS_KEY
 from pylon_services.runtime.settings import Settings
 
@@ -24,6 +23,7 @@ class PlatformClients:
         self._settings = settings
         self._redis = redis
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._engines: dict[str, EngineStub] = {}
 
     async def _channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
@@ -47,15 +47,16 @@ class PlatformClients:
     async def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
         return scheduler_pb2_grpc.SchedulerServiceStub(await self._channel(await self._service_address("scheduler")))
 
-    async def engine(self, address: str) -> engine_pb2_grpc.EngineServiceStub:
+    async def engine(self, address: str) -> EngineStub:
         """A replica's EngineService; every call carries the platform's internal key."""
-        ch = self._channels.get(f"engine:{address}")
-        if ch is None:
+        stub = self._engines.get(address)
+        if stub is None:
             opts = [("grpc.max_receive_message_length", self._settings.max_message_bytes)]
-            ch = self._channels[f"engine:{address}"] = grpc.aio.insecure_channel(
-                address, options=opts, interceptors=with_internal_key(self._settings.internal_key))
-        return engine_pb2_grpc.EngineServiceStub(ch)
+            channel = self._channels[f"engine:{address}"] = grpc.aio.insecure_channel(address, options=opts)
+            stub = self._engines[address] = EngineStub(channel, self._settings.internal_key)
+        return stub
 
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
+

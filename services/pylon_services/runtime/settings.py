@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # and still win.
     gateway_routing_policy: Literal["prefix", "least_load", "round_robin"] = "prefix"
     gateway_prefix_load_bound_tokens: float = 2048.0
+    # Seconds a gateway keeps a deployment's record and its replicas' heartbeats between Redis
+    # reads on the serving path (gateway/api/route_cache.py); 0 reads them on every request.
+    gateway_route_cache_s: float = 0.5
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # "file:///var/lib/pylon" or "s3://bucket/prefix".

@@ -26,6 +26,7 @@ from pylon_services.engines import wire
 from pylon_services.engines.contract import sampling_violations as engine_sampling_violations
 from pylon_services.gateway.api import inputs, metrics
 from pylon_services.gateway.api.chat_models import ChatModels
+from pylon_services.gateway.api.route_cache import RouteCache
 from pylon_services.gateway.api.serving import ServingHooks
 from pylon_services.gateway.domain import chat, requests
 from pylon_services.gateway.domain.deployments import DeploymentRecord
@@ -87,6 +88,8 @@ class Inference:
     def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
                  settings: Settings | None = None, hooks: ServingHooks | None = None) -> None:
         self._d = deployments
+        # The serving path's reads (record, replicas) through a short cache; listing reads the store.
+        self._routes = RouteCache(deployments, settings.gateway_route_cache_s if settings is not None else 0.0)
         self._c = clients
         self.hooks = hooks or ServingHooks()  # autoscaling and canaries (api/serving.py)
         self._chat = ChatModels(clients)
@@ -104,7 +107,7 @@ class Inference:
                                   [FieldViolation(fields[0], f"give exactly one of {fields[0]} and {fields[1]}")])
         if deployment:
             tenant, dep = inputs.deployment_name(fields[0], deployment, p)
-            return await self._d.get(tenant, dep)
+            return await self._routes.get(tenant, dep)
         uri = model_uri(fields[1], model)
         with calling("registry"):
             registry = await self._c.registry()
@@ -114,7 +117,7 @@ class Inference:
         found: list[DeploymentRecord] = []
         for name in sorted(d for d in version.deployments if d.startswith(prefix)):
             with contextlib.suppress(NotFound):
-                found.append(await self._d.get(p.tenant, name[len(prefix):]))
+                found.append(await self._routes.get(p.tenant, name[len(prefix):]))
         for rec in found:  # one with a ready replica first
             if await self._ready_replicas(rec):
                 return rec
@@ -126,7 +129,12 @@ class Inference:
         # Only replicas of live slots: a retired replica may still look fresh for a few seconds.
         slots = rec.live_job_ids()
         now = time.time()
-        return [r for r in await self._d.replicas(rec.tenant, rec.deployment_id) if r.job_id in slots and r.fresh(now)]
+        replicas = await self._routes.replicas(rec.tenant, rec.deployment_id)
+        return [r for r in replicas if r.job_id in slots and r.fresh(now)]
+
+    def forget(self, tenant: str, dep: str) -> None:
+        """This gateway changed or deleted the deployment: its next request reads it anew."""
+        self._routes.forget(tenant, dep)
 
     async def chat_prompt(self, rec: DeploymentRecord, messages: Sequence[chat.ChatMessage], timeout: float,
                           field: str = "messages") -> list[int]:
