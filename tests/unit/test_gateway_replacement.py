@@ -48,20 +48,31 @@ def test_a_cancelled_replica_is_replaced_at_once_in_a_fresh_slot_without_countin
 def test_a_second_writer_applying_the_same_replacement_to_a_fresh_read_changes_nothing():
     r = _record()
     ended = _failed("tenants/acme/jobs/j1")
-    once = records.replace_ended(r, ended, [0], POLICY, now=100.0)
-    assert records.replace_ended(once, ended, [0], POLICY, now=100.5) == once  # no second slot, no second count
+    counted = records.replace_ended(r, ended, [0], POLICY, now=100.0)
+    assert records.replace_ended(counted, ended, [0], POLICY, now=100.5) == counted  # no second count
+    once = records.replace_ended(counted, ended, [0], POLICY, now=111.0)
+    assert records.unsubmitted(once) == [2]
+    assert records.replace_ended(once, ended, [0], POLICY, now=111.5) == once  # no second slot
 
 
 def test_failed_replicas_back_off_and_a_crash_loop_stops_with_the_last_failure():
-    r = records.replace_ended(_record(1), _failed("tenants/acme/jobs/j0"), [], POLICY, now=100.0)
-    assert r.crash_loop.failures == 1 and r.crash_loop.not_before == 110.0 and r.crash_loop.since_index == 1
+    r = _record(1)
+    seen = records.replace_ended(r, _failed("tenants/acme/jobs/j0"), [], POLICY, now=100.0)
+    assert seen.slots == r.slots and not records.unsubmitted(seen)  # counted, waits for the backoff
+    assert seen.crash_loop.failures == 1 and seen.crash_loop.not_before == 110.0
+    assert seen.crash_loop.waiting == ("tenants/acme/jobs/j0",) and seen.crash_loop.since_index == 1
+    assert records.replace_ended(seen, _failed("tenants/acme/jobs/j0"), [], POLICY, now=105.0) == seen  # not twice
+    r = records.replace_ended(seen, _failed("tenants/acme/jobs/j0"), [], POLICY, now=110.0)
+    assert records.unsubmitted(r) == [1] and r.crash_loop.waiting == () and r.crash_loop.failures == 1
+    assert r.scale_events[-1].reason == ("replaced replica job tenants/acme/jobs/j0 failed: exit code 1 "
+                                         "(failure 1 of at most 3 in a row; backoff 10s)")
     r = records.record_jobs(r, {1: "tenants/acme/jobs/j1"})
-    early = records.replace_ended(r, _failed("tenants/acme/jobs/j1"), [], POLICY, now=105.0)
-    assert early == r  # within the backoff: the failed slot waits
-    r = records.replace_ended(r, _failed("tenants/acme/jobs/j1"), [], POLICY, now=111.0)
-    assert r.crash_loop.failures == 2 and r.crash_loop.not_before == 131.0 and r.crash_loop.since_index == 1
+    r = records.replace_ended(r, _failed("tenants/acme/jobs/j1"), [], POLICY, now=200.0)
+    assert r.crash_loop.failures == 2 and r.crash_loop.not_before == 220.0 and not records.unsubmitted(r)
+    r = records.replace_ended(r, _failed("tenants/acme/jobs/j1"), [], POLICY, now=220.0)
+    assert records.unsubmitted(r) == [2] and r.crash_loop.since_index == 1
     r = records.record_jobs(r, {2: "tenants/acme/jobs/j2"})
-    stopped = records.replace_ended(r, _failed("tenants/acme/jobs/j2"), [], POLICY, now=140.0)
+    stopped = records.replace_ended(r, _failed("tenants/acme/jobs/j2"), [], POLICY, now=300.0)
     assert [s.job for s in stopped.slots] == ["tenants/acme/jobs/j2"] and not records.unsubmitted(stopped)
     assert "after 3 consecutive replica failure(s)" in stopped.crash_loop.stopped
     assert "tenants/acme/jobs/j2 failed: exit code 1" in stopped.crash_loop.stopped
@@ -72,6 +83,15 @@ def test_failed_replicas_back_off_and_a_crash_loop_stops_with_the_last_failure()
     assert state == "failed" and "stopped replacing after 3" in message
 
 
+def test_a_cancelled_replica_is_replaced_at_once_even_while_a_failed_one_backs_off():
+    r = _record(2)
+    both = {**_failed("tenants/acme/jobs/j0"),
+            "tenants/acme/jobs/j1": EndedJob("tenants/acme/jobs/j1", "cancelled", "cancelled")}
+    out = records.replace_ended(r, both, [], POLICY, now=100.0)
+    assert [(s.index, s.job) for s in out.slots] == [(0, "tenants/acme/jobs/j0"), (2, "")]
+    assert out.crash_loop.failures == 1 and out.crash_loop.waiting == ("tenants/acme/jobs/j0",)
+
+
 def test_a_failure_the_scheduler_did_not_retry_stops_replacing_at_once():
     r = records.replace_ended(_record(1), _failed("tenants/acme/jobs/j0", permanent=True), [], POLICY, now=100.0)
     assert not records.unsubmitted(r) and r.crash_loop.failures == 1
@@ -80,6 +100,7 @@ def test_a_failure_the_scheduler_did_not_retry_stops_replacing_at_once():
 
 def test_a_replacement_that_becomes_ready_ends_the_streak_but_an_old_ready_replica_does_not():
     r = records.replace_ended(_record(2), _failed("tenants/acme/jobs/j1"), [0], POLICY, now=100.0)
+    r = records.replace_ended(r, _failed("tenants/acme/jobs/j1"), [0], POLICY, now=110.0)
     r = records.record_jobs(r, {2: "tenants/acme/jobs/j2"})
     assert replacement.after_ready(r.crash_loop, [0]) == r.crash_loop  # replica 0 served before the streak
     assert replacement.after_ready(r.crash_loop, [0, 2]) == CrashLoop()
@@ -102,7 +123,7 @@ def test_deleting_and_canary_slots_are_left_alone():
 
 
 def test_the_record_keeps_its_priority_class_and_crash_loop_through_storage():
-    r = dataclasses.replace(_record(1), priority_class="low", crash_loop=CrashLoop(2, 1, 5.0, "l", ""))
+    r = dataclasses.replace(_record(1), priority_class="low", crash_loop=CrashLoop(2, 1, 5.0, ("tenants/acme/jobs/j0",), "l", ""))
     assert DeploymentRecord.from_dict(json.loads(json.dumps(r.to_dict()))) == r
     old = {k: v for k, v in r.to_dict().items() if k not in ("priority_class", "crash_loop")}
     back = DeploymentRecord.from_dict(old)  # written before these fields: the replica jobs ran at "high"

@@ -7,9 +7,9 @@ empty, and the deployment would run below its count. The controller swaps such a
 one (a fresh index, so a fresh scheduler request id: a second gateway doing the same swap finds
 the slot already swapped under compare-and-swap and submits nothing more).
 
-A replica that *failed* (or exited on its own) counts towards a crash loop: each replacement of
-a failed replica waits an exponential backoff (``backoff_s`` doubling up to ``backoff_max_s``),
-and after ``max_failures`` consecutive failures with no replacement becoming ready the
+A replica that *failed* (or exited on its own) counts towards a crash loop when first seen, and
+is replaced after an exponential backoff from then (``backoff_s`` doubling with each failure in
+a row, up to ``backoff_max_s``); after ``max_failures`` consecutive failures with no replacement becoming ready the
 controller stops replacing and the deployment reads FAILED with the last failure. A failure the
 scheduler did not retry although retries were left is permanent (the engine said a retry fails
 the same way: a model it cannot load), so replacing stops at once. A cancelled or vanished job
@@ -49,7 +49,8 @@ class CrashLoop:
 
     failures: int = 0  # consecutive failed replicas since a replacement last became ready
     since_index: int = 0  # slots from this index on started after the streak began
-    not_before: float = 0.0  # no failed replica is replaced before this time
+    not_before: float = 0.0  # the failed replicas in ``waiting`` are replaced from this time on
+    waiting: tuple[str, ...] = ()  # failed jobs counted, whose replacement waits for the backoff
     last: str = ""  # the last failure, as a line
     stopped: str = ""  # why replacing stopped ("" while it goes on)
 
@@ -58,7 +59,9 @@ class CrashLoop:
         if not d:
             return cls()
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        fields = {k: v for k, v in d.items() if k in names}
+        fields["waiting"] = tuple(fields.get("waiting", ()))
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -97,32 +100,37 @@ def after_ready(loop: CrashLoop, ready_indexes: Iterable[int]) -> CrashLoop:
 def decide(loop: CrashLoop, ended: Iterable[EndedJob], policy: ReplacePolicy, next_index: int,
            now: float) -> Decision:
     """Which ended replicas to replace now and the streak after it. Cancelled or vanished jobs are
-    replaced at once; failed ones after the backoff, until ``max_failures`` (or a permanent failure)
-    stops replacing altogether."""
+    replaced at once. A failure is counted when first seen, and the failed replicas are replaced
+    once the backoff its count sets has passed; ``max_failures`` (or a permanent failure) stops
+    replacing altogether."""
     ended = sorted(ended, key=lambda e: e.job)
     if loop.stopped or not ended:
         return Decision((), loop, ())
     failed = [e for e in ended if e.failure]
-    others = tuple(e.job for e in ended if not e.failure)
-    events = tuple(f"replaced {e.line()}" for e in ended if not e.failure)
-    if not failed:
-        return Decision(others, loop, events)
-    n = loop.failures + len(failed)
-    last = failed[-1]
-    permanent = next((e for e in failed if e.permanent), None)
-    if permanent is not None or n >= policy.max_failures:
-        why = (f"not replaced: the scheduler did not retry it, a retry fails the same way; {permanent.line()}"
-               if permanent is not None else
-               f"stopped replacing after {n} consecutive replica failure(s); the last: {last.line()}")
-        stopped = dataclasses.replace(loop, failures=n, last=last.line(), stopped=why[:300])
-        return Decision((), stopped, (why,))
-    if now < loop.not_before:
-        return Decision(others, loop, events)
-    since = loop.since_index if loop.failures else next_index
-    streak = CrashLoop(failures=n, since_index=since, not_before=now + policy.delay(n), last=last.line())
-    events += tuple(f"replaced {e.line()} (failure {loop.failures + i + 1} of at most {policy.max_failures}; "
-                    f"next replacement after {policy.delay(n):g}s)" for i, e in enumerate(failed))
-    return Decision(others + tuple(e.job for e in failed), streak, events)
+    replace = [e.job for e in ended if not e.failure]
+    events = [f"replaced {e.line()}" for e in ended if not e.failure]
+    # Jobs counted earlier whose slots are gone meanwhile (scaled down) wait for nothing.
+    loop = dataclasses.replace(loop, waiting=tuple(j for j in loop.waiting if j in {e.job for e in failed}))
+    new = [e for e in failed if e.job not in loop.waiting]
+    if new:
+        n = loop.failures + len(new)
+        permanent = next((e for e in new if e.permanent), None)
+        if permanent is not None or n >= policy.max_failures:
+            why = (f"not replaced: the scheduler did not retry it, a retry fails the same way; {permanent.line()}"
+                   if permanent is not None else
+                   f"stopped replacing after {n} consecutive replica failure(s); the last: {new[-1].line()}")
+            return Decision((), dataclasses.replace(loop, failures=n, last=new[-1].line(), stopped=why[:300]),
+                            (why,))
+        loop = CrashLoop(failures=n, since_index=loop.since_index if loop.failures else next_index,
+                         not_before=now + policy.delay(n), waiting=loop.waiting + tuple(e.job for e in new),
+                         last=new[-1].line())
+    due = [e for e in failed if e.job in loop.waiting] if now >= loop.not_before else []
+    if due:
+        replace += [e.job for e in due]
+        events += [f"replaced {e.line()} (failure {loop.failures} of at most {policy.max_failures} in a row; "
+                   f"backoff {policy.delay(loop.failures):g}s)" for e in due]
+        loop = dataclasses.replace(loop, waiting=tuple(j for j in loop.waiting if j not in replace))
+    return Decision(tuple(replace), loop, tuple(events))
 
 
 def shown(state: str, message: str, loop: CrashLoop) -> tuple[str, str]:
