@@ -32,6 +32,8 @@ def deployments_deploy(
         max_error_rate: float = typer.Option(0.05, help="Rollouts: roll back above this error rate."),
         max_ttft_ms: float = typer.Option(0.0, help="Rollouts: roll back above this mean TTFT (0: off)."),
         bake: float = typer.Option(30.0, help="Rollouts: seconds a canary serves before promotion."),
+        priority_class: str = typer.Option("high", help="Scheduler priority of the replica jobs: low, normal or "
+                                                        "high (may preempt lower-priority preemptible training)."),
         as_json: bool = JSON) -> None:
     """Deploy models:/NAME@ALIAS as deployment NAME, optionally autoscaled and following the alias."""
     scaling = Autoscaling(min_replicas, max_replicas, target_queue, target_kv_usage, target_ttft_ms,
@@ -39,7 +41,7 @@ def deployments_deploy(
     rollout = Rollout(True, canary_percent, canary_replicas, min_requests, max_error_rate, max_ttft_ms,
                       bake) if follow_alias else None
     emit(client().deployments.deploy(name, model_uri, replicas=replicas, engine=engine, gpus=gpus, wait=wait,
-                                     autoscaling=scaling, rollout=rollout),
+                                     autoscaling=scaling, rollout=rollout, priority_class=priority_class),
          as_json, ["name", "state", "model_version", "message"])
 
 
@@ -62,7 +64,7 @@ def deployments_get(name: str, as_json: bool = JSON) -> None:
     if as_json:
         emit(dep, as_json)
         return
-    emit(dep, False, [*_COLUMNS, "etag"])
+    emit(dep, False, [*_COLUMNS, "priority_class", "etag"])
     emit(dep.replica_status, False, ["job", "ready", "model_version", "canary", "running_requests"])
     if dep.autoscaling:
         emit(dep.autoscaling, False)

@@ -17,14 +17,16 @@ class Deployments(_Resource):
     def deploy(self, name: str, model_uri: str, *, replicas: int = 0, engine: str = "torch", gpus: float = 0,
                gpu_types: list[str] | None = None, wait: bool = True, timeout: float = 600,
                request_id: str | None = None, autoscaling: Autoscaling | None = None,
-               rollout: Rollout | None = None) -> Deployment:
+               rollout: Rollout | None = None, priority_class: str = "") -> Deployment:
         """Deploy ``models:/name@alias`` (or a version); with ``wait``, return once a replica
         serves (raises FailedPreconditionError as soon as every replica job has failed).
         ``replicas`` 0 means 1, or the autoscaling minimum (at least 1). ``autoscaling`` scales
         between its bounds on load (to zero when min_replicas is 0); ``rollout`` makes a
-        deployment of an alias roll its later moves out as canaries."""
+        deployment of an alias roll its later moves out as canaries. ``priority_class`` ("low",
+        "normal" or "high"; "" means "high") is the scheduler priority of its replica jobs: above a
+        running preemptible job's, a replica that finds no free GPU preempts it."""
         dep = gateway_pb2.Deployment(model_uri=model_uri, replicas=replicas, engine=engine, gpus_per_replica=gpus,
-                                     gpu_types=gpu_types or [])
+                                     gpu_types=gpu_types or [], priority_class=priority_class)
         if autoscaling is not None:
             dep.autoscaling.CopyFrom(autoscaling.to_proto())
         if rollout is not None:

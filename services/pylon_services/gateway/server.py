@@ -16,6 +16,7 @@ from pylon_services.gateway.api.openai_http import OpenAIHttpServer
 from pylon_services.gateway.api.replicas import ReplicaJobs
 from pylon_services.gateway.api.servicer import GatewayServicer
 from pylon_services.gateway.api.serving import AutoscaleHooks
+from pylon_services.gateway.domain.replacement import ReplacePolicy
 from pylon_services.gateway.store.deployments import DeploymentStore
 from pylon_services.gateway.store.quotas import QuotaStore
 from pylon_services.gateway.store.serving import ServingCounters
@@ -28,15 +29,17 @@ from pylon_services.runtime.settings import Settings
 async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     clients = PlatformClients(settings, redis)
     store = DeploymentStore(redis)
-    jobs = ReplicaJobs(store, clients, settings.internal_key)
+    jobs = ReplicaJobs(store, clients, settings.internal_key, settings.gateway_replica_max_retries)
     counters = ServingCounters(redis, uuid.uuid4().hex[:12])
     hooks = AutoscaleHooks(store, counters, jobs, settings.admin_key, settings.gateway_cold_start_wait_s)
     serve = Inference(store, clients, settings, hooks)
     # Quotas in the platform's Redis (shared by every gateway); the fair queue in this process.
     admission = Admission(QuotaStore(redis), settings)
     servicer = GatewayServicer(store, clients, serve, jobs, counters, admission)
+    replacing = ReplacePolicy(settings.gateway_replace_backoff_s, settings.gateway_replace_backoff_max_s,
+                              settings.gateway_replace_max_failures)
     controller = Controller(store, counters, jobs, clients, hooks, settings.admin_key,
-                            settings.gateway_controller_interval_s)
+                            settings.gateway_controller_interval_s, replacing)
     # One key store for both transports: one cache, so a revoked key stops working on both at once.
     keys = ApiKeyStore(redis, settings.admin_key, settings.auth_cache_ttl_s)
     http = OpenAIHttpServer(serve, keys, settings, admission)

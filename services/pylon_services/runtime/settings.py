@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     # deployment with no ready replica (scaled to zero, or starting) is held for one at most.
     gateway_controller_interval_s: float = 2.0
     gateway_cold_start_wait_s: float = 300.0
+    # Gateway replica replacement (gateway/domain/replacement.py): the scheduler restarts a
+    # replica's failed attempt gateway_replica_max_retries times; a replica job that ends anyway
+    # is replaced by the controller, a failed one after a backoff of gateway_replace_backoff_s
+    # doubling up to gateway_replace_backoff_max_s, until gateway_replace_max_failures consecutive
+    # failures with no replacement becoming ready turn the deployment FAILED.
+    gateway_replica_max_retries: int = 3
+    gateway_replace_backoff_s: float = 10.0
+    gateway_replace_backoff_max_s: float = 300.0
+    gateway_replace_max_failures: int = 5
     # Gateway routing (gateway/domain/routing.py): "prefix" (session, then prompt-prefix affinity
     # with a load bound, then least outstanding tokens), "least_load" or "round_robin"; how many
     # outstanding tokens more than the least-loaded replica a replica holding the prefix may have

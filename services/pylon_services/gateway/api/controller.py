@@ -1,10 +1,12 @@
-"""The gateway's control loop: autoscaling and canary rollouts of every deployment.
+"""The gateway's control loop: canary rollouts, replacement of ended replicas and autoscaling of
+every deployment.
 
 One gateway at a time acts: the holder of a Redis lease (``store/serving.py``), renewed every
 tick and lost when that gateway stops renewing it, like the scheduler's leader. Every change of
 a record is still a compare-and-swap on its version and every settle is idempotent, so a
 second gateway acting for a moment (a lease lost mid-tick) cannot corrupt a record or leak a
-replica job. The policies are pure (``domain/autoscale.py``, ``domain/rollouts.py``); this module
+replica job. The policies are pure (``domain/autoscale.py``, ``domain/rollouts.py``,
+``domain/replacement.py``); this module
 reads their signals and applies their answers through the scheduler and the registry, as the
 platform (``Acting.platform``) in each deployment's own tenant.
 """
@@ -27,6 +29,7 @@ from pylon_services.gateway.domain import autoscale, rollouts
 from pylon_services.gateway.domain import deployments as records
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.ports import DeploymentRecords, ServingCounts, ServingView
+from pylon_services.gateway.domain.replacement import ReplacePolicy
 from pylon_services.gateway.domain.routing import STALE_AFTER_S
 from pylon_services.runtime.peers import PlatformClients
 
@@ -45,7 +48,8 @@ class _Memory:
 
 class Controller:
     def __init__(self, store: DeploymentRecords, counters: ServingCounts, jobs: ReplicaJobs,
-                 clients: PlatformClients, hooks: AutoscaleHooks, admin_key: str, interval_s: float) -> None:
+                 clients: PlatformClients, hooks: AutoscaleHooks, admin_key: str, interval_s: float,
+                 replacing: ReplacePolicy | None = None) -> None:
         self._d = store
         self._counters = counters
         self._jobs = jobs
@@ -53,6 +57,7 @@ class Controller:
         self._hooks = hooks
         self._admin_key = admin_key
         self._interval = interval_s
+        self._replacing = replacing or ReplacePolicy()
         self._id = f"gateway-{uuid.uuid4().hex[:12]}"
         self._memory: dict[tuple[str, str], _Memory] = {}
         self._task: asyncio.Task[None] | None = None
@@ -92,7 +97,7 @@ class Controller:
             log.warning("controller: %s/%s: %s", tenant, dep, (detail or type(e).__name__)[:300])
 
     async def tick(self, tenant: str, dep: str) -> None:
-        """One look at one deployment: roll out, then scale."""
+        """One look at one deployment: roll out, replace the replicas whose jobs ended, then scale."""
         try:
             rec = await self._d.get(tenant, dep)
         except Exception:  # noqa: BLE001 - deleted meanwhile
@@ -103,6 +108,8 @@ class Controller:
         view = await self._counters.read(tenant, dep)
         if rec.rollout.follow_alias or rec.canary is not None:
             rec = await self._rollout(rec, view, by)
+        if rec.slots:
+            rec = await self._replace(rec, by)
         if rec.autoscaling.enabled:
             await self._autoscale(rec, view, by)
 
@@ -128,6 +135,24 @@ class Controller:
                                  lambda r: r if r.deleting else records.autoscale_to(r, want, "autoscaler", why, now))
         if want != rec.replicas or records.unsubmitted(rec) or rec.retired:
             await self._jobs.settle(rec.tenant, rec.deployment_id, by)
+
+    # -- replacing ended replicas ----------------------------------------------------------------
+    async def _replace(self, rec: DeploymentRecord, by: Acting) -> DeploymentRecord:
+        """Swap the live slots whose jobs ended for new ones (``domain/replacement.py``), then
+        submit them. Only replicas that do not serve now have their jobs' states read."""
+        t, d, now = rec.tenant, rec.deployment_id, time.time()
+        fresh = {r.job_id for r in await self._d.replicas(t, d) if r.fresh(now)}
+        ready = [s.index for s in rec.slots if s.job and s.job_id in fresh]
+        ended = await self._jobs.ended_jobs(sorted(s.job for s in rec.slots if s.job and s.job_id not in fresh), by)
+        loop = rec.crash_loop
+        if not ended and not ((loop.failures or loop.stopped) and any(i >= loop.since_index for i in ready)):
+            return rec
+        by_job = {e.job: e for e in ended}
+        rec = await self._d.update(t, d, lambda r: records.replace_ended(r, by_job, ready, self._replacing, now))
+        if records.unsubmitted(rec):
+            log.info("replacing replicas", extra={"deployment": rec.name, "ended": sorted(by_job)})
+            rec = await self._jobs.settle(t, d, by)
+        return rec
 
     # -- rollouts ---------------------------------------------------------------------------------
     async def _alias_target(self, rec: DeploymentRecord, by: Acting) -> str:

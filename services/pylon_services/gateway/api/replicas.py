@@ -20,21 +20,19 @@ from pylon.scheduler.v1 import scheduler_pb2 as spb
 from pylon_services.gateway.domain import deployments as records
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.ports import DeploymentRecords
+from pylon_services.gateway.domain.replacement import EndedJob
 from pylon_services.runtime.context import forward_metadata, remaining_timeout
 from pylon_services.runtime.internal_auth import internal_header
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import struct
 
 # A replica job whose attempt fails (its process killed, its node lost) is restarted by the
-# scheduler this many times: the new attempt registers under the same job, so the slot is
-# replaced without the gateway doing anything. A model that cannot load fails every attempt.
+# scheduler this many times (PYLON_GATEWAY_REPLICA_MAX_RETRIES): the new attempt registers under
+# the same job. A job that ends anyway is replaced by the controller (``domain/replacement.py``).
 REPLICA_MAX_RETRIES = 3
 _ENDED = {spb.JOB_STATE_FAILED: "failed", spb.JOB_STATE_CANCELLED: "cancelled", spb.JOB_STATE_SUCCEEDED: "exited"}
 # A cancel of a job that is already over, or gone, has nothing left to do.
 _ALREADY_OVER = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
-# Replica jobs outrank training (priority class "high"), so a deployment that needs GPUs may
-# preempt lower-priority preemptible training through the scheduler's own preemption.
-REPLICA_PRIORITY = "high"
 
 
 @dataclass(frozen=True)
@@ -59,16 +57,20 @@ class Acting:
 
 
 class ReplicaJobs:
-    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients, internal_key: str = "") -> None:
+    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients, internal_key: str = "",
+                 max_retries: int = REPLICA_MAX_RETRIES) -> None:
         self._d = deployments
         self._c = clients
         self._internal_key = internal_key
+        self._max_retries = max_retries
 
     async def submit(self, rec: DeploymentRecord, index: int, by: Acting) -> str:
-        """Submit (or, with the slot's request id, find again) the job of replica ``index``."""
+        """Submit (or, with the slot's request id, find again) the job of replica ``index``, at the
+        deployment's priority class: a class above a running preemptible job's lets the scheduler
+        preempt it for the replica."""
         version = rec.version_of(index)
         spec = spb.JobSpec(
-            workers=1, priority_class=REPLICA_PRIORITY, max_retries=REPLICA_MAX_RETRIES,
+            workers=1, priority_class=rec.priority_class, max_retries=self._max_retries,
             display_name=f"{rec.name} replica {index}",
             resources=spb.WorkerResources(gpus=rec.gpus, gpu_types=list(rec.gpu_types), cpus=1),
             engine=spb.EngineReplica(deployment=rec.name, model_version=version, engine=rec.engine,
@@ -126,17 +128,27 @@ class ReplicaJobs:
     async def ended(self, jobs: list[str], by: Acting) -> list[str]:
         """One line per job of ``jobs`` that is over, with the scheduler's reason. A job whose
         state cannot be read now counts as not over (the next read asks again)."""
+        return [e.line() for e in await self.ended_jobs(jobs, by) if e.state != "gone"]
+
+    async def ended_jobs(self, jobs: list[str], by: Acting) -> list[EndedJob]:
+        """The jobs of ``jobs`` that are over (or that the scheduler no longer has), with the
+        scheduler's reason; a job whose state cannot be read now counts as not over."""
         if not jobs:
             return []
         sched = await self._c.scheduler()
 
-        async def state(job: str) -> str:
+        async def state(job: str) -> EndedJob | None:
             try:
                 resp = await sched.GetJob(spb.GetJobRequest(name=job), metadata=by.metadata,
                                           timeout=min(by.timeout, 5.0))
-            except grpc.aio.AioRpcError:
-                return ""
+            except grpc.aio.AioRpcError as e:
+                gone = e.code() == grpc.StatusCode.NOT_FOUND
+                return EndedJob(job, "gone", "the scheduler has no such job") if gone else None
             s = resp.job.status
-            return f"replica job {job} {_ENDED[s.state]}: {s.message}" if s.state in _ENDED else ""
+            if s.state not in _ENDED:
+                return None
+            # Failed with retries left: the workload told the scheduler a retry fails the same way.
+            permanent = s.state == spb.JOB_STATE_FAILED and s.retries < resp.job.spec.max_retries
+            return EndedJob(job, _ENDED[s.state], s.message, permanent)
 
-        return [line for line in await asyncio.gather(*(state(j) for j in jobs)) if line]
+        return [e for e in await asyncio.gather(*(state(j) for j in jobs)) if e is not None]

@@ -33,7 +33,7 @@ from pylon_services.gateway.api.inference import (
 )
 from pylon_services.gateway.api.replicas import Acting, ReplicaJobs
 from pylon_services.gateway.domain import deployments as records
-from pylon_services.gateway.domain import requests
+from pylon_services.gateway.domain import replacement, requests
 from pylon_services.gateway.domain.chat import ChatMessage
 from pylon_services.gateway.domain.deployments import DeploymentRecord
 from pylon_services.gateway.domain.ports import DeploymentRecords, ServingCounts, ServingView
@@ -80,13 +80,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         waiting = [r.job for r in stable if r.job and not r.ready]
         ready = sum(r.ready for r in stable)
         ended = await self._jobs.ended(waiting, Acting.caller(context)) if not ready else []
-        state, message = deployment_state(ready, rec.replicas, ended, len(stable), rec.deleting)
+        state, message = replacement.shown(*deployment_state(ready, rec.replicas, ended, len(stable), rec.deleting),
+                                           rec.crash_loop)
         view = await self._counters.read(rec.tenant, rec.deployment_id) if self._counters else ServingView()
         return pb.Deployment(name=rec.name, model_uri=rec.model_uri, model_version=rec.model_version,
                              engine=rec.engine, replicas=rec.replicas, gpus_per_replica=rec.gpus,
                              gpu_types=list(rec.gpu_types), engine_config=struct(dict(rec.engine_config)),
                              state=_STATES[state], message=message, replica_status=status,
                              create_time=ts(rec.create_time), etag=rec.etag,
+                             priority_class=rec.priority_class,
                              **policies.history_fields(rec, view))  # type: ignore[arg-type]
 
     async def CreateDeployment(self, request: pb.CreateDeploymentRequest,
@@ -111,6 +113,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         elif workload.max_gpus_per_worker is not None and d.gpus_per_replica > workload.max_gpus_per_worker:
             bad.append(FieldViolation("deployment.gpus_per_replica", f"the {engine} engine uses at most "
                                       f"{workload.max_gpus_per_worker:g} GPU per replica: ask for more replicas instead"))
+        bad += records.priority_violations("deployment.priority_class", d.priority_class)
         config = plain_struct(d.engine_config)
         config_bad = requests.config_violations("deployment.engine_config", config)
         bad += config_bad
@@ -128,7 +131,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             f"tenants/{tenant}/deployments/{dep_id}", uuid.uuid4().hex[:10], replicas, model_uri=uri,
             model_version=resolved.version.name, engine=engine, gpus=d.gpus_per_replica,
             gpu_types=tuple(d.gpu_types), engine_config=config, create_time=time.time(), request_id=request_id,
-            autoscaling=scaling, rollout=rollout)
+            autoscaling=scaling, rollout=rollout, priority_class=d.priority_class or records.DEFAULT_PRIORITY_CLASS)
         if not await self._d.create(rec):
             existing = await self._d.get(tenant, dep_id)
             if not request_id or existing.request_id != request_id:

@@ -20,12 +20,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pylon_services.common.errors import Aborted, FailedPrecondition, InvalidArgument
+from pylon_services.common.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument
+from pylon_services.gateway.domain import replacement
 from pylon_services.gateway.domain.autoscale import AutoscalePolicy
+from pylon_services.gateway.domain.replacement import CrashLoop
 from pylon_services.gateway.domain.rollouts import Canary, RolloutEvent, RolloutPolicy, with_event
 
 MAX_REPLICAS = 16
 SCALE_EVENTS_KEPT = 20
+# The scheduler's priority classes (scheduler/domain/spec.py; a unit test keeps them equal). A
+# deployment's replica jobs run at its class: "high" unless it says otherwise, so a deployment
+# may preempt lower-priority preemptible training through the scheduler's own preemption.
+PRIORITY_CLASSES = ("low", "normal", "high")
+DEFAULT_PRIORITY_CLASS = "high"
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class DeploymentRecord:
     rejected_version: str = ""  # rolled back: not tried again until the alias moves elsewhere
     history: tuple[RolloutEvent, ...] = ()
     scale_events: tuple[ScaleEvent, ...] = ()
+    priority_class: str = DEFAULT_PRIORITY_CLASS  # the scheduler priority class of its replica jobs
+    crash_loop: CrashLoop = field(default_factory=CrashLoop)  # replacements of ended replicas
 
     @property
     def tenant(self) -> str:
@@ -125,7 +134,9 @@ class DeploymentRecord:
                    canary_slots=tuple(Slot(**s) for s in d.get("canary_slots", [])),
                    rejected_version=d.get("rejected_version", ""),
                    history=tuple(RolloutEvent(**e) for e in d.get("history", [])),
-                   scale_events=tuple(ScaleEvent(**e) for e in d.get("scale_events", [])))
+                   scale_events=tuple(ScaleEvent(**e) for e in d.get("scale_events", [])),
+                   priority_class=d.get("priority_class") or DEFAULT_PRIORITY_CLASS,
+                   crash_loop=CrashLoop.from_dict(d.get("crash_loop")))
 
 
 @dataclass(frozen=True)
@@ -256,3 +267,34 @@ def roll_back(rec: DeploymentRecord, reason: str, now: float, reject: bool = Tru
     return dataclasses.replace(rec, canary=None, canary_slots=(), retired=rec.retired + rec.canary_slots,
                                rejected_version=rec.canary.version if reject else rec.rejected_version,
                                history=with_event(rec.history, event))
+
+
+def priority_violations(field_name: str, priority_class: str) -> list[FieldViolation]:
+    """What is wrong with a deployment's priority class ("" means the default)."""
+    if priority_class and priority_class not in PRIORITY_CLASSES:
+        return [FieldViolation(field_name, f"must be one of {', '.join(PRIORITY_CLASSES)}, got {priority_class[:64]!r}")]
+    return []
+
+
+def replace_ended(rec: DeploymentRecord, ended: Mapping[str, replacement.EndedJob], ready_indexes: Iterable[int],
+                  policy: replacement.ReplacePolicy, now: float) -> DeploymentRecord:
+    """The record with the live slots whose jobs ended swapped for new slots (fresh indexes, so a
+    fresh scheduler request id each) as ``replacement.decide`` says, the old slots retired, and
+    a scale event per replacement. Only slots that still hold an ended job change, so a second
+    writer applying the same change to a fresh read changes nothing."""
+    if rec.deleting:
+        return rec
+    loop = replacement.after_ready(rec.crash_loop, ready_indexes)
+    here = [ended[s.job] for s in rec.slots if s.job and s.job in ended]
+    decision = replacement.decide(loop, here, policy, rec.next_index, now)
+    slots, retired, next_index = [], list(rec.retired), rec.next_index
+    for s in rec.slots:
+        if s.job in decision.replace:
+            retired.append(s)
+            s = Slot(next_index)
+            next_index += 1
+        slots.append(s)
+    events = tuple(ScaleEvent(now, rec.replicas, rec.replicas, "controller", why[:200]) for why in decision.events)
+    return dataclasses.replace(rec, slots=tuple(slots), retired=tuple(retired), next_index=next_index,
+                               crash_loop=decision.loop,
+                               scale_events=(rec.scale_events + events)[-SCALE_EVENTS_KEPT:])
