@@ -66,6 +66,7 @@ class DeploymentRecord:
     rejected_version: str = ""  # rolled back: not tried again until the alias moves elsewhere
     history: tuple[RolloutEvent, ...] = ()
     scale_events: tuple[ScaleEvent, ...] = ()
+    shared_with: tuple[str, ...] = ()  # other tenants that may send requests ("*": all); domain/sharing.py
 
     @property
     def tenant(self) -> str:
@@ -99,6 +100,7 @@ class DeploymentRecord:
         d = dataclasses.asdict(self)
         d["gpu_types"] = list(self.gpu_types)
         d["engine_config"] = dict(self.engine_config)
+        d["shared_with"] = list(self.shared_with)
         return d
 
     @classmethod
@@ -125,7 +127,8 @@ class DeploymentRecord:
                    canary_slots=tuple(Slot(**s) for s in d.get("canary_slots", [])),
                    rejected_version=d.get("rejected_version", ""),
                    history=tuple(RolloutEvent(**e) for e in d.get("history", [])),
-                   scale_events=tuple(ScaleEvent(**e) for e in d.get("scale_events", [])))
+                   scale_events=tuple(ScaleEvent(**e) for e in d.get("scale_events", [])),
+                   shared_with=tuple(d.get("shared_with") or ()))
 
 
 @dataclass(frozen=True)
