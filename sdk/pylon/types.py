@@ -337,6 +337,7 @@ class Deployment:
     rollout_history: list[RolloutEvent] = field(default_factory=list)
     scale_events: list[ScaleEvent] = field(default_factory=list)
     last_cold_start_s: float = 0.0
+    shared_with: list[str] = field(default_factory=list)  # other tenants that may use it ("*": all)
 
     @classmethod
     def from_proto(cls, d: gateway_pb2.Deployment) -> Deployment:
@@ -352,7 +353,7 @@ class Deployment:
                    [RolloutEvent(_time(e.time), e.from_version, e.to_version, e.outcome, e.reason)
                     for e in d.rollout_history],
                    [ScaleEvent(_time(e.time), e.from_replicas, e.to_replicas, e.by, e.reason) for e in d.scale_events],
-                   d.last_cold_start_s)
+                   d.last_cold_start_s, list(d.shared_with))
 
 
 def _finish(reason: int) -> str:
