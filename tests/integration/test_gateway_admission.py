@@ -192,7 +192,7 @@ def flood_and_measure(light: Any, heavy: Any, heavy_target: str) -> tuple[float,
 def test_a_tenant_over_its_budget_is_throttled_while_another_tenants_ttft_stays(gateway, limits):
     """The issue's failure case across tenants: globex floods acme's deployment, shared with it,
     with a 1,500 tokens/min budget of its own (globex pays for its requests, whoever owns the
-    deployment): its burst is admitted (up to the 3 of the deployment's 4 slots one tenant may
+    deployment): its burst is admitted (up to the 2 of the deployment's 4 slots its key may
     hold, the rest waiting in the fair queue), then it is refused. Acme's median TTFT stays
     within 1.5x its unloaded value plus 100 ms, for the reasons of the two-key test below."""
     limits("globex", tokens_per_min=1500)
@@ -210,10 +210,11 @@ def test_a_tenant_over_its_budget_is_throttled_while_another_tenants_ttft_stays(
 
 def test_a_key_over_its_budget_is_throttled_while_anothers_ttft_stays(gateway, limits):
     """The heavy key floods with 8 streams of 48 tokens and a 1,500 tokens/min budget per key:
-    its burst is admitted (up to the 3 of the deployment's 4 slots one key may hold, the rest
-    waiting in the fair queue), then it is refused. The light key's median TTFT stays within
-    1.5x its unloaded value plus 100 ms: the light request takes the slot a key's share leaves
-    free and is prefilled in the engine's next step, beside at most 3 heavy decodes; the 100 ms
+    its burst is admitted (up to the 2 of the deployment's 4 slots one key may hold, 3 being
+    the tenant's share, the rest waiting in the fair queue), then it is refused. The light key's
+    median TTFT stays within 1.5x its unloaded value plus 100 ms: the light request takes the
+    slot the key's share leaves free within the tenant's and is prefilled in the engine's next
+    step, beside at most 2 heavy decodes; the 100 ms
     absorbs a few decode steps of that batch on this 2-core machine shared with other work."""
     limits(key_tokens_per_min=1500)
     before = {r: _throttled(r) for r in THROTTLE_REASONS}

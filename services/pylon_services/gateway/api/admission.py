@@ -82,9 +82,10 @@ class _Lane:
     def full(self) -> tuple[set[str], set[tuple[str, str]]]:
         """Tenants at their share of the slots, and keys at their share of their tenant's: they
         wait even while slots are free, so a tenant (or a key of a tenant) that arrives finds one
-        at once instead of behind another's whole flood."""
+        at once instead of behind another's whole flood. A key's share is below its tenant's
+        (by one slot at least), else one key at it would hold its whole tenant at its share."""
         tenant_cap = max(1, math.ceil(self.share * self.limit))
-        key_cap = max(1, math.ceil(self.share * tenant_cap))
+        key_cap = max(1, min(math.ceil(self.share * tenant_cap), tenant_cap - 1))
         return ({t for t, n in self.by_tenant.items() if n >= tenant_cap},
                 {k for k, n in self.by_key.items() if n >= key_cap})
 
