@@ -3,18 +3,22 @@ HTTP API with the stock ``openai`` client), registry, scheduler and an engine re
 acme owns the deployment and shares it with globex; initech is not shared. The shared tenant
 serves and lists it, pays for its requests with its own limits and shows in the metrics as
 itself; everything else stays acme's; bad sharing lists are refused naming the field; sharing
-changes under compare-and-swap; revoking or deleting hides it again."""
+changes under compare-and-swap; revoking or deleting hides it again; the CLI's deploy
+--share-with, share and get."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+from typer.testing import CliRunner
 
 import pylon
+from pylon.cli import app
 from tests.integration.test_gateway_serving import chat_model_dir
 from tests.integration.test_openai_http import raw
 from tests.support.waiting import wait_for
@@ -39,6 +43,10 @@ def shared(tenant_clients: dict[str, Any], admin_client: Any, platform: Any,
     initech.close()
     with contextlib.suppress(pylon.NotFoundError):
         acme.deployments.delete(DEPLOYMENT)
+
+
+def _cli(platform: Any, token: str, *args: str) -> Any:
+    return CliRunner().invoke(app, ["--address", platform.addresses["gateway"], "--token", token, *args])
 
 
 def _openai(base: str, client: Any) -> openai.OpenAI:
@@ -115,7 +123,7 @@ def test_the_caller_pays_with_its_own_limits(shared, admin_client, redis_client)
             redis_client.delete(key)
 
 
-def test_bad_sharing_lists_are_refused_naming_the_field(shared):
+def test_bad_sharing_lists_are_refused_naming_the_field(shared, platform):
     acme = shared["acme"]
     with pytest.raises(pylon.InvalidArgumentError) as e:
         acme.deployments.deploy("gw-bad-share", "models:/gw-shared/versions/1",
@@ -130,9 +138,13 @@ def test_bad_sharing_lists_are_refused_naming_the_field(shared):
             acme.deployments.share(DEPLOYMENT, values)
         assert [v.field for v in e.value.violations] == [field]
     assert acme.deployments.get(DEPLOYMENT).shared_with == ["globex"]
+    res = _cli(platform, acme.token, "deployments", "deploy", "gw-bad-share", "models:/gw-shared/versions/1",
+               "--share-with", "globex", "--share-with", "globex", "--no-wait")
+    assert isinstance(res.exception, pylon.InvalidArgumentError)
+    assert [v.field for v in res.exception.violations] == ["deployment.shared_with[1]"]
 
 
-def test_sharing_changes_under_compare_and_swap_and_revoking_hides_it(shared):
+def test_sharing_changes_under_compare_and_swap_and_revoking_hides_it(shared, platform):
     acme, globex, initech, base = shared["acme"], shared["globex"], shared["initech"], shared["base"]
     dep = acme.deployments.get(DEPLOYMENT)
     both = acme.deployments.share(DEPLOYMENT, ["globex", "initech"], etag=dep.etag)
@@ -148,8 +160,12 @@ def test_sharing_changes_under_compare_and_swap_and_revoking_hides_it(shared):
         assert FULL not in _served(base, client)
     status, _, _ = raw(base, "/chat/completions", {"model": FULL, "messages": MESSAGES}, globex.token)
     assert status == 404
-    acme.deployments.share(DEPLOYMENT, ["*"])  # every tenant
+    res = _cli(platform, acme.token, "deployments", "share", DEPLOYMENT, "--tenant", "*", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["shared_with"] == ["*"]  # every tenant
     assert initech.generate(FULL, "The quick", max_tokens=2).completion_tokens == 2
+    res = _cli(platform, acme.token, "deployments", "get", DEPLOYMENT)
+    assert res.exit_code == 0 and "shared with: *" in res.stdout
     assert FULL in _served(base, globex) and FULL in _served(base, initech)
 
 
