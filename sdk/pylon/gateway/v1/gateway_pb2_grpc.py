@@ -110,14 +110,12 @@ class GatewayServiceServicer:
         deployment behind. With autoscaling, replicas starts between min and max (at least 1); with
         a rollout policy following the alias, later moves of the alias roll out as canaries.
         The model must be in the deployment's tenant.
-        Errors: INVALID_ARGUMENT (bad parent or deployment_id, replicas outside 1..16, unknown
-        engine, an autoscaling or rollout field out of range (named), malformed model_uri, a field
-        over its limit, a model of another tenant, a bad shared_with value named
-        "deployment.shared_with[i]": see Deployment.shared_with), NOT_FOUND
-        (model, version or alias), ALREADY_EXISTS (name taken, different request_id),
-        PERMISSION_DENIED (viewer key); a replica job the scheduler refuses passes its code through
-        (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED: the tenant's pending-job limit);
-        UNAVAILABLE when the registry or the scheduler cannot be reached (no internal details).
+        Errors: INVALID_ARGUMENT (bad parent or deployment_id, replicas outside 1..16, unknown engine, an
+        autoscaling or rollout field out of range (named), malformed model_uri, a field over its limit, a
+        model of another tenant, a bad "deployment.shared_with[i]"), NOT_FOUND (model, version or alias),
+        ALREADY_EXISTS (name taken, different request_id), PERMISSION_DENIED (viewer key); a replica job the
+        scheduler refuses passes its code through (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED: the
+        tenant's pending-job limit); UNAVAILABLE when the registry or scheduler is unreachable (no details).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
