@@ -1,16 +1,19 @@
-"""Fairness of the gateway's admission: a light caller's time to first token on a deployment,
-alone and while a heavy caller floods the same deployment, through three gateway replicas of one
-platform run, one after another on the same engine replica:
+"""Fairness of the gateway's admission across tenants: a light tenant's time to first token on a
+deployment, alone and while a heavy tenant floods the same deployment, through three gateway
+replicas of one platform run, one after another on the same engine replica. The deployment is
+the light tenant's, shared with the heavy one (``shared_with``), as a platform team serving one
+model to many teams runs it; the heavy tenant floods from ``--heavy-keys`` API keys at once.
 
-* ``fifo``: first come, first served (``PYLON_GATEWAY_FAIR_QUEUING=false``) and one key may hold
-  every dispatch slot (``PYLON_GATEWAY_MAX_INFLIGHT_SHARE=1``): the baseline, no fairness;
-* ``vtc``: the virtual token counter orders the queue, one key may still hold every slot;
-* ``vtc+share``: the default, VTC and one key holding at most 75% of the slots.
+* ``fifo``: first come, first served (``PYLON_GATEWAY_FAIR_QUEUING=false``) and one caller may
+  hold every dispatch slot (``PYLON_GATEWAY_MAX_INFLIGHT_SHARE=1``): the baseline, no fairness;
+* ``vtc``: the hierarchical virtual token counter (tenants, then keys) orders the queue, a
+  tenant may still hold every slot;
+* ``vtc+share``: the default, VTC and a tenant holding at most 75% of the slots (a key less).
 
-Each gateway sends the replica at most ``--slots`` requests at once. The heavy caller keeps
-``--flood`` streams of ``--heavy-tokens`` tokens going; the light caller sends ``--samples``
+Each gateway sends the replica at most ``--slots`` requests at once. The heavy tenant keeps
+``--flood`` streams of ``--heavy-tokens`` tokens going; the light tenant sends ``--samples``
 requests of 2 tokens one after another. No quotas: this measures queueing alone. The claim
-(issue 15): under the flood, the light caller's median TTFT stays <= 1.5x its unloaded value.
+(issue 15): under the flood, the light tenant's median TTFT stays <= 1.5x its unloaded value.
 Real Redis, Ray, services and torch engine replica (a random-init 2-layer Llama). Not a test: it
 never fails on the figures.
 
@@ -48,20 +51,21 @@ def ttft(client: Any, dep: str) -> float:
     raise RuntimeError("no piece")
 
 
-def side(light: Any, heavy: Any, dep: str, args: argparse.Namespace) -> dict[str, float]:
-    """Median light TTFT alone, then under the heavy flood; the heavy requests served meanwhile."""
+def side(light: Any, heavy: list[Any], dep: str, args: argparse.Namespace) -> dict[str, float]:
+    """Median light TTFT alone, then under the heavy flood (its streams spread over the heavy
+    tenant's keys); the heavy requests served meanwhile."""
     for _ in range(2):
         ttft(light, dep)
     alone = statistics.median(ttft(light, dep) for _ in range(args.samples))
     stop, served = threading.Event(), [0]
 
-    def flood() -> None:
+    def flood(client: Any) -> None:
         while not stop.is_set():
-            for _ in heavy.generate_stream(dep, PROMPT, max_tokens=args.heavy_tokens, ignore_eos=True):
+            for _ in client.generate_stream(dep, PROMPT, max_tokens=args.heavy_tokens, ignore_eos=True):
                 pass
             served[0] += 1
 
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(args.flood)]
+    threads = [threading.Thread(target=flood, args=(heavy[i % len(heavy)],), daemon=True) for i in range(args.flood)]
     for t in threads:
         t.start()
     time.sleep(2.0)  # the queue fills
@@ -81,6 +85,7 @@ def main() -> None:
     ap.add_argument("--flood", type=int, default=12, help="heavy streams kept going")
     ap.add_argument("--heavy-tokens", type=int, default=64)
     ap.add_argument("--samples", type=int, default=9)
+    ap.add_argument("--heavy-keys", type=int, default=4, help="API keys the heavy tenant floods from")
     args = ap.parse_args()
     # One-machine Ray on loopback with token authentication, as the tests run it (tests/conftest.py);
     # Ray reads these once, at import, and the leader and ingest processes inherit them.
@@ -108,18 +113,22 @@ def main() -> None:
     results: dict[str, Any] = {}
     try:
         with pylon.Client(platform.addresses["gateway"], ADMIN_KEY) as admin:
-            _, light_token = admin.admin.create_key("acme", "editor", "light")
-            _, heavy_token = admin.admin.create_key("acme", "editor", "heavy")
-        with pylon.Client(platform.addresses["gateway"], light_token) as acme:
-            mv = acme.models.register("fair", str(build_model_dir(Path(tmp) / "m")))
-            acme.deployments.deploy("fair", f"models:/fair/versions/{mv.version}", timeout=300)
+            _, light_token = admin.admin.create_key("light", "editor", "light")
+            heavy_tokens = [admin.admin.create_key("heavy", "editor", f"heavy-{i}")[1] for i in range(args.heavy_keys)]
+        with pylon.Client(platform.addresses["gateway"], light_token) as owner:
+            mv = owner.models.register("fair", str(build_model_dir(Path(tmp) / "m")))
+            owner.deployments.deploy("fair", f"models:/fair/versions/{mv.version}", timeout=300,
+                                     shared_with=["heavy"])
         for name, overrides in SIDES.items():
             settings = Settings(**{**platform.base, "port": free_port(), "gateway_http_port": -1,
                                    "gateway_max_inflight_per_replica": args.slots, **overrides})
             server = platform.lt.run(platform._start("gateway", settings))
             address = f"127.0.0.1:{settings.port}"
-            with pylon.Client(address, light_token) as light, pylon.Client(address, heavy_token) as heavy:
-                results[name] = side(light, heavy, "fair", args)
+            heavy = [pylon.Client(address, t) for t in heavy_tokens]
+            with pylon.Client(address, light_token) as light:
+                results[name] = side(light, heavy, "tenants/light/deployments/fair", args)
+            for c in heavy:
+                c.close()
             platform.lt.run(server.stop(grace=1.0))
             print(name, json.dumps({k: round(v, 2) for k, v in results[name].items()}), flush=True)
         print(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "results": results}, indent=2),

@@ -1,5 +1,6 @@
 """Claims: (1) the gateway adds at most 1 ms to a request's p50 latency and keeps >= 0.8x the
-throughput of calling the engine replica directly, over gRPC and over HTTP; (2) on a shared-prefix
+throughput of calling the engine replica directly, over gRPC and over HTTP (a bare grpc.aio relay
+is measured beside it: the floor of any Python gRPC hop on the machine); (2) on a shared-prefix
 workload over two replicas whose KV caches cannot each hold every prefix, prefix-affinity routing
 gives >= 30% better TTFT (p50 and p90) than round-robin at the same arrival rate.
 
@@ -61,6 +62,31 @@ def replica_main(model_dir: str, deployment: str, job_id: str, redis_url: str, c
         engine = load_engine("torch", model_dir, cfg)
         await warm_up(engine)
         await _serve_engine(Ctx(), engine, limits, TENANT, deployment, "127.0.0.1")  # type: ignore[arg-type]
+
+    run_loop(serve())
+
+
+def relay_main(port: str, engine_address: str) -> None:
+    """The floor of any Python gRPC hop: a bare grpc.aio server relaying EngineService.Generate to
+    one replica, with nothing else (no auth, admission, routing, metrics or logs)."""
+    import grpc
+
+    from pylon.engine.v1 import engine_pb2_grpc
+    from pylon_services.runtime.loop import run as run_loop
+
+    async def serve() -> None:
+        stub = engine_pb2_grpc.EngineServiceStub(grpc.aio.insecure_channel(engine_address))
+
+        class Relay(engine_pb2_grpc.EngineServiceServicer):
+            async def Generate(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+                async for response in stub.Generate(request, metadata=context.invocation_metadata()):
+                    yield response
+
+        server = grpc.aio.server()
+        engine_pb2_grpc.add_EngineServiceServicer_to_server(Relay(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
 
     run_loop(serve())
 
@@ -127,6 +153,15 @@ class Bench:
         wait_port(http_port)
         return f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}/v1"
 
+    def relay(self, engine_address: str) -> str:
+        """A bare gRPC relay process (``relay_main``) in front of one replica: its address."""
+        from pylon_services.localstack.procs import free_ports
+
+        (port,) = free_ports(1)
+        self._spawn([__file__, "--relay", str(port), engine_address])
+        wait_port(port)
+        return f"127.0.0.1:{port}"
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()
@@ -163,31 +198,69 @@ def _load(target: Any, workload: Any, rate: float = float("inf"), concurrency: i
     return summary
 
 
+def paired_latency(targets: dict[str, Any], pairs: int, max_tokens: int) -> dict[str, dict[str, list[float]]]:
+    """TTFT and end-to-end ms of one request at a time, the targets taking turns request by
+    request (in a rotating order, each request its own prompt), so that drift in the machine's
+    load falls on every target alike instead of on whichever round it hit."""
+    from pylon.loadgen import Workload, sender, timed
+
+    kinds = list(targets)
+    prompts = Workload(num_prompts=pairs * len(kinds), prompt_words=32, max_tokens=max_tokens, seed=7).prompts()
+
+    async def go() -> dict[str, dict[str, list[float]]]:
+        sends = {k: sender(t, max_tokens) for k, t in targets.items()}
+        out: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "e2e": []} for k in kinds}
+        for i in range(pairs):
+            order = kinds[i % len(kinds):] + kinds[:i % len(kinds)]
+            for j, kind in enumerate(order):
+                r = await timed(sends[kind](prompts[i * len(kinds) + j], "", i))
+                if not r.ok:
+                    raise RuntimeError(f"{kind}: {r.error}")
+                out[kind]["ttft"].append(r.ttft * 1000)
+                out[kind]["e2e"].append(r.e2e * 1000)
+        return out
+
+    return asyncio.run(go())
+
+
+def _p50(values: list[float]) -> float:
+    return float(sorted(values)[len(values) // 2])
+
+
 def overhead(bench: Bench, model_dir: Path, prompts: int, rounds: int) -> dict[str, Any]:
-    """p50 end-to-end latency one request at a time, and output tokens/s with 16 in flight, for the
-    engine called directly and through the gateway over gRPC and HTTP, interleaved round by round."""
+    """Added latency: ``prompts`` requests of 8 tokens per target, one at a time and interleaved
+    (``paired_latency``); the p50 TTFT and end-to-end latency of each, less the engine's called
+    directly, and the p50 of the per-request differences. A bare grpc.aio relay (``relay_main``) is
+    measured alongside as the floor of any Python gRPC hop on the machine. Throughput: output
+    tokens/s with 16 in flight, in ``rounds`` interleaved rounds."""
     from pylon.loadgen import Target, Workload
     from pylon_services.runtime.settings import Settings
 
     (address,) = bench.replicas(model_dir, "overhead", 1, {"max_num_seqs": 32})
     name = bench.record("overhead", 1)
     grpc_address, http_base = bench.gateway("prefix")
-    targets = {"engine": Target("engine", address, Settings(admin_key=ADMIN_KEY).internal_key),
+    key = Settings(admin_key=ADMIN_KEY).internal_key
+    targets = {"engine": Target("engine", address, key),
+               "bare_relay": Target("engine", bench.relay(address), key),
                "grpc": Target("grpc", grpc_address, ADMIN_KEY, name),
                "http": Target("http", http_base, ADMIN_KEY, "overhead")}
     for t in targets.values():  # warm every path (channels, connections, caches)
-        _load(t, Workload(num_prompts=4, max_tokens=4), concurrency=1)
-    out: dict[str, dict[str, list[float]]] = {k: {"p50_ms": [], "tok_s": []} for k in targets}
+        _load(t, Workload(num_prompts=8, max_tokens=4), concurrency=1)
+    lat = paired_latency(targets, prompts, max_tokens=8)
+    tok_s: dict[str, list[float]] = {k: [] for k in targets}
     for r in range(rounds):
         for kind, t in targets.items():
-            latency = _load(t, Workload(num_prompts=prompts // 2, prompt_words=32, max_tokens=8, seed=r), concurrency=1)
             load = _load(t, Workload(num_prompts=prompts, prompt_words=32, max_tokens=32, seed=r), concurrency=16)
-            out[kind]["p50_ms"].append(latency["e2el_ms"]["p50"])
-            out[kind]["tok_s"].append(load["output_throughput"])
-    med = {k: {m: sorted(v)[len(v) // 2] for m, v in d.items()} for k, d in out.items()}
-    return {"rounds": out, "median": med,
-            **{f"{k}_added_p50_ms": med[k]["p50_ms"] - med["engine"]["p50_ms"] for k in ("grpc", "http")},
-            **{f"{k}_throughput_ratio": med[k]["tok_s"] / med["engine"]["tok_s"] for k in ("grpc", "http")}}
+            tok_s[kind].append(load["output_throughput"])
+    out: dict[str, Any] = {"tok_s_rounds": tok_s}
+    for kind in targets:
+        row: dict[str, float] = {"tok_s": _p50(tok_s[kind]), "throughput_ratio": _p50(tok_s[kind]) / _p50(tok_s["engine"])}
+        for m in ("ttft", "e2e"):
+            row[f"{m}_p50_ms"] = _p50(lat[kind][m])
+            row[f"{m}_added_p50_ms"] = row[f"{m}_p50_ms"] - _p50(lat["engine"][m])
+            row[f"{m}_paired_diff_p50_ms"] = _p50([a - b for a, b in zip(lat[kind][m], lat["engine"][m], strict=True)])
+        out[kind] = row
+    return out
 
 
 def prefix_affinity(bench: Bench, model_dir: Path, prompts: int, rates: list[float]) -> dict[str, Any]:
@@ -224,9 +297,13 @@ def main() -> None:
     p.add_argument("--only", choices=("overhead", "prefix"), default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument("--replica", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--relay", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.replica:
         replica_main(*a.replica)
+        return
+    if a.relay:
+        relay_main(*a.relay)
         return
     from tests.support.hf_models import build_model_dir
 

@@ -72,14 +72,14 @@ async def run(target: Target, workload: Workload, rate: float = float("inf"), co
     prompts = workload.prompts()
     rng = np.random.default_rng(workload.seed)
     limit = asyncio.Semaphore(concurrency) if concurrency > 0 else None
-    send = _sender(target, workload.max_tokens)
+    send = sender(target, workload.max_tokens)
 
     async def one(i: int, prompt: str) -> Result:
         session = f"s{prompt.split('[group ')[1].split(']')[0]}" if session_ids and "[group " in prompt else ""
         if limit is None:
-            return await _timed(send(prompt, session, i))
+            return await timed(send(prompt, session, i))
         async with limit:
-            return await _timed(send(prompt, session, i))
+            return await timed(send(prompt, session, i))
 
     tasks = []
     start = time.perf_counter()
@@ -91,7 +91,7 @@ async def run(target: Target, workload: Workload, rate: float = float("inf"), co
     return summarize(results, time.perf_counter() - start, slos)
 
 
-async def _timed(pieces: AsyncIterator[int]) -> Result:
+async def timed(pieces: AsyncIterator[int]) -> Result:
     """Time one stream of pieces (each the count of tokens it carried)."""
     start = time.perf_counter()
     r = Result(ok=False)
@@ -115,7 +115,9 @@ async def _timed(pieces: AsyncIterator[int]) -> Result:
     return r
 
 
-def _sender(target: Target, max_tokens: int) -> Any:
+def sender(target: Target, max_tokens: int) -> Any:
+    """A function of (prompt, session id, index) that starts one request to ``target`` and returns
+    its stream of pieces (each the count of tokens it carried), for ``timed``."""
     if target.kind == "http":
         return lambda prompt, session, i: _http_stream(target, prompt, max_tokens, session)
     channel = grpc.aio.insecure_channel(target.address, options=[("grpc.max_receive_message_length", 64 << 20)])

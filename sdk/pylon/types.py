@@ -338,6 +338,7 @@ class Deployment:
     scale_events: list[ScaleEvent] = field(default_factory=list)
     last_cold_start_s: float = 0.0
     priority_class: str = "high"  # the scheduler priority class of its replica jobs
+    shared_with: list[str] = field(default_factory=list)  # other tenants that may use it ("*": all)
 
     @classmethod
     def from_proto(cls, d: gateway_pb2.Deployment) -> Deployment:
@@ -353,7 +354,8 @@ class Deployment:
                    [RolloutEvent(_time(e.time), e.from_version, e.to_version, e.outcome, e.reason)
                     for e in d.rollout_history],
                    [ScaleEvent(_time(e.time), e.from_replicas, e.to_replicas, e.by, e.reason) for e in d.scale_events],
-                   d.last_cold_start_s, priority_class=d.priority_class or "high")
+                   d.last_cold_start_s, priority_class=d.priority_class or "high",
+                   shared_with=list(d.shared_with))
 
 
 def _finish(reason: int) -> str:

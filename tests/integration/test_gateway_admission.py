@@ -2,8 +2,9 @@
 (SetServingLimits; editors refused) are applied by a second gateway replica through the shared
 Redis; over a limit, RESOURCE_EXHAUSTED with a retry delay over gRPC and 429 with Retry-After
 and OpenAI's body over HTTP; settlement gives back what an abandoned request did not use; the
-concurrency cap; and the failure case of the issue: a key over its token budget is throttled
-while another key's time to first token on the same deployment stays within its bound."""
+concurrency cap; and the failure case of the issue, between two tenants on a deployment one
+shares with the other (a tenant over its token budget is throttled while the other tenant's time
+to first token stays within its bound) and between two keys of one tenant."""
 
 from __future__ import annotations
 
@@ -27,35 +28,40 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 DEPLOYMENT = "gw-admit"
-THROTTLE_REASONS = ("key_tokens_per_min", "queue_full", "queue_wait")
+FULL = f"tenants/acme/deployments/{DEPLOYMENT}"
+THROTTLE_REASONS = ("key_tokens_per_min", "tenant_tokens_per_min", "queue_full", "queue_wait")
 
 
-def _throttled(reason: str) -> float:
-    """pylon_gateway_throttled_requests_total of acme's deployment for ``reason``."""
+def _throttled(reason: str, tenant: str = "acme") -> float:
+    """pylon_gateway_throttled_requests_total of acme's deployment for ``tenant`` and ``reason``."""
     from prometheus_client import REGISTRY
 
     value = REGISTRY.get_sample_value("pylon_gateway_throttled_requests_total", {
-        "deployment": f"tenants/acme/deployments/{DEPLOYMENT}", "tenant": "acme", "reason": reason})
+        "deployment": FULL, "tenant": tenant, "reason": reason})
     return value or 0.0
 
 
 @pytest.fixture(scope="module")
 def gateway(tenant_clients: dict[str, Any], admin_client: Any, platform: Any,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The deployment, and a second gateway replica (same Redis and services) with small dispatch
-    limits whose clients are: light (acme's key), heavy (another acme key), admin."""
+    """The deployment (acme's, shared with globex), and a second gateway replica (same Redis and
+    services) with small dispatch limits whose clients are: light (acme's key), heavy (another
+    acme key), globex, admin."""
     acme = tenant_clients["acme"]
     mv = acme.models.register(DEPLOYMENT, str(build_model_dir(tmp_path_factory.mktemp("admit") / "m")))
-    acme.deployments.deploy(DEPLOYMENT, f"models:/{DEPLOYMENT}/versions/{mv.version}", timeout=240)
+    acme.deployments.deploy(DEPLOYMENT, f"models:/{DEPLOYMENT}/versions/{mv.version}", timeout=240,
+                            shared_with=["globex"])
     settings = Settings(**{**platform.base, "port": free_port(), "gateway_max_inflight_per_replica": 4,
                            "gateway_limits_cache_s": 0.0, "gateway_max_queued_per_client": 16})
     server = platform.lt.run(platform._start("gateway", settings))
     address = f"127.0.0.1:{settings.port}"
     _, heavy_token = admin_client.admin.create_key("acme", "editor", "admission heavy")
     clients = {"light": pylon.Client(address, acme.token), "heavy": pylon.Client(address, heavy_token),
+               "globex": pylon.Client(address, tenant_clients["globex"].token),
                "admin": pylon.Client(address, admin_client.token)}
     yield {"server": server, "http": f"http://127.0.0.1:{server.parts.extra['http'].port}/v1", **clients}
     admin_client.admin.set_serving_limits("acme")
+    admin_client.admin.set_serving_limits("globex")
     for c in clients.values():
         c.close()
     platform.lt.run(server.stop(grace=1.0))
@@ -64,14 +70,17 @@ def gateway(tenant_clients: dict[str, Any], admin_client: Any, platform: Any,
 
 @pytest.fixture
 def limits(gateway: dict[str, Any], redis_client: Any) -> Iterator[Any]:
-    """Sets acme's limits (admin, through the platform's own gateway); full buckets before and after."""
+    """Sets acme's limits (or, with tenant=, another's; admin, through the second gateway); full
+    buckets and default limits before and after."""
     def clear() -> None:
-        for key in redis_client.scan_iter("pylon:quota:{acme}:*"):
-            redis_client.delete(key)
+        for tenant in ("acme", "globex"):
+            for key in redis_client.scan_iter(f"pylon:quota:{{{tenant}}}:*"):
+                redis_client.delete(key)
 
     clear()
-    yield lambda **kw: gateway["admin"].admin.set_serving_limits("acme", **kw)
-    gateway["admin"].admin.set_serving_limits("acme")
+    yield lambda tenant="acme", **kw: gateway["admin"].admin.set_serving_limits(tenant, **kw)
+    for tenant in ("acme", "globex"):
+        gateway["admin"].admin.set_serving_limits(tenant)
     clear()
 
 
@@ -149,16 +158,9 @@ def ttft(client: Any) -> float:
     raise AssertionError("no piece")
 
 
-def test_a_key_over_its_budget_is_throttled_while_anothers_ttft_stays(gateway, limits):
-    """The heavy key floods with 8 streams of 48 tokens and a 1,500 tokens/min budget per key:
-    its burst is admitted (up to the 3 of the deployment's 4 slots one key may hold, the rest
-    waiting in the fair queue), then it is refused. The light key's median TTFT stays within
-    1.5x its unloaded value plus 100 ms: the light request takes the slot a key's share leaves
-    free and is prefilled in the engine's next step, beside at most 3 heavy decodes; the 100 ms
-    absorbs a few decode steps of that batch on this 2-core machine shared with other work."""
-    limits(key_tokens_per_min=1500)
-    light, heavy = gateway["light"], gateway["heavy"]
-    before = {r: _throttled(r) for r in THROTTLE_REASONS}
+def flood_and_measure(light: Any, heavy: Any, heavy_target: str) -> tuple[float, float, list[Any], list[int]]:
+    """The light caller's median TTFT alone, then while 8 streams of 48 tokens from the heavy
+    caller flood ``heavy_target`` until it is refused; (alone, loaded, refusals, served)."""
     ttft(light)
     alone = statistics.median(ttft(light) for _ in range(7))
     stop, refused, served = threading.Event(), [], []
@@ -166,7 +168,7 @@ def test_a_key_over_its_budget_is_throttled_while_anothers_ttft_stays(gateway, l
     def flood() -> None:
         while not stop.is_set():
             try:
-                for _ in heavy.generate_stream(DEPLOYMENT, "The quick brown fox", max_tokens=48, ignore_eos=True):
+                for _ in heavy.generate_stream(heavy_target, "The quick brown fox", max_tokens=48, ignore_eos=True):
                     pass
                 served.append(1)
             except pylon.ResourceExhaustedError as e:
@@ -177,13 +179,46 @@ def test_a_key_over_its_budget_is_throttled_while_anothers_ttft_stays(gateway, l
     for t in threads:
         t.start()
     try:
-        wait_for(lambda: len(served) >= 4, 60, "the heavy key's first requests")
+        wait_for(lambda: len(served) >= 4, 60, "the heavy caller's first requests")
         loaded = statistics.median(ttft(light) for _ in range(7))
-        wait_for(lambda: refused, 60, "the heavy key to be throttled")
+        wait_for(lambda: refused, 60, "the heavy caller to be throttled")
     finally:
         stop.set()
         for t in threads:
             t.join(60)
+    return alone, loaded, refused, served
+
+
+def test_a_tenant_over_its_budget_is_throttled_while_another_tenants_ttft_stays(gateway, limits):
+    """The issue's failure case across tenants: globex floods acme's deployment, shared with it,
+    with a 1,500 tokens/min budget of its own (globex pays for its requests, whoever owns the
+    deployment): its burst is admitted (up to the 2 of the deployment's 4 slots its key may
+    hold, the rest waiting in the fair queue), then it is refused. Acme's median TTFT stays
+    within 1.5x its unloaded value plus 100 ms, for the reasons of the two-key test below."""
+    limits("globex", tokens_per_min=1500)
+    before = {r: _throttled(r, "globex") for r in THROTTLE_REASONS}
+    acme_before = sum(_throttled(r) for r in THROTTLE_REASONS)
+    alone, loaded, refused, served = flood_and_measure(gateway["light"], gateway["globex"], FULL)
+    assert refused and all(r is not None and r > 0 for r in refused)  # throttled, with a retry delay
+    counted = {r: _throttled(r, "globex") - before[r] for r in THROTTLE_REASONS}
+    assert counted["tenant_tokens_per_min"] >= 1 and sum(counted.values()) >= len(refused), counted
+    assert sum(_throttled(r) for r in THROTTLE_REASONS) == acme_before  # the owner was never refused
+    print(f"acme TTFT alone {alone * 1000:.1f} ms, under globex's flood {loaded * 1000:.1f} ms; "
+          f"globex served {len(served)}, refused {len(refused)}")
+    assert loaded <= 1.5 * alone + 0.1
+
+
+def test_a_key_over_its_budget_is_throttled_while_anothers_ttft_stays(gateway, limits):
+    """The heavy key floods with 8 streams of 48 tokens and a 1,500 tokens/min budget per key:
+    its burst is admitted (up to the 2 of the deployment's 4 slots one key may hold, 3 being
+    the tenant's share, the rest waiting in the fair queue), then it is refused. The light key's
+    median TTFT stays within 1.5x its unloaded value plus 100 ms: the light request takes the
+    slot the key's share leaves free within the tenant's and is prefilled in the engine's next
+    step, beside at most 2 heavy decodes; the 100 ms
+    absorbs a few decode steps of that batch on this 2-core machine shared with other work."""
+    limits(key_tokens_per_min=1500)
+    before = {r: _throttled(r) for r in THROTTLE_REASONS}
+    alone, loaded, refused, served = flood_and_measure(gateway["light"], gateway["heavy"], DEPLOYMENT)
     assert refused and all(r is not None and r > 0 for r in refused)  # throttled, with a retry delay
     # Every refusal is counted on the gateway's metrics, by reason (this gateway runs in-process).
     counted = {r: _throttled(r) - before[r] for r in THROTTLE_REASONS}

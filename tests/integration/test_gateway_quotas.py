@@ -114,9 +114,9 @@ def relay_of(prompt_tokens: int, completion_tokens: int, hold: asyncio.Event | N
 
 
 def call(admission: Admission, key: str, request: engine_pb2.GenerateRequest, relay: Any,
-         priority: str = "") -> asyncio.Task[list[Piece]]:
+         priority: str = "", tenant: str = "acme") -> asyncio.Task[list[Piece]]:
     async def run() -> list[Piece]:
-        set_call(Principal("acme", "editor", key), "r", "")
+        set_call(Principal(tenant, "editor", key), "r", "")
         return [p async for p in admission.serve(REC, request, priority, relay)]
     return asyncio.ensure_future(run())
 
@@ -156,6 +156,38 @@ async def test_the_queue_is_bounded_and_serves_the_lighter_client_first(store: Q
     hold.set()
     await asyncio.gather(running, light, *waiting)
     assert order == ["h0", "l0", "h1", "h2"]  # the light key overtakes the heavy one's backlog
+
+
+async def test_slot_shares_hold_per_tenant_and_per_key_on_a_shared_deployment(store: QuotaStore):
+    """4 slots, a share of 0.5: a tenant holds at most 2, a key at most 1 of its tenant's 2. Acme
+    floods from two keys; globex (another tenant on the same deployment) still finds a slot."""
+    s = Settings(gateway_max_inflight_per_replica=4, gateway_max_inflight_share=0.5)
+    admission = Admission(store, s)
+    hold, order = asyncio.Event(), []
+    acme = [call(admission, f"k{i % 3}", request(), relay_of(10, 40, hold, order, f"acme-k{i % 3}"))
+            for i in range(6)]
+    await asyncio.sleep(0.05)
+    assert sorted(order) == ["acme-k0", "acme-k1"]  # a slot each for two keys, then acme is at its 2
+    globex = call(admission, "g", request(), relay_of(10, 1, hold, order, "globex"), tenant="globex")
+    await asyncio.sleep(0.05)
+    assert order[-1] == "globex" and len(order) == 3 and admission.queue_depth(REC.name) == 4
+    hold.set()
+    await asyncio.gather(globex, *acme)
+    assert len(order) == 7
+
+
+async def test_the_lighter_tenant_goes_first_however_many_keys_the_other_has(store: QuotaStore):
+    admission = Admission(store, Settings(gateway_max_inflight_per_replica=1))
+    hold, order = asyncio.Event(), []
+    running = call(admission, "k0", request(), relay_of(10, 40, hold, order, "acme"))
+    await asyncio.sleep(0.05)
+    waiting = [call(admission, f"k{i}", request(), relay_of(10, 40, hold, order, "acme")) for i in range(1, 5)]
+    await asyncio.sleep(0.05)
+    light = call(admission, "g", request(), relay_of(10, 1, hold, order, "globex"), tenant="globex")
+    await asyncio.sleep(0.05)
+    hold.set()
+    await asyncio.gather(running, light, *waiting)
+    assert order[:2] == ["acme", "globex"]  # one share per tenant, not one per key
 
 
 async def test_a_caller_that_leaves_the_queue_frees_its_place(store: QuotaStore):

@@ -79,6 +79,34 @@ def test_a_stale_version_is_refused_and_old_records_read_as_version_zero(redis_s
     _run(redis_server, body)
 
 
+def test_the_shared_index_follows_creates_updates_and_deletes(redis_server):
+    from pylon_services.gateway.domain.sharing import share
+    from pylon_services.gateway.store.deployments import SHARED_ALL_KEY, shared_key
+
+    async def body(stores: list[DeploymentStore]) -> None:
+        s = stores[0]
+        await s.r.delete(shared_key("idx-b"), shared_key("idx-c"), SHARED_ALL_KEY)
+        rec = records.new_record("tenants/idx-a/deployments/m", "u", 1, shared_with=("idx-b",))
+        assert await s.create(rec) and not await s.create(records.new_record("tenants/idx-a/deployments/m", "v", 1))
+        assert [r.name for r in await s.shared_with_tenant("idx-b")] == [rec.name]
+        assert await s.shared_with_tenant("idx-c") == []
+        current = await s.get("idx-a", "m")
+        # a stale compare-and-swap changes neither the record nor the index
+        assert not await s.replace("idx-a", "m", share(current, ("idx-c",)), current.version - 1)
+        assert await s.shared_with_tenant("idx-c") == []
+        await s.update("idx-a", "m", lambda r: share(r, ("idx-c",)))
+        assert await s.shared_with_tenant("idx-b") == [] and len(await s.shared_with_tenant("idx-c")) == 1
+        assert await s.r.smembers(shared_key("idx-b")) == set()  # removed, not only filtered out
+        await s.update("idx-a", "m", lambda r: share(r, ("*",)))
+        assert [r.name for r in await s.shared_with_tenant("idx-z")] == [rec.name]
+        assert await s.shared_with_tenant("idx-a") == []  # the owner's own are not "shared with" it
+        await s.delete("idx-a", "m")
+        await s.delete("idx-a", "m")  # repeated: nothing left to remove, nothing broken
+        assert await s.shared_with_tenant("idx-z") == [] and not await s.r.exists(SHARED_ALL_KEY, shared_key("idx-c"))
+
+    _run(redis_server, body)
+
+
 def test_the_controller_lease_is_held_by_one_gateway_and_released_only_by_its_holder(redis_server):
     from pylon_services.gateway.store.serving import LEASE_KEY, ServingCounters
 

@@ -1,4 +1,4 @@
-"""`pylon deployments ...`: deploy, list, get, scale, delete (the verbs of ``client.deployments``)."""
+"""`pylon deployments ...`: deploy, list, get, scale, share, delete (the verbs of ``client.deployments``)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def deployments_deploy(
         bake: float = typer.Option(30.0, help="Rollouts: seconds a canary serves before promotion."),
         priority_class: str = typer.Option("high", help="Scheduler priority of the replica jobs: low, normal or "
                                                         "high (may preempt lower-priority preemptible training)."),
+        share_with: list[str] = typer.Option([], "--share-with", help="Another tenant that may send requests to "
+                                                                     "it (repeat for more; '*': every tenant)."),
         as_json: bool = JSON) -> None:
     """Deploy models:/NAME@ALIAS as deployment NAME, optionally autoscaled and following the alias."""
     scaling = Autoscaling(min_replicas, max_replicas, target_queue, target_kv_usage, target_ttft_ms,
@@ -41,7 +43,8 @@ def deployments_deploy(
     rollout = Rollout(True, canary_percent, canary_replicas, min_requests, max_error_rate, max_ttft_ms,
                       bake) if follow_alias else None
     emit(client().deployments.deploy(name, model_uri, replicas=replicas, engine=engine, gpus=gpus, wait=wait,
-                                     autoscaling=scaling, rollout=rollout, priority_class=priority_class),
+                                     autoscaling=scaling, rollout=rollout, priority_class=priority_class,
+                                     shared_with=share_with),
          as_json, ["name", "state", "model_version", "message"])
 
 
@@ -65,6 +68,7 @@ def deployments_get(name: str, as_json: bool = JSON) -> None:
         emit(dep, as_json)
         return
     emit(dep, False, [*_COLUMNS, "priority_class", "etag"])
+    print(f"shared with: {', '.join(dep.shared_with)}" if dep.shared_with else "shared with: no other tenant")
     emit(dep.replica_status, False, ["job", "ready", "model_version", "canary", "running_requests"])
     if dep.autoscaling:
         emit(dep.autoscaling, False)
@@ -93,6 +97,18 @@ def deployments_scale(name: str, replicas: int = typer.Argument(..., help="Desir
         current = client().deployments.get(name).autoscaling or Autoscaling()
         scaling = dataclasses.replace(current, min_replicas=min_replicas, max_replicas=max_replicas)
     emit(client().deployments.scale(name, replicas, etag=etag, autoscaling=scaling), as_json, [*_COLUMNS, "etag"])
+
+
+@deploy_app.command("share")
+def deployments_share(name: str,
+                      tenant: list[str] = typer.Option([], "--tenant", help="A tenant that may send requests to it "
+                                                                            "(repeat for more; '*': every tenant; "
+                                                                            "none: no other tenant)."),
+                      etag: str = typer.Option("", help="Change only if the deployment still has this etag."),
+                      as_json: bool = JSON) -> None:
+    """Set which other tenants may send requests to a deployment (replacing the list); they
+    pay for their requests with their own limits."""
+    emit(client().deployments.share(name, tenant, etag=etag), as_json, ["name", "shared_with", "etag"])
 
 
 @deploy_app.command("delete")

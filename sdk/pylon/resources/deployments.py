@@ -1,4 +1,4 @@
-"""Deployments: deploy, list, get, scale, delete."""
+"""Deployments: deploy, list, get, scale, share, delete."""
 
 from __future__ import annotations
 
@@ -17,16 +17,19 @@ class Deployments(_Resource):
     def deploy(self, name: str, model_uri: str, *, replicas: int = 0, engine: str = "torch", gpus: float = 0,
                gpu_types: list[str] | None = None, wait: bool = True, timeout: float = 600,
                request_id: str | None = None, autoscaling: Autoscaling | None = None,
-               rollout: Rollout | None = None, priority_class: str = "") -> Deployment:
+               rollout: Rollout | None = None, priority_class: str = "",
+               shared_with: Sequence[str] = ()) -> Deployment:
         """Deploy ``models:/name@alias`` (or a version); with ``wait``, return once a replica
         serves (raises FailedPreconditionError as soon as every replica job has failed).
         ``replicas`` 0 means 1, or the autoscaling minimum (at least 1). ``autoscaling`` scales
         between its bounds on load (to zero when min_replicas is 0); ``rollout`` makes a
         deployment of an alias roll its later moves out as canaries. ``priority_class`` ("low",
         "normal" or "high"; "" means "high") is the scheduler priority of its replica jobs: above a
-        running preemptible job's, a replica that finds no free GPU preempts it."""
+        running preemptible job's, a replica that finds no free GPU preempts it. ``shared_with``
+        names other tenants (or "*": every tenant) that may send requests to it, as their own."""
         dep = gateway_pb2.Deployment(model_uri=model_uri, replicas=replicas, engine=engine, gpus_per_replica=gpus,
-                                     gpu_types=gpu_types or [], priority_class=priority_class)
+                                     gpu_types=gpu_types or [], priority_class=priority_class,
+                                     shared_with=list(shared_with))
         if autoscaling is not None:
             dep.autoscaling.CopyFrom(autoscaling.to_proto())
         if rollout is not None:
@@ -51,8 +54,9 @@ class Deployments(_Resource):
             time.sleep(0.5)
 
     def models(self) -> list[ServedModel]:
-        """What the tenant can send requests to: its deployments, each with the version it
-        serves and whether a replica is ready (the OpenAI API's /v1/models lists the same)."""
+        """What the tenant can send requests to: its deployments, then those other tenants share
+        with it (by full name), each with the version it serves and whether a replica is ready
+        (the OpenAI API's /v1/models lists the same)."""
         resp = self._c.call(self._c.gateway.ListModels, gateway_pb2.ListModelsRequest())
         return [ServedModel.from_proto(m) for m in resp.models]
 
@@ -79,6 +83,14 @@ class Deployments(_Resource):
         if autoscaling is not None:
             req.autoscaling.CopyFrom(autoscaling.to_proto())
         return Deployment.from_proto(self._c.call(self._c.gateway.ScaleDeployment, req).deployment)
+
+    def share(self, name: str, shared_with: Sequence[str], *, etag: str = "") -> Deployment:
+        """Replace the tenants (or "*": every tenant) that may send requests to the deployment,
+        as their own: their limits, their share of the fair queue; empty shares it with no one.
+        With ``etag`` (from ``get``), only if the deployment is unchanged since, else AbortedError."""
+        req = gateway_pb2.UpdateDeploymentSharingRequest(name=_name("deployments", name), shared_with=list(shared_with),
+                                                         etag=etag)
+        return Deployment.from_proto(self._c.call(self._c.gateway.UpdateDeploymentSharing, req).deployment)
 
     def delete(self, name: str) -> None:
         self._c.call(self._c.gateway.DeleteDeployment, gateway_pb2.DeleteDeploymentRequest(name=_name("deployments", name)))

@@ -44,7 +44,7 @@ class Replica(_message.Message):
     def __init__(self, job: _Optional[str] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., running_requests: _Optional[int] = ..., model_version: _Optional[str] = ..., canary: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model_uri", "model_version", "engine", "replicas", "gpus_per_replica", "gpu_types", "engine_config", "state", "message", "replica_status", "create_time", "etag", "autoscaling", "rollout", "canary", "rollout_history", "scale_events", "last_cold_start_s", "priority_class")
+    __slots__ = ("name", "model_uri", "model_version", "engine", "replicas", "gpus_per_replica", "gpu_types", "engine_config", "state", "message", "replica_status", "create_time", "etag", "autoscaling", "rollout", "canary", "rollout_history", "scale_events", "last_cold_start_s", "priority_class", "shared_with")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Deployment(_message.Message):
     SCALE_EVENTS_FIELD_NUMBER: _ClassVar[int]
     LAST_COLD_START_S_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_CLASS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_WITH_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_uri: str
     model_version: str
@@ -85,7 +86,8 @@ class Deployment(_message.Message):
     scale_events: _containers.RepeatedCompositeFieldContainer[ScaleEvent]
     last_cold_start_s: float
     priority_class: str
-    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., replicas: _Optional[int] = ..., gpus_per_replica: _Optional[float] = ..., gpu_types: _Optional[_Iterable[str]] = ..., engine_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., message: _Optional[str] = ..., replica_status: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalingPolicy, _Mapping]] = ..., rollout: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ..., rollout_history: _Optional[_Iterable[_Union[RolloutEvent, _Mapping]]] = ..., scale_events: _Optional[_Iterable[_Union[ScaleEvent, _Mapping]]] = ..., last_cold_start_s: _Optional[float] = ..., priority_class: _Optional[str] = ...) -> None: ...
+    shared_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., model_uri: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., replicas: _Optional[int] = ..., gpus_per_replica: _Optional[float] = ..., gpu_types: _Optional[_Iterable[str]] = ..., engine_config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., message: _Optional[str] = ..., replica_status: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalingPolicy, _Mapping]] = ..., rollout: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., canary: _Optional[_Union[CanaryStatus, _Mapping]] = ..., rollout_history: _Optional[_Iterable[_Union[RolloutEvent, _Mapping]]] = ..., scale_events: _Optional[_Iterable[_Union[ScaleEvent, _Mapping]]] = ..., last_cold_start_s: _Optional[float] = ..., priority_class: _Optional[str] = ..., shared_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AutoscalingPolicy(_message.Message):
     __slots__ = ("min_replicas", "max_replicas", "target_queue", "target_kv_usage", "target_ttft_ms", "scale_down_delay_s", "scale_to_zero_after_s")
@@ -230,6 +232,22 @@ class ScaleDeploymentRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., etag: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalingPolicy, _Mapping]] = ...) -> None: ...
 
 class ScaleDeploymentResponse(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+
+class UpdateDeploymentSharingRequest(_message.Message):
+    __slots__ = ("name", "shared_with", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHARED_WITH_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shared_with: _containers.RepeatedScalarFieldContainer[str]
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., shared_with: _Optional[_Iterable[str]] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class UpdateDeploymentSharingResponse(_message.Message):
     __slots__ = ("deployment",)
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     deployment: Deployment

@@ -56,6 +56,11 @@ class GatewayServiceStub:
                 request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ScaleDeploymentRequest.SerializeToString,
                 response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ScaleDeploymentResponse.FromString,
                 _registered_method=True)
+        self.UpdateDeploymentSharing = channel.unary_unary(
+                '/pylon.gateway.v1.GatewayService/UpdateDeploymentSharing',
+                request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.UpdateDeploymentSharingRequest.SerializeToString,
+                response_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.UpdateDeploymentSharingResponse.FromString,
+                _registered_method=True)
         self.DeleteDeployment = channel.unary_unary(
                 '/pylon.gateway.v1.GatewayService/DeleteDeployment',
                 request_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.DeleteDeploymentRequest.SerializeToString,
@@ -105,12 +110,12 @@ class GatewayServiceServicer:
         deployment behind. With autoscaling, replicas starts between min and max (at least 1); with
         a rollout policy following the alias, later moves of the alias roll out as canaries.
         The model must be in the deployment's tenant.
-        Errors: INVALID_ARGUMENT (bad parent or deployment_id, replicas outside 1..16, unknown
-        engine, an autoscaling or rollout field out of range (named), malformed model_uri, a field over its limit, a model of another tenant), NOT_FOUND
-        (model, version or alias), ALREADY_EXISTS (name taken, different request_id),
-        PERMISSION_DENIED (viewer key); a replica job the scheduler refuses passes its code through
-        (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED: the tenant's pending-job limit);
-        UNAVAILABLE when the registry or the scheduler cannot be reached (no internal details).
+        Errors: INVALID_ARGUMENT (bad parent or deployment_id, replicas outside 1..16, unknown engine, an
+        autoscaling or rollout field out of range (named), malformed model_uri, a field over its limit, a
+        model of another tenant, a bad "deployment.shared_with[i]"), NOT_FOUND (model, version or alias),
+        ALREADY_EXISTS (name taken, different request_id), PERMISSION_DENIED (viewer key); a replica job the
+        scheduler refuses passes its code through (FAILED_PRECONDITION: no pool fits; RESOURCE_EXHAUSTED: the
+        tenant's pending-job limit); UNAVAILABLE when the registry or scheduler is unreachable (no details).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +153,20 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateDeploymentSharing(self, request, context):
+        """UpdateDeploymentSharing replaces the tenants a deployment is shared with (owner only). With
+        etag, only if the deployment is unchanged since (compare-and-swap). A tenant removed from
+        the list gets NOT_FOUND for its next request; requests already admitted run to their end.
+        Errors: INVALID_ARGUMENT (bad name; a shared_with value that is not a tenant id or "*", a
+        duplicate, the owner itself, or more than 64, named "shared_with[i]"), NOT_FOUND (missing,
+        or another tenant's even when shared with the caller), ABORTED (stale etag, or too many
+        concurrent writes), FAILED_PRECONDITION (deployment being deleted), PERMISSION_DENIED
+        (viewer key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteDeployment(self, request, context):
         """DeleteDeployment cancels the replica jobs and removes the deployment.
         Errors: NOT_FOUND, INVALID_ARGUMENT (bad name), PERMISSION_DENIED (viewer key).
@@ -161,11 +180,13 @@ class GatewayServiceServicer:
         least-loaded ready replica: one response per completion per step (index says which of the
         sampling.n completions); the last response carries the usage. The request names a deployment,
         or a model ("name@alias", "name/versions/3"), which resolves through the registry to a
-        deployment of the caller's tenant serving that version. A caller that cancels the stream
-        aborts the request on the replica, which frees its KV blocks.
-        Errors: NOT_FOUND (deployment, model or alias; another tenant's deployment; no deployment
-        serves the model's version), INVALID_ARGUMENT (bad name, neither or both of deployment and
-        model, empty prompt or one over 64 KiB, bad sampling parameters: see SamplingParams, each
+        deployment of the caller's tenant serving that version (a deployment another tenant shares
+        with the caller is named by its full name). Admission (quotas, fair queue) counts the
+        request as the caller's. A caller that cancels the stream aborts the request on the
+        replica, which frees its KV blocks.
+        Errors: NOT_FOUND (deployment, model or alias; another tenant's deployment not shared with
+        the caller; no deployment serves the model's version), INVALID_ARGUMENT (bad name, neither
+        or both of deployment and model, empty prompt or one over 64 KiB, bad sampling parameters: see SamplingParams, each
         named "sampling.<field>"), UNAVAILABLE (no ready replica yet, or the replica went away; retry
         shortly), DEADLINE_EXCEEDED; an engine's refusal passes through (INVALID_ARGUMENT,
         RESOURCE_EXHAUSTED); an engine's failure is INTERNAL without details.
@@ -195,8 +216,9 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """ListModels lists what the caller's tenant can send requests to: its deployments, each with
-        the model version it serves and whether a replica is ready.
+        """ListModels lists what the caller's tenant can send requests to: its deployments, then those
+        other tenants share with it (by name), each with the model version it serves and whether a
+        replica is ready.
         Errors: INVALID_ARGUMENT (bad parent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -246,6 +268,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ScaleDeployment,
                     request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ScaleDeploymentRequest.FromString,
                     response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.ScaleDeploymentResponse.SerializeToString,
+            ),
+            'UpdateDeploymentSharing': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeploymentSharing,
+                    request_deserializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.UpdateDeploymentSharingRequest.FromString,
+                    response_serializer=pylon_dot_gateway_dot_v1_dot_gateway__pb2.UpdateDeploymentSharingResponse.SerializeToString,
             ),
             'DeleteDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDeployment,
@@ -393,6 +420,33 @@ class GatewayService:
             '/pylon.gateway.v1.GatewayService/ScaleDeployment',
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.ScaleDeploymentRequest.SerializeToString,
             pylon_dot_gateway_dot_v1_dot_gateway__pb2.ScaleDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeploymentSharing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pylon.gateway.v1.GatewayService/UpdateDeploymentSharing',
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.UpdateDeploymentSharingRequest.SerializeToString,
+            pylon_dot_gateway_dot_v1_dot_gateway__pb2.UpdateDeploymentSharingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,7 +65,7 @@ def defaults(settings: Settings) -> Limits:
                   s.gateway_key_tokens_per_min, s.gateway_max_concurrent, s.gateway_priority, s.gateway_weight)
 
 
-_Waiter = tuple[str, asyncio.Future[None]]  # (client, resolved when dispatched)
+_Waiter = tuple[str, str, asyncio.Future[None]]  # (tenant, key, resolved when dispatched)
 
 
 @dataclass
@@ -76,13 +76,28 @@ class _Lane:
     limit: int
     share: float
     inflight: int = 0
-    by_client: dict[str, int] = field(default_factory=dict)  # slots held, by caller
+    by_tenant: dict[str, int] = field(default_factory=dict)  # slots held, by tenant
+    by_key: dict[tuple[str, str], int] = field(default_factory=dict)  # slots held, by (tenant, key)
 
-    def full(self) -> set[str]:
-        """Callers at their share of the slots: they wait even while slots are free, so a caller
-        that arrives finds one at once instead of behind another's whole flood."""
-        cap = max(1, math.ceil(self.share * self.limit))
-        return {c for c, n in self.by_client.items() if n >= cap}
+    def full(self) -> tuple[set[str], set[tuple[str, str]]]:
+        """Tenants at their share of the slots, and keys at their share of their tenant's: they
+        wait even while slots are free, so a tenant (or a key of a tenant) that arrives finds one
+        at once instead of behind another's whole flood. A key's share is below its tenant's
+        (by one slot at least), else one key at it would hold its whole tenant at its share."""
+        tenant_cap = max(1, math.ceil(self.share * self.limit))
+        key_cap = max(1, min(math.ceil(self.share * tenant_cap), tenant_cap - 1))
+        return ({t for t, n in self.by_tenant.items() if n >= tenant_cap},
+                {k for k, n in self.by_key.items() if n >= key_cap})
+
+    def hold(self, tenant: str, key: str) -> None:
+        self.inflight += 1
+        self.by_tenant[tenant] = self.by_tenant.get(tenant, 0) + 1
+        self.by_key[(tenant, key)] = self.by_key.get((tenant, key), 0) + 1
+
+    def release(self, tenant: str, key: str) -> None:
+        self.inflight -= 1
+        _decrement(self.by_tenant, tenant)
+        _decrement(self.by_key, (tenant, key))
 
 
 class Admission:
@@ -131,9 +146,9 @@ class Admission:
         try:
             w_in, w_out = self._s.gateway_vtc_input_weight, self._s.gateway_vtc_output_weight
             estimate = w_in * prompt / limits.weight
-            # The fair queue's client is the API key: every key is one tenant's, and a tenant's
-            # applications (one key each) are served fairly among themselves too.
-            async with self._slot(rec, p.tenant, f"{p.tenant}/{p.key_id}", priority, estimate) as charge:
+            # The caller's tenant and key: tenants share the deployment fairly, whoever owns it,
+            # and the applications of a tenant (one key each) share its part fairly.
+            async with self._slot(rec, p.tenant, p.key_id, priority, estimate) as charge:
                 charged = estimate
                 async for piece in relay():
                     u = piece.response.usage
@@ -179,10 +194,10 @@ class Admission:
             log.warning("settlement failed: the reservation stays taken", extra={"tenant": tenant, "error": str(e)})
 
     @contextlib.asynccontextmanager
-    async def _slot(self, rec: DeploymentRecord, tenant: str, client: str, priority: int,
+    async def _slot(self, rec: DeploymentRecord, tenant: str, key: str, priority: int,
                     cost: float) -> AsyncIterator[Callable[[float], None]]:
         """Hold one of the deployment's dispatch slots, waiting in its fair queue for it; yields
-        what charges the client's counter as tokens are served."""
+        what charges the tenant's and the key's counters as tokens are served."""
         s = self._s
         limit = max(1, rec.replicas) * s.gateway_max_inflight_per_replica
         lane = self._lanes.get(rec.name)
@@ -193,7 +208,7 @@ class Admission:
         lane.limit = limit  # follows the deployment's scale
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            entry = lane.queue.push(client, priority, (client, ready), cost)
+            entry = lane.queue.push(tenant, key, priority, (tenant, key, ready), cost)
         except QueueFull as e:
             metrics.throttled(rec.name, tenant, "queue_full")
             raise ResourceExhausted(f"{e.message}; retry later", retry_after_s=QUEUE_RETRY_S) from None
@@ -202,7 +217,7 @@ class Admission:
             await asyncio.wait_for(asyncio.shield(ready), s.gateway_max_queue_wait_s)
         except (TimeoutError, asyncio.CancelledError) as e:
             if not lane.queue.remove(entry):  # dispatched meanwhile: give the slot on
-                _release(lane, client)
+                _release(lane, tenant, key)
             if isinstance(e, TimeoutError):
                 metrics.throttled(rec.name, tenant, "queue_wait")
                 raise ResourceExhausted(f"{rec.name} is busy: no dispatch slot within "
@@ -210,9 +225,9 @@ class Admission:
                                         retry_after_s=QUEUE_RETRY_S) from None
             raise
         try:
-            yield lambda amount: lane.queue.charge(client, amount)
+            yield lambda amount: lane.queue.charge(tenant, key, amount)
         finally:
-            _release(lane, client)
+            _release(lane, tenant, key)
 
     async def get_limits(self, tenant: str) -> pb.GetServingLimitsResponse:
         limits, overridden = await self.limits(tenant)
@@ -240,21 +255,23 @@ class Admission:
 def _dispatch(lane: _Lane) -> None:
     """Give free slots to the queue's next requests."""
     while lane.inflight < lane.limit:
-        waiter = lane.queue.pop(lane.full())
+        waiter = lane.queue.pop(*lane.full())
         if waiter is None:
             return
-        client, ready = waiter
-        lane.inflight += 1
-        lane.by_client[client] = lane.by_client.get(client, 0) + 1
+        tenant, key, ready = waiter
+        lane.hold(tenant, key)
         ready.set_result(None)
 
 
-def _release(lane: _Lane, client: str) -> None:
-    lane.inflight -= 1
-    held = lane.by_client.pop(client, 0) - 1
-    if held > 0:
-        lane.by_client[client] = held
+def _release(lane: _Lane, tenant: str, key: str) -> None:
+    lane.release(tenant, key)
     _dispatch(lane)
+
+
+def _decrement(counts: dict[Any, int], k: Any) -> None:
+    held = counts.pop(k, 0) - 1
+    if held > 0:
+        counts[k] = held
 
 
 def _buckets(tenant: str, key_id: str, limits: Limits, tokens: int) -> list[Bucket]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -25,12 +26,11 @@ from pylon_services.common.names import MODEL_URI_RE, MODEL_URI_RULE
 from pylon_services.engines import wire
 from pylon_services.engines.contract import sampling_violations as engine_sampling_violations
 from pylon_services.gateway.api import inputs, metrics
-from pylon_services.gateway.api.chat_models import ChatModels
+from pylon_services.gateway.api.chat_models import ChatModel, ChatModels
 from pylon_services.gateway.api.route_cache import RouteCache
 from pylon_services.gateway.api.serving import ServingHooks
 from pylon_services.gateway.domain import chat, requests
 from pylon_services.gateway.domain.deployments import DeploymentRecord
-from pylon_services.gateway.domain.ports import DeploymentRecords
 from pylon_services.gateway.domain.routing import (
     STALE_AFTER_S,
     ReplicaView,
@@ -39,7 +39,8 @@ from pylon_services.gateway.domain.routing import (
     Ticket,
     prefix_hashes,
 )
-from pylon_services.runtime.context import forward_metadata, principal, request_id
+from pylon_services.gateway.domain.sharing import SharedDeploymentRecords, visible_to
+from pylon_services.runtime.context import forward_metadata, principal, request_id, set_call
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.settings import Settings
 
@@ -85,12 +86,13 @@ def checked_sampling(s: engine_pb2.SamplingParams, prompt: str | None) -> engine
 
 
 class Inference:
-    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
+    def __init__(self, deployments: SharedDeploymentRecords, clients: PlatformClients,
                  settings: Settings | None = None, hooks: ServingHooks | None = None) -> None:
         self._d = deployments
         # The serving path's reads (record, replicas) through a short cache; listing reads the store.
         self._routes = RouteCache(deployments, settings.gateway_route_cache_s if settings is not None else 0.0)
         self._c = clients
+        self._platform_key = settings.admin_key if settings is not None else ""
         self.hooks = hooks or ServingHooks()  # autoscaling and canaries (api/serving.py)
         self._chat = ChatModels(clients)
         self._router = Router(routing_config(settings) if settings is not None else RoutingConfig())
@@ -99,14 +101,19 @@ class Inference:
 
     async def resolve(self, deployment: str, model: str, timeout: float,
                       fields: tuple[str, str] = ("deployment", "model")) -> DeploymentRecord:
-        """The deployment a request names, directly or by model (NOT_FOUND for another tenant's,
-        as for a missing one)."""
+        """The deployment a request names, directly or by model (a model resolves among the
+        caller's own deployments). Another tenant's deployment answers NOT_FOUND, as a missing
+        one does, unless it is shared with the caller's tenant."""
         p = principal()
         if bool(deployment) == bool(model):
             raise InvalidArgument(f"give exactly one of {fields[0]} and {fields[1]}",
                                   [FieldViolation(fields[0], f"give exactly one of {fields[0]} and {fields[1]}")])
         if deployment:
-            tenant, dep = inputs.deployment_name(fields[0], deployment, p)
+            try:
+                tenant, dep = inputs.deployment_name(fields[0], deployment, p)
+            except NotFound:  # another tenant's: the name's shape and ids were checked first
+                _, owner, _, dep = deployment.split("/")
+                return await self._shared(owner, dep, p.tenant)
             return await self._routes.get(tenant, dep)
         uri = model_uri(fields[1], model)
         with calling("registry"):
@@ -124,6 +131,18 @@ class Inference:
         if found:
             return found[0]
         raise NotFound(f"no deployment of tenant {p.tenant} serves {uri} (version {version.version})")
+
+    async def _shared(self, owner: str, dep: str, tenant: str) -> DeploymentRecord:
+        """``owner``'s deployment if it is shared with ``tenant``; NOT_FOUND worded as for a
+        missing one otherwise, so a tenant cannot learn what it is not shown."""
+        missing = NotFound(f"tenants/{owner}/deployments/{dep} not found")
+        try:
+            rec = await self._routes.get(owner, dep)
+        except NotFound:
+            raise missing from None
+        if not visible_to(rec, tenant):
+            raise missing
+        return rec
 
     async def _ready_replicas(self, rec: DeploymentRecord) -> list[ReplicaView]:
         # Only replicas of live slots: a retired replica may still look fresh for a few seconds.
@@ -143,8 +162,19 @@ class Inference:
         if bad:
             raise requests.invalid(bad)
         with calling("registry"):
-            model = await self._chat.get(rec.model_version, timeout)
+            model = await self._chat_model(rec, timeout)
         return await asyncio.to_thread(model.encode, messages, field)
+
+    async def _chat_model(self, rec: DeploymentRecord, timeout: float) -> ChatModel:
+        """The version's tokenizer and template, read with the caller's key; for a deployment
+        shared with the caller, whose key cannot read the owner's versions, as the platform
+        (the sharing already allows the caller to use the version through this deployment)."""
+        p = principal()
+        if rec.tenant == p.tenant or not self._platform_key:
+            return await self._chat.get(rec.model_version, timeout)
+        ctx = contextvars.copy_context()
+        ctx.run(set_call, p, request_id(), self._platform_key)
+        return await asyncio.create_task(self._chat.get(rec.model_version, timeout), context=ctx)
 
     async def relay(self, rec: DeploymentRecord, request: engine_pb2.GenerateRequest,
                     timeout: float, session: str = "") -> AsyncGenerator[Piece, None]:
@@ -247,16 +277,18 @@ class Inference:
                                                "code": e.code().name})
 
     async def list_models(self, tenant: str) -> list[tuple[DeploymentRecord, bool]]:
-        """The tenant's deployments by id (at most ``MAX_LISTED``), each with whether it serves."""
-        out: list[tuple[DeploymentRecord, bool]] = []
+        """The tenant's deployments by id, then the other tenants' shared with it by name (at
+        most ``MAX_LISTED`` in all), each with whether it serves."""
+        recs: list[DeploymentRecord] = []
         token = ""
-        while len(out) < MAX_LISTED:
-            recs, token = await self._d.list_deployments(tenant, 100, token)
-            for rec in recs:
-                out.append((rec, bool(await self._ready_replicas(rec))))
+        while len(recs) < MAX_LISTED:
+            page, token = await self._d.list_deployments(tenant, 100, token)
+            recs += page
             if not token:
                 break
-        return out[:MAX_LISTED]
+        if len(recs) < MAX_LISTED:
+            recs += await self._d.shared_with_tenant(tenant)
+        return [(rec, bool(await self._ready_replicas(rec))) for rec in recs[:MAX_LISTED]]
 
 
 @contextlib.contextmanager

@@ -187,8 +187,10 @@ class OpenAIHttpServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         tenant = principal().tenant
-        data = [{"id": rec.deployment_id, "object": "model", "created": int(rec.create_time), "owned_by": tenant,
-                 "root": rec.model_version, "model_uri": rec.model_uri, "ready": ready}
+        # A deployment another tenant shares goes by its full name: a bare id is the caller's own.
+        data = [{"id": rec.deployment_id if rec.tenant == tenant else rec.name, "object": "model",
+                 "created": int(rec.create_time), "owned_by": rec.tenant, "root": rec.model_version,
+                 "model_uri": rec.model_uri, "ready": ready}
                 for rec, ready in await self._serve.list_models(tenant)]
         return web.json_response({"object": "list", "data": data})
 

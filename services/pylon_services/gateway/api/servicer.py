@@ -36,8 +36,9 @@ from pylon_services.gateway.domain import deployments as records
 from pylon_services.gateway.domain import replacement, requests
 from pylon_services.gateway.domain.chat import ChatMessage
 from pylon_services.gateway.domain.deployments import DeploymentRecord
-from pylon_services.gateway.domain.ports import DeploymentRecords, ServingCounts, ServingView
+from pylon_services.gateway.domain.ports import ServingCounts, ServingView
 from pylon_services.gateway.domain.routing import deployment_state
+from pylon_services.gateway.domain.sharing import SharedDeploymentRecords, checked_sharing, share, sharing_violations
 from pylon_services.runtime.context import forward_metadata, principal, remaining_timeout
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.protoconv import page_size, plain_struct, struct, ts
@@ -55,7 +56,7 @@ LIST_MAX_BYTES = 4 << 20
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, deployments: DeploymentRecords, clients: PlatformClients,
+    def __init__(self, deployments: SharedDeploymentRecords, clients: PlatformClients,
                  serve: Inference | None = None, jobs: ReplicaJobs | None = None,
                  counters: ServingCounts | None = None, admission: Admission | None = None) -> None:
         self._d = deployments
@@ -88,7 +89,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                              gpu_types=list(rec.gpu_types), engine_config=struct(dict(rec.engine_config)),
                              state=_STATES[state], message=message, replica_status=status,
                              create_time=ts(rec.create_time), etag=rec.etag,
-                             priority_class=rec.priority_class,
+                             priority_class=rec.priority_class, shared_with=list(rec.shared_with),
                              **policies.history_fields(rec, view))  # type: ignore[arg-type]
 
     async def CreateDeployment(self, request: pb.CreateDeploymentRequest,
@@ -116,7 +117,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         bad += records.priority_violations("deployment.priority_class", d.priority_class)
         config = plain_struct(d.engine_config)
         config_bad = requests.config_violations("deployment.engine_config", config)
-        bad += config_bad
+        bad += config_bad + sharing_violations(list(d.shared_with), tenant, "deployment.shared_with")
         if workload is not None and not config_bad:
             bad += [FieldViolation(f"deployment.engine_config.{f[:64]}", m[:200]) for f, m in workload.check_config(config)]
         if bad:
@@ -131,7 +132,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             f"tenants/{tenant}/deployments/{dep_id}", uuid.uuid4().hex[:10], replicas, model_uri=uri,
             model_version=resolved.version.name, engine=engine, gpus=d.gpus_per_replica,
             gpu_types=tuple(d.gpu_types), engine_config=config, create_time=time.time(), request_id=request_id,
-            autoscaling=scaling, rollout=rollout, priority_class=d.priority_class or records.DEFAULT_PRIORITY_CLASS)
+            autoscaling=scaling, rollout=rollout, priority_class=d.priority_class or records.DEFAULT_PRIORITY_CLASS,
+            shared_with=tuple(d.shared_with))
         if not await self._d.create(rec):
             existing = await self._d.get(tenant, dep_id)
             if not request_id or existing.request_id != request_id:
@@ -208,6 +210,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             rec = await self._jobs.settle(tenant, dep, Acting.caller(context))
         self._serve.forget(tenant, dep)
         return pb.ScaleDeploymentResponse(deployment=await self._view(rec, context))
+
+    async def UpdateDeploymentSharing(self, request: pb.UpdateDeploymentSharingRequest,
+                                      context: grpc.aio.ServicerContext) -> pb.UpdateDeploymentSharingResponse:
+        """Replace who else may send requests to the deployment (compare-and-swap, optionally
+        against ``etag``); owner only: another tenant reads NOT_FOUND, shared with it or not."""
+        tenant, dep = inputs.deployment_name("name", request.name, principal())
+        etag = inputs.etag(request.etag)
+        shared = checked_sharing(list(request.shared_with), tenant, "shared_with")
+        rec = await self._d.update(tenant, dep, lambda r: share(r, shared, etag))
+        return pb.UpdateDeploymentSharingResponse(deployment=await self._view(rec, context))
 
     async def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
                                context: grpc.aio.ServicerContext) -> pb.DeleteDeploymentResponse:

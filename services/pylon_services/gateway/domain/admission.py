@@ -4,7 +4,8 @@ Language Models", OSDI 2024).
 
 The token buckets themselves run in Redis (``store/quotas.py``) so every gateway replica shares
 them; the fair queue is per gateway process, in memory, because it orders requests waiting in
-this process for one of its dispatch slots.
+this process for one of its dispatch slots. A deployment shared across tenants has one queue:
+the fair queue is hierarchical, tenants first, then the API keys of the chosen tenant.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)  # compared by identity: two requests are never the same entry
 class _Entry(Generic[T]):
-    client: str
+    tenant: str
+    key: str
     priority: int
     seq: int
     item: T
@@ -106,82 +108,106 @@ class _Entry(Generic[T]):
 
 @dataclass
 class FairQueue(Generic[T]):
-    """Requests waiting for a deployment, ordered by priority and then, among clients with a
-    backlog, by the smallest virtual token counter (fair=True) or by arrival (fair=False, FIFO).
-    A client is whoever the caller is counted as (the gateway uses the API key, so tenants and
-    the applications of one tenant are served fairly alike).
+    """Requests waiting for a deployment, ordered by priority and then, hierarchically, by
+    virtual token counters (fair=True) or by arrival (fair=False, FIFO): first the tenant with
+    the smallest counter among tenants with a backlog, then, within it, the API key with the
+    smallest counter among its keys with a backlog. A tenant's share does not grow with its
+    number of keys, and one application of a tenant cannot starve another of the same tenant.
 
-    A client's counter grows by its served tokens over its weight; a client that joins the
-    backlog has its counter lifted to the smallest counter of those already backlogged (or,
-    none being, to that of the last client served), so idle time is not banked as credit.
+    Counters grow by served tokens (the caller divides by the tenant's weight). A tenant that
+    joins the backlog has its counter lifted to the smallest counter of the backlogged tenants
+    (or, none being, to that of the last tenant served), and a key likewise among its tenant's
+    keys, so idle time is not banked as credit.
     """
 
     max_queued: int
-    max_per_client: int
+    max_per_client: int  # requests waiting per API key
     fair: bool = True
-    counters: dict[str, float] = field(default_factory=dict)
-    _waiting: dict[str, deque[_Entry[T]]] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)  # by tenant
+    key_counters: dict[tuple[str, str], float] = field(default_factory=dict)  # by (tenant, key)
+    _waiting: dict[str, dict[str, deque[_Entry[T]]]] = field(default_factory=dict)  # tenant -> key -> FIFO
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _last_served: float = 0.0
+    _last_key: dict[str, float] = field(default_factory=dict)  # by tenant: its last served key's counter
     _size: int = 0
 
     def __len__(self) -> int:
         return self._size
 
-    def queued(self, client: str) -> int:
-        return len(self._waiting.get(client, ()))
+    def queued(self, tenant: str, key: str | None = None) -> int:
+        """Requests waiting of ``tenant`` (of its ``key`` only, when given)."""
+        keys = self._waiting.get(tenant, {})
+        if key is not None:
+            return len(keys.get(key, ()))
+        return sum(len(q) for q in keys.values())
 
-    def push(self, client: str, priority: int, item: T, cost: float) -> _Entry[T]:
+    def push(self, tenant: str, key: str, priority: int, item: T, cost: float) -> _Entry[T]:
         """Queue ``item``; raises QueueFull at either bound."""
         if self._size >= self.max_queued:
             raise QueueFull(f"the deployment's queue is full ({self._size} requests waiting)")
-        backlog = self._waiting.get(client)
+        keys = self._waiting.get(tenant)
+        backlog = keys.get(key) if keys else None
         if backlog is not None and len(backlog) >= self.max_per_client:
-            raise QueueFull(f"{client} has {len(backlog)} requests waiting, the most one caller may")
+            raise QueueFull(f"{tenant}/{key} has {len(backlog)} requests waiting, the most one caller may")
+        if not keys:
+            floor = min((self.counters[t] for t in self._waiting), default=self._last_served)
+            self.counters[tenant] = max(self.counters.get(tenant, 0.0), floor)
+            keys = self._waiting[tenant] = {}
         if not backlog:
-            floor = min((self.counters[t] for t, q in self._waiting.items() if q), default=self._last_served)
-            self.counters[client] = max(self.counters.get(client, 0.0), floor)
-        entry = _Entry(client, priority, next(self._seq), item, cost)
-        self._waiting.setdefault(client, deque()).append(entry)
+            floor = min((self.key_counters[(tenant, k)] for k in keys), default=self._last_key.get(tenant, 0.0))
+            self.key_counters[(tenant, key)] = max(self.key_counters.get((tenant, key), 0.0), floor)
+        entry = _Entry(tenant, key, priority, next(self._seq), item, cost)
+        keys.setdefault(key, deque()).append(entry)
         self._size += 1
         return entry
 
-    def pop(self, skip: Collection[str] = ()) -> T | None:
-        """The next request to dispatch (its client charged its cost), or None when none waits;
-        clients in ``skip`` (at their share of the slots) wait."""
-        # A client's head: its highest priority, then its earliest.
-        heads = [min(q, key=lambda e: (-e.priority, e.seq)) for t, q in self._waiting.items() if q and t not in skip]
+    def pop(self, skip_tenants: Collection[str] = (),
+            skip_keys: Collection[tuple[str, str]] = ()) -> T | None:
+        """The next request to dispatch (its tenant and key charged its cost), or None when none
+        waits; tenants in ``skip_tenants`` and (tenant, key)s in ``skip_keys`` (at their share of
+        the slots) wait."""
+        # A key's head: its highest priority, then its earliest.
+        heads = [min(q, key=lambda e: (-e.priority, e.seq))
+                 for t, keys in self._waiting.items() if t not in skip_tenants
+                 for k, q in keys.items() if (t, k) not in skip_keys]
         if not heads:
             return None
         top = max(e.priority for e in heads)
         heads = [e for e in heads if e.priority == top]
         if self.fair:
-            entry = min(heads, key=lambda e: (self.counters.get(e.client, 0.0), e.seq))
+            tenant = min(heads, key=lambda e: (self.counters[e.tenant], e.seq)).tenant
+            entry = min((e for e in heads if e.tenant == tenant),
+                        key=lambda e: (self.key_counters[(e.tenant, e.key)], e.seq))
         else:
             entry = min(heads, key=lambda e: e.seq)
         self._take(entry)
-        self.charge(entry.client, entry.cost)
-        self._last_served = self.counters[entry.client]
+        self.charge(entry.tenant, entry.key, entry.cost)
+        self._last_served = self.counters[entry.tenant]
+        self._last_key[entry.tenant] = self.key_counters[(entry.tenant, entry.key)]
         return entry.item
 
     def remove(self, entry: _Entry[T]) -> bool:
         """Take a request out unserved (its caller went away); False if it was already dispatched."""
-        q = self._waiting.get(entry.client)
+        q = self._waiting.get(entry.tenant, {}).get(entry.key)
         if not q or entry not in q:
             return False
         self._take(entry)
         return True
 
-    def charge(self, client: str, amount: float) -> None:
-        """Advance (or, for an estimate corrected down, move back) the client's counter."""
-        self.counters[client] = self.counters.get(client, 0.0) + amount
+    def charge(self, tenant: str, key: str, amount: float) -> None:
+        """Advance (or, for an estimate corrected down, move back) the tenant's and the key's counters."""
+        self.counters[tenant] = self.counters.get(tenant, 0.0) + amount
+        self.key_counters[(tenant, key)] = self.key_counters.get((tenant, key), 0.0) + amount
 
     def _take(self, entry: _Entry[T]) -> None:
-        q = self._waiting[entry.client]
+        keys = self._waiting[entry.tenant]
+        q = keys[entry.key]
         q.remove(entry)
         self._size -= 1
         if not q:
-            del self._waiting[entry.client]
+            del keys[entry.key]
+            if not keys:
+                del self._waiting[entry.tenant]
 
 
 @dataclass(frozen=True)

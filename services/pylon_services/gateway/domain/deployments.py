@@ -75,6 +75,7 @@ class DeploymentRecord:
     scale_events: tuple[ScaleEvent, ...] = ()
     priority_class: str = DEFAULT_PRIORITY_CLASS  # the scheduler priority class of its replica jobs
     crash_loop: CrashLoop = field(default_factory=CrashLoop)  # replacements of ended replicas
+    shared_with: tuple[str, ...] = ()  # other tenants that may send requests ("*": all); domain/sharing.py
 
     @property
     def tenant(self) -> str:
@@ -108,6 +109,7 @@ class DeploymentRecord:
         d = dataclasses.asdict(self)
         d["gpu_types"] = list(self.gpu_types)
         d["engine_config"] = dict(self.engine_config)
+        d["shared_with"] = list(self.shared_with)
         return d
 
     @classmethod
@@ -136,7 +138,8 @@ class DeploymentRecord:
                    history=tuple(RolloutEvent(**e) for e in d.get("history", [])),
                    scale_events=tuple(ScaleEvent(**e) for e in d.get("scale_events", [])),
                    priority_class=d.get("priority_class") or DEFAULT_PRIORITY_CLASS,
-                   crash_loop=CrashLoop.from_dict(d.get("crash_loop")))
+                   crash_loop=CrashLoop.from_dict(d.get("crash_loop")),
+                   shared_with=tuple(d.get("shared_with") or ()))
 
 
 @dataclass(frozen=True)
