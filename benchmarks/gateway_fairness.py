@@ -27,9 +27,9 @@ import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,32 +51,58 @@ def ttft(client: Any, dep: str) -> float:
     raise RuntimeError("no piece")
 
 
-def side(light: Any, heavy: list[Any], dep: str, args: argparse.Namespace) -> dict[str, float]:
+def flood_main(spec: str) -> None:
+    """The heavy tenant, in its own process (as another team's clients are, elsewhere): ``flood``
+    streams of ``heavy_tokens`` kept going over its keys until SIGTERM, then the count served.
+    In the measuring process its threads would share the GIL with the light client and the
+    gateway, and the light tenant's TTFT would measure that contention, not the gateway's queue."""
+    import asyncio
+    import signal
+
+    from pylon.loadgen import Target, sender
+
+    a = json.loads(spec)
+    served = [0]
+
+    async def run() -> None:
+        sends = [sender(Target("grpc", a["address"], token, a["dep"]), a["heavy_tokens"]) for token in a["tokens"]]
+
+        async def stream(i: int) -> None:
+            while True:
+                async for _ in sends[i % len(sends)](PROMPT, "", i):
+                    pass
+                served[0] += 1
+
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        tasks = [asyncio.ensure_future(stream(i)) for i in range(a["flood"])]
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(run())
+    print(served[0], flush=True)
+
+
+def side(light: Any, address: str, heavy_tokens: list[str], dep: str, args: argparse.Namespace) -> dict[str, float]:
     """Median light TTFT alone, then under the heavy flood (its streams spread over the heavy
-    tenant's keys); the heavy requests served meanwhile."""
+    tenant's keys, from another process); the heavy requests served meanwhile."""
     for _ in range(2):
         ttft(light, dep)
     alone = statistics.median(ttft(light, dep) for _ in range(args.samples))
-    stop, served = threading.Event(), [0]
-
-    def flood(client: Any) -> None:
-        while not stop.is_set():
-            for _ in client.generate_stream(dep, PROMPT, max_tokens=args.heavy_tokens, ignore_eos=True):
-                pass
-            served[0] += 1
-
-    threads = [threading.Thread(target=flood, args=(heavy[i % len(heavy)],), daemon=True) for i in range(args.flood)]
-    for t in threads:
-        t.start()
-    time.sleep(2.0)  # the queue fills
+    spec = json.dumps({"address": address, "tokens": heavy_tokens, "dep": dep, "flood": args.flood,
+                       "heavy_tokens": args.heavy_tokens})
+    flood = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--flood-worker", spec],
+                             stdout=subprocess.PIPE)
+    time.sleep(3.0)  # the worker starts and the queue fills
     start = time.perf_counter()
     loaded = statistics.median(ttft(light, dep) for _ in range(args.samples))
     elapsed = time.perf_counter() - start
-    stop.set()
-    for t in threads:
-        t.join(120)
+    flood.terminate()
+    out, _ = flood.communicate(timeout=120)
+    served = int(out.decode().split()[-1]) if out.strip() else 0
     return {"alone_ms": alone * 1000, "loaded_ms": loaded * 1000, "ratio": loaded / alone,
-            "heavy_per_s": served[0] / (elapsed + 2.0)}
+            "heavy_per_s": served / (elapsed + 3.0)}
 
 
 def main() -> None:
@@ -86,7 +112,11 @@ def main() -> None:
     ap.add_argument("--heavy-tokens", type=int, default=64)
     ap.add_argument("--samples", type=int, default=9)
     ap.add_argument("--heavy-keys", type=int, default=4, help="API keys the heavy tenant floods from")
+    ap.add_argument("--flood-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.flood_worker:
+        flood_main(args.flood_worker)
+        return
     # One-machine Ray on loopback with token authentication, as the tests run it (tests/conftest.py);
     # Ray reads these once, at import, and the leader and ingest processes inherit them.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -124,11 +154,8 @@ def main() -> None:
                                    "gateway_max_inflight_per_replica": args.slots, **overrides})
             server = platform.lt.run(platform._start("gateway", settings))
             address = f"127.0.0.1:{settings.port}"
-            heavy = [pylon.Client(address, t) for t in heavy_tokens]
             with pylon.Client(address, light_token) as light:
-                results[name] = side(light, heavy, "tenants/light/deployments/fair", args)
-            for c in heavy:
-                c.close()
+                results[name] = side(light, address, heavy_tokens, "tenants/light/deployments/fair", args)
             platform.lt.run(server.stop(grace=1.0))
             print(name, json.dumps({k: round(v, 2) for k, v in results[name].items()}), flush=True)
         print(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "results": results}, indent=2),

@@ -167,7 +167,9 @@ async def test_slot_shares_hold_per_tenant_and_per_key_on_a_shared_deployment(st
     acme = [call(admission, f"k{i % 3}", request(), relay_of(10, 40, hold, order, f"acme-k{i % 3}"))
             for i in range(6)]
     await asyncio.sleep(0.05)
-    assert sorted(order) == ["acme-k0", "acme-k1"]  # a slot each for two keys, then acme is at its 2
+    # A slot each for two of its keys (which two depends on the order their limit reads return),
+    # then acme is at its 2.
+    assert len(order) == 2 and len(set(order)) == 2, order
     globex = call(admission, "g", request(), relay_of(10, 1, hold, order, "globex"), tenant="globex")
     await asyncio.sleep(0.05)
     assert order[-1] == "globex" and len(order) == 3 and admission.queue_depth(REC.name) == 4

@@ -219,6 +219,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         etag = inputs.etag(request.etag)
         shared = checked_sharing(list(request.shared_with), tenant, "shared_with")
         rec = await self._d.update(tenant, dep, lambda r: share(r, shared, etag))
+        self._serve.forget(tenant, dep)
         return pb.UpdateDeploymentSharingResponse(deployment=await self._view(rec, context))
 
     async def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
