@@ -11,8 +11,9 @@ model to many teams runs it; the heavy tenant floods from ``--heavy-keys`` API k
 * ``vtc+share``: the default, VTC and a tenant holding at most 75% of the slots (a key less).
 
 Each gateway sends the replica at most ``--slots`` requests at once. The heavy tenant keeps
-``--flood`` streams of ``--heavy-tokens`` tokens going; the light tenant sends ``--samples``
-requests of 2 tokens one after another. No quotas: this measures queueing alone. The claim
+``--flood`` streams of ``--heavy-tokens`` tokens going, from its own process; the light tenant
+sends ``--samples`` requests of 2 tokens one after another, alone and then under the flood,
+``--cycles`` times. No quotas: this measures queueing alone. The claim
 (issue 15): under the flood, the light tenant's median TTFT stays <= 1.5x its unloaded value.
 Real Redis, Ray, services and torch engine replica (a random-init 2-layer Llama). Not a test: it
 never fails on the figures.
@@ -85,24 +86,29 @@ def flood_main(spec: str) -> None:
 
 
 def side(light: Any, address: str, heavy_tokens: list[str], dep: str, args: argparse.Namespace) -> dict[str, float]:
-    """Median light TTFT alone, then under the heavy flood (its streams spread over the heavy
-    tenant's keys, from another process); the heavy requests served meanwhile."""
+    """Median light TTFT alone and under the heavy flood (its streams spread over the heavy
+    tenant's keys, from another process), over ``cycles`` alternations of the two, so that drift
+    in the machine's load falls on both; the heavy requests served meanwhile."""
     for _ in range(2):
         ttft(light, dep)
-    alone = statistics.median(ttft(light, dep) for _ in range(args.samples))
     spec = json.dumps({"address": address, "tokens": heavy_tokens, "dep": dep, "flood": args.flood,
                        "heavy_tokens": args.heavy_tokens})
-    flood = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--flood-worker", spec],
-                             stdout=subprocess.PIPE)
-    time.sleep(3.0)  # the worker starts and the queue fills
-    start = time.perf_counter()
-    loaded = statistics.median(ttft(light, dep) for _ in range(args.samples))
-    elapsed = time.perf_counter() - start
-    flood.terminate()
-    out, _ = flood.communicate(timeout=120)
-    served = int(out.decode().split()[-1]) if out.strip() else 0
-    return {"alone_ms": alone * 1000, "loaded_ms": loaded * 1000, "ratio": loaded / alone,
-            "heavy_per_s": served / (elapsed + 3.0)}
+    alone: list[float] = []
+    loaded: list[float] = []
+    served, flooded = 0, 0.0
+    for _ in range(args.cycles):
+        alone += [ttft(light, dep) for _ in range(args.samples)]
+        flood = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--flood-worker", spec],
+                                 stdout=subprocess.PIPE)
+        time.sleep(3.0)  # the worker starts and the queue fills
+        start = time.perf_counter()
+        loaded += [ttft(light, dep) for _ in range(args.samples)]
+        flooded += time.perf_counter() - start + 3.0
+        flood.terminate()
+        out, _ = flood.communicate(timeout=120)
+        served += int(out.decode().split()[-1]) if out.strip() else 0
+    a, b = statistics.median(alone), statistics.median(loaded)
+    return {"alone_ms": a * 1000, "loaded_ms": b * 1000, "ratio": b / a, "heavy_per_s": served / flooded}
 
 
 def main() -> None:
@@ -110,8 +116,11 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=4, help="dispatch slots per replica (each gateway)")
     ap.add_argument("--flood", type=int, default=12, help="heavy streams kept going")
     ap.add_argument("--heavy-tokens", type=int, default=64)
-    ap.add_argument("--samples", type=int, default=9)
+    ap.add_argument("--samples", type=int, default=11, help="light requests per phase")
+    ap.add_argument("--cycles", type=int, default=3, help="alternations of the light alone and under the flood")
     ap.add_argument("--heavy-keys", type=int, default=4, help="API keys the heavy tenant floods from")
+    ap.add_argument("--share", type=float, default=0.75, help="vtc+share: the share of the slots a tenant may hold")
+    ap.add_argument("--sides", default=",".join(SIDES), help="which sides to run, of " + ", ".join(SIDES))
     ap.add_argument("--flood-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.flood_worker:
@@ -149,7 +158,10 @@ def main() -> None:
             mv = owner.models.register("fair", str(build_model_dir(Path(tmp) / "m")))
             owner.deployments.deploy("fair", f"models:/fair/versions/{mv.version}", timeout=300,
                                      shared_with=["heavy"])
+        SIDES["vtc+share"]["gateway_max_inflight_share"] = args.share
         for name, overrides in SIDES.items():
+            if name not in args.sides.split(","):
+                continue
             settings = Settings(**{**platform.base, "port": free_port(), "gateway_http_port": -1,
                                    "gateway_max_inflight_per_replica": args.slots, **overrides})
             server = platform.lt.run(platform._start("gateway", settings))

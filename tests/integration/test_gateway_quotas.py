@@ -159,10 +159,12 @@ async def test_the_queue_is_bounded_and_serves_the_lighter_client_first(store: Q
 
 
 async def test_slot_shares_hold_per_tenant_and_per_key_on_a_shared_deployment(store: QuotaStore):
-    """4 slots, a share of 0.5: a tenant holds at most 2, a key at most 1 of its tenant's 2. Acme
-    floods from two keys; globex (another tenant on the same deployment) still finds a slot."""
+    """4 slots, a share of 0.5: while globex (another tenant on the same deployment) is active, a
+    tenant holds at most 2, a key at most 1 of its tenant's 2. Acme floods from three keys; globex
+    comes back and still finds a slot."""
     s = Settings(gateway_max_inflight_per_replica=4, gateway_max_inflight_share=0.5)
     admission = Admission(store, s)
+    await call(admission, "g", request(), relay_of(10, 1), tenant="globex")  # globex is active
     hold, order = asyncio.Event(), []
     acme = [call(admission, f"k{i % 3}", request(), relay_of(10, 40, hold, order, f"acme-k{i % 3}"))
             for i in range(6)]
@@ -176,6 +178,25 @@ async def test_slot_shares_hold_per_tenant_and_per_key_on_a_shared_deployment(st
     hold.set()
     await asyncio.gather(globex, *acme)
     assert len(order) == 7
+
+
+async def test_a_caller_alone_uses_every_slot_and_is_held_to_its_share_once_another_comes(store: QuotaStore):
+    """The shares bind only under contention: acme alone fills all 4 slots; once globex has asked,
+    acme's next dispatches stop at its share (2 of 4) while globex's run."""
+    s = Settings(gateway_max_inflight_per_replica=4, gateway_max_inflight_share=0.5)
+    admission = Admission(store, s)
+    hold, order = asyncio.Event(), []
+    first = [call(admission, "k", request(), relay_of(10, 40, hold, order, "acme")) for _ in range(6)]
+    await asyncio.sleep(0.05)
+    assert order == ["acme"] * 4 and admission.queue_depth(REC.name) == 2  # alone: every slot
+    globex = [call(admission, "g", request(), relay_of(10, 1, hold, order, "globex"), tenant="globex")
+              for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert len(order) == 4  # every slot is taken: globex waits for one to free (no preemption)
+    hold.set()
+    await asyncio.gather(*first, *globex)
+    assert order[4] == "globex"  # the freed slot goes to the tenant below its share
+    assert len(order) == 9
 
 
 async def test_the_lighter_tenant_goes_first_however_many_keys_the_other_has(store: QuotaStore):

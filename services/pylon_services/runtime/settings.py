@@ -121,12 +121,15 @@ class Settings(BaseSettings):
     gateway_priority: str = "normal"
     gateway_weight: float = 1.0
     # Requests one gateway sends each replica of a deployment at once; the rest wait in this
-    # gateway's fair queue (virtual token counter, one client per API key), at most
+    # gateway's fair queue (virtual token counters: tenants, then their keys), at most
     # gateway_max_queued per deployment, gateway_max_queued_per_client of them one key's, for
-    # gateway_max_queue_wait_s. One key holds at most gateway_max_inflight_share of the slots,
-    # so a caller that arrives during another's flood finds one free.
+    # gateway_max_queue_wait_s. While another caller has been active on the deployment within
+    # gateway_share_window_s, a tenant holds at most gateway_max_inflight_share of the slots (a
+    # key less of its tenant's), so a caller that comes back during another's flood finds one
+    # free; a caller alone may use them all.
     gateway_max_inflight_per_replica: int = 16
     gateway_max_inflight_share: float = 0.75
+    gateway_share_window_s: float = 10.0
     gateway_max_queued: int = 256
     gateway_max_queued_per_client: int = 64
     gateway_max_queue_wait_s: float = 30.0

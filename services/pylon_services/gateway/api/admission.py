@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,19 +76,30 @@ class _Lane:
     queue: FairQueue[_Waiter]
     limit: int
     share: float
+    window_s: float  # how long a caller counts as active here after its last request
     inflight: int = 0
     by_tenant: dict[str, int] = field(default_factory=dict)  # slots held, by tenant
     by_key: dict[tuple[str, str], int] = field(default_factory=dict)  # slots held, by (tenant, key)
+    seen: dict[tuple[str, str], float] = field(default_factory=dict)  # (tenant, key) -> last active
 
     def full(self) -> tuple[set[str], set[tuple[str, str]]]:
         """Tenants at their share of the slots, and keys at their share of their tenant's: they
-        wait even while slots are free, so a tenant (or a key of a tenant) that arrives finds one
-        at once instead of behind another's whole flood. A key's share is below its tenant's
-        (by one slot at least), else one key at it would hold its whole tenant at its share."""
-        tenant_cap = max(1, math.ceil(self.share * self.limit))
+        wait even while slots are free, so a tenant (or a key of a tenant) that comes back finds
+        one at once instead of behind another's whole flood. The shares bind only while another
+        caller is active (has asked within ``window_s``): a tenant alone may use every slot, a key
+        alone in its tenant all of its tenant's. A key's share is below its tenant's (by one slot
+        at least), else one key at it would hold its whole tenant at its share."""
+        now = time.monotonic()
+        for k in [k for k, t in self.seen.items() if now - t > self.window_s and k not in self.by_key]:
+            del self.seen[k]
+        keys = Counter(t for t, _ in set(self.seen) | set(self.by_key))  # active keys, by tenant
+        tenant_cap = max(1, math.ceil(self.share * self.limit)) if len(keys) > 1 else self.limit
         key_cap = max(1, min(math.ceil(self.share * tenant_cap), tenant_cap - 1))
         return ({t for t, n in self.by_tenant.items() if n >= tenant_cap},
-                {k for k, n in self.by_key.items() if n >= key_cap})
+                {(t, k) for (t, k), n in self.by_key.items() if n >= (key_cap if keys[t] > 1 else tenant_cap)})
+
+    def touch(self, tenant: str, key: str) -> None:
+        self.seen[(tenant, key)] = time.monotonic()
 
     def hold(self, tenant: str, key: str) -> None:
         self.inflight += 1
@@ -98,6 +110,7 @@ class _Lane:
         self.inflight -= 1
         _decrement(self.by_tenant, tenant)
         _decrement(self.by_key, (tenant, key))
+        self.touch(tenant, key)
 
 
 class Admission:
@@ -204,17 +217,19 @@ class Admission:
         if lane is None:
             queue: FairQueue[_Waiter] = FairQueue(s.gateway_max_queued, s.gateway_max_queued_per_client,
                                                   s.gateway_fair_queuing)
-            lane = self._lanes[rec.name] = _Lane(queue, limit, s.gateway_max_inflight_share)
+            lane = self._lanes[rec.name] = _Lane(queue, limit, s.gateway_max_inflight_share, s.gateway_share_window_s)
         lane.limit = limit  # follows the deployment's scale
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
+            lane.touch(tenant, key)
             entry = lane.queue.push(tenant, key, priority, (tenant, key, ready), cost)
         except QueueFull as e:
             metrics.throttled(rec.name, tenant, "queue_full")
             raise ResourceExhausted(f"{e.message}; retry later", retry_after_s=QUEUE_RETRY_S) from None
         _dispatch(lane)
         try:
-            await asyncio.wait_for(asyncio.shield(ready), s.gateway_max_queue_wait_s)
+            if not ready.done():  # a free slot dispatches at once: no timer, no extra task
+                await asyncio.wait_for(asyncio.shield(ready), s.gateway_max_queue_wait_s)
         except (TimeoutError, asyncio.CancelledError) as e:
             if not lane.queue.remove(entry):  # dispatched meanwhile: give the slot on
                 _release(lane, tenant, key)
