@@ -21,6 +21,7 @@ from pylon_services.engines.contract import EngineRequest, RequestOutput, Sampli
 from pylon_services.engines.torch_engine.detokenize import IncrementalDecoder
 from pylon_services.engines.torch_engine.engine import TorchEngine
 from pylon_services.engines.torch_engine.model import load_model
+from pylon_services.engines.torch_engine.onednn import OneDNNLinear
 from pylon_services.engines.torch_engine.settings import TorchEngineConfig
 from tests.support.hf_models import EOS, build_model_dir
 
@@ -86,6 +87,35 @@ def test_greedy_equals_transformers_while_other_requests_share_the_batch(arch: s
         assert tokens_of(outputs) == hf_greedy(directory, prompt, 10), prompt
         assert outputs[-1].finished and outputs[-1].deltas[-1].finish_reason == "length"
         assert outputs[-1].completion_tokens == 10 and outputs[-1].prompt_tokens == len(prompt)
+
+
+def test_large_cpu_linears_run_through_onednn_and_greedy_still_equals_transformers(tmp_path: Path) -> None:
+    """512-wide layers are past onednn.MIN_WEIGHT_ELEMENTS: the engine swaps them for prepacked
+    oneDNN linears (the reference keeps nn.Linear) and its greedy output stays the same."""
+    directory = build_model_dir(tmp_path, "llama", hidden_size=512, intermediate_size=1024, num_attention_heads=8,
+                                num_key_value_heads=4)
+    engine = engine_for(directory)
+    swapped = [m for m in engine.m.model.modules() if isinstance(m, OneDNNLinear)]
+    # q, o, gate, up and down of both layers; k and v (512x256) are below the threshold.
+    assert len(swapped) == 2 * 5
+    requests = [EngineRequest(f"r{i}", prompt_token_ids=tuple(p), sampling=greedy(10)) for i, p in enumerate(PROMPTS)]
+    results = asyncio.run(run_all(engine, requests))
+    for prompt, outputs in zip(PROMPTS, results, strict=True):
+        assert tokens_of(outputs) == hf_greedy(directory, prompt, 10), prompt
+    off = engine_for(directory, onednn_linear=False)
+    assert not any(isinstance(m, OneDNNLinear) for m in off.m.model.modules())
+    asyncio.run(off.shutdown())
+
+
+def test_a_onednn_linear_equals_nn_linear_for_any_batch_and_rank() -> None:
+    torch.manual_seed(0)
+    for bias in (False, True):
+        linear = torch.nn.Linear(512, 768, bias=bias)
+        fast = OneDNNLinear(linear)
+        for shape in ((1, 512), (32, 512), (3, 7, 512), (1, 100, 512)):
+            x = torch.randn(*shape)
+            with torch.inference_mode():
+                torch.testing.assert_close(fast(x), linear(x), atol=2e-4, rtol=1e-4)
 
 
 def test_a_kv_budget_too_small_for_the_load_preempts_and_still_answers_exactly(llama_dir: Path) -> None:
@@ -304,7 +334,8 @@ def test_bad_engine_settings_are_refused_naming_the_key() -> None:
     for config, field in (({"max_num_seqs": 0}, "engine_config.max_num_seqs"),
                           ({"block_size": 3}, "engine_config.block_size"),
                           ({"dtype": "int8"}, "engine_config.dtype"),
-                          ({"swap_space": 4}, "engine_config.swap_space")):
+                          ({"swap_space": 4}, "engine_config.swap_space"),
+                          ({"onednn_linear": "yes"}, "engine_config.onednn_linear")):
         with pytest.raises(InvalidArgument) as e:
             TorchEngineConfig.from_mapping(config)
         assert e.value.violations[0].field == field

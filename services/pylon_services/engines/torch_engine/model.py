@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from pylon_services.engines.torch_engine import onednn
 from pylon_services.engines.torch_engine.paged import ATTN_IMPLEMENTATION
 from pylon_services.engines.torch_engine.settings import TorchEngineConfig
 from pylon_services.ml.device import resolve_device
@@ -72,6 +73,8 @@ def load_model(directory: str | os.PathLike[str], cfg: TorchEngineConfig) -> Loa
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ValueError(f"{directory}: transformers cannot load the model: {exc}") from None
     model = model.to(device).eval()  # type: ignore[arg-type]
+    if cfg.onednn_linear and device.type == "cpu" and dtype == torch.float32 and onednn.available():
+        onednn.use_onednn_linears(model)
     c = model.config
     heads = c.num_attention_heads
     window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None

@@ -19,7 +19,9 @@ _POSITIVE = ("block_size", "kv_cache_memory_bytes", "max_num_seqs", "max_num_bat
 class TorchEngineConfig:
     """vLLM's names where it has one. ``kv_cache_memory_bytes`` is the whole paged KV pool,
     preallocated at start: admission, chunking and preemption keep every request inside it.
-    ``max_num_batched_tokens`` is the per-step token budget chunked prefill shares with decodes."""
+    ``max_num_batched_tokens`` is the per-step token budget chunked prefill shares with decodes.
+    ``onednn_linear`` runs a CPU fp32 model's linear layers through oneDNN with prepacked weights
+    (``onednn.py``); false keeps transformers' ``nn.Linear``."""
 
     device: str = "auto"
     dtype: str = "auto"  # float32 on CPU, bfloat16 on CUDA
@@ -29,6 +31,7 @@ class TorchEngineConfig:
     max_num_batched_tokens: int = 512
     max_model_len: int = 0  # 0: the model's own context
     enable_prefix_caching: bool = True
+    onednn_linear: bool = True
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> TorchEngineConfig:
@@ -60,6 +63,7 @@ def config_violations(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     device = config.get("device", "auto")
     if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         bad.append(("device", "must be auto, cpu, cuda or cuda:N"))
-    if not isinstance(config.get("enable_prefix_caching", True), bool):
-        bad.append(("enable_prefix_caching", "must be true or false"))
+    for name in ("enable_prefix_caching", "onednn_linear"):
+        if not isinstance(config.get(name, True), bool):
+            bad.append((name, "must be true or false"))
     return bad
