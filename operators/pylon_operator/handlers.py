@@ -163,7 +163,7 @@ def model_deployment_reconcile(body: Any, memo: Any, retry: int = 0, **_: Any) -
     name = status.get("deploymentName") or f"tenants/{tenant}/deployments/{deployments.deployment_id(ref.name, spec)}"
     try:
         dep = _observed_deployment(rt, name)
-        for _ in range(3):  # create, or scale then share: each step plans from the deployment it returns
+        for _step in range(3):  # create, or scale then share: each step plans from the deployment it returns
             action = deployments.plan(spec, dep)
             if action == "create":
                 dep = rt.api.create_deployment(tenant, deployments.deployment_id(ref.name, spec),
