@@ -18,6 +18,9 @@ CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "pylon" / "c
 ID = r"^[a-z][a-z0-9_.-]{0,62}$"  # dataset, model, deployment and alias ids
 GPU_TYPE = r"^[A-Za-z0-9._-]{1,64}$"
 DATASET_VERSION = r"^tenants/([a-z0-9-]{1,63}|-)/datasets/[a-z][a-z0-9_.-]{0,62}/versions/([1-9][0-9]{0,9}|latest)$"
+# A tenant a deployment is shared with: a tenant id as the services check it (common/names.py), or "*".
+SHARED_TENANT = r"^([a-z][a-z0-9-]{0,62}|\*)$"
+PRIORITY_CLASSES = ["low", "normal", "high"]  # the scheduler's priority classes
 MODEL_URI = r"^models:/[a-z][a-z0-9_.-]{0,62}(@[a-z][a-z0-9_.-]{0,62}|/versions/[1-9][0-9]{0,17}|/latest)$"
 
 
@@ -78,7 +81,7 @@ TRAINING_SPEC: dict[str, Any] = {
     "oneOf": [{"required": ["trainer"]}, {"required": ["command"]}],
     "properties": {
         "queue": _str(63, pattern=r"^[A-Za-z0-9-]{1,63}$"),
-        "priorityClass": {"type": "string", "enum": ["low", "normal", "high"]},
+        "priorityClass": {"type": "string", "enum": PRIORITY_CLASSES},
         "workers": _int(1, 1024),
         "resources": {"type": "object", "properties": {
             "gpus": _num(0, 64), "gpuTypes": _list(_str(64, pattern=GPU_TYPE), 16),
@@ -117,7 +120,9 @@ DEPLOYMENT_SPEC: dict[str, Any] = {
     "x-kubernetes-validations": [
         {"rule": "self.modelUri == oldSelf.modelUri", "message": "modelUri is immutable; create a new ModelDeployment"},
         {"rule": "!has(self.engine) || !has(oldSelf.engine) || self.engine == oldSelf.engine",
-         "message": "engine is immutable"}],
+         "message": "engine is immutable"},
+        {"rule": "!has(self.priorityClass) || !has(oldSelf.priorityClass) || self.priorityClass == oldSelf.priorityClass",
+         "message": "priorityClass is immutable; create a new ModelDeployment"}],
     "properties": {
         "deploymentId": _str(63, pattern=ID),
         "modelUri": _str(512, pattern=MODEL_URI),
@@ -126,12 +131,18 @@ DEPLOYMENT_SPEC: dict[str, Any] = {
         "gpusPerReplica": _num(0, 64),
         "gpuTypes": _list(_str(64, pattern=GPU_TYPE), 16),
         "engineConfig": FREE_OBJECT,
+        "priorityClass": {"type": "string", "enum": PRIORITY_CLASSES, "default": "high",
+                          "description": "The scheduler priority class of the replica jobs; set at create only."},
+        "sharedWith": _list(_str(63, pattern=SHARED_TENANT), 64, **{
+            "x-kubernetes-list-type": "set",
+            "description": 'Other tenants that may send requests to the deployment, or "*" for every tenant.'}),
     },
 }
 DEPLOYMENT_STATUS = status_schema(
     ["Pending", "Ready", "Failed", "Deleting"],
     {"deploymentName": {"type": "string"}, "modelVersion": {"type": "string"}, "replicas": {"type": "integer"},
-     "readyReplicas": {"type": "integer"}})
+     "readyReplicas": {"type": "integer"}, "priorityClass": {"type": "string"},
+     "sharedWith": {"type": "array", "items": {"type": "string"}}})
 
 RECIPE = {"type": "object", "properties": {
     "textField": _str(256), "normalizeUnicode": {"type": "string", "enum": ["NFC", "NFKC", "NFD", "NFKD", "none"]},
@@ -169,7 +180,9 @@ KINDS: dict[str, dict[str, Any]] = {
                         "status": DEPLOYMENT_STATUS,
                         "columns": [_PHASE, _READY, {"name": "Model", "type": "string", "jsonPath": ".spec.modelUri"},
                                     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
-                                    {"name": "Serving", "type": "integer", "jsonPath": ".status.readyReplicas"}, _AGE]},
+                                    {"name": "Serving", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                                    {"name": "Priority", "type": "string", "jsonPath": ".spec.priorityClass",
+                                     "priority": 1}, _AGE]},
     "Dataset": {"plural": "datasets", "short": ["pds"], "spec": DATASET_SPEC, "status": DATASET_STATUS,
                 "columns": [_PHASE, _READY, {"name": "Version", "type": "string", "jsonPath": ".status.version"},
                             {"name": "Records", "type": "number", "jsonPath": ".status.metrics.recordCount"}, _AGE]},

@@ -154,7 +154,8 @@ def _observed_deployment(rt: Runtime, name: str) -> Any:
 
 
 def model_deployment_reconcile(body: Any, memo: Any, retry: int = 0, **_: Any) -> None:
-    """Create or scale the gateway deployment to match the spec, then mirror its status."""
+    """Create the gateway deployment, or scale and share it, to match the spec; then mirror its
+    status."""
     rt, ref, status = _rt(memo), ObjectRef.of(body, MODELDEPLOYMENTS), _status(body)
     if status.get("phase") == "Failed" and status.get("observedGeneration") == _generation(body):
         return  # refused or failed for this spec: wait for a new one
@@ -162,12 +163,19 @@ def model_deployment_reconcile(body: Any, memo: Any, retry: int = 0, **_: Any) -
     name = status.get("deploymentName") or f"tenants/{tenant}/deployments/{deployments.deployment_id(ref.name, spec)}"
     try:
         dep = _observed_deployment(rt, name)
-        action = deployments.plan(spec, dep)
-        if action == "create":
-            dep = rt.api.create_deployment(tenant, deployments.deployment_id(ref.name, spec),
-                                           deployments.create_fields(spec), deployments.request_id(ref.uid))
-        elif action == "scale":
-            dep = rt.api.scale_deployment(dep.name, int(spec.get("replicas", 1)))
+        for _step in range(3):  # create, or scale then share: each step plans from the deployment it returns
+            action = deployments.plan(spec, dep)
+            if action == "create":
+                dep = rt.api.create_deployment(tenant, deployments.deployment_id(ref.name, spec),
+                                               deployments.create_fields(spec), deployments.request_id(ref.uid))
+            elif action == "scale":
+                dep = rt.api.scale_deployment(dep.name, int(spec.get("replicas", 1)))
+            elif action == "share":
+                # No etag: the spec is the truth, so a compare-and-swap would only add ABORTED
+                # retries whenever the gateway's own writes (replica states, autoscaling) move it.
+                dep = rt.api.update_deployment_sharing(dep.name, deployments.shared_with(spec))
+            else:
+                break
     except RETRYABLE as e:
         _retry_later(rt, ref, body, "gateway", e, retry)
     except PylonError as e:
@@ -300,8 +308,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         kopf.on.resume(GROUP, VERSION, plural, registry=registry)(create)
         kopf.timer(GROUP, VERSION, plural, interval=interval, registry=registry)(timer)
         kopf.on.delete(GROUP, VERSION, plural, registry=registry)(delete)
-    kopf.on.update(GROUP, VERSION, MODELDEPLOYMENTS, field="spec.replicas", registry=registry)(
-        model_deployment_reconcile)
+    for spec_field in ("spec.replicas", "spec.sharedWith"):
+        kopf.on.update(GROUP, VERSION, MODELDEPLOYMENTS, field=spec_field, registry=registry)(
+            model_deployment_reconcile)
     kopf.timer(RAY_GROUP, RAY_VERSION, RAYCLUSTERS, labels={POOL_LABEL: "true"},
                interval=settings.operator_pool_interval_s, registry=registry)(_raycluster_timer)
     kopf.on.startup(registry=registry)(configure_kopf)

@@ -134,6 +134,11 @@ class PylonApi:
         req = gateway_pb2.ScaleDeploymentRequest(name=name, replicas=replicas)
         return Deployment.from_proto(self._call(self._gateway().ScaleDeployment, req).deployment)
 
+    def update_deployment_sharing(self, name: str, shared_with: list[str], etag: str = "") -> Deployment:
+        """UpdateDeploymentSharing: the whole new list; with ``etag``, only if still current."""
+        req = gateway_pb2.UpdateDeploymentSharingRequest(name=name, shared_with=shared_with, etag=etag)
+        return Deployment.from_proto(self._call(self._gateway().UpdateDeploymentSharing, req).deployment)
+
     def delete_deployment(self, name: str) -> None:
         self._call(self._gateway().DeleteDeployment, gateway_pb2.DeleteDeploymentRequest(name=name))
 

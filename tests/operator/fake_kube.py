@@ -39,6 +39,13 @@ class FakeKube:
         self.objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         return copy.deepcopy(obj)
 
+    def edit_spec(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A user's merge patch of the spec, as the API server applies it: the generation moves."""
+        obj = self.objects[(plural, namespace, name)]
+        obj["spec"] = merge_patch(obj["spec"], patch)
+        obj["metadata"]["generation"] += 1
+        return copy.deepcopy(obj)
+
     def body(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.objects[(plural, namespace, name)])
 

@@ -26,13 +26,16 @@ def load(path: Path) -> dict[str, Any]:
 
 def strict(schema: dict[str, Any]) -> dict[str, Any]:
     """The schema as the API server applies it with strict field validation (kubectl's default):
-    a field no schema declares is an error, except under x-kubernetes-preserve-unknown-fields."""
+    a field no schema declares is an error, except under x-kubernetes-preserve-unknown-fields; a
+    list of listType set refuses duplicates (jsonschema's uniqueItems, which a CRD may not say)."""
     out = copy.deepcopy(schema)
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
                 node["additionalProperties"] = False
+            if node.get("x-kubernetes-list-type") == "set":
+                node["uniqueItems"] = True
             for key, value in node.items():
                 if key != "metadata":
                     walk(value)
@@ -127,6 +130,14 @@ def test_invalid_sample_is_refused_with_each_reason():
     ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "replicas": 17}}, "maximum of 16"),
     ("ModelDeployment", {"spec": {"modelUri": "gpt@prod"}}, "does not match"),
     ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "engine": "tgi"}}, "is not one of"),
+    ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "priorityClass": "urgent"}}, "is not one of"),
+    ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "sharedWith": ["Search_Team"]}}, "does not match"),
+    ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "sharedWith": ["tenants/globex"]}}, "does not match"),
+    ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "sharedWith": ["**"]}}, "does not match"),
+    ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "sharedWith": [f"t{i}" for i in range(65)]}},
+     "is too long"),
+    ("ModelDeployment", {"spec": {"modelUri": "models:/m@prod", "sharedWith": ["globex", "globex"]}},
+     "non-unique elements"),
     ("Dataset", {"spec": {"sourceUris": []}}, "should be non-empty"),
     ("Dataset", {"spec": {"sourceUris": ["k"], "processing": {"maxRejectRate": 2}}}, "maximum of 1"),
     ("Dataset", {"spec": {"sourceUris": ["k"], "format": "xml"}}, "is not one of"),
@@ -135,6 +146,20 @@ def test_bad_specs_are_refused(kind, patch, words):
     obj = {"apiVersion": "pylon.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, **patch}
     messages = [e.message for e in validator(kind).iter_errors(obj)]
     assert any(words in m for m in messages), messages
+
+
+def test_a_model_deployment_shares_with_tenants_or_everyone_at_a_priority_class():
+    obj = {"apiVersion": "pylon.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "x"},
+           "spec": {"modelUri": "models:/m@prod", "priorityClass": "low",
+                    "sharedWith": ["*", "globex", "a", "b" + "-" * 62] + [f"t{i}" for i in range(60)]}}
+    assert list(validator("ModelDeployment").iter_errors(obj)) == []
+    spec = crds.open_api_schema("ModelDeployment")["properties"]["spec"]
+    assert spec["properties"]["priorityClass"]["default"] == "high"  # the gateway's own default
+    # Immutable like engine: the API server refuses a change once set (a CEL transition rule).
+    rules = {v["message"]: v["rule"] for v in spec["x-kubernetes-validations"]}
+    assert rules["priorityClass is immutable; create a new ModelDeployment"] == (
+        "!has(self.priorityClass) || !has(oldSelf.priorityClass) || self.priorityClass == oldSelf.priorityClass")
+    assert "sharedWith" not in " ".join(rules.values())  # sharing changes in place
 
 
 def test_a_trainer_config_keeps_unknown_fields():

@@ -103,6 +103,9 @@ def test_every_handler_is_registered_and_progress_lives_in_the_status():
     names = {h.fn.__name__ for h in registry._changing.get_all_handlers()}
     assert {"training_job_create", "training_job_delete", "model_deployment_reconcile", "model_deployment_delete",
             "dataset_create", "dataset_delete"} <= names
+    updates = {h.field for h in registry._changing.get_all_handlers()
+               if h.fn is handlers.model_deployment_reconcile and h.field}
+    assert updates == {("spec", "replicas"), ("spec", "sharedWith")}
     timers = {h.fn.__name__ for h in registry._spawning.get_all_handlers()}
     assert timers == {"training_job_sync", "model_deployment_sync", "dataset_sync", "_raycluster_timer"}
     settings = kopf.OperatorSettings()

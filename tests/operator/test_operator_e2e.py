@@ -1,6 +1,7 @@
 """End to end against the real Pylon services (the in-process platform: real Redis, real Ray with
 fake GPU nodes, real gRPC servers): TrainingJob objects driven through the operator's handlers
-submit real jobs, and their status follows them; only Kubernetes is our fake port."""
+submit real jobs, and their status follows them; ModelDeployment objects create, share and delete
+real gateway deployments; only Kubernetes is our fake port."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ TENANT = "k8s-ops"  # a tenant of its own: its pending jobs are the only demand 
 
 
 @pytest.fixture(scope="module")
-def api(admin_client: Any, platform: Any) -> Iterator[PylonApi]:
+def token(admin_client: Any) -> str:
+    """An editor key of TENANT, the operator's."""
+    return str(admin_client.admin.create_key(TENANT, "editor")[1])
+
+
+@pytest.fixture(scope="module")
+def api(token: str, platform: Any) -> Iterator[PylonApi]:
     """The operator's Pylon calls with an editor key of TENANT, at the services' own addresses."""
-    _, token = admin_client.admin.create_key(TENANT, "editor")
     api = PylonApi({s: platform.addresses[s] for s in ("scheduler", "gateway", "ingest")}, token, timeout=30)
     yield api
     api.close()
@@ -130,3 +136,58 @@ def test_model_deployment_of_a_missing_model_is_failed_with_the_gateways_message
     assert "NOT_FOUND" in str(e.value)
     status = kube.body("modeldeployments", "ml-team", "my-lm")["status"]
     assert status["phase"] == "Failed" and "NOT_FOUND" in condition(status["conditions"], "Ready")["message"]
+
+
+def _served_to(client: Any) -> set[str]:
+    return {m.deployment for m in client.deployments.models()}
+
+
+def test_model_deployment_is_shared_as_its_spec_says_and_follows_its_edits(api, token, platform, tenant_clients,
+                                                                            tmp_path):
+    """sharedWith and priorityClass reach CreateDeployment; an edit of sharedWith is an
+    UpdateDeploymentSharing the other tenants see at once; a list the gateway refuses (the owner
+    itself) fails that generation with the gateway's field, and the next edit recovers."""
+    import pylon
+    from tests.support.hf_models import build_model_dir
+
+    with pylon.Client(platform.addresses["gateway"], token) as owner:
+        mv = owner.models.register("k8s-shared", str(build_model_dir(tmp_path / "m")))
+    kube = FakeKube()
+    memo = memo_for(api, kube)
+    obj = sample("modeldeployment.yaml")
+    obj["metadata"]["name"] = "k8s-shared"
+    obj["spec"] = {"modelUri": f"models:/k8s-shared/versions/{mv.version}", "replicas": 1, "priorityClass": "normal",
+                   "sharedWith": ["globex"]}
+    body = kube.add(obj, "modeldeployments")
+    full, acme, globex = f"tenants/{TENANT}/deployments/k8s-shared", tenant_clients["acme"], tenant_clients["globex"]
+
+    def reconcile() -> dict[str, Any]:
+        handlers.model_deployment_reconcile(body=kube.body("modeldeployments", "ml-team", "k8s-shared"), memo=memo)
+        return kube.body("modeldeployments", "ml-team", "k8s-shared")["status"]  # type: ignore[no-any-return]
+
+    try:
+        handlers.model_deployment_reconcile(body=body, memo=memo, retry=0)
+        status = kube.body("modeldeployments", "ml-team", "k8s-shared")["status"]
+        assert (status["deploymentName"], status["sharedWith"], status["priorityClass"]) == (full, ["globex"], "normal")
+        dep = api.get_deployment(full)
+        assert (dep.shared_with, dep.priority_class) == (["globex"], "normal")
+        assert full in _served_to(globex) and full not in _served_to(acme)
+
+        kube.edit_spec("modeldeployments", "ml-team", "k8s-shared", {"sharedWith": ["acme", "globex"]})
+        status = reconcile()
+        assert sorted(api.get_deployment(full).shared_with) == ["acme", "globex"] == sorted(status["sharedWith"])
+        assert status["observedGeneration"] == 2 and full in _served_to(acme)
+
+        kube.edit_spec("modeldeployments", "ml-team", "k8s-shared", {"sharedWith": [TENANT]})
+        with pytest.raises(kopf.PermanentError) as e:
+            reconcile()
+        assert "INVALID_ARGUMENT" in str(e.value) and "shared_with[0]" in str(e.value)
+        assert kube.body("modeldeployments", "ml-team", "k8s-shared")["status"]["phase"] == "Failed"
+        assert sorted(api.get_deployment(full).shared_with) == ["acme", "globex"]  # unchanged
+
+        kube.edit_spec("modeldeployments", "ml-team", "k8s-shared", {"sharedWith": None})  # shared with no one
+        status = reconcile()
+        assert api.get_deployment(full).shared_with == [] == status["sharedWith"] and status["phase"] != "Failed"
+        assert full not in _served_to(globex) | _served_to(acme) and status["priorityClass"] == "normal"
+    finally:
+        handlers.model_deployment_delete(body=kube.body("modeldeployments", "ml-team", "k8s-shared"), memo=memo)

@@ -112,9 +112,11 @@ def test_cancel_on_delete_only_while_the_job_can_still_run():
 
 
 # -- ModelDeployment --------------------------------------------------------------------------------
-def dep(state: str, replicas: int = 2, ready: int = 0) -> Deployment:
+def dep(state: str, replicas: int = 2, ready: int = 0, shared_with: list[str] | None = None,
+        priority_class: str = "high") -> Deployment:
     return Deployment("tenants/acme/deployments/d", "models:/m@prod", "tenants/acme/models/m/versions/3", "torch",
-                      replicas, state, "", [Replica(f"tenants/acme/jobs/r{i}", "", i < ready, 0) for i in range(replicas)])
+                      replicas, state, "", [Replica(f"tenants/acme/jobs/r{i}", "", i < ready, 0) for i in range(replicas)],
+                      priority_class=priority_class, shared_with=shared_with or [])
 
 
 def test_deployment_plan():
@@ -123,6 +125,28 @@ def test_deployment_plan():
     assert deployments.plan(spec, dep("ready", 2)) == "none"
     assert deployments.plan({**spec, "replicas": 3}, dep("ready", 2)) == "scale"
     assert deployments.plan(spec, dep("deleting", 1)) == "wait"
+
+
+def test_deployment_plan_shares_when_the_gateways_sharing_is_not_the_specs():
+    spec = {"modelUri": "models:/m@prod", "replicas": 2, "sharedWith": ["globex", "*"]}
+    assert deployments.plan(spec, dep("ready", 2)) == "share"
+    assert deployments.plan(spec, dep("ready", 2, shared_with=["globex"])) == "share"
+    assert deployments.plan(spec, dep("ready", 2, shared_with=["*", "globex"])) == "none"  # a set: order is no change
+    assert deployments.plan({**spec, "replicas": 3}, dep("ready", 2)) == "scale"  # then share, planned again
+    assert deployments.plan(spec, dep("deleting", 2)) == "wait"
+    # A spec without sharedWith shares with no one: a sharing made outside the spec is undone.
+    assert deployments.plan({"modelUri": "models:/m@prod", "replicas": 2}, dep("ready", 2, shared_with=["x"])) == "share"
+    assert deployments.shared_with({"sharedWith": ["b", "a"]}) == ["b", "a"] and deployments.shared_with({}) == []
+
+
+def test_deployment_status_shows_the_gateways_sharing_and_priority_and_waits_for_sharing():
+    spec = {"modelUri": "models:/m@prod", "replicas": 2, "sharedWith": ["globex"], "priorityClass": "low"}
+    s = deployments.observed_status({"observedGeneration": 1}, spec, dep("ready", 2, 2, priority_class="low"), 2, T0)
+    assert (s["sharedWith"], s["priorityClass"]) == ([], "low")
+    assert s["observedGeneration"] == 1 and condition(s["conditions"], "Reconciling")["reason"] == "Sharing"
+    s = deployments.observed_status(s, spec, dep("ready", 2, 2, shared_with=["globex"], priority_class="low"), 2, T0)
+    assert (s["sharedWith"], s["observedGeneration"], kinds(s["conditions"])) == (["globex"], 2, {"Ready": "True"})
+    assert deployments.observed_status(s, spec, dep("ready", 2, 2, priority_class=""), 2, T0)["priorityClass"] == "high"
 
 
 def test_deployment_status_ready_only_at_the_asked_replicas():
@@ -143,6 +167,12 @@ def test_deployment_fields_parse_as_a_gateway_deployment():
     sample = yaml.safe_load((SAMPLES / "modeldeployment.yaml").read_text())
     d = json_format.ParseDict(deployments.create_fields(sample["spec"]), gateway_pb2.Deployment())
     assert (d.model_uri, d.replicas, d.gpus_per_replica, list(d.gpu_types)) == ("models:/my-lm@prod", 2, 1.0, ["A100"])
+    assert (d.priority_class, list(d.shared_with)) == ("high", ["search-team"])
+    bare = deployments.create_fields({"modelUri": "models:/m@prod"})
+    assert "sharedWith" not in bare and "priorityClass" not in bare  # the gateway's defaults: no one, high
+    low = json_format.ParseDict(deployments.create_fields({"modelUri": "models:/m@prod", "priorityClass": "low",
+                                                           "sharedWith": ["b", "*"]}), gateway_pb2.Deployment())
+    assert (low.priority_class, list(low.shared_with)) == ("low", ["b", "*"])
 
 
 # -- Dataset ----------------------------------------------------------------------------------------
