@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--vllm-python", default="", help="python of a venv with vLLM (scripts/vllm_venv.sh)")
+    parser.add_argument("--skip-sequential", action="store_true",
+                        help="leave out transformers' sequential generate (the slowest side, minutes at 124m)")
     parser.add_argument("--only-vllm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -205,7 +207,8 @@ def main() -> None:
             if args.only_vllm:
                 print(json.dumps(vllm(directory, batch, args.max_tokens)), flush=True)
                 continue
-            results = [side(directory, batch, args.max_tokens) for side in (hf_sequential, hf_generate_batch, pylon)]
+            sides = (hf_generate_batch, pylon) if args.skip_sequential else (hf_sequential, hf_generate_batch, pylon)
+            results = [side(directory, batch, args.max_tokens) for side in sides]
         if args.vllm_python:
             results.insert(-1, vllm_in_its_venv(args.vllm_python, preset, args))
         ours = results[-1]["output_tokens_per_s"]
