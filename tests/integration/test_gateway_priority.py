@@ -15,26 +15,13 @@ from typer.testing import CliRunner
 import pylon
 from pylon.cli import app
 from tests.support.hf_models import build_model_dir
+from tests.support.scripts import checkpointing_loop
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 # A "training loop" that runs until stopped, checkpointing its step when asked to yield.
-TRAIN = """
-import os, time
-import pylon.train as t
-ck = os.path.join(t.checkpoint_dir(), "step")
-step = int(open(ck).read()) if os.path.exists(ck) else 0
-print(f"starting at step {step}", flush=True)
-while True:
-    if t.should_preempt():
-        open(ck, "w").write(str(step))
-        print(f"checkpointed at step {step}", flush=True)
-        t.exit_preempted()
-    time.sleep(0.1)
-    step += 1
-    t.report(step, loss=1.0 / step)
-"""
+TRAIN = checkpointing_loop(0)
 
 
 def _cli(platform, token: str, *args: str):

@@ -10,27 +10,13 @@ import sys
 
 import pytest
 
+from tests.support.scripts import checkpointing_loop
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 # A "training loop": 80 steps of 0.1 s, checkpointing its step when asked to yield.
-LOW = """
-import os, time
-import pylon.train as t
-ck = os.path.join(t.checkpoint_dir(), "step")
-step = int(open(ck).read()) if os.path.exists(ck) else 0
-print(f"starting at step {step}", flush=True)
-while step < 80:
-    if t.should_preempt():
-        open(ck, "w").write(str(step))
-        print(f"checkpointed at step {step}", flush=True)
-        t.exit_preempted()
-    time.sleep(0.1)
-    step += 1
-    t.report(step, loss=1.0 / step)
-print("finished at step", step, flush=True)
-"""
+LOW = checkpointing_loop(80)
 
 
 
