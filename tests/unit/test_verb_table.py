@@ -84,6 +84,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "GatewayService.GetDeployment": ("deployments.get", "deployments get"),
     "GatewayService.ListDeployments": ("deployments.list", "deployments list"),
     "GatewayService.ScaleDeployment": ("deployments.scale", "deployments scale"),
+    "GatewayService.UpdateDeploymentSharing": ("deployments.share", "deployments share"),
     "GatewayService.DeleteDeployment": ("deployments.delete", "deployments delete"),
     "GatewayService.Generate": ("generate_stream", "generate"),
     "GatewayService.Complete": ("generate", "generate"),
