@@ -33,6 +33,7 @@ async def build(settings: Settings, redis: aioredis.Redis) -> ServiceParts:
     counters = ServingCounters(redis, uuid.uuid4().hex[:12])
     hooks = AutoscaleHooks(store, counters, jobs, settings.admin_key, settings.gateway_cold_start_wait_s)
     serve = Inference(store, clients, settings, hooks)
+    store.on_write(serve.forget)  # this gateway's writes (API and controller) reach its cache at once
     # Quotas in the platform's Redis (shared by every gateway); the fair queue in this process.
     admission = Admission(QuotaStore(redis), settings)
     servicer = GatewayServicer(store, clients, serve, jobs, counters, admission)

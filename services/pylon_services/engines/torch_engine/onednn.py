@@ -2,11 +2,10 @@
 
 transformers' ``nn.Linear`` runs ``aten::linear``, which on CPU calls MKL's sgemm on the weight as
 stored. oneDNN's matmul on a weight reordered into its blocked layout for the expected batch is
-much faster for the skinny shapes of decode (a few dozen rows against a large weight): on the dev
-box, at 32 rows, 31-33% less time for 768-wide projections and 53% less for a 50,257-token LM head
-(``benchmarks/engine_throughput.py`` measures the whole engine). vLLM's CPU backend does the same
-through its own oneDNN bindings; PyTorch's Inductor does it when freezing a compiled model. This
-module uses PyTorch's own ``mkldnn`` ops, so it needs no compiler and no extra package.
+faster for the skinny shapes of decode (a few dozen rows against a large weight):
+``benchmarks/onednn_linear.py`` measures each shape, ``benchmarks/engine_throughput.py`` the
+engine. vLLM's CPU backend does the same through its own oneDNN bindings; PyTorch's Inductor does
+it when freezing a compiled model. This module uses PyTorch's own ``mkldnn`` ops, so it needs no compiler and no extra package.
 
 The results equal ``nn.Linear``'s up to float rounding (accumulation order differs). A tied weight
 (an LM head sharing the embedding's) is reordered into a copy; an untied one is replaced.
@@ -24,7 +23,7 @@ log = logging.getLogger("pylon.engine")
 # correctly, the layout is only tuned for this one.
 BATCH_HINT = 32
 # Smaller weights stay on nn.Linear: oneDNN's fixed cost per call outweighs its gain there (a
-# 2-layer 64-wide test model ran 30-45% slower per step with every linear swapped).
+# 64-wide test model took longer per step with every linear swapped).
 MIN_WEIGHT_ELEMENTS = 1 << 18
 
 

@@ -50,7 +50,10 @@ class ChatModels:
         self._cache: OrderedDict[str, ChatModel] = OrderedDict()
         self._loading: dict[str, asyncio.Lock] = {}
 
-    async def get(self, version: str, timeout: float) -> ChatModel:
+    async def get(self, version: str, timeout: float,
+                  metadata: tuple[tuple[str, str], ...] | None = None) -> ChatModel:
+        """The version's chat template and tokenizer, read from the registry as ``metadata`` says
+        (default: the caller's key), and kept for the next request."""
         found = self._cache.get(version)
         if found is not None:
             self._cache.move_to_end(version)
@@ -59,30 +62,31 @@ class ChatModels:
         async with lock:
             found = self._cache.get(version)
             if found is None:
-                found = await self._load(version, timeout)
+                found = await self._load(version, timeout, metadata or forward_metadata())
                 self._cache[version] = found
                 while len(self._cache) > MAX_CACHED_VERSIONS:
                     self._cache.popitem(last=False)
         self._loading.pop(version, None)
         return found
 
-    async def _load(self, version: str, timeout: float) -> ChatModel:
-        config = json.loads(await self._file(version, "tokenizer_config.json", timeout) or b"{}")
-        special = json.loads(await self._file(version, "special_tokens_map.json", timeout) or b"{}")
-        tokenizer_json = await self._file(version, "tokenizer.json", timeout)
+    async def _load(self, version: str, timeout: float, metadata: tuple[tuple[str, str], ...]) -> ChatModel:
+        config = json.loads(await self._file(version, "tokenizer_config.json", timeout, metadata) or b"{}")
+        special = json.loads(await self._file(version, "special_tokens_map.json", timeout, metadata) or b"{}")
+        tokenizer_json = await self._file(version, "tokenizer.json", timeout, metadata)
         if tokenizer_json is None:
             raise InvalidArgument.field("messages", "the model version has no tokenizer.json to encode a chat with")
         template = chat.template_from_config(config, special) if isinstance(config, dict) else None
         return ChatModel(template, await asyncio.to_thread(_tokenizer, tokenizer_json))
 
-    async def _file(self, version: str, path: str, timeout: float) -> bytes | None:
+    async def _file(self, version: str, path: str, timeout: float,
+                    metadata: tuple[tuple[str, str], ...]) -> bytes | None:
         """A file of the version, or None when it has none."""
         registry = await self._c.registry()
         chunks: list[bytes] = []
         size = 0
         try:
             async for piece in registry.DownloadArtifact(registry_pb2.DownloadArtifactRequest(name=version, path=path),
-                                                         metadata=forward_metadata(), timeout=timeout):
+                                                         metadata=metadata, timeout=timeout):
                 size += len(piece.data)
                 if size > MAX_FILE_BYTES:
                     raise InvalidArgument.field("messages", f"the model's {path} is over {MAX_FILE_BYTES >> 20} MiB")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 import uuid
@@ -27,6 +26,7 @@ from pylon_services.engines import wire
 from pylon_services.engines.contract import sampling_violations as engine_sampling_violations
 from pylon_services.gateway.api import inputs, metrics
 from pylon_services.gateway.api.chat_models import ChatModel, ChatModels
+from pylon_services.gateway.api.replicas import Acting
 from pylon_services.gateway.api.route_cache import RouteCache
 from pylon_services.gateway.api.serving import ServingHooks
 from pylon_services.gateway.domain import chat, requests
@@ -40,7 +40,7 @@ from pylon_services.gateway.domain.routing import (
     prefix_hashes,
 )
 from pylon_services.gateway.domain.sharing import SharedDeploymentRecords, visible_to
-from pylon_services.runtime.context import forward_metadata, principal, request_id, set_call
+from pylon_services.runtime.context import forward_metadata, principal, request_id
 from pylon_services.runtime.peers import PlatformClients
 from pylon_services.runtime.settings import Settings
 
@@ -169,12 +169,9 @@ class Inference:
         """The version's tokenizer and template, read with the caller's key; for a deployment
         shared with the caller, whose key cannot read the owner's versions, as the platform
         (the sharing already allows the caller to use the version through this deployment)."""
-        p = principal()
-        if rec.tenant == p.tenant or not self._platform_key:
+        if rec.tenant == principal().tenant or not self._platform_key:
             return await self._chat.get(rec.model_version, timeout)
-        ctx = contextvars.copy_context()
-        ctx.run(set_call, p, request_id(), self._platform_key)
-        return await asyncio.create_task(self._chat.get(rec.model_version, timeout), context=ctx)
+        return await self._chat.get(rec.model_version, timeout, Acting.platform(self._platform_key).metadata)
 
     async def relay(self, rec: DeploymentRecord, request: engine_pb2.GenerateRequest,
                     timeout: float, session: str = "") -> AsyncGenerator[Piece, None]:

@@ -5,7 +5,8 @@ Each read is a Redis round trip on the request's critical path, before its first
 serving many requests to the same deployment reads the same values over and over. Envoy-based
 gateways and AIBrix keep their routing tables in memory the same way. A record is kept for
 ``ttl_s`` (``PYLON_GATEWAY_ROUTE_CACHE_S``): a change made through another gateway reaches this one
-within it, and one made through this gateway at once (``forget``). A missing deployment is not
+within it, and one made through this gateway (its API or its controller) at once: the store calls
+``forget`` after each write. A missing deployment is not
 kept, so one just created serves at once. A replica that fails a call is left out at once by the
 router whatever its cached heartbeat says (``Inference._routable``).
 """

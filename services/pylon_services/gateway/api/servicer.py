@@ -147,8 +147,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except BaseException:
             await self._undo_create(tenant, dep_id, by)
             raise
-        finally:
-            self._serve.forget(tenant, dep_id)
         return pb.CreateDeploymentResponse(deployment=await self._view(rec, context))
 
     async def _undo_create(self, tenant: str, dep_id: str, by: Acting) -> None:
@@ -205,10 +203,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return records.autoscale_to(r, n, "user", "ScaleDeployment", now)
 
         await self._d.update(tenant, dep, change)
-        self._serve.forget(tenant, dep)
         with calling("scheduler"):
             rec = await self._jobs.settle(tenant, dep, Acting.caller(context))
-        self._serve.forget(tenant, dep)
         return pb.ScaleDeploymentResponse(deployment=await self._view(rec, context))
 
     async def UpdateDeploymentSharing(self, request: pb.UpdateDeploymentSharingRequest,
@@ -219,7 +215,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         etag = inputs.etag(request.etag)
         shared = checked_sharing(list(request.shared_with), tenant, "shared_with")
         rec = await self._d.update(tenant, dep, lambda r: share(r, shared, etag))
-        self._serve.forget(tenant, dep)
         return pb.UpdateDeploymentSharingResponse(deployment=await self._view(rec, context))
 
     async def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
@@ -227,7 +222,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         tenant, dep = inputs.deployment_name("name", request.name, principal())
         before = await self._d.get(tenant, dep)
         await self._d.update(tenant, dep, records.retire_all)
-        self._serve.forget(tenant, dep)
         by = Acting.caller(context)
         with calling("scheduler"):
             rec = await self._jobs.settle(tenant, dep, by)
@@ -235,7 +229,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             for version in sorted({rec.model_version} | ({before.canary.version} if before.canary else set())):
                 await self._jobs.record_deployment(rec, version, by, removed=True)
         await self._d.delete(tenant, dep)
-        self._serve.forget(tenant, dep)
         return pb.DeleteDeploymentResponse()
 
     async def Generate(self, request: pb.GenerateRequest,

@@ -111,6 +111,16 @@ class DeploymentStore:
         self._cas = redis.register_script(_CAS)
         self._create = redis.register_script(_CREATE)
         self._delete = redis.register_script(_DELETE)
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    def on_write(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(tenant, deployment)`` after every write of a deployment through this
+        store (the serving path's cache drops its copy: ``api/route_cache.py``)."""
+        self._listeners.append(listener)
+
+    def _written(self, tenant: str, dep: str) -> None:
+        for listener in self._listeners:
+            listener(tenant, dep)
 
     @staticmethod
     def _key(tenant: str, dep: str) -> str:
@@ -122,6 +132,7 @@ class DeploymentStore:
         doc = dataclasses.replace(rec, version=1).to_dict()
         created = await self._create(keys=[self._key(tenant, dep), f"pylon:deployments:{tenant}", ALL_KEY],
                                      args=[json.dumps(doc), dep, *_index_args(tenant, dep)])
+        self._written(tenant, dep)
         return bool(created == 1)
 
     async def replace(self, tenant: str, dep: str, rec: DeploymentRecord, expected_version: int) -> bool:
@@ -130,6 +141,7 @@ class DeploymentStore:
         doc = dataclasses.replace(rec, version=expected_version + 1).to_dict()
         written = await self._cas(keys=[self._key(tenant, dep)],
                                   args=[expected_version, json.dumps(doc), *_index_args(tenant, dep)])
+        self._written(tenant, dep)
         if written == -1:
             raise NotFound(f"tenants/{tenant}/deployments/{dep} not found")
         return bool(written == 1)
@@ -158,6 +170,7 @@ class DeploymentStore:
         """The record, its registrations, its counts and its index entries, at once."""
         await self._delete(keys=[self._key(tenant, dep), replicas_key(tenant, dep), serving_key(tenant, dep),
                                  f"pylon:deployments:{tenant}", ALL_KEY], args=["", dep, *_index_args(tenant, dep)])
+        self._written(tenant, dep)
 
     async def shared_with_tenant(self, tenant: str) -> list[DeploymentRecord]:
         """Other tenants' deployments shared with ``tenant`` (or with every tenant), by name."""
