@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 		operators/pylon_operator
 
 test: lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The vLLM backend's tests, in a venv of their own (vLLM's pins fight the main venv's): built by
 # scripts/vllm_venv.sh when missing or older than what it installs from; where it cannot be built

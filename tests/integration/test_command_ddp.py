@@ -40,7 +40,7 @@ def test_the_ddp_example_trains_on_two_workers_in_step_and_checkpoints(tenant_cl
     job = acme.jobs.submit({**GANG, "checkpoint_every_steps": 10,
                             "command": {"argv": [sys.executable, "ddp_train.py", "--steps", "30"],
                                         "working_dir": str(EXAMPLES)}})
-    job = acme.jobs.wait(job.name, timeout=240)
+    job = _wait_or_explain(acme, job.name, 300)
     logs = list(acme.jobs.logs(job.name))
     assert job.state == "succeeded", (job.message, logs[-30:])
     assert any(line.startswith("rank 0/2 on cpu: starting") for line in logs), logs
@@ -55,3 +55,17 @@ def test_the_ddp_example_trains_on_two_workers_in_step_and_checkpoints(tenant_cl
     for rank in (0, 1):
         assert store.exists(f"{prefix}step-000000000020/rank-{rank}/checkpoint.pt")
     assert [p.step for p in acme.jobs.metrics(job.name) if p.key == "loss"][-1] == 30
+
+
+def _wait_or_explain(client, name: str, timeout: float):
+    """The job once it ends; on a timeout, fails with its state, message and last log lines (a
+    hung gang says where it hung)."""
+    from pylon.errors import DeadlineExceededError
+
+    try:
+        return client.jobs.wait(name, timeout=timeout)
+    except DeadlineExceededError:
+        job = client.jobs.get(name)
+        client.jobs.cancel(name)
+        pytest.fail(f"{name} did not end in {timeout:g}s: {job.state} {job.message!r}; "
+                    f"last log lines: {list(client.jobs.logs(name))[-40:]}")

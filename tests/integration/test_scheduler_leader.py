@@ -172,7 +172,7 @@ def test_append_passes_take_new_submissions_without_a_whole_pass(redis_server, r
         executor = RayExecutor(ray_cluster.address, {}, Launcher, "127.0.0.1", "appendtest")
         await asyncio.to_thread(executor.connect)
         ctl = Leader(JobStore(r, track_changes=True), state, executor, RedisLease(r),
-                     SchedulerConfig(instance="appendtest"))
+                     SchedulerConfig(instance="appendtest", backlog_resync_s=3600.0))
         await state.ensure_group()
         await state.create_queue(QueueQuota("tenants/acme/queues/zero", "acme", {"V100": 0.0}))
         await state.create_queue(QueueQuota("tenants/beta/queues/k80", "beta", {"K80": 1.0}))
@@ -232,16 +232,26 @@ def test_append_passes_take_new_submissions_without_a_whole_pass(redis_server, r
         # The leader's loop: a stream of submissions is explained by append passes, and one that
         # cannot append (arrivals plus a cancel) is followed by a whole pass at once.
         ctl.pacer.cfg = dataclasses.replace(ctl.pacer.cfg, idle_pass_s=600.0)  # no time-only passes
+        before = ctl.passes.whole_passes
         loop = asyncio.create_task(ctl.run())
         try:
-            await wait_for_async(lambda: ctl.leading and ctl.passes.whole_passes >= 1, 30, "the loop leads and passes")
-            whole = ctl.passes.whole_passes
+            # Taking the lease starts over (a whole pass, then the first turn's chores, which may
+            # move the cancelled job above and so call for one more): wait until that is behind.
+            settled = lambda: ctl.leading and ctl.passes.whole_passes > before and ctl.passes.can_append  # noqa: E731
+            await wait_for_async(settled, 30, "the loop leads and passes")
+            await asyncio.sleep(1.0)
+            await wait_for_async(settled, 30, "the loop settles")
+            whole, moves = ctl.passes.whole_passes, ctl.passes.cluster_changes
             stream = []
             for _ in range(5):
                 stream += await submit(20, prio="low", read=False)
                 await asyncio.sleep(0.3)
             await wait_for_async(lambda: _all_explained(r, stream), 30, "every streamed job explained")
-            assert ctl.passes.append_passes >= 2 and ctl.passes.whole_passes == whole  # no whole pass for arrivals alone
+            # No whole pass for arrivals alone. The session's Ray cluster is shared: another test's
+            # worker ending there changes the free resources, and each such move (counted) rightly
+            # costs a whole pass.
+            extra_whole, moved = ctl.passes.whole_passes - whole, ctl.passes.cluster_changes - moves
+            assert ctl.passes.append_passes >= 2 and extra_whole <= moved, (extra_whole, moved)
             extra = await submit(2, prio="low", read=False)
             await cancel_job(api, stream[0])
             await wait_for_async(lambda: _all_explained(r, extra), 30, "arrivals next to a cancel explained")

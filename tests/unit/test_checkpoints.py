@@ -17,6 +17,7 @@ import pytest
 from pylon_services.storage.local import LocalObjectStore
 from pylon_services.workloads.checkpoints import (
     CheckpointWriter,
+    SkippedCheckpoint,
     checkpoint_steps,
     file_key,
     latest_checkpoint,
@@ -106,6 +107,24 @@ def test_rank_zero_publishes_only_after_every_rank_and_a_missing_rank_keeps_it_i
     r1.close()
     # The incomplete step 5 is older than the newest whole one: pruned.
     assert not any(o.key.startswith(step_dir(PREFIX, 5)) for o in store.iter_all(PREFIX))
+
+
+def test_a_step_another_rank_skipped_is_given_up_at_once_and_the_next_one_publishes(store):
+    """A rank whose saves were coalesced went from step 10 straight to 20: rank 0 stops waiting
+    for its part of 10 (it would hold rank 0's uploads for the whole timeout) and publishes 20."""
+    r1 = _writer(store, 1, 2)
+    r1.save(20, {"rng": b"r1-20"}).result(10)
+    r0 = _writer(store, 0, 2, part_timeout_s=60.0)
+    start = time.monotonic()
+    with pytest.raises(SkippedCheckpoint, match="step 10: rank\\(s\\) 1 went on to a later step"):
+        r0.save(10, {"model": b"w10"}).result(30)
+    assert time.monotonic() - start < 10
+    r0.save(20, {"model": b"w20"}).result(30)
+    assert checkpoint_steps(store, PREFIX) == [20]
+    assert latest_checkpoint(store, PREFIX, rank=0) == (20, {"model": b"w20"})
+    with pytest.raises(SkippedCheckpoint):
+        r0.close()  # the skipped step's error is re-raised once
+    r1.close()
 
 
 def test_keeps_the_newest_k_whole_checkpoints(store):

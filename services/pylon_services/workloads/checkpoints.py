@@ -13,7 +13,9 @@ A checkpoint is visible only once ``manifest.json`` exists, so a crash at any po
 never makes a partial checkpoint the latest; it is valid when every file its part manifests list
 has its size and sha256, so a corrupt or truncated one is skipped and the one before it is used.
 Each rank writes only under its own ``rank-<r>/``, so ranks never coordinate except through the
-store: rank 0 polls for the part manifests. Each rank checks its own files when it loads, so a
+store: rank 0 polls for the part manifests, and gives a step up at once when a missing rank has
+already uploaded a part of a later step (ranks upload in step order, so it never will: a command's
+ranks can coalesce saves differently, see ``scheduler/worker/command.py``). Each rank checks its own files when it loads, so a
 rank whose part is damaged falls back alone; a trainer that must resume every rank at one step
 agrees on the smallest step its ranks found (an all-reduce MIN). The module is torch-free: trainers hand it bytes or
 paths of files they wrote themselves.
@@ -352,7 +354,10 @@ class CheckpointWriter:
 
     def _publish(self, step: int, meta: dict[str, Any]) -> None:
         """Rank 0: wait for every rank's part, write the manifest, prune old checkpoints."""
-        missing = self._await_parts(step)
+        missing, past = self._await_parts(step)
+        if past:
+            raise SkippedCheckpoint(f"checkpoint of step {step}: rank(s) {', '.join(map(str, past))} went on to a "
+                                    "later step without uploading their part of it; it stays invisible")
         if missing:
             raise TimeoutError(f"checkpoint of step {step}: rank(s) {', '.join(map(str, missing))} did not "
                                f"upload their part within {self.part_timeout_s:g}s; it stays invisible")
@@ -363,15 +368,40 @@ class CheckpointWriter:
         if pruned:
             self.log(f"pylon: deleted older checkpoint(s) of step {', '.join(map(str, pruned))}")
 
-    def _await_parts(self, step: int) -> list[int]:
+    def _await_parts(self, step: int) -> tuple[list[int], list[int]]:
+        """The ranks whose part of ``step`` is still missing at the deadline, and those of them
+        (found at once) that already uploaded a part of a later step. Each rank uploads its saves
+        in step order, so such a rank never will: a rank whose saves were coalesced (user code
+        marked step 10, then 20, before the worker looked) skips steps the others kept, and
+        waiting for it would hold this rank's uploads for the whole timeout."""
         deadline = time.monotonic() + self.part_timeout_s
         missing = list(range(1, self.world_size))
         for delay in _backoff():
             missing = [r for r in missing if not self.store.exists(part_key(self.prefix, step, r))]
             if not missing or time.monotonic() >= deadline:
-                return missing
+                return missing, []
+            past = sorted(_ranks_past(self.store, self.prefix, step) & set(missing))
+            if past:
+                return missing, past
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        return missing
+        return missing, []
+
+
+class SkippedCheckpoint(RuntimeError):
+    """A rank went on to a later checkpoint without saving this one: it can never be whole."""
+
+
+_PART = re.compile(r"step-([0-9]{12})/rank-([0-9]+)\.json")
+
+
+def _ranks_past(store: ObjectStore, prefix: str, step: int) -> set[int]:
+    """The ranks with a part manifest of a step after ``step`` (one listing)."""
+    base, ranks = _dir(prefix), set[int]()
+    for info in store.iter_all(base + "step-"):
+        m = _PART.fullmatch(info.key, len(base))
+        if m is not None and int(m.group(1)) > step:
+            ranks.add(int(m.group(2)))
+    return ranks
 
 
 def _backoff() -> Iterator[float]:

@@ -174,6 +174,7 @@ class Leader:
         nodes = await self.executor.nodes()
         continued = self.passes.continued_nodes()
         if continued is not None and nodes != continued:
+            self.passes.cluster_changed()
             self.pacer.changed()
         if self._published is None or self._published[0] != nodes or now - self._published[1] >= CLUSTER_REPUBLISH_S:
             await self.state.publish_cluster(ClusterView(tuple(nodes), tuple(self.cfg.declared_pools()),
@@ -216,7 +217,7 @@ class Leader:
         if now - since < self.cfg.stats_every_s:
             self._stats = (since, n, cpu, decoded)
             return
-        log.info("leader: %d passes in %.0fs, %.1f ms CPU each, %d pending, %d jobs decoded, %d append passes so far",
-                 n, now - since, 1000 * cpu / n, self.backlog.size, self.backlog.decoded - decoded,
-                 self.passes.append_passes)
+        log.info("leader: %d passes in %.0fs, %.1f ms CPU each, %d pending, %d jobs decoded, %d append passes "
+                 "and %d cluster changes so far", n, now - since, 1000 * cpu / n, self.backlog.size,
+                 self.backlog.decoded - decoded, self.passes.append_passes, self.passes.cluster_changes)
         self._stats = (now, 0, 0.0, self.backlog.decoded)

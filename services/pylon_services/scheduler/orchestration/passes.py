@@ -47,6 +47,13 @@ class Passes:
         self._continue: _LastPass | None = None
         self.whole_passes = 0
         self.append_passes = 0
+        self.cluster_changes = 0  # continued passes given up because nodes or queues moved
+
+    def cluster_changed(self) -> None:
+        """The cluster moved under the continued pass (a node joined, left or changed its free
+        resources): the next pass is a whole one."""
+        self.cluster_changes += 1
+        self._continue = None
 
     @property
     def can_append(self) -> bool:
@@ -97,6 +104,7 @@ class Passes:
         if not arrivals:
             return Decision()
         if await self.executor.nodes() != last.nodes or await self.state.queues() != last.queues:
+            self.cluster_changed()
             return None
         self.append_passes += 1
         decision = self.policy.extend(last.p, arrivals)
