@@ -232,3 +232,24 @@ def test_bad_names_are_refused(store):
         with pytest.raises(ValueError):
             w.save(1, {name: b"x"})
     w.close()
+
+
+def test_parts_an_earlier_attempt_left_neither_complete_a_step_nor_mark_a_rank_as_gone_on(store):
+    """Attempt 1 left rank 1's parts of steps 20 and 30 (its rank 0 never published them).
+    Attempt 2 resumes earlier: its step 20 waits for attempt 2's rank 1, and the stale step 30
+    does not make rank 0 give step 20 up."""
+    old = _writer(store, 1, 2, attempt=1)
+    old.save(20, {"rng": b"old-20"}).result(10)
+    old.save(30, {"rng": b"old-30"}).result(10)
+    old.close()
+    r0 = _writer(store, 0, 2, attempt=2, part_timeout_s=30.0)
+    f0 = r0.save(20, {"model": b"new-20"})
+    time.sleep(1.0)
+    assert not f0.done() and checkpoint_steps(store, PREFIX) == []
+    r1 = _writer(store, 1, 2, attempt=2)
+    r1.save(20, {"rng": b"new-20"}).result(10)
+    f0.result(10)
+    assert checkpoint_steps(store, PREFIX) == [20]
+    assert latest_checkpoint(store, PREFIX, rank=1) == (20, {"rng": b"new-20"})
+    r0.close()
+    r1.close()

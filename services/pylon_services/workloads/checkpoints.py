@@ -5,7 +5,7 @@ Layout under a job's checkpoint prefix (``tenants/{t}/jobs/{id}/checkpoint/``)::
     step-000000000120/rank-0/<files...>   each rank's own files
     step-000000000120/rank-1/<files...>
     step-000000000120/rank-<r>.json       a rank's part manifest, written after its files:
-                                          {"step", "rank", "files": {name: {"size", "sha256"}}}
+                                          {"step", "rank", "attempt", "files": {name: {"size", "sha256"}}}
     step-000000000120/manifest.json       written LAST by rank 0, once every rank's part manifest
                                           exists: {"step", "world_size", "time", "ranks", "meta"}
 
@@ -13,11 +13,13 @@ A checkpoint is visible only once ``manifest.json`` exists, so a crash at any po
 never makes a partial checkpoint the latest; it is valid when every file its part manifests list
 has its size and sha256, so a corrupt or truncated one is skipped and the one before it is used.
 Each rank writes only under its own ``rank-<r>/``, so ranks never coordinate except through the
-store: rank 0 polls for the part manifests, and gives a step up at once when a missing rank has
-already uploaded a part of a later step (ranks upload in step order, so it never will: a command's
-ranks can coalesce saves differently, see ``scheduler/worker/command.py``). Each rank checks its own files when it loads, so a
-rank whose part is damaged falls back alone; a trainer that must resume every rank at one step
-agrees on the smallest step its ranks found (an all-reduce MIN). The module is torch-free: trainers hand it bytes or
+store: rank 0 polls for the part manifests of its own attempt (a part an earlier attempt left at
+the same step holds other state), and gives a step up at once when a missing rank has already
+uploaded a part of a later step in this attempt (ranks upload in step order, so it never will: a
+command's ranks can coalesce saves differently, see ``scheduler/worker/command.py``). Each rank
+checks its own files when it loads, so a rank whose part is damaged falls back alone; a trainer
+that must resume every rank at one step agrees on the smallest step its ranks found (an
+all-reduce MIN). The module is torch-free: trainers hand it bytes or
 paths of files they wrote themselves.
 """
 
@@ -251,11 +253,12 @@ class CheckpointWriter:
     """
 
     def __init__(self, store: ObjectStore, prefix: str, *, rank: int, world_size: int, keep: int = 3,
-                 log: Callable[[str], None] = _noop, max_pending: int = 1, part_timeout_s: float = 600.0) -> None:
+                 log: Callable[[str], None] = _noop, max_pending: int = 1, part_timeout_s: float = 600.0,
+                 attempt: int = 0) -> None:
         if not 0 <= rank < world_size or max_pending < 1:
             raise ValueError("need 0 <= rank < world_size and max_pending >= 1")
         self.store, self.prefix, self.rank, self.world_size = store, _dir(prefix), rank, world_size
-        self.keep, self.log, self.part_timeout_s = keep, log, part_timeout_s
+        self.keep, self.log, self.part_timeout_s, self.attempt = keep, log, part_timeout_s, attempt
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"pylon-ckpt-r{rank}")
         self._lock = threading.Lock()
@@ -319,7 +322,7 @@ class CheckpointWriter:
                 info = self._put(file_key(self.prefix, step, self.rank, name), source, name)
                 if info is not None:
                     listed[name] = info
-            part = {"step": step, "rank": self.rank, "files": listed}
+            part = {"step": step, "rank": self.rank, "attempt": self.attempt, "files": listed}
             self.store.put(part_key(self.prefix, step, self.rank), json.dumps(part).encode())
             if self.rank == 0:
                 self._publish(step, meta)
@@ -377,14 +380,30 @@ class CheckpointWriter:
         deadline = time.monotonic() + self.part_timeout_s
         missing = list(range(1, self.world_size))
         for delay in _backoff():
-            missing = [r for r in missing if not self.store.exists(part_key(self.prefix, step, r))]
+            missing = [r for r in missing if not self._part_of_this_attempt(part_key(self.prefix, step, r))]
             if not missing or time.monotonic() >= deadline:
                 return missing, []
-            past = sorted(_ranks_past(self.store, self.prefix, step) & set(missing))
+            past = sorted(r for r in self._ranks_past(step) if r in missing)
             if past:
                 return missing, past
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         return missing, []
+
+    def _part_of_this_attempt(self, key: str) -> bool:
+        try:
+            part = _read_json(self.store, key)
+        except (ObjectNotFound, ValueError):
+            return False
+        return part.get("attempt", 0) == self.attempt
+
+    def _ranks_past(self, step: int) -> set[int]:
+        """The ranks with a part manifest of this attempt at a step after ``step`` (one listing)."""
+        ranks = set[int]()
+        for info in self.store.iter_all(self.prefix + "step-"):
+            m = _PART.fullmatch(info.key, len(self.prefix))
+            if m is not None and int(m.group(1)) > step and self._part_of_this_attempt(info.key):
+                ranks.add(int(m.group(2)))
+        return ranks
 
 
 class SkippedCheckpoint(RuntimeError):
@@ -392,16 +411,6 @@ class SkippedCheckpoint(RuntimeError):
 
 
 _PART = re.compile(r"step-([0-9]{12})/rank-([0-9]+)\.json")
-
-
-def _ranks_past(store: ObjectStore, prefix: str, step: int) -> set[int]:
-    """The ranks with a part manifest of a step after ``step`` (one listing)."""
-    base, ranks = _dir(prefix), set[int]()
-    for info in store.iter_all(base + "step-"):
-        m = _PART.fullmatch(info.key, len(base))
-        if m is not None and int(m.group(1)) > step:
-            ranks.add(int(m.group(2)))
-    return ranks
 
 
 def _backoff() -> Iterator[float]:

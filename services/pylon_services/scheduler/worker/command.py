@@ -183,7 +183,8 @@ class CommandCheckpoints:
     def __init__(self, ctx: WorkerContext, directory: str, mark: str, staging: str) -> None:
         self.ctx, self.dir, self.mark, self.staging = ctx, directory, mark, staging
         self.writer = CheckpointWriter(ctx.store, checkpoint_prefix(ctx.job), rank=ctx.rank,
-                                       world_size=ctx.world_size, keep=CHECKPOINT_KEEP, log=ctx.log)
+                                       world_size=ctx.world_size, keep=CHECKPOINT_KEEP, log=ctx.log,
+                                       attempt=ctx.attempt)
         self.restored = self.marked = -1
         self.seen = ""
         self.snapshot: dict[str, tuple[int, int, int]] = {}  # the directory as last restored or uploaded

@@ -200,7 +200,8 @@ class WorkerContext:
         """This rank's writer on the job's checkpoint prefix (one per worker; ``keep`` updates it)."""
         if self._writer is None:
             self._writer = CheckpointWriter(self.store, checkpoint_prefix(self.job), rank=self.rank,
-                                            world_size=self.world_size, keep=keep, log=self.log)
+                                            world_size=self.world_size, keep=keep, log=self.log,
+                                            attempt=self.attempt)
         self._writer.keep = keep
         return self._writer
 
