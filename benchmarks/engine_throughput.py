@@ -140,27 +140,31 @@ def vllm(directory: Path, batch: list[list[int]], n: int) -> dict[str, Any]:
                  batch, n)
 
 
-def serve(name: str, engine: Any, batch: list[list[int]], n: int) -> dict[str, Any]:
-    """A warm-up of two short requests, then every request submitted at once through the port."""
+async def timed(engine: Any, i: str, p: list[int], tokens: int, firsts: list[float], ends: list[float]) -> int:
+    """One greedy request of exactly ``tokens`` through the engine port; appends the times of its
+    first and last token and returns the tokens it got."""
     from pylon_services.engines.contract import EngineRequest, SamplingOptions
 
-    async def one(i: str, p: list[int], tokens: int, firsts: list[float], ends: list[float]) -> int:
-        count = 0
-        options = SamplingOptions(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-        async for out in engine.generate(EngineRequest(i, prompt_token_ids=tuple(p), sampling=options)):
-            if count == 0:
-                firsts.append(time.perf_counter())
-            count += sum(len(d.token_ids) for d in out.deltas)
-        ends.append(time.perf_counter())
-        return count
+    count = 0
+    options = SamplingOptions(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    async for out in engine.generate(EngineRequest(i, prompt_token_ids=tuple(p), sampling=options)):
+        if count == 0:
+            firsts.append(time.perf_counter())
+        count += sum(len(d.token_ids) for d in out.deltas)
+    ends.append(time.perf_counter())
+    return count
+
+
+def serve(name: str, engine: Any, batch: list[list[int]], n: int) -> dict[str, Any]:
+    """A warm-up of two short requests, then every request submitted at once through the port."""
 
     async def main() -> dict[str, Any]:
         try:
-            await asyncio.gather(*(one(f"warm{i}", p, 4, [], []) for i, p in enumerate(batch[:2])))
+            await asyncio.gather(*(timed(engine, f"warm{i}", p, 4, [], []) for i, p in enumerate(batch[:2])))
             firsts: list[float] = []
             ends: list[float] = []
             start = time.perf_counter()
-            counts = await asyncio.gather(*(one(f"r{i}", p, n, firsts, ends) for i, p in enumerate(batch)))
+            counts = await asyncio.gather(*(timed(engine, f"r{i}", p, n, firsts, ends) for i, p in enumerate(batch)))
             return summary(name, start, firsts, ends, sum(counts))
         finally:
             await engine.shutdown()

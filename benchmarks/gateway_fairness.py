@@ -1,6 +1,6 @@
 """Fairness of the gateway's admission across tenants: a light tenant's time to first token on a
-deployment, alone and while a heavy tenant floods the same deployment, through three gateway
-replicas of one platform run, one after another on the same engine replica. The deployment is
+deployment, alone and while a heavy tenant floods the same deployment, through one gateway per
+side (one platform run, one side after another, the same engine replica). The deployment is
 the light tenant's, shared with the heavy one (``shared_with``), as a platform team serving one
 model to many teams runs it; the heavy tenant floods from ``--heavy-keys`` API keys at once.
 
@@ -9,6 +9,11 @@ model to many teams runs it; the heavy tenant floods from ``--heavy-keys`` API k
 * ``vtc``: the hierarchical virtual token counter (tenants, then keys) orders the queue, a
   tenant may still hold every slot;
 * ``vtc+share``: the default, VTC and a tenant holding at most 75% of the slots (a key less).
+* ``engine-floor``: the control. The light tenant calls the engine replica itself, with the
+  platform's internal key, while the heavy flood goes through a FIFO gateway holding as many
+  slots as ``vtc+share`` leaves the heavy tenant (3 of 4). The light request then meets the same
+  batch with no gateway queue in its way: what is left is the engine's step and the machine's
+  contention, the least any admission policy can give it.
 
 Each gateway sends the replica at most ``--slots`` requests at once. The heavy tenant keeps
 ``--flood`` streams of ``--heavy-tokens`` tokens going, from its own process; the light tenant
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import statistics
@@ -41,7 +47,8 @@ for p in (ROOT, os.path.join(ROOT, "services"), os.path.join(ROOT, "sdk")):
 
 SIDES = {"fifo": {"gateway_fair_queuing": False, "gateway_max_inflight_share": 1.0},
          "vtc": {"gateway_fair_queuing": True, "gateway_max_inflight_share": 1.0},
-         "vtc+share": {"gateway_fair_queuing": True, "gateway_max_inflight_share": 0.75}}
+         "vtc+share": {"gateway_fair_queuing": True, "gateway_max_inflight_share": 0.75},
+         "engine-floor": {"gateway_fair_queuing": False, "gateway_max_inflight_share": 1.0}}
 PROMPT = "The quick brown fox"
 
 
@@ -50,6 +57,34 @@ def ttft(client: Any, dep: str) -> float:
     for _ in client.generate_stream(dep, PROMPT, max_tokens=2, temperature=0):
         return time.perf_counter() - start
     raise RuntimeError("no piece")
+
+
+class EngineLight:
+    """The light tenant's requests sent to the replica itself (``engine-floor``), with the SDK
+    client's ``generate_stream`` shape so ``ttft`` times both alike (sync gRPC, one channel)."""
+
+    def __init__(self, address: str, internal_key: str) -> None:
+        import grpc
+
+        from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
+
+        self.pb = engine_pb2
+        self.channel = grpc.insecure_channel(address)
+        self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
+        self.md = [("authorization", f"Bearer {internal_key}")]
+        self.n = 0
+
+    def generate_stream(self, dep: str, prompt: str, max_tokens: int, temperature: float) -> Any:
+        self.n += 1
+        req = self.pb.GenerateRequest(request_id=f"light-{self.n}", prompt=prompt,
+                                      sampling=self.pb.SamplingParams(max_tokens=max_tokens, temperature=temperature))
+        yield from self.stub.Generate(req, metadata=self.md, timeout=60)
+
+    def __enter__(self) -> EngineLight:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.channel.close()
 
 
 def flood_main(spec: str) -> None:
@@ -162,12 +197,21 @@ def main() -> None:
         for name, overrides in SIDES.items():
             if name not in args.sides.split(","):
                 continue
+            floor = name == "engine-floor"
+            slots = max(1, math.ceil(args.share * args.slots)) if floor else args.slots  # the heavy's under vtc+share
             settings = Settings(**{**platform.base, "port": free_port(), "gateway_http_port": -1,
-                                   "gateway_max_inflight_per_replica": args.slots, **overrides})
+                                   "gateway_max_inflight_per_replica": slots, **overrides})
             server = platform.lt.run(platform._start("gateway", settings))
             address = f"127.0.0.1:{settings.port}"
-            with pylon.Client(address, light_token) as light:
-                results[name] = side(light, address, heavy_tokens, "tenants/light/deployments/fair", args)
+            dep = "tenants/light/deployments/fair"
+            if floor:
+                with pylon.Client(platform.addresses["gateway"], light_token) as owner:
+                    replica = owner.deployments.get(dep).replica_status[0].address
+                light: Any = EngineLight(replica, settings.internal_key)
+            else:
+                light = pylon.Client(address, light_token)
+            with light:
+                results[name] = side(light, address, heavy_tokens, dep, args)
             platform.lt.run(server.stop(grace=1.0))
             print(name, json.dumps({k: round(v, 2) for k, v in results[name].items()}), flush=True)
         print(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "results": results}, indent=2),
