@@ -78,20 +78,20 @@ def hf_decode(directory: Path, device: Any, dtype: Any, batch: list[list[int]], 
     model.generation_config.pad_token_id = 0
     with torch.inference_mode():
         model.generate(ids[:, :8], max_new_tokens=4, do_sample=False)  # warm-up
-        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
-                       streamer=Clock() if len(batch) == 1 else None)
-        if len(batch) > 1:  # the streamer takes batch 1 only: time the whole call, minus a 1-token call
-            _sync(device)
-            t = time.perf_counter()
-            model.generate(ids, max_new_tokens=1, do_sample=False)
-            _sync(device)
-            prefill = time.perf_counter() - t
-            t = time.perf_counter()
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None)
-            _sync(device)
-            return len(batch) * (n - 1) / (time.perf_counter() - t - prefill)
-    del model
-    return (n - 1) / (marks[-1] - marks[1])
+        if len(batch) == 1:
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                           streamer=Clock())
+            return (n - 1) / (marks[-1] - marks[1])
+        # The streamer takes batch 1 only: the whole call's time, less a 1-token call's.
+        _sync(device)
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, do_sample=False)
+        _sync(device)
+        prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None)
+        _sync(device)
+        return len(batch) * (n - 1) / (time.perf_counter() - t - prefill)
 
 
 def engine_decode(directory: Path, device: str, batch: list[list[int]], n: int) -> float:
@@ -161,7 +161,7 @@ def _weight_bytes(directory: Path, dtype: Any) -> int:
                 for d in st.get_slice(key).get_shape():
                     n *= d
                 total += n
-    return total * (2 if dtype.is_floating_point and dtype.itemsize == 2 else 4)
+    return total * dtype.itemsize
 
 
 if __name__ == "__main__":

@@ -67,11 +67,12 @@ class EngineLight:
         import grpc
 
         from pylon.engine.v1 import engine_pb2, engine_pb2_grpc
+        from pylon_services.runtime.internal_auth import bearer
 
         self.pb = engine_pb2
         self.channel = grpc.insecure_channel(address)
         self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
-        self.md = [("authorization", f"Bearer {internal_key}")]
+        self.md = [bearer(internal_key)]
         self.n = 0
 
     def generate_stream(self, dep: str, prompt: str, max_tokens: int, temperature: float) -> Any:

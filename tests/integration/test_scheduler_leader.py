@@ -235,8 +235,9 @@ def test_append_passes_take_new_submissions_without_a_whole_pass(redis_server, r
         before = ctl.passes.whole_passes
         loop = asyncio.create_task(ctl.run())
         try:
-            # Taking the lease starts over (a whole pass, then the first turn's chores, which may
-            # move the cancelled job above and so call for one more): wait until that is behind.
+            # Taking the lease starts over: a whole pass (the count above already includes the
+            # test's own passes), and another may follow before appends can continue. Wait until
+            # that is behind.
             settled = lambda: ctl.leading and ctl.passes.whole_passes > before and ctl.passes.can_append  # noqa: E731
             await wait_for_async(settled, 30, "the loop leads and passes")
             await asyncio.sleep(1.0)

@@ -383,7 +383,7 @@ class CheckpointWriter:
             missing = [r for r in missing if not self._part_of_this_attempt(part_key(self.prefix, step, r))]
             if not missing or time.monotonic() >= deadline:
                 return missing, []
-            past = sorted(r for r in self._ranks_past(step) if r in missing)
+            past = sorted(self._ranks_past(step, missing))
             if past:
                 return missing, past
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -396,13 +396,16 @@ class CheckpointWriter:
             return False
         return part.get("attempt", 0) == self.attempt
 
-    def _ranks_past(self, step: int) -> set[int]:
-        """The ranks with a part manifest of this attempt at a step after ``step`` (one listing)."""
+    def _ranks_past(self, step: int, among: list[int]) -> set[int]:
+        """The ranks of ``among`` with a part manifest of this attempt at a step after ``step``
+        (one listing; only their later parts are read)."""
         ranks = set[int]()
         for info in self.store.iter_all(self.prefix + "step-"):
             m = _PART.fullmatch(info.key, len(self.prefix))
-            if m is not None and int(m.group(1)) > step and self._part_of_this_attempt(info.key):
-                ranks.add(int(m.group(2)))
+            if m is None or int(m.group(1)) <= step or (rank := int(m.group(2))) not in among or rank in ranks:
+                continue
+            if self._part_of_this_attempt(info.key):
+                ranks.add(rank)
         return ranks
 
 

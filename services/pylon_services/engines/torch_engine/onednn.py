@@ -5,7 +5,8 @@ stored. oneDNN's matmul on a weight reordered into its blocked layout for the ex
 faster for the skinny shapes of decode (a few dozen rows against a large weight):
 ``benchmarks/onednn_linear.py`` measures each shape, ``benchmarks/engine_throughput.py`` the
 engine. vLLM's CPU backend does the same through its own oneDNN bindings; PyTorch's Inductor does
-it when freezing a compiled model. This module uses PyTorch's own ``mkldnn`` ops, so it needs no compiler and no extra package.
+it when freezing a compiled model. This module uses PyTorch's own ``mkldnn`` ops, so it needs no
+compiler and no extra package.
 
 The results equal ``nn.Linear``'s up to float rounding (accumulation order differs). A tied weight
 (an LM head sharing the embedding's) is reordered into a copy; an untied one is replaced.
